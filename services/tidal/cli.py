@@ -1,0 +1,218 @@
+"""The `tidal` command: run a service, the demo, or talk to a coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+from tidal.config import DEFAULT_COORDINATOR, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_SHARD_PORT, DEFAULT_WORKER_PORT, ENV
+from tidal.core.errors import TidalError
+
+app = typer.Typer(help="tidal: distributed PyTorch training with a parameter server.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+err = Console(stderr=True)
+T = TypeVar("T")
+
+Coordinator = Annotated[str, typer.Option("--coordinator", envvar=ENV["coordinator"], help="Coordinator gRPC address host:port.")]
+Host = Annotated[str, typer.Option(envvar=ENV["host"], help="Interface to bind.")]
+ReadyFile = Annotated[Path | None, typer.Option(help="Write the bound ports here as JSON once serving.")]
+LogLevel = Annotated[str, typer.Option(envvar=ENV["log_level"], help="DEBUG, INFO, WARNING or ERROR.")]
+Threads = Annotated[int, typer.Option(envvar=ENV["torch_threads"], min=1, help="torch intra-op threads.")]
+RegisterTimeout = Annotated[float, typer.Option("--register-timeout", envvar=ENV["register_timeout"], min=0.1,
+                                                help="Seconds to keep retrying the coordinator at start-up.")]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine; a TidalError becomes one readable line and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except TidalError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _service_setup(role: str, log_level: str, threads: int) -> None:
+    import torch  # noqa: PLC0415  # the client commands start faster without torch
+
+    from tidal.transport.process import setup_logging  # noqa: PLC0415
+
+    setup_logging(role, log_level)
+    torch.set_num_threads(threads)
+
+
+@app.command()
+def coordinator(
+    host: Host = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")] = DEFAULT_GRPC_PORT,
+    http_port: Annotated[int, typer.Option(envvar=ENV["http_port"], min=0, max=65535, help="REST port (0 = any).")] = DEFAULT_HTTP_PORT,
+    heartbeat_interval: Annotated[float, typer.Option(envvar=ENV["heartbeat_interval"], min=0.05, help="Seconds between member heartbeats.")] = 1.0,
+    heartbeat_timeout: Annotated[float, typer.Option(envvar=ENV["heartbeat_timeout"], min=0.1, help="Silence, in seconds, before a member is declared failed.")] = 10.0,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+    torch_threads: Threads = 1,
+) -> None:
+    """Run the coordinator (membership, jobs, gRPC + REST API)."""
+    from tidal.coordinator.main import run_coordinator  # noqa: PLC0415
+
+    _service_setup("coordinator", log_level, torch_threads)
+    raise typer.Exit(_run(run_coordinator(host, port, http_port, heartbeat_interval, heartbeat_timeout, ready_file)))
+
+
+@app.command()
+def shard(
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    host: Host = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")] = DEFAULT_SHARD_PORT,
+    advertise_host: Annotated[str, typer.Option(envvar=ENV["advertise_host"], help="Host workers dial (default: --host, or 127.0.0.1 for 0.0.0.0).")] = "",
+    register_timeout: RegisterTimeout = 60.0,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+    torch_threads: Threads = 1,
+) -> None:
+    """Run a parameter shard."""
+    from tidal.shard.main import run_shard  # noqa: PLC0415
+
+    _service_setup("shard", log_level, torch_threads)
+    advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
+    raise typer.Exit(_run(run_shard(coordinator, host, port, advertise, ready_file, register_timeout)))
+
+
+@app.command()
+def worker(
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    host: Host = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port for health/info (0 = any).")] = DEFAULT_WORKER_PORT,
+    slowdown: Annotated[float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")] = 1.0,
+    register_timeout: RegisterTimeout = 60.0,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+    torch_threads: Threads = 1,
+) -> None:
+    """Run a worker."""
+    from tidal.worker.main import run_worker  # noqa: PLC0415
+
+    _service_setup("worker", log_level, torch_threads)
+    raise typer.Exit(_run(run_worker(coordinator, host, port, slowdown, ready_file, register_timeout)))
+
+
+@app.command()
+def demo(
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per job.")] = 150,
+    workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
+) -> None:
+    """Train on a local cluster (1 coordinator, 2 shards, 3 workers, one 3x slower) in sync then async mode."""
+    from tidal.demo import run_demo  # noqa: PLC0415
+
+    raise typer.Exit(run_demo(steps, workdir))
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")],
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to end, with a progress bar.")] = False,
+) -> None:
+    """Submit a job; prints its id."""
+    from tidal.client import TidalClient, load_spec_file  # noqa: PLC0415
+    from tidal.progress import follow_job  # noqa: PLC0415
+
+    async def go() -> int:
+        async with TidalClient(coordinator) as client:
+            job = await client.submit(load_spec_file(spec_file))
+            print(job.job_id)
+            if not wait:
+                return 0
+            final = await follow_job(client, job.job_id, err)
+            return 0 if final.state == 3 else 1
+
+    raise typer.Exit(_run(go()))
+
+
+@app.command()
+def status(
+    job_id: Annotated[str | None, typer.Argument(help="A job id; all jobs when omitted.")] = None,
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one job, or all jobs."""
+    from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
+
+    async def go() -> None:
+        async with TidalClient(coordinator) as client:
+            jobs = [await client.get(job_id)] if job_id else await client.list()
+        if as_json:
+            print(json.dumps([MessageToDict(j, preserving_proto_field_name=True) for j in jobs], indent=2))
+            return
+        table = Table("job", "state", "mode", "version", "samples", "train loss", "val acc", "message")
+        for j in jobs:
+            acc = f"{j.val_accuracy:.3f}" if j.HasField("val_accuracy") else "-"
+            table.add_row(j.job_id, job_state_name(j.state), j.mode, f"{j.version}/{j.target_version}",
+                          str(j.samples), f"{j.train_loss:.4f}", acc, j.message)
+        Console().print(table)
+
+    _run(go())
+
+
+@app.command()
+def cancel(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+    """Cancel a pending or running job."""
+    from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
+
+    async def go() -> None:
+        async with TidalClient(coordinator) as client:
+            print(job_state_name((await client.cancel(job_id)).state))
+
+    _run(go())
+
+
+@app.command()
+def cluster(coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+    """List the members of the cluster."""
+    from tidal.client import TidalClient  # noqa: PLC0415
+
+    async def go() -> None:
+        async with TidalClient(coordinator) as client:
+            members = await client.cluster()
+        table = Table("member", "role", "state", "address", "name", "job", "heartbeat age (s)")
+        for m in members:
+            table.add_row(m.member_id, _enum(m, "role"), _enum(m, "state"), m.address, m.name, m.job_id, f"{m.heartbeat_age_s:.1f}")
+        Console().print(table)
+
+    _run(go())
+
+
+def _enum(msg: Any, field: str) -> str:
+    value = MessageToDict(msg, preserving_proto_field_name=True).get(field, "")
+    return str(value).split("_", 1 if field == "role" else 2)[-1].lower()
+
+
+@app.command()
+def health(
+    address: Annotated[str, typer.Argument(help="host:port of any tidal service.")],
+    service: Annotated[str, typer.Option(help="Service name to check ('' = the whole server).")] = "",
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds.")] = 3.0,
+) -> None:
+    """grpc.health.v1 check: exit 0 when SERVING (usable as a container healthcheck)."""
+    from tidal.client import check_health  # noqa: PLC0415
+
+    result = _run(check_health(address, service, timeout))
+    print(result)
+    raise typer.Exit(0 if result == "SERVING" else 1)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

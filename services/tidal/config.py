@@ -1,0 +1,27 @@
+"""Every environment variable tidal reads, in one table (units in the names).
+
+A command-line flag always wins over its variable. The README's configuration section
+lists the same table.
+"""
+
+from __future__ import annotations
+
+ENV = {
+    "coordinator": "TIDAL_COORDINATOR",  # host:port of the coordinator's gRPC API
+    "host": "TIDAL_HOST",  # interface a service binds
+    "port": "TIDAL_PORT",  # gRPC port a service binds (0 = any free port)
+    "http_port": "TIDAL_HTTP_PORT",  # coordinator REST port
+    "advertise_host": "TIDAL_ADVERTISE_HOST",  # host workers dial to reach a shard
+    "slowdown": "TIDAL_SLOWDOWN",  # worker compute-time multiplier (straggler simulation)
+    "heartbeat_interval": "TIDAL_HEARTBEAT_INTERVAL_S",
+    "heartbeat_timeout": "TIDAL_HEARTBEAT_TIMEOUT_S",
+    "register_timeout": "TIDAL_REGISTER_TIMEOUT_S",  # how long a member retries reaching the coordinator
+    "torch_threads": "TIDAL_TORCH_THREADS",  # intra-op threads per service process
+    "log_level": "TIDAL_LOG_LEVEL",
+}
+
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_SHARD_PORT = 50052
+DEFAULT_WORKER_PORT = 50053

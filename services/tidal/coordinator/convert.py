@@ -1,0 +1,107 @@
+"""Domain <-> proto for the coordinator: job status, members and commands."""
+
+from __future__ import annotations
+
+import math
+
+from tidal.core import jobs
+from tidal.core.membership import Member, MemberState, Membership, Role
+from tidal.transport.serde import shard_map_to_proto
+from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import coordinator_pb2 as coord_pb
+
+ROLE_TO_PROTO = {Role.WORKER: common_pb.ROLE_WORKER, Role.SHARD: common_pb.ROLE_SHARD}
+ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
+MEMBER_STATE_TO_PROTO = {
+    MemberState.IDLE: common_pb.MEMBER_STATE_IDLE,
+    MemberState.ASSIGNED: common_pb.MEMBER_STATE_ASSIGNED,
+    MemberState.FAILED: common_pb.MEMBER_STATE_FAILED,
+    MemberState.LEFT: common_pb.MEMBER_STATE_LEFT,
+}
+JOB_STATE_TO_PROTO = {
+    jobs.JobState.PENDING: common_pb.JOB_STATE_PENDING,
+    jobs.JobState.RUNNING: common_pb.JOB_STATE_RUNNING,
+    jobs.JobState.SUCCEEDED: common_pb.JOB_STATE_SUCCEEDED,
+    jobs.JobState.FAILED: common_pb.JOB_STATE_FAILED,
+    jobs.JobState.CANCELLED: common_pb.JOB_STATE_CANCELLED,
+}
+
+
+def member_to_proto(member: Member, now: float) -> coord_pb.Member:
+    return coord_pb.Member(
+        member_id=member.member_id,
+        role=ROLE_TO_PROTO[member.role],
+        state=MEMBER_STATE_TO_PROTO[member.state],
+        address=member.address,
+        name=member.name,
+        job_id=member.job_id,
+        heartbeat_age_s=max(0.0, now - member.last_seen),
+    )
+
+
+def job_to_proto(job: jobs.Job) -> coord_pb.JobStatus:
+    shards = job.shards.values()
+    staleness_count = sum(s.staleness_count for s in shards)
+    losses = [w.loss for w in job.workers.values() if not math.isnan(w.loss)]
+    status = coord_pb.JobStatus(
+        job_id=job.job_id,
+        name=job.spec.name,
+        state=JOB_STATE_TO_PROTO[job.state],
+        mode=job.spec.mode.value,
+        spec_json=job.spec.to_json(),
+        version=job.version,
+        target_version=job.spec.target_version,
+        samples=job.samples,
+        train_loss=sum(losses) / len(losses) if losses else 0.0,
+        staleness_mean=sum(s.staleness_sum for s in shards) / staleness_count if staleness_count else 0.0,
+        staleness_max=max((s.staleness_max for s in shards), default=0),
+        updates_applied=sum(s.updates_applied for s in shards),
+        updates_rejected=sum(s.updates_rejected for s in shards),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        message=job.message,
+        membership_epoch=job.membership_epoch,
+        workers=[
+            coord_pb.WorkerStatus(
+                member_id=member_id, rank=w.rank, step=w.step, samples=w.samples,
+                loss=0.0 if math.isnan(w.loss) else w.loss, step_time_s=w.step_time_s, finished=w.finished,
+            )
+            for member_id, w in job.workers.items()
+        ],
+        evals=[
+            coord_pb.EvalPoint(elapsed_s=e.elapsed_s, version=e.version, val_loss=e.val_loss, val_accuracy=e.val_accuracy)
+            for e in job.evals
+        ],
+    )
+    if job.evals:
+        status.val_loss, status.val_accuracy = job.evals[-1].val_loss, job.evals[-1].val_accuracy
+    return status
+
+
+def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.SessionResponse:
+    if isinstance(command, jobs.AssignShard):
+        job = command.job
+        return coord_pb.SessionResponse(
+            assign_shard=coord_pb.AssignShard(
+                job_id=job.job_id, spec_json=job.spec.to_json(), shard_index=command.shard_index,
+                shard_map=shard_map_to_proto(job.shard_map), membership_epoch=job.membership_epoch,
+                worker_ids=job.worker_ids,
+            )
+        )
+    if isinstance(command, jobs.AssignWorker):
+        job = command.job
+        return coord_pb.SessionResponse(
+            assign_worker=coord_pb.AssignWorker(
+                job_id=job.job_id, spec_json=job.spec.to_json(), rank=command.rank, world_size=len(job.worker_ids),
+                membership_epoch=job.membership_epoch, shard_map=shard_map_to_proto(job.shard_map),
+                shard_addresses=[membership.get(m).address for m in job.shard_ids],
+            )
+        )
+    if isinstance(command, jobs.Evaluate):
+        return coord_pb.SessionResponse(evaluate=coord_pb.Evaluate(job_id=command.job_id, final=command.final))
+    return coord_pb.SessionResponse(
+        release_job=coord_pb.ReleaseJob(
+            job_id=command.job_id, final_state=JOB_STATE_TO_PROTO[command.state], reason=command.reason
+        )
+    )

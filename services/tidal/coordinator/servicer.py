@@ -1,0 +1,92 @@
+"""The Coordinator gRPC servicer: serde plus one call into `Control` per RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tidal.coordinator.control import Control
+from tidal.coordinator.convert import ROLE_FROM_PROTO, job_to_proto, member_to_proto
+from tidal.core.errors import InvalidArgumentError
+from tidal.transport.errors import translate_errors
+from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.v1 import coordinator_pb2_grpc as coord_grpc
+
+
+class CoordinatorServicer(coord_grpc.CoordinatorServicer):
+    def __init__(self, control: Control) -> None:
+        self._control = control
+
+    @translate_errors
+    async def Register(self, request: coord_pb.RegisterRequest, context: grpc.aio.ServicerContext) -> coord_pb.RegisterResponse:
+        role = ROLE_FROM_PROTO.get(request.role)
+        if role is None:
+            raise InvalidArgumentError(f"role: must be ROLE_WORKER or ROLE_SHARD, got {request.role}")
+        member = self._control.register(role, request.address, request.name)
+        return coord_pb.RegisterResponse(
+            member_id=member.member_id,
+            heartbeat_interval_s=self._control.heartbeat_interval_s,
+            heartbeat_timeout_s=self._control.heartbeat_timeout_s,
+        )
+
+    @translate_errors
+    async def Session(
+        self, request_iterator: AsyncIterator[coord_pb.SessionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[coord_pb.SessionResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "open":
+            raise InvalidArgumentError("open: the first message of a session must be 'open'")
+        member_id = first.open.member_id
+        outbox = await self._control.open_session(member_id)
+
+        async def read_member() -> None:
+            try:
+                async for msg in request_iterator:
+                    await self._control.handle(member_id, msg)
+            finally:
+                outbox.put_nowait(None)
+
+        reader = asyncio.create_task(read_member())
+        try:
+            yield coord_pb.SessionResponse(welcome=coord_pb.SessionWelcome(member_id=member_id))
+            while (command := await outbox.get()) is not None:
+                yield command
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AbortError):
+                await reader
+            await self._control.session_closed(member_id)
+
+    @translate_errors
+    async def SubmitJob(self, request: coord_pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> coord_pb.SubmitJobResponse:
+        return coord_pb.SubmitJobResponse(job=job_to_proto(await self._control.submit(request.spec_json)))
+
+    @translate_errors
+    async def GetJob(self, request: coord_pb.GetJobRequest, context: grpc.aio.ServicerContext) -> coord_pb.GetJobResponse:
+        return coord_pb.GetJobResponse(job=job_to_proto(self._control.job(request.job_id)))
+
+    @translate_errors
+    async def ListJobs(self, request: coord_pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> coord_pb.ListJobsResponse:
+        return coord_pb.ListJobsResponse(jobs=[job_to_proto(j) for j in self._control.jobs.all()])
+
+    @translate_errors
+    async def CancelJob(self, request: coord_pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> coord_pb.CancelJobResponse:
+        self._control.job(request.job_id)
+        return coord_pb.CancelJobResponse(job=job_to_proto(await self._control.cancel(request.job_id)))
+
+    @translate_errors
+    async def WatchJob(
+        self, request: coord_pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[coord_pb.WatchJobResponse]:
+        self._control.job(request.job_id)
+        async for status in self._control.watch(request.job_id):
+            yield coord_pb.WatchJobResponse(job=status)
+
+    @translate_errors
+    async def GetCluster(self, request: coord_pb.GetClusterRequest, context: grpc.aio.ServicerContext) -> coord_pb.GetClusterResponse:
+        now = time.monotonic()
+        return coord_pb.GetClusterResponse(members=[member_to_proto(m, now) for m in self._control.membership.all()])

@@ -1,0 +1,149 @@
+"""The job spec: what to train, how, and on how many members.
+
+One frozen, self-validating pydantic model. Every component receives the validated
+spec (as JSON on the wire) so all of them agree on every hyperparameter.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tidal.core.errors import InvalidArgumentError
+
+
+class Mode(StrEnum):
+    """Consistency mode of a job."""
+
+    SYNC = "sync"  # BSP: every step waits for the gradients of all workers
+    ASYNC = "async"  # ASGD: every gradient is applied on arrival
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    # A built-in model ("mlp", "cnn") or "package.module:factory".
+    name: str = "mlp"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetSpec(_Strict):
+    # A built-in dataset ("seattle_weather", "synthetic").
+    name: str = "seattle_weather"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerSpec(_Strict):
+    """A torch.optim optimizer that the shards run on their slice."""
+
+    name: Literal["sgd", "adam", "adamw", "adagrad"] = "sgd"
+    lr: float = Field(0.05, gt=0, le=100)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _sgd_only_options(self) -> OptimizerSpec:
+        if self.name != "sgd" and (self.momentum or self.nesterov):
+            raise ValueError(f"momentum and nesterov apply to sgd only, not {self.name}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
+        return self
+
+
+class DelaySpec(_Strict):
+    """Extra time added to every step of a worker, drawn from a distribution."""
+
+    distribution: Literal["constant", "exponential", "lognormal"] = "constant"
+    # Mean of the added delay, in seconds.
+    mean_s: float = Field(0.0, ge=0, le=60)
+    # Shape of the log-normal tail (sigma of the underlying normal).
+    sigma: float = Field(1.0, gt=0, le=5)
+
+
+class StragglerSpec(_Strict):
+    """Makes one worker slow on purpose, for experiments."""
+
+    rank: int = Field(ge=0)
+    # Compute takes this many times longer (the worker sleeps the difference).
+    slowdown: float = Field(1.0, ge=1.0, le=1000.0)
+    delay: DelaySpec | None = None
+
+
+class JobSpec(_Strict):
+    """Everything a job needs. Units: seconds for times, samples for batch size."""
+
+    name: str = Field("job", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    mode: Mode = Mode.SYNC
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: int = Field(32, ge=1, le=65536)
+    # Optimizer steps in sync mode. Async applies steps * num_workers updates, so both
+    # modes process the same number of samples.
+    steps: int = Field(100, ge=1, le=10_000_000)
+    num_workers: int = Field(2, ge=1, le=1024)
+    num_shards: int = Field(1, ge=1, le=256)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    # Evaluate on the validation split every this many versions (0: only at the end).
+    eval_every: int = Field(0, ge=0)
+    # Longest a worker waits for one shard reply before it declares the step failed.
+    step_timeout_s: float = Field(120.0, gt=0, le=3600)
+    stragglers: list[StragglerSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _stragglers_in_range(self) -> JobSpec:
+        ranks = [s.rank for s in self.stragglers]
+        for rank in ranks:
+            if rank >= self.num_workers:
+                raise ValueError(f"stragglers: rank {rank} >= num_workers {self.num_workers}")
+        if len(set(ranks)) != len(ranks):
+            raise ValueError("stragglers: each rank may appear once")
+        return self
+
+    @property
+    def target_version(self) -> int:
+        """Parameter version at which training stops."""
+        return self.steps if self.mode == Mode.SYNC else self.steps * self.num_workers
+
+    def straggler(self, rank: int) -> StragglerSpec | None:
+        return next((s for s in self.stragglers if s.rank == rank), None)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def parse_job_spec(data: str | bytes | dict[str, Any]) -> JobSpec:
+    """Validates a spec given as a JSON text or a mapping.
+
+    Raises InvalidArgumentError whose message names every offending field, e.g.
+    ``spec.optimizer.lr: Input should be greater than 0``.
+    """
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"spec: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(f"spec: expected a JSON object, got {type(data).__name__}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgumentError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in ("spec", *err["loc"]))
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

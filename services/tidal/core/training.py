@@ -1,0 +1,43 @@
+"""What a worker computes: one gradient on a batch, and an evaluation pass.
+
+Shared by the worker loop and by the tests' single-process reference, so "the same
+computation" is literally the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tidal.core.flat import FlatModel
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+
+
+def compute_gradient(flat: FlatModel, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Leaves the mean cross-entropy gradient of the batch in `flat.grads`; returns the loss."""
+    flat.zero_grad()
+    flat.model.train()
+    loss = F.cross_entropy(flat.model(x), y)
+    loss.backward()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> EvalResult:
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for lo in range(0, len(y), batch_size):
+        logits = model(x[lo : lo + batch_size])
+        target = y[lo : lo + batch_size]
+        total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    n = max(len(y), 1)
+    return EvalResult(total_loss / n, correct / n)

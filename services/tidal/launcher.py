@@ -1,0 +1,147 @@
+"""Runs a local tidal cluster as real subprocesses on loopback (demo, tests, benchmarks).
+
+Every service binds port 0 and reports its real port in a ready file. Children are put in
+their own session (so the terminal's Ctrl-C reaches only the launcher, which then shuts
+them down in order) and get SIGKILL from the kernel if the launcher itself dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tidal.core.errors import DeadlineExceededError, UnavailableError
+
+HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: children may outlive a killed launcher
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_path: Path
+    log: IO[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+class LocalCluster:
+    def __init__(
+        self, workdir: Path, num_shards: int = 2, worker_slowdowns: tuple[float, ...] = (1.0, 1.0),
+        heartbeat_timeout_s: float = 10.0, env: dict[str, str] | None = None, start_timeout_s: float = 90.0,
+    ) -> None:
+        self.workdir = workdir
+        self.num_shards = num_shards
+        self.worker_slowdowns = worker_slowdowns
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.services: dict[str, Service] = {}
+
+    @property
+    def coordinator_address(self) -> str:
+        return f"{HOST}:{self.services['coordinator'].info['grpc_port']}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{HOST}:{self.services['coordinator'].info['http_port']}"
+
+    def address_of(self, name: str) -> str:
+        return f"{HOST}:{self.services[name].info['grpc_port']}"
+
+    def start(self) -> LocalCluster:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.spawn("coordinator", ["coordinator", "--host", HOST, "--port", "0", "--http-port", "0",
+                                   "--heartbeat-timeout", str(self.heartbeat_timeout_s)])
+        self.wait_ready(["coordinator"])
+        for i in range(self.num_shards):
+            self.spawn_shard(f"shard-{i}")
+        for i, slowdown in enumerate(self.worker_slowdowns):
+            self.spawn_worker(f"worker-{i}", slowdown)
+        self.wait_ready(list(self.services))
+        return self
+
+    def spawn_shard(self, name: str) -> Service:
+        return self.spawn(name, ["shard", "--coordinator", self.coordinator_address, "--host", HOST, "--port", "0"])
+
+    def spawn_worker(self, name: str, slowdown: float = 1.0) -> Service:
+        return self.spawn(name, ["worker", "--coordinator", self.coordinator_address, "--host", HOST, "--port", "0",
+                                 "--slowdown", str(slowdown)])
+
+    def spawn(self, name: str, args: list[str]) -> Service:
+        ready_file = self.workdir / f"{name}.ready.json"
+        ready_file.unlink(missing_ok=True)
+        log_path = self.workdir / "logs" / f"{name}.log"
+        log = log_path.open("ab")
+        cmd = [sys.executable, "-m", "tidal", *args, "--ready-file", str(ready_file)]
+        process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        service = Service(name, args, process, ready_file, log_path, log)
+        self.services[name] = service
+        return service
+
+    def wait_ready(self, names: list[str]) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        for name in names:
+            service = self.services[name]
+            while not service.ready_file.exists():
+                if not service.alive():
+                    raise UnavailableError(f"{name} exited with {service.process.returncode}: {self.tail(name)}")
+                if time.monotonic() > deadline:
+                    raise DeadlineExceededError(f"{name} not ready within {self.start_timeout_s:.0f}s: {self.tail(name)}")
+                time.sleep(0.05)
+            service.info = json.loads(service.ready_file.read_text())
+
+    def tail(self, name: str, lines: int = 5) -> str:
+        text = self.services[name].log_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        self.services[name].process.send_signal(sig)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM in reverse start order (workers, shards, coordinator); SIGKILL stragglers."""
+        order = [s for s in reversed(self.services.values()) if s.alive()]
+        for service in order:
+            service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for service in order:
+            try:
+                service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        for service in self.services.values():
+            service.log.close()
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

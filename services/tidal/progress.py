@@ -1,0 +1,27 @@
+"""A rich progress bar that follows a job through WatchJob."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tidal.client import TidalClient, job_state_name
+from tidal.v1 import coordinator_pb2 as coord_pb
+
+
+def describe(job: coord_pb.JobStatus) -> str:
+    acc = f" val acc {job.val_accuracy:.3f}" if job.HasField("val_accuracy") else ""
+    return f"{job.mode:>5} {job_state_name(job.state):>9}  loss {job.train_loss:.4f}{acc}"
+
+
+async def follow_job(client: TidalClient, job_id: str, console: Console) -> coord_pb.JobStatus:
+    """Shows the job's progress (versions applied) until it ends; returns its last status."""
+    columns = (TextColumn("{task.fields[job]}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    last = await client.get(job_id)
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(describe(last), total=max(last.target_version, 1), job=job_id)
+        async for status in client.watch(job_id):
+            last = status
+            progress.update(task, completed=min(status.version, status.target_version), description=describe(status))
+    return last

@@ -1,0 +1,78 @@
+"""One job on one shard, seen from asyncio: version waits and serialized parameters.
+
+Wraps the pure `ShardState`: a condition wakes workers waiting for a version, and the
+serialized parameters of the current version are cached, so W workers waiting for the
+same version cost one serialization, not W.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from tidal.core.errors import DeadlineExceededError, FailedPreconditionError
+from tidal.core.shard_state import PushResult, ShardState
+from tidal.transport import serde
+from tidal.v1 import shard_pb2 as shard_pb
+
+
+class ShardRuntime:
+    def __init__(self, job_id: str, state: ShardState) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.range_start = state.shard_map.ranges[state.shard_index][0]
+        self._changed = asyncio.Condition()
+        self._cache: tuple[int, list[shard_pb.Params]] | None = None
+        self.closed_reason = ""
+
+    async def push(
+        self, worker_id: str, push_id: str, base_version: int, membership_epoch: int, grad: torch.Tensor
+    ) -> PushResult:
+        before = self.state.version
+        result = self.state.push(worker_id, push_id, base_version, membership_epoch, grad)
+        if self.state.version != before:
+            await self._notify()
+        return result
+
+    async def set_membership(self, membership_epoch: int, workers: list[str]) -> None:
+        self.state.set_membership(membership_epoch, workers)
+        await self._notify()
+
+    async def close(self, reason: str) -> None:
+        self.closed_reason = reason
+        await self._notify()
+
+    async def wait_for_version(self, version: int, timeout_s: float) -> None:
+        """Returns once the shard's version is at least `version`."""
+
+        def ready() -> bool:
+            return bool(self.closed_reason) or self.state.version >= version
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
+            except TimeoutError:
+                missing = sorted(self.state.members - self.state.view().arrived)
+                raise DeadlineExceededError(
+                    f"shard {self.state.shard_index}: version {version} not reached within {timeout_s:.0f}s "
+                    f"(at version {self.state.version}; no gradient yet from {', '.join(missing) or 'nobody'})"
+                ) from None
+        if self.closed_reason:
+            raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
+
+    def params(self) -> list[shard_pb.Params]:
+        """The current parameters as Params messages (cached per version)."""
+        version = self.state.version
+        if self._cache is None or self._cache[0] != version:
+            chunks = serde.slice_to_chunks(self.state.params.detach(), self.state.segments, self.range_start)
+            groups = list(serde.group_chunks(chunks))
+            messages = [
+                shard_pb.Params(version=version, chunks=group, last=i == len(groups) - 1) for i, group in enumerate(groups)
+            ]
+            self._cache = (version, messages)
+        return self._cache[1]
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,133 @@
+"""The ParameterShard gRPC servicer: serde and one call into the domain per message."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import torch
+
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
+from tidal.shard.runtime import ShardRuntime
+from tidal.transport.errors import translate_errors
+from tidal.transport.serde import SliceAssembler
+from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import shard_pb2 as shard_pb
+from tidal.v1 import shard_pb2_grpc as shard_grpc
+
+_OUTCOME_TO_PROTO = {
+    "applied": shard_pb.PUSH_OUTCOME_APPLIED,
+    "buffered": shard_pb.PUSH_OUTCOME_BUFFERED,
+    "duplicate": shard_pb.PUSH_OUTCOME_DUPLICATE,
+    "dropped_late": shard_pb.PUSH_OUTCOME_DROPPED_LATE,
+    "rejected_stale": shard_pb.PUSH_OUTCOME_REJECTED_STALE,
+}
+
+# Most PushChunk messages one push may take: a 16 GiB slice at the default chunk size.
+MAX_CHUNKS_PER_PUSH = 1 << 14
+
+
+class ShardServicer(shard_grpc.ParameterShardServicer):
+    def __init__(self, current: Callable[[], ShardRuntime | None]) -> None:
+        self._current = current
+
+    def _runtime(self, job_id: str) -> ShardRuntime:
+        runtime = self._current()
+        if runtime is None or runtime.closed_reason:
+            raise FailedPreconditionError(f"job_id: this shard has no running job (asked for {job_id!r})")
+        if runtime.job_id != job_id:
+            raise FailedPreconditionError(f"job_id: this shard serves job {runtime.job_id!r}, not {job_id!r}")
+        return runtime
+
+    @translate_errors
+    async def Exchange(
+        self, request_iterator: AsyncIterator[shard_pb.ExchangeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb.ExchangeResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "open":
+            raise InvalidArgumentError("open: the first message of an Exchange stream must be 'open'")
+        opened = first.open
+        runtime = self._runtime(opened.job_id)
+        state = runtime.state
+        state.check_sender(opened.worker_id, opened.membership_epoch)
+        start, end = state.shard_map.ranges[state.shard_index]
+        yield shard_pb.ExchangeResponse(
+            opened=shard_pb.ExchangeOpened(
+                shard_index=state.shard_index,
+                version=state.version,
+                range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
+            )
+        )
+        timeout_s = state.spec.step_timeout_s
+        # Pushes are assembled here, never in the parameters, so a bad push changes nothing.
+        scratch = torch.empty_like(state.params, requires_grad=False)
+        pending: shard_pb.PushChunk | None = None
+        assembler: SliceAssembler | None = None
+        chunks = 0
+        async for request in request_iterator:
+            kind = request.WhichOneof("kind")
+            if kind == "pull":
+                await runtime.wait_for_version(request.pull.min_version, timeout_s)
+                for params in runtime.params():
+                    yield shard_pb.ExchangeResponse(params=params)
+            elif kind == "push":
+                push = request.push
+                if pending is None:
+                    pending, chunks = push, 0
+                    assembler = SliceAssembler(state.segments, runtime.range_start, scratch, "push.chunks")
+                elif push.push_id != pending.push_id:
+                    raise InvalidArgumentError(
+                        f"push.push_id: {push.push_id!r} started before push {pending.push_id!r} ended (last=true)"
+                    )
+                chunks += 1
+                if chunks > MAX_CHUNKS_PER_PUSH:
+                    raise InvalidArgumentError(f"push: more than {MAX_CHUNKS_PER_PUSH} messages in one push")
+                assert assembler is not None
+                assembler.add(push.chunks)
+                if not push.last:
+                    continue
+                grad = assembler.finish()
+                result = await runtime.push(
+                    opened.worker_id, pending.push_id, pending.base_version, pending.membership_epoch, grad
+                )
+                yield shard_pb.ExchangeResponse(
+                    ack=shard_pb.PushAck(
+                        push_id=pending.push_id,
+                        outcome=_OUTCOME_TO_PROTO[result.outcome.value],
+                        version=result.version,
+                        staleness=result.staleness,
+                    )
+                )
+                pending = assembler = None
+                await runtime.wait_for_version(result.serve_version, timeout_s)
+                for params in runtime.params():
+                    yield shard_pb.ExchangeResponse(params=params)
+            else:
+                raise InvalidArgumentError(f"kind: unexpected message {kind!r} on an open Exchange stream")
+
+    @translate_errors
+    async def ReadParameters(
+        self, request: shard_pb.ReadParametersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb.ReadParametersResponse]:
+        runtime = self._runtime(request.job_id)
+        for params in runtime.params():
+            yield shard_pb.ReadParametersResponse(params=params)
+
+    @translate_errors
+    async def GetShardInfo(
+        self, request: shard_pb.GetShardInfoRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb.GetShardInfoResponse:
+        runtime = self._current()
+        if runtime is None:
+            return shard_pb.GetShardInfoResponse()
+        state = runtime.state
+        start, end = state.shard_map.ranges[state.shard_index]
+        return shard_pb.GetShardInfoResponse(
+            job_id=runtime.job_id,
+            shard_index=state.shard_index,
+            version=state.version,
+            range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
+            updates_applied=state.counters.updates_applied,
+            updates_rejected=state.counters.updates_rejected,
+            membership_epoch=state.membership_epoch,
+        )

@@ -1,0 +1,13 @@
+"""Sizes and timings of the transport, in one place."""
+
+from __future__ import annotations
+
+# Payload bytes per TensorChunk and per data-plane message.
+CHUNK_BYTES = 1 << 20
+# Largest message any tidal server or channel accepts; a chunk plus headers fits easily.
+MAX_MESSAGE_BYTES = 16 << 20
+# HTTP/2 keepalive: ping an idle connection so dead peers are noticed.
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+# How long a server lets in-flight calls finish on shutdown, in seconds.
+SHUTDOWN_GRACE_S = 5.0

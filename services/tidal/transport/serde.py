@@ -1,0 +1,160 @@
+"""Tensor <-> protobuf conversion: the only module that knows both torch and the wire.
+
+Pairs of `x_to_proto` / `x_from_proto`; proto classes are imported under the `pb`
+aliases so they never shadow domain types. Tensors travel as `TensorChunk`s of at most
+`CHUNK_BYTES` of payload; a receiver checks every chunk against the shard map (name,
+dtype, shape, range) before it writes, and checks at the end that the chunks covered its
+range exactly once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+
+from tidal.core.errors import InvalidArgumentError
+from tidal.core.shard_map import Segment, ShardMap, TensorInfo
+from tidal.transport.limits import CHUNK_BYTES
+from tidal.v1 import common_pb2 as common_pb
+
+_DTYPE_TO_PROTO = {
+    torch.float32: common_pb.DTYPE_FLOAT32,
+    torch.float16: common_pb.DTYPE_FLOAT16,
+    torch.bfloat16: common_pb.DTYPE_BFLOAT16,
+    torch.float64: common_pb.DTYPE_FLOAT64,
+}
+_PROTO_TO_DTYPE = {v: k for k, v in _DTYPE_TO_PROTO.items()}
+
+
+def dtype_to_proto(dtype: torch.dtype) -> int:
+    try:
+        return _DTYPE_TO_PROTO[dtype]
+    except KeyError:
+        raise InvalidArgumentError(f"dtype: {dtype} cannot travel on the wire") from None
+
+
+def dtype_from_proto(value: int, field: str = "dtype") -> torch.dtype:
+    try:
+        return _PROTO_TO_DTYPE[value]
+    except KeyError:
+        raise InvalidArgumentError(f"{field}: unsupported dtype enum value {value}") from None
+
+
+def shard_map_to_proto(shard_map: ShardMap) -> common_pb.ShardMap:
+    return common_pb.ShardMap(
+        tensors=[
+            common_pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=dtype_to_proto(t.dtype))
+            for t in shard_map.tensors
+        ],
+        ranges=[common_pb.ShardRange(shard=i, start=s, end=e) for i, (s, e) in enumerate(shard_map.ranges)],
+    )
+
+
+def shard_map_from_proto(msg: common_pb.ShardMap) -> ShardMap:
+    tensors = []
+    for i, t in enumerate(msg.tensors):
+        if any(d < 0 for d in t.shape):
+            raise InvalidArgumentError(f"shard_map.tensors[{i}].shape: negative dimension in {list(t.shape)}")
+        tensors.append(TensorInfo(t.name, tuple(t.shape), dtype_from_proto(t.dtype, f"shard_map.tensors[{i}].dtype")))
+    shard_map = ShardMap(tuple(tensors), tuple((r.start, r.end) for r in msg.ranges))
+    shard_map.validate()
+    return shard_map
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    return memoryview(t.detach().contiguous().numpy()).cast("B")
+
+
+def slice_to_chunks(
+    flat: torch.Tensor, segments: Sequence[Segment], range_start: int, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[common_pb.TensorChunk]:
+    """Cuts a shard's flat slice (`flat[0]` is element `range_start` of the model's flat
+    vector) into chunks of at most `chunk_bytes` of payload."""
+    dtype = dtype_to_proto(flat.dtype)
+    per_chunk = max(1, chunk_bytes // flat.element_size())
+    for seg in segments:
+        base = seg.flat_start - range_start
+        for lo in range(0, seg.length, per_chunk):
+            hi = min(lo + per_chunk, seg.length)
+            yield common_pb.TensorChunk(
+                name=seg.name,
+                dtype=dtype,
+                shape=seg.shape,
+                offset=seg.tensor_offset + lo,
+                data=bytes(_as_bytes(flat[base + lo : base + hi])),
+            )
+
+
+def group_chunks(chunks: Iterable[common_pb.TensorChunk], max_bytes: int = CHUNK_BYTES) -> Iterator[list[common_pb.TensorChunk]]:
+    """Packs chunks into groups of at most `max_bytes` payload (one group per message)."""
+    group: list[common_pb.TensorChunk] = []
+    size = 0
+    for chunk in chunks:
+        if group and size + len(chunk.data) > max_bytes:
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += len(chunk.data)
+    if group:
+        yield group
+
+
+class SliceAssembler:
+    """Writes received chunks into `out`, the flat slice [range_start, range_start+numel).
+
+    Every chunk is validated before it is written; `finish` checks exact coverage. The
+    caller passes a scratch buffer when the destination must stay untouched on error.
+    """
+
+    def __init__(self, segments: Sequence[Segment], range_start: int, out: torch.Tensor, field: str) -> None:
+        self._by_name = {s.name: s for s in segments}
+        self._range_start = range_start
+        self._out = out
+        self._field = field
+        self._written: list[tuple[int, int]] = []
+
+    def add(self, chunks: Iterable[common_pb.TensorChunk]) -> None:
+        for chunk in chunks:
+            where = f"{self._field}[{len(self._written)}]"
+            seg = self._by_name.get(chunk.name)
+            if seg is None:
+                raise InvalidArgumentError(f"{where}.name: unknown tensor {chunk.name!r} for this shard")
+            dtype = dtype_from_proto(chunk.dtype, f"{where}.dtype")
+            if dtype != self._out.dtype:
+                raise InvalidArgumentError(f"{where}.dtype: {chunk.name} is {self._out.dtype}, got {dtype}")
+            if tuple(chunk.shape) != seg.shape:
+                raise InvalidArgumentError(
+                    f"{where}.shape: {chunk.name} has shape {list(seg.shape)}, got {list(chunk.shape)}"
+                )
+            size = self._out.element_size()
+            if len(chunk.data) % size:
+                raise InvalidArgumentError(f"{where}.data: {len(chunk.data)} bytes is not a multiple of {size}")
+            count = len(chunk.data) // size
+            if count == 0 or chunk.offset < seg.tensor_offset or chunk.offset + count > seg.tensor_offset + seg.length:
+                raise InvalidArgumentError(
+                    f"{where}.offset: elements [{chunk.offset}, {chunk.offset + count}) of {chunk.name} "
+                    f"are outside this shard's [{seg.tensor_offset}, {seg.tensor_offset + seg.length})"
+                )
+            start = seg.flat_start - self._range_start + (chunk.offset - seg.tensor_offset)
+            self._out[start : start + count].copy_(_frombuffer(chunk.data, dtype))
+            self._written.append((start, start + count))
+
+    def finish(self) -> torch.Tensor:
+        expected = 0
+        for lo, hi in sorted(self._written):
+            if lo != expected:
+                problem = "overlap" if lo < expected else "gap"
+                raise InvalidArgumentError(f"{self._field}: chunks leave a {problem} at element {min(lo, expected)}")
+            expected = hi
+        if expected != self._out.numel():
+            raise InvalidArgumentError(f"{self._field}: chunks cover {expected} of {self._out.numel()} elements")
+        return self._out
+
+
+def _frombuffer(data: bytes, dtype: torch.dtype) -> torch.Tensor:
+    # Read-only is fine: the view is copied out at once. Silence torch's one-time warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(data, dtype=dtype)

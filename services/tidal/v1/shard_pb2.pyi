@@ -1,0 +1,144 @@
+from tidal.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PushOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUSH_OUTCOME_UNSPECIFIED: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_APPLIED: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_BUFFERED: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_DUPLICATE: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_DROPPED_LATE: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_REJECTED_STALE: _ClassVar[PushOutcome]
+PUSH_OUTCOME_UNSPECIFIED: PushOutcome
+PUSH_OUTCOME_APPLIED: PushOutcome
+PUSH_OUTCOME_BUFFERED: PushOutcome
+PUSH_OUTCOME_DUPLICATE: PushOutcome
+PUSH_OUTCOME_DROPPED_LATE: PushOutcome
+PUSH_OUTCOME_REJECTED_STALE: PushOutcome
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("open", "pull", "push")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    open: ExchangeOpen
+    pull: Pull
+    push: PushChunk
+    def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
+
+class ExchangeOpen(_message.Message):
+    __slots__ = ("job_id", "worker_id", "membership_epoch")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    membership_epoch: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ...) -> None: ...
+
+class Pull(_message.Message):
+    __slots__ = ("min_version",)
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    min_version: int
+    def __init__(self, min_version: _Optional[int] = ...) -> None: ...
+
+class PushChunk(_message.Message):
+    __slots__ = ("push_id", "base_version", "membership_epoch", "clock", "num_samples", "chunks", "last")
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    push_id: str
+    base_version: int
+    membership_epoch: int
+    clock: int
+    num_samples: int
+    chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorChunk]
+    last: bool
+    def __init__(self, push_id: _Optional[str] = ..., base_version: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., clock: _Optional[int] = ..., num_samples: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.TensorChunk, _Mapping]]] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class ExchangeResponse(_message.Message):
+    __slots__ = ("opened", "ack", "params")
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    opened: ExchangeOpened
+    ack: PushAck
+    params: Params
+    def __init__(self, opened: _Optional[_Union[ExchangeOpened, _Mapping]] = ..., ack: _Optional[_Union[PushAck, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ...) -> None: ...
+
+class ExchangeOpened(_message.Message):
+    __slots__ = ("shard_index", "version", "range")
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    shard_index: int
+    version: int
+    range: _common_pb2.ShardRange
+    def __init__(self, shard_index: _Optional[int] = ..., version: _Optional[int] = ..., range: _Optional[_Union[_common_pb2.ShardRange, _Mapping]] = ...) -> None: ...
+
+class PushAck(_message.Message):
+    __slots__ = ("push_id", "outcome", "version", "staleness")
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    push_id: str
+    outcome: PushOutcome
+    version: int
+    staleness: int
+    def __init__(self, push_id: _Optional[str] = ..., outcome: _Optional[_Union[PushOutcome, str]] = ..., version: _Optional[int] = ..., staleness: _Optional[int] = ...) -> None: ...
+
+class Params(_message.Message):
+    __slots__ = ("version", "chunks", "last")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorChunk]
+    last: bool
+    def __init__(self, version: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.TensorChunk, _Mapping]]] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class ReadParametersRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ReadParametersResponse(_message.Message):
+    __slots__ = ("params",)
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    params: Params
+    def __init__(self, params: _Optional[_Union[Params, _Mapping]] = ...) -> None: ...
+
+class GetShardInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetShardInfoResponse(_message.Message):
+    __slots__ = ("job_id", "shard_index", "version", "range", "updates_applied", "updates_rejected", "membership_epoch")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    shard_index: int
+    version: int
+    range: _common_pb2.ShardRange
+    updates_applied: int
+    updates_rejected: int
+    membership_epoch: int
+    def __init__(self, job_id: _Optional[str] = ..., shard_index: _Optional[int] = ..., version: _Optional[int] = ..., range: _Optional[_Union[_common_pb2.ShardRange, _Mapping]] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., membership_epoch: _Optional[int] = ...) -> None: ...

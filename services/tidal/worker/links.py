@@ -1,0 +1,111 @@
+"""A worker's data-plane connection to one shard: one Exchange stream for the whole job."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import torch
+
+from tidal.core.errors import DeadlineExceededError, TidalError, UnavailableError
+from tidal.core.shard_map import ShardMap
+from tidal.transport import serde
+from tidal.transport.errors import error_from_rpc
+from tidal.transport.server import create_channel
+from tidal.v1 import shard_pb2 as shard_pb
+from tidal.v1 import shard_pb2_grpc as shard_grpc
+
+
+class ShardLink:
+    def __init__(
+        self, job_id: str, worker_id: str, epoch: int, shard_index: int, address: str, shard_map: ShardMap,
+        params: torch.Tensor, timeout_s: float,
+    ) -> None:
+        self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
+        self.shard_index, self.address = shard_index, address
+        self.start, self.end = shard_map.ranges[shard_index]
+        self.segments = shard_map.segments(shard_index)
+        # The worker's view of this shard's parameters: a slice of the model's flat buffer.
+        self.params = params[self.start : self.end]
+        self.timeout_s = timeout_s
+        self.version = -1
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._channel = create_channel(address)
+        self._call: grpc.aio.StreamStreamCall | None = None
+
+    def _where(self, step: int | None = None) -> str:
+        at = f" at step {step}" if step is not None else ""
+        return f"shard {self.shard_index} ({self.address}){at}"
+
+    async def open(self) -> None:
+        self._call = shard_grpc.ParameterShardStub(self._channel).Exchange()
+        await self._write(
+            shard_pb.ExchangeRequest(
+                open=shard_pb.ExchangeOpen(job_id=self.job_id, worker_id=self.worker_id, membership_epoch=self.epoch)
+            )
+        )
+        reply = await self._read(None)
+        if reply.WhichOneof("kind") != "opened":
+            raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.WhichOneof('kind')}")
+
+    async def pull(self, min_version: int, step: int | None = None) -> int:
+        await self._write(shard_pb.ExchangeRequest(pull=shard_pb.Pull(min_version=min_version)))
+        return await self._receive_params(step)
+
+    async def push(self, push_id: str, clock: int, grads: torch.Tensor, num_samples: int) -> tuple[shard_pb.PushAck, int]:
+        """Pushes this shard's slice of the flat gradient; returns the ack and the new version."""
+        grad_slice = grads[self.start : self.end]
+        groups = list(serde.group_chunks(serde.slice_to_chunks(grad_slice, self.segments, self.start)))
+        for i, group in enumerate(groups):
+            msg = shard_pb.PushChunk(
+                push_id=push_id, base_version=self.version, membership_epoch=self.epoch, clock=clock,
+                num_samples=num_samples, chunks=group, last=i == len(groups) - 1,
+            )
+            await self._write(shard_pb.ExchangeRequest(push=msg))
+        reply = await self._read(clock)
+        if reply.WhichOneof("kind") != "ack":
+            raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.WhichOneof('kind')}")
+        return reply.ack, await self._receive_params(clock)
+
+    async def _receive_params(self, step: int | None) -> int:
+        assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks")
+        while True:
+            reply = await self._read(step)
+            if reply.WhichOneof("kind") != "params":
+                raise UnavailableError(f"{self._where(step)}: expected params, got {reply.WhichOneof('kind')}")
+            assembler.add(reply.params.chunks)
+            if reply.params.last:
+                assembler.finish()
+                self.version = reply.params.version
+                return self.version
+
+    async def _write(self, msg: shard_pb.ExchangeRequest) -> None:
+        assert self._call is not None, "open() first"
+        try:
+            await self._call.write(msg)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, None) from None
+        self.bytes_sent += msg.ByteSize()
+
+    async def _read(self, step: int | None) -> shard_pb.ExchangeResponse:
+        assert self._call is not None, "open() first"
+        try:
+            reply = await asyncio.wait_for(self._call.read(), self.timeout_s)
+        except TimeoutError:
+            raise DeadlineExceededError(f"{self._where(step)}: no reply within {self.timeout_s:.0f}s") from None
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, step) from None
+        if reply is grpc.aio.EOF:
+            raise UnavailableError(f"{self._where(step)}: stream closed by the shard")
+        self.bytes_received += reply.ByteSize()
+        return reply
+
+    def _error(self, exc: grpc.aio.AioRpcError, step: int | None) -> TidalError:
+        err = error_from_rpc(exc)
+        return type(err)(f"{self._where(step)}: {err}")
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        await self._channel.close()

@@ -1,0 +1,167 @@
+"""The worker process: a small gRPC server (health, info) plus one loop over commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import grpc
+
+from tidal.core.errors import TidalError
+from tidal.core.spec import parse_job_spec
+from tidal.core.training import EvalResult
+from tidal.transport import serde
+from tidal.transport.limits import SHUTDOWN_GRACE_S
+from tidal.transport.process import stop_on_signals, write_ready_file
+from tidal.transport.server import add_health_and_reflection, create_server, set_health
+from tidal.transport.session import MemberSession
+from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.v1 import worker_pb2 as worker_pb
+from tidal.v1 import worker_pb2_grpc as worker_grpc
+from tidal.worker.loop import Assignment, StepReport, TrainingRun
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = [worker_pb.DESCRIPTOR.services_by_name["Worker"].full_name]
+
+
+def assignment_from_proto(member_id: str, msg: coord_pb.AssignWorker) -> Assignment:
+    return Assignment(
+        job_id=msg.job_id,
+        worker_id=member_id,
+        spec=parse_job_spec(msg.spec_json),
+        rank=msg.rank,
+        world_size=msg.world_size,
+        membership_epoch=msg.membership_epoch,
+        shard_map=serde.shard_map_from_proto(msg.shard_map),
+        shard_addresses=list(msg.shard_addresses),
+    )
+
+
+class WorkerNode(worker_grpc.WorkerServicer):
+    """Carries out the coordinator's commands for this worker and answers GetWorkerInfo."""
+
+    def __init__(self, session: MemberSession, slowdown: float) -> None:
+        self.session = session
+        self.slowdown = slowdown
+        self.run: TrainingRun | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def GetWorkerInfo(
+        self, request: worker_pb.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb.GetWorkerInfoResponse:
+        run = self.run
+        return worker_pb.GetWorkerInfoResponse(
+            member_id=self.session.member_id,
+            job_id=run.a.job_id if run else "",
+            rank=run.a.rank if run else 0,
+            step=run.step if run else 0,
+            param_version=max(run.version, 0) if run else 0,
+            slowdown=self.slowdown,
+        )
+
+    async def on_command(self, msg: coord_pb.SessionResponse) -> None:
+        kind = msg.WhichOneof("kind")
+        log.info("DBG command %s", kind)
+        if kind == "assign_worker":
+            await self.release()
+            self._task = asyncio.create_task(self._guard(msg.assign_worker.job_id, self._train(msg.assign_worker)))
+        elif kind == "evaluate" and self.run and self.run.a.job_id == msg.evaluate.job_id:
+            self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, self._evaluate(msg.evaluate.final)))
+        elif kind == "release_job" and self.run and self.run.a.job_id == msg.release_job.job_id:
+            await self.release()
+
+    async def release(self) -> None:
+        if self._task and not self._task.done():
+            self._task.cancel()
+        if self.run:
+            await self.run.close()
+        self.run = self._task = None
+
+    async def _guard(self, job_id: str, work: object) -> None:
+        """Runs job work; a failure is reported to the coordinator, which fails the job."""
+        try:
+            await work  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must still fail the job loudly, not hang it
+            if isinstance(exc, TidalError):
+                log.error("job %s: %s", job_id, exc)
+            else:
+                log.exception("job %s: unexpected error", job_id)
+            await self._send(coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id=job_id, message=str(exc))))
+
+    async def _train(self, assign: coord_pb.AssignWorker) -> None:
+        assignment = assignment_from_proto(self.session.member_id, assign)
+        self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown)
+        log.info("job %s: rank %d of %d, %d training samples", assign.job_id, assign.rank, assign.world_size, len(run.partition))
+
+        async def report(r: StepReport) -> None:
+            await self._send(
+                coord_pb.SessionRequest(
+                    worker_progress=coord_pb.WorkerProgress(
+                        job_id=assign.job_id, step=r.step, samples=r.samples, loss=r.loss,
+                        step_time_s=r.step_time_s, param_version=r.param_version,
+                    )
+                )
+            )
+
+        await run.train(report, lambda version, result: self._report_eval(assign.job_id, version, result, False))
+        await self._send(
+            coord_pb.SessionRequest(
+                worker_finished=coord_pb.WorkerFinished(job_id=assign.job_id, steps=run.step, samples=run.samples)
+            )
+        )
+
+    async def _evaluate(self, final: bool) -> None:
+        assert self.run is not None
+        version, result = await self.run.evaluate_latest()
+        await self._report_eval(self.run.a.job_id, version, result, final)
+
+    async def _report_eval(self, job_id: str, version: int, result: EvalResult, final: bool) -> None:
+        await self._send(
+            coord_pb.SessionRequest(
+                eval_report=coord_pb.EvalReport(
+                    job_id=job_id, version=version, val_loss=result.loss, val_accuracy=result.accuracy, final=final
+                )
+            )
+        )
+
+    async def _send(self, msg: coord_pb.SessionRequest) -> None:
+        await self.session.send(msg)
+
+
+async def run_worker(
+    coordinator: str, host: str, port: int, slowdown: float, ready_file: Path | None, register_timeout_s: float
+) -> int:
+    server, bound_port = create_server(f"{host}:{port}")
+    session = MemberSession(coordinator, common_pb.ROLE_WORKER, name=socket.gethostname())
+    node = WorkerNode(session, slowdown)
+    worker_grpc.add_WorkerServicer_to_server(node, server)
+    health = add_health_and_reflection(server, SERVICE_NAMES)
+    await set_health(health, SERVICE_NAMES, serving=False)
+    await server.start()
+    stop = stop_on_signals()
+    try:
+        member_id = await session.register(register_timeout_s)
+        await set_health(health, SERVICE_NAMES, serving=True)
+        write_ready_file(ready_file, {"role": "worker", "grpc_port": bound_port, "member_id": member_id})
+        log.info("worker %s (slowdown %.1fx) serving on %s:%d", member_id, slowdown, host, bound_port)
+        session_task = asyncio.create_task(session.run(node.on_command))
+        stop_task = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({session_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        if session_task in done:
+            session_task.result()
+        session_task.cancel()
+        return 0
+    except TidalError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        await set_health(health, SERVICE_NAMES, serving=False)
+        await node.release()
+        await server.stop(SHUTDOWN_GRACE_S)
+        await session.close()
