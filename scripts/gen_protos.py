@@ -1,7 +1,7 @@
 """Regenerates the checked-in gRPC stubs from protos/ (run after editing a .proto).
 
-    python scripts/gen_protos.py            # writes services/tidal/v1/*_pb2*.py
-    python scripts/gen_protos.py OUT_DIR    # writes OUT_DIR/tidal/v1/... (the drift test)
+python scripts/gen_protos.py            # writes services/tidal/v1/*_pb2*.py
+python scripts/gen_protos.py OUT_DIR    # writes OUT_DIR/tidal/v1/... (the drift test)
 """
 
 from __future__ import annotations

@@ -15,21 +15,41 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 
-from tidal.config import DEFAULT_COORDINATOR, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_SHARD_PORT, DEFAULT_WORKER_PORT, ENV
+from tidal.config import (
+    DEFAULT_COORDINATOR,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_SHARD_PORT,
+    DEFAULT_WORKER_PORT,
+    ENV,
+)
 from tidal.core.errors import TidalError
 
-app = typer.Typer(help="tidal: distributed PyTorch training with a parameter server.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="tidal: distributed PyTorch training with a parameter server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 err = Console(stderr=True)
 T = TypeVar("T")
 
-Coordinator = Annotated[str, typer.Option("--coordinator", envvar=ENV["coordinator"], help="Coordinator gRPC address host:port.")]
+Coordinator = Annotated[
+    str, typer.Option("--coordinator", envvar=ENV["coordinator"], help="Coordinator gRPC address host:port.")
+]
 Host = Annotated[str, typer.Option(envvar=ENV["host"], help="Interface to bind.")]
 ReadyFile = Annotated[Path | None, typer.Option(help="Write the bound ports here as JSON once serving.")]
 LogLevel = Annotated[str, typer.Option(envvar=ENV["log_level"], help="DEBUG, INFO, WARNING or ERROR.")]
 Threads = Annotated[int, typer.Option(envvar=ENV["torch_threads"], min=1, help="torch intra-op threads.")]
-RegisterTimeout = Annotated[float, typer.Option("--register-timeout", envvar=ENV["register_timeout"], min=0.1,
-                                                help="Seconds to keep retrying the coordinator at start-up.")]
+RegisterTimeout = Annotated[
+    float,
+    typer.Option(
+        "--register-timeout",
+        envvar=ENV["register_timeout"],
+        min=0.1,
+        help="Seconds to keep retrying the coordinator at start-up.",
+    ),
+]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -53,10 +73,21 @@ def _service_setup(role: str, log_level: str, threads: int) -> None:
 @app.command()
 def coordinator(
     host: Host = "0.0.0.0",
-    port: Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")] = DEFAULT_GRPC_PORT,
-    http_port: Annotated[int, typer.Option(envvar=ENV["http_port"], min=0, max=65535, help="REST port (0 = any).")] = DEFAULT_HTTP_PORT,
-    heartbeat_interval: Annotated[float, typer.Option(envvar=ENV["heartbeat_interval"], min=0.05, help="Seconds between member heartbeats.")] = 1.0,
-    heartbeat_timeout: Annotated[float, typer.Option(envvar=ENV["heartbeat_timeout"], min=0.1, help="Silence, in seconds, before a member is declared failed.")] = 10.0,
+    port: Annotated[
+        int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")
+    ] = DEFAULT_GRPC_PORT,
+    http_port: Annotated[
+        int, typer.Option(envvar=ENV["http_port"], min=0, max=65535, help="REST port (0 = any).")
+    ] = DEFAULT_HTTP_PORT,
+    heartbeat_interval: Annotated[
+        float, typer.Option(envvar=ENV["heartbeat_interval"], min=0.05, help="Seconds between member heartbeats.")
+    ] = 1.0,
+    heartbeat_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar=ENV["heartbeat_timeout"], min=0.1, help="Silence, in seconds, before a member is declared failed."
+        ),
+    ] = 10.0,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
@@ -72,8 +103,15 @@ def coordinator(
 def shard(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
-    port: Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")] = DEFAULT_SHARD_PORT,
-    advertise_host: Annotated[str, typer.Option(envvar=ENV["advertise_host"], help="Host workers dial (default: --host, or 127.0.0.1 for 0.0.0.0).")] = "",
+    port: Annotated[
+        int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")
+    ] = DEFAULT_SHARD_PORT,
+    advertise_host: Annotated[
+        str,
+        typer.Option(
+            envvar=ENV["advertise_host"], help="Host workers dial (default: --host, or 127.0.0.1 for 0.0.0.0)."
+        ),
+    ] = "",
     register_timeout: RegisterTimeout = 60.0,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
@@ -91,8 +129,12 @@ def shard(
 def worker(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
-    port: Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port for health/info (0 = any).")] = DEFAULT_WORKER_PORT,
-    slowdown: Annotated[float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")] = 1.0,
+    port: Annotated[
+        int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port for health/info (0 = any).")
+    ] = DEFAULT_WORKER_PORT,
+    slowdown: Annotated[
+        float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")
+    ] = 1.0,
     register_timeout: RegisterTimeout = 60.0,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
@@ -156,8 +198,16 @@ def status(
         table = Table("job", "state", "mode", "version", "samples", "train loss", "val acc", "message")
         for j in jobs:
             acc = f"{j.val_accuracy:.3f}" if j.HasField("val_accuracy") else "-"
-            table.add_row(j.job_id, job_state_name(j.state), j.mode, f"{j.version}/{j.target_version}",
-                          str(j.samples), f"{j.train_loss:.4f}", acc, j.message)
+            table.add_row(
+                j.job_id,
+                job_state_name(j.state),
+                j.mode,
+                f"{j.version}/{j.target_version}",
+                str(j.samples),
+                f"{j.train_loss:.4f}",
+                acc,
+                j.message,
+            )
         Console().print(table)
 
     _run(go())
@@ -185,7 +235,15 @@ def cluster(coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
             members = await client.cluster()
         table = Table("member", "role", "state", "address", "name", "job", "heartbeat age (s)")
         for m in members:
-            table.add_row(m.member_id, _enum(m, "role"), _enum(m, "state"), m.address, m.name, m.job_id, f"{m.heartbeat_age_s:.1f}")
+            table.add_row(
+                m.member_id,
+                _enum(m, "role"),
+                _enum(m, "state"),
+                m.address,
+                m.name,
+                m.job_id,
+                f"{m.heartbeat_age_s:.1f}",
+            )
         Console().print(table)
 
     _run(go())

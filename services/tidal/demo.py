@@ -62,17 +62,30 @@ async def run_jobs(address: str, steps: int, console: Console) -> list[Outcome]:
 
 def results_table(outcomes: list[Outcome]) -> Table:
     table = Table(title="tidal demo: same job, same data, same seed; worker 3 is 3x slower")
-    for column in ("mode", "state", "wall time (s)", "versions", "samples/s", "val loss", "val acc",
-                   "staleness mean", "staleness max"):
+    for column in (
+        "mode",
+        "state",
+        "wall time (s)",
+        "versions",
+        "samples/s",
+        "val loss",
+        "val acc",
+        "staleness mean",
+        "staleness max",
+    ):
         table.add_column(column, justify="right")
     for o in outcomes:
         s = o.status
         table.add_row(
-            o.mode, job_state_name(s.state), f"{o.wall_s:.1f}", str(s.version),
+            o.mode,
+            job_state_name(s.state),
+            f"{o.wall_s:.1f}",
+            str(s.version),
             f"{s.samples / o.wall_s:.0f}" if o.wall_s > 0 else "-",
             f"{s.val_loss:.4f}" if s.HasField("val_loss") else "-",
             f"{s.val_accuracy:.3f}" if s.HasField("val_accuracy") else "-",
-            f"{s.staleness_mean:.2f}", str(s.staleness_max),
+            f"{s.staleness_mean:.2f}",
+            str(s.staleness_max),
         )
     return table
 
@@ -82,11 +95,15 @@ def run_demo(steps: int, workdir: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="tidal-demo-") as tmp:
         root = workdir or Path(tmp)
         started = time.monotonic()
-        console.print(f"Starting 1 coordinator, 2 shards, {len(WORKER_SLOWDOWNS)} workers on 127.0.0.1 (logs: {root / 'logs'})")
+        console.print(
+            f"Starting 1 coordinator, 2 shards, {len(WORKER_SLOWDOWNS)} workers on 127.0.0.1 (logs: {root / 'logs'})"
+        )
         try:
             with LocalCluster(root, num_shards=2, worker_slowdowns=WORKER_SLOWDOWNS) as cluster:
-                console.print(f"Coordinator: gRPC {cluster.coordinator_address}, REST {cluster.rest_url}/v1/jobs "
-                              f"(OpenAPI at {cluster.rest_url}/docs)")
+                console.print(
+                    f"Coordinator: gRPC {cluster.coordinator_address}, REST {cluster.rest_url}/v1/jobs "
+                    f"(OpenAPI at {cluster.rest_url}/docs)"
+                )
                 outcomes = asyncio.run(run_jobs(cluster.coordinator_address, steps, console))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: cluster stopped[/yellow]")

@@ -7,6 +7,7 @@ them down in order) and get SIGKILL from the kernel if the launcher itself dies.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -25,10 +26,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    try:
+    # Not on Linux: children may outlive a launcher that is killed with SIGKILL.
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: children may outlive a killed launcher
 
 
 @dataclass
@@ -47,8 +47,13 @@ class Service:
 
 class LocalCluster:
     def __init__(
-        self, workdir: Path, num_shards: int = 2, worker_slowdowns: tuple[float, ...] = (1.0, 1.0),
-        heartbeat_timeout_s: float = 10.0, env: dict[str, str] | None = None, start_timeout_s: float = 90.0,
+        self,
+        workdir: Path,
+        num_shards: int = 2,
+        worker_slowdowns: tuple[float, ...] = (1.0, 1.0),
+        heartbeat_timeout_s: float = 10.0,
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 90.0,
     ) -> None:
         self.workdir = workdir
         self.num_shards = num_shards
@@ -71,8 +76,20 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        self.spawn("coordinator", ["coordinator", "--host", HOST, "--port", "0", "--http-port", "0",
-                                   "--heartbeat-timeout", str(self.heartbeat_timeout_s)])
+        self.spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "--host",
+                HOST,
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+                "--heartbeat-timeout",
+                str(self.heartbeat_timeout_s),
+            ],
+        )
         self.wait_ready(["coordinator"])
         for i in range(self.num_shards):
             self.spawn_shard(f"shard-{i}")
@@ -85,8 +102,20 @@ class LocalCluster:
         return self.spawn(name, ["shard", "--coordinator", self.coordinator_address, "--host", HOST, "--port", "0"])
 
     def spawn_worker(self, name: str, slowdown: float = 1.0) -> Service:
-        return self.spawn(name, ["worker", "--coordinator", self.coordinator_address, "--host", HOST, "--port", "0",
-                                 "--slowdown", str(slowdown)])
+        return self.spawn(
+            name,
+            [
+                "worker",
+                "--coordinator",
+                self.coordinator_address,
+                "--host",
+                HOST,
+                "--port",
+                "0",
+                "--slowdown",
+                str(slowdown),
+            ],
+        )
 
     def spawn(self, name: str, args: list[str]) -> Service:
         ready_file = self.workdir / f"{name}.ready.json"
@@ -95,8 +124,14 @@ class LocalCluster:
         log = log_path.open("ab")
         cmd = [sys.executable, "-m", "tidal", *args, "--ready-file", str(ready_file)]
         process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            # Runs only prctl, which is safe in the fork child even with threads around.
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         service = Service(name, args, process, ready_file, log_path, log)
         self.services[name] = service
@@ -110,7 +145,9 @@ class LocalCluster:
                 if not service.alive():
                     raise UnavailableError(f"{name} exited with {service.process.returncode}: {self.tail(name)}")
                 if time.monotonic() > deadline:
-                    raise DeadlineExceededError(f"{name} not ready within {self.start_timeout_s:.0f}s: {self.tail(name)}")
+                    raise DeadlineExceededError(
+                        f"{name} not ready within {self.start_timeout_s:.0f}s: {self.tail(name)}"
+                    )
                 time.sleep(0.05)
             service.info = json.loads(service.ready_file.read_text())
 

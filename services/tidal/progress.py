@@ -16,8 +16,13 @@ def describe(job: coord_pb.JobStatus) -> str:
 
 async def follow_job(client: TidalClient, job_id: str, console: Console) -> coord_pb.JobStatus:
     """Shows the job's progress (versions applied) until it ends; returns its last status."""
-    columns = (TextColumn("{task.fields[job]}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.fields[job]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
     last = await client.get(job_id)
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(describe(last), total=max(last.target_version, 1), job=job_id)

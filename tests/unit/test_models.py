@@ -89,7 +89,10 @@ def test_identical_across_processes() -> None:
     services = Path(models_module.__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code],
-        capture_output=True, text=True, check=True, env={"PYTHONPATH": str(services)},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(services)},
     ).stdout.strip()
     local = build_model("mlp", {"hidden": [16]}, (6,), 3, seed=99)
     assert float(out) == torch.cat([p.flatten() for p in local.parameters()]).double().sum().item()

@@ -7,6 +7,7 @@ delivers the commands the domain returns to each member's outbox, and wakes watc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -64,8 +65,6 @@ class Control:
         self.membership.seen(member_id, time.monotonic())
         kind = msg.WhichOneof("kind")
         now = time.time()
-        if kind != "heartbeat":
-            log.info("DBG %s from %s", kind, member_id)
         commands: list[jobs.Command] = []
         try:
             if kind == "heartbeat":
@@ -76,7 +75,12 @@ class Control:
             elif kind == "shard_progress":
                 p = msg.shard_progress
                 progress = jobs.ShardProgress(
-                    p.version, p.updates_applied, p.updates_rejected, p.staleness_sum, p.staleness_count, p.staleness_max
+                    p.version,
+                    p.updates_applied,
+                    p.updates_rejected,
+                    p.staleness_sum,
+                    p.staleness_count,
+                    p.staleness_max,
                 )
                 commands = self.jobs.shard_progress(member_id, p.job_id, progress, now)
             elif kind == "shard_ready":
@@ -86,7 +90,9 @@ class Control:
                 commands = self.jobs.worker_finished(member_id, p.job_id, p.steps, p.samples)
             elif kind == "eval_report":
                 p = msg.eval_report
-                commands = self.jobs.eval_report(member_id, p.job_id, p.version, p.val_loss, p.val_accuracy, p.final, now)
+                commands = self.jobs.eval_report(
+                    member_id, p.job_id, p.version, p.val_loss, p.val_accuracy, p.final, now
+                )
             elif kind == "task_failed":
                 reason = f"{member_id}: {msg.task_failed.message}"
                 log.error("job %s failed: %s", msg.task_failed.job_id, reason)
@@ -104,7 +110,13 @@ class Control:
         # Building the model validates model and dataset names and args before anything runs.
         shard_map = await asyncio.to_thread(lambda: job_shard_map(spec, job_model(spec, job_dataset(spec))))
         job = self.jobs.submit(spec, shard_map, time.time())
-        log.info("job %s submitted (%s, %d workers, %d shards)", job.job_id, spec.mode.value, spec.num_workers, spec.num_shards)
+        log.info(
+            "job %s submitted (%s, %d workers, %d shards)",
+            job.job_id,
+            spec.mode.value,
+            spec.num_workers,
+            spec.num_shards,
+        )
         await self._deliver(self.jobs.schedule(time.time()))
         await self._bump()
         return job
@@ -122,11 +134,12 @@ class Control:
             yield job_to_proto(job)
             if job.state.terminal:
                 return
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != generation), 5.0)
-                except TimeoutError:
-                    pass
+            await self._wait_for_change(generation, timeout_s=5.0)
+
+    async def _wait_for_change(self, generation: int, timeout_s: float) -> None:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != generation), timeout_s)
 
     def job(self, job_id: str) -> jobs.Job:
         if not job_id:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from tidal.core import jobs
-from tidal.core.membership import Member, MemberState, Membership, Role
+from tidal.core.membership import Member, Membership, MemberState, Role
 from tidal.transport.serde import shard_map_to_proto
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -64,13 +64,20 @@ def job_to_proto(job: jobs.Job) -> coord_pb.JobStatus:
         membership_epoch=job.membership_epoch,
         workers=[
             coord_pb.WorkerStatus(
-                member_id=member_id, rank=w.rank, step=w.step, samples=w.samples,
-                loss=0.0 if math.isnan(w.loss) else w.loss, step_time_s=w.step_time_s, finished=w.finished,
+                member_id=member_id,
+                rank=w.rank,
+                step=w.step,
+                samples=w.samples,
+                loss=0.0 if math.isnan(w.loss) else w.loss,
+                step_time_s=w.step_time_s,
+                finished=w.finished,
             )
             for member_id, w in job.workers.items()
         ],
         evals=[
-            coord_pb.EvalPoint(elapsed_s=e.elapsed_s, version=e.version, val_loss=e.val_loss, val_accuracy=e.val_accuracy)
+            coord_pb.EvalPoint(
+                elapsed_s=e.elapsed_s, version=e.version, val_loss=e.val_loss, val_accuracy=e.val_accuracy
+            )
             for e in job.evals
         ],
     )
@@ -84,8 +91,11 @@ def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.
         job = command.job
         return coord_pb.SessionResponse(
             assign_shard=coord_pb.AssignShard(
-                job_id=job.job_id, spec_json=job.spec.to_json(), shard_index=command.shard_index,
-                shard_map=shard_map_to_proto(job.shard_map), membership_epoch=job.membership_epoch,
+                job_id=job.job_id,
+                spec_json=job.spec.to_json(),
+                shard_index=command.shard_index,
+                shard_map=shard_map_to_proto(job.shard_map),
+                membership_epoch=job.membership_epoch,
                 worker_ids=job.worker_ids,
             )
         )
@@ -93,8 +103,12 @@ def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.
         job = command.job
         return coord_pb.SessionResponse(
             assign_worker=coord_pb.AssignWorker(
-                job_id=job.job_id, spec_json=job.spec.to_json(), rank=command.rank, world_size=len(job.worker_ids),
-                membership_epoch=job.membership_epoch, shard_map=shard_map_to_proto(job.shard_map),
+                job_id=job.job_id,
+                spec_json=job.spec.to_json(),
+                rank=command.rank,
+                world_size=len(job.worker_ids),
+                membership_epoch=job.membership_epoch,
+                shard_map=shard_map_to_proto(job.shard_map),
                 shard_addresses=[membership.get(m).address for m in job.shard_ids],
             )
         )

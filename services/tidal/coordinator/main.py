@@ -42,7 +42,12 @@ def bind_http(host: str, port: int) -> socket.socket:
 
 
 async def run_coordinator(
-    host: str, port: int, http_port: int, heartbeat_interval_s: float, heartbeat_timeout_s: float, ready_file: Path | None
+    host: str,
+    port: int,
+    http_port: int,
+    heartbeat_interval_s: float,
+    heartbeat_timeout_s: float,
+    ready_file: Path | None,
 ) -> int:
     control = Control(heartbeat_interval_s, heartbeat_timeout_s)
     server, grpc_port = create_server(f"{host}:{port}")

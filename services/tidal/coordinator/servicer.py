@@ -22,7 +22,9 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         self._control = control
 
     @translate_errors
-    async def Register(self, request: coord_pb.RegisterRequest, context: grpc.aio.ServicerContext) -> coord_pb.RegisterResponse:
+    async def Register(
+        self, request: coord_pb.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> coord_pb.RegisterResponse:
         role = ROLE_FROM_PROTO.get(request.role)
         if role is None:
             raise InvalidArgumentError(f"role: must be ROLE_WORKER or ROLE_SHARD, got {request.role}")
@@ -62,19 +64,27 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
             await self._control.session_closed(member_id)
 
     @translate_errors
-    async def SubmitJob(self, request: coord_pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> coord_pb.SubmitJobResponse:
+    async def SubmitJob(
+        self, request: coord_pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> coord_pb.SubmitJobResponse:
         return coord_pb.SubmitJobResponse(job=job_to_proto(await self._control.submit(request.spec_json)))
 
     @translate_errors
-    async def GetJob(self, request: coord_pb.GetJobRequest, context: grpc.aio.ServicerContext) -> coord_pb.GetJobResponse:
+    async def GetJob(
+        self, request: coord_pb.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> coord_pb.GetJobResponse:
         return coord_pb.GetJobResponse(job=job_to_proto(self._control.job(request.job_id)))
 
     @translate_errors
-    async def ListJobs(self, request: coord_pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> coord_pb.ListJobsResponse:
+    async def ListJobs(
+        self, request: coord_pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> coord_pb.ListJobsResponse:
         return coord_pb.ListJobsResponse(jobs=[job_to_proto(j) for j in self._control.jobs.all()])
 
     @translate_errors
-    async def CancelJob(self, request: coord_pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> coord_pb.CancelJobResponse:
+    async def CancelJob(
+        self, request: coord_pb.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> coord_pb.CancelJobResponse:
         self._control.job(request.job_id)
         return coord_pb.CancelJobResponse(job=job_to_proto(await self._control.cancel(request.job_id)))
 
@@ -87,6 +97,8 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
             yield coord_pb.WatchJobResponse(job=status)
 
     @translate_errors
-    async def GetCluster(self, request: coord_pb.GetClusterRequest, context: grpc.aio.ServicerContext) -> coord_pb.GetClusterResponse:
+    async def GetCluster(
+        self, request: coord_pb.GetClusterRequest, context: grpc.aio.ServicerContext
+    ) -> coord_pb.GetClusterResponse:
         now = time.monotonic()
         return coord_pb.GetClusterResponse(members=[member_to_proto(m, now) for m in self._control.membership.all()])

@@ -76,8 +76,7 @@ def _reject_unknown(args: dict[str, Any], allowed: set[str], dataset: str) -> No
         if key not in allowed:
             accepted = ", ".join(sorted(allowed)) or "none"
             raise InvalidArgumentError(
-                f"dataset.args.{key} is not an argument of dataset {dataset!r} "
-                f"(accepted: {accepted})"
+                f"dataset.args.{key} is not an argument of dataset {dataset!r} (accepted: {accepted})"
             )
 
 
@@ -139,9 +138,7 @@ def _load_seattle_weather(args: dict[str, Any], seed: int) -> Dataset:
     )
 
 
-_SYNTHETIC_ARGS = {
-    "num_samples", "num_features", "num_classes", "image_size", "noise", "val_fraction"
-}
+_SYNTHETIC_ARGS = {"num_samples", "num_features", "num_classes", "image_size", "noise", "val_fraction"}
 _MAX_ELEMENTS = 1 << 28  # 1 GiB of float32: guards against typo'd sizes exhausting RAM
 
 
@@ -167,8 +164,7 @@ def _load_synthetic(args: dict[str, Any], seed: int) -> Dataset:
     dim = image_size * image_size if image_size > 0 else num_features
     if num_samples * dim > _MAX_ELEMENTS:
         raise InvalidArgumentError(
-            f"dataset.args.num_samples * features = {num_samples * dim} exceeds "
-            f"the limit of {_MAX_ELEMENTS} elements"
+            f"dataset.args.num_samples * features = {num_samples * dim} exceeds the limit of {_MAX_ELEMENTS} elements"
         )
 
     gen = torch.Generator().manual_seed(seed)
@@ -245,9 +241,7 @@ def _epoch_perm(size: int, seed: int, rank: int, epoch: int) -> torch.Tensor:
     return torch.randperm(size, generator=gen)
 
 
-def batch_indices(
-    partition: torch.Tensor, batch_size: int, step: int, seed: int, rank: int
-) -> torch.Tensor:
+def batch_indices(partition: torch.Tensor, batch_size: int, step: int, seed: int, rank: int) -> torch.Tensor:
     """Dataset indices of batch ``step`` (0-based) for the worker owning ``partition``.
 
     Each epoch visits the partition in a fresh order seeded by (seed, rank, epoch);

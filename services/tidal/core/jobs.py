@@ -191,7 +191,9 @@ class JobManager:
         job.shards[member_id] = progress
         return self._finish_if_complete(job, now)
 
-    def worker_progress(self, member_id: str, job_id: str, step: int, samples: int, loss: float, step_time_s: float) -> None:
+    def worker_progress(
+        self, member_id: str, job_id: str, step: int, samples: int, loss: float, step_time_s: float
+    ) -> None:
         w = self._running(job_id, member_id).workers[member_id]
         w.step, w.samples, w.loss, w.step_time_s = step, samples, loss, step_time_s
 
@@ -204,7 +206,9 @@ class JobManager:
         job.final_eval_by = job.worker_ids[0]
         return [Evaluate(job.final_eval_by, job_id, final=True)]
 
-    def eval_report(self, member_id: str, job_id: str, version: int, loss: float, accuracy: float, final: bool, now: float) -> list[Command]:
+    def eval_report(
+        self, member_id: str, job_id: str, version: int, loss: float, accuracy: float, final: bool, now: float
+    ) -> list[Command]:
         job = self._running(job_id, member_id)
         job.evals.append(EvalPoint(now - job.started_at, version, loss, accuracy))
         job.final_eval_done = job.final_eval_done or final

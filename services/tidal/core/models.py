@@ -27,9 +27,7 @@ def _int_list(key: str, value: Any, allow_empty: bool) -> list[int]:
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
     ):
-        raise InvalidArgumentError(
-            f"model.args.{key} must be a list of positive integers, got {value!r}"
-        )
+        raise InvalidArgumentError(f"model.args.{key} must be a list of positive integers, got {value!r}")
     if not value and not allow_empty:
         raise InvalidArgumentError(f"model.args.{key} must not be empty")
     return list(value)
@@ -45,9 +43,7 @@ def _mlp(
     """Flatten, then Linear+activation per ``hidden`` width, then a linear head."""
     widths = _int_list("hidden", hidden, allow_empty=True)
     if activation not in _ACTIVATIONS:
-        raise InvalidArgumentError(
-            f"model.args.activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
-        )
+        raise InvalidArgumentError(f"model.args.activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = [nn.Flatten()]
     in_features = math.prod(input_shape)
     for width in widths:
@@ -66,20 +62,11 @@ def _cnn(
 ) -> nn.Module:
     """Conv-ReLU-MaxPool(2) blocks on (C, H, W) inputs, then a linear head."""
     if len(input_shape) != 3:
-        raise InvalidArgumentError(
-            f"model.name 'cnn' needs 3-D inputs (C, H, W), got input_shape {input_shape}"
-        )
+        raise InvalidArgumentError(f"model.name 'cnn' needs 3-D inputs (C, H, W), got input_shape {input_shape}")
     widths = _int_list("channels", channels, allow_empty=False)
     # Odd only: 'same' padding is then symmetric and keeps H and W unchanged.
-    if (
-        not isinstance(kernel_size, int)
-        or isinstance(kernel_size, bool)
-        or kernel_size < 1
-        or kernel_size % 2 == 0
-    ):
-        raise InvalidArgumentError(
-            f"model.args.kernel_size must be a positive odd integer, got {kernel_size!r}"
-        )
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise InvalidArgumentError(f"model.args.kernel_size must be a positive odd integer, got {kernel_size!r}")
     in_ch, height, width = input_shape
     # Each block halves H and W; the image must survive every pooling step.
     shrink = 2 ** len(widths)
@@ -110,25 +97,18 @@ def _resolve_factory(name: str) -> Callable[..., nn.Module]:
         return MODELS[name]
     if ":" not in name:
         raise InvalidArgumentError(
-            f"model.name must be one of {sorted(MODELS)} or 'package.module:factory', "
-            f"got {name!r}"
+            f"model.name must be one of {sorted(MODELS)} or 'package.module:factory', got {name!r}"
         )
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
-        raise InvalidArgumentError(
-            f"model.name must look like 'package.module:factory', got {name!r}"
-        )
+        raise InvalidArgumentError(f"model.name must look like 'package.module:factory', got {name!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InvalidArgumentError(
-            f"model.name {name!r}: cannot import module {module_name!r}: {exc}"
-        ) from exc
+        raise InvalidArgumentError(f"model.name {name!r}: cannot import module {module_name!r}: {exc}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise InvalidArgumentError(
-            f"model.name {name!r}: module {module_name!r} has no callable {attr!r}"
-        )
+        raise InvalidArgumentError(f"model.name {name!r}: module {module_name!r} has no callable {attr!r}")
     return factory
 
 
@@ -180,9 +160,7 @@ def build_model(
             # Bad args for a user factory surface as TypeError/ValueError inside it.
             raise InvalidArgumentError(f"model.name {name!r}: factory failed: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(
-            f"model.name {name!r}: factory returned {type(model).__name__}, not nn.Module"
-        )
+        raise InvalidArgumentError(f"model.name {name!r}: factory returned {type(model).__name__}, not nn.Module")
     # The parameter server stores float32; normalise whatever the factory produced.
     return model.to(torch.float32)
 

@@ -51,9 +51,7 @@ class ConsistencyPolicy(Protocol):
 
 def _check_not_ahead(base_version: int, view: ShardView) -> None:
     if base_version > view.version:
-        raise InvalidArgumentError(
-            f"push.base_version: {base_version} is ahead of the shard's version {view.version}"
-        )
+        raise InvalidArgumentError(f"push.base_version: {base_version} is ahead of the shard's version {view.version}")
 
 
 class SyncPolicy:

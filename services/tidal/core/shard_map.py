@@ -92,7 +92,9 @@ class ShardMap:
         expected = 0
         for i, (start, end) in enumerate(self.ranges):
             if start != expected or end <= start:
-                raise InvalidArgumentError(f"shard_map.ranges[{i}]: [{start}, {end}) must start at {expected} and be non-empty")
+                raise InvalidArgumentError(
+                    f"shard_map.ranges[{i}]: [{start}, {end}) must start at {expected} and be non-empty"
+                )
             expected = end
         total = sum(t.numel for t in self.tensors)
         if expected != total:

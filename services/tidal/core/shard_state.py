@@ -117,7 +117,8 @@ class ShardState:
             raise InvalidArgumentError(f"push.base_version: must be >= 0, got {base_version}")
         if grad.shape != self.params.shape or grad.dtype != self.params.dtype:
             raise InvalidArgumentError(
-                f"push.chunks: gradient has {grad.numel()} {grad.dtype} elements, shard holds {self.numel} {self.params.dtype}"
+                f"push.chunks: gradient has {grad.numel()} {grad.dtype} elements, "
+                f"shard holds {self.numel} {self.params.dtype}"
             )
         if not bool(torch.isfinite(grad).all()):
             self.counters.reject("non_finite")

@@ -74,7 +74,8 @@ class StragglerSpec(_Strict):
     """Makes one worker slow on purpose, for experiments."""
 
     rank: int = Field(ge=0)
-    # Compute takes this many times longer (the worker sleeps the difference).
+    # Steps take this many times longer: the worker sleeps (slowdown - 1) x its busy time
+    # (computation plus exchange with the shards).
     slowdown: float = Field(1.0, ge=1.0, le=1000.0)
     delay: DelaySpec | None = None
 

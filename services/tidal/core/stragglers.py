@@ -9,15 +9,17 @@ from tidal.core.spec import DelaySpec
 
 
 class StragglerProfile:
-    """`slowdown` multiplies compute time; `delay` adds a random pause per step."""
+    """`slowdown` simulates a machine and link that many times slower: after computing,
+    the worker sleeps (slowdown - 1) times its busy time (this step's computation plus
+    its previous exchange with the shards). `delay` adds a random pause per step."""
 
     def __init__(self, slowdown: float = 1.0, delay: DelaySpec | None = None, seed: int = 0) -> None:
         self.slowdown = slowdown
         self.delay = delay
         self._rng = random.Random(seed)
 
-    def extra_seconds(self, compute_s: float) -> float:
-        extra = (self.slowdown - 1.0) * compute_s
+    def extra_seconds(self, busy_s: float) -> float:
+        extra = (self.slowdown - 1.0) * busy_s
         if self.delay is not None and self.delay.mean_s > 0:
             extra += self._draw(self.delay)
         return extra

@@ -68,7 +68,8 @@ class ShardRuntime:
             chunks = serde.slice_to_chunks(self.state.params.detach(), self.state.segments, self.range_start)
             groups = list(serde.group_chunks(chunks))
             messages = [
-                shard_pb.Params(version=version, chunks=group, last=i == len(groups) - 1) for i, group in enumerate(groups)
+                shard_pb.Params(version=version, chunks=group, last=i == len(groups) - 1)
+                for i, group in enumerate(groups)
             ]
             self._cache = (version, messages)
         return self._cache[1]

@@ -87,7 +87,9 @@ def slice_to_chunks(
             )
 
 
-def group_chunks(chunks: Iterable[common_pb.TensorChunk], max_bytes: int = CHUNK_BYTES) -> Iterator[list[common_pb.TensorChunk]]:
+def group_chunks(
+    chunks: Iterable[common_pb.TensorChunk], max_bytes: int = CHUNK_BYTES
+) -> Iterator[list[common_pb.TensorChunk]]:
     """Packs chunks into groups of at most `max_bytes` payload (one group per message)."""
     group: list[common_pb.TensorChunk] = []
     size = 0

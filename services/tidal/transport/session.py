@@ -47,7 +47,8 @@ class MemberSession:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or loop.time() + delay > give_up:
                     raise UnavailableError(
-                        f"coordinator {self._coordinator_address}: registration failed: {exc.code().name} {exc.details()}"
+                        f"coordinator {self._coordinator_address}: registration failed: "
+                        f"{exc.code().name} {exc.details()}"
                     ) from None
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 2.0)

@@ -18,8 +18,15 @@ from tidal.v1 import shard_pb2_grpc as shard_grpc
 
 class ShardLink:
     def __init__(
-        self, job_id: str, worker_id: str, epoch: int, shard_index: int, address: str, shard_map: ShardMap,
-        params: torch.Tensor, timeout_s: float,
+        self,
+        job_id: str,
+        worker_id: str,
+        epoch: int,
+        shard_index: int,
+        address: str,
+        shard_map: ShardMap,
+        params: torch.Tensor,
+        timeout_s: float,
     ) -> None:
         self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
         self.shard_index, self.address = shard_index, address
@@ -53,14 +60,21 @@ class ShardLink:
         await self._write(shard_pb.ExchangeRequest(pull=shard_pb.Pull(min_version=min_version)))
         return await self._receive_params(step)
 
-    async def push(self, push_id: str, clock: int, grads: torch.Tensor, num_samples: int) -> tuple[shard_pb.PushAck, int]:
+    async def push(
+        self, push_id: str, clock: int, grads: torch.Tensor, num_samples: int
+    ) -> tuple[shard_pb.PushAck, int]:
         """Pushes this shard's slice of the flat gradient; returns the ack and the new version."""
         grad_slice = grads[self.start : self.end]
         groups = list(serde.group_chunks(serde.slice_to_chunks(grad_slice, self.segments, self.start)))
         for i, group in enumerate(groups):
             msg = shard_pb.PushChunk(
-                push_id=push_id, base_version=self.version, membership_epoch=self.epoch, clock=clock,
-                num_samples=num_samples, chunks=group, last=i == len(groups) - 1,
+                push_id=push_id,
+                base_version=self.version,
+                membership_epoch=self.epoch,
+                clock=clock,
+                num_samples=num_samples,
+                chunks=group,
+                last=i == len(groups) - 1,
             )
             await self._write(shard_pb.ExchangeRequest(push=msg))
         reply = await self._read(clock)

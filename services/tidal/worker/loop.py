@@ -8,8 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import torch
-
 from tidal.core.datasets import Dataset, batch_indices, partition_indices
 from tidal.core.flat import FlatModel
 from tidal.core.plan import job_dataset, job_model
@@ -85,8 +83,16 @@ class TrainingRun:
     ) -> None:
         a = self.a
         self.links = [
-            ShardLink(a.job_id, a.worker_id, a.membership_epoch, i, address, a.shard_map, self.flat.params,
-                      a.spec.step_timeout_s)
+            ShardLink(
+                a.job_id,
+                a.worker_id,
+                a.membership_epoch,
+                i,
+                address,
+                a.shard_map,
+                self.flat.params,
+                a.spec.step_timeout_s,
+            )
             for i, address in enumerate(a.shard_addresses)
         ]
         await asyncio.gather(*(link.open() for link in self.links))
@@ -96,16 +102,19 @@ class TrainingRun:
         # Rank 0 evaluates the parameters it just received every `eval_every` versions.
         evaluates = spec.eval_every > 0 and self.a.rank == 0
         evaluated_upto = 0
+        last_exchange_s = 0.0
         while not self._done():
             started = time.perf_counter()
             idx = batch_indices(self.partition, spec.batch_size, self.step, spec.seed, self.a.rank)
             x, y = self.dataset.train_x[idx], self.dataset.train_y[idx]
             loss = await asyncio.to_thread(compute_gradient, self.flat, x, y)
-            extra = self.straggler.extra_seconds(time.perf_counter() - started)
+            extra = self.straggler.extra_seconds(time.perf_counter() - started + last_exchange_s)
             if extra > 0:
                 await asyncio.sleep(extra)
             push_id = f"{self.a.worker_id}:{self.step}"
+            exchange_started = time.perf_counter()
             await asyncio.gather(*(link.push(push_id, self.step, self.flat.grads, len(idx)) for link in self.links))
+            last_exchange_s = time.perf_counter() - exchange_started
             self.step += 1
             self.samples += len(idx)
             now = time.perf_counter()
@@ -115,7 +124,9 @@ class TrainingRun:
             if evaluates and self.version // spec.eval_every > evaluated_upto and not self._done():
                 evaluated_upto = self.version // spec.eval_every
                 data = self.dataset
-                await report_eval(self.version, await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y))
+                await report_eval(
+                    self.version, await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y)
+                )
 
     async def evaluate_latest(self) -> tuple[int, EvalResult]:
         """Pulls the shards' current parameters and evaluates them on the validation split."""

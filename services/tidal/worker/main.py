@@ -64,7 +64,6 @@ class WorkerNode(worker_grpc.WorkerServicer):
 
     async def on_command(self, msg: coord_pb.SessionResponse) -> None:
         kind = msg.WhichOneof("kind")
-        log.info("DBG command %s", kind)
         if kind == "assign_worker":
             await self.release()
             self._task = asyncio.create_task(self._guard(msg.assign_worker.job_id, self._train(msg.assign_worker)))
@@ -96,14 +95,24 @@ class WorkerNode(worker_grpc.WorkerServicer):
     async def _train(self, assign: coord_pb.AssignWorker) -> None:
         assignment = assignment_from_proto(self.session.member_id, assign)
         self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown)
-        log.info("job %s: rank %d of %d, %d training samples", assign.job_id, assign.rank, assign.world_size, len(run.partition))
+        log.info(
+            "job %s: rank %d of %d, %d training samples",
+            assign.job_id,
+            assign.rank,
+            assign.world_size,
+            len(run.partition),
+        )
 
         async def report(r: StepReport) -> None:
             await self._send(
                 coord_pb.SessionRequest(
                     worker_progress=coord_pb.WorkerProgress(
-                        job_id=assign.job_id, step=r.step, samples=r.samples, loss=r.loss,
-                        step_time_s=r.step_time_s, param_version=r.param_version,
+                        job_id=assign.job_id,
+                        step=r.step,
+                        samples=r.samples,
+                        loss=r.loss,
+                        step_time_s=r.step_time_s,
+                        param_version=r.param_version,
                     )
                 )
             )
