@@ -61,17 +61,17 @@ async def run_jobs(address: str, steps: int, console: Console) -> list[Outcome]:
 
 
 def results_table(outcomes: list[Outcome]) -> Table:
-    table = Table(title="tidal demo: same job, same data, same seed; worker 3 is 3x slower")
+    table = Table(title="same job, data and seed; worker 3 is 3x slower")
     for column in (
         "mode",
         "state",
-        "wall time (s)",
+        "wall s",
         "versions",
         "samples/s",
         "val loss",
         "val acc",
-        "staleness mean",
-        "staleness max",
+        "stale avg",
+        "stale max",
     ):
         table.add_column(column, justify="right")
     for o in outcomes:

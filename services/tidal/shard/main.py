@@ -13,6 +13,7 @@ from tidal.core.errors import TidalError
 from tidal.core.plan import job_dataset, job_model
 from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
+from tidal.core.training import warm_up
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer
 from tidal.transport import serde
@@ -51,6 +52,7 @@ class ShardNode:
     def __init__(self, session: MemberSession) -> None:
         self.session = session
         self.runtime: ShardRuntime | None = None
+        self.last_runtime: ShardRuntime | None = None
         self._reporter: asyncio.Task[None] | None = None
 
     async def on_command(self, msg: coord_pb.SessionResponse) -> None:
@@ -67,7 +69,7 @@ class ShardNode:
         if self.runtime is not None:
             await self.release("replaced by a new assignment")
         try:
-            self.runtime = await asyncio.to_thread(build_runtime, assign)
+            self.runtime = self.last_runtime = await asyncio.to_thread(build_runtime, assign)
         except TidalError as exc:
             log.error("job %s: cannot set up shard %d: %s", assign.job_id, assign.shard_index, exc)
             await self.session.send(
@@ -85,7 +87,7 @@ class ShardNode:
             self._reporter.cancel()
         if self.runtime:
             await self.runtime.close(reason)
-        self.runtime = self._reporter = None
+        self.runtime = self._reporter = None  # last_runtime keeps the final parameters readable
 
     async def _report_progress(self, runtime: ShardRuntime) -> None:
         last: tuple[int, ...] = ()
@@ -119,12 +121,13 @@ async def run_shard(
         coordinator, common_pb.ROLE_SHARD, address=f"{advertise_host}:{bound_port}", name=socket.gethostname()
     )
     node = ShardNode(session)
-    shard_grpc.add_ParameterShardServicer_to_server(ShardServicer(lambda: node.runtime), server)
+    shard_grpc.add_ParameterShardServicer_to_server(ShardServicer(node), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     await set_health(health, SERVICE_NAMES, serving=False)
     await server.start()
     stop = stop_on_signals()
     try:
+        await asyncio.to_thread(warm_up)
         member_id = await session.register(register_timeout_s)
         await set_health(health, SERVICE_NAMES, serving=True)
         write_ready_file(ready_file, {"role": "shard", "grpc_port": bound_port, "member_id": member_id})

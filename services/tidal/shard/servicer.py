@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 import torch
@@ -27,13 +28,20 @@ _OUTCOME_TO_PROTO = {
 MAX_CHUNKS_PER_PUSH = 1 << 14
 
 
-class ShardServicer(shard_grpc.ParameterShardServicer):
-    def __init__(self, current: Callable[[], ShardRuntime | None]) -> None:
-        self._current = current
+class Runtimes(Protocol):
+    # The running job, if any.
+    runtime: ShardRuntime | None
+    # The running job or, after it ended, the last one (its final parameters stay readable).
+    last_runtime: ShardRuntime | None
 
-    def _runtime(self, job_id: str) -> ShardRuntime:
-        runtime = self._current()
-        if runtime is None or runtime.closed_reason:
+
+class ShardServicer(shard_grpc.ParameterShardServicer):
+    def __init__(self, runtimes: Runtimes) -> None:
+        self._runtimes = runtimes
+
+    def _runtime(self, job_id: str, running: bool = True) -> ShardRuntime:
+        runtime = self._runtimes.runtime if running else self._runtimes.last_runtime
+        if runtime is None:
             raise FailedPreconditionError(f"job_id: this shard has no running job (asked for {job_id!r})")
         if runtime.job_id != job_id:
             raise FailedPreconditionError(f"job_id: this shard serves job {runtime.job_id!r}, not {job_id!r}")
@@ -109,7 +117,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
     async def ReadParameters(
         self, request: shard_pb.ReadParametersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[shard_pb.ReadParametersResponse]:
-        runtime = self._runtime(request.job_id)
+        runtime = self._runtime(request.job_id, running=False)
         for params in runtime.params():
             yield shard_pb.ReadParametersResponse(params=params)
 
@@ -117,7 +125,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
     async def GetShardInfo(
         self, request: shard_pb.GetShardInfoRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb.GetShardInfoResponse:
-        runtime = self._current()
+        runtime = self._runtimes.last_runtime
         if runtime is None:
             return shard_pb.GetShardInfoResponse()
         state = runtime.state

@@ -11,7 +11,7 @@ import grpc
 
 from tidal.core.errors import TidalError
 from tidal.core.spec import parse_job_spec
-from tidal.core.training import EvalResult
+from tidal.core.training import EvalResult, warm_up
 from tidal.transport import serde
 from tidal.transport.limits import SHUTDOWN_GRACE_S
 from tidal.transport.process import stop_on_signals, write_ready_file
@@ -154,6 +154,7 @@ async def run_worker(
     await server.start()
     stop = stop_on_signals()
     try:
+        await asyncio.to_thread(warm_up)
         member_id = await session.register(register_timeout_s)
         await set_health(health, SERVICE_NAMES, serving=True)
         write_ready_file(ready_file, {"role": "worker", "grpc_port": bound_port, "member_id": member_id})

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tidal.launcher import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real cluster of processes on loopback: 1 coordinator, 2 shards, 2 workers."""
+    workdir: Path = tmp_path_factory.mktemp("cluster")
+    with LocalCluster(workdir, num_shards=2, worker_slowdowns=(1.0, 1.0)) as c:
+        yield c
