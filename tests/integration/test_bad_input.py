@@ -1,0 +1,208 @@
+"""Hostile and mistaken pushes against a real shard process: the right status code, a
+message naming the field, and parameters that stay bit-for-bit unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import torch
+
+from tests.integration.helpers import read_parameters, run_async
+from tidal.core.shard_map import ShardMap
+from tidal.launcher import LocalCluster
+from tidal.transport import serde
+from tidal.transport.server import create_channel
+from tidal.transport.session import MemberSession
+from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.v1 import coordinator_pb2_grpc as coord_grpc
+from tidal.v1 import shard_pb2 as shard_pb
+from tidal.v1 import shard_pb2_grpc as shard_grpc
+
+pytestmark = pytest.mark.integration
+
+SPEC = {
+    "name": "bad-input",
+    "mode": "sync",
+    "model": {"name": "mlp", "args": {"hidden": [8]}},
+    "num_workers": 1,
+    "num_shards": 1,
+    "steps": 5,
+}
+
+
+@pytest.fixture(scope="module")
+def lone_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A coordinator and one shard; the test itself plays the only worker."""
+    with LocalCluster(tmp_path_factory.mktemp("bad-input"), num_shards=1, worker_slowdowns=()) as cluster:
+        yield cluster
+
+
+Mutation = Callable[[dict[str, Any]], list[shard_pb.ExchangeRequest]]
+
+
+def _open(ctx: dict[str, Any], **overrides: Any) -> shard_pb.ExchangeRequest:
+    fields = {"job_id": ctx["job_id"], "worker_id": ctx["worker_id"], "membership_epoch": ctx["epoch"], **overrides}
+    return shard_pb.ExchangeRequest(open=shard_pb.ExchangeOpen(**fields))
+
+
+def _push(ctx: dict[str, Any], chunks: list[common_pb.TensorChunk], **overrides: Any) -> shard_pb.ExchangeRequest:
+    fields = {"push_id": "p-1", "base_version": 0, "membership_epoch": ctx["epoch"], "last": True, **overrides}
+    return shard_pb.ExchangeRequest(push=shard_pb.PushChunk(chunks=chunks, **fields))
+
+
+def _gradient_chunks(shard_map: ShardMap, fill: float = 0.5) -> list[common_pb.TensorChunk]:
+    grad = torch.full((shard_map.total_elements,), fill)
+    return list(serde.slice_to_chunks(grad, shard_map.segments(0), 0))
+
+
+def _with_first_chunk(ctx: dict[str, Any], **changes: Any) -> list[shard_pb.ExchangeRequest]:
+    chunks = _gradient_chunks(ctx["shard_map"])
+    first = chunks[0]
+    for key, value in changes.items():
+        if key == "shape":
+            del first.shape[:]
+            first.shape.extend(value)
+        else:
+            setattr(first, key, value)
+    return [_open(ctx), _push(ctx, chunks)]
+
+
+CASES: dict[str, tuple[Mutation, grpc.StatusCode, str]] = {
+    "wrong shape": (lambda c: _with_first_chunk(c, shape=[3, 3]), grpc.StatusCode.INVALID_ARGUMENT, ".shape"),
+    "wrong dtype": (
+        lambda c: _with_first_chunk(c, dtype=common_pb.DTYPE_FLOAT64),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ".dtype",
+    ),
+    "unknown dtype enum": (lambda c: _with_first_chunk(c, dtype=42), grpc.StatusCode.INVALID_ARGUMENT, ".dtype"),
+    "unknown tensor name": (
+        lambda c: _with_first_chunk(c, name="decoder.weight"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ".name",
+    ),
+    "ragged data": (lambda c: _with_first_chunk(c, data=b"\x00" * 7), grpc.StatusCode.INVALID_ARGUMENT, ".data"),
+    "offset out of range": (
+        lambda c: _with_first_chunk(c, offset=10**9),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ".offset",
+    ),
+    "missing chunk": (
+        lambda c: [_open(c), _push(c, _gradient_chunks(c["shard_map"])[1:])],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "push.chunks",
+    ),
+    "NaN gradient": (
+        lambda c: [_open(c), _push(c, _gradient_chunks(c["shard_map"], float("nan")))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NaN",
+    ),
+    "base version ahead": (
+        lambda c: [_open(c), _push(c, _gradient_chunks(c["shard_map"]), base_version=9)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "push.base_version",
+    ),
+    "stale membership epoch on open": (
+        lambda c: [_open(c, membership_epoch=c["epoch"] - 1)],
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "membership_epoch",
+    ),
+    "stale membership epoch on push": (
+        lambda c: [_open(c), _push(c, _gradient_chunks(c["shard_map"]), membership_epoch=c["epoch"] - 1)],
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "membership_epoch",
+    ),
+    "unknown worker": (
+        lambda c: [_open(c, worker_id="worker-999-impostor")],
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "worker_id",
+    ),
+    "unknown job": (lambda c: [_open(c, job_id="other-job")], grpc.StatusCode.FAILED_PRECONDITION, "job_id"),
+    "no open message first": (
+        lambda c: [_push(c, _gradient_chunks(c["shard_map"]))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "open",
+    ),
+}
+
+
+async def _exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> list[shard_pb.ExchangeResponse]:
+    """Sends the requests on one Exchange stream and reads until the shard ends it."""
+    async with create_channel(address) as channel:
+        call = shard_grpc.ParameterShardStub(channel).Exchange()
+        for request in requests:
+            await call.write(request)
+        await call.done_writing()
+        return [reply async for reply in call]
+
+
+async def _as_assigned_worker(cluster: LocalCluster, body: Callable[[dict[str, Any]], Any]) -> Any:
+    """Registers as a worker, submits the job, waits for the assignment, runs `body`, cancels."""
+    session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, name="test-worker")
+    await session.register(10)
+    commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
+    session_task = asyncio.create_task(session.run(commands.put))
+    async with create_channel(cluster.coordinator_address) as channel:
+        stub = coord_grpc.CoordinatorStub(channel)
+        job = (await stub.SubmitJob(coord_pb.SubmitJobRequest(spec_json=json.dumps(SPEC)), timeout=30)).job
+        try:
+            while (msg := await asyncio.wait_for(commands.get(), 30)).WhichOneof("kind") != "assign_worker":
+                pass
+            assign = msg.assign_worker
+            ctx = {
+                "job_id": assign.job_id,
+                "worker_id": session.member_id,
+                "epoch": assign.membership_epoch,
+                "shard": assign.shard_addresses[0],
+                "shard_map": serde.shard_map_from_proto(assign.shard_map),
+            }
+            return await body(ctx)
+        finally:
+            await stub.CancelJob(coord_pb.CancelJobRequest(job_id=job.job_id), timeout=10)
+            session_task.cancel()
+            await session.close()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_push_is_refused_and_changes_nothing(lone_shard: LocalCluster, case: str) -> None:
+    mutate, code, field = CASES[case]
+
+    async def body(ctx: dict[str, Any]) -> None:
+        before, _ = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await _exchange(ctx["shard"], mutate(ctx))
+        assert failure.value.code() == code, failure.value.details()
+        assert field in failure.value.details()
+        after, versions = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
+        assert versions == [0]
+        assert torch.equal(before.view(torch.int32), after.view(torch.int32)), "parameters changed"
+
+    run_async(_as_assigned_worker(lone_shard, body))
+
+
+def test_valid_push_is_applied_once_and_duplicates_are_not(lone_shard: LocalCluster) -> None:
+    """The counterpart of the refusals above: the same stream shape with valid content applies."""
+
+    async def body(ctx: dict[str, Any]) -> None:
+        before, _ = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
+        push = _push(ctx, _gradient_chunks(ctx["shard_map"]))
+        replies = await _exchange(ctx["shard"], [_open(ctx), push])
+        kinds = [r.WhichOneof("kind") for r in replies]
+        assert kinds[:2] == ["opened", "ack"] and set(kinds[2:]) == {"params"}
+        assert replies[1].ack.outcome == shard_pb.PUSH_OUTCOME_APPLIED
+        after, versions = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
+        assert versions == [1]
+        # SGD with lr 0.05 on a constant gradient of 0.5 moves every parameter by -0.025.
+        torch.testing.assert_close(after, before - 0.025)
+        # The same push id again (a retry) is acknowledged as a duplicate and not applied.
+        retry = await _exchange(ctx["shard"], [_open(ctx), _push(ctx, _gradient_chunks(ctx["shard_map"]))])
+        assert retry[1].ack.outcome == shard_pb.PUSH_OUTCOME_DUPLICATE
+        again, versions = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
+        assert versions == [1] and torch.equal(again, after)
+
+    run_async(_as_assigned_worker(lone_shard, body))
