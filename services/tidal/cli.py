@@ -24,6 +24,7 @@ from tidal.config import (
     ENV,
 )
 from tidal.core.errors import TidalError
+from tidal.progress import stdout_console
 
 app = typer.Typer(
     help="tidal: distributed PyTorch training with a parameter server.",
@@ -208,7 +209,7 @@ def status(
                 acc,
                 j.message,
             )
-        Console().print(table)
+        stdout_console().print(table)
 
     _run(go())
 
@@ -244,7 +245,7 @@ def cluster(coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
                 m.job_id,
                 f"{m.heartbeat_age_s:.1f}",
             )
-        Console().print(table)
+        stdout_console().print(table)
 
     _run(go())
 

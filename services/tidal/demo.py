@@ -20,7 +20,7 @@ from rich.table import Table
 from tidal.client import TidalClient, job_state_name
 from tidal.core.errors import TidalError
 from tidal.launcher import LocalCluster
-from tidal.progress import follow_job
+from tidal.progress import follow_job, stdout_console
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -91,7 +91,7 @@ def results_table(outcomes: list[Outcome]) -> Table:
 
 
 def run_demo(steps: int, workdir: Path | None) -> int:
-    console = Console()
+    console = stdout_console()
     with tempfile.TemporaryDirectory(prefix="tidal-demo-") as tmp:
         root = workdir or Path(tmp)
         started = time.monotonic()

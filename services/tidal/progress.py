@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tidal.client import TidalClient, job_state_name
 from tidal.v1 import coordinator_pb2 as coord_pb
+
+
+def stdout_console() -> Console:
+    """A console for standard output; piped output (scripts, logs) is not squeezed into 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def describe(job: coord_pb.JobStatus) -> str:
