@@ -8,6 +8,7 @@ NOAA daily observations that ship offline with the `vega_datasets` package.
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,26 +62,22 @@ async def run_jobs(address: str, steps: int, console: Console) -> list[Outcome]:
 
 
 def results_table(outcomes: list[Outcome]) -> Table:
-    table = Table(title="same job, data and seed; worker 3 is 3x slower")
-    for column in (
-        "mode",
-        "state",
-        "wall s",
-        "versions",
-        "samples/s",
-        "val loss",
-        "val acc",
-        "stale avg",
-        "stale max",
-    ):
+    table = Table(
+        title="same job, data and seed; worker 3 is 3x slower",
+        caption="versions: optimizer steps per shard; gradients: worker gradients folded in (per shard)",
+    )
+    columns = ("mode", "state", "wall s", "versions", "gradients", "samples/s", "val loss", "val acc", "stale avg")
+    for column in (*columns, "stale max"):
         table.add_column(column, justify="right")
     for o in outcomes:
         s = o.status
+        shards = json.loads(s.spec_json)["num_shards"]
         table.add_row(
             o.mode,
             job_state_name(s.state),
             f"{o.wall_s:.1f}",
             str(s.version),
+            str(s.updates_applied // shards),
             f"{s.samples / o.wall_s:.0f}" if o.wall_s > 0 else "-",
             f"{s.val_loss:.4f}" if s.HasField("val_loss") else "-",
             f"{s.val_accuracy:.3f}" if s.HasField("val_accuracy") else "-",
