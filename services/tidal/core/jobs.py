@@ -171,34 +171,34 @@ class JobManager:
             commands += [AssignShard(m, job, i) for i, m in enumerate(job.shard_ids)]
         return commands
 
-    def _running(self, job_id: str, member_id: str) -> Job:
+    def _running(self, job_id: str, member_id: str, role: Role) -> Job:
         job = self.get(job_id)
-        if member_id not in job.members:
-            raise FailedPreconditionError(f"job_id: member {member_id} is not part of job {job_id}")
+        if member_id not in (job.shard_ids if role is Role.SHARD else job.worker_ids):
+            raise FailedPreconditionError(f"job_id: {member_id} is not a {role.value} of job {job_id}")
         if job.state is not JobState.RUNNING:
             raise FailedPreconditionError(f"job_id: job {job_id} is {job.state.value}, not running")
         return job
 
     def shard_ready(self, member_id: str, job_id: str) -> list[Command]:
-        job = self._running(job_id, member_id)
+        job = self._running(job_id, member_id, Role.SHARD)
         job.shards_ready.add(member_id)
         if job.shards_ready != set(job.shard_ids):
             return []
         return [AssignWorker(m, job, rank) for rank, m in enumerate(job.worker_ids)]
 
     def shard_progress(self, member_id: str, job_id: str, progress: ShardProgress, now: float) -> list[Command]:
-        job = self._running(job_id, member_id)
+        job = self._running(job_id, member_id, Role.SHARD)
         job.shards[member_id] = progress
         return self._finish_if_complete(job, now)
 
     def worker_progress(
         self, member_id: str, job_id: str, step: int, samples: int, loss: float, step_time_s: float
     ) -> None:
-        w = self._running(job_id, member_id).workers[member_id]
+        w = self._running(job_id, member_id, Role.WORKER).workers[member_id]
         w.step, w.samples, w.loss, w.step_time_s = step, samples, loss, step_time_s
 
     def worker_finished(self, member_id: str, job_id: str, steps: int, samples: int) -> list[Command]:
-        job = self._running(job_id, member_id)
+        job = self._running(job_id, member_id, Role.WORKER)
         w = job.workers[member_id]
         w.step, w.samples, w.finished = steps, samples, True
         if not all(p.finished for p in job.workers.values()) or job.final_eval_by:
@@ -209,7 +209,7 @@ class JobManager:
     def eval_report(
         self, member_id: str, job_id: str, version: int, loss: float, accuracy: float, final: bool, now: float
     ) -> list[Command]:
-        job = self._running(job_id, member_id)
+        job = self._running(job_id, member_id, Role.WORKER)
         job.evals.append(EvalPoint(now - job.started_at, version, loss, accuracy))
         job.final_eval_done = job.final_eval_done or final
         return self._finish_if_complete(job, now)

@@ -10,7 +10,7 @@ import json
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tidal.core.errors import InvalidArgumentError
 
@@ -23,7 +23,7 @@ class Mode(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -101,15 +101,17 @@ class JobSpec(_Strict):
     step_timeout_s: float = Field(120.0, gt=0, le=3600)
     stragglers: list[StragglerSpec] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _stragglers_in_range(self) -> JobSpec:
-        ranks = [s.rank for s in self.stragglers]
+    @field_validator("stragglers")
+    @classmethod
+    def _stragglers_in_range(cls, stragglers: list[StragglerSpec], info: ValidationInfo) -> list[StragglerSpec]:
+        ranks = [s.rank for s in stragglers]
+        num_workers = info.data.get("num_workers")
         for rank in ranks:
-            if rank >= self.num_workers:
-                raise ValueError(f"stragglers: rank {rank} >= num_workers {self.num_workers}")
+            if num_workers is not None and rank >= num_workers:
+                raise ValueError(f"rank {rank} >= num_workers {num_workers}")
         if len(set(ranks)) != len(ranks):
-            raise ValueError("stragglers: each rank may appear once")
-        return self
+            raise ValueError("each rank may appear once")
+        return stragglers
 
     @property
     def target_version(self) -> int:
@@ -132,7 +134,7 @@ def parse_job_spec(data: str | bytes | dict[str, Any]) -> JobSpec:
     if isinstance(data, (str, bytes)):
         try:
             data = json.loads(data)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgumentError(f"spec: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"spec: expected a JSON object, got {type(data).__name__}")
@@ -146,5 +148,5 @@ def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in ("spec", *err["loc"]))
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)

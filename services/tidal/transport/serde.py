@@ -64,7 +64,8 @@ def shard_map_from_proto(msg: common_pb.ShardMap) -> ShardMap:
 
 
 def _as_bytes(t: torch.Tensor) -> memoryview:
-    return memoryview(t.detach().contiguous().numpy()).cast("B")
+    # Viewed as raw bytes first: numpy has no bfloat16, and bytes are all the wire needs.
+    return memoryview(t.detach().contiguous().view(torch.uint8).numpy())
 
 
 def slice_to_chunks(

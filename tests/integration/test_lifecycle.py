@@ -1,0 +1,73 @@
+"""Service lifecycle: NOT_SERVING until registered, graceful exit on SIGTERM, failure noticed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.integration.helpers import run_async, submit, wait_for_job, wait_until
+from tidal.client import check_health
+from tidal.launcher import LocalCluster
+from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.v1 import coordinator_pb2_grpc as coord_grpc
+
+pytestmark = pytest.mark.integration
+
+
+def test_shard_is_not_serving_until_it_reaches_the_coordinator(tmp_path: Path) -> None:
+    ready = tmp_path / "ports.json"
+    # Port 9 (discard) on loopback: nothing listens, so registration keeps retrying.
+    shard = subprocess.Popen(
+        [sys.executable, "-m", "tidal", "shard", "--coordinator", "127.0.0.1:9", "--host", "127.0.0.1",
+         "--port", "0", "--register-timeout", "2", "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = shard.communicate(timeout=60)
+    finally:
+        if shard.poll() is None:
+            shard.kill()
+    # It gave up after its registration deadline with one clear error, and never claimed readiness.
+    assert shard.returncode == 1
+    assert b"registration failed" in out and b"127.0.0.1:9" in out
+    assert not ready.exists()
+
+
+def test_sigterm_stops_a_shard_gracefully_and_the_coordinator_notices(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path, num_shards=1, worker_slowdowns=(), heartbeat_timeout_s=3.0) as cluster:
+        address = cluster.address_of("shard-0")
+        assert run_async(check_health(address)) == "SERVING"
+        cluster.kill("shard-0", signal.SIGTERM)
+        assert cluster.services["shard-0"].process.wait(timeout=20) == 0
+        assert run_async(check_health(address, timeout_s=1)).startswith("UNAVAILABLE")
+
+        def shard_failed() -> bool:
+            with grpc.insecure_channel(cluster.coordinator_address) as channel:
+                members = (
+                    coord_grpc.CoordinatorStub(channel).GetCluster(coord_pb.GetClusterRequest(), timeout=5).members
+                )
+            return [m.state for m in members] == [common_pb.MEMBER_STATE_FAILED]
+
+        wait_until(shard_failed, timeout_s=15, what="coordinator marks the stopped shard failed")
+
+
+def test_a_lost_worker_fails_its_sync_job_with_a_clear_message(tmp_path: Path) -> None:
+    """Until fault tolerance lands (issue 6), losing a member must end the job loudly, never hang it."""
+    with LocalCluster(tmp_path, num_shards=1, worker_slowdowns=(1.0, 1.0), heartbeat_timeout_s=3.0) as cluster:
+        spec = {"name": "doomed", "mode": "sync", "num_workers": 2, "steps": 100000, "batch_size": 8}
+        job = submit(cluster.coordinator_address, spec)
+        wait_until(
+            lambda: (cluster.workdir / "logs" / "worker-1.log").read_text().count("training samples") >= 1,
+            timeout_s=60,
+            what="worker-1 training",
+        )
+        cluster.kill("worker-1", signal.SIGKILL)
+        final = wait_for_job(cluster.coordinator_address, job.job_id, timeout_s=60)
+        assert final.state == common_pb.JOB_STATE_FAILED
+        assert "worker" in final.message and "lost" in final.message
