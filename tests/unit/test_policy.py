@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 # isort: split
@@ -57,6 +57,7 @@ def test_contract_base_version_ahead_of_shard_is_invalid(policy: ConsistencyPoli
         policy.on_push("w0", base, view(version))
 
 
+@settings(deadline=None)
 @given(v=views(), data=st.data())
 def test_contract_base_version_ahead_is_invalid_for_any_view(v: ShardView, data: st.DataObject) -> None:
     base = data.draw(st.integers(v.version + 1, v.version + 1000))
@@ -66,6 +67,7 @@ def test_contract_base_version_ahead_is_invalid_for_any_view(v: ShardView, data:
             factory().on_push(worker, base, v)
 
 
+@settings(deadline=None)
 @given(v=views(), data=st.data())
 def test_contract_serve_after_push_is_never_below_base_plus_one(v: ShardView, data: st.DataObject) -> None:
     base = data.draw(st.integers(0, v.version))
@@ -76,6 +78,7 @@ def test_contract_serve_after_push_is_never_below_base_plus_one(v: ShardView, da
         assert served <= v.version + 1
 
 
+@settings(deadline=None)
 @given(v=views(), data=st.data())
 def test_contract_on_push_returns_a_decision_for_a_first_push(v: ShardView, data: st.DataObject) -> None:
     base = data.draw(st.integers(0, v.version))
@@ -157,6 +160,7 @@ def test_sync_barrier_completes_exactly_when_members_have_arrived(
     assert SyncPolicy().barrier_complete(view(2, members, arrived)) is complete
 
 
+@settings(deadline=None)
 @given(v=views())
 def test_sync_barrier_property(v: ShardView) -> None:
     expected = bool(v.members) and v.members.issubset(v.arrived)
@@ -193,6 +197,7 @@ def test_async_always_applies(worker: str, base: int, version: int, arrived: tup
     assert AsyncPolicy().on_push(worker, base, view(version, arrived=arrived)) is PushDecision.APPLY
 
 
+@settings(deadline=None)
 @given(v=views())
 def test_async_never_has_a_barrier(v: ShardView) -> None:
     assert AsyncPolicy().barrier_complete(v) is False

@@ -181,6 +181,8 @@ class JobManager:
 
     def shard_ready(self, member_id: str, job_id: str) -> list[Command]:
         job = self._running(job_id, member_id, Role.SHARD)
+        if member_id in job.shards_ready:
+            return []  # a repeated report must not assign the workers twice
         job.shards_ready.add(member_id)
         if job.shards_ready != set(job.shard_ids):
             return []

@@ -58,6 +58,9 @@ def shard_map_from_proto(msg: common_pb.ShardMap) -> ShardMap:
         if any(d < 0 for d in t.shape):
             raise InvalidArgumentError(f"shard_map.tensors[{i}].shape: negative dimension in {list(t.shape)}")
         tensors.append(TensorInfo(t.name, tuple(t.shape), dtype_from_proto(t.dtype, f"shard_map.tensors[{i}].dtype")))
+    for i, r in enumerate(msg.ranges):
+        if r.shard != i:
+            raise InvalidArgumentError(f"shard_map.ranges[{i}].shard: expected {i}, got {r.shard}")
     shard_map = ShardMap(tuple(tensors), tuple((r.start, r.end) for r in msg.ranges))
     shard_map.validate()
     return shard_map
@@ -117,10 +120,13 @@ class SliceAssembler:
         self._out = out
         self._field = field
         self._written: list[tuple[int, int]] = []
+        self._chunks_seen = 0
 
     def add(self, chunks: Iterable[common_pb.TensorChunk]) -> None:
         for chunk in chunks:
-            where = f"{self._field}[{len(self._written)}]"
+            # Position among all chunks of this push or pull, so an error points at the chunk.
+            where = f"{self._field}[{self._chunks_seen}]"
+            self._chunks_seen += 1
             seg = self._by_name.get(chunk.name)
             if seg is None:
                 raise InvalidArgumentError(f"{where}.name: unknown tensor {chunk.name!r} for this shard")
@@ -132,6 +138,8 @@ class SliceAssembler:
                     f"{where}.shape: {chunk.name} has shape {list(seg.shape)}, got {list(chunk.shape)}"
                 )
             size = self._out.element_size()
+            if not chunk.data:
+                raise InvalidArgumentError(f"{where}.data: empty")
             if len(chunk.data) % size:
                 raise InvalidArgumentError(f"{where}.data: {len(chunk.data)} bytes is not a multiple of {size}")
             count = len(chunk.data) // size

@@ -1,0 +1,493 @@
+"""Unit tests for tidal.core.shard_state.ShardState: the shard's domain without sockets.
+
+The reference for every update is torch.optim run directly on plain tensors, so a
+wrong mean, a double application or a lost optimizer state shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+# isort: split
+from tidal.core import shard_state as shard_state_module
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
+from tidal.core.optim import build_optimizer
+from tidal.core.shard_map import ShardMap, TensorInfo, build_shard_map
+from tidal.core.shard_state import PushOutcome, ShardState
+from tidal.core.spec import parse_job_spec
+
+TENSORS = (
+    TensorInfo("layer.weight", (3, 4), torch.float32),
+    TensorInfo("layer.bias", (3,), torch.float32),
+    TensorInfo("head.weight", (2, 3), torch.float32),
+)
+TOTAL = sum(t.numel for t in TENSORS)
+EPOCH = 7
+
+
+def make_map(num_shards: int = 1) -> ShardMap:
+    return build_shard_map(TENSORS, num_shards)
+
+
+def make_state(
+    mode: str = "sync",
+    workers: Sequence[str] = ("w0", "w1"),
+    optimizer: dict[str, Any] | None = None,
+    num_shards: int = 1,
+    shard: int = 0,
+    seed: int = 0,
+) -> tuple[ShardState, torch.Tensor]:
+    spec = parse_job_spec(
+        {
+            "mode": mode,
+            "num_workers": len(workers),
+            "num_shards": num_shards,
+            "optimizer": optimizer or {"name": "sgd", "lr": 0.1},
+        }
+    )
+    shard_map = make_map(num_shards)
+    start, end = shard_map.ranges[shard]
+    full = torch.randn(TOTAL, generator=torch.Generator().manual_seed(seed))
+    initial = full[start:end].clone()
+    return ShardState(spec, shard, shard_map, initial, EPOCH, workers), initial
+
+
+def grad_like(state: ShardState, seed: int) -> torch.Tensor:
+    return torch.randn(state.numel, generator=torch.Generator().manual_seed(1000 + seed))
+
+
+class Reference:
+    """torch.optim on a plain copy of the slice, stepped by hand."""
+
+    def __init__(self, state: ShardState, initial: torch.Tensor) -> None:
+        self.param = initial.detach().clone().requires_grad_(True)
+        self.optimizer = build_optimizer(state.spec.optimizer, [self.param])
+
+    def step(self, grad: torch.Tensor) -> None:
+        self.param.grad = grad.clone()
+        self.optimizer.step()
+        self.param.grad = None
+
+
+def snapshot(state: ShardState) -> torch.Tensor:
+    return state.params.detach().clone()
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+# --- construction ----------------------------------------------------------------------
+
+
+def test_initial_slice_of_wrong_size_is_rejected() -> None:
+    spec = parse_job_spec({})
+    with pytest.raises(InvalidArgumentError, match="initial"):
+        ShardState(spec, 0, make_map(), torch.zeros(TOTAL + 1), 1, ["w0"])
+    with pytest.raises(InvalidArgumentError, match="initial"):
+        ShardState(spec, 0, make_map(), torch.zeros(1, TOTAL), 1, ["w0"])
+
+
+def test_state_does_not_alias_the_initial_tensor() -> None:
+    state, initial = make_state(mode="async", workers=["w0"])
+    before = initial.clone()
+    state.push("w0", "p0", 0, EPOCH, grad_like(state, 0))
+    assert torch.equal(initial, before)
+    initial.add_(1.0)
+    assert not torch.equal(state.params.detach(), initial)
+
+
+def test_segments_come_from_the_shard_map() -> None:
+    state, _ = make_state(num_shards=2, shard=1)
+    assert state.segments == make_map(2).segments(1)
+    start, end = make_map(2).ranges[1]
+    assert state.numel == end - start
+
+
+# --- sync ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "sgd", "lr": 0.1},
+        {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    ],
+    ids=["plain", "momentum", "nesterov"],
+)
+def test_sync_two_workers_apply_the_mean_gradient_once_per_step(optimizer: dict[str, Any]) -> None:
+    state, initial = make_state(optimizer=optimizer)
+    ref = Reference(state, initial)
+    for step in range(3):
+        g0, g1 = grad_like(state, 2 * step), grad_like(state, 2 * step + 1)
+        first = state.push("w0", f"w0-{step}", step, EPOCH, g0)
+        assert first.outcome is PushOutcome.BUFFERED
+        assert first.version == step
+        assert first.serve_version == step + 1
+        assert torch.equal(state.params.detach(), ref.param.detach()), "a buffered push must not move the params"
+        second = state.push("w1", f"w1-{step}", step, EPOCH, g1)
+        assert second.outcome is PushOutcome.APPLIED
+        assert second.version == step + 1
+        assert second.staleness == 0
+        assert second.serve_version == step + 1
+        ref.step((g0 + g1) / 2)
+        torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+    assert state.version == 3
+    assert state.counters.updates_applied == 6  # one per push folded in
+    assert state.counters.updates_rejected == 0
+    assert state.counters.staleness.count == 6
+    assert state.counters.staleness.maximum == 0
+
+
+def test_sync_does_not_keep_a_reference_to_pushed_gradients() -> None:
+    state, initial = make_state()
+    ref = Reference(state, initial)
+    g0, g1 = grad_like(state, 0), grad_like(state, 1)
+    expected = (g0 + g1) / 2
+    state.push("w0", "a", 0, EPOCH, g0)
+    g0.fill_(1e6)  # the worker reuses its buffer
+    state.push("w1", "b", 0, EPOCH, g1)
+    ref.step(expected)
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+
+
+def test_sync_second_push_from_same_worker_is_refused_and_not_accumulated() -> None:
+    state, initial = make_state()
+    ref = Reference(state, initial)
+    g0, g1 = grad_like(state, 0), grad_like(state, 1)
+    state.push("w0", "a", 0, EPOCH, g0)
+    with pytest.raises(FailedPreconditionError, match="w0"):
+        state.push("w0", "a-again-new-id", 0, EPOCH, grad_like(state, 9))
+    assert state.push("w1", "b", 0, EPOCH, g1).outcome is PushOutcome.APPLIED
+    ref.step((g0 + g1) / 2)
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+
+
+def test_sync_retry_of_a_buffered_push_is_a_duplicate_not_an_error() -> None:
+    state, initial = make_state()
+    ref = Reference(state, initial)
+    g0, g1 = grad_like(state, 0), grad_like(state, 1)
+    state.push("w0", "a", 0, EPOCH, g0)
+    retry = state.push("w0", "a", 0, EPOCH, g0)
+    assert retry.outcome is PushOutcome.DUPLICATE
+    assert retry.serve_version == 1
+    assert state.push("w1", "b", 0, EPOCH, g1).outcome is PushOutcome.APPLIED
+    ref.step((g0 + g1) / 2)  # the retry was not counted twice
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+    assert state.counters.rejected == {"duplicate": 1}
+
+
+def test_sync_single_worker_equals_sequential_sgd() -> None:
+    optimizer = {"name": "sgd", "lr": 0.05, "momentum": 0.8, "weight_decay": 0.001}
+    state, initial = make_state(workers=["solo"], optimizer=optimizer)
+    ref = Reference(state, initial)
+    for step in range(6):
+        g = grad_like(state, step)
+        result = state.push("solo", f"p{step}", step, EPOCH, g)
+        assert result.outcome is PushOutcome.APPLIED
+        assert result.version == step + 1
+        ref.step(g)
+    assert state.version == 6
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+
+
+def test_sync_late_push_is_dropped_without_touching_params() -> None:
+    state, _ = make_state(workers=["w0", "w1"])
+    state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
+    # w1 leaves: the step completes with w0's gradient alone.
+    assert state.set_membership(EPOCH + 1, ["w0"]) is True
+    assert state.version == 1
+    # w1 rejoins and delivers its gradient for version 0, which was applied without it.
+    state.set_membership(EPOCH + 2, ["w0", "w1"])
+    before = snapshot(state)
+    late = state.push("w1", "b", 0, EPOCH + 2, grad_like(state, 1))
+    assert late.outcome is PushOutcome.DROPPED_LATE
+    assert late.version == 1
+    assert late.serve_version == 1
+    assert late.staleness == 1
+    assert bits_equal(state.params.detach(), before)
+    assert state.counters.rejected == {"late": 1}
+    assert state.counters.updates_rejected == 1
+
+
+def test_sync_member_leaving_mid_step_completes_with_the_gradients_received() -> None:
+    state, initial = make_state(workers=["w0", "w1", "w2"])
+    ref = Reference(state, initial)
+    g0, g1 = grad_like(state, 0), grad_like(state, 1)
+    assert state.push("w0", "a", 0, EPOCH, g0).outcome is PushOutcome.BUFFERED
+    assert state.push("w1", "b", 0, EPOCH, g1).outcome is PushOutcome.BUFFERED
+    assert state.set_membership(EPOCH + 1, ["w0", "w1"]) is True
+    ref.step((g0 + g1) / 2)  # the mean over the two received, not over three
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+    assert state.version == 1
+    assert state.counters.updates_applied == 2
+    # The next step waits for the two remaining members only.
+    g0, g1 = grad_like(state, 2), grad_like(state, 3)
+    assert state.push("w0", "c", 1, EPOCH + 1, g0).outcome is PushOutcome.BUFFERED
+    assert state.push("w1", "d", 1, EPOCH + 1, g1).outcome is PushOutcome.APPLIED
+    ref.step((g0 + g1) / 2)
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+
+
+def test_sync_membership_change_that_leaves_a_member_missing_does_not_step() -> None:
+    state, initial = make_state(workers=["w0", "w1", "w2"])
+    ref = Reference(state, initial)
+    g0, g1, g2 = (grad_like(state, i) for i in range(3))
+    state.push("w0", "a", 0, EPOCH, g0)
+    state.push("w2", "c", 0, EPOCH, g2)
+    # w2 leaves after pushing; w1 is still missing.
+    assert state.set_membership(EPOCH + 1, ["w0", "w1"]) is False
+    assert state.version == 0
+    assert state.push("w1", "b", 0, EPOCH + 1, g1).outcome is PushOutcome.APPLIED
+    # Gradients already buffered are kept, so w2's counts.
+    ref.step((g0 + g1 + g2) / 3)
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+
+
+def test_set_membership_with_an_older_epoch_is_refused() -> None:
+    state, _ = make_state()
+    with pytest.raises(FailedPreconditionError, match="membership_epoch"):
+        state.set_membership(EPOCH - 1, ["w0"])
+    assert state.membership_epoch == EPOCH
+    assert state.members == frozenset({"w0", "w1"})
+
+
+def test_set_membership_with_the_same_epoch_is_accepted() -> None:
+    state, _ = make_state()
+    assert state.set_membership(EPOCH, ["w0", "w1"]) is False
+    assert state.membership_epoch == EPOCH
+
+
+def test_set_membership_to_nobody_never_steps() -> None:
+    state, _ = make_state()
+    state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
+    assert state.set_membership(EPOCH + 1, []) is False
+    assert state.version == 0
+
+
+def test_pushes_under_the_previous_epoch_are_refused_after_a_change() -> None:
+    state, _ = make_state()
+    state.set_membership(EPOCH + 1, ["w0", "w1"])
+    with pytest.raises(FailedPreconditionError, match="membership_epoch"):
+        state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
+
+
+# --- async -----------------------------------------------------------------------------
+
+
+def test_async_applies_every_push_and_records_staleness() -> None:
+    optimizer = {"name": "sgd", "lr": 0.1, "momentum": 0.5}
+    state, initial = make_state(mode="async", optimizer=optimizer)
+    ref = Reference(state, initial)
+    pushes = [("w0", 0), ("w1", 0), ("w0", 1), ("w1", 1), ("w1", 4)]
+    expected_staleness = [0, 1, 1, 2, 0]
+    for i, (worker, base) in enumerate(pushes):
+        g = grad_like(state, i)
+        result = state.push(worker, f"p{i}", base, EPOCH, g)
+        ref.step(g)
+        assert result.outcome is PushOutcome.APPLIED
+        assert result.version == i + 1
+        assert result.staleness == expected_staleness[i]
+        assert result.serve_version == max(i + 1, base + 1)
+        torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+    stats = state.counters.staleness
+    assert state.counters.updates_applied == 5
+    assert stats.count == 5
+    assert stats.total == 4
+    assert stats.maximum == 2
+    assert stats.histogram == {0: 2, 1: 2, 2: 1}
+    assert stats.mean == pytest.approx(0.8)
+
+
+def test_async_push_ahead_of_the_shard_is_invalid_and_changes_nothing() -> None:
+    state, _ = make_state(mode="async")
+    before = snapshot(state)
+    with pytest.raises(InvalidArgumentError, match=r"push\.base_version"):
+        state.push("w0", "a", 1, EPOCH, grad_like(state, 0))
+    assert state.version == 0
+    assert bits_equal(state.params.detach(), before)
+    # The refused push id is not remembered: a corrected push with it is applied.
+    assert state.push("w0", "a", 0, EPOCH, grad_like(state, 0)).outcome is PushOutcome.APPLIED
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_duplicate_push_id_is_reported_and_leaves_params_unchanged(mode: str) -> None:
+    state, _ = make_state(mode=mode, workers=["w0"])
+    first = state.push("w0", "same", 0, EPOCH, grad_like(state, 0))
+    assert first.outcome is PushOutcome.APPLIED
+    before = snapshot(state)
+    again = state.push("w0", "same", 1, EPOCH, grad_like(state, 1))
+    assert again.outcome is PushOutcome.DUPLICATE
+    assert again.version == 1
+    assert again.serve_version == first.serve_version
+    assert again.staleness == first.staleness
+    assert bits_equal(state.params.detach(), before)
+    assert state.version == 1
+    assert state.counters.updates_applied == 1
+    assert state.counters.rejected == {"duplicate": 1}
+
+
+def test_push_id_memory_is_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shard_state_module, "PUSH_ID_MEMORY", 2)
+    state, _ = make_state(mode="async", workers=["w0"])
+    for i, pid in enumerate(["a", "b", "c"]):
+        state.push("w0", pid, i, EPOCH, grad_like(state, i))
+    assert state.push("w0", "c", 3, EPOCH, grad_like(state, 3)).outcome is PushOutcome.DUPLICATE
+    assert state.push("w0", "a", 3, EPOCH, grad_like(state, 3)).outcome is PushOutcome.APPLIED
+
+
+# --- rejected pushes -------------------------------------------------------------------
+
+
+def _rejected_push_cases() -> Iterable[tuple[str, dict[str, Any], type[Exception], str]]:
+    yield "unknown worker", {"worker_id": "intruder"}, FailedPreconditionError, "worker_id"
+    yield "old epoch", {"membership_epoch": EPOCH - 1}, FailedPreconditionError, "membership_epoch"
+    yield "newer epoch", {"membership_epoch": EPOCH + 1}, FailedPreconditionError, "membership_epoch"
+    yield "empty push id", {"push_id": ""}, InvalidArgumentError, "push_id"
+    yield "negative base", {"base_version": -1}, InvalidArgumentError, "base_version"
+    yield "too short", {"grad": torch.zeros(TOTAL - 1)}, InvalidArgumentError, "push.chunks"
+    yield "too long", {"grad": torch.zeros(TOTAL + 1)}, InvalidArgumentError, "push.chunks"
+    yield "2-d", {"grad": torch.zeros(1, TOTAL)}, InvalidArgumentError, "push.chunks"
+    yield "float64", {"grad": torch.zeros(TOTAL, dtype=torch.float64)}, InvalidArgumentError, "push.chunks"
+    yield (
+        "nan",
+        {"grad": torch.zeros(TOTAL).index_fill(0, torch.tensor([3]), float("nan"))},
+        InvalidArgumentError,
+        "NaN",
+    )
+    yield (
+        "inf",
+        {"grad": torch.zeros(TOTAL).index_fill(0, torch.tensor([0]), float("inf"))},
+        InvalidArgumentError,
+        "Inf",
+    )
+    yield "-inf", {"grad": torch.full((TOTAL,), -float("inf"))}, InvalidArgumentError, "Inf"
+
+
+REJECTED_CASES = list(_rejected_push_cases())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("overrides", "error", "needle"),
+    [c[1:] for c in REJECTED_CASES],
+    ids=[c[0] for c in REJECTED_CASES],
+)
+def test_rejected_push_raises_and_leaves_the_shard_bit_for_bit_unchanged(
+    mode: str, overrides: dict[str, Any], error: type[Exception], needle: str
+) -> None:
+    state, _ = make_state(mode=mode, workers=["w0"])
+    before = snapshot(state)
+    kwargs = {
+        "worker_id": "w0",
+        "push_id": "p",
+        "base_version": 0,
+        "membership_epoch": EPOCH,
+        "grad": grad_like(state, 0),
+        **overrides,
+    }
+    with pytest.raises(error, match=needle):
+        state.push(**kwargs)
+    assert bits_equal(state.params.detach(), before)
+    assert state.version == 0
+    assert state.counters.updates_applied == 0
+    # Nothing was buffered or remembered: a valid push with the same id now applies alone.
+    g = grad_like(state, 5)
+    ref = Reference(state, before)
+    assert state.push("w0", "p", 0, EPOCH, g).outcome is PushOutcome.APPLIED
+    ref.step(g)
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+
+
+def test_non_finite_gradient_is_counted_and_does_not_poison_the_step() -> None:
+    state, initial = make_state()
+    ref = Reference(state, initial)
+    bad = grad_like(state, 0)
+    bad[2] = float("nan")
+    with pytest.raises(InvalidArgumentError, match="NaN or Inf"):
+        state.push("w0", "bad", 0, EPOCH, bad)
+    assert state.counters.rejected == {"non_finite": 1}
+    g0, g1 = grad_like(state, 1), grad_like(state, 2)
+    assert state.push("w0", "good", 0, EPOCH, g0).outcome is PushOutcome.BUFFERED
+    assert state.push("w1", "other", 0, EPOCH, g1).outcome is PushOutcome.APPLIED
+    ref.step((g0 + g1) / 2)
+    torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
+    assert bool(torch.isfinite(state.params).all())
+
+
+# --- optimizers on a flat slice -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+        {"name": "adam", "lr": 0.01},
+        {"name": "adam", "lr": 0.01, "betas": [0.8, 0.99], "weight_decay": 0.1, "eps": 1e-6},
+        {"name": "adamw", "lr": 0.01, "weight_decay": 0.1},
+        {"name": "adagrad", "lr": 0.1},
+        {"name": "adagrad", "lr": 0.1, "weight_decay": 0.01},
+    ],
+    ids=["sgd-nesterov", "adam", "adam-wd", "adamw", "adagrad", "adagrad-wd"],
+)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_optimizer_on_flat_slices_matches_torch_optim_on_the_model_tensors(
+    optimizer: dict[str, Any], mode: str
+) -> None:
+    num_shards = 2
+    shard_map = make_map(num_shards)
+    # The tensors are split across the two shards (one of them mid-tensor).
+    assert any(s.tensor_offset > 0 for s in shard_map.segments(1))
+    states = [
+        make_state(mode=mode, workers=["w0"], optimizer=optimizer, num_shards=num_shards, shard=i)[0]
+        for i in range(num_shards)
+    ]
+    full = torch.randn(TOTAL, generator=torch.Generator().manual_seed(0))
+    # The reference: the unflattened model tensors with one torch.optim optimizer.
+    tensors, offset = [], 0
+    for info in TENSORS:
+        tensors.append(full[offset : offset + info.numel].reshape(info.shape).clone().requires_grad_(True))
+        offset += info.numel
+    ref_opt = build_optimizer(states[0].spec.optimizer, tensors)
+    gen = torch.Generator().manual_seed(42)
+    for step in range(5):
+        flat_grad = torch.randn(TOTAL, generator=gen)
+        for i, state in enumerate(states):
+            start, end = shard_map.ranges[i]
+            result = state.push("w0", f"s{i}-{step}", step, EPOCH, flat_grad[start:end].clone())
+            assert result.outcome is PushOutcome.APPLIED
+        offset = 0
+        for t in tensors:
+            t.grad = flat_grad[offset : offset + t.numel()].reshape(t.shape).clone()
+            offset += t.numel()
+        ref_opt.step()
+    got = torch.cat([s.params.detach() for s in states])
+    want = torch.cat([t.detach().reshape(-1) for t in tensors])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert all(s.version == 5 for s in states)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+        {"name": "adam", "lr": 0.01, "weight_decay": 0.1},
+        {"name": "adagrad", "lr": 0.1, "weight_decay": 0.1},
+    ],
+    ids=["sgd", "adam", "adagrad"],
+)
+@pytest.mark.parametrize(("mode", "workers"), [("sync", ["w0"]), ("sync", ["w0", "w1"]), ("async", ["w0", "w1"])])
+def test_push_never_modifies_the_callers_gradient(optimizer: dict[str, Any], mode: str, workers: list[str]) -> None:
+    state, _ = make_state(mode=mode, workers=workers, optimizer=optimizer)
+    for step in range(3):
+        for i, worker in enumerate(workers):
+            g = grad_like(state, 10 * step + i)
+            kept = g.clone()
+            state.push(worker, f"{worker}-{step}", step, EPOCH, g)
+            assert bits_equal(g, kept), "the worker's gradient buffer was written to"
+    assert state.version == (3 if mode == "sync" else 3 * len(workers))
