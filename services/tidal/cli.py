@@ -42,6 +42,7 @@ Host = Annotated[str, typer.Option(envvar=ENV["host"], help="Interface to bind."
 ReadyFile = Annotated[Path | None, typer.Option(help="Write the bound ports here as JSON once serving.")]
 LogLevel = Annotated[str, typer.Option(envvar=ENV["log_level"], help="DEBUG, INFO, WARNING or ERROR.")]
 Threads = Annotated[int, typer.Option(envvar=ENV["torch_threads"], min=1, help="torch intra-op threads.")]
+Port = Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port to bind (0 = any).")]
 RegisterTimeout = Annotated[
     float,
     typer.Option(
@@ -74,9 +75,7 @@ def _service_setup(role: str, log_level: str, threads: int) -> None:
 @app.command()
 def coordinator(
     host: Host = "0.0.0.0",
-    port: Annotated[
-        int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")
-    ] = DEFAULT_GRPC_PORT,
+    port: Port = DEFAULT_GRPC_PORT,
     http_port: Annotated[
         int, typer.Option(envvar=ENV["http_port"], min=0, max=65535, help="REST port (0 = any).")
     ] = DEFAULT_HTTP_PORT,
@@ -104,9 +103,7 @@ def coordinator(
 def shard(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
-    port: Annotated[
-        int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port (0 = any).")
-    ] = DEFAULT_SHARD_PORT,
+    port: Port = DEFAULT_SHARD_PORT,
     advertise_host: Annotated[
         str,
         typer.Option(
@@ -130,9 +127,7 @@ def shard(
 def worker(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
-    port: Annotated[
-        int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port for health/info (0 = any).")
-    ] = DEFAULT_WORKER_PORT,
+    port: Port = DEFAULT_WORKER_PORT,
     slowdown: Annotated[
         float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")
     ] = 1.0,

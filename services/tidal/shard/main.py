@@ -13,13 +13,11 @@ from tidal.core.errors import TidalError
 from tidal.core.plan import job_dataset, job_model
 from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
-from tidal.core.training import warm_up
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer
 from tidal.transport import serde
-from tidal.transport.limits import SHUTDOWN_GRACE_S
-from tidal.transport.process import stop_on_signals, write_ready_file
-from tidal.transport.server import add_health_and_reflection, create_server, set_health
+from tidal.transport.member import serve_member
+from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -82,7 +80,7 @@ class ShardNode:
         )
         self._reporter = asyncio.create_task(self._report_progress(self.runtime))
 
-    async def release(self, reason: str) -> None:
+    async def release(self, reason: str = "shard shutting down") -> None:
         if self._reporter:
             self._reporter.cancel()
         if self.runtime:
@@ -122,29 +120,6 @@ async def run_shard(
     )
     node = ShardNode(session)
     shard_grpc.add_ParameterShardServicer_to_server(ShardServicer(node), server)
-    health = add_health_and_reflection(server, SERVICE_NAMES)
-    await set_health(health, SERVICE_NAMES, serving=False)
-    await server.start()
-    stop = stop_on_signals()
-    try:
-        await asyncio.to_thread(warm_up)
-        member_id = await session.register(register_timeout_s)
-        await set_health(health, SERVICE_NAMES, serving=True)
-        write_ready_file(ready_file, {"role": "shard", "grpc_port": bound_port, "member_id": member_id})
-        log.info("shard %s serving on %s:%d", member_id, host, bound_port)
-        session_task = asyncio.create_task(session.run(node.on_command))
-        stop_task = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({session_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
-        if session_task in done:
-            session_task.result()  # raises why the session ended
-        session_task.cancel()
-        return 0
-    except TidalError as exc:
-        log.error("%s", exc)
-        return 1
-    finally:
-        await set_health(health, SERVICE_NAMES, serving=False)
-        await node.release("shard shutting down")
-        await server.stop(SHUTDOWN_GRACE_S)
-        await session.close()
+    return await serve_member(
+        "shard", server, host, bound_port, session, node, SERVICE_NAMES, ready_file, register_timeout_s
+    )

@@ -11,11 +11,10 @@ import grpc
 
 from tidal.core.errors import TidalError
 from tidal.core.spec import parse_job_spec
-from tidal.core.training import EvalResult, warm_up
+from tidal.core.training import EvalResult
 from tidal.transport import serde
-from tidal.transport.limits import SHUTDOWN_GRACE_S
-from tidal.transport.process import stop_on_signals, write_ready_file
-from tidal.transport.server import add_health_and_reflection, create_server, set_health
+from tidal.transport.member import serve_member
+from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -149,29 +148,6 @@ async def run_worker(
     session = MemberSession(coordinator, common_pb.ROLE_WORKER, name=socket.gethostname())
     node = WorkerNode(session, slowdown)
     worker_grpc.add_WorkerServicer_to_server(node, server)
-    health = add_health_and_reflection(server, SERVICE_NAMES)
-    await set_health(health, SERVICE_NAMES, serving=False)
-    await server.start()
-    stop = stop_on_signals()
-    try:
-        await asyncio.to_thread(warm_up)
-        member_id = await session.register(register_timeout_s)
-        await set_health(health, SERVICE_NAMES, serving=True)
-        write_ready_file(ready_file, {"role": "worker", "grpc_port": bound_port, "member_id": member_id})
-        log.info("worker %s (slowdown %.1fx) serving on %s:%d", member_id, slowdown, host, bound_port)
-        session_task = asyncio.create_task(session.run(node.on_command))
-        stop_task = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({session_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
-        if session_task in done:
-            session_task.result()
-        session_task.cancel()
-        return 0
-    except TidalError as exc:
-        log.error("%s", exc)
-        return 1
-    finally:
-        await set_health(health, SERVICE_NAMES, serving=False)
-        await node.release()
-        await server.stop(SHUTDOWN_GRACE_S)
-        await session.close()
+    return await serve_member(
+        "worker", server, host, bound_port, session, node, SERVICE_NAMES, ready_file, register_timeout_s
+    )
