@@ -163,6 +163,7 @@ def submit(
     """Submit a job; prints its id."""
     from tidal.client import TidalClient, load_spec_file  # noqa: PLC0415
     from tidal.progress import follow_job  # noqa: PLC0415
+    from tidal.v1 import common_pb2 as common_pb  # noqa: PLC0415
 
     async def go() -> int:
         async with TidalClient(coordinator) as client:
@@ -171,7 +172,7 @@ def submit(
             if not wait:
                 return 0
             final = await follow_job(client, job.job_id, err)
-            return 0 if final.state == 3 else 1
+            return 0 if final.state == common_pb.JOB_STATE_SUCCEEDED else 1
 
     raise typer.Exit(_run(go()))
 

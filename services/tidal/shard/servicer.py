@@ -80,7 +80,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                     yield shard_pb.ExchangeResponse(params=params)
             elif kind == "push":
                 push = request.push
-                if pending is None:
+                if pending is None or assembler is None:
                     pending, chunks = push, 0
                     assembler = SliceAssembler(state.segments, runtime.range_start, scratch, "push.chunks")
                 elif push.push_id != pending.push_id:
@@ -90,7 +90,6 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                 chunks += 1
                 if chunks > MAX_CHUNKS_PER_PUSH:
                     raise InvalidArgumentError(f"push: more than {MAX_CHUNKS_PER_PUSH} messages in one push")
-                assert assembler is not None
                 assembler.add(push.chunks)
                 if not push.last:
                     continue

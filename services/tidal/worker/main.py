@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -67,7 +69,8 @@ class WorkerNode(worker_grpc.WorkerServicer):
             await self.release()
             self._task = asyncio.create_task(self._guard(msg.assign_worker.job_id, self._train(msg.assign_worker)))
         elif kind == "evaluate" and self.run and self.run.a.job_id == msg.evaluate.job_id:
-            self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, self._evaluate(msg.evaluate.final)))
+            work = self._evaluate(self.run, msg.evaluate.final)
+            self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, work))
         elif kind == "release_job" and self.run and self.run.a.job_id == msg.release_job.job_id:
             await self.release()
 
@@ -78,10 +81,10 @@ class WorkerNode(worker_grpc.WorkerServicer):
             await self.run.close()
         self.run = self._task = None
 
-    async def _guard(self, job_id: str, work: object) -> None:
+    async def _guard(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
         """Runs job work; a failure is reported to the coordinator, which fails the job."""
         try:
-            await work  # type: ignore[misc]
+            await work
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must still fail the job loudly, not hang it
@@ -123,10 +126,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
             )
         )
 
-    async def _evaluate(self, final: bool) -> None:
-        assert self.run is not None
-        version, result = await self.run.evaluate_latest()
-        await self._report_eval(self.run.a.job_id, version, result, final)
+    async def _evaluate(self, run: TrainingRun, final: bool) -> None:
+        version, result = await run.evaluate_latest()
+        await self._report_eval(run.a.job_id, version, result, final)
 
     async def _report_eval(self, job_id: str, version: int, result: EvalResult, final: bool) -> None:
         await self._send(
