@@ -17,9 +17,12 @@ from rich.table import Table
 
 from tidal.config import (
     DEFAULT_COORDINATOR,
+    DEFAULT_COORDINATOR_METRICS_PORT,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
+    DEFAULT_SHARD_METRICS_PORT,
     DEFAULT_SHARD_PORT,
+    DEFAULT_WORKER_METRICS_PORT,
     DEFAULT_WORKER_PORT,
     ENV,
 )
@@ -42,6 +45,9 @@ Host = Annotated[str, typer.Option(envvar=ENV["host"], help="Interface to bind."
 ReadyFile = Annotated[Path | None, typer.Option(help="Write the bound ports here as JSON once serving.")]
 LogLevel = Annotated[str, typer.Option(envvar=ENV["log_level"], help="DEBUG, INFO, WARNING or ERROR.")]
 Threads = Annotated[int, typer.Option(envvar=ENV["torch_threads"], min=1, help="torch intra-op threads.")]
+MetricsPort = Annotated[
+    int, typer.Option(envvar=ENV["metrics_port"], min=0, max=65535, help="Port of /metrics (0 = any).")
+]
 Port = Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port to bind (0 = any).")]
 RegisterTimeout = Annotated[
     float,
@@ -65,17 +71,21 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 def _service_setup(role: str, log_level: str, threads: int) -> None:
     import torch  # noqa: PLC0415  # the client commands start faster without torch
+    from prometheus_client import disable_created_metrics  # noqa: PLC0415
 
     from tidal.transport.process import setup_logging  # noqa: PLC0415
 
     setup_logging(role, log_level)
     torch.set_num_threads(threads)
+    # `_created` series double every counter's cardinality and no dashboard uses them.
+    disable_created_metrics()
 
 
 @app.command()
 def coordinator(
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_GRPC_PORT,
+    metrics_port: MetricsPort = DEFAULT_COORDINATOR_METRICS_PORT,
     http_port: Annotated[
         int, typer.Option(envvar=ENV["http_port"], min=0, max=65535, help="REST port (0 = any).")
     ] = DEFAULT_HTTP_PORT,
@@ -96,7 +106,9 @@ def coordinator(
     from tidal.coordinator.main import run_coordinator  # noqa: PLC0415
 
     _service_setup("coordinator", log_level, torch_threads)
-    raise typer.Exit(_run(run_coordinator(host, port, http_port, heartbeat_interval, heartbeat_timeout, ready_file)))
+    raise typer.Exit(
+        _run(run_coordinator(host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file))
+    )
 
 
 @app.command()
@@ -104,6 +116,7 @@ def shard(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_SHARD_PORT,
+    metrics_port: MetricsPort = DEFAULT_SHARD_METRICS_PORT,
     advertise_host: Annotated[
         str,
         typer.Option(
@@ -120,7 +133,7 @@ def shard(
 
     _service_setup("shard", log_level, torch_threads)
     advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
-    raise typer.Exit(_run(run_shard(coordinator, host, port, advertise, ready_file, register_timeout)))
+    raise typer.Exit(_run(run_shard(coordinator, host, port, metrics_port, advertise, ready_file, register_timeout)))
 
 
 @app.command()
@@ -128,6 +141,7 @@ def worker(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_WORKER_PORT,
+    metrics_port: MetricsPort = DEFAULT_WORKER_METRICS_PORT,
     slowdown: Annotated[
         float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")
     ] = 1.0,
@@ -140,7 +154,7 @@ def worker(
     from tidal.worker.main import run_worker  # noqa: PLC0415
 
     _service_setup("worker", log_level, torch_threads)
-    raise typer.Exit(_run(run_worker(coordinator, host, port, slowdown, ready_file, register_timeout)))
+    raise typer.Exit(_run(run_worker(coordinator, host, port, metrics_port, slowdown, ready_file, register_timeout)))
 
 
 @app.command()

@@ -11,6 +11,7 @@ ENV = {
     "host": "TIDAL_HOST",  # interface a service binds
     "port": "TIDAL_PORT",  # gRPC port a service binds (0 = any free port)
     "http_port": "TIDAL_HTTP_PORT",  # coordinator REST port
+    "metrics_port": "TIDAL_METRICS_PORT",  # Prometheus /metrics port of any service
     "advertise_host": "TIDAL_ADVERTISE_HOST",  # host workers dial to reach a shard
     "slowdown": "TIDAL_SLOWDOWN",  # worker compute-time multiplier (straggler simulation)
     "heartbeat_interval": "TIDAL_HEARTBEAT_INTERVAL_S",
@@ -25,3 +26,7 @@ DEFAULT_GRPC_PORT = 50051
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_SHARD_PORT = 50052
 DEFAULT_WORKER_PORT = 50053
+# /metrics ports; distinct per role so a whole cluster can share one host.
+DEFAULT_COORDINATOR_METRICS_PORT = 9464
+DEFAULT_SHARD_METRICS_PORT = 9465
+DEFAULT_WORKER_METRICS_PORT = 9466

@@ -22,6 +22,8 @@ from typing import IO, Any
 from tidal.core.errors import DeadlineExceededError, UnavailableError
 
 HOST = "127.0.0.1"
+# Every service binds loopback and lets the kernel pick its ports; ready files report them.
+EPHEMERAL = ["--host", HOST, "--port", "0", "--metrics-port", "0"]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -74,22 +76,13 @@ class LocalCluster:
     def address_of(self, name: str) -> str:
         return f"{HOST}:{self.services[name].info['grpc_port']}"
 
+    def metrics_url(self, name: str) -> str:
+        return f"http://{HOST}:{self.services[name].info['metrics_port']}/metrics"
+
     def start(self) -> LocalCluster:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        self.spawn(
-            "coordinator",
-            [
-                "coordinator",
-                "--host",
-                HOST,
-                "--port",
-                "0",
-                "--http-port",
-                "0",
-                "--heartbeat-timeout",
-                str(self.heartbeat_timeout_s),
-            ],
-        )
+        timeout = str(self.heartbeat_timeout_s)
+        self.spawn("coordinator", ["coordinator", *EPHEMERAL, "--http-port", "0", "--heartbeat-timeout", timeout])
         self.wait_ready(["coordinator"])
         for i in range(self.num_shards):
             self.spawn_shard(f"shard-{i}")
@@ -99,23 +92,11 @@ class LocalCluster:
         return self
 
     def spawn_shard(self, name: str) -> Service:
-        return self.spawn(name, ["shard", "--coordinator", self.coordinator_address, "--host", HOST, "--port", "0"])
+        return self.spawn(name, ["shard", "--coordinator", self.coordinator_address, *EPHEMERAL])
 
     def spawn_worker(self, name: str, slowdown: float = 1.0) -> Service:
-        return self.spawn(
-            name,
-            [
-                "worker",
-                "--coordinator",
-                self.coordinator_address,
-                "--host",
-                HOST,
-                "--port",
-                "0",
-                "--slowdown",
-                str(slowdown),
-            ],
-        )
+        args = ["worker", "--coordinator", self.coordinator_address, *EPHEMERAL, "--slowdown", str(slowdown)]
+        return self.spawn(name, args)
 
     def spawn(self, name: str, args: list[str]) -> Service:
         ready_file = self.workdir / f"{name}.ready.json"

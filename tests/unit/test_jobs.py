@@ -194,7 +194,7 @@ def test_worker_events_from_a_shard_are_refused() -> None:
     start(cluster, job)
     shard = job.shard_ids[0]
     with pytest.raises(FailedPreconditionError, match="job_id"):
-        cluster.jobs.worker_progress(shard, job.job_id, 1, 32, 0.5, 0.1)
+        cluster.jobs.worker_progress(shard, job.job_id, 1, 32, 0.5, 0.1, 3.0)
     with pytest.raises(FailedPreconditionError, match="job_id"):
         cluster.jobs.worker_finished(shard, job.job_id, 1, 32)
     with pytest.raises(FailedPreconditionError, match="job_id"):
@@ -221,7 +221,7 @@ def test_progress_is_aggregated() -> None:
     start(cluster, job)
     assert job.version == 0 and job.samples == 0
     for rank, worker_id in enumerate(job.worker_ids):
-        cluster.jobs.worker_progress(worker_id, job.job_id, rank + 1, 32 * (rank + 1), 1.0 / (rank + 1), 0.01)
+        cluster.jobs.worker_progress(worker_id, job.job_id, rank + 1, 32 * (rank + 1), 1.0 / (rank + 1), 0.01, 3.0)
     assert job.samples == 32 + 64 + 96
     progress = job.workers[job.worker_ids[2]]
     assert (progress.step, progress.samples, progress.loss, progress.step_time_s) == (3, 96, 1 / 3, 0.01)
@@ -238,7 +238,7 @@ def test_events_from_outsiders_or_for_unknown_jobs_are_refused() -> None:
     start(cluster, job)
     outsider = next(w for w in cluster.workers if w not in job.members)
     with pytest.raises(FailedPreconditionError, match="job_id"):
-        cluster.jobs.worker_progress(outsider, job.job_id, 1, 1, 1.0, 1.0)
+        cluster.jobs.worker_progress(outsider, job.job_id, 1, 1, 1.0, 1.0, 3.0)
     with pytest.raises(FailedPreconditionError, match="job_id"):
         cluster.jobs.worker_finished(outsider, job.job_id, 1, 1)
     with pytest.raises(NotFoundError, match="job_id"):

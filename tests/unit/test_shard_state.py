@@ -200,7 +200,7 @@ def test_sync_late_push_is_dropped_without_touching_params() -> None:
     state, _ = make_state(workers=["w0", "w1"])
     state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
     # w1 leaves: the step completes with w0's gradient alone.
-    assert state.set_membership(EPOCH + 1, ["w0"]) is True
+    assert state.set_membership(EPOCH + 1, ["w0"]) == (0,)
     assert state.version == 1
     # w1 rejoins and delivers its gradient for version 0, which was applied without it.
     state.set_membership(EPOCH + 2, ["w0", "w1"])
@@ -221,7 +221,7 @@ def test_sync_member_leaving_mid_step_completes_with_the_gradients_received() ->
     g0, g1 = grad_like(state, 0), grad_like(state, 1)
     assert state.push("w0", "a", 0, EPOCH, g0).outcome is PushOutcome.BUFFERED
     assert state.push("w1", "b", 0, EPOCH, g1).outcome is PushOutcome.BUFFERED
-    assert state.set_membership(EPOCH + 1, ["w0", "w1"]) is True
+    assert state.set_membership(EPOCH + 1, ["w0", "w1"]) == (0, 0)
     ref.step((g0 + g1) / 2)  # the mean over the two received, not over three
     torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
     assert state.version == 1
@@ -241,7 +241,7 @@ def test_sync_membership_change_that_leaves_a_member_missing_does_not_step() -> 
     state.push("w0", "a", 0, EPOCH, g0)
     state.push("w2", "c", 0, EPOCH, g2)
     # w2 leaves after pushing; w1 is still missing.
-    assert state.set_membership(EPOCH + 1, ["w0", "w1"]) is False
+    assert state.set_membership(EPOCH + 1, ["w0", "w1"]) == ()
     assert state.version == 0
     assert state.push("w1", "b", 0, EPOCH + 1, g1).outcome is PushOutcome.APPLIED
     # Gradients already buffered are kept, so w2's counts.
@@ -259,14 +259,14 @@ def test_set_membership_with_an_older_epoch_is_refused() -> None:
 
 def test_set_membership_with_the_same_epoch_is_accepted() -> None:
     state, _ = make_state()
-    assert state.set_membership(EPOCH, ["w0", "w1"]) is False
+    assert state.set_membership(EPOCH, ["w0", "w1"]) == ()
     assert state.membership_epoch == EPOCH
 
 
 def test_set_membership_to_nobody_never_steps() -> None:
     state, _ = make_state()
     state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
-    assert state.set_membership(EPOCH + 1, []) is False
+    assert state.set_membership(EPOCH + 1, []) == ()
     assert state.version == 0
 
 
@@ -491,3 +491,12 @@ def test_push_never_modifies_the_callers_gradient(optimizer: dict[str, Any], mod
             state.push(worker, f"{worker}-{step}", step, EPOCH, g)
             assert bits_equal(g, kept), "the worker's gradient buffer was written to"
     assert state.version == (3 if mode == "sync" else 3 * len(workers))
+
+
+def test_push_result_lists_the_staleness_of_every_gradient_it_folded_in() -> None:
+    state, _ = make_state(workers=["w0", "w1"])
+    assert state.push("w0", "a", 0, EPOCH, grad_like(state, 0)).folded == ()
+    assert state.push("w1", "b", 0, EPOCH, grad_like(state, 1)).folded == (0, 0)
+    async_state, _ = make_state(workers=["w0", "w1"], mode="async")
+    async_state.push("w0", "a", 0, EPOCH, grad_like(async_state, 0))
+    assert async_state.push("w1", "b", 0, EPOCH, grad_like(async_state, 1)).folded == (1,)

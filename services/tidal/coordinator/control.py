@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 from tidal.coordinator.convert import command_to_proto, job_to_proto
+from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.core import jobs
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
 from tidal.core.membership import Member, Membership, MemberState, Role
@@ -27,7 +28,10 @@ TICK_S = 0.2
 
 
 class Control:
-    def __init__(self, heartbeat_interval_s: float = 1.0, heartbeat_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, counters: CoordinatorCounters, heartbeat_interval_s: float = 1.0, heartbeat_timeout_s: float = 10.0
+    ) -> None:
+        self.counters = counters
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.membership = Membership()
@@ -58,20 +62,22 @@ class Control:
         self._outboxes.pop(member_id, None)
         member = self.membership.get(member_id)
         if member.live:
-            await self._lose(member, "its session closed")
+            await self._lose(member, "its session closed", "session_closed")
 
     async def handle(self, member_id: str, msg: coord_pb.SessionRequest) -> None:
         """Applies one message from a member's session."""
-        self.membership.seen(member_id, time.monotonic())
+        member = self.membership.get(member_id)
+        member.last_seen = time.monotonic()
         kind = msg.WhichOneof("kind")
         now = time.time()
         commands: list[jobs.Command] = []
         try:
             if kind == "heartbeat":
+                self.counters.heartbeats.labels(member.role.value).inc()
                 return
             if kind == "worker_progress":
                 p = msg.worker_progress
-                self.jobs.worker_progress(member_id, p.job_id, p.step, p.samples, p.loss, p.step_time_s)
+                self.jobs.worker_progress(member_id, p.job_id, p.step, p.samples, p.loss, p.step_time_s, now)
             elif kind == "shard_progress":
                 p = msg.shard_progress
                 progress = jobs.ShardProgress(
@@ -151,11 +157,13 @@ class Control:
         while True:
             await asyncio.sleep(TICK_S)
             for member in self.membership.overdue(time.monotonic(), self.heartbeat_timeout_s):
-                await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s")
+                self.counters.missed_heartbeats.labels(member.role.value).inc()
+                await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
             await self._deliver(self.jobs.schedule(time.time()))
 
-    async def _lose(self, member: Member, why: str) -> None:
+    async def _lose(self, member: Member, why: str, reason: str) -> None:
         log.warning("member %s (%s) failed: %s", member.member_id, member.name, why)
+        self.counters.failures.labels(member.role.value, reason).inc()
         self.membership.fail(member.member_id, MemberState.FAILED)
         await self._deliver(self.jobs.member_lost(member, time.time()))
         outbox = self._outboxes.pop(member.member_id, None)

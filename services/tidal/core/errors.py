@@ -16,6 +16,10 @@ class InvalidArgumentError(TidalError):
     """The input itself is malformed: wrong shape, type, range or unknown name."""
 
 
+class NonFiniteGradientError(InvalidArgumentError):
+    """A gradient holds NaN or Inf; counted separately because it signals divergence."""
+
+
 class FailedPreconditionError(TidalError):
     """The input is well formed but the system is not in a state to accept it
     (stale membership epoch, unknown member, job not running)."""

@@ -79,6 +79,8 @@ class Job:
     evals: list[EvalPoint] = field(default_factory=list)
     final_eval_by: str = ""
     final_eval_done: bool = False
+    # Unix time of the last progress report from any member (0: none yet).
+    last_progress_at: float = 0.0
 
     @property
     def members(self) -> list[str]:
@@ -191,12 +193,15 @@ class JobManager:
     def shard_progress(self, member_id: str, job_id: str, progress: ShardProgress, now: float) -> list[Command]:
         job = self._running(job_id, member_id, Role.SHARD)
         job.shards[member_id] = progress
+        job.last_progress_at = now
         return self._finish_if_complete(job, now)
 
     def worker_progress(
-        self, member_id: str, job_id: str, step: int, samples: int, loss: float, step_time_s: float
+        self, member_id: str, job_id: str, step: int, samples: int, loss: float, step_time_s: float, now: float
     ) -> None:
-        w = self._running(job_id, member_id, Role.WORKER).workers[member_id]
+        job = self._running(job_id, member_id, Role.WORKER)
+        job.last_progress_at = now
+        w = job.workers[member_id]
         w.step, w.samples, w.loss, w.step_time_s = step, samples, loss, step_time_s
 
     def worker_finished(self, member_id: str, job_id: str, steps: int, samples: int) -> list[Command]:

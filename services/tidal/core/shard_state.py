@@ -15,7 +15,7 @@ from enum import Enum
 
 import torch
 
-from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_optimizer
 from tidal.core.policy import ConsistencyPolicy, PushDecision, ShardView, policy_for
 from tidal.core.shard_map import Segment, ShardMap
@@ -43,6 +43,9 @@ class PushResult:
     staleness: int
     # Lowest version the worker may train on next.
     serve_version: int
+    # Staleness of every gradient this push folded into the parameters (several when it
+    # completed a barrier, none when it was buffered or refused).
+    folded: tuple[int, ...] = ()
 
 
 @dataclass
@@ -122,32 +125,35 @@ class ShardState:
             )
         if not bool(torch.isfinite(grad).all()):
             self.counters.reject("non_finite")
-            raise InvalidArgumentError("push.chunks: gradient contains NaN or Inf")
+            raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
         view = self.view()
         decision = self.policy.on_push(worker_id, base_version, view)
         staleness = view.version - base_version
+        folded: tuple[int, ...] = ()
         if decision is PushDecision.APPLY:
             self._step(grad)
             self.counters.updates_applied += 1
             self.counters.staleness.record(staleness)
-            outcome = PushOutcome.APPLIED
+            folded, outcome = (staleness,), PushOutcome.APPLIED
         elif decision is PushDecision.BUFFER:
             self._accumulated.add_(grad)
             self._arrived[worker_id] = base_version
-            outcome = PushOutcome.APPLIED if self._complete_barrier_if_ready() else PushOutcome.BUFFERED
+            folded = self._complete_barrier_if_ready()
+            outcome = PushOutcome.APPLIED if folded else PushOutcome.BUFFERED
         elif decision is PushDecision.DROP_LATE:
             self.counters.reject("late")
             outcome = PushOutcome.DROPPED_LATE
         else:
             self.counters.reject("stale")
             outcome = PushOutcome.REJECTED_STALE
-        result = PushResult(outcome, self.version, staleness, self.policy.serve_after_push(base_version, self.view()))
+        serve = self.policy.serve_after_push(base_version, self.view())
+        result = PushResult(outcome, self.version, staleness, serve, folded)
         self._remember(push_id, result)
         return result
 
-    def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> bool:
+    def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> tuple[int, ...]:
         """Re-forms the barrier over the new members; gradients already buffered are kept.
-        Returns True if that completed the current step."""
+        Returns the staleness of the gradients folded in if that completed the current step."""
         if membership_epoch < self.membership_epoch:
             raise FailedPreconditionError(
                 f"membership_epoch: {membership_epoch} is older than the current {self.membership_epoch}"
@@ -156,17 +162,18 @@ class ShardState:
         self.members = frozenset(workers)
         return self._complete_barrier_if_ready()
 
-    def _complete_barrier_if_ready(self) -> bool:
+    def _complete_barrier_if_ready(self) -> tuple[int, ...]:
         if not self._arrived or not self.policy.barrier_complete(self.view()):
-            return False
+            return ()
         count = len(self._arrived)
+        folded = tuple(self.version - base for base in self._arrived.values())
         self._step(self._accumulated.div_(count))
         self.counters.updates_applied += count
-        for base in self._arrived.values():
-            self.counters.staleness.record(self.version - 1 - base)
+        for staleness in folded:
+            self.counters.staleness.record(staleness)
         self._accumulated.zero_()
         self._arrived.clear()
-        return True
+        return folded
 
     def _step(self, grad: torch.Tensor) -> None:
         self.params.grad = grad

@@ -8,15 +8,18 @@ import socket
 from pathlib import Path
 
 import torch
+from prometheus_client import CollectorRegistry
 
 from tidal.core.errors import TidalError
 from tidal.core.plan import job_dataset, job_model
 from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
+from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer
 from tidal.transport import serde
-from tidal.transport.member import serve_member
+from tidal.transport.member import MemberPorts, serve_member
+from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
@@ -30,7 +33,7 @@ SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["ParameterShard"].full_na
 PROGRESS_INTERVAL_S = 0.1
 
 
-def build_runtime(assign: coord_pb.AssignShard) -> ShardRuntime:
+def build_state(assign: coord_pb.AssignShard) -> ShardState:
     spec = parse_job_spec(assign.spec_json)
     shard_map = serde.shard_map_from_proto(assign.shard_map)
     model = job_model(spec, job_dataset(spec))
@@ -38,17 +41,17 @@ def build_runtime(assign: coord_pb.AssignShard) -> ShardRuntime:
     if flat.numel() != shard_map.total_elements:
         raise TidalError(f"shard_map: covers {shard_map.total_elements} elements, the model has {flat.numel()}")
     start, end = shard_map.ranges[assign.shard_index]
-    state = ShardState(
+    return ShardState(
         spec, assign.shard_index, shard_map, flat[start:end].clone(), assign.membership_epoch, assign.worker_ids
     )
-    return ShardRuntime(assign.job_id, state)
 
 
 class ShardNode:
     """Carries out the coordinator's commands for this shard."""
 
-    def __init__(self, session: MemberSession) -> None:
+    def __init__(self, session: MemberSession, metrics: ShardMetrics) -> None:
         self.session = session
+        self.metrics = metrics
         self.runtime: ShardRuntime | None = None
         self.last_runtime: ShardRuntime | None = None
         self._reporter: asyncio.Task[None] | None = None
@@ -67,7 +70,9 @@ class ShardNode:
         if self.runtime is not None:
             await self.release("replaced by a new assignment")
         try:
-            self.runtime = self.last_runtime = await asyncio.to_thread(build_runtime, assign)
+            state = await asyncio.to_thread(build_state, assign)
+            metrics = self.metrics.for_job(assign.job_id, state.spec.mode.value, assign.shard_index)
+            self.runtime = self.last_runtime = ShardRuntime(assign.job_id, state, metrics)
         except TidalError as exc:
             log.error("job %s: cannot set up shard %d: %s", assign.job_id, assign.shard_index, exc)
             await self.session.send(
@@ -112,14 +117,22 @@ class ShardNode:
 
 
 async def run_shard(
-    coordinator: str, host: str, port: int, advertise_host: str, ready_file: Path | None, register_timeout_s: float
+    coordinator: str,
+    host: str,
+    port: int,
+    metrics_port: int,
+    advertise_host: str,
+    ready_file: Path | None,
+    register_timeout_s: float,
 ) -> int:
-    server, bound_port = create_server(f"{host}:{port}")
+    registry = CollectorRegistry()
+    server, bound_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
     session = MemberSession(
         coordinator, common_pb.ROLE_SHARD, address=f"{advertise_host}:{bound_port}", name=socket.gethostname()
     )
-    node = ShardNode(session)
+    node = ShardNode(session, ShardMetrics(registry))
     shard_grpc.add_ParameterShardServicer_to_server(ShardServicer(node), server)
+    ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
-        "shard", server, host, bound_port, session, node, SERVICE_NAMES, ready_file, register_timeout_s
+        "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s
     )

@@ -8,35 +8,75 @@ same version cost one serialization, not W.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import torch
 
-from tidal.core.errors import DeadlineExceededError, FailedPreconditionError
-from tidal.core.shard_state import PushResult, ShardState
+from tidal.core.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NonFiniteGradientError,
+)
+from tidal.core.shard_state import PushOutcome, PushResult, ShardState
+from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
 from tidal.transport import serde
 from tidal.v1 import shard_pb2 as shard_pb
 
 
 class ShardRuntime:
-    def __init__(self, job_id: str, state: ShardState) -> None:
+    def __init__(self, job_id: str, state: ShardState, metrics: JobShardMetrics) -> None:
         self.job_id = job_id
         self.state = state
+        self.metrics = metrics
         self.range_start = state.shard_map.ranges[state.shard_index][0]
         self._changed = asyncio.Condition()
-        self._cache: tuple[int, list[shard_pb.Params]] | None = None
+        self._cache: tuple[int, list[shard_pb.Params], int] | None = None
+        self._barrier_started: float | None = None
         self.closed_reason = ""
+        metrics.held(state)
 
     async def push(
         self, worker_id: str, push_id: str, base_version: int, membership_epoch: int, grad: torch.Tensor
     ) -> PushResult:
-        before = self.state.version
-        result = self.state.push(worker_id, push_id, base_version, membership_epoch, grad)
-        if self.state.version != before:
-            await self._notify()
+        started = time.perf_counter()
+        try:
+            result = self.state.push(worker_id, push_id, base_version, membership_epoch, grad)
+        except NonFiniteGradientError:
+            self.metrics.rejected["non_finite"].inc()
+            raise
+        except InvalidArgumentError:
+            self.reject_bad_input()
+            raise
+        if result.outcome is PushOutcome.BUFFERED and self._barrier_started is None:
+            self._barrier_started = started
+        if reason := REASON_FOR_OUTCOME.get(result.outcome):
+            self.metrics.rejected[reason].inc()
+        if result.folded:
+            await self._folded(result.folded, time.perf_counter() - started)
         return result
 
+    def reject_bad_input(self) -> None:
+        self.metrics.rejected["bad_input"].inc()
+
     async def set_membership(self, membership_epoch: int, workers: list[str]) -> None:
-        self.state.set_membership(membership_epoch, workers)
+        started = time.perf_counter()
+        folded = self.state.set_membership(membership_epoch, workers)
+        if folded:
+            await self._folded(folded, time.perf_counter() - started)
+        await self._notify()
+
+    async def _folded(self, staleness: tuple[int, ...], apply_s: float) -> None:
+        """Records gradients that reached the parameters and wakes the workers waiting."""
+        m = self.metrics
+        m.applied.inc(len(staleness))
+        for s in staleness:
+            m.staleness.observe(s)
+        m.apply.observe(apply_s)
+        if self._barrier_started is not None:
+            m.barrier_wait.observe(time.perf_counter() - self._barrier_started)
+            self._barrier_started = None
+        m.held(self.state)
         await self._notify()
 
     async def close(self, reason: str) -> None:
@@ -62,7 +102,7 @@ class ShardRuntime:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
 
     def params(self) -> list[shard_pb.Params]:
-        """The current parameters as Params messages (cached per version)."""
+        """The current parameters as Params messages (cached per version); counted as sent."""
         version = self.state.version
         if self._cache is None or self._cache[0] != version:
             chunks = serde.slice_to_chunks(self.state.params.detach(), self.state.segments, self.range_start)
@@ -71,7 +111,8 @@ class ShardRuntime:
                 shard_pb.Params(version=version, chunks=group, last=i == len(groups) - 1)
                 for i, group in enumerate(groups)
             ]
-            self._cache = (version, messages)
+            self._cache = (version, messages, sum(m.ByteSize() for m in messages))
+        self.metrics.sent.inc(self._cache[2])
         return self._cache[1]
 
     async def _notify(self) -> None:

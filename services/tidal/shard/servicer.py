@@ -28,6 +28,16 @@ _OUTCOME_TO_PROTO = {
 MAX_CHUNKS_PER_PUSH = 1 << 14
 
 
+def _check_continuation(push: shard_pb.PushChunk, pending: shard_pb.PushChunk, chunks: int) -> None:
+    """A multi-message push keeps one push_id and a bounded number of messages."""
+    if push.push_id != pending.push_id:
+        raise InvalidArgumentError(
+            f"push.push_id: {push.push_id!r} started before push {pending.push_id!r} ended (last=true)"
+        )
+    if chunks > MAX_CHUNKS_PER_PUSH:
+        raise InvalidArgumentError(f"push: more than {MAX_CHUNKS_PER_PUSH} messages in one push")
+
+
 class Runtimes(Protocol):
     # The running job, if any.
     runtime: ShardRuntime | None
@@ -73,6 +83,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         assembler: SliceAssembler | None = None
         chunks = 0
         async for request in request_iterator:
+            runtime.metrics.received.inc(request.ByteSize())
             kind = request.WhichOneof("kind")
             if kind == "pull":
                 await runtime.wait_for_version(request.pull.min_version, timeout_s)
@@ -83,17 +94,16 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                 if pending is None or assembler is None:
                     pending, chunks = push, 0
                     assembler = SliceAssembler(state.segments, runtime.range_start, scratch, "push.chunks")
-                elif push.push_id != pending.push_id:
-                    raise InvalidArgumentError(
-                        f"push.push_id: {push.push_id!r} started before push {pending.push_id!r} ended (last=true)"
-                    )
                 chunks += 1
-                if chunks > MAX_CHUNKS_PER_PUSH:
-                    raise InvalidArgumentError(f"push: more than {MAX_CHUNKS_PER_PUSH} messages in one push")
-                assembler.add(push.chunks)
-                if not push.last:
+                try:
+                    _check_continuation(push, pending, chunks)
+                    assembler.add(push.chunks)
+                    grad = assembler.finish() if push.last else None
+                except InvalidArgumentError:
+                    runtime.reject_bad_input()
+                    raise
+                if grad is None:
                     continue
-                grad = assembler.finish()
                 result = await runtime.push(
                     opened.worker_id, pending.push_id, pending.base_version, pending.membership_epoch, grad
                 )

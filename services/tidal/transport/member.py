@@ -10,20 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from tidal.core.errors import TidalError
 from tidal.core.training import warm_up
 from tidal.transport.limits import SHUTDOWN_GRACE_S
+from tidal.transport.metrics import build_info, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
 from tidal.transport.server import add_health_and_reflection, set_health
 from tidal.transport.session import MemberSession
 from tidal.v1 import coordinator_pb2 as coord_pb
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberPorts:
+    host: str
+    # The bound gRPC port.
+    grpc_port: int
+    # Port for /metrics; 0 picks a free one.
+    metrics_port: int
 
 
 class MemberNode(Protocol):
@@ -35,8 +47,8 @@ class MemberNode(Protocol):
 async def serve_member(
     role: str,
     server: grpc.aio.Server,
-    host: str,
-    port: int,
+    ports: MemberPorts,
+    registry: CollectorRegistry,
     session: MemberSession,
     node: MemberNode,
     service_names: Sequence[str],
@@ -47,13 +59,16 @@ async def serve_member(
     health = add_health_and_reflection(server, service_names)
     await set_health(health, service_names, serving=False)
     await server.start()
+    build_info(registry, role)
+    metrics, metrics_task, metrics_port = serve_metrics(registry, ports.host, ports.metrics_port)
     stop = stop_on_signals()
     try:
         await asyncio.to_thread(warm_up)
         member_id = await session.register(register_timeout_s)
         await set_health(health, service_names, serving=True)
-        write_ready_file(ready_file, {"role": role, "grpc_port": port, "member_id": member_id})
-        log.info("%s %s serving on %s:%d", role, member_id, host, port)
+        info = {"role": role, "grpc_port": ports.grpc_port, "metrics_port": metrics_port, "member_id": member_id}
+        write_ready_file(ready_file, info)
+        log.info("%s %s serving on %s:%d (metrics :%d)", role, member_id, ports.host, ports.grpc_port, metrics_port)
         session_task = asyncio.create_task(session.run(node.on_command))
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({session_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -70,3 +85,5 @@ async def serve_member(
         await node.release()
         await server.stop(SHUTDOWN_GRACE_S)
         await session.close()
+        metrics.should_exit = True
+        await asyncio.gather(metrics_task, return_exceptions=True)

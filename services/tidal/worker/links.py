@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import torch
@@ -14,6 +15,7 @@ from tidal.transport.errors import error_from_rpc
 from tidal.transport.server import create_channel
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
+from tidal.worker.metrics import PhaseTimes
 
 
 class ShardLink:
@@ -58,12 +60,15 @@ class ShardLink:
 
     async def pull(self, min_version: int, step: int | None = None) -> int:
         await self._write(shard_pb.ExchangeRequest(pull=shard_pb.Pull(min_version=min_version)))
-        return await self._receive_params(step)
+        await self._receive_params(step)
+        return self.version
 
     async def push(
         self, push_id: str, clock: int, grads: torch.Tensor, num_samples: int
-    ) -> tuple[shard_pb.PushAck, int]:
-        """Pushes this shard's slice of the flat gradient; returns the ack and the new version."""
+    ) -> tuple[shard_pb.PushAck, PhaseTimes]:
+        """Pushes this shard's slice of the flat gradient and receives the parameters it may use
+        next (into the model); returns the ack and where the time went."""
+        started = time.perf_counter()
         grad_slice = grads[self.start : self.end]
         groups = list(serde.group_chunks(serde.slice_to_chunks(grad_slice, self.segments, self.start)))
         for i, group in enumerate(groups):
@@ -80,19 +85,25 @@ class ShardLink:
         reply = await self._read(clock)
         if reply.WhichOneof("kind") != "ack":
             raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.WhichOneof('kind')}")
-        return reply.ack, await self._receive_params(clock)
+        acked = time.perf_counter()
+        first_params = await self._receive_params(clock)
+        done = time.perf_counter()
+        return reply.ack, PhaseTimes(acked - started, first_params - acked, done - first_params)
 
-    async def _receive_params(self, step: int | None) -> int:
+    async def _receive_params(self, step: int | None) -> float:
+        """Reads one version's parameters into the model; returns when its first message came."""
         assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks")
+        first: float | None = None
         while True:
             reply = await self._read(step)
+            first = first or time.perf_counter()
             if reply.WhichOneof("kind") != "params":
                 raise UnavailableError(f"{self._where(step)}: expected params, got {reply.WhichOneof('kind')}")
             assembler.add(reply.params.chunks)
             if reply.params.last:
                 assembler.finish()
                 self.version = reply.params.version
-                return self.version
+                return first
 
     async def _write(self, msg: shard_pb.ExchangeRequest) -> None:
         assert self._call is not None, "open() first"

@@ -16,6 +16,7 @@ from tidal.core.spec import JobSpec, Mode
 from tidal.core.stragglers import StragglerProfile
 from tidal.core.training import EvalResult, compute_gradient, evaluate
 from tidal.worker.links import ShardLink
+from tidal.worker.metrics import JobWorkerMetrics, PhaseTimes
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,10 @@ class Assignment:
 class TrainingRun:
     """Everything a worker holds for one job; `train` is the worker's one loop."""
 
-    def __init__(self, assignment: Assignment, slowdown: float) -> None:
+    def __init__(self, assignment: Assignment, slowdown: float, metrics: JobWorkerMetrics) -> None:
         self.a = assignment
         spec = assignment.spec
+        self.metrics = metrics
         self.dataset: Dataset = job_dataset(spec)
         self.flat = FlatModel(job_model(spec, self.dataset))
         self.partition = partition_indices(len(self.dataset.train_y), assignment.rank, assignment.world_size, spec.seed)
@@ -59,11 +61,13 @@ class TrainingRun:
             declared.delay if declared else None,
             seed=spec.seed * 1009 + assignment.rank,
         )
-        # Channels belong to the event loop, so links are made in `connect`, not here
+        # Channels belong to the event loop, so links are made in `train`, not here
         # (this constructor runs in a thread: building the model and data takes a while).
         self.links: list[ShardLink] = []
         self.step = 0
         self.samples = 0
+        self._last_exchange_s = 0.0
+        self._bytes = (0, 0)
 
     @property
     def version(self) -> int:
@@ -84,49 +88,64 @@ class TrainingRun:
         a = self.a
         self.links = [
             ShardLink(
-                a.job_id,
-                a.worker_id,
-                a.membership_epoch,
-                i,
-                address,
-                a.shard_map,
-                self.flat.params,
+                a.job_id, a.worker_id, a.membership_epoch, i, address, a.shard_map, self.flat.params,
                 a.spec.step_timeout_s,
             )
             for i, address in enumerate(a.shard_addresses)
-        ]
+        ]  # fmt: skip
         await asyncio.gather(*(link.open() for link in self.links))
         await asyncio.gather(*(link.pull(0) for link in self.links))
+        self._count_bytes()
         last_report = 0.0
-        spec = self.a.spec
+        spec = a.spec
         # Rank 0 evaluates the parameters it just received every `eval_every` versions.
-        evaluates = spec.eval_every > 0 and self.a.rank == 0
+        evaluates = spec.eval_every > 0 and a.rank == 0
         evaluated_upto = 0
-        last_exchange_s = 0.0
         while not self._done():
-            started = time.perf_counter()
-            idx = batch_indices(self.partition, spec.batch_size, self.step, spec.seed, self.a.rank)
-            x, y = self.dataset.train_x[idx], self.dataset.train_y[idx]
-            loss = await asyncio.to_thread(compute_gradient, self.flat, x, y)
-            extra = self.straggler.extra_seconds(time.perf_counter() - started + last_exchange_s)
-            if extra > 0:
-                await asyncio.sleep(extra)
-            push_id = f"{self.a.worker_id}:{self.step}"
-            exchange_started = time.perf_counter()
-            await asyncio.gather(*(link.push(push_id, self.step, self.flat.grads, len(idx)) for link in self.links))
-            last_exchange_s = time.perf_counter() - exchange_started
-            self.step += 1
-            self.samples += len(idx)
+            loss, step_s = await self._step()
             now = time.perf_counter()
             if now - last_report >= PROGRESS_INTERVAL_S or self._done():
                 last_report = now
-                await report(StepReport(self.step, self.samples, loss, now - started, self.version))
+                await report(StepReport(self.step, self.samples, loss, step_s, self.version))
             if evaluates and self.version // spec.eval_every > evaluated_upto and not self._done():
                 evaluated_upto = self.version // spec.eval_every
                 data = self.dataset
-                await report_eval(
-                    self.version, await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y)
-                )
+                result = await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y)
+                await report_eval(self.version, result)
+
+    async def _step(self) -> tuple[float, float]:
+        """Compute, (straggle), push to every shard, receive the next parameters; returns the
+        loss and the step's wall time."""
+        spec = self.a.spec
+        started = time.perf_counter()
+        idx = batch_indices(self.partition, spec.batch_size, self.step, spec.seed, self.a.rank)
+        x, y = self.dataset.train_x[idx], self.dataset.train_y[idx]
+        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y)
+        compute_s = time.perf_counter() - started
+        injected_s = self.straggler.extra_seconds(compute_s + self._last_exchange_s)
+        if injected_s > 0:
+            await asyncio.sleep(injected_s)
+        push_id = f"{self.a.worker_id}:{self.step}"
+        exchange_started = time.perf_counter()
+        results = await asyncio.gather(
+            *(link.push(push_id, self.step, self.flat.grads, len(idx)) for link in self.links)
+        )
+        done = time.perf_counter()
+        self._last_exchange_s = done - exchange_started
+        self.step += 1
+        self.samples += len(idx)
+        exchange = PhaseTimes.slowest([times for _, times in results])
+        self.metrics.record_step(compute_s, injected_s, exchange, done - started, len(idx), loss)
+        self.metrics.param_version.set(self.version)
+        self._count_bytes()
+        return loss, done - started
+
+    def _count_bytes(self) -> None:
+        sent = sum(link.bytes_sent for link in self.links)
+        received = sum(link.bytes_received for link in self.links)
+        self.metrics.sent.inc(sent - self._bytes[0])
+        self.metrics.received.inc(received - self._bytes[1])
+        self._bytes = (sent, received)
 
     async def evaluate_latest(self) -> tuple[int, EvalResult]:
         """Pulls the shards' current parameters and evaluates them on the validation split."""

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from tidal.core.errors import TidalError
 from tidal.core.spec import parse_job_spec
 from tidal.core.training import EvalResult
 from tidal.transport import serde
-from tidal.transport.member import serve_member
+from tidal.transport.member import MemberPorts, serve_member
+from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
@@ -23,6 +25,7 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import worker_pb2 as worker_pb
 from tidal.v1 import worker_pb2_grpc as worker_grpc
 from tidal.worker.loop import Assignment, StepReport, TrainingRun
+from tidal.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [worker_pb.DESCRIPTOR.services_by_name["Worker"].full_name]
@@ -44,7 +47,8 @@ def assignment_from_proto(member_id: str, msg: coord_pb.AssignWorker) -> Assignm
 class WorkerNode(worker_grpc.WorkerServicer):
     """Carries out the coordinator's commands for this worker and answers GetWorkerInfo."""
 
-    def __init__(self, session: MemberSession, slowdown: float) -> None:
+    def __init__(self, session: MemberSession, slowdown: float, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
         self.session = session
         self.slowdown = slowdown
         self.run: TrainingRun | None = None
@@ -96,7 +100,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
 
     async def _train(self, assign: coord_pb.AssignWorker) -> None:
         assignment = assignment_from_proto(self.session.member_id, assign)
-        self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown)
+        metrics = self.metrics.for_job(assign.job_id, assignment.spec.mode.value, self.session.member_id)
+        self.metrics.slowdown.labels(self.session.member_id).set(self.slowdown)
+        self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown, metrics)
         log.info(
             "job %s: rank %d of %d, %d training samples",
             assign.job_id,
@@ -144,12 +150,20 @@ class WorkerNode(worker_grpc.WorkerServicer):
 
 
 async def run_worker(
-    coordinator: str, host: str, port: int, slowdown: float, ready_file: Path | None, register_timeout_s: float
+    coordinator: str,
+    host: str,
+    port: int,
+    metrics_port: int,
+    slowdown: float,
+    ready_file: Path | None,
+    register_timeout_s: float,
 ) -> int:
-    server, bound_port = create_server(f"{host}:{port}")
+    registry = CollectorRegistry()
+    server, bound_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
     session = MemberSession(coordinator, common_pb.ROLE_WORKER, name=socket.gethostname())
-    node = WorkerNode(session, slowdown)
+    node = WorkerNode(session, slowdown, WorkerMetrics(registry))
     worker_grpc.add_WorkerServicer_to_server(node, server)
+    ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
-        "worker", server, host, bound_port, session, node, SERVICE_NAMES, ready_file, register_timeout_s
+        "worker", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s
     )

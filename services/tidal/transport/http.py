@@ -1,0 +1,36 @@
+"""HTTP servers (REST, /metrics) on a service's own asyncio loop, bound like gRPC: port 0 works."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+
+import uvicorn
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn sharing the service's event loop; the service's own signal handlers stay in charge."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Binds a listening TCP socket ourselves so port 0 works and the real port can be read back."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def serve_asgi(app: Any, host: str, port: int) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
+    """Starts an ASGI app on `host:port` on the running loop; returns the server, its task and port."""
+    sock = bind_socket(host, port)
+    server = EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    return server, task, sock.getsockname()[1]

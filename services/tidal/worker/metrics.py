@@ -1,0 +1,113 @@
+"""A worker's Prometheus metrics, labelled by job, mode and worker id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tidal.transport.metrics import LATENCY_BUCKETS
+
+LABELS = ["tidal_job", "mode", "worker"]
+PHASES = ("compute", "push", "barrier", "pull", "injected")
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Seconds spent in each phase of one exchange with the shards."""
+
+    push: float = 0.0  # sending the gradient until the shard's ack
+    barrier: float = 0.0  # ack until the next parameters start arriving (the sync barrier)
+    pull: float = 0.0  # receiving the parameter chunks
+
+    @staticmethod
+    def slowest(times: list[PhaseTimes]) -> PhaseTimes:
+        """The step waits for the slowest shard in each phase."""
+        return PhaseTimes(
+            max((t.push for t in times), default=0.0),
+            max((t.barrier for t in times), default=0.0),
+            max((t.pull for t in times), default=0.0),
+        )
+
+
+class WorkerMetrics:
+    """The metric families of one worker process; `for_job` binds one job's labels."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.phase = Histogram(
+            "tidal_worker_step_seconds",
+            "Time per step in each phase (compute, push, barrier, pull, injected), in seconds.",
+            [*LABELS, "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "tidal_worker_step_duration_seconds", "Wall time of whole steps, in seconds.", LABELS,
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.samples = Counter("tidal_worker_samples_total", "Training samples processed.", LABELS, registry=registry)
+        self.steps = Counter("tidal_worker_steps_total", "Steps completed.", LABELS, registry=registry)
+        self.loss = Gauge("tidal_worker_loss", "Training loss of the latest step.", LABELS, registry=registry)
+        self.step = Gauge("tidal_worker_step", "Steps completed in the current job.", LABELS, registry=registry)
+        self.param_version = Gauge(
+            "tidal_worker_param_version", "Lowest parameter version received from any shard.", LABELS, registry=registry
+        )
+        self.sent = Counter("tidal_worker_sent_bytes_total", "Data-plane bytes sent.", LABELS, registry=registry)
+        self.received = Counter(
+            "tidal_worker_received_bytes_total", "Data-plane bytes received.", LABELS, registry=registry
+        )
+        self.injected = Counter(
+            "tidal_worker_injected_delay_seconds_total", "Straggler delay slept on purpose, in seconds.", LABELS,
+            registry=registry,
+        )  # fmt: skip
+        self.slowdown = Gauge(
+            "tidal_worker_slowdown", "Configured straggler factor of this worker (1 = full speed).", ["worker"],
+            registry=registry,
+        )  # fmt: skip
+        self._bound: JobWorkerMetrics | None = None
+
+    def for_job(self, job_id: str, mode: str, worker_id: str) -> JobWorkerMetrics:
+        """Binds a new job's labels and drops the previous job's series."""
+        if self._bound is not None:
+            self._bound.remove()
+        self._bound = JobWorkerMetrics(self, (job_id, mode, worker_id))
+        return self._bound
+
+
+class JobWorkerMetrics:
+    def __init__(self, families: WorkerMetrics, labels: tuple[str, str, str]) -> None:
+        self.families = families
+        self.labels = labels
+        f = families
+        self.phase = {phase: f.phase.labels(*labels, phase) for phase in PHASES}
+        self.duration = f.duration.labels(*labels)
+        self.samples = f.samples.labels(*labels)
+        self.steps = f.steps.labels(*labels)
+        self.loss = f.loss.labels(*labels)
+        self.step = f.step.labels(*labels)
+        self.param_version = f.param_version.labels(*labels)
+        self.sent = f.sent.labels(*labels)
+        self.received = f.received.labels(*labels)
+        self.injected = f.injected.labels(*labels)
+
+    def record_step(
+        self, compute_s: float, injected_s: float, exchange: PhaseTimes, total_s: float, samples: int, loss: float
+    ) -> None:
+        self.phase["compute"].observe(compute_s)
+        self.phase["injected"].observe(injected_s)
+        self.phase["push"].observe(exchange.push)
+        self.phase["barrier"].observe(exchange.barrier)
+        self.phase["pull"].observe(exchange.pull)
+        self.injected.inc(injected_s)
+        self.duration.observe(total_s)
+        self.samples.inc(samples)
+        self.steps.inc()
+        self.step.inc()
+        self.loss.set(loss)
+
+    def remove(self) -> None:
+        f = self.families
+        for phase in PHASES:
+            f.phase.remove(*self.labels, phase)
+        for family in (f.duration, f.samples, f.steps, f.loss, f.step, f.param_version, f.sent, f.received, f.injected):
+            family.remove(*self.labels)
