@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/tidal demo
 
 test: $(STAMP)
+	scripts/ensure-test-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -161,11 +161,14 @@ def worker(
 def demo(
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per job.")] = 150,
     workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
+    prometheus: Annotated[
+        bool, typer.Option(help="Also start a local Prometheus (needs the binary) and keep everything up until Ctrl-C.")
+    ] = False,
 ) -> None:
     """Train on a local cluster (1 coordinator, 2 shards, 3 workers, one 3x slower) in sync then async mode."""
     from tidal.demo import run_demo  # noqa: PLC0415
 
-    raise typer.Exit(run_demo(steps, workdir))
+    raise typer.Exit(run_demo(steps, workdir, prometheus))
 
 
 @app.command()

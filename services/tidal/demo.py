@@ -21,11 +21,14 @@ from rich.table import Table
 from tidal.client import TidalClient, job_state_name
 from tidal.core.errors import TidalError
 from tidal.launcher import LocalCluster
+from tidal.local_prometheus import Prometheus
 from tidal.progress import follow_job, stdout_console
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
 WORKER_SLOWDOWNS = (1.0, 1.0, 3.0)
+# Alert rules shipped in a source checkout (absent from an installed wheel: then none are loaded).
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
 
 
 def demo_spec(mode: str, steps: int) -> dict[str, Any]:
@@ -87,7 +90,33 @@ def results_table(outcomes: list[Outcome]) -> Table:
     return table
 
 
-def run_demo(steps: int, workdir: Path | None) -> int:
+def _print_endpoints(cluster: LocalCluster, console: Console) -> None:
+    console.print(
+        f"Coordinator: gRPC {cluster.coordinator_address}, REST {cluster.rest_url}/v1/jobs "
+        f"(OpenAPI at {cluster.rest_url}/docs)"
+    )
+    metrics = ", ".join(f"{name} {cluster.metrics_url(name)}" for name in cluster.services)
+    console.print(f"Prometheus metrics: {metrics}", soft_wrap=True)
+
+
+def _start_prometheus(cluster: LocalCluster, root: Path, console: Console) -> Prometheus:
+    rules = sorted(RULES.glob("*-alerts.yml")) if RULES.is_dir() else []
+    (root / "prometheus").mkdir(exist_ok=True)
+    prometheus = Prometheus(root / "prometheus", cluster.scrape_configs(), interval_s=2.0, rule_files=rules)
+    prometheus.start()
+    console.print(f"Prometheus: {prometheus.url} (try tidal_job_info or rate(tidal_worker_samples_total[30s]))")
+    return prometheus
+
+
+def _wait_for_ctrl_c() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return  # the expected way to end a demo that stays up
+
+
+def run_demo(steps: int, workdir: Path | None, with_prometheus: bool = False) -> int:
     console = stdout_console()
     with tempfile.TemporaryDirectory(prefix="tidal-demo-") as tmp:
         root = workdir or Path(tmp)
@@ -95,21 +124,27 @@ def run_demo(steps: int, workdir: Path | None) -> int:
         console.print(
             f"Starting 1 coordinator, 2 shards, {len(WORKER_SLOWDOWNS)} workers on 127.0.0.1 (logs: {root / 'logs'})"
         )
+        prometheus: Prometheus | None = None
         try:
             with LocalCluster(root, num_shards=2, worker_slowdowns=WORKER_SLOWDOWNS) as cluster:
-                console.print(
-                    f"Coordinator: gRPC {cluster.coordinator_address}, REST {cluster.rest_url}/v1/jobs "
-                    f"(OpenAPI at {cluster.rest_url}/docs)"
-                )
+                _print_endpoints(cluster, console)
+                if with_prometheus:
+                    prometheus = _start_prometheus(cluster, root, console)
                 outcomes = asyncio.run(run_jobs(cluster.coordinator_address, steps, console))
+                console.print(results_table(outcomes))
+                console.print(f"Total {time.monotonic() - started:.0f}s.")
+                if prometheus is not None:
+                    console.print(f"The cluster and Prometheus ({prometheus.url}) stay up: press Ctrl-C to stop.")
+                    _wait_for_ctrl_c()
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: cluster stopped[/yellow]")
             return 130
         except TidalError as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
-        console.print(results_table(outcomes))
-        console.print(f"Total {time.monotonic() - started:.0f}s.")
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
         failed = [o for o in outcomes if o.status.state != common_pb.JOB_STATE_SUCCEEDED]
         for o in failed:
             console.print(f"[red]{o.mode} job {job_state_name(o.status.state)}:[/red] {o.status.message}")

@@ -79,6 +79,14 @@ class LocalCluster:
     def metrics_url(self, name: str) -> str:
         return f"http://{HOST}:{self.services[name].info['metrics_port']}/metrics"
 
+    def scrape_configs(self) -> list[dict[str, Any]]:
+        """Prometheus scrape jobs for this cluster, named as in deploy/prometheus/prometheus.yml."""
+        targets: dict[str, list[str]] = {}
+        for name, service in self.services.items():
+            role = service.info.get("role", name)
+            targets.setdefault(f"tidal-{role}", []).append(f"{HOST}:{service.info['metrics_port']}")
+        return [{"job_name": job, "static_configs": [{"targets": t}]} for job, t in sorted(targets.items())]
+
     def start(self) -> LocalCluster:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         timeout = str(self.heartbeat_timeout_s)
