@@ -162,7 +162,8 @@ class JobManager:
             workers = self.membership.idle(Role.WORKER)[: job.spec.num_workers]
             if len(shards) < job.spec.num_shards or len(workers) < job.spec.num_workers:
                 break  # first come, first served: later jobs wait behind this one
-            job.state, job.started_at = JobState.RUNNING, now
+            # Starting counts as progress, so a job that never reports any still trips the alert.
+            job.state, job.started_at, job.last_progress_at = JobState.RUNNING, now, now
             job.membership_epoch += 1
             job.shard_ids = [m.member_id for m in shards]
             job.worker_ids = [m.member_id for m in workers]
