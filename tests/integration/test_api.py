@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 
 import grpc
 import httpx
@@ -155,3 +156,23 @@ def test_cli_errors_are_one_readable_line(cluster: LocalCluster, tmp_path) -> No
     assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr
     missing_file = _tidal("submit", str(tmp_path / "nope.yaml"), "--coordinator", cluster.coordinator_address)
     assert missing_file.returncode == 1 and "cannot read job spec" in missing_file.stderr
+
+
+def test_grpc_metrics_count_calls_by_status_code(cluster: LocalCluster) -> None:
+    stub = coordinator_stub(cluster.coordinator_address)
+    with pytest.raises(grpc.RpcError):
+        stub.GetJob(coord_pb.GetJobRequest(job_id="missing-for-metrics"), timeout=10)
+    stub.ListJobs(coord_pb.ListJobsRequest(), timeout=10)
+    with urllib.request.urlopen(cluster.metrics_url("coordinator"), timeout=10) as reply:
+        text = reply.read().decode()
+
+    def handled(method: str, code: str) -> float:
+        prefix = "grpc_server_handled_total{"
+        for line in text.splitlines():
+            if line.startswith(prefix) and f'grpc_method="{method}"' in line and f'grpc_code="{code}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    assert handled("GetJob", "NOT_FOUND") >= 1
+    assert handled("ListJobs", "OK") >= 1
+    assert 'grpc_type="BIDI_STREAM"' in text  # the member sessions

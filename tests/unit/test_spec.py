@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 # isort: split
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.spec import JobSpec, Mode, parse_job_spec
+from tidal.core.spec import APPLIES_TO, ConsistencySpec, JobSpec, Mode, parse_job_spec
 
 
 def test_defaults_are_valid_and_documented_values() -> None:
@@ -67,10 +67,31 @@ def test_spec_is_frozen() -> None:
 
 @pytest.mark.parametrize(
     ("mode", "steps", "workers", "target"),
-    [("sync", 100, 4, 100), ("async", 100, 4, 400), ("sync", 1, 1, 1), ("async", 3, 1, 3), ("async", 5, 7, 35)],
+    [
+        ("sync", 100, 4, 100),
+        ("async", 100, 4, 400),
+        ("sync", 1, 1, 1),
+        ("async", 3, 1, 3),
+        ("async", 5, 7, 35),
+        # SSP: one version per clock, like sync.
+        ("ssp", 100, 4, 100),
+        ("ssp", 1, 1, 1),
+        # local_sgd: one version per outer round (default sync_every 8), rounded up.
+        ("local_sgd", 100, 4, 13),
+        ("local_sgd", 96, 4, 12),
+        ("local_sgd", 1, 2, 1),
+    ],
 )
 def test_target_version(mode: str, steps: int, workers: int, target: int) -> None:
     assert parse_job_spec({"mode": mode, "steps": steps, "num_workers": workers}).target_version == target
+
+
+@pytest.mark.parametrize(
+    ("steps", "sync_every", "rounds"), [(10, 1, 10), (10, 3, 4), (9, 3, 3), (1, 100, 1), (100, 100, 1), (101, 100, 2)]
+)
+def test_local_sgd_target_version_is_the_number_of_rounds_rounded_up(steps: int, sync_every: int, rounds: int) -> None:
+    spec = parse_job_spec({"mode": "local_sgd", "steps": steps, "consistency": {"sync_every": sync_every}})
+    assert spec.target_version == rounds
 
 
 # --- errors name the field ------------------------------------------------------------
@@ -104,6 +125,35 @@ FIELD_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown top-level field", {"epochs": 3}, r"spec\.epochs: Extra inputs"),
     ("unknown nested field", {"optimizer": {"lr": 0.1, "rho": 0.9}}, r"spec\.optimizer\.rho"),
     ("model not an object", {"model": "mlp"}, r"spec\.model"),
+    # consistency options, each in its own mode (so only the range is wrong)
+    ("backup negative", {"consistency": {"backup_workers": -1}}, r"spec\.consistency\.backup_workers"),
+    ("bound negative", {"mode": "ssp", "consistency": {"staleness_bound": -1}}, r"spec\.consistency\.staleness_bound"),
+    ("bound huge", {"mode": "ssp", "consistency": {"staleness_bound": 10**6}}, r"spec\.consistency\.staleness_bound"),
+    ("staleness lr", {"mode": "async", "consistency": {"staleness_lr": "sqrt"}}, r"spec\.consistency\.staleness_lr"),
+    ("max staleness", {"mode": "async", "consistency": {"max_staleness": -1}}, r"spec\.consistency\.max_staleness"),
+    ("compensation", {"mode": "async", "consistency": {"compensation": "dc"}}, r"spec\.consistency\.compensation"),
+    ("dc lambda", {"mode": "async", "consistency": {"dc_lambda": -0.1}}, r"spec\.consistency\.dc_lambda"),
+    ("sync every", {"mode": "local_sgd", "consistency": {"sync_every": 0}}, r"spec\.consistency\.sync_every"),
+    ("outer lr", {"mode": "local_sgd", "consistency": {"outer_lr": 0}}, r"spec\.consistency\.outer_lr"),
+    (
+        "outer momentum",
+        {"mode": "local_sgd", "consistency": {"outer_momentum": 1}},
+        r"spec\.consistency\.outer_momentum",
+    ),
+    ("unknown option", {"consistency": {"gossip": True}}, r"spec\.consistency\.gossip: Extra inputs"),
+    # compression
+    ("codec", {"compression": {"codec": "gzip"}}, r"spec\.compression\.codec"),
+    ("codec case", {"compression": {"codec": "FP16"}}, r"spec\.compression\.codec"),
+    ("codec not a string", {"compression": {"codec": 16}}, r"spec\.compression\.codec"),
+    ("compression unknown field", {"compression": {"level": 3}}, r"spec\.compression\.level"),
+    # straggler pauses and kills
+    ("pause every negative", {"stragglers": [{"rank": 0, "pause_every": -1}]}, r"spec\.stragglers\.0\.pause_every"),
+    ("pause every fractional", {"stragglers": [{"rank": 0, "pause_every": 2.5}]}, r"spec\.stragglers\.0\.pause_every"),
+    ("pause s negative", {"stragglers": [{"rank": 0, "pause_s": -1}]}, r"spec\.stragglers\.0\.pause_s"),
+    ("pause s too long", {"stragglers": [{"rank": 0, "pause_s": 3601}]}, r"spec\.stragglers\.0\.pause_s"),
+    ("pause s infinite", {"stragglers": [{"rank": 0, "pause_s": float("inf")}]}, r"spec\.stragglers\.0\.pause_s"),
+    ("kill negative", {"stragglers": [{"rank": 0, "kill_at_step": -1}]}, r"spec\.stragglers\.0\.kill_at_step"),
+    ("kill not a step", {"stragglers": [{"rank": 0, "kill_at_step": "soon"}]}, r"spec\.stragglers\.0\.kill_at_step"),
 ]
 
 
@@ -203,3 +253,186 @@ def test_non_finite_optimizer_hyperparameters_are_rejected(field: str, value: fl
 def test_non_finite_json_numbers_are_rejected(text: str) -> None:
     with pytest.raises(InvalidArgumentError, match=r"spec\.(step_timeout_s|optimizer\.weight_decay)"):
         parse_job_spec(text)
+
+
+# --- consistency options belong to their mode ---------------------------------------------
+
+# Each option, the one mode it applies to, and a value other than its default. Written out
+# here (not read from APPLIES_TO) so that moving an option to another mode is a visible change.
+CONSISTENCY_OPTIONS: list[tuple[str, str, Any]] = [
+    ("backup_workers", "sync", 1),
+    ("staleness_bound", "ssp", 5),
+    ("staleness_lr", "async", "inverse"),
+    ("max_staleness", "async", 3),
+    ("compensation", "async", "dc_asgd"),
+    ("dc_lambda", "async", 0.5),
+    ("sync_every", "local_sgd", 4),
+    ("outer_lr", "local_sgd", 0.5),
+    ("outer_momentum", "local_sgd", 0.5),
+    ("outer_nesterov", "local_sgd", False),
+]
+MODES = [m.value for m in Mode]
+
+
+def test_every_consistency_option_is_listed_with_its_mode() -> None:
+    assert {name for name, _, _ in CONSISTENCY_OPTIONS} == set(ConsistencySpec.model_fields)
+    assert {name: mode for name, mode, _ in CONSISTENCY_OPTIONS} == {k: v.value for k, v in APPLIES_TO.items()}
+    defaults = ConsistencySpec()
+    assert all(getattr(defaults, name) != value for name, _, value in CONSISTENCY_OPTIONS)
+
+
+WRONG_MODE_CASES = [
+    (name, right, value, mode) for name, right, value in CONSISTENCY_OPTIONS for mode in MODES if mode != right
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "right", "value", "mode"),
+    WRONG_MODE_CASES,
+    ids=[f"{name}-in-{mode}" for name, _, _, mode in WRONG_MODE_CASES],
+)
+def test_consistency_option_set_for_another_mode_is_rejected(name: str, right: str, value: Any, mode: str) -> None:
+    data = {"mode": mode, "num_workers": 3, "consistency": {name: value}}
+    needle = rf"^spec\.consistency: {name} applies to mode {right}, not {mode}$"
+    with pytest.raises(InvalidArgumentError, match=needle):
+        parse_job_spec(data)
+    with pytest.raises(InvalidArgumentError, match=needle):
+        parse_job_spec(json.dumps(data))
+
+
+@pytest.mark.parametrize(("name", "right", "value"), CONSISTENCY_OPTIONS, ids=[c[0] for c in CONSISTENCY_OPTIONS])
+def test_consistency_option_in_its_own_mode_is_accepted(name: str, right: str, value: Any) -> None:
+    spec = parse_job_spec({"mode": right, "num_workers": 3, "consistency": {name: value}})
+    assert getattr(spec.consistency, name) == value
+
+
+@pytest.mark.parametrize(("name", "right", "value"), CONSISTENCY_OPTIONS, ids=[c[0] for c in CONSISTENCY_OPTIONS])
+def test_consistency_option_without_a_mode_is_checked_against_the_default_sync(
+    name: str, right: str, value: Any
+) -> None:
+    data = {"num_workers": 3, "consistency": {name: value}}
+    if right == "sync":
+        assert getattr(parse_job_spec(data).consistency, name) == value
+    else:
+        with pytest.raises(InvalidArgumentError, match=rf"spec\.consistency: {name} applies to mode {right}, not sync"):
+            parse_job_spec(data)
+
+
+def test_only_the_option_of_another_mode_is_named() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"spec\.consistency: ") as info:
+        parse_job_spec({"mode": "ssp", "consistency": {"staleness_bound": 4, "backup_workers": 1}})
+    assert "backup_workers applies to mode sync, not ssp" in str(info.value)
+    assert "staleness_bound applies" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_default_consistency_values_are_allowed_in_any_mode(mode: str) -> None:
+    everything = ConsistencySpec().model_dump()
+    assert set(everything) == set(ConsistencySpec.model_fields)
+    spec = parse_job_spec({"mode": mode, "consistency": everything})
+    assert spec.consistency == ConsistencySpec()
+    for name, value in everything.items():
+        assert parse_job_spec({"mode": mode, "consistency": {name: value}}).consistency == ConsistencySpec()
+
+
+@pytest.mark.parametrize(("backups", "workers"), [(1, 2), (2, 3), (0, 1), (7, 8)])
+def test_backup_workers_below_num_workers_are_accepted(backups: int, workers: int) -> None:
+    spec = parse_job_spec({"mode": "sync", "num_workers": workers, "consistency": {"backup_workers": backups}})
+    assert spec.consistency.backup_workers == backups
+
+
+@pytest.mark.parametrize(("backups", "workers"), [(2, 2), (3, 2), (1, 1), (100, 4)])
+def test_backup_workers_at_or_past_num_workers_are_rejected(backups: int, workers: int) -> None:
+    data = {"mode": "sync", "num_workers": workers, "consistency": {"backup_workers": backups}}
+    with pytest.raises(InvalidArgumentError, match=rf"spec.*backup_workers {backups} must be < num_workers {workers}"):
+        parse_job_spec(data)
+
+
+# --- compression and straggler injection --------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "bf16"])
+@pytest.mark.parametrize("mode", MODES)
+def test_compression_codecs_are_accepted_in_every_mode(codec: str, mode: str) -> None:
+    assert parse_job_spec({"mode": mode, "compression": {"codec": codec}}).compression.codec == codec
+
+
+def test_compression_defaults_to_none() -> None:
+    assert parse_job_spec({}).compression.codec == "none"
+
+
+def test_straggler_pause_and_kill_defaults_never_fire() -> None:
+    straggler = parse_job_spec({"stragglers": [{"rank": 0}]}).straggler(0)
+    assert straggler is not None
+    assert straggler.pause_every == 0
+    assert straggler.pause_s == 0.0
+    assert straggler.kill_at_step is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"pause_every": 5, "pause_s": 0.5},
+        {"pause_every": 1, "pause_s": 3600},
+        {"kill_at_step": 0},
+        {"kill_at_step": 10, "slowdown": 2.0, "pause_every": 3, "pause_s": 0.01},
+    ],
+)
+def test_straggler_pause_and_kill_fields_are_accepted(fields: dict[str, Any]) -> None:
+    straggler = parse_job_spec({"num_workers": 2, "stragglers": [{"rank": 1, **fields}]}).straggler(1)
+    assert straggler is not None
+    for name, value in fields.items():
+        assert getattr(straggler, name) == value
+
+
+# --- round trip ---------------------------------------------------------------------------
+
+FULL_CONSISTENCY = {
+    "sync": {"backup_workers": 1},
+    "ssp": {"staleness_bound": 3},
+    "async": {"staleness_lr": "inverse", "max_staleness": 4, "compensation": "dc_asgd", "dc_lambda": 0.1},
+    "local_sgd": {"sync_every": 5, "outer_lr": 0.5, "outer_momentum": 0.8, "outer_nesterov": False},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_full_spec_round_trips_through_to_json_in_every_mode(mode: str) -> None:
+    spec = parse_job_spec(
+        {
+            "name": f"full-{mode}",
+            "mode": mode,
+            "model": {"name": "mlp", "args": {"hidden": [8, 4]}},
+            "dataset": {"name": "synthetic", "args": {"n": 64}},
+            "consistency": FULL_CONSISTENCY[mode],
+            "compression": {"codec": "bf16"},
+            "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.001},
+            "batch_size": 16,
+            "steps": 21,
+            "num_workers": 3,
+            "num_shards": 2,
+            "seed": 5,
+            "eval_every": 4,
+            "step_timeout_s": 30,
+            "stragglers": [
+                {"rank": 0, "slowdown": 2.5, "delay": {"distribution": "lognormal", "mean_s": 0.01, "sigma": 0.5}},
+                {"rank": 2, "pause_every": 3, "pause_s": 0.2, "kill_at_step": 7},
+            ],
+        }
+    )
+    text = spec.to_json()
+    again = parse_job_spec(text)
+    assert again == spec
+    assert again.to_json() == text
+    assert again.target_version == spec.target_version
+    # Every option reached the spec (none was dropped as a default).
+    for name, value in FULL_CONSISTENCY[mode].items():
+        assert getattr(again.consistency, name) == value
+    # The dumped JSON carries every consistency option, defaults of other modes included.
+    assert set(json.loads(text)["consistency"]) == set(ConsistencySpec.model_fields)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_default_spec_round_trips_in_every_mode(mode: str) -> None:
+    spec = parse_job_spec({"mode": mode})
+    assert parse_job_spec(spec.to_json()) == spec
+    assert parse_job_spec(json.loads(spec.to_json())) == spec

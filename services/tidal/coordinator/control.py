@@ -93,7 +93,7 @@ class Control:
                 commands = self.jobs.shard_ready(member_id, msg.shard_ready.job_id)
             elif kind == "worker_finished":
                 p = msg.worker_finished
-                commands = self.jobs.worker_finished(member_id, p.job_id, p.steps, p.samples)
+                commands = self.jobs.worker_finished(member_id, p.job_id, p.steps, p.samples, p.pushes)
             elif kind == "eval_report":
                 p = msg.eval_report
                 commands = self.jobs.eval_report(

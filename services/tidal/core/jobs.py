@@ -40,6 +40,8 @@ class WorkerProgress:
     loss: float = float("nan")
     step_time_s: float = 0.0
     finished: bool = False
+    # Pushes made to each shard, known once the worker finished.
+    pushes: int = 0
 
 
 @dataclass
@@ -205,10 +207,13 @@ class JobManager:
         w = job.workers[member_id]
         w.step, w.samples, w.loss, w.step_time_s = step, samples, loss, step_time_s
 
-    def worker_finished(self, member_id: str, job_id: str, steps: int, samples: int) -> list[Command]:
+    def worker_finished(
+        self, member_id: str, job_id: str, steps: int, samples: int, pushes: int | None = None
+    ) -> list[Command]:
         job = self._running(job_id, member_id, Role.WORKER)
         w = job.workers[member_id]
         w.step, w.samples, w.finished = steps, samples, True
+        w.pushes = steps if pushes is None else pushes
         if not all(p.finished for p in job.workers.values()) or job.final_eval_by:
             return []
         job.final_eval_by = job.worker_ids[0]
@@ -227,7 +232,7 @@ class JobManager:
         every push the workers made, so the job's final figures are complete."""
         if not job.final_eval_done:
             return []
-        pushes = sum(w.step for w in job.workers.values())
+        pushes = sum(w.pushes for w in job.workers.values())
         if any(s.updates_applied + s.updates_rejected < pushes for s in job.shards.values()):
             return []
         return self._end(job, JobState.SUCCEEDED, "", now)

@@ -1,14 +1,19 @@
 """Consistency policies: pure decisions about gradients and versions.
 
-A policy never touches tensors or sockets. Given what has arrived, the shard's version
-and the membership, it says what to do with a push, when a barrier is complete and which
-version a worker may use next; `ShardState` carries the decision out. New modes (backup
-workers, bounded staleness, local SGD) are new policies behind the same protocol.
+A policy never touches tensors or sockets. Given what has arrived, the shard's version and
+the membership, it says what to do with a push, where a buffered gradient goes, when a
+buffer is complete and which version a worker may train on next; `ShardState` carries the
+decision out. Every policy passes the same contract suite (tests/unit/test_policy.py).
+
+Gradients that are aggregated (sync, ssp, local_sgd) are buffered under a *clock*: the
+version they must be applied to. A buffer is applied, as the mean of its gradients, when it
+is complete and its clock is the shard's version; buffers complete in clock order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -17,34 +22,41 @@ from tidal.core.spec import JobSpec, Mode
 
 
 class PushDecision(Enum):
-    APPLY = "apply"  # fold into the parameters now
-    BUFFER = "buffer"  # hold until the step's barrier completes
+    APPLY = "apply"  # fold into the parameters now, alone
+    BUFFER = "buffer"  # hold in the buffer of its clock until that buffer completes
     REJECT_STALE = "reject_stale"  # too old to use; refused
-    DROP_LATE = "drop_late"  # its step was applied without it
+    DROP_LATE = "drop_late"  # its clock was applied without it
 
 
 @dataclass(frozen=True)
 class ShardView:
-    """What a policy may look at: the shard's version, the job's workers and the
-    workers whose gradient for the current version is buffered."""
+    """What a policy may look at: the shard's version, the job's workers and, per clock, the
+    workers whose gradient is buffered there."""
 
     version: int
     members: frozenset[str]
-    arrived: frozenset[str]
+    buffered: Mapping[int, frozenset[str]] = field(default_factory=dict)
+
+    def arrived(self, clock: int) -> frozenset[str]:
+        return self.buffered.get(clock, frozenset())
 
 
 class ConsistencyPolicy(Protocol):
     name: str
 
-    def on_push(self, worker_id: str, base_version: int, view: ShardView) -> PushDecision:
-        """Decides what happens to a gradient computed from `base_version`."""
+    def on_push(self, worker_id: str, base_version: int, clock: int, view: ShardView) -> PushDecision:
+        """Decides what happens to a gradient computed from `base_version` at the worker's `clock`."""
         ...
 
-    def barrier_complete(self, view: ShardView) -> bool:
-        """True when the buffered gradients of the current version must be applied."""
+    def buffer_clock(self, base_version: int, clock: int) -> int:
+        """The clock whose buffer a BUFFERed gradient joins."""
         ...
 
-    def serve_after_push(self, base_version: int, view: ShardView) -> int:
+    def complete(self, clock: int, view: ShardView) -> bool:
+        """True when the buffer of `clock` (the shard's current version) must be applied."""
+        ...
+
+    def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         """Lowest version the pushing worker may train on next."""
         ...
 
@@ -54,45 +66,101 @@ def _check_not_ahead(base_version: int, view: ShardView) -> None:
         raise InvalidArgumentError(f"push.base_version: {base_version} is ahead of the shard's version {view.version}")
 
 
+def _check_first_in_clock(worker_id: str, clock: int, view: ShardView) -> None:
+    if worker_id in view.arrived(clock):
+        raise FailedPreconditionError(f"push: worker {worker_id} already pushed a gradient for clock {clock}")
+
+
 class SyncPolicy:
-    """BSP: the gradients of one version from every member are averaged and applied once."""
+    """BSP, optionally with backup workers (Chen et al. 2016): a step is applied as the mean of
+    the first `len(members) - backup_workers` gradients of that version; later ones are dropped."""
 
     name = "sync"
 
-    def on_push(self, worker_id: str, base_version: int, view: ShardView) -> PushDecision:
+    def __init__(self, backup_workers: int = 0) -> None:
+        self.backup_workers = backup_workers
+
+    def on_push(self, worker_id: str, base_version: int, clock: int, view: ShardView) -> PushDecision:
         _check_not_ahead(base_version, view)
         if base_version < view.version:
             return PushDecision.DROP_LATE
-        if worker_id in view.arrived:
-            raise FailedPreconditionError(
-                f"push: worker {worker_id} already pushed a gradient for version {view.version}"
-            )
+        _check_first_in_clock(worker_id, base_version, view)
         return PushDecision.BUFFER
 
-    def barrier_complete(self, view: ShardView) -> bool:
-        return bool(view.members) and view.members <= view.arrived
+    def buffer_clock(self, base_version: int, clock: int) -> int:
+        return base_version
 
-    def serve_after_push(self, base_version: int, view: ShardView) -> int:
+    def complete(self, clock: int, view: ShardView) -> bool:
+        needed = max(1, len(view.members) - self.backup_workers)
+        return bool(view.members) and len(view.arrived(clock) & view.members) >= needed
+
+    def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return base_version + 1
 
 
+class StaleSynchronousPolicy:
+    """SSP (Ho et al. 2013) with per-clock aggregation: a worker at clock c trains on any version
+    >= c - bound, so fast workers run up to `bound` clocks ahead of the slowest; the gradients of
+    clock c are averaged and applied as version c + 1. bound = 0 is exactly BSP."""
+
+    name = "ssp"
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+
+    def on_push(self, worker_id: str, base_version: int, clock: int, view: ShardView) -> PushDecision:
+        _check_not_ahead(base_version, view)
+        if clock < base_version or clock - base_version > self.bound:
+            raise InvalidArgumentError(
+                f"push.clock: clock {clock} with base version {base_version} breaks the staleness bound {self.bound}"
+            )
+        if clock < view.version:
+            return PushDecision.DROP_LATE
+        _check_first_in_clock(worker_id, clock, view)
+        return PushDecision.BUFFER
+
+    def buffer_clock(self, base_version: int, clock: int) -> int:
+        return clock
+
+    def complete(self, clock: int, view: ShardView) -> bool:
+        return bool(view.members) and view.members <= view.arrived(clock)
+
+    def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
+        return max(0, clock + 1 - self.bound)
+
+
 class AsyncPolicy:
-    """ASGD: every gradient is applied on arrival, whatever version it was computed from."""
+    """ASGD: every gradient is applied on arrival; gradients staler than `max_staleness`
+    versions are refused."""
 
     name = "async"
 
-    def on_push(self, worker_id: str, base_version: int, view: ShardView) -> PushDecision:
+    def __init__(self, max_staleness: int | None = None) -> None:
+        self.max_staleness = max_staleness
+
+    def on_push(self, worker_id: str, base_version: int, clock: int, view: ShardView) -> PushDecision:
         _check_not_ahead(base_version, view)
+        if self.max_staleness is not None and view.version - base_version > self.max_staleness:
+            return PushDecision.REJECT_STALE
         return PushDecision.APPLY
 
-    def barrier_complete(self, view: ShardView) -> bool:
+    def buffer_clock(self, base_version: int, clock: int) -> int:
+        return base_version
+
+    def complete(self, clock: int, view: ShardView) -> bool:
         return False
 
-    def serve_after_push(self, base_version: int, view: ShardView) -> int:
+    def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return max(view.version, base_version + 1)
 
 
 def policy_for(spec: JobSpec) -> ConsistencyPolicy:
+    c = spec.consistency
     if spec.mode == Mode.SYNC:
-        return SyncPolicy()
-    return AsyncPolicy()
+        return SyncPolicy(c.backup_workers)
+    if spec.mode == Mode.SSP:
+        return StaleSynchronousPolicy(c.staleness_bound)
+    if spec.mode == Mode.LOCAL_SGD:
+        # Each worker pushes one delta per round; the round is a plain barrier.
+        return SyncPolicy(0)
+    return AsyncPolicy(c.max_staleness)

@@ -16,10 +16,10 @@ from enum import Enum
 import torch
 
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
-from tidal.core.optim import build_optimizer
+from tidal.core.optim import build_shard_optimizer
 from tidal.core.policy import ConsistencyPolicy, PushDecision, ShardView, policy_for
 from tidal.core.shard_map import Segment, ShardMap
-from tidal.core.spec import JobSpec
+from tidal.core.spec import JobSpec, Mode
 from tidal.core.staleness import StalenessStats
 
 # Push ids remembered for deduplication; a retry arrives within seconds, not after this many pushes.
@@ -62,6 +62,15 @@ class ShardCounters:
         return sum(self.rejected.values())
 
 
+@dataclass
+class _Buffer:
+    """Gradients waiting for their clock to complete: a running sum and who contributed."""
+
+    total: torch.Tensor
+    # worker -> base version of its gradient
+    bases: dict[str, int] = field(default_factory=dict)
+
+
 class ShardState:
     def __init__(
         self,
@@ -81,22 +90,29 @@ class ShardState:
         self.shard_map = shard_map
         self.segments: list[Segment] = shard_map.segments(shard_index)
         self.params = initial.detach().clone().requires_grad_(True)
-        self.optimizer = build_optimizer(spec.optimizer, [self.params])
+        self.optimizer = build_shard_optimizer(spec, self.params)
+        self._base_lr = float(self.optimizer.param_groups[0]["lr"])
         self.policy = policy or policy_for(spec)
         self.version = 0
         self.membership_epoch = membership_epoch
         self.members: frozenset[str] = frozenset(workers)
         self.counters = ShardCounters()
-        self._accumulated = torch.zeros_like(self.params, requires_grad=False)
-        self._arrived: dict[str, int] = {}  # worker -> base version of its buffered gradient
+        self._buffers: dict[int, _Buffer] = {}
         self._push_ids: OrderedDict[str, PushResult] = OrderedDict()
+        # DC-ASGD: the parameters each worker was last served (one slice per worker).
+        self._served: dict[str, torch.Tensor] = {}
 
     @property
     def numel(self) -> int:
         return self.params.numel()
 
+    @property
+    def compensates(self) -> bool:
+        return self.spec.mode == Mode.ASYNC and self.spec.consistency.compensation == "dc_asgd"
+
     def view(self) -> ShardView:
-        return ShardView(self.version, self.members, frozenset(self._arrived))
+        buffered = {clock: frozenset(b.bases) for clock, b in self._buffers.items()}
+        return ShardView(self.version, self.members, buffered)
 
     def check_sender(self, worker_id: str, membership_epoch: int) -> None:
         if worker_id not in self.members:
@@ -106,10 +122,26 @@ class ShardState:
                 f"membership_epoch: {membership_epoch} is not the current epoch {self.membership_epoch}"
             )
 
+    def served(self, worker_id: str) -> None:
+        """Notes that `worker_id` now trains on the current parameters (DC-ASGD needs them)."""
+        if self.compensates:
+            backup = self._served.get(worker_id)
+            if backup is None:
+                self._served[worker_id] = self.params.detach().clone()
+            else:
+                backup.copy_(self.params.detach())
+
     def push(
-        self, worker_id: str, push_id: str, base_version: int, membership_epoch: int, grad: torch.Tensor
+        self,
+        worker_id: str,
+        push_id: str,
+        base_version: int,
+        membership_epoch: int,
+        grad: torch.Tensor,
+        clock: int | None = None,
     ) -> PushResult:
-        """Handles one complete gradient push. Raises before any write if it is invalid."""
+        """Handles one complete gradient push. Raises before any write if it is invalid.
+        `clock` is the worker's step count (SSP); it defaults to the base version."""
         self.check_sender(worker_id, membership_epoch)
         if not push_id:
             raise InvalidArgumentError("push.push_id: must not be empty")
@@ -118,6 +150,7 @@ class ShardState:
             return PushResult(PushOutcome.DUPLICATE, self.version, previous.staleness, previous.serve_version)
         if base_version < 0:
             raise InvalidArgumentError(f"push.base_version: must be >= 0, got {base_version}")
+        clock = base_version if clock is None else clock
         if grad.shape != self.params.shape or grad.dtype != self.params.dtype:
             raise InvalidArgumentError(
                 f"push.chunks: gradient has {grad.numel()} {grad.dtype} elements, "
@@ -127,18 +160,20 @@ class ShardState:
             self.counters.reject("non_finite")
             raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
         view = self.view()
-        decision = self.policy.on_push(worker_id, base_version, view)
+        decision = self.policy.on_push(worker_id, base_version, clock, view)
         staleness = view.version - base_version
         folded: tuple[int, ...] = ()
         if decision is PushDecision.APPLY:
-            self._step(grad)
-            self.counters.updates_applied += 1
-            self.counters.staleness.record(staleness)
+            self._apply_alone(worker_id, grad, staleness)
             folded, outcome = (staleness,), PushOutcome.APPLIED
         elif decision is PushDecision.BUFFER:
-            self._accumulated.add_(grad)
-            self._arrived[worker_id] = base_version
-            folded = self._complete_barrier_if_ready()
+            key = self.policy.buffer_clock(base_version, clock)
+            buffer = self._buffers.get(key)
+            if buffer is None:
+                buffer = self._buffers[key] = _Buffer(torch.zeros_like(self.params, requires_grad=False))
+            buffer.total.add_(grad)
+            buffer.bases[worker_id] = base_version
+            folded = self._apply_complete_buffers()
             outcome = PushOutcome.APPLIED if folded else PushOutcome.BUFFERED
         elif decision is PushDecision.DROP_LATE:
             self.counters.reject("late")
@@ -146,40 +181,65 @@ class ShardState:
         else:
             self.counters.reject("stale")
             outcome = PushOutcome.REJECTED_STALE
-        serve = self.policy.serve_after_push(base_version, self.view())
+        serve = self.policy.serve_after_push(base_version, clock, self.view())
         result = PushResult(outcome, self.version, staleness, serve, folded)
         self._remember(push_id, result)
         return result
 
     def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> tuple[int, ...]:
         """Re-forms the barrier over the new members; gradients already buffered are kept.
-        Returns the staleness of the gradients folded in if that completed the current step."""
+        Returns the staleness of the gradients folded in if that completed buffers."""
         if membership_epoch < self.membership_epoch:
             raise FailedPreconditionError(
                 f"membership_epoch: {membership_epoch} is older than the current {self.membership_epoch}"
             )
         self.membership_epoch = membership_epoch
         self.members = frozenset(workers)
-        return self._complete_barrier_if_ready()
+        for gone in set(self._served) - self.members:
+            del self._served[gone]
+        return self._apply_complete_buffers()
 
-    def _complete_barrier_if_ready(self) -> tuple[int, ...]:
-        if not self._arrived or not self.policy.barrier_complete(self.view()):
-            return ()
-        count = len(self._arrived)
-        folded = tuple(self.version - base for base in self._arrived.values())
-        self._step(self._accumulated.div_(count))
-        self.counters.updates_applied += count
+    def _apply_alone(self, worker_id: str, grad: torch.Tensor, staleness: int) -> None:
+        """Async: one gradient, with the job's staleness compensation."""
+        options = self.spec.consistency
+        if self.compensates and staleness > 0 and (backup := self._served.get(worker_id)) is not None:
+            # DC-ASGD: a first-order correction for the updates applied since the worker's read.
+            grad = grad + options.dc_lambda * grad * (grad * (self.params.detach() - backup))
+            if not bool(torch.isfinite(grad).all()):
+                self.counters.reject("non_finite")
+                raise NonFiniteGradientError("push.chunks: the delay-compensated gradient overflows")
+        scale = 1.0 / staleness if options.staleness_lr == "inverse" and staleness > 1 else 1.0
+        self._step(grad, scale)
+        self.counters.updates_applied += 1
+        self.counters.staleness.record(staleness)
+
+    def _apply_complete_buffers(self) -> tuple[int, ...]:
+        """Applies, in clock order, every buffer that is complete; returns the staleness of
+        each gradient folded in."""
+        folded: list[int] = []
+        while (buffer := self._buffers.get(self.version)) is not None and buffer.bases:
+            if not self.policy.complete(self.version, self.view()):
+                break
+            del self._buffers[self.version]
+            folded += [self.version - base for base in buffer.bases.values()]
+            self._step(buffer.total.div_(len(buffer.bases)))
+            self.counters.updates_applied += len(buffer.bases)
         for staleness in folded:
             self.counters.staleness.record(staleness)
-        self._accumulated.zero_()
-        self._arrived.clear()
-        return folded
+        return tuple(folded)
 
-    def _step(self, grad: torch.Tensor) -> None:
+    def _step(self, grad: torch.Tensor, lr_scale: float = 1.0) -> None:
+        group = self.optimizer.param_groups[0]
+        group["lr"] = self._base_lr * lr_scale
         self.params.grad = grad
         self.optimizer.step()
         self.params.grad = None
+        group["lr"] = self._base_lr
         self.version += 1
+        # A buffer for a clock the shard has passed can never complete: its gradients were late.
+        for stale in [c for c in self._buffers if c < self.version]:
+            self.counters.reject("late")
+            del self._buffers[stale]
 
     def _remember(self, push_id: str, result: PushResult) -> None:
         self._push_ids[push_id] = result

@@ -18,8 +18,10 @@ from tidal.core.errors import InvalidArgumentError
 class Mode(StrEnum):
     """Consistency mode of a job."""
 
-    SYNC = "sync"  # BSP: every step waits for the gradients of all workers
+    SYNC = "sync"  # BSP: every step waits for the gradients of all workers (or all but the backups)
+    SSP = "ssp"  # bounded staleness: workers run ahead of the slowest by at most `staleness_bound` clocks
     ASYNC = "async"  # ASGD: every gradient is applied on arrival
+    LOCAL_SGD = "local_sgd"  # DiLoCo: `sync_every` local steps, then an outer step on the averaged delta
 
 
 class _Strict(BaseModel):
@@ -70,6 +72,49 @@ class DelaySpec(_Strict):
     sigma: float = Field(1.0, gt=0, le=5)
 
 
+class ConsistencySpec(_Strict):
+    """The parameters of the consistency modes; each applies to one mode (`APPLIES_TO`)."""
+
+    # sync: apply a step once the first num_workers - backup_workers gradients arrived; drop the rest.
+    backup_workers: int = Field(0, ge=0)
+    # ssp: a worker at clock c trains on a version of at least c - staleness_bound.
+    staleness_bound: int = Field(2, ge=0, le=10_000)
+    # async: divide the learning rate by the staleness (Zhang et al. 2016).
+    staleness_lr: Literal["none", "inverse"] = "none"
+    # async: refuse gradients staler than this many versions (counted as rejected "stale").
+    max_staleness: int | None = Field(None, ge=0)
+    # async: delay compensation (Zheng et al. 2017): g + lambda * g * g * (w_now - w_served).
+    compensation: Literal["none", "dc_asgd"] = "none"
+    dc_lambda: float = Field(0.04, ge=0, le=100)
+    # local_sgd: local steps between synchronisations.
+    sync_every: int = Field(8, ge=1, le=100_000)
+    # local_sgd: the shards' outer optimizer, SGD with (Nesterov) momentum on the averaged delta.
+    outer_lr: float = Field(0.7, gt=0, le=100)
+    outer_momentum: float = Field(0.9, ge=0, lt=1)
+    outer_nesterov: bool = True
+
+
+APPLIES_TO: dict[str, Mode] = {
+    "backup_workers": Mode.SYNC,
+    "staleness_bound": Mode.SSP,
+    "staleness_lr": Mode.ASYNC,
+    "max_staleness": Mode.ASYNC,
+    "compensation": Mode.ASYNC,
+    "dc_lambda": Mode.ASYNC,
+    "sync_every": Mode.LOCAL_SGD,
+    "outer_lr": Mode.LOCAL_SGD,
+    "outer_momentum": Mode.LOCAL_SGD,
+    "outer_nesterov": Mode.LOCAL_SGD,
+}
+
+
+class CompressionSpec(_Strict):
+    """How gradients (and local-SGD deltas) travel from workers to shards."""
+
+    # fp16 / bf16 halve the bytes on the wire; parameters always travel in full precision.
+    codec: Literal["none", "fp16", "bf16"] = "none"
+
+
 class StragglerSpec(_Strict):
     """Makes one worker slow on purpose, for experiments."""
 
@@ -78,6 +123,11 @@ class StragglerSpec(_Strict):
     # (computation plus exchange with the shards).
     slowdown: float = Field(1.0, ge=1.0, le=1000.0)
     delay: DelaySpec | None = None
+    # Every `pause_every` steps, pause for `pause_s` seconds (0: never).
+    pause_every: int = Field(0, ge=0)
+    pause_s: float = Field(0.0, ge=0, le=3600)
+    # The worker process dies abruptly (SIGKILL-like exit) before this step; None: never.
+    kill_at_step: int | None = Field(None, ge=0)
 
 
 class JobSpec(_Strict):
@@ -87,10 +137,13 @@ class JobSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     mode: Mode = Mode.SYNC
+    consistency: ConsistencySpec = Field(default_factory=ConsistencySpec)
+    compression: CompressionSpec = Field(default_factory=CompressionSpec)
+    # The shards' optimizer; in local_sgd mode the workers' inner optimizer.
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     batch_size: int = Field(32, ge=1, le=65536)
-    # Optimizer steps in sync mode. Async applies steps * num_workers updates, so both
-    # modes process the same number of samples.
+    # Steps per worker. Async applies steps * num_workers updates instead, so every mode
+    # processes the same number of samples.
     steps: int = Field(100, ge=1, le=10_000_000)
     num_workers: int = Field(2, ge=1, le=1024)
     num_shards: int = Field(1, ge=1, le=256)
@@ -113,10 +166,34 @@ class JobSpec(_Strict):
             raise ValueError("each rank may appear once")
         return stragglers
 
+    @field_validator("consistency")
+    @classmethod
+    def _consistency_fits_mode(cls, consistency: ConsistencySpec, info: ValidationInfo) -> ConsistencySpec:
+        mode = info.data.get("mode")
+        defaults = ConsistencySpec()
+        for name in sorted(consistency.model_fields_set):
+            # A default value is harmless anywhere (a full spec dumped to JSON carries them all).
+            changed = getattr(consistency, name) != getattr(defaults, name)
+            if changed and mode is not None and APPLIES_TO[name] != mode:
+                raise ValueError(f"{name} applies to mode {APPLIES_TO[name].value}, not {mode.value}")
+        return consistency
+
+    @model_validator(mode="after")
+    def _backups_leave_a_worker(self) -> JobSpec:
+        if self.consistency.backup_workers >= self.num_workers:
+            raise ValueError(
+                f"consistency.backup_workers {self.consistency.backup_workers} must be < num_workers {self.num_workers}"
+            )
+        return self
+
     @property
     def target_version(self) -> int:
         """Parameter version at which training stops."""
-        return self.steps if self.mode == Mode.SYNC else self.steps * self.num_workers
+        if self.mode == Mode.ASYNC:
+            return self.steps * self.num_workers
+        if self.mode == Mode.LOCAL_SGD:
+            return -(-self.steps // self.consistency.sync_every)  # outer rounds, rounded up
+        return self.steps
 
     def straggler(self, rank: int) -> StragglerSpec | None:
         return next((s for s in self.stragglers if s.rank == rank), None)

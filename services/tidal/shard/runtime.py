@@ -37,11 +37,17 @@ class ShardRuntime:
         metrics.held(state)
 
     async def push(
-        self, worker_id: str, push_id: str, base_version: int, membership_epoch: int, grad: torch.Tensor
+        self,
+        worker_id: str,
+        push_id: str,
+        base_version: int,
+        membership_epoch: int,
+        grad: torch.Tensor,
+        clock: int | None = None,
     ) -> PushResult:
         started = time.perf_counter()
         try:
-            result = self.state.push(worker_id, push_id, base_version, membership_epoch, grad)
+            result = self.state.push(worker_id, push_id, base_version, membership_epoch, grad, clock)
         except NonFiniteGradientError:
             self.metrics.rejected["non_finite"].inc()
             raise
@@ -93,13 +99,18 @@ class ShardRuntime:
             try:
                 await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
             except TimeoutError:
-                missing = sorted(self.state.members - self.state.view().arrived)
+                missing = sorted(self.state.members - self.state.view().arrived(self.state.version))
                 raise DeadlineExceededError(
                     f"shard {self.state.shard_index}: version {version} not reached within {timeout_s:.0f}s "
                     f"(at version {self.state.version}; no gradient yet from {', '.join(missing) or 'nobody'})"
                 ) from None
         if self.closed_reason:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
+
+    def serve(self, worker_id: str) -> list[shard_pb.Params]:
+        """The current parameters for `worker_id`, noting what it will train on (DC-ASGD)."""
+        self.state.served(worker_id)
+        return self.params()
 
     def params(self) -> list[shard_pb.Params]:
         """The current parameters as Params messages (cached per version); counted as sent."""

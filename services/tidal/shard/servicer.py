@@ -8,6 +8,7 @@ from typing import Protocol
 import grpc
 import torch
 
+from tidal.core.compression import wire_dtype
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.shard.runtime import ShardRuntime
 from tidal.transport.errors import translate_errors
@@ -87,13 +88,15 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
             kind = request.WhichOneof("kind")
             if kind == "pull":
                 await runtime.wait_for_version(request.pull.min_version, timeout_s)
-                for params in runtime.params():
+                for params in runtime.serve(opened.worker_id):
                     yield shard_pb.ExchangeResponse(params=params)
             elif kind == "push":
                 push = request.push
                 if pending is None or assembler is None:
                     pending, chunks = push, 0
-                    assembler = SliceAssembler(state.segments, runtime.range_start, scratch, "push.chunks")
+                    assembler = SliceAssembler(
+                        state.segments, runtime.range_start, scratch, "push.chunks", wire_dtype(state.spec.compression)
+                    )
                 chunks += 1
                 try:
                     _check_continuation(push, pending, chunks)
@@ -105,7 +108,12 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                 if grad is None:
                     continue
                 result = await runtime.push(
-                    opened.worker_id, pending.push_id, pending.base_version, pending.membership_epoch, grad
+                    opened.worker_id,
+                    pending.push_id,
+                    pending.base_version,
+                    pending.membership_epoch,
+                    grad,
+                    pending.clock,
                 )
                 yield shard_pb.ExchangeResponse(
                     ack=shard_pb.PushAck(
@@ -117,7 +125,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                 )
                 pending = assembler = None
                 await runtime.wait_for_version(result.serve_version, timeout_s)
-                for params in runtime.params():
+                for params in runtime.serve(opened.worker_id):
                     yield shard_pb.ExchangeResponse(params=params)
             else:
                 raise InvalidArgumentError(f"kind: unexpected message {kind!r} on an open Exchange stream")

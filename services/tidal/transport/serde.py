@@ -112,9 +112,19 @@ class SliceAssembler:
 
     Every chunk is validated before it is written; `finish` checks exact coverage. The
     caller passes a scratch buffer when the destination must stay untouched on error.
+    Chunks may arrive in `out`'s dtype or in `wire_dtype` (a compressed gradient), and are
+    widened on the copy.
     """
 
-    def __init__(self, segments: Sequence[Segment], range_start: int, out: torch.Tensor, field: str) -> None:
+    def __init__(
+        self,
+        segments: Sequence[Segment],
+        range_start: int,
+        out: torch.Tensor,
+        field: str,
+        wire_dtype: torch.dtype | None = None,
+    ) -> None:
+        self._accepted = {out.dtype, wire_dtype or out.dtype}
         self._by_name = {s.name: s for s in segments}
         self._range_start = range_start
         self._out = out
@@ -131,13 +141,14 @@ class SliceAssembler:
             if seg is None:
                 raise InvalidArgumentError(f"{where}.name: unknown tensor {chunk.name!r} for this shard")
             dtype = dtype_from_proto(chunk.dtype, f"{where}.dtype")
-            if dtype != self._out.dtype:
-                raise InvalidArgumentError(f"{where}.dtype: {chunk.name} is {self._out.dtype}, got {dtype}")
+            if dtype not in self._accepted:
+                accepted = " or ".join(sorted(str(d) for d in self._accepted))
+                raise InvalidArgumentError(f"{where}.dtype: {chunk.name} travels as {accepted}, got {dtype}")
             if tuple(chunk.shape) != seg.shape:
                 raise InvalidArgumentError(
                     f"{where}.shape: {chunk.name} has shape {list(seg.shape)}, got {list(chunk.shape)}"
                 )
-            size = self._out.element_size()
+            size = dtype.itemsize
             if not chunk.data:
                 raise InvalidArgumentError(f"{where}.data: empty")
             if len(chunk.data) % size:

@@ -102,14 +102,16 @@ class ShardReady(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class WorkerFinished(_message.Message):
-    __slots__ = ("job_id", "steps", "samples")
+    __slots__ = ("job_id", "steps", "samples", "pushes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     steps: int
     samples: int
-    def __init__(self, job_id: _Optional[str] = ..., steps: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
+    pushes: int
+    def __init__(self, job_id: _Optional[str] = ..., steps: _Optional[int] = ..., samples: _Optional[int] = ..., pushes: _Optional[int] = ...) -> None: ...
 
 class EvalReport(_message.Message):
     __slots__ = ("job_id", "version", "val_loss", "val_accuracy", "final")

@@ -64,12 +64,14 @@ class ShardLink:
         return self.version
 
     async def push(
-        self, push_id: str, clock: int, grads: torch.Tensor, num_samples: int
+        self, push_id: str, clock: int, grads: torch.Tensor, num_samples: int, wire: torch.dtype | None = None
     ) -> tuple[shard_pb.PushAck, PhaseTimes]:
         """Pushes this shard's slice of the flat gradient and receives the parameters it may use
         next (into the model); returns the ack and where the time went."""
         started = time.perf_counter()
         grad_slice = grads[self.start : self.end]
+        if wire is not None:
+            grad_slice = grad_slice.to(wire)
         groups = list(serde.group_chunks(serde.slice_to_chunks(grad_slice, self.segments, self.start)))
         for i, group in enumerate(groups):
             msg = shard_pb.PushChunk(

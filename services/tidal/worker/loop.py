@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import torch
+
+from tidal.core.compression import wire_dtype
 from tidal.core.datasets import Dataset, batch_indices, partition_indices
 from tidal.core.flat import FlatModel
+from tidal.core.optim import build_optimizer
 from tidal.core.plan import job_dataset, job_model
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
@@ -64,8 +70,12 @@ class TrainingRun:
         # Channels belong to the event loop, so links are made in `train`, not here
         # (this constructor runs in a thread: building the model and data takes a while).
         self.links: list[ShardLink] = []
+        # Local SGD: the workers' own optimizer and the parameters each round started from.
+        self.inner = build_optimizer(spec.optimizer, [self.flat.params]) if spec.mode == Mode.LOCAL_SGD else None
+        self._round_start = self.flat.params.clone()
         self.step = 0
         self.samples = 0
+        self.pushes = 0
         self._last_exchange_s = 0.0
         self._bytes = (0, 0)
 
@@ -75,8 +85,11 @@ class TrainingRun:
 
     def _done(self) -> bool:
         spec = self.a.spec
-        if spec.mode == Mode.SYNC:
-            return self.step >= spec.steps
+        if spec.mode != Mode.ASYNC:
+            # With backup workers a slow worker's late steps are dropped: the shards reach the
+            # target before it has taken all its steps, and it must not wait for a barrier
+            # that no one else will join.
+            return self.step >= spec.steps or self.version >= spec.target_version
         # Async: stop once the shards applied the job's updates; never push more than all of them.
         return self.version >= spec.target_version or self.step >= spec.target_version
 
@@ -95,6 +108,7 @@ class TrainingRun:
         ]  # fmt: skip
         await asyncio.gather(*(link.open() for link in self.links))
         await asyncio.gather(*(link.pull(0) for link in self.links))
+        self._round_start.copy_(self.flat.params)
         self._count_bytes()
         last_report = 0.0
         spec = a.spec
@@ -114,31 +128,73 @@ class TrainingRun:
                 await report_eval(self.version, result)
 
     async def _step(self) -> tuple[float, float]:
-        """Compute, (straggle), push to every shard, receive the next parameters; returns the
-        loss and the step's wall time."""
+        """Compute (and, in local SGD, step locally), straggle, exchange with every shard when
+        the mode says so; returns the loss and the step's wall time."""
         spec = self.a.spec
+        self._inject_kill()
         started = time.perf_counter()
         idx = batch_indices(self.partition, spec.batch_size, self.step, spec.seed, self.a.rank)
         x, y = self.dataset.train_x[idx], self.dataset.train_y[idx]
         loss = await asyncio.to_thread(compute_gradient, self.flat, x, y)
+        if self.inner is not None:
+            await asyncio.to_thread(self._inner_step)
         compute_s = time.perf_counter() - started
-        injected_s = self.straggler.extra_seconds(compute_s + self._last_exchange_s)
+        injected_s = self.straggler.extra_seconds(compute_s + self._last_exchange_s) + self._pause_seconds()
         if injected_s > 0:
             await asyncio.sleep(injected_s)
-        push_id = f"{self.a.worker_id}:{self.step}"
-        exchange_started = time.perf_counter()
-        results = await asyncio.gather(
-            *(link.push(push_id, self.step, self.flat.grads, len(idx)) for link in self.links)
-        )
+        exchange = PhaseTimes()
+        if self.inner is None or self._round_ends():
+            exchange = await self._exchange(len(idx))
         done = time.perf_counter()
-        self._last_exchange_s = done - exchange_started
         self.step += 1
         self.samples += len(idx)
-        exchange = PhaseTimes.slowest([times for _, times in results])
         self.metrics.record_step(compute_s, injected_s, exchange, done - started, len(idx), loss)
         self.metrics.param_version.set(self.version)
         self._count_bytes()
         return loss, done - started
+
+    async def _exchange(self, num_samples: int) -> PhaseTimes:
+        """Pushes the gradient (or, in local SGD, the round's delta) to every shard and receives
+        the parameters to continue from."""
+        clock = self.step if self.inner is None else self.step // self.a.spec.consistency.sync_every
+        payload = self.flat.grads
+        if self.inner is not None:
+            # DiLoCo's pseudo-gradient: how far this worker moved from the round's start.
+            torch.sub(self._round_start, self.flat.params, out=payload)
+        wire = wire_dtype(self.a.spec.compression)
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(link.push(f"{self.a.worker_id}:{clock}", clock, payload, num_samples, wire) for link in self.links)
+        )
+        self._last_exchange_s = time.perf_counter() - started
+        self.pushes += 1
+        if wire is not None:
+            self.metrics.saved.inc(payload.numel() * (payload.element_size() - wire.itemsize))
+        if self.inner is not None:
+            self._round_start.copy_(self.flat.params)
+        return PhaseTimes.slowest([times for _, times in results])
+
+    def _round_ends(self) -> bool:
+        spec = self.a.spec
+        return (self.step + 1) % spec.consistency.sync_every == 0 or self.step + 1 == spec.steps
+
+    def _inner_step(self) -> None:
+        assert self.inner is not None
+        self.flat.params.grad = self.flat.grads
+        self.inner.step()
+        self.flat.params.grad = None
+
+    def _pause_seconds(self) -> float:
+        declared = self.a.spec.straggler(self.a.rank)
+        if declared and declared.pause_every and self.step and self.step % declared.pause_every == 0:
+            return declared.pause_s
+        return 0.0
+
+    def _inject_kill(self) -> None:
+        declared = self.a.spec.straggler(self.a.rank)
+        if declared and declared.kill_at_step is not None and self.step == declared.kill_at_step:
+            log.error("job %s: killing this worker at step %d, as the job spec asks", self.a.job_id, self.step)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _count_bytes(self) -> None:
         sent = sum(link.bytes_sent for link in self.links)

@@ -128,7 +128,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
         await run.train(report, lambda version, result: self._report_eval(assign.job_id, version, result, False))
         await self._send(
             coord_pb.SessionRequest(
-                worker_finished=coord_pb.WorkerFinished(job_id=assign.job_id, steps=run.step, samples=run.samples)
+                worker_finished=coord_pb.WorkerFinished(
+                    job_id=assign.job_id, steps=run.step, samples=run.samples, pushes=run.pushes
+                )
             )
         )
 

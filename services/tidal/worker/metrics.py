@@ -56,6 +56,10 @@ class WorkerMetrics:
         self.received = Counter(
             "tidal_worker_received_bytes_total", "Data-plane bytes received.", LABELS, registry=registry
         )
+        self.saved = Counter(
+            "tidal_worker_wire_saved_bytes_total", "Gradient bytes that compression kept off the wire.", LABELS,
+            registry=registry,
+        )  # fmt: skip
         self.injected = Counter(
             "tidal_worker_injected_delay_seconds_total", "Straggler delay slept on purpose, in seconds.", LABELS,
             registry=registry,
@@ -89,6 +93,7 @@ class JobWorkerMetrics:
         self.sent = f.sent.labels(*labels)
         self.received = f.received.labels(*labels)
         self.injected = f.injected.labels(*labels)
+        self.saved = f.saved.labels(*labels)
 
     def record_step(
         self, compute_s: float, injected_s: float, exchange: PhaseTimes, total_s: float, samples: int, loss: float
@@ -109,5 +114,6 @@ class JobWorkerMetrics:
         f = self.families
         for phase in PHASES:
             f.phase.remove(*self.labels, phase)
-        for family in (f.duration, f.samples, f.steps, f.loss, f.step, f.param_version, f.sent, f.received, f.injected):
+        families = (f.duration, f.samples, f.steps, f.loss, f.step, f.param_version, f.sent, f.received, f.injected)
+        for family in (*families, f.saved):
             family.remove(*self.labels)
