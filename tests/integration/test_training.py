@@ -98,3 +98,30 @@ def test_reaches_target_accuracy_on_seattle_weather(cluster: LocalCluster, mode:
         assert final.updates_applied == final.version * 2  # each shard applied every push
     else:
         assert final.staleness_max == 0
+
+
+MODE_VARIANTS = {
+    "sync+backup": {"mode": "sync", "consistency": {"backup_workers": 1}},
+    "ssp": {"mode": "ssp", "consistency": {"staleness_bound": 2}},
+    "async+inverse-lr+bound": {"mode": "async", "consistency": {"staleness_lr": "inverse", "max_staleness": 8}},
+    "async+dc-asgd": {"mode": "async", "consistency": {"compensation": "dc_asgd"}},
+    "local_sgd": {"mode": "local_sgd", "consistency": {"sync_every": 4}},
+    "sync+bf16": {"mode": "sync", "compression": {"codec": "bf16"}},
+    "async+fp16": {"mode": "async", "compression": {"codec": "fp16"}},
+}
+
+
+@pytest.mark.parametrize("variant", list(MODE_VARIANTS))
+def test_every_mode_reaches_target_accuracy(cluster: LocalCluster, variant: str) -> None:
+    spec = {
+        **BASE,
+        **MODE_VARIANTS[variant],
+        "name": f"mode-{variant.replace('+', '-')}",
+        "num_workers": 2,
+        "steps": 150,
+        "batch_size": 32,
+        "model": {"name": "mlp", "args": {"hidden": [64, 64]}},
+    }
+    final = run_job(cluster.coordinator_address, spec)
+    assert final.val_accuracy >= TARGET_ACCURACY, final
+    assert final.version >= final.target_version
