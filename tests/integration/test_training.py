@@ -108,6 +108,12 @@ MODE_VARIANTS = {
     "local_sgd": {"mode": "local_sgd", "consistency": {"sync_every": 4}},
     "sync+bf16": {"mode": "sync", "compression": {"codec": "bf16"}},
     "async+fp16": {"mode": "async", "compression": {"codec": "fp16"}},
+    "sync+topk": {"mode": "sync", "compression": {"codec": "topk", "topk_ratio": 0.1}},
+    "local_sgd+topk": {
+        "mode": "local_sgd",
+        "consistency": {"sync_every": 4},
+        "compression": {"codec": "topk", "topk_ratio": 0.2},
+    },
 }
 
 

@@ -1,14 +1,42 @@
-"""Gradient compression on the wire: which element type a job's gradients travel in."""
+"""Gradient compression on the wire: a narrower element type (fp16, bf16), or top-k
+sparsification with error feedback (only the largest entries travel; what is not sent is
+kept on the worker and added to the next gradient, so nothing is lost, only delayed)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from tidal.core.spec import CompressionSpec
 
-WIRE_DTYPES: dict[str, torch.dtype | None] = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+WIRE_DTYPES: dict[str, torch.dtype | None] = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "topk": None}
 
 
 def wire_dtype(compression: CompressionSpec) -> torch.dtype | None:
     """The dtype gradients are sent in, or None to send them as the parameters' dtype."""
     return WIRE_DTYPES[compression.codec]
+
+
+class TopK:
+    """Top-k with error feedback over a flat gradient, chosen per shard range."""
+
+    def __init__(self, numel: int, ratio: float) -> None:
+        self.ratio = ratio
+        self.residual = torch.zeros(numel)
+
+    def select(self, grad: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Adds `grad` to the residual and returns, per range, the sorted positions (within the
+        range) of the k largest residual entries. The caller sends `residual[start:end][idx]`
+        and then calls `sent` to clear what left."""
+        self.residual.add_(grad)
+        picked = []
+        for start, end in ranges:
+            window = self.residual[start:end]
+            k = max(1, math.ceil(self.ratio * window.numel()))
+            picked.append(torch.topk(window.abs(), k, sorted=False).indices.sort().values)
+        return picked
+
+    def sent(self, ranges: list[tuple[int, int]], picked: list[torch.Tensor]) -> None:
+        for (start, end), idx in zip(ranges, picked, strict=True):
+            self.residual[start:end][idx] = 0.0

@@ -111,8 +111,11 @@ APPLIES_TO: dict[str, Mode] = {
 class CompressionSpec(_Strict):
     """How gradients (and local-SGD deltas) travel from workers to shards."""
 
-    # fp16 / bf16 halve the bytes on the wire; parameters always travel in full precision.
-    codec: Literal["none", "fp16", "bf16"] = "none"
+    # fp16 / bf16 halve the bytes on the wire; topk sends the largest `topk_ratio` of each
+    # shard's entries (values + int32 positions) and keeps the rest on the worker as error
+    # feedback. Parameters always travel in full precision.
+    codec: Literal["none", "fp16", "bf16", "topk"] = "none"
+    topk_ratio: float = Field(0.01, gt=0, le=1)
 
 
 class StragglerSpec(_Strict):

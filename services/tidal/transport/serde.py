@@ -91,6 +91,34 @@ def slice_to_chunks(
             )
 
 
+def slice_to_sparse_chunks(
+    flat: torch.Tensor,
+    indices: torch.Tensor,
+    segments: Sequence[Segment],
+    range_start: int,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[common_pb.TensorChunk]:
+    """Sends only `flat[indices]` (sorted positions within the slice), as sparse chunks whose
+    spans tile the slice exactly like dense chunks do, so the receiver's coverage check holds."""
+    dtype = dtype_to_proto(flat.dtype)
+    per_chunk = max(1, chunk_bytes // flat.element_size())
+    for seg in segments:
+        base = seg.flat_start - range_start
+        for lo in range(0, seg.length, per_chunk):
+            hi = min(lo + per_chunk, seg.length)
+            first, last = torch.searchsorted(indices, torch.tensor([base + lo, base + hi])).tolist()
+            picked = indices[first:last]
+            yield common_pb.TensorChunk(
+                name=seg.name,
+                dtype=dtype,
+                shape=seg.shape,
+                offset=seg.tensor_offset + lo,
+                data=bytes(_as_bytes(flat[picked])),
+                indices=bytes(_as_bytes((picked - (base + lo)).to(torch.int32))),
+                span=hi - lo,
+            )
+
+
 def group_chunks(
     chunks: Iterable[common_pb.TensorChunk], max_bytes: int = CHUNK_BYTES
 ) -> Iterator[list[common_pb.TensorChunk]]:
@@ -149,19 +177,28 @@ class SliceAssembler:
                     f"{where}.shape: {chunk.name} has shape {list(seg.shape)}, got {list(chunk.shape)}"
                 )
             size = dtype.itemsize
-            if not chunk.data:
+            sparse = chunk.span > 0 or bool(chunk.indices)
+            if not chunk.data and not sparse:
                 raise InvalidArgumentError(f"{where}.data: empty")
             if len(chunk.data) % size:
                 raise InvalidArgumentError(f"{where}.data: {len(chunk.data)} bytes is not a multiple of {size}")
             count = len(chunk.data) // size
-            if count == 0 or chunk.offset < seg.tensor_offset or chunk.offset + count > seg.tensor_offset + seg.length:
+            span = chunk.span if sparse else count
+            if span <= 0 or chunk.offset < seg.tensor_offset or chunk.offset + span > seg.tensor_offset + seg.length:
                 raise InvalidArgumentError(
-                    f"{where}.offset: elements [{chunk.offset}, {chunk.offset + count}) of {chunk.name} "
+                    f"{where}.offset: elements [{chunk.offset}, {chunk.offset + span}) of {chunk.name} "
                     f"are outside this shard's [{seg.tensor_offset}, {seg.tensor_offset + seg.length})"
                 )
             start = seg.flat_start - self._range_start + (chunk.offset - seg.tensor_offset)
-            self._out[start : start + count].copy_(_frombuffer(chunk.data, dtype))
-            self._written.append((start, start + count))
+            values = _frombuffer(chunk.data, dtype) if chunk.data else torch.empty(0, dtype=dtype)
+            if sparse:
+                positions = _sparse_positions(chunk.indices, count, span, where)
+                window = self._out[start : start + span]
+                window.zero_()
+                window[positions] = values.to(window.dtype)
+            else:
+                self._out[start : start + count].copy_(values)
+            self._written.append((start, start + span))
 
     def finish(self) -> torch.Tensor:
         expected = 0
@@ -173,6 +210,18 @@ class SliceAssembler:
         if expected != self._out.numel():
             raise InvalidArgumentError(f"{self._field}: chunks cover {expected} of {self._out.numel()} elements")
         return self._out
+
+
+def _sparse_positions(raw: bytes, count: int, span: int, where: str) -> torch.Tensor:
+    """Checks a sparse chunk's indices: one int32 per value, strictly increasing, inside the span."""
+    if len(raw) != 4 * count:
+        raise InvalidArgumentError(f"{where}.indices: {len(raw)} bytes for {count} values (4 bytes each)")
+    if count == 0:
+        return torch.empty(0, dtype=torch.long)
+    positions = _frombuffer(raw, torch.int32).long()
+    if int(positions[0]) < 0 or int(positions[-1]) >= span or (count > 1 and bool((positions.diff() <= 0).any())):
+        raise InvalidArgumentError(f"{where}.indices: must be strictly increasing within [0, {span})")
+    return positions
 
 
 def _frombuffer(data: bytes, dtype: torch.dtype) -> torch.Tensor:

@@ -64,7 +64,13 @@ class ShardLink:
         return self.version
 
     async def push(
-        self, push_id: str, clock: int, grads: torch.Tensor, num_samples: int, wire: torch.dtype | None = None
+        self,
+        push_id: str,
+        clock: int,
+        grads: torch.Tensor,
+        num_samples: int,
+        wire: torch.dtype | None = None,
+        sparse: torch.Tensor | None = None,
     ) -> tuple[shard_pb.PushAck, PhaseTimes]:
         """Pushes this shard's slice of the flat gradient and receives the parameters it may use
         next (into the model); returns the ack and where the time went."""
@@ -72,7 +78,11 @@ class ShardLink:
         grad_slice = grads[self.start : self.end]
         if wire is not None:
             grad_slice = grad_slice.to(wire)
-        groups = list(serde.group_chunks(serde.slice_to_chunks(grad_slice, self.segments, self.start)))
+        if sparse is None:
+            chunks = serde.slice_to_chunks(grad_slice, self.segments, self.start)
+        else:
+            chunks = serde.slice_to_sparse_chunks(grad_slice, sparse, self.segments, self.start)
+        groups = list(serde.group_chunks(chunks))
         for i, group in enumerate(groups):
             msg = shard_pb.PushChunk(
                 push_id=push_id,

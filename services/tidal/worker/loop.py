@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tidal.core.compression import wire_dtype
+from tidal.core.compression import TopK, wire_dtype
 from tidal.core.datasets import Dataset, batch_indices, partition_indices
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
@@ -73,6 +73,8 @@ class TrainingRun:
         # Local SGD: the workers' own optimizer and the parameters each round started from.
         self.inner = build_optimizer(spec.optimizer, [self.flat.params]) if spec.mode == Mode.LOCAL_SGD else None
         self._round_start = self.flat.params.clone()
+        codec = spec.compression
+        self.topk = TopK(self.flat.grads.numel(), codec.topk_ratio) if codec.codec == "topk" else None
         self.step = 0
         self.samples = 0
         self.pushes = 0
@@ -162,14 +164,28 @@ class TrainingRun:
             # DiLoCo's pseudo-gradient: how far this worker moved from the round's start.
             torch.sub(self._round_start, self.flat.params, out=payload)
         wire = wire_dtype(self.a.spec.compression)
+        ranges = [(link.start, link.end) for link in self.links]
+        picked: list[torch.Tensor | None] = [None] * len(self.links)
+        if self.topk is not None:
+            picked = list(self.topk.select(payload, ranges))
+            payload = self.topk.residual
+        push_id = f"{self.a.worker_id}:{clock}"
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(link.push(f"{self.a.worker_id}:{clock}", clock, payload, num_samples, wire) for link in self.links)
+            *(
+                link.push(push_id, clock, payload, num_samples, wire, sparse)
+                for link, sparse in zip(self.links, picked, strict=True)
+            )
         )
         self._last_exchange_s = time.perf_counter() - started
         self.pushes += 1
-        if wire is not None:
-            self.metrics.saved.inc(payload.numel() * (payload.element_size() - wire.itemsize))
+        dense_bytes = payload.numel() * payload.element_size()
+        if self.topk is not None:
+            self.topk.sent(ranges, [p for p in picked if p is not None])
+            sent_values = sum(p.numel() for p in picked if p is not None)
+            self.metrics.saved.inc(max(0, dense_bytes - sent_values * (payload.element_size() + 4)))
+        elif wire is not None:
+            self.metrics.saved.inc(dense_bytes - payload.numel() * wire.itemsize)
         if self.inner is not None:
             self._round_start.copy_(self.flat.params)
         return PhaseTimes.slowest([times for _, times in results])

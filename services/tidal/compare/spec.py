@@ -1,0 +1,198 @@
+"""The compare spec: one job, the modes to run it in, the machines to run it on.
+
+The shared job fields are validated by `tidal.core.spec.parse_job_spec` once per mode, after
+the mode's own fields are merged in, so a compare run accepts exactly what `tidal submit`
+accepts. Errors name the field in the compare file, e.g. ``compare.modes[1].consistency: ...``
+or ``compare.job.optimizer.lr: ...``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tidal.core.errors import InvalidArgumentError
+from tidal.core.spec import JobSpec, Mode, parse_job_spec
+
+# Fields a mode sets; the shared `job` block must leave them out.
+MODE_FIELDS = ("mode", "consistency", "compression")
+# Set by the compare run itself.
+RESERVED_JOB_FIELDS = (*MODE_FIELDS, "name")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ClusterSpec(_Strict):
+    """The local cluster's processes; one worker process per entry of `worker_slowdowns`."""
+
+    num_shards: int = Field(2, ge=1, le=16)
+    # How many times slower each worker's machine is (tidal worker --slowdown), by rank.
+    worker_slowdowns: list[Annotated[float, Field(ge=1.0, le=1000.0)]] = Field(
+        default_factory=lambda: [1.0, 1.0], min_length=1, max_length=16
+    )
+
+
+class ModeRun(_Strict):
+    """One column of the comparison: a label and the job fields that differ."""
+
+    label: str = Field(min_length=1, max_length=40)
+    mode: Mode
+    consistency: dict[str, Any] = Field(default_factory=dict)
+    compression: dict[str, Any] = Field(default_factory=dict)
+
+
+class KillSpec(_Strict):
+    """A second run per mode in which the worker of this rank dies before this step."""
+
+    rank: int = Field(ge=0)
+    at_step: int = Field(ge=0)
+
+
+class CompareSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    # A job spec without mode, consistency, compression and name.
+    job: dict[str, Any]
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    # "Time to target" is when a run's validation loss first drops to this value or below.
+    target_val_loss: float = Field(gt=0)
+    modes: list[ModeRun] = Field(min_length=1, max_length=32)
+    kill: KillSpec | None = None
+    # Longest wait for one job, in seconds; a job still running then is cancelled.
+    job_timeout_s: float = Field(300.0, gt=0, le=3600)
+
+    @field_validator("modes")
+    @classmethod
+    def _unique_labels(cls, modes: list[ModeRun]) -> list[ModeRun]:
+        labels = [m.label for m in modes]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ValueError(f"label {label!r} appears twice (entry {i})")
+        return modes
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One job to submit: which mode entry it belongs to and its validated spec."""
+
+    index: int  # position in compare.modes
+    label: str
+    kill: bool  # the run with a worker killed
+    spec: JobSpec
+    spec_dict: dict[str, Any]
+
+
+def load_compare_spec(path: Path) -> CompareSpec:
+    """Reads and validates a compare spec (YAML or JSON); raises InvalidArgumentError naming the field."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidArgumentError(f"{path}: cannot read compare spec: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(f"{path}: a compare spec must be a mapping")
+    return parse_compare_spec(data)
+
+
+def parse_compare_spec(data: dict[str, Any]) -> CompareSpec:
+    try:
+        spec = CompareSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgumentError(_format(exc)) from None
+    plan_runs(spec)  # validates every job spec
+    return spec
+
+
+def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
+    """Every job of the comparison, baselines first (in `modes` order), then the runs with a kill."""
+    for field in RESERVED_JOB_FIELDS:
+        if field in spec.job:
+            where = "set per entry of compare.modes" if field in MODE_FIELDS else "set from compare.name"
+            raise InvalidArgumentError(f"compare.job.{field}: not allowed here ({where})")
+    workers = len(spec.cluster.worker_slowdowns)
+    baselines = [_planned(spec, i, m, kill=False) for i, m in enumerate(spec.modes)]
+    first = baselines[0].spec
+    if first.num_workers != workers:
+        raise InvalidArgumentError(
+            f"compare.job.num_workers: {first.num_workers} must equal the {workers} entries of "
+            "compare.cluster.worker_slowdowns (one worker process per job worker)"
+        )
+    if first.num_shards > spec.cluster.num_shards:
+        raise InvalidArgumentError(
+            f"compare.job.num_shards: {first.num_shards} is more than compare.cluster.num_shards "
+            f"{spec.cluster.num_shards}"
+        )
+    if spec.kill is None:
+        return baselines
+    if spec.kill.rank >= workers:
+        raise InvalidArgumentError(f"compare.kill.rank: {spec.kill.rank} >= num_workers {workers}")
+    if spec.kill.at_step >= first.steps:
+        raise InvalidArgumentError(
+            f"compare.kill.at_step: {spec.kill.at_step} >= steps {first.steps}; the worker would never be killed"
+        )
+    return baselines + [_planned(spec, i, m, kill=True) for i, m in enumerate(spec.modes)]
+
+
+def job_name(label: str, kill: bool) -> str:
+    """A valid job name from a label: "sync+1 backup" -> "sync-1-backup"."""
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", label).strip("-._") or "mode"
+    return f"{slug[:56]}{'-kill' if kill else ''}"
+
+
+def _planned(spec: CompareSpec, index: int, entry: ModeRun, kill: bool) -> PlannedRun:
+    data = copy.deepcopy(spec.job)
+    data["name"] = job_name(entry.label, kill)
+    data["mode"] = entry.mode.value
+    if entry.consistency:
+        data["consistency"] = copy.deepcopy(entry.consistency)
+    if entry.compression:
+        data["compression"] = copy.deepcopy(entry.compression)
+    if kill and spec.kill is not None:
+        data["stragglers"] = _with_kill(data.get("stragglers"), spec.kill)
+    try:
+        job = parse_job_spec(data)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(_relocate(str(exc), index)) from None
+    return PlannedRun(index, entry.label, kill, job, data)
+
+
+def _with_kill(stragglers: Any, kill: KillSpec) -> Any:
+    if not isinstance(stragglers, list):
+        return [{"rank": kill.rank, "kill_at_step": kill.at_step}] if stragglers is None else stragglers
+    merged = [dict(s) if isinstance(s, dict) else s for s in stragglers]
+    for s in merged:
+        if isinstance(s, dict) and s.get("rank") == kill.rank:
+            s["kill_at_step"] = kill.at_step
+            return merged
+    return [*merged, {"rank": kill.rank, "kill_at_step": kill.at_step}]
+
+
+def _relocate(message: str, index: int) -> str:
+    """Rewrites parse_job_spec's ``spec.<field>`` into where the field lives in the compare file."""
+
+    def where(match: re.Match[str]) -> str:
+        field = match.group(1)
+        if field in MODE_FIELDS:
+            return f"compare.modes[{index}].{field}"
+        if field == "stragglers":
+            return "compare.job.stragglers"  # also where compare.kill lands
+        return f"compare.job.{field}" if field else f"compare.modes[{index}]"
+
+    return re.sub(r"\bspec(?:\.([A-Za-z_]+))?(?=[.:\[])", where, message)
+
+
+def _format(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = "compare"
+        for p in err["loc"]:
+            where += f"[{p}]" if isinstance(p, int) else f".{p}"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
