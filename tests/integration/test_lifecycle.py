@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 from tests.integration.helpers import run_async, submit, wait_for_job, wait_until
 from tidal.client import check_health
 from tidal.launcher import LocalCluster
+from tidal.transport.server import create_channel
+from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
@@ -71,3 +74,32 @@ def test_a_lost_worker_fails_its_sync_job_with_a_clear_message(tmp_path: Path) -
         final = wait_for_job(cluster.coordinator_address, job.job_id, timeout_s=60)
         assert final.state == common_pb.JOB_STATE_FAILED
         assert "worker" in final.message and "lost" in final.message
+
+
+def test_cancelling_senders_never_breaks_a_member_session(tmp_path: Path) -> None:
+    """Regression: grpc.aio cancels a whole call when a write is cancelled midway. Members
+    cancel tasks that report progress (on release), so sends must never write directly."""
+
+    async def scenario(coordinator: str) -> list[int]:
+        session = MemberSession(coordinator, common_pb.ROLE_WORKER, name="canceller")
+        await session.register(10)
+        commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
+        runner = asyncio.create_task(session.run(commands.put))
+        await asyncio.wait_for(commands.get(), 10)  # welcome
+        payload = coord_pb.SessionRequest(heartbeat=coord_pb.Heartbeat(seq=0))
+        for _ in range(200):
+            senders = [asyncio.create_task(session.send(payload)) for _ in range(5)]
+            await asyncio.sleep(0)
+            for task in senders:
+                task.cancel()
+        await asyncio.sleep(1.5)
+        assert not runner.done(), runner
+        async with create_channel(coordinator) as channel:
+            members = (await coord_grpc.CoordinatorStub(channel).GetCluster(coord_pb.GetClusterRequest())).members
+        runner.cancel()
+        await session.close()
+        return [m.state for m in members]
+
+    with LocalCluster(tmp_path, num_shards=0, worker_slowdowns=()) as cluster:
+        states = run_async(scenario(cluster.coordinator_address))
+    assert states == [common_pb.MEMBER_STATE_IDLE]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,8 @@ from tidal.core.errors import InvalidArgumentError
 from tidal.transport.errors import translate_errors
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
+
+log = logging.getLogger(__name__)
 
 
 class CoordinatorServicer(coord_grpc.CoordinatorServicer):
@@ -49,6 +52,9 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
             try:
                 async for msg in request_iterator:
                     await self._control.handle(member_id, msg)
+            except Exception:
+                log.exception("session of %s: handling a message failed", member_id)
+                raise
             finally:
                 outbox.put_nowait(None)
 

@@ -7,6 +7,7 @@ and surfaces as INTERNAL with the exception logged.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -62,6 +63,11 @@ def translate_errors(method: F) -> F:
                     yield item
             except errors.TidalError as exc:
                 await context.abort(status_for(exc), str(exc))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                log.exception("%s failed", method.__qualname__)
+                raise
 
         return stream_wrapper  # type: ignore[return-value]
 
@@ -71,5 +77,10 @@ def translate_errors(method: F) -> F:
             return await method(self, request, context)
         except errors.TidalError as exc:
             await context.abort(status_for(exc), str(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("%s failed", method.__qualname__)
+            raise
 
     return unary_wrapper  # type: ignore[return-value]

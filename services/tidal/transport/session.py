@@ -2,6 +2,10 @@
 
 Shards and workers both use it; it knows nothing about either. Commands are handed to a
 callback in arrival order; the callback must not block for long (start a task instead).
+
+Everything sent goes through one queue and one writer task. Callers can therefore be
+cancelled at any time: grpc.aio cancels the whole call when a `write` is cancelled midway,
+which would look like a member failure to the coordinator.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class MemberSession:
         self._stub = coord_grpc.CoordinatorStub(self._channel)
         self._coordinator_address = coordinator_address
         self._request = coord_pb.RegisterRequest(role=role, address=address, name=name)
-        self._write_lock = asyncio.Lock()
+        self._outgoing: asyncio.Queue[coord_pb.SessionRequest] = asyncio.Queue()
         self._call: grpc.aio.StreamStreamCall | None = None
         self.member_id = ""
         self.heartbeat_interval_s = 1.0
@@ -56,7 +60,8 @@ class MemberSession:
     async def run(self, on_command: CommandHandler) -> None:
         """Holds the session until the coordinator ends it; raises UnavailableError if it breaks."""
         self._call = self._stub.Session()
-        await self.send(coord_pb.SessionRequest(open=coord_pb.SessionOpen(member_id=self.member_id)))
+        await self._call.write(coord_pb.SessionRequest(open=coord_pb.SessionOpen(member_id=self.member_id)))
+        writer = asyncio.create_task(self._write_outgoing(self._call))
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while True:
@@ -70,23 +75,30 @@ class MemberSession:
             ) from None
         finally:
             heartbeat.cancel()
+            writer.cancel()
 
     async def send(self, request: coord_pb.SessionRequest) -> None:
+        """Queues a message for the coordinator; returns at once and is safe to cancel."""
         if self._call is None:
             raise UnavailableError("session: not open")
-        async with self._write_lock:
-            await self._call.write(request)
+        self._outgoing.put_nowait(request)
+
+    async def _write_outgoing(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            request = await self._outgoing.get()
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                # The read loop sees the broken call and reports it; nothing more to do here.
+                log.warning("session write failed: %s", exc)
+                return
 
     async def _heartbeat(self) -> None:
         seq = 0
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             seq += 1
-            try:
-                await self.send(coord_pb.SessionRequest(heartbeat=coord_pb.Heartbeat(seq=seq)))
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, UnavailableError) as exc:
-                log.warning("heartbeat %d not sent: %s", seq, exc)
-                return
+            await self.send(coord_pb.SessionRequest(heartbeat=coord_pb.Heartbeat(seq=seq)))
 
     async def close(self) -> None:
         if self._call is not None:
