@@ -172,6 +172,18 @@ def demo(
 
 
 @app.command()
+def compare(
+    spec_file: Annotated[Path, typer.Argument(help="Compare spec, YAML or JSON (see examples/compare/).")],
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: compare-<name>).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
+) -> None:
+    """Run the same job once per mode on a local cluster; write report.md, PNG charts and results.json."""
+    from tidal.compare.main import run_compare  # noqa: PLC0415  # matplotlib and torch only when comparing
+
+    raise typer.Exit(_run(run_compare(spec_file, out, workdir, stdout_console())))
+
+
+@app.command()
 def submit(
     spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")],
     coordinator: Coordinator = DEFAULT_COORDINATOR,

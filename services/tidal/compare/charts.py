@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from tidal.compare.results import RunResult
 
@@ -38,18 +39,42 @@ def val_loss_vs_time(runs: Sequence[RunResult], target_val_loss: float, subtitle
         if not points:
             continue
         (line,) = ax.plot(
-            [e.elapsed_s for e in points], [e.val_loss for e in points], marker="o", markersize=3, label=run.label
+            [e.elapsed_s for e in points],
+            [e.val_loss for e in points],
+            marker="o",
+            markersize=2.5,
+            linewidth=1.2,
+            label=run.label,
         )
         if run.target is not None:
-            ax.plot([run.target.elapsed_s], [target_val_loss], marker="*", markersize=14, color=line.get_color())
+            ax.plot(
+                [run.target.elapsed_s],
+                [run.target.val_loss],
+                marker="*",
+                markersize=15,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                color=line.get_color(),
+                zorder=5,
+            )
     ax.axhline(target_val_loss, color="black", linestyle="--", linewidth=1, label=f"target {target_val_loss:g}")
-    ax.set_xlabel("wall-clock time since the job started (s)")
+    # Log time: the fast modes finish in a fraction of the slow ones' time and evaluate as often per version.
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(
+        [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= _max_time(runs) * 1.5]
+    )
+    ax.set_xlabel("wall-clock time since the job started (s, log scale)")
     ax.set_ylabel("validation loss (cross-entropy, nats)")
-    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(title="mode (★ = reached target)", fontsize="small")
     fig.suptitle(f"Validation loss over time\n{subtitle}", fontsize="medium")
     return fig
+
+
+def _max_time(runs: Sequence[RunResult]) -> float:
+    return max((e.elapsed_s for r in runs for e in r.evals), default=1.0)
 
 
 def bucket_labels(bounds: Sequence[float]) -> list[str]:

@@ -28,6 +28,7 @@ class WorkerResult:
     member_id: str
     process: str  # the local cluster's name for the worker process
     slowdown: float  # the process' --slowdown: how much slower its "machine" is
+    step: int = 0  # steps done, from the job status
     samples: float | None = None  # tidal_worker_samples_total
     samples_per_s: float | None = None  # samples / the job's wall time
 
@@ -38,6 +39,7 @@ class Target:
 
     elapsed_s: float
     version: int
+    val_loss: float
 
 
 @dataclass
@@ -68,6 +70,14 @@ class RunResult:
     wire_bytes: float | None = None
     # Observations per staleness bucket: (upper bound in versions, count), summed over shards.
     staleness_buckets: list[tuple[float, float]] = field(default_factory=list)
+    # Processes whose /metrics page could not be read after the run.
+    missing_metrics: list[str] = field(default_factory=list)
+    # Runs with a kill: whether the doomed worker's process really exited (the job may end first).
+    killed: bool | None = None
+    # Worker processes that had exited after the run and were replaced before the next one.
+    replaced_workers: list[str] = field(default_factory=list)
+    kill_rank: int | None = None
+    kill_at_step: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -76,6 +86,12 @@ class RunResult:
     def outcome(self) -> str:
         """One line: "succeeded at version 300" or "failed at version 21: worker ... was lost"."""
         head = f"{self.state} at version {self.version}"
+        if self.killed is False:
+            step = next((w.step for w in self.workers if w.rank == self.kill_rank), None)
+            head += (
+                f" (rank {self.kill_rank} was not killed: the job ended at its step {step},"
+                f" before step {self.kill_at_step})"
+            )
         return f"{head}: {self.message}" if self.message else head
 
 
@@ -83,7 +99,7 @@ def first_reaching(evals: Sequence[Eval], target_val_loss: float) -> Target | No
     """The first evaluation (in time) whose validation loss is at or below the target."""
     for e in sorted(evals, key=lambda e: (e.elapsed_s, e.version)):
         if e.val_loss <= target_val_loss:
-            return Target(e.elapsed_s, e.version)
+            return Target(e.elapsed_s, e.version, e.val_loss)
     return None
 
 
@@ -104,7 +120,7 @@ def from_status(
     evals = evals_of(status)
     wall = status.finished_at - status.started_at if status.finished_at and status.started_at else 0.0
     workers = [
-        WorkerResult(w.rank, w.member_id, *processes.get(w.member_id, ("?", 1.0)))
+        WorkerResult(w.rank, w.member_id, *processes.get(w.member_id, ("?", 1.0)), w.step)
         for w in sorted(status.workers, key=lambda w: w.rank)
     ]
     return RunResult(
@@ -143,6 +159,7 @@ def add_metrics(result: RunResult, worker_samples: list[Sample], shard_samples: 
             w.member_id,
             w.process,
             w.slowdown,
+            w.step,
             per_worker.get(w.member_id),
             per_worker[w.member_id] / wall if w.member_id in per_worker and wall > 0 else None,
         )

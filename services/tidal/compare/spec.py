@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.spec import JobSpec, Mode, parse_job_spec
@@ -55,6 +55,8 @@ class KillSpec(_Strict):
 
     rank: int = Field(ge=0)
     at_step: int = Field(ge=0)
+    # Only the modes with these labels get the second run (default: every mode).
+    labels: list[str] | None = Field(None, min_length=1)
 
 
 class CompareSpec(_Strict):
@@ -68,6 +70,9 @@ class CompareSpec(_Strict):
     kill: KillSpec | None = None
     # Longest wait for one job, in seconds; a job still running then is cancelled.
     job_timeout_s: float = Field(300.0, gt=0, le=3600)
+    # Steps of the sync warm-up job that fresh worker processes run first, not reported
+    # (default: the job's steps; 0: none).
+    warm_up_steps: int | None = Field(None, ge=0, le=10_000_000)
 
     @field_validator("modes")
     @classmethod
@@ -77,6 +82,19 @@ class CompareSpec(_Strict):
             if label in labels[:i]:
                 raise ValueError(f"label {label!r} appears twice (entry {i})")
         return modes
+
+    @field_validator("kill")
+    @classmethod
+    def _kill_labels_exist(cls, kill: KillSpec | None, info: ValidationInfo) -> KillSpec | None:
+        labels = [m.label for m in info.data.get("modes", [])]
+        for label in (kill.labels or []) if kill and labels else []:
+            if label not in labels:
+                raise ValueError(f"labels: {label!r} is not the label of any entry of compare.modes")
+        return kill
+
+    def kills(self, label: str) -> bool:
+        """Whether the mode with this label gets a second run with a worker killed."""
+        return self.kill is not None and (self.kill.labels is None or label in self.kill.labels)
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,22 @@ def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
         raise InvalidArgumentError(
             f"compare.kill.at_step: {spec.kill.at_step} >= steps {first.steps}; the worker would never be killed"
         )
-    return baselines + [_planned(spec, i, m, kill=True) for i, m in enumerate(spec.modes)]
+    return baselines + [_planned(spec, i, m, kill=True) for i, m in enumerate(spec.modes) if spec.kills(m.label)]
+
+
+# Before runs with a kill only their outcome is reported, so a short warm-up does.
+SHORT_WARM_UP_STEPS = 10
+
+
+def warm_up_spec(spec: CompareSpec, short: bool = False) -> dict[str, Any]:
+    """A sync job on the same model and data: fresh processes pay their one-off costs (data set
+    load, model build, first exchanges and evaluations, the first full garbage collections of
+    their heaps) outside the timings of the runs that are compared."""
+    data = {k: copy.deepcopy(v) for k, v in spec.job.items() if k != "stragglers"}
+    steps = spec.warm_up_steps if spec.warm_up_steps is not None else parse_job_spec(data).steps
+    data.update(name="warm-up", mode="sync", steps=min(steps, SHORT_WARM_UP_STEPS) if short else steps)
+    parse_job_spec(data)
+    return data
 
 
 def job_name(label: str, kill: bool) -> str:

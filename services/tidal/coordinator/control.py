@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from tidal.coordinator.convert import command_to_proto, job_to_proto
+from tidal.coordinator.convert import JOB_STATE_TO_PROTO, command_to_proto, job_to_proto
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.core import jobs
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
@@ -23,6 +23,7 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 
 log = logging.getLogger(__name__)
 
+_TERMINAL_STATES = {JOB_STATE_TO_PROTO[state] for state in jobs.JobState if state.terminal}
 # How often the loop checks heartbeats and places pending jobs, in seconds.
 TICK_S = 0.2
 
@@ -137,8 +138,11 @@ class Control:
         job = self.jobs.get(job_id)
         while True:
             generation = self._generation
-            yield job_to_proto(job)
-            if job.state.terminal:
+            status = job_to_proto(job)
+            yield status
+            # Decide on what was sent: the job may have ended while the caller read it, and
+            # the terminal status must still be delivered.
+            if status.state in _TERMINAL_STATES:
                 return
             await self._wait_for_change(generation, timeout_s=5.0)
 
