@@ -25,14 +25,14 @@ def job_state_name(state: int) -> str:
     return common_pb.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 
 
-def load_spec_file(path: Path) -> dict[str, Any]:
-    """Reads a job spec from a YAML or JSON file (YAML is a superset of JSON)."""
+def load_spec_file(path: Path, kind: str = "job spec") -> dict[str, Any]:
+    """Reads a spec (a mapping) from a YAML or JSON file (YAML is a superset of JSON)."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise InvalidArgumentError(f"{path}: cannot read job spec: {exc}") from None
+        raise InvalidArgumentError(f"{path}: cannot read {kind}: {exc}") from None
     if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{path}: a job spec must be a mapping")
+        raise InvalidArgumentError(f"{path}: a {kind} must be a mapping")
     return data
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -87,6 +88,21 @@ def wait_until(predicate: Any, timeout_s: float = 30.0, what: str = "condition")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met within {timeout_s}s")
         time.sleep(0.05)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (a test's work folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
 
 
 def run_async(coro: Any, timeout_s: float = 60.0) -> Any:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from rich.console import Console
 
+from tests.integration.helpers import processes_mentioning
 from tidal.compare.main import run_all
 from tidal.compare.spec import parse_compare_spec, plan_runs
 
@@ -52,19 +53,6 @@ def _compare(spec_file: Path, *args: str, timeout_s: float = 150) -> subprocess.
     )
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(f"{proc.name}: {cmdline}")
-    return found
-
-
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], Path]:
     root = tmp_path_factory.mktemp("compare")
@@ -88,7 +76,7 @@ def test_compare_writes_the_report_folder(compared: tuple[Path, subprocess.Compl
         assert data.startswith(PNG_MAGIC), name
         assert len(data) > 10_000, f"{name}: {len(data)} bytes"
         assert f"]({name})" in report
-    assert not _processes_mentioning(str(workdir)), "compare left processes behind"
+    assert not processes_mentioning(str(workdir)), "compare left processes behind"
 
 
 def test_results_json_has_every_number(compared: tuple[Path, subprocess.CompletedProcess[str], Path]) -> None:

@@ -10,24 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import processes_mentioning, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (the demo's work folder)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
 
 
 def test_demo_trains_sync_and_async_and_cleans_up(tmp_path: Path) -> None:
@@ -43,7 +28,7 @@ def test_demo_trains_sync_and_async_and_cleans_up(tmp_path: Path) -> None:
     table = result.stdout
     for expected in ("sync", "async", "succeeded", "val acc", "stale max"):
         assert expected in table, table
-    assert not _processes_mentioning(str(workdir)), "demo left processes behind"
+    assert not processes_mentioning(str(workdir)), "demo left processes behind"
 
 
 def test_demo_ctrl_c_stops_every_process(tmp_path: Path) -> None:
@@ -65,4 +50,4 @@ def test_demo_ctrl_c_stops_every_process(tmp_path: Path) -> None:
             demo.kill()
     assert demo.returncode == 130, out.decode(errors="replace")
     assert b"interrupted" in out
-    wait_until(lambda: not _processes_mentioning(str(workdir)), timeout_s=10, what="all services gone")
+    wait_until(lambda: not processes_mentioning(str(workdir)), timeout_s=10, what="all services gone")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from tidal.client import load_spec_file
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.spec import JobSpec, Mode, parse_job_spec
 
@@ -110,13 +110,7 @@ class PlannedRun:
 
 def load_compare_spec(path: Path) -> CompareSpec:
     """Reads and validates a compare spec (YAML or JSON); raises InvalidArgumentError naming the field."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidArgumentError(f"{path}: cannot read compare spec: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{path}: a compare spec must be a mapping")
-    return parse_compare_spec(data)
+    return parse_compare_spec(load_spec_file(path, "compare spec"))
 
 
 def parse_compare_spec(data: dict[str, Any]) -> CompareSpec:
