@@ -71,24 +71,28 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.detach().contiguous().view(torch.uint8).numpy())
 
 
+def _windows(
+    flat: torch.Tensor, segments: Sequence[Segment], range_start: int, chunk_bytes: int
+) -> Iterator[tuple[Segment, int, int, int]]:
+    """The chunk windows of a shard's slice: (segment, start in the slice, element offset in
+    the tensor, length), each of at most `chunk_bytes` of dense payload. Dense and sparse
+    chunks share them, so both tile the slice the same way."""
+    per_chunk = max(1, chunk_bytes // flat.element_size())
+    for seg in segments:
+        base = seg.flat_start - range_start
+        for lo in range(0, seg.length, per_chunk):
+            yield seg, base + lo, seg.tensor_offset + lo, min(per_chunk, seg.length - lo)
+
+
 def slice_to_chunks(
     flat: torch.Tensor, segments: Sequence[Segment], range_start: int, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[common_pb.TensorChunk]:
     """Cuts a shard's flat slice (`flat[0]` is element `range_start` of the model's flat
     vector) into chunks of at most `chunk_bytes` of payload."""
     dtype = dtype_to_proto(flat.dtype)
-    per_chunk = max(1, chunk_bytes // flat.element_size())
-    for seg in segments:
-        base = seg.flat_start - range_start
-        for lo in range(0, seg.length, per_chunk):
-            hi = min(lo + per_chunk, seg.length)
-            yield common_pb.TensorChunk(
-                name=seg.name,
-                dtype=dtype,
-                shape=seg.shape,
-                offset=seg.tensor_offset + lo,
-                data=bytes(_as_bytes(flat[base + lo : base + hi])),
-            )
+    for seg, start, offset, length in _windows(flat, segments, range_start, chunk_bytes):
+        data = bytes(_as_bytes(flat[start : start + length]))
+        yield common_pb.TensorChunk(name=seg.name, dtype=dtype, shape=seg.shape, offset=offset, data=data)
 
 
 def slice_to_sparse_chunks(
@@ -101,22 +105,18 @@ def slice_to_sparse_chunks(
     """Sends only `flat[indices]` (sorted positions within the slice), as sparse chunks whose
     spans tile the slice exactly like dense chunks do, so the receiver's coverage check holds."""
     dtype = dtype_to_proto(flat.dtype)
-    per_chunk = max(1, chunk_bytes // flat.element_size())
-    for seg in segments:
-        base = seg.flat_start - range_start
-        for lo in range(0, seg.length, per_chunk):
-            hi = min(lo + per_chunk, seg.length)
-            first, last = torch.searchsorted(indices, torch.tensor([base + lo, base + hi])).tolist()
-            picked = indices[first:last]
-            yield common_pb.TensorChunk(
-                name=seg.name,
-                dtype=dtype,
-                shape=seg.shape,
-                offset=seg.tensor_offset + lo,
-                data=bytes(_as_bytes(flat[picked])),
-                indices=bytes(_as_bytes((picked - (base + lo)).to(torch.int32))),
-                span=hi - lo,
-            )
+    for seg, start, offset, length in _windows(flat, segments, range_start, chunk_bytes):
+        first, last = torch.searchsorted(indices, torch.tensor([start, start + length])).tolist()
+        picked = indices[first:last]
+        yield common_pb.TensorChunk(
+            name=seg.name,
+            dtype=dtype,
+            shape=seg.shape,
+            offset=offset,
+            data=bytes(_as_bytes(flat[picked])),
+            indices=bytes(_as_bytes((picked - start).to(torch.int32))),
+            span=length,
+        )
 
 
 def group_chunks(
