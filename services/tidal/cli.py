@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from google.protobuf.json_format import MessageToDict
@@ -28,6 +28,9 @@ from tidal.config import (
 )
 from tidal.core.errors import TidalError
 from tidal.progress import stdout_console
+
+if TYPE_CHECKING:
+    from tidal.coordinator.one_job import OneJob
 
 app = typer.Typer(
     help="tidal: distributed PyTorch training with a parameter server.",
@@ -49,6 +52,10 @@ MetricsPort = Annotated[
     int, typer.Option(envvar=ENV["metrics_port"], min=0, max=65535, help="Port of /metrics (0 = any).")
 ]
 Port = Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port to bind (0 = any).")]
+ExitAfterJob = Annotated[
+    bool,
+    typer.Option(envvar=ENV["exit_after_job"], help="Exit (code 0) when the first job this member works on ends."),
+]
 RegisterTimeout = Annotated[
     float,
     typer.Option(
@@ -98,6 +105,25 @@ def coordinator(
             envvar=ENV["heartbeat_timeout"], min=0.1, help="Silence, in seconds, before a member is declared failed."
         ),
     ] = 10.0,
+    job_file: Annotated[
+        Path | None,
+        typer.Option(envvar=ENV["job_file"], help="Job spec to submit at start; it runs once enough members joined."),
+    ] = None,
+    exit_when_done: Annotated[
+        bool,
+        typer.Option(
+            envvar=ENV["exit_when_done"],
+            help="Exit once the --job-file job ended and its members left (0 if it succeeded).",
+        ),
+    ] = False,
+    scale_down: Annotated[
+        str,
+        typer.Option(
+            envvar=ENV["scale_down"],
+            help="Kubernetes only, with --exit-when-done: KIND/NAME,... (statefulset, deployment) to scale to 0 "
+            "before exiting, with the pod's service account.",
+        ),
+    ] = "",
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
@@ -105,10 +131,37 @@ def coordinator(
     """Run the coordinator (membership, jobs, gRPC + REST API)."""
     from tidal.coordinator.main import run_coordinator  # noqa: PLC0415
 
+    one_job = _one_job(job_file, exit_when_done, scale_down)
     _service_setup("coordinator", log_level, torch_threads)
     raise typer.Exit(
-        _run(run_coordinator(host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file))
+        _run(
+            run_coordinator(
+                host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file, one_job
+            )
+        )
     )
+
+
+def _one_job(job_file: Path | None, exit_when_done: bool, scale_down: str) -> OneJob | None:
+    """Checks the one-job options before anything starts: a bad spec is one line and exit 2."""
+    from tidal.client import load_spec_file  # noqa: PLC0415
+    from tidal.coordinator.one_job import OneJob  # noqa: PLC0415
+    from tidal.core.spec import parse_job_spec  # noqa: PLC0415
+    from tidal.k8s_scale import parse_targets  # noqa: PLC0415
+
+    if job_file is None:
+        if exit_when_done or scale_down:
+            raise typer.BadParameter("needs --job-file", param_hint="--exit-when-done/--scale-down")
+        return None
+    if scale_down and not exit_when_done:
+        raise typer.BadParameter("needs --exit-when-done", param_hint="--scale-down")
+    try:
+        spec_json = json.dumps(load_spec_file(job_file))
+        parse_job_spec(spec_json)
+        targets = parse_targets(scale_down)
+    except TidalError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--job-file/--scale-down") from None
+    return OneJob(spec_json, exit_when_done, targets)
 
 
 @app.command()
@@ -124,6 +177,7 @@ def shard(
         ),
     ] = "",
     register_timeout: RegisterTimeout = 60.0,
+    exit_after_job: ExitAfterJob = False,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
@@ -133,7 +187,9 @@ def shard(
 
     _service_setup("shard", log_level, torch_threads)
     advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
-    raise typer.Exit(_run(run_shard(coordinator, host, port, metrics_port, advertise, ready_file, register_timeout)))
+    raise typer.Exit(
+        _run(run_shard(coordinator, host, port, metrics_port, advertise, ready_file, register_timeout, exit_after_job))
+    )
 
 
 @app.command()
@@ -146,6 +202,7 @@ def worker(
         float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")
     ] = 1.0,
     register_timeout: RegisterTimeout = 60.0,
+    exit_after_job: ExitAfterJob = False,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
@@ -154,7 +211,9 @@ def worker(
     from tidal.worker.main import run_worker  # noqa: PLC0415
 
     _service_setup("worker", log_level, torch_threads)
-    raise typer.Exit(_run(run_worker(coordinator, host, port, metrics_port, slowdown, ready_file, register_timeout)))
+    raise typer.Exit(
+        _run(run_worker(coordinator, host, port, metrics_port, slowdown, ready_file, register_timeout, exit_after_job))
+    )
 
 
 @app.command()

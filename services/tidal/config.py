@@ -19,6 +19,11 @@ ENV = {
     "register_timeout": "TIDAL_REGISTER_TIMEOUT_S",  # how long a member retries reaching the coordinator
     "torch_threads": "TIDAL_TORCH_THREADS",  # intra-op threads per service process
     "log_level": "TIDAL_LOG_LEVEL",
+    # One-job deployments (Kubernetes, smoke runs): see coordinator/one_job.py.
+    "job_file": "TIDAL_JOB_FILE",  # coordinator: job spec to submit at start
+    "exit_when_done": "TIDAL_EXIT_WHEN_DONE",  # coordinator: exit once that job ended and its members left
+    "scale_down": "TIDAL_K8S_SCALE_DOWN",  # coordinator: KIND/NAME,... to scale to 0 before exiting
+    "exit_after_job": "TIDAL_EXIT_AFTER_JOB",  # shard, worker: exit 0 when the first job ends
 }
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from tidal.coordinator.control import Control
 from tidal.coordinator.metrics import ControlCollector, CoordinatorCounters
+from tidal.coordinator.one_job import OneJob, run_one_job
 from tidal.coordinator.rest import create_app
 from tidal.coordinator.servicer import CoordinatorServicer
 from tidal.transport.http import serve_asgi
@@ -32,6 +33,7 @@ async def run_coordinator(
     heartbeat_interval_s: float,
     heartbeat_timeout_s: float,
     ready_file: Path | None,
+    one_job: OneJob | None = None,
 ) -> int:
     registry = CollectorRegistry()
     build_info(registry, "coordinator")
@@ -46,6 +48,8 @@ async def run_coordinator(
     rest, rest_task, http_port = serve_asgi(create_app(control), host, http_port)
     metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port)
     tasks = [asyncio.create_task(control.run()), rest_task, metrics_task]
+    job_task = asyncio.create_task(run_one_job(control, one_job, stop)) if one_job else None
+    tasks += [job_task] if job_task else []
     try:
         await set_health(health, SERVICE_NAMES, serving=True)
         ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
@@ -54,6 +58,11 @@ async def run_coordinator(
             "coordinator serving gRPC on %s:%d, REST on http://%s:%d, metrics on http://%s:%d/metrics",
             host, grpc_port, host, http_port, host, metrics_port,
         )  # fmt: skip
+        if job_task and one_job and one_job.exit_when_done:
+            stop_task = asyncio.create_task(stop.wait())
+            tasks.append(stop_task)
+            await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            return job_task.result() if job_task.done() else 0
         await stop.wait()
         return 0
     finally:

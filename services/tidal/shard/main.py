@@ -124,6 +124,7 @@ async def run_shard(
     advertise_host: str,
     ready_file: Path | None,
     register_timeout_s: float,
+    exit_after_job: bool = False,
 ) -> int:
     registry = CollectorRegistry()
     server, bound_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
@@ -134,5 +135,5 @@ async def run_shard(
     shard_grpc.add_ParameterShardServicer_to_server(ShardServicer(node), server)
     ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
-        "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s
+        "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job
     )

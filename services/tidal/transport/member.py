@@ -2,7 +2,9 @@
 
 Serve health and reflection (NOT_SERVING), warm up, register with the coordinator, go
 SERVING, hold the session until SIGTERM/SIGINT or until the session breaks, then go
-NOT_SERVING, release the job and stop the server with a grace period.
+NOT_SERVING, release the job and stop the server with a grace period. With
+`exit_after_job`, the release of its first job ends the member too (exit code 0): batch
+deployments (a Kubernetes Indexed Job) need members that finish.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ async def serve_member(
     service_names: Sequence[str],
     ready_file: Path | None,
     register_timeout_s: float,
+    exit_after_job: bool = False,
 ) -> int:
     """Runs a member whose servicers are already added to `server`; returns the exit code."""
     health = add_health_and_reflection(server, service_names)
@@ -74,7 +77,14 @@ async def serve_member(
         info = {"role": role, "grpc_port": ports.grpc_port, "metrics_port": metrics_port, "member_id": member_id}
         write_ready_file(ready_file, info)
         log.info("%s %s serving on %s:%d (metrics :%d)", role, member_id, ports.host, ports.grpc_port, metrics_port)
-        session_task = asyncio.create_task(session.run(node.on_command))
+
+        async def on_command(msg: coord_pb.SessionResponse) -> None:
+            await node.on_command(msg)
+            if exit_after_job and msg.WhichOneof("kind") == "release_job":
+                log.info("job %s ended; %s exiting (--exit-after-job)", msg.release_job.job_id, role)
+                stop.set()
+
+        session_task = asyncio.create_task(session.run(on_command))
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({session_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()

@@ -159,6 +159,7 @@ async def run_worker(
     slowdown: float,
     ready_file: Path | None,
     register_timeout_s: float,
+    exit_after_job: bool = False,
 ) -> int:
     registry = CollectorRegistry()
     server, bound_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
@@ -167,5 +168,5 @@ async def run_worker(
     worker_grpc.add_WorkerServicer_to_server(node, server)
     ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
-        "worker", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s
+        "worker", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job
     )
