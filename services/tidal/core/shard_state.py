@@ -53,6 +53,9 @@ class ShardCounters:
     updates_applied: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     staleness: StalenessStats = field(default_factory=StalenessStats)
+    # worker -> distinct pushes handled (duplicates not counted); a restored shard compares it
+    # with what each worker saw acknowledged to count the pushes its checkpoint lost.
+    by_worker: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -184,6 +187,7 @@ class ShardState:
         serve = self.policy.serve_after_push(base_version, clock, self.view())
         result = PushResult(outcome, self.version, staleness, serve, folded)
         self._remember(push_id, result)
+        self.counters.by_worker[worker_id] = self.counters.by_worker.get(worker_id, 0) + 1
         return result
 
     def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> tuple[int, ...]:
@@ -240,6 +244,15 @@ class ShardState:
         for stale in [c for c in self._buffers if c < self.version]:
             self.counters.reject("late")
             del self._buffers[stale]
+
+    def recent_pushes(self) -> list[tuple[str, PushResult]]:
+        """The remembered pushes (id, result), oldest first: a checkpoint keeps the latest."""
+        return list(self._push_ids.items())
+
+    def remember_pushes(self, pushes: Iterable[tuple[str, PushResult]]) -> None:
+        """Restores remembered pushes, so a push retried after a restore is not applied twice."""
+        for push_id, result in pushes:
+            self._remember(push_id, result)
 
     def _remember(self, push_id: str, result: PushResult) -> None:
         self._push_ids[push_id] = result

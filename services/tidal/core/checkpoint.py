@@ -1,0 +1,429 @@
+"""Shard checkpoints: safetensors tensors plus a JSON manifest, written atomically.
+
+One checkpoint is two files in `<root>/<job_id>/shard-<index>/`:
+
+- `v<version>.safetensors`: the parameter slice (`params`) and the optimizer's tensor state
+  (`optimizer.<key>`, e.g. `optimizer.exp_avg`), flat, under stable names;
+- `v<version>.json`: the manifest (format version, job, shard index and range, version,
+  membership epoch, optimizer hyperparameters and scalar state, counters, the last pushes
+  seen, the size and sha256 of the tensor file, creation time).
+
+The manifest is the commit record: it is written last, so a checkpoint without one never
+existed. Each file goes to a temporary name in the same folder, is fsynced and renamed into
+place, then the folder is fsynced. Loading checks everything before a tensor touches the
+shard; a truncated or tampered file, a manifest that does not match, or a payload that is
+not safetensors (a pickle, say) raises `DataLossError`, and `load_latest` falls back to the
+previous valid checkpoint. Nothing is ever unpickled: safetensors and json only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from tidal.core.errors import DataLossError, InvalidArgumentError
+from tidal.core.shard_state import PushOutcome, PushResult, ShardCounters, ShardState
+from tidal.core.staleness import StalenessStats
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+PARAMS = "params"
+OPTIMIZER_PREFIX = "optimizer."
+# Checkpoint files are named by version, zero-padded so names sort like versions.
+_NAME = re.compile(r"^v(\d{12})\.json$")
+# Job ids become folder names: refuse anything that could leave the checkpoint root.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Pushes remembered per worker in a checkpoint: a worker retries only its latest push, so a
+# few per worker keep a retried push from being applied twice after a restore.
+PUSHES_KEPT_PER_WORKER = 4
+# Fault injection for tests (see `CheckpointStore`): die at one point of the N-th write.
+FAULTS = ("kill_before_rename", "kill_before_manifest")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """What a shard found on disk at start-up, reported when it registers."""
+
+    job_id: str
+    shard_index: int
+    version: int
+
+
+@dataclass
+class ShardSnapshot:
+    """A consistent copy of one shard's state, taken between two pushes."""
+
+    job_id: str
+    shard_index: int
+    shard_range: tuple[int, int]
+    version: int
+    membership_epoch: int
+    members: list[str]
+    mode: str
+    tensors: dict[str, torch.Tensor]
+    # Optimizer class, hyperparameters and its non-tensor state.
+    optimizer: dict[str, Any]
+    counters: dict[str, Any]
+    # (push id, result) of the latest pushes, oldest first.
+    recent_pushes: list[dict[str, Any]] = field(default_factory=list)
+    created_at: float = 0.0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+def snapshot_shard(job_id: str, state: ShardState) -> ShardSnapshot:
+    """Copies the state; call it on the thread that applies pushes, between two of them."""
+    opt = state.optimizer.state_dict()
+    group = {k: _jsonable(v) for k, v in opt["param_groups"][0].items() if k != "params"}
+    tensor_state: dict[str, torch.Tensor] = {}
+    scalar_state: dict[str, Any] = {}
+    for key, value in opt["state"].get(0, {}).items():
+        if isinstance(value, torch.Tensor):
+            tensor_state[OPTIMIZER_PREFIX + key] = value.detach().clone().contiguous()
+        else:
+            scalar_state[key] = _jsonable(value)
+    c = state.counters
+    # Gradients waiting in a barrier are not in the parameters yet: they are lost with the
+    # process, so they must not count as handled.
+    handled = dict(c.by_worker)
+    for workers in state.view().buffered.values():
+        for worker in workers:
+            handled[worker] = handled.get(worker, 0) - 1
+    per_worker: dict[str, int] = {}
+    recent: list[dict[str, Any]] = []
+    for push_id, result in reversed(state.recent_pushes()):
+        worker = push_id.rsplit(":", 1)[0]
+        per_worker[worker] = per_worker.get(worker, 0) + 1
+        if per_worker[worker] <= PUSHES_KEPT_PER_WORKER:
+            recent.append({"push_id": push_id, **_result_to_json(result)})
+    start, end = state.shard_map.ranges[state.shard_index]
+    return ShardSnapshot(
+        job_id=job_id,
+        shard_index=state.shard_index,
+        shard_range=(start, end),
+        version=state.version,
+        membership_epoch=state.membership_epoch,
+        members=sorted(state.members),
+        mode=state.spec.mode.value,
+        tensors={PARAMS: state.params.detach().clone().contiguous(), **tensor_state},
+        optimizer={"class": type(state.optimizer).__name__, "hyperparameters": group, "scalar_state": scalar_state},
+        counters={
+            "updates_applied": c.updates_applied,
+            "rejected": dict(c.rejected),
+            "staleness": {
+                "count": c.staleness.count,
+                "total": c.staleness.total,
+                "maximum": c.staleness.maximum,
+                "histogram": {str(k): v for k, v in c.staleness.histogram.items()},
+            },
+            "by_worker": {w: n for w, n in handled.items() if n > 0},
+        },
+        recent_pushes=list(reversed(recent)),
+        created_at=time.time(),
+    )
+
+
+def _result_to_json(result: PushResult) -> dict[str, Any]:
+    return {
+        "outcome": result.outcome.value,
+        "version": result.version,
+        "staleness": result.staleness,
+        "serve_version": result.serve_version,
+    }
+
+
+def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
+    """Loads a snapshot into a freshly built state of the same job and shard. Checks that it
+    fits (shard range, element count, optimizer and hyperparameters) before changing anything."""
+    start, end = state.shard_map.ranges[state.shard_index]
+    where = f"checkpoint of job {snapshot.job_id} shard {snapshot.shard_index} at version {snapshot.version}"
+    if snapshot.shard_index != state.shard_index or tuple(snapshot.shard_range) != (start, end):
+        raise DataLossError(
+            f"{where}: holds shard {snapshot.shard_index} range {list(snapshot.shard_range)}, "
+            f"the job assigns shard {state.shard_index} range [{start}, {end}]"
+        )
+    params = snapshot.tensors.get(PARAMS)
+    if params is None or params.shape != state.params.shape or params.dtype != state.params.dtype:
+        got = "none" if params is None else f"{tuple(params.shape)} {params.dtype}"
+        raise DataLossError(
+            f"{where}: params are {got}, the shard holds {tuple(state.params.shape)} {state.params.dtype}"
+        )
+    current = state.optimizer.state_dict()
+    group = {k: _jsonable(v) for k, v in current["param_groups"][0].items() if k != "params"}
+    saved = snapshot.optimizer
+    if saved.get("class") != type(state.optimizer).__name__ or saved.get("hyperparameters") != group:
+        raise DataLossError(
+            f"{where}: optimizer {saved.get('class')} {saved.get('hyperparameters')} does not match the job's "
+            f"{type(state.optimizer).__name__} {group}"
+        )
+    opt_state: dict[str, Any] = dict(saved.get("scalar_state", {}))
+    for name, tensor in snapshot.tensors.items():
+        if name.startswith(OPTIMIZER_PREFIX):
+            opt_state[name.removeprefix(OPTIMIZER_PREFIX)] = tensor
+    with torch.no_grad():
+        state.params.copy_(params)
+    current["state"] = {0: opt_state} if opt_state else {}
+    state.optimizer.load_state_dict(current)
+    # Membership and epoch stay as the coordinator assigned them now: it is the authority.
+    state.version = snapshot.version
+    c = snapshot.counters
+    s = c["staleness"]
+    state.counters = ShardCounters(
+        updates_applied=int(c["updates_applied"]),
+        rejected={str(k): int(v) for k, v in c["rejected"].items()},
+        staleness=StalenessStats(
+            int(s["count"]), int(s["total"]), int(s["maximum"]), {int(k): int(v) for k, v in s["histogram"].items()}
+        ),
+        by_worker={str(k): int(v) for k, v in c["by_worker"].items()},
+    )
+    state.remember_pushes(
+        [
+            (
+                p["push_id"],
+                PushResult(PushOutcome(p["outcome"]), int(p["version"]), int(p["staleness"]), int(p["serve_version"])),
+            )
+            for p in snapshot.recent_pushes
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointSchedule:
+    """When a checkpoint is due: every `every_versions` versions or `every_s` seconds since the
+    last one (0 turns either off), and only if the version moved."""
+
+    every_versions: int
+    every_s: float
+
+    def due(self, version: int, last_version: int, now: float, last_at: float) -> bool:
+        if version <= last_version:
+            return False
+        by_count = self.every_versions > 0 and version - last_version >= self.every_versions
+        by_time = self.every_s > 0 and now - last_at >= self.every_s
+        return by_count or by_time
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes, before_rename: str = "") -> None:
+    """Temporary file in the same folder, write, fsync, rename (then the caller fsyncs the folder)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if before_rename:
+        log.error("fault injection: killing this shard %s (%s)", before_rename, path.name)
+        os.kill(os.getpid(), signal.SIGKILL)
+    tmp.replace(path)
+
+
+def parse_fault(text: str) -> tuple[str, int]:
+    """`kind:n` (die at the n-th checkpoint write of this process) -> (kind, n); '' -> ('', 0)."""
+    if not text:
+        return "", 0
+    kind, _, nth = text.partition(":")
+    if kind not in FAULTS or not nth.isdigit() or int(nth) < 1:
+        raise InvalidArgumentError(f"checkpoint fault: expected one of {', '.join(FAULTS)} then ':N', got {text!r}")
+    return kind, int(nth)
+
+
+class CheckpointStore:
+    """The checkpoints under one root folder (one shard process owns it).
+
+    `fault` injects a crash for tests: `("kill_before_rename", n)` SIGKILLs the process at
+    the n-th write after the tensor file is written and fsynced under its temporary name,
+    `("kill_before_manifest", n)` after the tensor file is in place but before its manifest.
+    """
+
+    def __init__(self, root: Path, keep_last: int = 3, fault: tuple[str, int] = ("", 0)) -> None:
+        if keep_last < 1:
+            raise InvalidArgumentError(f"keep_last: must be >= 1, got {keep_last}")
+        self.root = root
+        self.keep_last = keep_last
+        self._fault = fault
+        self._writes = 0
+
+    def folder(self, job_id: str, shard_index: int) -> Path:
+        if not _SAFE_ID.match(job_id):
+            raise InvalidArgumentError(f"job_id: {job_id!r} cannot name a checkpoint folder")
+        return self.root / job_id / f"shard-{shard_index}"
+
+    # --- writing -------------------------------------------------------------------------
+    def write(self, snapshot: ShardSnapshot) -> Path:
+        """Writes one checkpoint atomically, then keeps the newest `keep_last`; returns the
+        manifest's path. Safe to run in a thread: it only reads the snapshot."""
+        folder = self.folder(snapshot.job_id, snapshot.shard_index)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._writes += 1
+        kind, nth = self._fault
+        fault = kind if nth == self._writes else ""
+        stem = f"v{snapshot.version:012d}"
+        payload = save_tensors(snapshot.tensors, metadata={"format": "pt", "job_id": snapshot.job_id})
+        tensors_path = folder / f"{stem}.safetensors"
+        _write_atomically(tensors_path, payload, "before renaming its tensors" if fault == "kill_before_rename" else "")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "job_id": snapshot.job_id,
+            "shard_index": snapshot.shard_index,
+            "shard_range": list(snapshot.shard_range),
+            "version": snapshot.version,
+            "membership_epoch": snapshot.membership_epoch,
+            "members": snapshot.members,
+            "mode": snapshot.mode,
+            "optimizer": snapshot.optimizer,
+            "counters": snapshot.counters,
+            "recent_pushes": snapshot.recent_pushes,
+            "tensors": {n: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                        for n, t in snapshot.tensors.items()},
+            "tensors_file": tensors_path.name,
+            "tensors_bytes": len(payload),
+            "tensors_sha256": hashlib.sha256(payload).hexdigest(),
+            "created_at": snapshot.created_at,
+        }  # fmt: skip
+        manifest_path = folder / f"{stem}.json"
+        before_manifest = "before writing its manifest" if fault == "kill_before_manifest" else ""
+        _write_atomically(manifest_path, json.dumps(manifest, indent=1).encode(), before_manifest)
+        _fsync_dir(folder)
+        self._prune(folder)
+        return manifest_path
+
+    def _prune(self, folder: Path) -> None:
+        for manifest in self._manifests(folder)[self.keep_last :]:
+            manifest.unlink(missing_ok=True)
+            manifest.with_suffix(".safetensors").unlink(missing_ok=True)
+
+    # --- reading -------------------------------------------------------------------------
+    @staticmethod
+    def _manifests(folder: Path) -> list[Path]:
+        """Manifests in the folder, newest version first."""
+        if not folder.is_dir():
+            return []
+        return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.name, reverse=True)
+
+    def versions(self, job_id: str, shard_index: int) -> list[int]:
+        return [int(_NAME.match(p.name).group(1)) for p in self._manifests(self.folder(job_id, shard_index))]  # type: ignore[union-attr]
+
+    def load(self, manifest_path: Path, job_id: str, shard_index: int) -> ShardSnapshot:
+        """Reads and checks one checkpoint; raises DataLossError naming what is wrong."""
+        where = f"checkpoint {manifest_path}"
+        try:
+            manifest = json.loads(manifest_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise DataLossError(f"{where}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            raise DataLossError(f"{where}: not a format {FORMAT_VERSION} manifest")
+        expected = {"job_id": job_id, "shard_index": shard_index, "version": int(manifest_path.stem[1:])}
+        for key, value in expected.items():
+            if manifest.get(key) != value:
+                raise DataLossError(f"{where}: manifest {key} is {manifest.get(key)!r}, expected {value!r}")
+        tensors_path = manifest_path.with_name(str(manifest.get("tensors_file", "")))
+        if tensors_path.parent != manifest_path.parent or tensors_path.suffix != ".safetensors":
+            raise DataLossError(f"{where}: tensors_file {manifest.get('tensors_file')!r} is not beside the manifest")
+        try:
+            payload = tensors_path.read_bytes()
+        except OSError as exc:
+            raise DataLossError(f"{where}: tensor file unreadable ({exc})") from None
+        if len(payload) != manifest.get("tensors_bytes"):
+            raise DataLossError(
+                f"{where}: tensor file truncated or extended: {len(payload)} bytes, manifest says "
+                f"{manifest.get('tensors_bytes')}"
+            )
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != manifest.get("tensors_sha256"):
+            raise DataLossError(
+                f"{where}: checksum mismatch (sha256 {digest}, manifest {manifest.get('tensors_sha256')})"
+            )
+        try:
+            tensors = load_tensors(payload)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            # A pickle (torch.save) or any other payload is refused here, never unpickled.
+            raise DataLossError(f"{where}: tensor file is not safetensors ({exc})") from None
+        declared = manifest.get("tensors", {})
+        found = {n: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for n, t in tensors.items()}
+        if declared != found or PARAMS not in found:
+            raise DataLossError(f"{where}: tensors {found} do not match the manifest's {declared}")
+        try:
+            return ShardSnapshot(
+                job_id=job_id,
+                shard_index=shard_index,
+                shard_range=(int(manifest["shard_range"][0]), int(manifest["shard_range"][1])),
+                version=int(manifest["version"]),
+                membership_epoch=int(manifest["membership_epoch"]),
+                members=[str(m) for m in manifest["members"]],
+                mode=str(manifest["mode"]),
+                tensors=tensors,
+                optimizer=dict(manifest["optimizer"]),
+                counters=dict(manifest["counters"]),
+                recent_pushes=list(manifest["recent_pushes"]),
+                created_at=float(manifest["created_at"]),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise DataLossError(f"{where}: manifest field missing or malformed ({exc!r})") from None
+
+    def load_latest(self, job_id: str, shard_index: int) -> tuple[ShardSnapshot, list[str]]:
+        """The newest valid checkpoint of a shard and why each newer one was refused. Raises
+        DataLossError (listing every refusal) when none is valid."""
+        folder = self.folder(job_id, shard_index)
+        self._remove_temporaries(folder)
+        refused: list[str] = []
+        for manifest in self._manifests(folder):
+            try:
+                return self.load(manifest, job_id, shard_index), refused
+            except DataLossError as exc:
+                log.error("%s; falling back to the previous checkpoint", exc)
+                refused.append(str(exc))
+        why = "; ".join(refused) if refused else f"no checkpoint in {folder}"
+        raise DataLossError(f"job {job_id} shard {shard_index}: no valid checkpoint ({why})")
+
+    @staticmethod
+    def _remove_temporaries(folder: Path) -> None:
+        """Leftovers of a write that died before its rename: never valid, never needed."""
+        if folder.is_dir():
+            for tmp in folder.glob(".v*.tmp-*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    def scan(self) -> list[CheckpointRef]:
+        """The newest checkpoint per (job, shard) under the root, from the manifests' names
+        (cheap; `load_latest` checks them in full when one is restored), newest first."""
+        found: list[tuple[float, CheckpointRef]] = []
+        if not self.root.is_dir():
+            return []
+        for job_dir in self.root.iterdir():
+            if not job_dir.is_dir() or not _SAFE_ID.match(job_dir.name):
+                continue
+            for shard_dir in job_dir.glob("shard-*"):
+                index = shard_dir.name.removeprefix("shard-")
+                manifests = self._manifests(shard_dir)
+                if index.isdigit() and manifests:
+                    version = int(manifests[0].stem[1:])
+                    found.append((manifests[0].stat().st_mtime, CheckpointRef(job_dir.name, int(index), version)))
+        return [ref for _, ref in sorted(found, key=lambda x: x[0], reverse=True)]

@@ -1,0 +1,314 @@
+"""Unit tests for tidal.core.checkpoint: atomic writes, keep-last-K, refusal of corrupt,
+tampered or pickled checkpoints, fallback to the previous valid one, exact restore.
+
+The reference for a restore is the same shard continuing without one: a shard restored from
+a checkpoint and fed the same pushes must end with bit-identical parameters and optimizer
+state, whichever optimizer it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tidal.core.checkpoint import (
+    CheckpointSchedule,
+    CheckpointStore,
+    parse_fault,
+    restore_shard,
+    snapshot_shard,
+)
+from tidal.core.errors import DataLossError, InvalidArgumentError
+from tidal.core.shard_map import TensorInfo, build_shard_map
+from tidal.core.shard_state import PushOutcome, ShardState
+from tidal.core.spec import parse_job_spec
+
+TENSORS = (TensorInfo("a.weight", (4, 5), torch.float32), TensorInfo("a.bias", (4,), torch.float32))
+TOTAL = 24
+JOB = "ckpt-1"
+OPTIMIZERS = [
+    {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+    {"name": "adam", "lr": 0.01},
+    {"name": "adamw", "lr": 0.01, "weight_decay": 0.1},
+    {"name": "adagrad", "lr": 0.1},
+]
+
+
+def make_state(mode: str = "async", optimizer: dict[str, Any] | None = None, shard: int = 0) -> ShardState:
+    spec = parse_job_spec(
+        {"mode": mode, "num_workers": 2, "num_shards": 2, "optimizer": optimizer or {"name": "sgd", "lr": 0.1}}
+    )
+    shard_map = build_shard_map(TENSORS, 2)
+    start, end = shard_map.ranges[shard]
+    initial = torch.linspace(-1, 1, TOTAL)[start:end].clone()
+    return ShardState(spec, shard, shard_map, initial, membership_epoch=3, workers=["w0", "w1"])
+
+
+def grad_for(state: ShardState, i: int) -> torch.Tensor:
+    return torch.randn(state.numel, generator=torch.Generator().manual_seed(i))
+
+
+def push_async(state: ShardState, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        worker = f"w{i % 2}"
+        state.push(worker, f"{worker}:{i}", state.version, 3, grad_for(state, i))
+
+
+def write(store: CheckpointStore, state: ShardState) -> Path:
+    return store.write(snapshot_shard(JOB, state))
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: o["name"])
+def test_restore_continues_exactly_like_the_original(tmp_path: Path, optimizer: dict[str, Any]) -> None:
+    original = make_state(optimizer=optimizer)
+    push_async(original, 0, 7)
+    store = CheckpointStore(tmp_path)
+    write(store, original)
+    restored = make_state(optimizer=optimizer)
+    snapshot, refused = store.load_latest(JOB, 0)
+    assert refused == []
+    restore_shard(restored, snapshot)
+    assert restored.version == original.version == 7
+    push_async(original, 7, 5)
+    push_async(restored, 7, 5)
+    assert torch.equal(restored.params, original.params)
+    for key, value in original.optimizer.state[original.params].items():
+        assert torch.equal(torch.as_tensor(restored.optimizer.state[restored.params][key]), torch.as_tensor(value))
+    assert restored.counters.updates_applied == original.counters.updates_applied == 12
+    assert restored.counters.by_worker == original.counters.by_worker == {"w0": 6, "w1": 6}
+
+
+def test_a_retried_push_is_not_applied_twice_after_a_restore(tmp_path: Path) -> None:
+    original = make_state()
+    push_async(original, 0, 4)
+    store = CheckpointStore(tmp_path)
+    write(store, original)
+    restored = make_state()
+    restore_shard(restored, store.load_latest(JOB, 0)[0])
+    before = restored.params.clone()
+    # w1's last push was "w1:3": a worker that never saw its ack retries it after the restart.
+    result = restored.push("w1", "w1:3", restored.version, 3, grad_for(restored, 3))
+    assert result.outcome is PushOutcome.DUPLICATE
+    assert torch.equal(restored.params, before)
+
+
+def test_buffered_gradients_do_not_count_as_handled(tmp_path: Path) -> None:
+    state = make_state(mode="sync")
+    state.push("w0", "w0:0", 0, 3, grad_for(state, 0))
+    state.push("w1", "w1:0", 0, 3, grad_for(state, 1))  # completes version 0 -> 1
+    state.push("w0", "w0:1", 1, 3, grad_for(state, 2))  # buffered, not in the parameters
+    snapshot = snapshot_shard(JOB, state)
+    assert snapshot.counters["by_worker"] == {"w0": 1, "w1": 1}
+    assert snapshot.version == 1
+
+
+def test_write_is_atomic_and_leaves_no_temporary(tmp_path: Path) -> None:
+    state = make_state()
+    store = CheckpointStore(tmp_path)
+    push_async(state, 0, 2)
+    manifest = write(store, state)
+    names = sorted(p.name for p in manifest.parent.iterdir())
+    assert names == ["v000000000002.json", "v000000000002.safetensors"]
+    data = json.loads(manifest.read_text())
+    payload = (manifest.parent / data["tensors_file"]).read_bytes()
+    assert data["tensors_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert data["job_id"] == JOB and data["shard_index"] == 0 and data["version"] == 2
+    assert data["membership_epoch"] == 3 and data["shard_range"] == [0, 12]
+    assert data["optimizer"]["hyperparameters"]["lr"] == 0.1
+    assert set(data["tensors"]) == {"params"}
+
+
+def test_keeps_the_last_k(tmp_path: Path) -> None:
+    state = make_state(optimizer=OPTIMIZERS[1])
+    store = CheckpointStore(tmp_path, keep_last=3)
+    for i in range(6):
+        push_async(state, i, 1)
+        write(store, state)
+    assert store.versions(JOB, 0) == [6, 5, 4]
+    assert len(list(store.folder(JOB, 0).glob("*.safetensors"))) == 3
+
+
+def newest_tensor_file(store: CheckpointStore) -> Path:
+    return max(store.folder(JOB, 0).glob("*.safetensors"))
+
+
+def two_checkpoints(tmp_path: Path) -> CheckpointStore:
+    state = make_state()
+    store = CheckpointStore(tmp_path)
+    push_async(state, 0, 3)
+    write(store, state)
+    push_async(state, 3, 3)
+    write(store, state)
+    return store
+
+
+def test_truncated_file_is_refused_and_the_previous_one_loaded(tmp_path: Path) -> None:
+    store = two_checkpoints(tmp_path)
+    path = newest_tensor_file(store)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    snapshot, refused = store.load_latest(JOB, 0)
+    assert snapshot.version == 3
+    assert len(refused) == 1 and "truncated" in refused[0] and "v000000000006" in refused[0]
+
+
+def test_tampered_file_is_refused_by_its_checksum(tmp_path: Path) -> None:
+    store = two_checkpoints(tmp_path)
+    path = newest_tensor_file(store)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, one parameter bit flipped
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataLossError, match="checksum mismatch"):
+        store.load(path.with_suffix(".json"), JOB, 0)
+    assert store.load_latest(JOB, 0)[0].version == 3
+
+
+def test_pickle_payload_is_refused_even_with_a_matching_checksum(tmp_path: Path) -> None:
+    """A torch.save (pickle) file dressed up as a checkpoint: its manifest is consistent, so
+    only the format check stands between it and the unpickler. It must never be unpickled."""
+    store = two_checkpoints(tmp_path)
+    path = newest_tensor_file(store)
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Boom(str(marker)))
+    path.write_bytes(payload)
+    manifest_path = path.with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(tensors_bytes=len(payload), tensors_sha256=hashlib.sha256(payload).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataLossError, match="not safetensors"):
+        store.load(manifest_path, JOB, 0)
+    assert store.load_latest(JOB, 0)[0].version == 3
+    assert not marker.exists()
+
+
+class _Boom:
+    """Unpickling this would create a file: proof that nothing was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (Path.touch, (Path(self.path),))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("job_id", "other-7", "job_id"),
+        ("shard_index", 1, "shard_index"),
+        ("format_version", 99, "format"),
+        ("tensors", {"params": {"dtype": "float32", "shape": [99]}}, "do not match"),
+    ],
+)
+def test_manifest_that_does_not_match_is_refused(tmp_path: Path, field: str, value: Any, message: str) -> None:
+    store = two_checkpoints(tmp_path)
+    manifest_path = newest_tensor_file(store).with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest[field] = value
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataLossError, match=message):
+        store.load(manifest_path, JOB, 0)
+    assert store.load_latest(JOB, 0)[0].version == 3
+
+
+def test_garbled_manifest_and_missing_tensor_file(tmp_path: Path) -> None:
+    store = two_checkpoints(tmp_path)
+    newest = newest_tensor_file(store)
+    newest.with_suffix(".json").write_text("{not json")
+    with pytest.raises(DataLossError, match="unreadable manifest"):
+        store.load(newest.with_suffix(".json"), JOB, 0)
+    older = store.folder(JOB, 0) / "v000000000003.safetensors"
+    older.unlink()
+    with pytest.raises(DataLossError, match="no valid checkpoint") as exc:
+        store.load_latest(JOB, 0)
+    assert "unreadable manifest" in str(exc.value) and "tensor file unreadable" in str(exc.value)
+
+
+def test_no_checkpoint_at_all(tmp_path: Path) -> None:
+    with pytest.raises(DataLossError, match="no checkpoint in"):
+        CheckpointStore(tmp_path).load_latest(JOB, 0)
+
+
+def test_restore_refuses_another_shard_or_optimizer(tmp_path: Path) -> None:
+    store = two_checkpoints(tmp_path)
+    snapshot = store.load_latest(JOB, 0)[0]
+    with pytest.raises(DataLossError, match="range"):
+        restore_shard(make_state(shard=1), snapshot)
+    other = make_state(optimizer={"name": "sgd", "lr": 0.2})
+    before = other.params.clone()
+    with pytest.raises(DataLossError, match="optimizer"):
+        restore_shard(other, snapshot)
+    assert torch.equal(other.params, before) and other.version == 0
+
+
+def test_job_ids_cannot_escape_the_root(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="job_id"):
+        CheckpointStore(tmp_path).folder("../etc", 0)
+
+
+def test_scan_reports_the_newest_per_shard(tmp_path: Path) -> None:
+    store = two_checkpoints(tmp_path)
+    (tmp_path / "stray-file").write_text("x")
+    refs = store.scan()
+    assert [(r.job_id, r.shard_index, r.version) for r in refs] == [(JOB, 0, 6)]
+
+
+def test_schedule() -> None:
+    every = CheckpointSchedule(every_versions=10, every_s=5.0)
+    assert not every.due(version=5, last_version=0, now=1.0, last_at=0.0)
+    assert every.due(version=10, last_version=0, now=1.0, last_at=0.0)
+    assert every.due(version=3, last_version=0, now=6.0, last_at=0.0)
+    assert not every.due(version=3, last_version=3, now=60.0, last_at=0.0)  # nothing new
+    assert not CheckpointSchedule(0, 0).due(version=100, last_version=0, now=100.0, last_at=0.0)
+
+
+def test_parse_fault() -> None:
+    assert parse_fault("") == ("", 0)
+    assert parse_fault("kill_before_rename:2") == ("kill_before_rename", 2)
+    for bad in ("explode:1", "kill_before_rename", "kill_before_rename:0"):
+        with pytest.raises(InvalidArgumentError, match="checkpoint fault"):
+            parse_fault(bad)
+
+
+@pytest.mark.parametrize("fault", ["kill_before_rename", "kill_before_manifest"])
+def test_a_write_killed_midway_leaves_the_previous_checkpoint_valid(tmp_path: Path, fault: str) -> None:
+    """A real process is SIGKILLed inside its second write; the first checkpoint still loads
+    and the leftovers are never taken for a checkpoint."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_checkpoint import make_state, push_async, write
+        from tidal.core.checkpoint import CheckpointStore
+        state = make_state()
+        store = CheckpointStore(Path({str(tmp_path)!r}), fault=({fault!r}, 2))
+        push_async(state, 0, 3)
+        write(store, state)
+        push_async(state, 3, 3)
+        write(store, state)
+        print("not reached")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, timeout=120, env=os.environ.copy()
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    store = CheckpointStore(tmp_path)
+    snapshot, refused = store.load_latest(JOB, 0)
+    assert snapshot.version == 3 and refused == []
+    leftovers = sorted(p.name for p in store.folder(JOB, 0).iterdir())
+    assert leftovers == (
+        ["v000000000003.json", "v000000000003.safetensors"]
+        + (["v000000000006.safetensors"] if fault == "kill_before_manifest" else [])
+    )
