@@ -19,6 +19,10 @@ ENV = {
     "register_timeout": "TIDAL_REGISTER_TIMEOUT_S",  # how long a member retries reaching the coordinator
     "torch_threads": "TIDAL_TORCH_THREADS",  # intra-op threads per service process
     "log_level": "TIDAL_LOG_LEVEL",
+    "checkpoint_dir": "TIDAL_CHECKPOINT_DIR",  # shard: folder for its checkpoints (unset: none written)
+    # shard, tests only: "kill_before_rename:N" or "kill_before_manifest:N" SIGKILLs the shard
+    # inside its N-th checkpoint write (core/checkpoint.py)
+    "checkpoint_fault": "TIDAL_CHECKPOINT_FAULT",
     # One-job deployments (Kubernetes, smoke runs): see coordinator/one_job.py.
     "job_file": "TIDAL_JOB_FILE",  # coordinator: job spec to submit at start
     "exit_when_done": "TIDAL_EXIT_WHEN_DONE",  # coordinator: exit once that job ended and its members left

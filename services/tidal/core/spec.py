@@ -118,6 +118,21 @@ class CompressionSpec(_Strict):
     topk_ratio: float = Field(0.01, gt=0, le=1)
 
 
+class CheckpointSpec(_Strict):
+    """How shards started with `--checkpoint-dir` checkpoint this job, and how long the job
+    waits for a lost shard to come back from its checkpoint (docs/fault-tolerance.md)."""
+
+    # Write a checkpoint every this many versions (0: not by count).
+    every_versions: int = Field(25, ge=0, le=10_000_000)
+    # ... or once this many seconds passed since the last one (0: not by time).
+    every_s: float = Field(30.0, ge=0, le=86_400)
+    # Checkpoints kept per shard; older ones are deleted after each write.
+    keep_last: int = Field(3, ge=1, le=1000)
+    # Seconds the job waits for a lost shard to be restarted before it fails; workers retry
+    # their shard connection, with backoff, as long.
+    restart_timeout_s: float = Field(120.0, gt=0, le=86_400)
+
+
 class StragglerSpec(_Strict):
     """Makes one worker slow on purpose, for experiments."""
 
@@ -156,6 +171,7 @@ class JobSpec(_Strict):
     # Longest a worker waits for one shard reply before it declares the step failed.
     step_timeout_s: float = Field(120.0, gt=0, le=3600)
     stragglers: list[StragglerSpec] = Field(default_factory=list)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
 
     @field_validator("stragglers")
     @classmethod
