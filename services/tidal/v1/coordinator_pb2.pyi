@@ -8,14 +8,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("role", "address", "name")
+    __slots__ = ("role", "address", "name", "checkpoints")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     role: _common_pb2.Role
     address: str
     name: str
-    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., address: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    checkpoints: _containers.RepeatedCompositeFieldContainer[ShardCheckpoint]
+    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[ShardCheckpoint, _Mapping]]] = ...) -> None: ...
+
+class ShardCheckpoint(_message.Message):
+    __slots__ = ("job_id", "shard_index", "version")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    shard_index: int
+    version: int
+    def __init__(self, job_id: _Optional[str] = ..., shard_index: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("member_id", "heartbeat_interval_s", "heartbeat_timeout_s")
@@ -76,7 +88,7 @@ class WorkerProgress(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., samples: _Optional[int] = ..., loss: _Optional[float] = ..., step_time_s: _Optional[float] = ..., param_version: _Optional[int] = ...) -> None: ...
 
 class ShardProgress(_message.Message):
-    __slots__ = ("job_id", "version", "updates_applied", "updates_rejected", "staleness_sum", "staleness_count", "staleness_max")
+    __slots__ = ("job_id", "version", "updates_applied", "updates_rejected", "staleness_sum", "staleness_count", "staleness_max", "updates_lost", "versions_lost", "checkpoint_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATES_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +96,9 @@ class ShardProgress(_message.Message):
     STALENESS_SUM_FIELD_NUMBER: _ClassVar[int]
     STALENESS_COUNT_FIELD_NUMBER: _ClassVar[int]
     STALENESS_MAX_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_LOST_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_LOST_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     version: int
     updates_applied: int
@@ -91,15 +106,20 @@ class ShardProgress(_message.Message):
     staleness_sum: int
     staleness_count: int
     staleness_max: int
-    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., staleness_sum: _Optional[int] = ..., staleness_count: _Optional[int] = ..., staleness_max: _Optional[int] = ...) -> None: ...
+    updates_lost: int
+    versions_lost: int
+    checkpoint_version: int
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., staleness_sum: _Optional[int] = ..., staleness_count: _Optional[int] = ..., staleness_max: _Optional[int] = ..., updates_lost: _Optional[int] = ..., versions_lost: _Optional[int] = ..., checkpoint_version: _Optional[int] = ...) -> None: ...
 
 class ShardReady(_message.Message):
-    __slots__ = ("job_id", "version")
+    __slots__ = ("job_id", "version", "checkpointing")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     version: int
-    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    checkpointing: bool
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., checkpointing: _Optional[bool] = ...) -> None: ...
 
 class WorkerFinished(_message.Message):
     __slots__ = ("job_id", "steps", "samples", "pushes")
@@ -136,20 +156,22 @@ class TaskFailed(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("welcome", "assign_shard", "assign_worker", "membership_changed", "evaluate", "release_job")
+    __slots__ = ("welcome", "assign_shard", "assign_worker", "membership_changed", "evaluate", "release_job", "shard_moved")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_SHARD_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_WORKER_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_CHANGED_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_JOB_FIELD_NUMBER: _ClassVar[int]
+    SHARD_MOVED_FIELD_NUMBER: _ClassVar[int]
     welcome: SessionWelcome
     assign_shard: AssignShard
     assign_worker: AssignWorker
     membership_changed: MembershipChanged
     evaluate: Evaluate
     release_job: ReleaseJob
-    def __init__(self, welcome: _Optional[_Union[SessionWelcome, _Mapping]] = ..., assign_shard: _Optional[_Union[AssignShard, _Mapping]] = ..., assign_worker: _Optional[_Union[AssignWorker, _Mapping]] = ..., membership_changed: _Optional[_Union[MembershipChanged, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., release_job: _Optional[_Union[ReleaseJob, _Mapping]] = ...) -> None: ...
+    shard_moved: ShardMoved
+    def __init__(self, welcome: _Optional[_Union[SessionWelcome, _Mapping]] = ..., assign_shard: _Optional[_Union[AssignShard, _Mapping]] = ..., assign_worker: _Optional[_Union[AssignWorker, _Mapping]] = ..., membership_changed: _Optional[_Union[MembershipChanged, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., release_job: _Optional[_Union[ReleaseJob, _Mapping]] = ..., shard_moved: _Optional[_Union[ShardMoved, _Mapping]] = ...) -> None: ...
 
 class SessionWelcome(_message.Message):
     __slots__ = ("member_id",)
@@ -158,20 +180,22 @@ class SessionWelcome(_message.Message):
     def __init__(self, member_id: _Optional[str] = ...) -> None: ...
 
 class AssignShard(_message.Message):
-    __slots__ = ("job_id", "spec_json", "shard_index", "shard_map", "membership_epoch", "worker_ids")
+    __slots__ = ("job_id", "spec_json", "shard_index", "shard_map", "membership_epoch", "worker_ids", "restore")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARD_MAP_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec_json: str
     shard_index: int
     shard_map: _common_pb2.ShardMap
     membership_epoch: int
     worker_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., shard_index: _Optional[int] = ..., shard_map: _Optional[_Union[_common_pb2.ShardMap, _Mapping]] = ..., membership_epoch: _Optional[int] = ..., worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    restore: bool
+    def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., shard_index: _Optional[int] = ..., shard_map: _Optional[_Union[_common_pb2.ShardMap, _Mapping]] = ..., membership_epoch: _Optional[int] = ..., worker_ids: _Optional[_Iterable[str]] = ..., restore: _Optional[bool] = ...) -> None: ...
 
 class AssignWorker(_message.Message):
     __slots__ = ("job_id", "spec_json", "rank", "world_size", "membership_epoch", "shard_map", "shard_addresses")
@@ -200,6 +224,18 @@ class MembershipChanged(_message.Message):
     membership_epoch: int
     worker_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, job_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ShardMoved(_message.Message):
+    __slots__ = ("job_id", "shard_index", "address", "version")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    shard_index: int
+    address: str
+    version: int
+    def __init__(self, job_id: _Optional[str] = ..., shard_index: _Optional[int] = ..., address: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Evaluate(_message.Message):
     __slots__ = ("job_id", "final")
@@ -335,8 +371,26 @@ class EvalPoint(_message.Message):
     val_accuracy: float
     def __init__(self, elapsed_s: _Optional[float] = ..., version: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ...) -> None: ...
 
+class ShardRestart(_message.Message):
+    __slots__ = ("shard_index", "member_id", "restored_version", "versions_lost", "updates_lost", "recovery_s", "lost_at")
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_LOST_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_LOST_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_S_FIELD_NUMBER: _ClassVar[int]
+    LOST_AT_FIELD_NUMBER: _ClassVar[int]
+    shard_index: int
+    member_id: str
+    restored_version: int
+    versions_lost: int
+    updates_lost: int
+    recovery_s: float
+    lost_at: float
+    def __init__(self, shard_index: _Optional[int] = ..., member_id: _Optional[str] = ..., restored_version: _Optional[int] = ..., versions_lost: _Optional[int] = ..., updates_lost: _Optional[int] = ..., recovery_s: _Optional[float] = ..., lost_at: _Optional[float] = ...) -> None: ...
+
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "mode", "spec_json", "version", "target_version", "samples", "train_loss", "val_loss", "val_accuracy", "staleness_mean", "staleness_max", "updates_applied", "updates_rejected", "created_at", "started_at", "finished_at", "message", "membership_epoch", "workers", "evals")
+    __slots__ = ("job_id", "name", "state", "mode", "spec_json", "version", "target_version", "samples", "train_loss", "val_loss", "val_accuracy", "staleness_mean", "staleness_max", "updates_applied", "updates_rejected", "created_at", "started_at", "finished_at", "message", "membership_epoch", "workers", "evals", "shard_restarts")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +413,7 @@ class JobStatus(_message.Message):
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     EVALS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: _common_pb2.JobState
@@ -381,4 +436,5 @@ class JobStatus(_message.Message):
     membership_epoch: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     evals: _containers.RepeatedCompositeFieldContainer[EvalPoint]
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., mode: _Optional[str] = ..., spec_json: _Optional[str] = ..., version: _Optional[int] = ..., target_version: _Optional[int] = ..., samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., message: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., evals: _Optional[_Iterable[_Union[EvalPoint, _Mapping]]] = ...) -> None: ...
+    shard_restarts: _containers.RepeatedCompositeFieldContainer[ShardRestart]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., mode: _Optional[str] = ..., spec_json: _Optional[str] = ..., version: _Optional[int] = ..., target_version: _Optional[int] = ..., samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., message: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., evals: _Optional[_Iterable[_Union[EvalPoint, _Mapping]]] = ..., shard_restarts: _Optional[_Iterable[_Union[ShardRestart, _Mapping]]] = ...) -> None: ...

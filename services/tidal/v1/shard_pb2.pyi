@@ -34,14 +34,18 @@ class ExchangeRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpen(_message.Message):
-    __slots__ = ("job_id", "worker_id", "membership_epoch")
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_PUSHES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     membership_epoch: int
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ...) -> None: ...
+    last_version: int
+    completed_pushes: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ...) -> None: ...
 
 class Pull(_message.Message):
     __slots__ = ("min_version",)
