@@ -1,0 +1,136 @@
+"""`tidal advise SPEC`: probe the job on a local cluster, then recommend a mode.
+
+The probe is the job itself (same model, data, batch size, shards, compression and
+straggler profile) run asynchronously for a few steps, so that no worker waits for another
+and each one's own pace shows in its metrics: computation (with any straggler delay) and
+communication per step, and the spread of its step times. `tidal.core.advice` turns those
+into the recommendation. The probe reuses the compare runner: the same warm-up, process
+handling and bounded waits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tidal.client import load_spec_file
+from tidal.compare.main import run_all
+from tidal.compare.results import WorkerResult
+from tidal.compare.spec import ClusterSpec, CompareSpec, ModeRun, plan_runs
+from tidal.core.advice import Advice, WorkerTiming, advise
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
+from tidal.core.spec import Mode, parse_job_spec
+
+BUSY_PHASES = ("compute", "injected")
+COMM_PHASES = ("push", "barrier", "pull")
+
+
+def probe_compare_spec(job: dict[str, Any], probe_steps: int, slowdowns: list[float] | None) -> CompareSpec:
+    """The job as a one-mode compare run: async, `probe_steps` steps, no evaluation, no kill."""
+    spec = parse_job_spec(job)
+    shared = {k: copy.deepcopy(v) for k, v in job.items() if k not in ("name", "mode", "consistency", "compression")}
+    shared.update(steps=probe_steps, eval_every=0)
+    shared["stragglers"] = [
+        {k: v for k, v in s.items() if k != "kill_at_step"} for s in shared.get("stragglers", []) if isinstance(s, dict)
+    ]
+    machines = slowdowns or [1.0] * spec.num_workers
+    if len(machines) != spec.num_workers:
+        raise InvalidArgumentError(
+            f"--slowdowns: {len(machines)} values for the job's {spec.num_workers} workers (num_workers)"
+        )
+    return CompareSpec(
+        name=f"advise-{spec.name}"[:63],
+        job=shared,
+        cluster=ClusterSpec(num_shards=spec.num_shards, worker_slowdowns=machines),
+        target_val_loss=1e9,  # not used: the probe only times steps
+        modes=[ModeRun(label="probe", mode=Mode.ASYNC, compression=spec.compression.model_dump())],
+        warm_up_steps=min(probe_steps, 10),
+    )
+
+
+def timings_of(workers: list[WorkerResult]) -> list[WorkerTiming]:
+    out = []
+    for w in workers:
+        if not w.phase_means:
+            raise FailedPreconditionError(f"probe: no step timings from worker {w.process} (its /metrics page)")
+        out.append(
+            WorkerTiming(
+                f"rank {w.rank}",
+                sum(w.phase_means.get(p, 0.0) for p in BUSY_PHASES),
+                sum(w.phase_means.get(p, 0.0) for p in COMM_PHASES),
+                w.step_p50_s,
+                w.step_p90_s,
+            )
+        )
+    return out
+
+
+async def run_advise(
+    spec_file: Path,
+    probe_steps: int,
+    slowdowns: list[float] | None,
+    workdir: Path | None,
+    as_json: bool,
+    console: Console,
+    err: Console,
+) -> int:
+    job = load_spec_file(spec_file)
+    spec = parse_job_spec(job)
+    compare = probe_compare_spec(job, probe_steps, slowdowns)
+    # Progress goes to stderr so that --json prints nothing but the answer on stdout.
+    baselines, _, _ = await run_all(compare, plan_runs(compare), workdir, err)
+    probe = baselines[0]
+    if not probe.succeeded:
+        raise FailedPreconditionError(f"probe job {probe.job_id}: {probe.outcome()}")
+    timings = timings_of(probe.workers)
+    advice = advise(timings, spec.batch_size)
+    if as_json:
+        console.print_json(json.dumps(as_dict(advice, timings)))
+    else:
+        console.print(timing_table(timings))
+        console.print(estimate_table(advice))
+        console.print(f"[bold]Recommendation:[/bold] {describe(advice)}", highlight=False)
+        console.print(advice.reason, highlight=False)
+    return 0
+
+
+def describe(advice: Advice) -> str:
+    options = ", ".join(f"{k}: {v}" for k, v in advice.consistency.items())
+    return f"mode: {advice.mode.value}" + (f" with {options}" if options else "")
+
+
+def as_dict(advice: Advice, timings: list[WorkerTiming]) -> dict[str, Any]:
+    return {
+        "recommendation": advice.spec_fields(),
+        "reason": advice.reason,
+        "figures": advice.figures,
+        "estimated_samples_per_s": advice.estimates,
+        "workers": [t.__dict__ for t in timings],
+    }
+
+
+def timing_table(timings: list[WorkerTiming]) -> Table:
+    table = Table(title="Probe: each worker's own pace (async, nobody waits)")
+    for column in ("worker", "compute ms/step", "comm ms/step", "step p50 ms", "step p90 ms"):
+        table.add_column(column, justify="left" if column == "worker" else "right")
+    for t in timings:
+        table.add_row(t.worker, _ms(t.busy_s), _ms(t.comm_s), _ms(t.step_p50_s), _ms(t.step_p90_s))
+    return table
+
+
+def estimate_table(advice: Advice) -> Table:
+    table = Table(title="Estimated throughput from these timings (convergence per sample not modelled)")
+    table.add_column("mode")
+    table.add_column("samples/s", justify="right")
+    for label, rate in sorted(advice.estimates.items(), key=lambda kv: -kv[1]):
+        table.add_row(label, f"{rate:.0f}")
+    return table
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
