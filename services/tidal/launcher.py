@@ -106,7 +106,8 @@ class LocalCluster:
         args = ["worker", "--coordinator", self.coordinator_address, *EPHEMERAL, "--slowdown", str(slowdown)]
         return self.spawn(name, args)
 
-    def spawn(self, name: str, args: list[str]) -> Service:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Service:
+        """Starts `tidal ARGS` in the background; `env` adds to the cluster's environment."""
         ready_file = self.workdir / f"{name}.ready.json"
         ready_file.unlink(missing_ok=True)
         log_path = self.workdir / "logs" / f"{name}.log"
@@ -117,7 +118,7 @@ class LocalCluster:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             start_new_session=True,
             # Runs only prctl, which is safe in the fork child even with threads around.
             preexec_fn=_die_with_parent,  # noqa: PLW1509
