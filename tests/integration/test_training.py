@@ -110,6 +110,7 @@ MODE_VARIANTS = {
     "async+inverse-lr+bound": {"mode": "async", "consistency": {"staleness_lr": "inverse", "max_staleness": 8}},
     "async+dc-asgd": {"mode": "async", "consistency": {"compensation": "dc_asgd"}},
     "local_sgd": {"mode": "local_sgd", "consistency": {"sync_every": 4}},
+    "auto": {"mode": "auto", "consistency": {"auto_window": 4}},
     "sync+bf16": {"mode": "sync", "compression": {"codec": "bf16"}},
     "async+fp16": {"mode": "async", "compression": {"codec": "fp16"}},
     "sync+topk": {"mode": "sync", "compression": {"codec": "topk", "topk_ratio": 0.1}},

@@ -210,3 +210,35 @@ def test_bad_compare_spec_names_the_field(changes: dict[str, object], where: str
 def test_example_compare_specs_are_valid(path: Path) -> None:
     spec = load_compare_spec(path)
     assert plan_runs(spec)
+
+
+def _run(label: str, mode: str, to_target_s: float | None, rate: float, **extra: object) -> object:
+    from tidal.compare.results import RunResult
+
+    target = Target(to_target_s, 10, 0.5) if to_target_s is not None else None
+    return RunResult(
+        label=label, mode=mode, kill=False, job_id=f"job-{label}", state="succeeded", message="", wall_s=10.0,
+        samples=100, version=10, target_version=10, staleness_mean=0.0, staleness_max=0, updates_applied=10,
+        updates_rejected=0, final_val_loss=0.5, final_val_accuracy=0.7, evals=[], target=target, workers=[],
+        samples_per_s=rate, **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_auto_section_places_auto_among_the_fixed_modes() -> None:
+    from tidal.compare.report import auto_section
+
+    runs = [
+        _run("sync", "sync", 9.0, 100.0),
+        _run("sync+1 backup", "sync", 4.0, 300.0),
+        _run("auto", "auto", 5.0, 250.0, settings={"backup_workers": 1.0, "staleness_bound": 0.0}, auto_decisions=2),
+        _run("async", "async", None, 400.0),
+    ]
+    text = "\n".join(auto_section(runs, 0.55))  # type: ignore[arg-type]
+    assert "### Where mode auto landed" in text
+    assert "| auto | backup_workers 1, staleness_bound 0 | 2 | 2 of 4 (fastest: sync+1 backup) | 3 of 4 |" in text
+
+
+def test_auto_section_is_empty_without_an_auto_run() -> None:
+    from tidal.compare.report import auto_section
+
+    assert auto_section([_run("sync", "sync", 9.0, 100.0)], 0.55) == []  # type: ignore[list-item]

@@ -83,6 +83,8 @@ SINGLE_WORKER_MODES = [
     ("async", {"staleness_lr": "inverse"}),
     ("async", {"compensation": "dc_asgd", "dc_lambda": 1.0}),
     ("async", {"compensation": "dc_asgd", "dc_lambda": 1.0, "staleness_lr": "inverse"}),
+    ("auto", {}),
+    ("auto", {"auto_window": 1}),
 ]
 SINGLE_WORKER_IDS = [
     f"{mode}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'default'}" for mode, c in SINGLE_WORKER_MODES

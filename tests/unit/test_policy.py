@@ -17,9 +17,11 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 # isort: split
+from tidal.core.auto import AutoSettings, AutoTuner
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.core.policy import (
     AsyncPolicy,
+    AutoPolicy,
     ConsistencyPolicy,
     PushDecision,
     ShardView,
@@ -29,6 +31,13 @@ from tidal.core.policy import (
 )
 from tidal.core.spec import parse_job_spec
 
+
+def auto(backups: int, bound: int) -> AutoPolicy:
+    """An auto policy whose tuner currently holds these settings."""
+    tuner = AutoTuner(num_workers=4, max_backup_workers=3, max_staleness_bound=8, window=4)
+    tuner.settings = AutoSettings(backups, bound)
+    return AutoPolicy(tuner)
+
 # Every policy, by factory, in every configuration the contract must hold for.
 POLICY_CASES: list[tuple[str, Callable[[], ConsistencyPolicy]]] = [
     ("SyncPolicy(0)", partial(SyncPolicy, 0)),
@@ -37,6 +46,8 @@ POLICY_CASES: list[tuple[str, Callable[[], ConsistencyPolicy]]] = [
     ("StaleSynchronousPolicy(3)", partial(StaleSynchronousPolicy, 3)),
     ("AsyncPolicy(None)", partial(AsyncPolicy, None)),
     ("AsyncPolicy(2)", partial(AsyncPolicy, 2)),
+    ("AutoPolicy(0, 0)", partial(auto, 0, 0)),
+    ("AutoPolicy(1, 2)", partial(auto, 1, 2)),
 ]
 POLICIES = [factory for _, factory in POLICY_CASES]
 POLICY_IDS = [name for name, _ in POLICY_CASES]
@@ -106,7 +117,7 @@ def test_policy_names_are_non_empty_strings_unique_per_policy_class() -> None:
     assert all(len(names) == 1 for names in names_by_class.values())
     names = [next(iter(n)) for n in names_by_class.values()]
     assert len(set(names)) == len(names)
-    assert len(names_by_class) == 3
+    assert len(names_by_class) == 4
 
 
 @pytest.mark.parametrize("clock_ahead", [0, 1])

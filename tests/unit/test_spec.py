@@ -270,6 +270,9 @@ CONSISTENCY_OPTIONS: list[tuple[str, str, Any]] = [
     ("outer_lr", "local_sgd", 0.5),
     ("outer_momentum", "local_sgd", 0.5),
     ("outer_nesterov", "local_sgd", False),
+    ("auto_max_backup_workers", "auto", 1),
+    ("auto_max_staleness_bound", "auto", 2),
+    ("auto_window", "auto", 4),
 ]
 MODES = [m.value for m in Mode]
 
@@ -392,6 +395,7 @@ FULL_CONSISTENCY = {
     "ssp": {"staleness_bound": 3},
     "async": {"staleness_lr": "inverse", "max_staleness": 4, "compensation": "dc_asgd", "dc_lambda": 0.1},
     "local_sgd": {"sync_every": 5, "outer_lr": 0.5, "outer_momentum": 0.8, "outer_nesterov": False},
+    "auto": {"auto_max_backup_workers": 1, "auto_max_staleness_bound": 3, "auto_window": 6},
 }
 
 
@@ -436,3 +440,23 @@ def test_default_spec_round_trips_in_every_mode(mode: str) -> None:
     spec = parse_job_spec({"mode": mode})
     assert parse_job_spec(spec.to_json()) == spec
     assert parse_job_spec(json.loads(spec.to_json())) == spec
+
+
+# --- auto -----------------------------------------------------------------------------------
+
+
+def test_auto_backup_cap_defaults_to_a_minority_of_the_workers() -> None:
+    assert [parse_job_spec({"mode": "auto", "num_workers": n}).max_auto_backups for n in (1, 2, 3, 4, 5)] == [
+        0, 0, 1, 1, 2,
+    ]
+    spec = parse_job_spec({"mode": "auto", "num_workers": 4, "consistency": {"auto_max_backup_workers": 3}})
+    assert spec.max_auto_backups == 3
+
+
+def test_auto_backup_cap_must_leave_a_worker() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"auto_max_backup_workers 2 must be < num_workers 2"):
+        parse_job_spec({"mode": "auto", "num_workers": 2, "consistency": {"auto_max_backup_workers": 2}})
+
+
+def test_auto_trains_the_same_number_of_versions_as_sync() -> None:
+    assert parse_job_spec({"mode": "auto", "steps": 40, "num_workers": 3}).target_version == 40

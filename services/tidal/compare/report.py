@@ -198,6 +198,7 @@ def write_report(
                 f"- **{run.label}**: no /metrics page from {', '.join(run.missing_metrics)} after the run "
                 "(the process had exited); its numbers are missing above."
             )
+    lines += auto_section(baselines, spec.target_val_loss)
     head, body = worker_rows(baselines)
     lines += [
         "",
@@ -275,6 +276,37 @@ def write_report(
     }
     (out / "results.json").write_text(dumps(results) + "\n")
     return out / "report.md"
+
+
+def auto_section(baselines: list[RunResult], target_val_loss: float) -> list[str]:
+    """Where each `mode: auto` run landed: the settings its tuner chose, and its place among the
+    fixed modes by time to the target and by throughput."""
+    autos = [r for r in baselines if r.mode == "auto"]
+    if not autos:
+        return []
+    reached = sorted((r for r in baselines if r.target), key=lambda r: r.target.elapsed_s if r.target else 0.0)
+    by_rate = sorted((r for r in baselines if r.samples_per_s), key=lambda r: -(r.samples_per_s or 0.0))
+    body = []
+    for run in autos:
+        settings = ", ".join(f"{k} {v:g}" for k, v in sorted(run.settings.items())) or MISSING
+        to_target = (
+            f"{reached.index(run) + 1} of {len(baselines)} (fastest: {reached[0].label})" if run in reached else
+            f"not reached (fastest: {reached[0].label})" if reached else "not reached by any mode"
+        )  # fmt: skip
+        rate = f"{by_rate.index(run) + 1} of {len(baselines)}" if run in by_rate else MISSING
+        body.append([run.label, settings, _num(run.auto_decisions, ".0f"), to_target, rate])
+    return [
+        "",
+        "### Where mode auto landed",
+        "",
+        "Mode auto starts as BSP and, every `auto_window` applied versions, sets the backup workers and the "
+        "staleness bound from the workers' measured step times (docs/modes.md). Settings: those in force at the "
+        "end (the highest over shards); decisions: changes, summed over shards (each shard logs its reasons). "
+        f"Places: among all {len(baselines)} modes of this report, by time to val loss ≤ {target_val_loss:g} "
+        "and by samples/s.",
+        "",
+        markdown_table(["mode", "settings at the end", "decisions", "place: time to target", "place: samples/s"], body),
+    ]
 
 
 def warm_up_steps(spec: CompareSpec) -> int:

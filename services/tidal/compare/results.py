@@ -11,6 +11,7 @@ from tidal.compare.metrics import Sample, bucket_counts, histogram_quantile, sum
 from tidal.v1 import coordinator_pb2 as coord_pb
 
 STEP_HISTOGRAM = "tidal_worker_step_duration_seconds"
+PHASE_HISTOGRAM = "tidal_worker_step_seconds"
 STALENESS_HISTOGRAM = "tidal_shard_update_staleness"
 
 
@@ -31,6 +32,10 @@ class WorkerResult:
     step: int = 0  # steps done, from the job status
     samples: float | None = None  # tidal_worker_samples_total
     samples_per_s: float | None = None  # samples / the job's wall time
+    # Mean seconds per step in each phase (compute, injected, push, barrier, pull).
+    phase_means: dict[str, float] = field(default_factory=dict)
+    step_p50_s: float | None = None
+    step_p90_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,10 @@ class RunResult:
     wire_bytes: float | None = None
     # Observations per staleness bucket: (upper bound in versions, count), summed over shards.
     staleness_buckets: list[tuple[float, float]] = field(default_factory=list)
+    # Consistency settings in force at the end (max over shards; mode auto tunes them) and how
+    # many times mode auto's tuner changed them (summed over shards).
+    settings: dict[str, float] = field(default_factory=dict)
+    auto_decisions: float | None = None
     # Processes whose /metrics page could not be read after the run.
     missing_metrics: list[str] = field(default_factory=list)
     # Runs with a kill: whether the doomed worker's process really exited (the job may end first).
@@ -153,23 +162,37 @@ def add_metrics(result: RunResult, worker_samples: list[Sample], shard_samples: 
     result.step_p99_s = histogram_quantile(0.99, steps)
     per_worker = sum_by(worker_samples, "tidal_worker_samples_total", "worker")
     wall = result.wall_s
-    result.workers = [
-        WorkerResult(
-            w.rank,
-            w.member_id,
-            w.process,
-            w.slowdown,
-            w.step,
-            per_worker.get(w.member_id),
-            per_worker[w.member_id] / wall if w.member_id in per_worker and wall > 0 else None,
+    old_workers, result.workers = result.workers, []
+    for w in old_workers:
+        own = [s for s in worker_samples if s.labels.get("worker") == w.member_id]
+        own_steps = summed_buckets(own, STEP_HISTOGRAM)
+        result.workers.append(
+            WorkerResult(
+                w.rank,
+                w.member_id,
+                w.process,
+                w.slowdown,
+                w.step,
+                per_worker.get(w.member_id),
+                per_worker[w.member_id] / wall if w.member_id in per_worker and wall > 0 else None,
+                phase_means(own),
+                histogram_quantile(0.5, own_steps),
+                histogram_quantile(0.9, own_steps),
+            )
         )
-        for w in result.workers
-    ]
     result.samples_per_s = sum(per_worker.values()) / wall if per_worker and wall > 0 else None
     result.wire_bytes = total(worker_samples, "tidal_worker_sent_bytes_total") + total(
         worker_samples, "tidal_worker_received_bytes_total"
     )
     result.staleness_buckets = bucket_counts(summed_buckets(shard_samples, STALENESS_HISTOGRAM))
+    settings: dict[str, float] = {}
+    for sample in shard_samples:
+        if sample.name == "tidal_shard_consistency_setting":
+            name = sample.labels.get("setting", "")
+            settings[name] = max(settings.get(name, sample.value), sample.value)
+    result.settings = settings
+    if any(s.name == "tidal_shard_auto_decisions_total" for s in shard_samples):
+        result.auto_decisions = total(shard_samples, "tidal_shard_auto_decisions_total")
 
 
 def to_jsonable(value: object) -> object:
@@ -185,3 +208,10 @@ def to_jsonable(value: object) -> object:
 
 def dumps(value: object) -> str:
     return json.dumps(to_jsonable(value), indent=2, allow_nan=False)
+
+
+def phase_means(samples: list[Sample]) -> dict[str, float]:
+    """Mean seconds per step of each phase, from one worker's phase histogram (sum / count)."""
+    sums = sum_by(samples, f"{PHASE_HISTOGRAM}_sum", "phase")
+    counts = sum_by(samples, f"{PHASE_HISTOGRAM}_count", "phase")
+    return {phase: sums[phase] / counts[phase] for phase in sums if counts.get(phase)}

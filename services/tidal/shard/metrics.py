@@ -10,6 +10,7 @@ from tidal.transport.metrics import LATENCY_BUCKETS
 LABELS = ["tidal_job", "mode", "shard"]
 # Staleness is counted in versions: small integers with a long tail under stragglers.
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
+CONSISTENCY_SETTINGS = ("backup_workers", "staleness_bound")
 REJECT_REASONS = ("stale", "late", "duplicate", "non_finite", "bad_input")
 REASON_FOR_OUTCOME = {
     PushOutcome.DUPLICATE: "duplicate",
@@ -64,6 +65,17 @@ class ShardMetrics:
             "tidal_shard_received_bytes_total", "Data-plane bytes received.", LABELS, registry=registry
         )
         self.sent = Counter("tidal_shard_sent_bytes_total", "Data-plane bytes sent.", LABELS, registry=registry)
+        self.consistency = Gauge(
+            "tidal_shard_consistency_setting",
+            "The consistency settings in force (mode auto tunes them), by setting "
+            "(backup_workers, staleness_bound).",
+            [*LABELS, "setting"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "tidal_shard_auto_decisions_total", "Mode auto: times the tuner changed the settings.", LABELS,
+            registry=registry,
+        )
         self._bound: JobShardMetrics | None = None
 
     def for_job(self, job_id: str, mode: str, shard: int) -> JobShardMetrics:
@@ -91,6 +103,12 @@ class JobShardMetrics:
         self.optimizer_bytes = f.held_bytes.labels(*labels, "optimizer")
         self.received = f.received.labels(*labels)
         self.sent = f.sent.labels(*labels)
+        self.settings = {name: f.consistency.labels(*labels, name) for name in CONSISTENCY_SETTINGS}
+        self.decisions = f.decisions.labels(*labels)
+
+    def consistency(self, backup_workers: int, staleness_bound: int) -> None:
+        self.settings["backup_workers"].set(backup_workers)
+        self.settings["staleness_bound"].set(staleness_bound)
 
     def held(self, state: ShardState) -> None:
         self.version.set(state.version)
@@ -106,8 +124,12 @@ class JobShardMetrics:
 
     def remove(self) -> None:
         f = self.families
-        for family in (f.applied, f.staleness, f.barrier_wait, f.apply, f.version, f.parameters, f.received, f.sent):
+        for family in (
+            f.applied, f.staleness, f.barrier_wait, f.apply, f.version, f.parameters, f.received, f.sent, f.decisions,
+        ):
             family.remove(*self.labels)
+        for name in CONSISTENCY_SETTINGS:
+            f.consistency.remove(*self.labels, name)
         for reason in REJECT_REASONS:
             f.rejected.remove(*self.labels, reason)
         for kind in ("parameters", "optimizer"):
