@@ -166,7 +166,7 @@ def test_one_worker_local_sgd_outer_step_reproduces_the_pushed_delta(sync_every:
 
 @pytest.mark.parametrize(
     ("mode", "consistency"),
-    [("sync", {}), ("sync", {"backup_workers": 1}), ("ssp", {}), ("ssp", {"staleness_bound": 0})],
+    [("sync", {}), ("sync", {"backup_workers": 1}), ("ssp", {}), ("ssp", {"staleness_bound": 0}), ("auto", {})],
 )
 def test_worker_leaving_mid_step_completes_the_buffer_with_the_gradients_received(
     mode: str, consistency: dict[str, Any]
@@ -188,7 +188,7 @@ def test_worker_leaving_mid_step_completes_the_buffer_with_the_gradients_receive
 # --- the shard runtime's wait, per mode ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["sync", "ssp"])
+@pytest.mark.parametrize("mode", ["sync", "ssp", "auto"])
 def test_runtime_wait_timeout_names_the_workers_whose_gradient_is_missing(mode: str) -> None:
     state, _ = make_state(mode=mode, workers=["w0", "w1", "w2"])
     state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
