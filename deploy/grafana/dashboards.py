@@ -383,12 +383,19 @@ def _barrier() -> tuple[Panel, list[Panel]]:
         timeseries("Barrier wait p50 / p95 (sync)", [
             target(quantile(0.5, wait, by, JOB), "{{tidal_job}} shard {{shard}} p50"),
             target(quantile(0.95, wait, by, JOB), "{{tidal_job}} shard {{shard}} p95"),
-        ], unit="s", width=12,
+        ], unit="s", width=8,
            description="Sync mode: from the first gradient of a version to the barrier completing, per shard."),
         timeseries("Apply time p50 / p95", [
             target(quantile(0.5, apply, by, JOB), "{{tidal_job}} shard {{shard}} p50"),
             target(quantile(0.95, apply, by, JOB), "{{tidal_job}} shard {{shard}} p95"),
-        ], unit="s", width=12, description="Aggregation and optimizer step per applied update, per shard."),
+        ], unit="s", width=8, description="Aggregation and optimizer step per applied update, per shard."),
+        timeseries("Backup workers and staleness bound in force", [
+            target(f"max by (tidal_job, setting) ({sel('tidal_shard_consistency_setting', JOB)})",
+                   "{{tidal_job}} {{setting}}"),
+        ], unit="none", width=8,
+           description="The consistency settings the shards apply (highest over shards). Fixed by the job spec, "
+                       "except in mode auto, whose tuner changes them as it measures the workers (each change is "
+                       "logged by the shard with its reason)."),
     ])  # fmt: skip
 
 
