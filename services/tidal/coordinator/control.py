@@ -17,7 +17,7 @@ from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.core import jobs
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
 from tidal.core.membership import Member, Membership, MemberState, Role
-from tidal.core.plan import job_dataset, job_model, job_shard_map
+from tidal.core.plan import job_dataset_info, job_model, job_shard_map
 from tidal.core.spec import parse_job_spec
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -115,7 +115,7 @@ class Control:
     async def submit(self, spec_json: str) -> jobs.Job:
         spec = parse_job_spec(spec_json)
         # Building the model validates model and dataset names and args before anything runs.
-        shard_map = await asyncio.to_thread(lambda: job_shard_map(spec, job_model(spec, job_dataset(spec))))
+        shard_map = await asyncio.to_thread(lambda: job_shard_map(spec, job_model(spec, job_dataset_info(spec))))
         job = self.jobs.submit(spec, shard_map, time.time())
         log.info(
             "job %s submitted (%s, %d workers, %d shards)",

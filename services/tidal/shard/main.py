@@ -11,7 +11,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from tidal.core.errors import TidalError
-from tidal.core.plan import job_dataset, job_model
+from tidal.core.plan import job_dataset_info, job_model
 from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
 from tidal.shard.metrics import ShardMetrics
@@ -36,7 +36,7 @@ PROGRESS_INTERVAL_S = 0.1
 def build_state(assign: coord_pb.AssignShard) -> ShardState:
     spec = parse_job_spec(assign.spec_json)
     shard_map = serde.shard_map_from_proto(assign.shard_map)
-    model = job_model(spec, job_dataset(spec))
+    model = job_model(spec, job_dataset_info(spec))
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     if flat.numel() != shard_map.total_elements:
         raise TidalError(f"shard_map: covers {shard_map.total_elements} elements, the model has {flat.numel()}")

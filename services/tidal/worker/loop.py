@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from tidal.core.compression import TopK, wire_dtype
-from tidal.core.datasets import Dataset, batch_indices, partition_indices
+from tidal.core.datasets import Dataset, batch_indices
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
-from tidal.core.plan import job_dataset, job_model
+from tidal.core.plan import job_dataset, job_model, job_partition
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.stragglers import StragglerProfile
@@ -58,9 +58,10 @@ class TrainingRun:
         self.a = assignment
         spec = assignment.spec
         self.metrics = metrics
-        self.dataset: Dataset = job_dataset(spec)
+        # A partitioned data set (climate) loads only this worker's part.
+        self.dataset: Dataset = job_dataset(spec, assignment.rank, assignment.world_size)
         self.flat = FlatModel(job_model(spec, self.dataset))
-        self.partition = partition_indices(len(self.dataset.train_y), assignment.rank, assignment.world_size, spec.seed)
+        self.partition = job_partition(spec, self.dataset, assignment.rank, assignment.world_size)
         declared = spec.straggler(assignment.rank)
         self.straggler = StragglerProfile(
             slowdown * (declared.slowdown if declared else 1.0),
@@ -126,7 +127,9 @@ class TrainingRun:
             if evaluates and self.version // spec.eval_every > evaluated_upto and not self._done():
                 evaluated_upto = self.version // spec.eval_every
                 data = self.dataset
-                result = await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y)
+                result = await asyncio.to_thread(
+                    evaluate, self.flat.model, data.val_x, data.val_y, objective=data.objective
+                )
                 await report_eval(self.version, result)
 
     async def _step(self) -> tuple[float, float]:
@@ -137,7 +140,7 @@ class TrainingRun:
         started = time.perf_counter()
         idx = batch_indices(self.partition, spec.batch_size, self.step, spec.seed, self.a.rank)
         x, y = self.dataset.train_x[idx], self.dataset.train_y[idx]
-        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y)
+        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self.dataset.objective)
         if self.inner is not None:
             await asyncio.to_thread(self._inner_step)
         compute_s = time.perf_counter() - started
@@ -222,7 +225,8 @@ class TrainingRun:
     async def evaluate_latest(self) -> tuple[int, EvalResult]:
         """Pulls the shards' current parameters and evaluates them on the validation split."""
         await asyncio.gather(*(link.pull(0) for link in self.links))
-        result = await asyncio.to_thread(evaluate, self.flat.model, self.dataset.val_x, self.dataset.val_y)
+        data = self.dataset
+        result = await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y, objective=data.objective)
         return self.version, result
 
     async def close(self) -> None:

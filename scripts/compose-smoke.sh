@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The real run of docker-compose.yml: builds tidal's image with no registry at all (a base
+# image made here with debootstrap, wheels downloaded on this host), starts coordinator,
+# 2 shards, 3 workers and the one-shot `submit` service on the host network (no bridge, no
+# private address: everything on 127.0.0.1) and checks that the demo job succeeds.
+#
+#   make compose-smoke      (root: it installs docker.io, debootstrap, docker-compose if
+#                            missing and starts dockerd when none runs)
+#
+# Minutes (debootstrap, then a torch-sized image), so not part of CI; deploy/SMOKE.md records
+# the last run. Prometheus and Grafana are left out: their images cannot be pulled here.
+# Environment: TORCH_WHEEL_DIR (default /opt/wheels) holds the CPU torch wheel of
+# constraints.txt; TIDAL_SMOKE_WORKDIR (default /tmp/tidal-compose-smoke); PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE_IMAGE=tidal-base:bookworm
+IMAGE=tidal:0.1.0
+TORCH_WHEEL_DIR=${TORCH_WHEEL_DIR:-/opt/wheels}
+WORK=${TIDAL_SMOKE_WORKDIR:-/tmp/tidal-compose-smoke}
+PYTHON=${PYTHON:-.venv/bin/python}
+WHEELS=deploy/docker/wheels
+COMPOSE=(docker-compose -p tidal-smoke -f docker-compose.yml -f deploy/compose/host-network.yml)
+SERVICES=(coordinator shard-0 shard-1 worker submit)
+# Every fixed port of deploy/compose/host-network.yml (workers bind free ones).
+PORTS=(50051 8080 9464 50052 9465 50062 9475)
+JOB_TIMEOUT_S=900
+
+step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+fail() { echo "compose-smoke: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || fail "needs root: it starts dockerd"
+mkdir -p "$WORK"
+
+step "tools"
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+docker-compose version --short
+
+step "docker engine"
+dockerd_pid=""
+if ! docker info >/dev/null 2>&1; then
+  # No bridge and no iptables: containers get the host network or none, never a private address.
+  dockerd --bridge=none --iptables=false >"$WORK/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || fail "dockerd did not start: $(tail -3 "$WORK/dockerd.log")"
+fi
+docker version --format 'client {{.Client.Version}}, engine {{.Server.Version}}'
+
+cleanup() {
+  "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  if [ -n "$dockerd_pid" ]; then kill "$dockerd_pid" && wait "$dockerd_pid" || true; fi
+}
+trap cleanup EXIT
+
+step "base image $BASE_IMAGE"
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  echo "already built"
+else
+  rootfs="$WORK/rootfs"
+  rm -rf "$rootfs"
+  debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" http://deb.debian.org/debian \
+    >"$WORK/debootstrap.log" 2>&1 || fail "debootstrap failed: $(tail -3 "$WORK/debootstrap.log")"
+  tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE"
+  rm -rf "$rootfs"
+fi
+
+step "wheels for an offline build"
+torch_version=$(sed -n 's/^torch==//p' constraints.txt)
+torch_wheel=$(find "$TORCH_WHEEL_DIR" -maxdepth 1 -name "torch-${torch_version}+cpu-cp311-*.whl" | head -1)
+[ -n "$torch_wheel" ] || fail "no torch-${torch_version}+cpu wheel for Python 3.11 in $TORCH_WHEEL_DIR"
+# tidal's own dependencies, read from pyproject.toml, plus the build backend it needs.
+"$PYTHON" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+  >"$WORK/requirements.txt"
+# PIP_CONFIG_FILE=/dev/null: only the flags below decide what is downloaded.
+PIP_CONFIG_FILE=/dev/null "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: -d "$WHEELS" \
+  -c constraints.txt --find-links "$TORCH_WHEEL_DIR" -r "$WORK/requirements.txt" "setuptools>=69"
+cp -n "$torch_wheel" "$WHEELS/" 2>/dev/null || true
+ls "$WHEELS"/*.whl | wc -l | xargs echo "wheels:"
+
+step "image $IMAGE"
+docker build --network host -f deploy/docker/Dockerfile \
+  --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg OFFLINE=1 --build-arg TORCH_WHEEL="$(basename "$torch_wheel")" \
+  -t "$IMAGE" . >"$WORK/build.log" 2>&1 || fail "docker build failed: $(tail -20 "$WORK/build.log")"
+docker image inspect "$IMAGE" --format '{{.Id}} {{.Size}} bytes, user {{.Config.User}}, entrypoint {{.Config.Entrypoint}}'
+
+step "compose config (docker-compose.yml + deploy/compose/host-network.yml)"
+"${COMPOSE[@]}" config -q
+"$PYTHON" - "${PORTS[@]}" <<'EOF'
+import socket, sys
+busy = []
+for port in map(int, sys.argv[1:]):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            busy.append(port)
+if busy:
+    sys.exit(f"compose-smoke: ports already in use on 127.0.0.1: {busy}")
+EOF
+
+step "up: ${SERVICES[*]}"
+start=$(date +%s)
+"${COMPOSE[@]}" up -d --no-build "${SERVICES[@]}"
+"${COMPOSE[@]}" ps
+workers=$("${COMPOSE[@]}" ps -q worker | wc -l)
+[ "$workers" -eq 3 ] || fail "expected 3 worker replicas (deploy.replicas), got $workers"
+
+step "waiting for the submit service (the demo job)"
+submit=$("${COMPOSE[@]}" ps -q submit)
+code=$(timeout "$JOB_TIMEOUT_S" docker wait "$submit") || fail "the job did not end within ${JOB_TIMEOUT_S}s"
+echo "submit exited with $code after $(($(date +%s) - start))s"
+docker logs "$submit" 2>&1 | tail -5
+
+step "the cluster, as the CLI and the REST API see it"
+docker run --rm --network host "$IMAGE" status --coordinator 127.0.0.1:50051
+docker run --rm --network host "$IMAGE" cluster --coordinator 127.0.0.1:50051
+"$PYTHON" - <<'EOF'
+import json, urllib.request
+with urllib.request.urlopen("http://127.0.0.1:8080/v1/jobs", timeout=10) as r:
+    jobs = json.load(r)["jobs"]
+for j in jobs:
+    print("REST /v1/jobs:", j["job_id"], j["state"], "version", j.get("version"), "val_accuracy", j.get("val_accuracy"))
+EOF
+"${COMPOSE[@]}" logs --no-color worker 2>&1 | grep -E "rank [0-9] of" || true
+
+step "down: SIGTERM, each service must stop gracefully within its stop_grace_period"
+"${COMPOSE[@]}" stop >/dev/null
+"${COMPOSE[@]}" ps
+[ "$code" -eq 0 ] || fail "the demo job did not succeed (submit exited with $code)"
+for container in $("${COMPOSE[@]}" ps -q); do
+  exit_code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
+  [ "$exit_code" -eq 0 ] || fail "$(docker inspect -f '{{.Name}}' "$container") exited with $exit_code on SIGTERM"
+done
+echo "compose-smoke: OK, the demo job succeeded on coordinator, 2 shards and 3 workers in containers"

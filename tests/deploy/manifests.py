@@ -1,0 +1,178 @@
+"""Reads the deployment files the way their tools do, and what the `tidal` CLI accepts.
+
+The CLI side is introspected from the typer app (options, environment variables, their types),
+never restated here, so a flag renamed in cli.py makes the deployment tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import typer
+import yaml
+
+from tidal.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_OVERRIDE = ROOT / "docker-compose.override.yml"
+HOST_NETWORK = ROOT / "deploy" / "compose" / "host-network.yml"
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+MONITORING = K8S / "components" / "monitoring"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; a missing tool skips the test locally and fails it under CI=true."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} not found on PATH (scripts/ensure-test-deps.sh installs what Debian packages)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+# --- the CLI ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    """One `tidal` subcommand as click (typer's own copy of it) sees it."""
+
+    name: str
+    cmd: Any
+    # Every option string ("--port", "--exit-after-job", "--no-exit-after-job").
+    options: frozenset[str]
+    # Every environment variable it reads.
+    env: frozenset[str]
+
+
+@cache
+def cli_commands() -> dict[str, Command]:
+    group = typer.main.get_command(app)
+    commands = {}
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        options = {opt for param in cmd.params for opt in [*param.opts, *param.secondary_opts]}
+        env = set()
+        for param in cmd.params:
+            env.update(
+                param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar] if param.envvar else []
+            )
+        commands[name] = Command(name, cmd, frozenset(options), frozenset(env))
+    return commands
+
+
+def check_invocation(args: list[str], env: dict[str, str], where: str) -> tuple[Command, dict[str, Any]]:
+    """Parses `tidal ARGS` with `env` exactly as the CLI would (flags, values, ranges, booleans,
+    environment variables), without running it; fails on anything the CLI would refuse or
+    silently ignore (a TIDAL_* variable the command does not read). Returns the parsed values."""
+    commands = cli_commands()
+    assert args, f"{where}: no command"
+    assert args[0] in commands, f"{where}: `tidal {args[0]}` is not a command ({sorted(commands)})"
+    command = commands[args[0]]
+    tidal_env = {k: v for k, v in env.items() if k.startswith("TIDAL_")}
+    for name in tidal_env:
+        assert name in command.env, f"{where}: `tidal {command.name}` reads no {name}"
+    for arg in args[1:]:
+        if arg.startswith("--"):
+            assert arg.partition("=")[0] in command.options, f"{where}: `tidal {command.name}` has no option {arg}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIDAL_")}
+    with mock.patch.dict(os.environ, {**clean, **tidal_env}, clear=True):
+        try:
+            with command.cmd.make_context(command.name, list(args[1:])) as ctx:
+                return command, dict(ctx.params)
+        except Exception as exc:  # the CLI's UsageError/BadParameter, from typer's copy of click
+            raise AssertionError(f"{where}: `tidal {' '.join(args)}` with {tidal_env}: {exc}") from None
+
+
+# --- docker compose --------------------------------------------------------------------
+def _merge(base: Any, override: Any) -> Any:
+    """Compose's merge for what our files use: mappings merge key by key, the rest is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base.get(key), value) if key in base else value
+        return merged
+    return override
+
+
+def compose_model(*files: Path) -> dict[str, Any]:
+    """The compose model of `files` (YAML anchors and merge keys resolved, later files win)."""
+    model: dict[str, Any] = {}
+    for path in files:
+        model = _merge(model, yaml.safe_load(path.read_text()))
+    return model
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def tidal_services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services that run tidal's image."""
+    image = model["services"]["coordinator"]["image"]
+    return {name: s for name, s in model["services"].items() if s.get("image") == image}
+
+
+def healthcheck_port_var(service: dict[str, Any]) -> str | None:
+    """The variable the `tidal health` healthcheck reads the port from, if it is that kind."""
+    test = service.get("healthcheck", {}).get("test", [])
+    match = re.fullmatch(r"tidal health 127\.0\.0\.1:\$\$\{(\w+)\}", test[1]) if len(test) == 2 else None
+    return match.group(1) if match else None
+
+
+# --- Kubernetes ------------------------------------------------------------------------
+def kustomize(path: Path, components: tuple[Path, ...] = (), workdir: Path | None = None) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of an overlay, optionally with components (through a kustomization
+    in `workdir` that names them by relative path, as a user's own overlay would)."""
+    kubectl = require_tool("kubectl")
+    target = path
+    if components:
+        assert workdir is not None
+        rel = [os.path.relpath(p, workdir) for p in (path, *components)]
+        (workdir / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [rel[0]],
+                    "components": rel[1:],
+                }
+            )
+        )
+        target = workdir
+    done = subprocess.run([kubectl, "kustomize", str(target)], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"kubectl kustomize {target}: {done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+
+def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in WORKLOAD_KINDS]

@@ -1,0 +1,146 @@
+"""docker-compose.yml: valid for docker-compose 1.29, and what the issue promises is in it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.manifests import (
+    COMPOSE_FILE,
+    COMPOSE_OVERRIDE,
+    HOST_NETWORK,
+    PROMETHEUS_CONFIG,
+    ROOT,
+    compose_model,
+    env_of,
+    healthcheck_port_var,
+    require_tool,
+    tidal_services,
+)
+from tidal.client import load_spec_file
+from tidal.core.plan import job_dataset, job_model, job_shard_map
+from tidal.core.spec import parse_job_spec
+
+DEFAULT = compose_model(COMPOSE_FILE, COMPOSE_OVERRIDE)
+HOST = compose_model(COMPOSE_FILE, HOST_NETWORK)
+SERVICES = DEFAULT["services"]
+
+
+def host_path(service: dict, container_path: str) -> Path:
+    """The file of this repository that a bind mount puts at `container_path`."""
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./") and (container_path == target or container_path.startswith(target + "/")):
+            return ROOT / source / Path(container_path).relative_to(target)
+    raise AssertionError(f"nothing mounted at {container_path}")
+
+
+def demo_spec() -> dict:
+    args = SERVICES["submit"]["command"]
+    return load_spec_file(host_path(SERVICES["submit"], args[1]))
+
+
+@pytest.mark.parametrize(
+    "files",
+    [[], [COMPOSE_FILE, HOST_NETWORK]],
+    ids=["default (with docker-compose.override.yml)", "host network"],
+)
+def test_docker_compose_1_29_accepts_the_files(files: list[Path]) -> None:
+    tool = require_tool("docker-compose")
+    version = subprocess.run(
+        [tool, "version", "--short"], check=False, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert version.startswith("1.29"), f"expected docker-compose 1.29, got {version!r}"
+    args = [tool, *(a for f in files for a in ("-f", str(f))), "config", "-q"]
+    done = subprocess.run(args, check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_no_version_or_name_key_so_compose_v1_and_v2_agree() -> None:
+    for path in (COMPOSE_FILE, COMPOSE_OVERRIDE, HOST_NETWORK):
+        assert not {"version", "name"} & set(yaml.safe_load(path.read_text())), path
+
+
+def test_stack_has_every_role_prometheus_and_grafana() -> None:
+    assert {"coordinator", "shard-0", "shard-1", "worker", "submit", "prometheus", "grafana"} <= set(SERVICES)
+    assert SERVICES["worker"]["deploy"]["replicas"] == 3
+
+
+def test_tidal_services_have_healthchecks_grace_periods_and_ordering() -> None:
+    for name, service in tidal_services(DEFAULT).items():
+        if name == "submit":
+            continue  # one-shot
+        assert healthcheck_port_var(service) == "TIDAL_PORT", f"{name}: healthcheck is not `tidal health`"
+        assert "TIDAL_PORT" in env_of(service), name
+        assert service["stop_grace_period"], name
+        if name != "coordinator":
+            assert service["depends_on"]["coordinator"]["condition"] == "service_healthy", name
+    submit_deps = SERVICES["submit"]["depends_on"]
+    assert {d: c["condition"] for d, c in submit_deps.items()} == dict.fromkeys(
+        ["coordinator", "shard-0", "shard-1", "worker"], "service_healthy"
+    )
+
+
+def test_shards_have_stable_names_and_named_checkpoint_volumes() -> None:
+    shards = {n: s for n, s in SERVICES.items() if s.get("command") == ["shard"]}
+    assert sorted(shards) == ["shard-0", "shard-1"]
+    for name, shard in shards.items():
+        assert env_of(shard)["TIDAL_ADVERTISE_HOST"] == name  # workers dial the shard by its service name
+        named = [v.split(":")[0] for v in shard["volumes"] if not v.startswith(".")]
+        assert len(named) == 1 and named[0] in DEFAULT["volumes"], name
+
+
+def test_demo_job_matches_the_stack_and_declares_the_straggler() -> None:
+    spec = parse_job_spec(demo_spec())
+    assert spec.num_workers == SERVICES["worker"]["deploy"]["replicas"]
+    assert spec.num_shards == len([s for s in SERVICES.values() if s.get("command") == ["shard"]])
+    assert [(s.rank, s.slowdown) for s in spec.stragglers] == [(2, 3.0)]
+    shard_map = job_shard_map(spec, job_model(spec, job_dataset(spec)))
+    assert shard_map.num_shards == 2
+
+
+def test_prometheus_targets_are_the_compose_services_and_metrics_ports() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    static = {t for j in ("tidal-coordinator", "tidal-shard") for c in jobs[j]["static_configs"] for t in c["targets"]}
+    expected = {f"{n}:{env_of(SERVICES[n])['TIDAL_METRICS_PORT']}" for n in ("coordinator", "shard-0", "shard-1")}
+    assert static == expected
+    (dns,) = jobs["tidal-worker"]["dns_sd_configs"]
+    assert dns["names"] == ["worker"]
+    assert str(dns["port"]) == env_of(SERVICES["worker"])["TIDAL_METRICS_PORT"]
+    prometheus = SERVICES["prometheus"]
+    assert host_path(prometheus, "/etc/prometheus/prometheus.yml") == PROMETHEUS_CONFIG
+    assert host_path(prometheus, "/etc/prometheus/rules/tidal-alerts.yml").is_file()
+
+
+def test_grafana_home_dashboard_and_anonymous_viewer() -> None:
+    grafana = SERVICES["grafana"]
+    env = env_of(grafana)
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    home = host_path(grafana, env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert yaml.safe_load(home.read_text())["uid"] == "tidal-training"
+    provisioning = host_path(grafana, "/etc/grafana/provisioning/dashboards/tidal.yaml")
+    provider = yaml.safe_load(provisioning.read_text())["providers"][0]
+    assert provider["options"]["path"] == str(Path(env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]).parent)
+    assert host_path(grafana, "/etc/grafana/provisioning/datasources/prometheus.yaml").is_file()
+
+
+def test_host_network_variant_uses_loopback_and_distinct_fixed_ports() -> None:
+    services = tidal_services(HOST)
+    ports: list[str] = []
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert "ports" not in service, f"{name}: published ports are refused with network_mode host"
+        env = env_of(service)
+        for key in ("TIDAL_HOST", "TIDAL_ADVERTISE_HOST"):
+            assert env.get(key, "127.0.0.1") == "127.0.0.1", f"{name}: {key}={env[key]}"
+        if "TIDAL_COORDINATOR" in env:
+            assert env["TIDAL_COORDINATOR"] == f"127.0.0.1:{env_of(services['coordinator'])['TIDAL_PORT']}", name
+        if name != "worker":  # replicas bind free ports
+            ports += [env[k] for k in ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT") if k in env]
+    assert len(ports) == len(set(ports)), f"ports collide on the host network: {sorted(ports)}"
+    assert env_of(services["worker"])["TIDAL_PORT"] == "0"
