@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint protos clean
+.PHONY: demo test lint protos clean compose-smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Builds the image with no registry and runs docker-compose.yml on the host network (root,
+# minutes; not part of `make test`): see deploy/SMOKE.md.
+compose-smoke: $(STAMP)
+	PYTHON=$(BIN)/python scripts/compose-smoke.sh
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
