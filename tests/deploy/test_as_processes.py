@@ -1,0 +1,196 @@
+"""The deployment files' own commands and environments, run as local processes on loopback.
+
+Each compose service (and each Kubernetes container of the sync overlay) is started with its
+command and environment as written, only rewritten for one machine: service names become
+127.0.0.1, ports become 0 (free ones, read back from ready files) and addresses point at the
+ports actually bound. A flag or variable that drifted from the CLI, a wrong address or a
+healthcheck that cannot pass makes these tests fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.manifests import (
+    COMPOSE_FILE,
+    COMPOSE_OVERRIDE,
+    OVERLAYS,
+    by_kind,
+    cli_commands,
+    compose_model,
+    container_env,
+    env_of,
+    kustomize,
+    pod_spec,
+    tidal_services,
+)
+from tests.integration.helpers import coordinator_stub, processes_mentioning
+from tidal.launcher import LocalCluster
+from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import coordinator_pb2 as coord_pb
+
+pytestmark = pytest.mark.integration
+LOOPBACK = "127.0.0.1"
+PORT_VARS = ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT")
+# Steps for the test's copy of the deployment's job: enough to see it train, quick on 2 cores.
+STEPS = 60
+HEALTH_TIMEOUT_S = 60.0
+RUN_TIMEOUT_S = 240.0
+
+
+def loopback_env(role: str, env: dict[str, str], names: set[str], bound: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """`env` for one machine: every port free, every name of `names` 127.0.0.1, addresses of
+    other services at the ports they really bound (`bound`: name -> ready-file info)."""
+    out = dict(env)
+    accepted = cli_commands()[role].env
+    out.update({var: "0" for var in PORT_VARS if var in accepted})
+    if "TIDAL_HOST" in accepted:
+        out["TIDAL_HOST"] = LOOPBACK
+    if "TIDAL_ADVERTISE_HOST" in out:
+        out["TIDAL_ADVERTISE_HOST"] = LOOPBACK
+    if "TIDAL_COORDINATOR" in out:
+        host, _ = out["TIDAL_COORDINATOR"].rsplit(":", 1)
+        assert host in names, f"{host} is not a service of the deployment"
+        out["TIDAL_COORDINATOR"] = f"{LOOPBACK}:{bound[host]['grpc_port']}"
+    return out
+
+
+def wait_healthy(test: list[str], env: dict[str, str], grpc_port: int, where: str) -> None:
+    """Runs a compose CMD-SHELL healthcheck as compose would, until it passes (bounded)."""
+    assert test[0] == "CMD-SHELL", where
+    command = test[1].replace("$$", "$")  # compose's escape for a literal $
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    bin_dir = str(Path(sys.executable).parent)
+    shell_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **env, "TIDAL_PORT": str(grpc_port)}
+    while True:
+        done = subprocess.run(
+            ["sh", "-c", command], check=False, env=shell_env, capture_output=True, text=True, timeout=30
+        )
+        if done.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"{where}: healthcheck `{command}` never passed: {done.stdout}"
+        time.sleep(0.5)
+
+
+def short_job(spec_text: str, path: Path) -> Path:
+    spec = yaml.safe_load(spec_text)
+    spec["steps"] = STEPS
+    spec["eval_every"] = 0
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def compose_order(services: dict[str, dict[str, Any]]) -> list[str]:
+    order: list[str] = []
+    while len(order) < len(services):
+        ready = [n for n, s in services.items() if n not in order and set(s.get("depends_on", {})) <= set(order)]
+        assert ready, "depends_on has a cycle"
+        order += sorted(ready)
+    return order
+
+
+def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) -> None:
+    model = compose_model(COMPOSE_FILE, COMPOSE_OVERRIDE)
+    services = tidal_services(model)
+    names = set(model["services"])
+    bound: dict[str, dict[str, Any]] = {}
+    cluster = LocalCluster(tmp_path)
+    (tmp_path / "logs").mkdir()
+    try:
+        for name in compose_order(services):
+            service = services[name]
+            args = list(service["command"])
+            env = loopback_env(args[0], env_of(service), names, bound)
+            if name == "submit":
+                # The spec is bind-mounted from the repository; the test runs a shorter copy.
+                source, target = next(v.split(":")[:2] for v in service["volumes"] if v.startswith("./"))
+                container_file = Path(args[1])
+                host_file = Path(source) / container_file.relative_to(target)
+                job_text = (COMPOSE_FILE.parent / host_file).read_text()
+                args[1] = str(short_job(job_text, tmp_path / "job.yaml"))
+                done = subprocess.run(
+                    [sys.executable, "-m", "tidal", *args],
+                    check=False,
+                    env={**cluster.env, **env},
+                    capture_output=True,
+                    text=True,
+                    timeout=RUN_TIMEOUT_S,
+                )
+                assert done.returncode == 0, f"submit: {done.stdout}{done.stderr}"
+                continue
+            replicas = service.get("deploy", {}).get("replicas", 1)
+            instances = [f"{name}-{i}" for i in range(replicas)] if replicas > 1 else [name]
+            for instance in instances:
+                cluster.spawn(instance, args, env)
+            cluster.wait_ready(instances)
+            bound[name] = cluster.services[instances[0]].info
+            for instance in instances:
+                info = cluster.services[instance].info
+                wait_healthy(service["healthcheck"]["test"], env, info["grpc_port"], instance)
+
+        jobs = (
+            coordinator_stub(f"{LOOPBACK}:{bound['coordinator']['grpc_port']}")
+            .ListJobs(coord_pb.ListJobsRequest(), timeout=10)
+            .jobs
+        )
+        (job,) = jobs
+        assert job.state == common_pb.JOB_STATE_SUCCEEDED, job.message
+        assert job.version == STEPS
+        assert len(job.workers) == services["worker"]["deploy"]["replicas"]
+    finally:
+        cluster.stop()
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_sync_overlay_containers_run_one_job_and_all_exit_zero(tmp_path: Path) -> None:
+    """The Kubernetes lifecycle without Kubernetes: the coordinator submits the ConfigMap's job,
+    every member exits 0 after it (--exit-after-job), then the coordinator exits 0
+    (--exit-when-done). The scale-down needs an API server and is left out here (its client
+    is tested in test_k8s_scale.py)."""
+    (overlay,) = [p for p in OVERLAYS if p.name == "sync"]
+    docs = kustomize(overlay)
+    deployments, statefulsets, jobs = (by_kind(docs, k) for k in ("Deployment", "StatefulSet", "Job"))
+    coordinator = deployments["tidal-coordinator"]
+    names = {f"{n}" for n in by_kind(docs, "Service")}
+    bound: dict[str, dict[str, Any]] = {}
+    cluster = LocalCluster(tmp_path)
+    (tmp_path / "logs").mkdir()
+    try:
+        container = pod_spec(coordinator)["containers"][0]
+        env = loopback_env("coordinator", container_env(container), names, bound)
+        job_file = Path(env["TIDAL_JOB_FILE"])
+        (volume,) = [v for v in pod_spec(coordinator)["volumes"] if "configMap" in v]
+        configmap = by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]
+        env["TIDAL_JOB_FILE"] = str(short_job(configmap["data"][job_file.name], tmp_path / job_file.name))
+        del env["TIDAL_K8S_SCALE_DOWN"]
+        cluster.spawn("coordinator", container["args"], env)
+        cluster.wait_ready(["coordinator"])
+        bound["tidal-coordinator"] = cluster.services["coordinator"].info
+
+        members = []
+        (shards,) = statefulsets.values()
+        (workers,) = jobs.values()
+        for workload, count in ((shards, shards["spec"]["replicas"]), (workers, workers["spec"]["completions"])):
+            container = pod_spec(workload)["containers"][0]
+            env = loopback_env(container["args"][0], container_env(container), names, bound)
+            for i in range(count):
+                name = f"{workload['metadata']['name']}-{i}"
+                cluster.spawn(name, container["args"], env)
+                members.append(name)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        for name in [*members, "coordinator"]:
+            process = cluster.services[name].process
+            code = process.wait(max(1.0, deadline - time.monotonic()))
+            assert code == 0, f"{name} exited with {code}: {cluster.tail(name, 10)}"
+        log = (tmp_path / "logs" / "coordinator.log").read_text()
+        assert "succeeded" in log and "--exit-when-done" in log
+    finally:
+        cluster.stop()
+    assert processes_mentioning(str(tmp_path)) == []
