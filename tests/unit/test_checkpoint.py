@@ -25,6 +25,7 @@ import torch
 from tidal.core.checkpoint import (
     CheckpointSchedule,
     CheckpointStore,
+    RecoveryLedger,
     parse_fault,
     restore_shard,
     snapshot_shard,
@@ -312,3 +313,21 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_valid(tmp_path: Pa
         ["v000000000003.json", "v000000000003.safetensors"]
         + (["v000000000006.safetensors"] if fault == "kill_before_manifest" else [])
     )
+
+
+def test_ledger_counts_what_the_checkpoint_lost_once(tmp_path: Path) -> None:
+    original = make_state()
+    push_async(original, 0, 4)  # w0 and w1 two pushes each, version 4
+    store = CheckpointStore(tmp_path)
+    write(store, original)
+    push_async(original, 4, 3)  # acknowledged, then the process dies: lost
+    restored = make_state()
+    restore_shard(restored, store.load_latest(JOB, 0)[0])
+    ledger = RecoveryLedger(restored_version=restored.version)
+    # w0 completed pushes 0, 2, 4, 6 (4 in all), w1 pushes 1, 3, 5 (3); both saw version 7.
+    ledger.worker_resumed(restored, "w0", last_version=7, completed_pushes=4)
+    ledger.worker_resumed(restored, "w1", last_version=7, completed_pushes=3)
+    ledger.worker_resumed(restored, "w1", last_version=7, completed_pushes=3)  # reconnects again
+    assert (ledger.updates_lost, ledger.versions_lost) == (3, 3)
+    handled = restored.counters.updates_applied + restored.counters.updates_rejected + ledger.updates_lost
+    assert handled == original.counters.updates_applied == 7

@@ -277,9 +277,10 @@ class CheckpointStore:
         return self.root / job_id / f"shard-{shard_index}"
 
     # --- writing -------------------------------------------------------------------------
-    def write(self, snapshot: ShardSnapshot) -> Path:
-        """Writes one checkpoint atomically, then keeps the newest `keep_last`; returns the
-        manifest's path. Safe to run in a thread: it only reads the snapshot."""
+    def write(self, snapshot: ShardSnapshot, keep_last: int | None = None) -> Path:
+        """Writes one checkpoint atomically, then keeps the newest `keep_last` (the store's
+        default if None); returns the manifest's path. Safe to run in a thread: it only reads
+        the snapshot."""
         folder = self.folder(snapshot.job_id, snapshot.shard_index)
         folder.mkdir(parents=True, exist_ok=True)
         self._writes += 1
@@ -312,11 +313,11 @@ class CheckpointStore:
         before_manifest = "before writing its manifest" if fault == "kill_before_manifest" else ""
         _write_atomically(manifest_path, json.dumps(manifest, indent=1).encode(), before_manifest)
         _fsync_dir(folder)
-        self._prune(folder)
+        self._prune(folder, self.keep_last if keep_last is None else max(1, keep_last))
         return manifest_path
 
-    def _prune(self, folder: Path) -> None:
-        for manifest in self._manifests(folder)[self.keep_last :]:
+    def _prune(self, folder: Path, keep_last: int) -> None:
+        for manifest in self._manifests(folder)[keep_last:]:
             manifest.unlink(missing_ok=True)
             manifest.with_suffix(".safetensors").unlink(missing_ok=True)
 
@@ -427,3 +428,24 @@ class CheckpointStore:
                     version = int(manifests[0].stem[1:])
                     found.append((manifests[0].stat().st_mtime, CheckpointRef(job_dir.name, int(index), version)))
         return [ref for _, ref in sorted(found, key=lambda x: x[0], reverse=True)]
+
+
+@dataclass
+class RecoveryLedger:
+    """What a shard restored from a checkpoint lost, counted from what its workers report
+    when they reconnect: each says the newest version it received from this shard index and
+    how many of its pushes completed there. A completed push the shard does not hold was
+    acknowledged by the lost process after its last checkpoint: it is lost, counted once."""
+
+    # Version the checkpoint restored (-1: this shard was not restored).
+    restored_version: int = -1
+    updates_lost: int = 0
+    versions_lost: int = 0
+
+    def worker_resumed(self, state: ShardState, worker_id: str, last_version: int, completed_pushes: int) -> None:
+        handled = state.counters.by_worker.get(worker_id, 0)
+        if completed_pushes > handled:
+            self.updates_lost += completed_pushes - handled
+            state.counters.by_worker[worker_id] = completed_pushes
+        if self.restored_version >= 0:
+            self.versions_lost = max(self.versions_lost, last_version - self.restored_version)
