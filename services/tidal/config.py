@@ -28,6 +28,8 @@ ENV = {
     "exit_when_done": "TIDAL_EXIT_WHEN_DONE",  # coordinator: exit once that job ended and its members left
     "scale_down": "TIDAL_K8S_SCALE_DOWN",  # coordinator: KIND/NAME,... to scale to 0 before exiting
     "exit_after_job": "TIDAL_EXIT_AFTER_JOB",  # shard, worker: exit 0 when the first job ends
+    # coordinator: where the pod's service account is mounted (default: Kubernetes' own path)
+    "k8s_service_account_dir": "TIDAL_K8S_SERVICE_ACCOUNT_DIR",
 }
 
 DEFAULT_COORDINATOR = "127.0.0.1:50051"

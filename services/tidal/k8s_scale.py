@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tidal.config import ENV
 from tidal.core.errors import InvalidArgumentError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ class ApiServer:
     ca_file: Path | None
 
     @classmethod
-    def in_cluster(cls, env: Mapping[str, str] = os.environ, sa_dir: Path = SERVICE_ACCOUNT_DIR) -> ApiServer:
+    def in_cluster(cls, env: Mapping[str, str] = os.environ) -> ApiServer:
         host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "443")
+        sa_dir = Path(env.get(ENV["k8s_service_account_dir"]) or SERVICE_ACCOUNT_DIR)
         if not host:
             raise UnavailableError("KUBERNETES_SERVICE_HOST: not set; scaling down works only inside a pod")
         if ":" in host:  # an IPv6 address

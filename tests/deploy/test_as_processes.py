@@ -9,15 +9,18 @@ healthcheck that cannot pass makes these tests fail.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.deploy.fake_k8s_api import fake_k8s_api
 from tests.deploy.manifests import (
     COMPOSE_FILE,
     COMPOSE_OVERRIDE,
@@ -31,7 +34,7 @@ from tests.deploy.manifests import (
     pod_spec,
     tidal_services,
 )
-from tests.integration.helpers import coordinator_stub, processes_mentioning
+from tests.integration.helpers import coordinator_stub, processes_mentioning, wait_until
 from tidal.launcher import LocalCluster
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -43,6 +46,8 @@ PORT_VARS = ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT")
 STEPS = 60
 HEALTH_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 240.0
+# What the sync overlay's coordinator scales to 0, in order (TIDAL_K8S_SCALE_DOWN).
+SCALED_DOWN = ["statefulsets/tidal-shard", "deployments/tidal-coordinator"]
 
 
 def loopback_env(role: str, env: dict[str, str], names: set[str], bound: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -149,11 +154,11 @@ def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) 
     assert processes_mentioning(str(tmp_path)) == []
 
 
-def test_sync_overlay_containers_run_one_job_and_all_exit_zero(tmp_path: Path) -> None:
-    """The Kubernetes lifecycle without Kubernetes: the coordinator submits the ConfigMap's job,
-    every member exits 0 after it (--exit-after-job), then the coordinator exits 0
-    (--exit-when-done). The scale-down needs an API server and is left out here (its client
-    is tested in test_k8s_scale.py)."""
+def test_sync_overlay_runs_one_job_then_scales_down_and_everything_exits_zero(tmp_path: Path) -> None:
+    """The Kubernetes lifecycle without Kubernetes: the coordinator submits the ConfigMap's job;
+    after it every member exits 0 (--exit-after-job); the coordinator then scales the shard
+    StatefulSet and its own Deployment to 0 through a local stand-in for the API server, waits
+    for the SIGTERM that the pod's deletion would bring and exits 0."""
     (overlay,) = [p for p in OVERLAYS if p.name == "sync"]
     docs = kustomize(overlay)
     deployments, statefulsets, jobs = (by_kind(docs, k) for k in ("Deployment", "StatefulSet", "Job"))
@@ -162,6 +167,7 @@ def test_sync_overlay_containers_run_one_job_and_all_exit_zero(tmp_path: Path) -
     bound: dict[str, dict[str, Any]] = {}
     cluster = LocalCluster(tmp_path)
     (tmp_path / "logs").mkdir()
+    stack = ExitStack()
     try:
         container = pod_spec(coordinator)["containers"][0]
         env = loopback_env("coordinator", container_env(container), names, bound)
@@ -169,8 +175,8 @@ def test_sync_overlay_containers_run_one_job_and_all_exit_zero(tmp_path: Path) -
         (volume,) = [v for v in pod_spec(coordinator)["volumes"] if "configMap" in v]
         configmap = by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]
         env["TIDAL_JOB_FILE"] = str(short_job(configmap["data"][job_file.name], tmp_path / job_file.name))
-        del env["TIDAL_K8S_SCALE_DOWN"]
-        cluster.spawn("coordinator", container["args"], env)
+        api = stack.enter_context(fake_k8s_api(tmp_path))
+        cluster.spawn("coordinator", container["args"], {**env, **api.env})
         cluster.wait_ready(["coordinator"])
         bound["tidal-coordinator"] = cluster.services["coordinator"].info
 
@@ -185,12 +191,22 @@ def test_sync_overlay_containers_run_one_job_and_all_exit_zero(tmp_path: Path) -
                 cluster.spawn(name, container["args"], env)
                 members.append(name)
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        for name in [*members, "coordinator"]:
-            process = cluster.services[name].process
-            code = process.wait(max(1.0, deadline - time.monotonic()))
+        for name in members:
+            code = cluster.services[name].process.wait(max(1.0, deadline - time.monotonic()))
             assert code == 0, f"{name} exited with {code}: {cluster.tail(name, 10)}"
+        scale_paths = [f"/apis/apps/v1/namespaces/tidal/{t}/scale" for t in SCALED_DOWN]
+        wait_until(lambda: len(api.requests) >= len(scale_paths), RUN_TIMEOUT_S, "scale-down requests")
+        assert api.paths() == scale_paths
+        assert all(r["body"] == {"spec": {"replicas": 0}} for r in api.requests)
+        coordinator_process = cluster.services["coordinator"].process
+        # Exiting by itself now would get the container restarted (and the job resubmitted).
+        time.sleep(1.0)
+        assert coordinator_process.poll() is None, cluster.tail("coordinator", 10)
+        coordinator_process.send_signal(signal.SIGTERM)  # what deleting the pod does
+        assert coordinator_process.wait(30) == 0, cluster.tail("coordinator", 10)
         log = (tmp_path / "logs" / "coordinator.log").read_text()
         assert "succeeded" in log and "--exit-when-done" in log
     finally:
         cluster.stop()
+        stack.close()
     assert processes_mentioning(str(tmp_path)) == []

@@ -61,7 +61,10 @@ async def run_coordinator(
         if job_task and one_job and one_job.exit_when_done:
             stop_task = asyncio.create_task(stop.wait())
             tasks.append(stop_task)
-            await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if job_task not in done:
+                # SIGTERM while the one-job mode waits for it after scaling down: its result is due at once.
+                await asyncio.wait({job_task}, timeout=1.0)
             return job_task.result() if job_task.done() else 0
         await stop.wait()
         return 0
