@@ -17,6 +17,8 @@ ENV = {
     "heartbeat_interval": "TIDAL_HEARTBEAT_INTERVAL_S",
     "heartbeat_timeout": "TIDAL_HEARTBEAT_TIMEOUT_S",
     "register_timeout": "TIDAL_REGISTER_TIMEOUT_S",  # how long a member retries reaching the coordinator
+    # coordinator: folder of its SQLite state file, adopted after a restart (unset: memory only)
+    "state_dir": "TIDAL_STATE_DIR",
     "torch_threads": "TIDAL_TORCH_THREADS",  # intra-op threads per service process
     "log_level": "TIDAL_LOG_LEVEL",
     "checkpoint_dir": "TIDAL_CHECKPOINT_DIR",  # shard: folder for its checkpoints (unset: none written)

@@ -397,8 +397,10 @@ def test_cancel_unknown_job_is_not_found() -> None:
 
 @pytest.mark.parametrize("role", [Role.SHARD, Role.WORKER])
 def test_member_lost_fails_its_job_naming_the_member(role: Role) -> None:
+    # A worker loss fails the job only below min_workers (tests/unit/test_worker_loss.py).
     cluster = make_cluster()
-    job = submit(cluster)
+    spec = parse_job_spec({"num_workers": 2, "num_shards": 2, "steps": 5, "min_workers": 2})
+    job = submit(cluster, spec)
     start(cluster, job)
     cluster.jobs.shard_progress(job.shard_ids[0], job.job_id, ShardProgress(version=3), 3.0)
     cluster.jobs.shard_progress(job.shard_ids[1], job.job_id, ShardProgress(version=4), 3.0)

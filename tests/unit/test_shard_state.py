@@ -289,11 +289,22 @@ def test_set_membership_to_nobody_never_steps() -> None:
     assert state.version == 0
 
 
-def test_pushes_under_the_previous_epoch_are_refused_after_a_change() -> None:
+def test_pushes_from_before_a_readmission_are_refused() -> None:
+    # w0 is dropped and admitted again: what it sent under its old admission is fenced off.
     state, _ = make_state()
-    state.set_membership(EPOCH + 1, ["w0", "w1"])
-    with pytest.raises(FailedPreconditionError, match="membership_epoch"):
+    state.set_membership(EPOCH + 1, ["w1"])
+    state.set_membership(EPOCH + 2, ["w0", "w1"])
+    with pytest.raises(FailedPreconditionError, match=r"membership_epoch.*predates"):
         state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
+    with pytest.raises(FailedPreconditionError, match=r"membership_epoch.*predates"):
+        state.push("w0", "a", 0, EPOCH + 1, grad_like(state, 0))
+
+
+def test_a_survivor_push_from_before_an_unrelated_change_is_accepted() -> None:
+    # w1 was a member all along: its push in flight while w2 left still counts.
+    state, _ = make_state(workers=["w0", "w1", "w2"])
+    state.set_membership(EPOCH + 1, ["w0", "w1"])
+    assert state.push("w1", "b", 0, EPOCH, grad_like(state, 1)).outcome is PushOutcome.BUFFERED
 
 
 # --- async -----------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 Owns the membership and the job manager, turns session messages into domain events,
 delivers the commands the domain returns to each member's outbox, and wakes watchers.
+With a state store, every change of jobs or membership is saved before the commands it
+produced go out, and a restarted coordinator adopts the saved state: members that come
+back under their ids within the resume grace keep their jobs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from tidal.coordinator.convert import JOB_STATE_TO_PROTO, command_to_proto, job_to_proto
 from tidal.coordinator.metrics import CoordinatorCounters
+from tidal.coordinator.store import StateStore
 from tidal.core import jobs
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
 from tidal.core.membership import Member, Membership, MemberState, Role
@@ -24,13 +28,22 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 log = logging.getLogger(__name__)
 
 _TERMINAL_STATES = {JOB_STATE_TO_PROTO[state] for state in jobs.JobState if state.terminal}
-# How often the loop checks heartbeats and places pending jobs, in seconds.
+# How often the loop checks heartbeats, places pending jobs and saves progress, in seconds.
 TICK_S = 0.2
+# After a restart, how long saved members have to come back, on top of the heartbeat
+# timeout, before they are declared failed (they retry with a backoff of at most ~1 s).
+RESUME_GRACE_S = 5.0
+# Session messages that only report progress: saved with the next tick, not at once.
+_PROGRESS_KINDS = frozenset({"heartbeat", "worker_progress", "shard_progress"})
 
 
 class Control:
     def __init__(
-        self, counters: CoordinatorCounters, heartbeat_interval_s: float = 1.0, heartbeat_timeout_s: float = 10.0
+        self,
+        counters: CoordinatorCounters,
+        heartbeat_interval_s: float = 1.0,
+        heartbeat_timeout_s: float = 10.0,
+        store: StateStore | None = None,
     ) -> None:
         self.counters = counters
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -40,27 +53,74 @@ class Control:
         self._outboxes: dict[str, asyncio.Queue[coord_pb.SessionResponse | None]] = {}
         self._changed = asyncio.Condition()
         self._generation = 0
+        self._store = store
+        self._unsaved = False
+        # Ended jobs already saved: they never change again, so saves skip them.
+        self._saved_ended: set[str] = set()
+        if store is not None:
+            self._adopt(store)
+
+    def _adopt(self, store: StateStore) -> None:
+        saved = store.load(time.monotonic() + RESUME_GRACE_S)
+        self.membership.restore(saved.members, saved.membership_epoch)
+        self.jobs.restore(saved.jobs)
+        self._saved_ended = {j.job_id for j in saved.jobs if j.state.terminal}
+        live = [m for m in saved.members if m.live]
+        running = [j.job_id for j in saved.jobs if not j.state.terminal]
+        log.info(
+            "adopted state from %s: %d live members (waiting %.0fs for them to resume), jobs in progress: %s",
+            store.path, len(live), RESUME_GRACE_S + self.heartbeat_timeout_s, ", ".join(running) or "none",
+        )  # fmt: skip
 
     # --- members -------------------------------------------------------------------
-    def register(self, role: Role, address: str, name: str) -> Member:
-        member = self.membership.register(role, address, name, time.monotonic())
+    def register(self, role: Role, address: str, name: str, previous_id: str = "") -> tuple[Member, bool]:
+        """Registers a member; one that asks for its previous id and is still live resumes it
+        (True), keeping its job. Returns the member and whether it resumed."""
+        now = time.monotonic()
+        if previous_id and (member := self.membership.rejoin(previous_id, role, address, now)) is not None:
+            log.info("%s %s (%s) resumed its session", role.value, member.member_id, member.name)
+            self._save()
+            return member, True
+        member = self.membership.register(role, address, name, now)
         log.info("registered %s %s (%s) %s", role.value, member.member_id, member.name, address)
-        return member
+        if previous_id:
+            log.info("%s was %s before; it is a new member now", member.member_id, previous_id)
+        self._save()
+        return member, False
 
     async def open_session(self, member_id: str) -> asyncio.Queue[coord_pb.SessionResponse | None]:
         member = self.membership.get(member_id)
         if not member.live:
             raise FailedPreconditionError(f"member_id: {member_id} is {member.state.value}; register again")
-        if member_id in self._outboxes:
-            raise FailedPreconditionError(f"member_id: {member_id} already has an open session")
+        if (stale := self._outboxes.get(member_id)) is not None:
+            # The member came back before its old stream was seen to break: the new one wins.
+            stale.put_nowait(None)
         outbox: asyncio.Queue[coord_pb.SessionResponse | None] = asyncio.Queue()
         self._outboxes[member_id] = outbox
         self.membership.seen(member_id, time.monotonic())
+        await self._deliver(self._resync(member))
         await self._deliver(self.jobs.schedule(time.time()))
         return outbox
 
-    async def session_closed(self, member_id: str) -> None:
-        self._outboxes.pop(member_id, None)
+    def _resync(self, member: Member) -> list[jobs.Command]:
+        """What a member resuming its job may have missed while it had no session: the job's
+        current membership and, if it was asked for the final evaluation, that request."""
+        if not member.job_id:
+            return []
+        job = self.jobs.get(member.job_id)
+        if job.state is not jobs.JobState.RUNNING or member.member_id not in job.members:
+            return []
+        commands: list[jobs.Command] = [
+            jobs.ChangeMembership(member.member_id, job.job_id, job.membership_epoch, tuple(job.worker_ids))
+        ]
+        if job.final_eval_by == member.member_id and not job.final_eval_done:
+            commands.append(jobs.Evaluate(member.member_id, job.job_id, final=True))
+        return commands
+
+    async def session_closed(self, member_id: str, outbox: asyncio.Queue[coord_pb.SessionResponse | None]) -> None:
+        if self._outboxes.get(member_id) is not outbox:
+            return  # a newer session of the same member replaced this one
+        del self._outboxes[member_id]
         member = self.membership.get(member_id)
         if member.live:
             await self._lose(member, "its session closed", "session_closed")
@@ -76,9 +136,14 @@ class Control:
             if kind == "heartbeat":
                 self.counters.heartbeats.labels(member.role.value).inc()
                 return
+            if kind == "goodbye":
+                await self._lose(member, f"it left ({msg.goodbye.reason or 'no reason given'})", "", MemberState.LEFT)
+                return
             if kind == "worker_progress":
                 p = msg.worker_progress
-                self.jobs.worker_progress(member_id, p.job_id, p.step, p.samples, p.loss, p.step_time_s, now)
+                self.jobs.worker_progress(
+                    member_id, p.job_id, p.step, p.samples, p.loss, p.step_time_s, now, pushes=p.pushes
+                )
             elif kind == "shard_progress":
                 p = msg.shard_progress
                 progress = jobs.ShardProgress(
@@ -103,11 +168,16 @@ class Control:
             elif kind == "task_failed":
                 reason = f"{member_id}: {msg.task_failed.message}"
                 log.error("job %s failed: %s", msg.task_failed.job_id, reason)
-                commands = self.jobs.fail(msg.task_failed.job_id, reason, now)
+                commands = self.jobs.task_failed(member_id, msg.task_failed.job_id, reason, now)
         except TidalError as exc:
-            # Late messages for a job that already ended are expected; never drop the session for them.
+            # Late messages for a job that already ended, or from a member the job dropped,
+            # are expected; never drop the session for them.
             log.debug("ignored %s from %s: %s", kind, member_id, exc)
             return
+        if kind in _PROGRESS_KINDS:
+            self._unsaved = True
+        else:
+            self._save()
         await self._deliver(commands)
         await self._bump()
 
@@ -117,6 +187,7 @@ class Control:
         # Building the model validates model and dataset names and args before anything runs.
         shard_map = await asyncio.to_thread(lambda: job_shard_map(spec, job_model(spec, job_dataset_info(spec))))
         job = self.jobs.submit(spec, shard_map, time.time())
+        self._save()  # the caller is told the job exists: it must survive a restart
         log.info(
             "job %s submitted (%s, %d workers, %d shards)",
             job.job_id,
@@ -164,18 +235,44 @@ class Control:
                 self.counters.missed_heartbeats.labels(member.role.value).inc()
                 await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
             await self._deliver(self.jobs.schedule(time.time()))
+            if self._unsaved:
+                self._save()
 
-    async def _lose(self, member: Member, why: str, reason: str) -> None:
-        log.warning("member %s (%s) failed: %s", member.member_id, member.name, why)
-        self.counters.failures.labels(member.role.value, reason).inc()
-        self.membership.fail(member.member_id, MemberState.FAILED)
+    async def _lose(self, member: Member, why: str, reason: str, state: MemberState = MemberState.FAILED) -> None:
+        """Declares `member` failed (or, for a goodbye, left); its job learns of it at once."""
+        if state is MemberState.FAILED:
+            log.warning("member %s (%s) failed: %s", member.member_id, member.name, why)
+            self.counters.failures.labels(member.role.value, reason).inc()
+        else:
+            log.info("member %s (%s) left: %s", member.member_id, member.name, why)
+            self.counters.members_left.labels(member.role.value).inc()
+        self.membership.fail(member.member_id, state)
         await self._deliver(self.jobs.member_lost(member, time.time()))
+        self._save()
         outbox = self._outboxes.pop(member.member_id, None)
         if outbox is not None:
             outbox.put_nowait(None)  # ends the session stream
         await self._bump()
 
+    def _save(self) -> None:
+        """Writes members and jobs to the state store, if there is one."""
+        self._unsaved = False
+        if self._store is None:
+            return
+        started = time.perf_counter()
+        changed = [j for j in self.jobs.all() if j.job_id not in self._saved_ended]
+        self._store.save(self.membership.all(), self.membership.epoch, changed)
+        self._saved_ended.update(j.job_id for j in changed if j.state.terminal)
+        self.counters.state_save_seconds.observe(time.perf_counter() - started)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._save()
+            self._store.close()
+
     async def _deliver(self, commands: list[jobs.Command]) -> None:
+        if commands:
+            self._save()  # a restarted coordinator must know what its members were told
         for command in commands:
             outbox = self._outboxes.get(command.member_id)
             if outbox is None:

@@ -71,6 +71,8 @@ def job_to_proto(job: jobs.Job) -> coord_pb.JobStatus:
                 loss=0.0 if math.isnan(w.loss) else w.loss,
                 step_time_s=w.step_time_s,
                 finished=w.finished,
+                pushes=w.pushes,
+                lost=w.lost,
             )
             for member_id, w in job.workers.items()
         ],
@@ -110,6 +112,13 @@ def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.
                 membership_epoch=job.membership_epoch,
                 shard_map=shard_map_to_proto(job.shard_map),
                 shard_addresses=[membership.get(m).address for m in job.shard_ids],
+                worker_ids=job.worker_ids,
+            )
+        )
+    if isinstance(command, jobs.ChangeMembership):
+        return coord_pb.SessionResponse(
+            membership_changed=coord_pb.MembershipChanged(
+                job_id=command.job_id, membership_epoch=command.membership_epoch, worker_ids=command.worker_ids
             )
         )
     if isinstance(command, jobs.Evaluate):

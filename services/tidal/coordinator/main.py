@@ -13,6 +13,7 @@ from tidal.coordinator.metrics import ControlCollector, CoordinatorCounters
 from tidal.coordinator.one_job import OneJob, run_one_job
 from tidal.coordinator.rest import create_app
 from tidal.coordinator.servicer import CoordinatorServicer
+from tidal.coordinator.store import StateStore
 from tidal.transport.http import serve_asgi
 from tidal.transport.limits import SHUTDOWN_GRACE_S
 from tidal.transport.metrics import GrpcMetricsInterceptor, build_info, serve_metrics
@@ -34,10 +35,12 @@ async def run_coordinator(
     heartbeat_timeout_s: float,
     ready_file: Path | None,
     one_job: OneJob | None = None,
+    state_dir: Path | None = None,
 ) -> int:
     registry = CollectorRegistry()
     build_info(registry, "coordinator")
-    control = Control(CoordinatorCounters(registry), heartbeat_interval_s, heartbeat_timeout_s)
+    store = StateStore(state_dir) if state_dir is not None else None
+    control = Control(CoordinatorCounters(registry), heartbeat_interval_s, heartbeat_timeout_s, store)
     registry.register(ControlCollector(control))
     server, grpc_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
     coord_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(control), server)
@@ -75,3 +78,4 @@ async def run_coordinator(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        control.close()

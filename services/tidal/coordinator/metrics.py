@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,10 +39,23 @@ class CoordinatorCounters:
         self.failures = Counter(
             "tidal_coordinator_member_failures_total", "Members declared failed.", ["role", "reason"], registry=registry
         )
+        self.members_left = Counter(
+            "tidal_coordinator_members_left_total",
+            "Members that said goodbye (shut down on purpose) instead of failing.",
+            ["role"],
+            registry=registry,
+        )
+        self.state_save_seconds = Histogram(
+            "tidal_coordinator_state_save_seconds",
+            "Time to save jobs and membership to the state store (--state-dir).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
         # Known label sets start at 0, so rates and alerts work before the first event.
         for role in ROLES:
             self.heartbeats.labels(role)
             self.missed_heartbeats.labels(role)
+            self.members_left.labels(role)
             for reason in FAILURE_REASONS:
                 self.failures.labels(role, reason)
 

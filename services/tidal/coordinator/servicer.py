@@ -31,11 +31,12 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         role = ROLE_FROM_PROTO.get(request.role)
         if role is None:
             raise InvalidArgumentError(f"role: must be ROLE_WORKER or ROLE_SHARD, got {request.role}")
-        member = self._control.register(role, request.address, request.name)
+        member, resumed = self._control.register(role, request.address, request.name, request.member_id)
         return coord_pb.RegisterResponse(
             member_id=member.member_id,
             heartbeat_interval_s=self._control.heartbeat_interval_s,
             heartbeat_timeout_s=self._control.heartbeat_timeout_s,
+            resumed=resumed,
         )
 
     @translate_errors
@@ -67,7 +68,7 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AbortError):
                 await reader
-            await self._control.session_closed(member_id)
+            await self._control.session_closed(member_id, outbox)
 
     @translate_errors
     async def SubmitJob(

@@ -4,6 +4,13 @@ Job lifecycle: PENDING (queued until enough members are idle) -> RUNNING (shards
 assigned; workers assigned once every shard is ready) -> SUCCEEDED (final evaluation
 reported) | FAILED | CANCELLED. The last three are terminal.
 
+While a job runs its worker set may change: a worker that fails or leaves is dropped (the
+job fails only below `min_workers`), and idle workers join it (first to refill it to
+`num_workers`, then, when no job is waiting, up to `max_workers`). Every change bumps the
+job's membership epoch and tells its shards and workers at once. Ranks are never reused: a
+joiner gets the next unused rank; data partitions follow the position in the live
+worker list (see docs/fault-tolerance.md).
+
 `JobManager` never sends anything: each event returns the commands the coordinator must
 deliver to members, so the whole lifecycle is testable without sockets.
 """
@@ -11,6 +18,7 @@ deliver to members, so the whole lifecycle is testable without sockets.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -40,8 +48,10 @@ class WorkerProgress:
     loss: float = float("nan")
     step_time_s: float = 0.0
     finished: bool = False
-    # Pushes made to each shard, known once the worker finished.
+    # Acknowledged pushes to each shard: as last reported, exact once the worker finished.
     pushes: int = 0
+    # Why the worker is no longer part of the job ("failed", "left"); empty while it is.
+    lost: str = ""
 
 
 @dataclass
@@ -74,7 +84,9 @@ class Job:
     message: str = ""
     membership_epoch: int = 0
     shard_ids: list[str] = field(default_factory=list)  # by shard index
-    worker_ids: list[str] = field(default_factory=list)  # by rank
+    worker_ids: list[str] = field(default_factory=list)  # live workers, by rank
+    # The rank the next joining worker gets (ranks are never reused).
+    next_rank: int = 0
     shards_ready: set[str] = field(default_factory=set)
     workers: dict[str, WorkerProgress] = field(default_factory=dict)
     shards: dict[str, ShardProgress] = field(default_factory=dict)
@@ -96,6 +108,12 @@ class Job:
     def samples(self) -> int:
         return sum(w.samples for w in self.workers.values())
 
+    @property
+    def accepts_workers(self) -> bool:
+        """Whether a worker may join now: running, every shard ready, final evaluation not begun."""
+        ready = bool(self.shard_ids) and self.shards_ready == set(self.shard_ids)
+        return self.state is JobState.RUNNING and ready and not self.final_eval_by
+
 
 # Commands the coordinator delivers over member sessions.
 @dataclass(frozen=True)
@@ -113,6 +131,17 @@ class AssignWorker:
 
 
 @dataclass(frozen=True)
+class ChangeMembership:
+    """The job's worker set changed: shards re-form their barriers, workers re-partition."""
+
+    member_id: str
+    job_id: str
+    membership_epoch: int
+    # Live workers, by rank.
+    worker_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Evaluate:
     member_id: str
     job_id: str
@@ -127,7 +156,7 @@ class Release:
     reason: str
 
 
-Command = AssignShard | AssignWorker | Evaluate | Release
+Command = AssignShard | AssignWorker | ChangeMembership | Evaluate | Release
 
 
 class JobManager:
@@ -154,8 +183,44 @@ class JobManager:
     def all(self) -> list[Job]:
         return list(self._jobs.values())
 
+    def restore(self, jobs: list[Job]) -> None:
+        """Adopts jobs saved by an earlier coordinator; new job ids continue after theirs."""
+        for job in jobs:
+            self._jobs[job.job_id] = job
+        numbers = [int(j.job_id.rsplit("-", 1)[1]) for j in jobs if j.job_id.rsplit("-", 1)[-1].isdigit()]
+        self._ids = itertools.count(max(numbers, default=0) + 1)
+
     def schedule(self, now: float) -> list[Command]:
-        """Places pending jobs, oldest first, on idle members."""
+        """Refills running jobs that lost workers, places pending jobs (oldest first) on idle
+        members, then grows running jobs up to `max_workers` if no job is waiting."""
+        commands = self._grow(lambda job: job.spec.num_workers)
+        commands += self._place_pending(now)
+        if not any(job.state is JobState.PENDING for job in self._jobs.values()):
+            commands += self._grow(lambda job: job.spec.worker_limit)
+        return commands
+
+    def _grow(self, size: Callable[[Job], int]) -> list[Command]:
+        commands: list[Command] = []
+        for job in self._jobs.values():
+            while job.accepts_workers and len(job.worker_ids) < size(job):
+                idle = self.membership.idle(Role.WORKER)
+                if not idle:
+                    return commands
+                commands += self._join(job, idle[0])
+        return commands
+
+    def _join(self, job: Job, member: Member) -> list[Command]:
+        """`member` joins the running `job`: shards and workers learn first, then it is assigned."""
+        rank = job.next_rank
+        job.next_rank += 1
+        job.worker_ids.append(member.member_id)
+        job.workers[member.member_id] = WorkerProgress(rank)
+        job.membership_epoch += 1
+        self.membership.assign(member.member_id, job.job_id)
+        others = [m for m in job.members if m != member.member_id]
+        return [*self._membership_changed(job, others), AssignWorker(member.member_id, job, rank)]
+
+    def _place_pending(self, now: float) -> list[Command]:
         commands: list[Command] = []
         for job in self._jobs.values():
             if job.state is not JobState.PENDING:
@@ -171,6 +236,7 @@ class JobManager:
             job.worker_ids = [m.member_id for m in workers]
             job.shards = {m: ShardProgress() for m in job.shard_ids}
             job.workers = {m: WorkerProgress(rank) for rank, m in enumerate(job.worker_ids)}
+            job.next_rank = len(job.worker_ids)
             for member_id in job.members:
                 self.membership.assign(member_id, job.job_id)
             commands += [AssignShard(m, job, i) for i, m in enumerate(job.shard_ids)]
@@ -191,7 +257,7 @@ class JobManager:
         job.shards_ready.add(member_id)
         if job.shards_ready != set(job.shard_ids):
             return []
-        return [AssignWorker(m, job, rank) for rank, m in enumerate(job.worker_ids)]
+        return [AssignWorker(m, job, job.workers[m].rank) for m in job.worker_ids]
 
     def shard_progress(self, member_id: str, job_id: str, progress: ShardProgress, now: float) -> list[Command]:
         job = self._running(job_id, member_id, Role.SHARD)
@@ -200,12 +266,21 @@ class JobManager:
         return self._finish_if_complete(job, now)
 
     def worker_progress(
-        self, member_id: str, job_id: str, step: int, samples: int, loss: float, step_time_s: float, now: float
+        self,
+        member_id: str,
+        job_id: str,
+        step: int,
+        samples: int,
+        loss: float,
+        step_time_s: float,
+        now: float,
+        pushes: int = 0,
     ) -> None:
         job = self._running(job_id, member_id, Role.WORKER)
         job.last_progress_at = now
         w = job.workers[member_id]
         w.step, w.samples, w.loss, w.step_time_s = step, samples, loss, step_time_s
+        w.pushes = max(w.pushes, pushes)
 
     def worker_finished(
         self, member_id: str, job_id: str, steps: int, samples: int, pushes: int | None = None
@@ -214,10 +289,19 @@ class JobManager:
         w = job.workers[member_id]
         w.step, w.samples, w.finished = steps, samples, True
         w.pushes = steps if pushes is None else pushes
-        if not all(p.finished for p in job.workers.values()) or job.final_eval_by:
+        return self._evaluate_if_finished(job)
+
+    def _evaluate_if_finished(self, job: Job) -> list[Command]:
+        """Asks the first live worker for the final evaluation once every live worker finished,
+        or again if the worker asked has been lost since."""
+        if job.final_eval_done or not job.worker_ids:
+            return []
+        if job.final_eval_by in job.worker_ids:
+            return []
+        if not job.final_eval_by and not all(job.workers[m].finished for m in job.worker_ids):
             return []
         job.final_eval_by = job.worker_ids[0]
-        return [Evaluate(job.final_eval_by, job_id, final=True)]
+        return [Evaluate(job.final_eval_by, job.job_id, final=True)]
 
     def eval_report(
         self, member_id: str, job_id: str, version: int, loss: float, accuracy: float, final: bool, now: float
@@ -229,7 +313,8 @@ class JobManager:
 
     def _finish_if_complete(self, job: Job, now: float) -> list[Command]:
         """Succeeds once the final evaluation is in and every shard has reported handling
-        every push the workers made, so the job's final figures are complete."""
+        every push the workers made (lost workers included: every acknowledged push), so the
+        job's final figures are complete."""
         if not job.final_eval_done:
             return []
         pushes = sum(w.pushes for w in job.workers.values())
@@ -247,13 +332,47 @@ class JobManager:
             raise FailedPreconditionError(f"job_id: job {job_id} is already {job.state.value}")
         return self._end(job, JobState.CANCELLED, "cancelled by request", now)
 
+    def task_failed(self, member_id: str, job_id: str, reason: str, now: float) -> list[Command]:
+        """A member of the job reports that its work failed: the job fails. Reports from
+        members the job has already dropped are stale and change nothing."""
+        job = self.get(job_id)
+        if member_id not in job.members:
+            raise FailedPreconditionError(f"job_id: {member_id} is no longer a member of job {job_id}")
+        return self.fail(job_id, reason, now)
+
     def member_lost(self, member: Member, now: float) -> list[Command]:
-        """A member failed or left. Its job fails (surviving it is the fault-tolerance work)."""
+        """A member failed or left (its state says which). A lost worker is dropped from its
+        job, which goes on while at least `min_workers` remain; a lost shard fails the job."""
         if not member.job_id:
             return []
         job = self.get(member.job_id)
-        reason = f"{member.role.value} {member.member_id} ({member.name}) was lost at version {job.version}"
+        if job.state.terminal:
+            return []
+        if member.role is Role.SHARD:
+            return self._shard_lost(job, member, now)
+        return self._worker_lost(job, member, now)
+
+    def _shard_lost(self, job: Job, member: Member, now: float) -> list[Command]:
+        reason = f"shard {member.member_id} ({member.name}) was lost at version {job.version}"
         return self.fail(job.job_id, reason, now)
+
+    def _worker_lost(self, job: Job, member: Member, now: float) -> list[Command]:
+        if member.member_id not in job.worker_ids:
+            return []
+        job.worker_ids.remove(member.member_id)
+        job.workers[member.member_id].lost = member.state.value
+        job.membership_epoch += 1
+        if len(job.worker_ids) < job.spec.min_workers:
+            reason = (
+                f"worker {member.member_id} ({member.name}) was lost ({member.state.value}) at version "
+                f"{job.version}: {len(job.worker_ids)} workers remain, min_workers is {job.spec.min_workers}"
+            )
+            return self.fail(job.job_id, reason, now)
+        return [*self._membership_changed(job, job.members), *self._evaluate_if_finished(job)]
+
+    def _membership_changed(self, job: Job, member_ids: list[str]) -> list[Command]:
+        workers = tuple(job.worker_ids)
+        return [ChangeMembership(m, job.job_id, job.membership_epoch, workers) for m in member_ids]
 
     def _end(self, job: Job, state: JobState, reason: str, now: float) -> list[Command]:
         job.state, job.message, job.finished_at = state, reason, now

@@ -3,6 +3,8 @@
 Member lifecycle: IDLE (registered, no job) -> ASSIGNED (has a job) -> IDLE when the job
 ends; any state -> FAILED when its session breaks or its heartbeats stop for longer than
 the timeout; any state -> LEFT when it says goodbye. Every change bumps the cluster epoch.
+A live member whose session broke may come back under its id (`rejoin`); a FAILED or LEFT
+one registers again as a new member.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ class Membership:
         self._members[member_id] = member
         self.epoch += 1
         return member
+
+    def rejoin(self, member_id: str, role: Role, address: str, now: float) -> Member | None:
+        """The member `member_id`, if it is still live with this role: its session broke (or
+        the coordinator restarted) and it resumes under the same id. None otherwise."""
+        member = self._members.get(member_id)
+        if member is None or not member.live or member.role is not role:
+            return None
+        member.last_seen = now
+        member.address = address or member.address
+        return member
+
+    def restore(self, members: list[Member], epoch: int) -> None:
+        """Adopts the members saved by an earlier coordinator; new ids continue after theirs."""
+        for member in members:
+            self._members[member.member_id] = member
+        self.epoch = max(self.epoch, epoch)
+        numbers = [int(n) for m in members if (n := m.member_id.partition("-")[2].partition("-")[0]).isdigit()]
+        self._ids = itertools.count(max(numbers, default=-1) + 1)
 
     def get(self, member_id: str) -> Member:
         try:

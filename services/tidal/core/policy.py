@@ -31,14 +31,20 @@ class PushDecision(Enum):
 @dataclass(frozen=True)
 class ShardView:
     """What a policy may look at: the shard's version, the job's workers and, per clock, the
-    workers whose gradient is buffered there."""
+    workers whose gradient is buffered there. A worker that joined while the job ran counts
+    from the clock in `joined` on (so a barrier already under way never waits for it)."""
 
     version: int
     members: frozenset[str]
     buffered: Mapping[int, frozenset[str]] = field(default_factory=dict)
+    joined: Mapping[str, int] = field(default_factory=dict)
 
     def arrived(self, clock: int) -> frozenset[str]:
         return self.buffered.get(clock, frozenset())
+
+    def expected(self, clock: int) -> frozenset[str]:
+        """The members whose gradient the buffer of `clock` waits for."""
+        return frozenset(m for m in self.members if self.joined.get(m, 0) <= clock)
 
 
 class ConsistencyPolicy(Protocol):
@@ -91,8 +97,9 @@ class SyncPolicy:
         return base_version
 
     def complete(self, clock: int, view: ShardView) -> bool:
-        needed = max(1, len(view.members) - self.backup_workers)
-        return bool(view.members) and len(view.arrived(clock) & view.members) >= needed
+        expected = view.expected(clock)
+        needed = max(1, len(expected) - self.backup_workers)
+        return bool(expected) and len(view.arrived(clock) & expected) >= needed
 
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return base_version + 1
@@ -123,7 +130,8 @@ class StaleSynchronousPolicy:
         return clock
 
     def complete(self, clock: int, view: ShardView) -> bool:
-        return bool(view.members) and view.members <= view.arrived(clock)
+        expected = view.expected(clock)
+        return bool(expected) and expected <= view.arrived(clock)
 
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return max(0, clock + 1 - self.bound)

@@ -99,6 +99,11 @@ class ShardState:
         self.version = 0
         self.membership_epoch = membership_epoch
         self.members: frozenset[str] = frozenset(workers)
+        # Fencing: the epoch at which each member was admitted; its pushes must carry at least
+        # that epoch (a survivor's push from before an unrelated change is still its own).
+        self._admitted: dict[str, int] = dict.fromkeys(self.members, membership_epoch)
+        # Workers that joined while the job ran: the clock from which barriers wait for them.
+        self._joined: dict[str, int] = {}
         self.counters = ShardCounters()
         self._buffers: dict[int, _Buffer] = {}
         self._push_ids: OrderedDict[str, PushResult] = OrderedDict()
@@ -115,14 +120,25 @@ class ShardState:
 
     def view(self) -> ShardView:
         buffered = {clock: frozenset(b.bases) for clock, b in self._buffers.items()}
-        return ShardView(self.version, self.members, buffered)
+        return ShardView(self.version, self.members, buffered, self._joined)
 
     def check_sender(self, worker_id: str, membership_epoch: int) -> None:
-        if worker_id not in self.members:
-            raise FailedPreconditionError(f"worker_id: {worker_id!r} is not a member of job {self.spec.name!r}")
-        if membership_epoch != self.membership_epoch:
+        """Fencing: the sender must be a member, and its epoch no older than its admission
+        (a worker dropped and readmitted cannot replay what it sent before) and no newer than
+        the shard's (the shard must learn of a change before it acts on it)."""
+        if membership_epoch > self.membership_epoch:
             raise FailedPreconditionError(
-                f"membership_epoch: {membership_epoch} is not the current epoch {self.membership_epoch}"
+                f"membership_epoch: {membership_epoch} is ahead of this shard's epoch {self.membership_epoch}"
+            )
+        if worker_id not in self.members:
+            raise FailedPreconditionError(
+                f"worker_id: {worker_id!r} is not a member of job {self.spec.name!r} "
+                f"at membership epoch {self.membership_epoch}"
+            )
+        if membership_epoch < (admitted := self._admitted[worker_id]):
+            raise FailedPreconditionError(
+                f"membership_epoch: {membership_epoch} predates epoch {admitted}, when {worker_id} was admitted "
+                f"(current epoch {self.membership_epoch})"
             )
 
     def served(self, worker_id: str) -> None:
@@ -191,14 +207,23 @@ class ShardState:
         return result
 
     def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> tuple[int, ...]:
-        """Re-forms the barrier over the new members; gradients already buffered are kept.
-        Returns the staleness of the gradients folded in if that completed buffers."""
+        """Re-forms the barrier over the new members; gradients already buffered are kept (a
+        lost worker's included). A joiner counts from the next clock on. Returns the staleness
+        of the gradients folded in if that completed buffers."""
         if membership_epoch < self.membership_epoch:
             raise FailedPreconditionError(
                 f"membership_epoch: {membership_epoch} is older than the current {self.membership_epoch}"
             )
         self.membership_epoch = membership_epoch
-        self.members = frozenset(workers)
+        members = frozenset(workers)
+        for joiner in members - self.members:
+            # The barrier under way completes without it; it counts from the next clock on.
+            self._admitted[joiner] = membership_epoch
+            self._joined[joiner] = self.version + 1
+        for gone in self.members - members:
+            self._admitted.pop(gone, None)
+            self._joined.pop(gone, None)
+        self.members = members
         for gone in set(self._served) - self.members:
             del self._served[gone]
         return self._apply_complete_buffers()

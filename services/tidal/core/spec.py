@@ -165,6 +165,11 @@ class JobSpec(_Strict):
     steps: int = Field(100, ge=1, le=10_000_000)
     num_workers: int = Field(2, ge=1, le=1024)
     num_shards: int = Field(1, ge=1, le=256)
+    # Fewest live workers the job survives on: losing a worker below this fails the job.
+    min_workers: int = Field(1, ge=1, le=1024)
+    # Most workers the job takes: idle workers join it while it runs (elastic), up to this
+    # many (None: num_workers, so a lost worker's place can be refilled but the job never grows).
+    max_workers: int | None = Field(None, ge=1, le=1024)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     # Evaluate on the validation split every this many versions (0: only at the end).
     eval_every: int = Field(0, ge=0)
@@ -204,6 +209,19 @@ class JobSpec(_Strict):
                 f"consistency.backup_workers {self.consistency.backup_workers} must be < num_workers {self.num_workers}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _worker_bounds(self) -> JobSpec:
+        if self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers {self.min_workers} must be <= num_workers {self.num_workers}")
+        if self.max_workers is not None and self.max_workers < self.num_workers:
+            raise ValueError(f"max_workers {self.max_workers} must be >= num_workers {self.num_workers}")
+        return self
+
+    @property
+    def worker_limit(self) -> int:
+        """Most workers the job runs with at once (`max_workers`, or `num_workers`)."""
+        return self.num_workers if self.max_workers is None else self.max_workers
 
     @property
     def target_version(self) -> int:

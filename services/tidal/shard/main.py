@@ -92,6 +92,16 @@ class ShardNode:
             await self.runtime.close(reason)
         self.runtime = self._reporter = None  # last_runtime keeps the final parameters readable
 
+    async def resume(self, resumed: bool) -> None:
+        """After the coordinator session was reopened: a shard the coordinator no longer
+        knows drops its job; one that resumed reports its progress again at once."""
+        if not resumed:
+            await self.release("the coordinator registered this shard as a new member")
+        elif self.runtime is not None:
+            if self._reporter:
+                self._reporter.cancel()
+            self._reporter = asyncio.create_task(self._report_progress(self.runtime))
+
     async def _report_progress(self, runtime: ShardRuntime) -> None:
         last: tuple[int, ...] = ()
         while True:

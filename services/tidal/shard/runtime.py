@@ -8,6 +8,7 @@ same version cost one serialization, not W.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import torch
@@ -64,6 +65,20 @@ class ShardRuntime:
 
     def reject_bad_input(self) -> None:
         self.metrics.rejected["bad_input"].inc()
+
+    async def wait_for_epoch(self, membership_epoch: int, timeout_s: float) -> None:
+        """Lets a sender that already knows a newer membership epoch (a worker that just
+        joined) wait, bounded, until the coordinator's update reaches this shard too; the
+        fencing check that follows refuses it if the update never came."""
+        if membership_epoch <= self.state.membership_epoch:
+            return
+
+        def caught_up() -> bool:
+            return bool(self.closed_reason) or self.state.membership_epoch >= membership_epoch
+
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(caught_up), timeout_s)
 
     async def set_membership(self, membership_epoch: int, workers: list[str]) -> None:
         started = time.perf_counter()

@@ -68,6 +68,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         opened = first.open
         runtime = self._runtime(opened.job_id)
         state = runtime.state
+        await runtime.wait_for_epoch(opened.membership_epoch, state.spec.step_timeout_s)
         state.check_sender(opened.worker_id, opened.membership_epoch)
         start, end = state.shard_map.ranges[state.shard_index]
         yield shard_pb.ExchangeResponse(
@@ -107,6 +108,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                     raise
                 if grad is None:
                     continue
+                await runtime.wait_for_epoch(pending.membership_epoch, timeout_s)
                 result = await runtime.push(
                     opened.worker_id,
                     pending.push_id,

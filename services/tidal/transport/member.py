@@ -1,8 +1,10 @@
 """The life of a shard or worker process, the same for both roles.
 
 Serve health and reflection (NOT_SERVING), warm up, register with the coordinator, go
-SERVING, hold the session until SIGTERM/SIGINT or until the session breaks, then go
-NOT_SERVING, release the job and stop the server with a grace period. With
+SERVING, hold the session until SIGTERM/SIGINT (a broken session is reopened while the
+member keeps working; only a coordinator unreachable for longer than the register timeout
+ends the process), then go NOT_SERVING, release the job, say goodbye to the coordinator
+(the member LEFT, it did not fail) and stop the server with a grace period. With
 `exit_after_job`, the release of its first job ends the member too (exit code 0): batch
 deployments (a Kubernetes Indexed Job) need members that finish.
 """
@@ -46,6 +48,10 @@ class MemberNode(Protocol):
 
     async def release(self) -> None: ...
 
+    async def resume(self, resumed: bool) -> None:
+        """The session was reopened: `resumed` says whether the member kept its id and job."""
+        ...
+
 
 async def serve_member(
     role: str,
@@ -84,10 +90,17 @@ async def serve_member(
                 log.info("job %s ended; %s exiting (--exit-after-job)", msg.release_job.job_id, role)
                 stop.set()
 
-        session_task = asyncio.create_task(session.run(on_command))
+        # A broken session is retried as long as registering at start-up is.
+        session.reconnect_timeout_s = register_timeout_s
+        session_task = asyncio.create_task(session.run(on_command, node.resume))
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({session_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
+        if session_task not in done:
+            # Stop working first, then say goodbye while the session is still open.
+            await set_health(health, service_names, serving=False)
+            await node.release()
+            await session.leave("shutting down")
         session_task.cancel()
         if session_task in done:
             session_task.result()  # raises why the session ended

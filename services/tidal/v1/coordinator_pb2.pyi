@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("role", "address", "name", "checkpoints")
+    __slots__ = ("role", "address", "name", "member_id", "checkpoints")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     role: _common_pb2.Role
     address: str
     name: str
+    member_id: str
     checkpoints: _containers.RepeatedCompositeFieldContainer[ShardCheckpoint]
-    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[ShardCheckpoint, _Mapping]]] = ...) -> None: ...
+    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., member_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[ShardCheckpoint, _Mapping]]] = ...) -> None: ...
 
 class ShardCheckpoint(_message.Message):
     __slots__ = ("job_id", "shard_index", "version")
@@ -30,17 +32,19 @@ class ShardCheckpoint(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., shard_index: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("member_id", "heartbeat_interval_s", "heartbeat_timeout_s")
+    __slots__ = ("member_id", "heartbeat_interval_s", "heartbeat_timeout_s", "resumed")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
-    def __init__(self, member_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ...) -> None: ...
+    resumed: bool
+    def __init__(self, member_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("open", "heartbeat", "worker_progress", "shard_progress", "shard_ready", "worker_finished", "eval_report", "task_failed")
+    __slots__ = ("open", "heartbeat", "worker_progress", "shard_progress", "shard_ready", "worker_finished", "eval_report", "task_failed", "goodbye")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     WORKER_PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +53,7 @@ class SessionRequest(_message.Message):
     WORKER_FINISHED_FIELD_NUMBER: _ClassVar[int]
     EVAL_REPORT_FIELD_NUMBER: _ClassVar[int]
     TASK_FAILED_FIELD_NUMBER: _ClassVar[int]
+    GOODBYE_FIELD_NUMBER: _ClassVar[int]
     open: SessionOpen
     heartbeat: Heartbeat
     worker_progress: WorkerProgress
@@ -57,7 +62,8 @@ class SessionRequest(_message.Message):
     worker_finished: WorkerFinished
     eval_report: EvalReport
     task_failed: TaskFailed
-    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., shard_progress: _Optional[_Union[ShardProgress, _Mapping]] = ..., shard_ready: _Optional[_Union[ShardReady, _Mapping]] = ..., worker_finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReport, _Mapping]] = ..., task_failed: _Optional[_Union[TaskFailed, _Mapping]] = ...) -> None: ...
+    goodbye: Goodbye
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., shard_progress: _Optional[_Union[ShardProgress, _Mapping]] = ..., shard_ready: _Optional[_Union[ShardReady, _Mapping]] = ..., worker_finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReport, _Mapping]] = ..., task_failed: _Optional[_Union[TaskFailed, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class SessionOpen(_message.Message):
     __slots__ = ("member_id",)
@@ -72,20 +78,22 @@ class Heartbeat(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
-    __slots__ = ("job_id", "step", "samples", "loss", "step_time_s", "param_version")
+    __slots__ = ("job_id", "step", "samples", "loss", "step_time_s", "param_version", "pushes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
     PARAM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     samples: int
     loss: float
     step_time_s: float
     param_version: int
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., samples: _Optional[int] = ..., loss: _Optional[float] = ..., step_time_s: _Optional[float] = ..., param_version: _Optional[int] = ...) -> None: ...
+    pushes: int
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., samples: _Optional[int] = ..., loss: _Optional[float] = ..., step_time_s: _Optional[float] = ..., param_version: _Optional[int] = ..., pushes: _Optional[int] = ...) -> None: ...
 
 class ShardProgress(_message.Message):
     __slots__ = ("job_id", "version", "updates_applied", "updates_rejected", "staleness_sum", "staleness_count", "staleness_max", "updates_lost", "versions_lost", "checkpoint_version")
@@ -147,6 +155,12 @@ class EvalReport(_message.Message):
     final: bool
     def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., final: _Optional[bool] = ...) -> None: ...
 
+class Goodbye(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
 class TaskFailed(_message.Message):
     __slots__ = ("job_id", "message")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -198,7 +212,7 @@ class AssignShard(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., shard_index: _Optional[int] = ..., shard_map: _Optional[_Union[_common_pb2.ShardMap, _Mapping]] = ..., membership_epoch: _Optional[int] = ..., worker_ids: _Optional[_Iterable[str]] = ..., restore: _Optional[bool] = ...) -> None: ...
 
 class AssignWorker(_message.Message):
-    __slots__ = ("job_id", "spec_json", "rank", "world_size", "membership_epoch", "shard_map", "shard_addresses")
+    __slots__ = ("job_id", "spec_json", "rank", "world_size", "membership_epoch", "shard_map", "shard_addresses", "worker_ids")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +220,7 @@ class AssignWorker(_message.Message):
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     SHARD_MAP_FIELD_NUMBER: _ClassVar[int]
     SHARD_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec_json: str
     rank: int
@@ -213,7 +228,8 @@ class AssignWorker(_message.Message):
     membership_epoch: int
     shard_map: _common_pb2.ShardMap
     shard_addresses: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., shard_map: _Optional[_Union[_common_pb2.ShardMap, _Mapping]] = ..., shard_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+    worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., shard_map: _Optional[_Union[_common_pb2.ShardMap, _Mapping]] = ..., shard_addresses: _Optional[_Iterable[str]] = ..., worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MembershipChanged(_message.Message):
     __slots__ = ("job_id", "membership_epoch", "worker_ids")
@@ -342,7 +358,7 @@ class Member(_message.Message):
     def __init__(self, member_id: _Optional[str] = ..., role: _Optional[_Union[_common_pb2.Role, str]] = ..., state: _Optional[_Union[_common_pb2.MemberState, str]] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., job_id: _Optional[str] = ..., heartbeat_age_s: _Optional[float] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("member_id", "rank", "step", "samples", "loss", "step_time_s", "finished")
+    __slots__ = ("member_id", "rank", "step", "samples", "loss", "step_time_s", "finished", "pushes", "lost")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +366,8 @@ class WorkerStatus(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     rank: int
     step: int
@@ -357,7 +375,9 @@ class WorkerStatus(_message.Message):
     loss: float
     step_time_s: float
     finished: bool
-    def __init__(self, member_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., samples: _Optional[int] = ..., loss: _Optional[float] = ..., step_time_s: _Optional[float] = ..., finished: _Optional[bool] = ...) -> None: ...
+    pushes: int
+    lost: str
+    def __init__(self, member_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., samples: _Optional[int] = ..., loss: _Optional[float] = ..., step_time_s: _Optional[float] = ..., finished: _Optional[bool] = ..., pushes: _Optional[int] = ..., lost: _Optional[str] = ...) -> None: ...
 
 class EvalPoint(_message.Message):
     __slots__ = ("elapsed_s", "version", "val_loss", "val_accuracy")
