@@ -105,14 +105,6 @@ def coordinator(
             envvar=ENV["heartbeat_timeout"], min=0.1, help="Silence, in seconds, before a member is declared failed."
         ),
     ] = 10.0,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=ENV["state_dir"],
-            help="Save jobs and membership in an SQLite file here; a restarted coordinator adopts them "
-            "and its members resume their jobs (default: state in memory only).",
-        ),
-    ] = None,
     job_file: Annotated[
         Path | None,
         typer.Option(envvar=ENV["job_file"], help="Job spec to submit at start; it runs once enough members joined."),
@@ -144,8 +136,7 @@ def coordinator(
     raise typer.Exit(
         _run(
             run_coordinator(
-                host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file, one_job,
-                state_dir,
+                host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file, one_job
             )
         )
     )
@@ -187,6 +178,17 @@ def shard(
     ] = "",
     register_timeout: RegisterTimeout = 60.0,
     exit_after_job: ExitAfterJob = False,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=ENV["checkpoint_dir"],
+            help="Write checkpoints here (schedule: the job spec's checkpoint block); restarted with the same "
+            "folder, the shard restores its job from the newest valid one (default: no checkpoints).",
+        ),
+    ] = None,
+    checkpoint_fault: Annotated[
+        str, typer.Option(envvar=ENV["checkpoint_fault"], hidden=True, help="Tests only: crash inside a write.")
+    ] = "",
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
@@ -197,7 +199,12 @@ def shard(
     _service_setup("shard", log_level, torch_threads)
     advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     raise typer.Exit(
-        _run(run_shard(coordinator, host, port, metrics_port, advertise, ready_file, register_timeout, exit_after_job))
+        _run(
+            run_shard(
+                coordinator, host, port, metrics_port, advertise, ready_file, register_timeout, exit_after_job,
+                checkpoint_dir, checkpoint_fault,
+            )
+        )
     )
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
+from tidal.core.checkpoint import CheckpointStore, RecoveryLedger, parse_fault, restore_shard
 from tidal.core.errors import TidalError
 from tidal.core.plan import job_dataset_info, job_model
 from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
+from tidal.shard.checkpointing import CheckpointMetrics, ShardCheckpointer
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer
@@ -46,15 +48,54 @@ def build_state(assign: coord_pb.AssignShard) -> ShardState:
     )
 
 
-class ShardNode:
-    """Carries out the coordinator's commands for this shard."""
+def restore_state(store: CheckpointStore, job_id: str, state: ShardState) -> RecoveryLedger:
+    """Loads the newest valid checkpoint of the job's shard into `state` (DataLossError if none)."""
+    snapshot, refused = store.load_latest(job_id, state.shard_index)
+    restore_shard(state, snapshot)
+    log.warning(
+        "job %s: shard %d restored from its checkpoint of version %d%s",
+        job_id,
+        state.shard_index,
+        snapshot.version,
+        f" (refused {len(refused)} newer: {'; '.join(refused)})" if refused else "",
+    )
+    return RecoveryLedger(restored_version=snapshot.version)
 
-    def __init__(self, session: MemberSession, metrics: ShardMetrics) -> None:
+
+class ShardNode:
+    """Carries out the coordinator's commands for this shard.
+
+    With a checkpoint store, each job is checkpointed on its schedule (and once at start, so
+    a shard lost at any time can be restored), and a final time when the job ends or the
+    shard shuts down. Shutting down drains: new pushes are refused with UNAVAILABLE, the
+    final checkpoint is written, then workers still waiting are answered UNAVAILABLE, so
+    they reconnect to the restarted shard."""
+
+    def __init__(
+        self,
+        session: MemberSession,
+        metrics: ShardMetrics,
+        store: CheckpointStore | None = None,
+        checkpoint_metrics: CheckpointMetrics | None = None,
+    ) -> None:
         self.session = session
         self.metrics = metrics
+        self.store = store
+        self.checkpoint_metrics = checkpoint_metrics
         self.runtime: ShardRuntime | None = None
         self.last_runtime: ShardRuntime | None = None
+        # What the running job lost, if this shard was restored from a checkpoint.
+        self.recovery = RecoveryLedger()
+        # True once the process is shutting down: pushes are refused (UNAVAILABLE).
+        self.draining = False
         self._reporter: asyncio.Task[None] | None = None
+        self._checkpointer: ShardCheckpointer | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+
+    def worker_resumed(self, worker_id: str, last_version: int, completed_pushes: int) -> None:
+        """A worker reconnected (see RecoveryLedger): counts what a restore lost."""
+        if self.runtime is not None:
+            self.recovery.worker_resumed(self.runtime.state, worker_id, last_version, completed_pushes)
 
     async def on_command(self, msg: coord_pb.SessionResponse) -> None:
         kind = msg.WhichOneof("kind")
@@ -71,45 +112,75 @@ class ShardNode:
             await self.release("replaced by a new assignment")
         try:
             state = await asyncio.to_thread(build_state, assign)
+            recovery = RecoveryLedger()
+            if assign.restore:
+                if self.store is None:
+                    raise TidalError("restore: this shard was started without --checkpoint-dir")
+                recovery = await asyncio.to_thread(restore_state, self.store, assign.job_id, state)
+            checkpointer = None
+            if self.store is not None and self.checkpoint_metrics is not None:
+                checkpointer = ShardCheckpointer(
+                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version
+                )
+                await checkpointer.write()  # version 0: a shard lost before its first interval restarts too
             metrics = self.metrics.for_job(assign.job_id, state.spec.mode.value, assign.shard_index)
             self.runtime = self.last_runtime = ShardRuntime(assign.job_id, state, metrics)
-        except TidalError as exc:
+        except (TidalError, OSError) as exc:
             log.error("job %s: cannot set up shard %d: %s", assign.job_id, assign.shard_index, exc)
             await self.session.send(
                 coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id=assign.job_id, message=str(exc)))
             )
             return
+        self.recovery, self._checkpointer = recovery, checkpointer
+        if checkpointer is not None:
+            self._checkpoint_task = asyncio.create_task(self._checkpoint(checkpointer))
         log.info("job %s: shard %d holds %d elements", assign.job_id, assign.shard_index, self.runtime.state.numel)
-        await self.session.send(
-            coord_pb.SessionRequest(shard_ready=coord_pb.ShardReady(job_id=assign.job_id, version=0))
-        )
+        ready = coord_pb.ShardReady(job_id=assign.job_id, version=state.version, checkpointing=checkpointer is not None)
+        await self.session.send(coord_pb.SessionRequest(shard_ready=ready))
         self._reporter = asyncio.create_task(self._report_progress(self.runtime))
 
-    async def release(self, reason: str = "shard shutting down") -> None:
+    async def _checkpoint(self, checkpointer: ShardCheckpointer) -> None:
+        """Runs the schedule; a failed write (disk full, say) is logged and retried later."""
+        while True:
+            try:
+                await checkpointer.run()
+            except OSError as exc:
+                log.error("job %s: checkpoint failed: %s", checkpointer.job_id, exc)
+                await asyncio.sleep(checkpointer.schedule.every_s or 1.0)
+
+    async def release(self, reason: str | None = None) -> None:
+        """Ends the job on this shard after a final checkpoint. Without a reason the process is
+        shutting down: pushes are refused from now on (UNAVAILABLE)."""
+        if reason is None:
+            self.draining, reason = True, "shard shutting down"
         if self._reporter:
             self._reporter.cancel()
+        if self._checkpoint_task:
+            self._checkpoint_task.cancel()
+        if self._checkpointer is not None:
+            try:
+                await self._checkpointer.write()
+            except OSError as exc:
+                log.error("job %s: final checkpoint failed: %s", self._checkpointer.job_id, exc)
         if self.runtime:
             await self.runtime.close(reason)
         self.runtime = self._reporter = None  # last_runtime keeps the final parameters readable
-
-    async def resume(self, resumed: bool) -> None:
-        """After the coordinator session was reopened: a shard the coordinator no longer
-        knows drops its job; one that resumed reports its progress again at once."""
-        if not resumed:
-            await self.release("the coordinator registered this shard as a new member")
-        elif self.runtime is not None:
-            if self._reporter:
-                self._reporter.cancel()
-            self._reporter = asyncio.create_task(self._report_progress(self.runtime))
+        self._checkpointer = self._checkpoint_task = None
 
     async def _report_progress(self, runtime: ShardRuntime) -> None:
         last: tuple[int, ...] = ()
         while True:
             state = runtime.state
             c = state.counters
-            now = (state.version, c.updates_applied, c.updates_rejected)
+            checkpoint = self._checkpointer.written_version if self._checkpointer else -1
+            lost = (self.recovery.updates_lost, self.recovery.versions_lost)
+            now = (state.version, c.updates_applied, c.updates_rejected, checkpoint, *lost)
             if now != last:
                 last = now
+                if self.checkpoint_metrics is not None and self.recovery.restored_version >= 0:
+                    labels = (runtime.job_id, str(state.shard_index))
+                    self.checkpoint_metrics.updates_lost.labels(*labels).set(lost[0])
+                    self.checkpoint_metrics.versions_lost.labels(*labels).set(lost[1])
                 await self.session.send(
                     coord_pb.SessionRequest(
                         shard_progress=coord_pb.ShardProgress(
@@ -120,6 +191,9 @@ class ShardNode:
                             staleness_sum=c.staleness.total,
                             staleness_count=c.staleness.count,
                             staleness_max=c.staleness.maximum,
+                            updates_lost=lost[0],
+                            versions_lost=lost[1],
+                            checkpoint_version=checkpoint,
                         )
                     )
                 )
@@ -135,13 +209,25 @@ async def run_shard(
     ready_file: Path | None,
     register_timeout_s: float,
     exit_after_job: bool = False,
+    checkpoint_dir: Path | None = None,
+    checkpoint_fault: str = "",
 ) -> int:
     registry = CollectorRegistry()
     server, bound_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
+    store = CheckpointStore(checkpoint_dir, fault=parse_fault(checkpoint_fault)) if checkpoint_dir else None
+
+    def checkpoints() -> list[coord_pb.ShardCheckpoint]:
+        refs = store.scan() if store is not None else []
+        return [coord_pb.ShardCheckpoint(job_id=r.job_id, shard_index=r.shard_index, version=r.version) for r in refs]
+
     session = MemberSession(
-        coordinator, common_pb.ROLE_SHARD, address=f"{advertise_host}:{bound_port}", name=socket.gethostname()
+        coordinator,
+        common_pb.ROLE_SHARD,
+        address=f"{advertise_host}:{bound_port}",
+        name=socket.gethostname(),
+        checkpoints=checkpoints,
     )
-    node = ShardNode(session, ShardMetrics(registry))
+    node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry))
     shard_grpc.add_ParameterShardServicer_to_server(ShardServicer(node), server)
     ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(

@@ -9,7 +9,7 @@ import grpc
 import torch
 
 from tidal.core.compression import wire_dtype
-from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.shard.runtime import ShardRuntime
 from tidal.transport.errors import translate_errors
 from tidal.transport.serde import SliceAssembler
@@ -44,6 +44,12 @@ class Runtimes(Protocol):
     runtime: ShardRuntime | None
     # The running job or, after it ended, the last one (its final parameters stay readable).
     last_runtime: ShardRuntime | None
+    # True while the process shuts down: pushes are refused with UNAVAILABLE.
+    draining: bool
+
+    def worker_resumed(self, worker_id: str, last_version: int, completed_pushes: int) -> None:
+        """A worker reconnected and said what it saw of this shard index before."""
+        ...
 
 
 class ShardServicer(shard_grpc.ParameterShardServicer):
@@ -51,6 +57,8 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         self._runtimes = runtimes
 
     def _runtime(self, job_id: str, running: bool = True) -> ShardRuntime:
+        if running and self._runtimes.draining:
+            raise UnavailableError("shard: shutting down; reconnect once it restarted")
         runtime = self._runtimes.runtime if running else self._runtimes.last_runtime
         if runtime is None:
             raise FailedPreconditionError(f"job_id: this shard has no running job (asked for {job_id!r})")
@@ -68,8 +76,9 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         opened = first.open
         runtime = self._runtime(opened.job_id)
         state = runtime.state
-        await runtime.wait_for_epoch(opened.membership_epoch, state.spec.step_timeout_s)
         state.check_sender(opened.worker_id, opened.membership_epoch)
+        if opened.last_version or opened.completed_pushes:
+            self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
         start, end = state.shard_map.ranges[state.shard_index]
         yield shard_pb.ExchangeResponse(
             opened=shard_pb.ExchangeOpened(
@@ -88,7 +97,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
             runtime.metrics.received.inc(request.ByteSize())
             kind = request.WhichOneof("kind")
             if kind == "pull":
-                await runtime.wait_for_version(request.pull.min_version, timeout_s)
+                await self._wait_for_version(runtime, request.pull.min_version, timeout_s)
                 for params in runtime.serve(opened.worker_id):
                     yield shard_pb.ExchangeResponse(params=params)
             elif kind == "push":
@@ -108,7 +117,11 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                     raise
                 if grad is None:
                     continue
-                await runtime.wait_for_epoch(pending.membership_epoch, timeout_s)
+                if self._runtimes.draining:
+                    raise UnavailableError(
+                        f"shard {state.shard_index}: shutting down; push {pending.push_id} was not applied, "
+                        "push it again once the shard restarted"
+                    )
                 result = await runtime.push(
                     opened.worker_id,
                     pending.push_id,
@@ -126,11 +139,22 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                     )
                 )
                 pending = assembler = None
-                await runtime.wait_for_version(result.serve_version, timeout_s)
+                await self._wait_for_version(runtime, result.serve_version, timeout_s)
                 for params in runtime.serve(opened.worker_id):
                     yield shard_pb.ExchangeResponse(params=params)
             else:
                 raise InvalidArgumentError(f"kind: unexpected message {kind!r} on an open Exchange stream")
+
+    async def _wait_for_version(self, runtime: ShardRuntime, version: int, timeout_s: float) -> None:
+        try:
+            await runtime.wait_for_version(version, timeout_s)
+        except FailedPreconditionError:
+            if self._runtimes.draining:
+                raise UnavailableError(
+                    f"shard {runtime.state.shard_index}: shut down before version {version}; "
+                    "reconnect once it restarted"
+                ) from None
+            raise
 
     @translate_errors
     async def ReadParameters(

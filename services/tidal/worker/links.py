@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import time
 
 import grpc
 import torch
 
-from tidal.core.errors import DeadlineExceededError, TidalError, UnavailableError
+from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, TidalError, UnavailableError
 from tidal.core.shard_map import ShardMap
 from tidal.transport import serde
 from tidal.transport.errors import error_from_rpc
@@ -16,6 +18,12 @@ from tidal.transport.server import create_channel
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
 from tidal.worker.metrics import PhaseTimes
+
+log = logging.getLogger(__name__)
+# Reconnecting to a shard that went away: jittered exponential backoff between these bounds,
+# in seconds, for as long as the job's checkpoint.restart_timeout_s.
+RECONNECT_FIRST_DELAY_S = 0.1
+RECONNECT_MAX_DELAY_S = 2.0
 
 
 class ShardLink:
@@ -38,6 +46,12 @@ class ShardLink:
         self.params = params[self.start : self.end]
         self.timeout_s = timeout_s
         self.version = -1
+        # Since the last (re)connection: the newest version seen in an ack or in parameters,
+        # and (over the whole job) the pushes that completed here. A shard restored from a
+        # checkpoint counts what it lost from them (ExchangeOpen).
+        self.newest_version = -1
+        self.completed_pushes = 0
+        self.reconnects = 0
         self.bytes_sent = 0
         self.bytes_received = 0
         self._channel = create_channel(address)
@@ -51,7 +65,13 @@ class ShardLink:
         self._call = shard_grpc.ParameterShardStub(self._channel).Exchange()
         await self._write(
             shard_pb.ExchangeRequest(
-                open=shard_pb.ExchangeOpen(job_id=self.job_id, worker_id=self.worker_id, membership_epoch=self.epoch)
+                open=shard_pb.ExchangeOpen(
+                    job_id=self.job_id,
+                    worker_id=self.worker_id,
+                    membership_epoch=self.epoch,
+                    last_version=max(self.newest_version, 0),
+                    completed_pushes=self.completed_pushes,
+                )
             )
         )
         reply = await self._read(None)
@@ -100,6 +120,8 @@ class ShardLink:
         acked = time.perf_counter()
         first_params = await self._receive_params(clock)
         done = time.perf_counter()
+        self.completed_pushes += 1
+        self.newest_version = max(self.newest_version, reply.ack.version)
         return reply.ack, PhaseTimes(acked - started, first_params - acked, done - first_params)
 
     async def _receive_params(self, step: int | None) -> float:
@@ -115,12 +137,79 @@ class ShardLink:
             if reply.params.last:
                 assembler.finish()
                 self.version = reply.params.version
+                self.newest_version = max(self.newest_version, self.version)
                 return first
+
+    async def push_recovering(
+        self,
+        push_id: str,
+        clock: int,
+        grads: torch.Tensor,
+        num_samples: int,
+        wire: torch.dtype | None,
+        sparse: torch.Tensor | None,
+        deadline_s: float,
+    ) -> tuple[shard_pb.PushAck, PhaseTimes]:
+        """`push`, surviving a restart of the shard: when the stream breaks it reconnects
+        (`recover`, within `deadline_s`), receives the restored parameters and pushes the same
+        gradient again under the same push id; a shard that already holds it answers DUPLICATE."""
+        give_up = time.monotonic() + deadline_s
+        while True:
+            try:
+                return await self.push(push_id, clock, grads, num_samples, wire, sparse)
+            except UnavailableError as exc:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise
+                log.warning("%s; reconnecting for up to %.0fs", exc, left)
+                await self.recover(clock, left)
+
+    async def pull_recovering(self, min_version: int, deadline_s: float) -> int:
+        """`pull`, reconnecting (within `deadline_s`) if the shard went away."""
+        try:
+            return await self.pull(min_version)
+        except UnavailableError as exc:
+            log.warning("%s; reconnecting for up to %.0fs", exc, deadline_s)
+            await self.recover(None, deadline_s)
+            return self.version
+
+    def retarget(self, address: str) -> None:
+        """The shard restarted at `address`: the next reconnection goes there."""
+        self.address = address
+
+    async def recover(self, step: int | None, deadline_s: float) -> None:
+        """Reconnects after the stream broke (the shard may have restarted, elsewhere) with
+        jittered exponential backoff and pulls the shard's current parameters into the model.
+        Raises, naming the shard and step, once `deadline_s` passed without success."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + deadline_s
+        delay = RECONNECT_FIRST_DELAY_S
+        while True:
+            if self._call is not None:
+                self._call.cancel()
+            await self._channel.close()
+            # A fresh channel each try: no connection backoff carried over from the dead peer.
+            self._channel = create_channel(self.address)
+            try:
+                await self.open()
+                await self.pull(0, step)
+            except (UnavailableError, FailedPreconditionError, DeadlineExceededError) as exc:
+                if loop.time() + delay > give_up:
+                    raise type(exc)(f"{self._where(step)}: not back within {deadline_s:.0f}s: {exc}") from None
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+                continue
+            self.reconnects += 1
+            self.newest_version = self.version  # from now on, what this incarnation served
+            return
 
     async def _write(self, msg: shard_pb.ExchangeRequest) -> None:
         assert self._call is not None, "open() first"
         try:
-            await self._call.write(msg)
+            # Bounded: a peer that stopped reading must not hang the worker.
+            await asyncio.wait_for(self._call.write(msg), self.timeout_s)
+        except TimeoutError:
+            raise DeadlineExceededError(f"{self._where()}: write not accepted within {self.timeout_s:.0f}s") from None
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, None) from None
         self.bytes_sent += msg.ByteSize()
