@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from tidal.core.auto import AutoDecision, AutoTuner
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.core.spec import JobSpec, Mode
 
@@ -162,6 +163,67 @@ class AsyncPolicy:
         return max(view.version, base_version + 1)
 
 
+class AutoPolicy:
+    """`mode: auto`: SSP with per-clock aggregation whose clock completes with the first
+    `len(members) - backup_workers` gradients; an `AutoTuner` moves both numbers during
+    training. Starts as BSP (bound 0, no backups).
+
+    A worker's clock never lags its base version (workers use max(previous clock + 1,
+    version)), so a straggler whose gradients are dropped rejoins at the current clock. When
+    the tuner lowers the bound, gradients computed under the old one are still used (they
+    were within the bound when their parameters were served); the worker then waits for one
+    version per step until it is within the new bound again.
+    """
+
+    name = "auto"
+
+    def __init__(self, tuner: AutoTuner) -> None:
+        self.tuner = tuner
+
+    @property
+    def bound(self) -> int:
+        return self.tuner.settings.staleness_bound
+
+    @property
+    def backup_workers(self) -> int:
+        return self.tuner.settings.backup_workers
+
+    def on_push(self, worker_id: str, base_version: int, clock: int, view: ShardView) -> PushDecision:
+        _check_not_ahead(base_version, view)
+        if clock < base_version:
+            raise InvalidArgumentError(f"push.clock: clock {clock} is behind its base version {base_version}")
+        if clock - base_version > self.tuner.max_staleness_bound:
+            raise InvalidArgumentError(
+                f"push.clock: clock {clock} with base version {base_version} breaks the highest staleness "
+                f"bound {self.tuner.max_staleness_bound}"
+            )
+        if clock < view.version:
+            return PushDecision.DROP_LATE
+        _check_first_in_clock(worker_id, clock, view)
+        return PushDecision.BUFFER
+
+    def buffer_clock(self, base_version: int, clock: int) -> int:
+        return clock
+
+    def complete(self, clock: int, view: ShardView) -> bool:
+        expected = view.expected(clock)
+        needed = max(1, len(expected) - self.backup_workers)
+        return bool(expected) and len(view.arrived(clock) & expected) >= needed
+
+    def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
+        return min(max(0, clock + 1 - self.bound), view.version + 1)
+
+    # Timings the tuner learns from (the shard calls these; other policies have no use for them).
+    def served(self, worker_id: str, now: float) -> None:
+        self.tuner.served(worker_id, now)
+
+    def arrived(self, worker_id: str, now: float) -> None:
+        self.tuner.arrived(worker_id, now)
+
+    def clock_applied(self, members: frozenset[str]) -> AutoDecision | None:
+        return self.tuner.clock_applied(members)
+
+
 def policy_for(spec: JobSpec) -> ConsistencyPolicy:
     c = spec.consistency
     if spec.mode == Mode.SYNC:
@@ -171,4 +233,7 @@ def policy_for(spec: JobSpec) -> ConsistencyPolicy:
     if spec.mode == Mode.LOCAL_SGD:
         # Each worker pushes one delta per round; the round is a plain barrier.
         return SyncPolicy(0)
+    if spec.mode == Mode.AUTO:
+        tuner = AutoTuner(spec.num_workers, spec.max_auto_backups, c.auto_max_staleness_bound, c.auto_window)
+        return AutoPolicy(tuner)
     return AsyncPolicy(c.max_staleness)

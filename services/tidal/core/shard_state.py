@@ -15,9 +15,10 @@ from enum import Enum
 
 import torch
 
+from tidal.core.auto import AutoDecision
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_shard_optimizer
-from tidal.core.policy import ConsistencyPolicy, PushDecision, ShardView, policy_for
+from tidal.core.policy import AutoPolicy, ConsistencyPolicy, PushDecision, ShardView, policy_for
 from tidal.core.shard_map import Segment, ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.staleness import StalenessStats
@@ -109,6 +110,8 @@ class ShardState:
         self._push_ids: OrderedDict[str, PushResult] = OrderedDict()
         # DC-ASGD: the parameters each worker was last served (one slice per worker).
         self._served: dict[str, torch.Tensor] = {}
+        # auto: the tuner's decisions so far, oldest first.
+        self.auto_decisions: list[AutoDecision] = []
 
     @property
     def numel(self) -> int:
@@ -141,8 +144,11 @@ class ShardState:
                 f"(current epoch {self.membership_epoch})"
             )
 
-    def served(self, worker_id: str) -> None:
-        """Notes that `worker_id` now trains on the current parameters (DC-ASGD needs them)."""
+    def served(self, worker_id: str, now: float | None = None) -> None:
+        """Notes that `worker_id` now trains on the current parameters (DC-ASGD needs them;
+        `mode: auto` times the worker's step from `now`, monotonic seconds)."""
+        if isinstance(self.policy, AutoPolicy) and now is not None:
+            self.policy.served(worker_id, now)
         if self.compensates:
             backup = self._served.get(worker_id)
             if backup is None:
@@ -158,9 +164,11 @@ class ShardState:
         membership_epoch: int,
         grad: torch.Tensor,
         clock: int | None = None,
+        now: float | None = None,
     ) -> PushResult:
         """Handles one complete gradient push. Raises before any write if it is invalid.
-        `clock` is the worker's step count (SSP); it defaults to the base version."""
+        `clock` is the worker's clock (SSP, auto); it defaults to the base version. `now`
+        (monotonic seconds) is when it arrived, for `mode: auto`."""
         self.check_sender(worker_id, membership_epoch)
         if not push_id:
             raise InvalidArgumentError("push.push_id: must not be empty")
@@ -180,6 +188,8 @@ class ShardState:
             raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
         view = self.view()
         decision = self.policy.on_push(worker_id, base_version, clock, view)
+        if isinstance(self.policy, AutoPolicy) and now is not None:
+            self.policy.arrived(worker_id, now)
         staleness = view.version - base_version
         folded: tuple[int, ...] = ()
         if decision is PushDecision.APPLY:
@@ -226,6 +236,9 @@ class ShardState:
         self.members = members
         for gone in set(self._served) - self.members:
             del self._served[gone]
+        if isinstance(self.policy, AutoPolicy):
+            for gone in set(self.policy.tuner.known_workers()) - self.members:
+                self.policy.tuner.forget(gone)
         return self._apply_complete_buffers()
 
     def _apply_alone(self, worker_id: str, grad: torch.Tensor, staleness: int) -> None:
@@ -253,6 +266,8 @@ class ShardState:
             folded += [self.version - base for base in buffer.bases.values()]
             self._step(buffer.total.div_(len(buffer.bases)))
             self.counters.updates_applied += len(buffer.bases)
+            if isinstance(self.policy, AutoPolicy) and (decision := self.policy.clock_applied(self.members)):
+                self.auto_decisions.append(decision)
         for staleness in folded:
             self.counters.staleness.record(staleness)
         return tuple(folded)

@@ -22,6 +22,7 @@ class Mode(StrEnum):
     SSP = "ssp"  # bounded staleness: workers run ahead of the slowest by at most `staleness_bound` clocks
     ASYNC = "async"  # ASGD: every gradient is applied on arrival
     LOCAL_SGD = "local_sgd"  # DiLoCo: `sync_every` local steps, then an outer step on the averaged delta
+    AUTO = "auto"  # bounded staleness plus backup workers, both tuned during training from measured timings
 
 
 class _Strict(BaseModel):
@@ -92,6 +93,12 @@ class ConsistencySpec(_Strict):
     outer_lr: float = Field(0.7, gt=0, le=100)
     outer_momentum: float = Field(0.9, ge=0, lt=1)
     outer_nesterov: bool = True
+    # auto: most workers the tuner may treat as backups (None: a minority, (num_workers - 1) // 2).
+    auto_max_backup_workers: int | None = Field(None, ge=0)
+    # auto: highest staleness bound the tuner may pick.
+    auto_max_staleness_bound: int = Field(4, ge=0, le=10_000)
+    # auto: applied clocks between two decisions.
+    auto_window: int = Field(8, ge=1, le=100_000)
 
 
 APPLIES_TO: dict[str, Mode] = {
@@ -105,6 +112,9 @@ APPLIES_TO: dict[str, Mode] = {
     "outer_lr": Mode.LOCAL_SGD,
     "outer_momentum": Mode.LOCAL_SGD,
     "outer_nesterov": Mode.LOCAL_SGD,
+    "auto_max_backup_workers": Mode.AUTO,
+    "auto_max_staleness_bound": Mode.AUTO,
+    "auto_window": Mode.AUTO,
 }
 
 
@@ -208,7 +218,16 @@ class JobSpec(_Strict):
             raise ValueError(
                 f"consistency.backup_workers {self.consistency.backup_workers} must be < num_workers {self.num_workers}"
             )
+        cap = self.consistency.auto_max_backup_workers
+        if cap is not None and cap >= self.num_workers:
+            raise ValueError(f"consistency.auto_max_backup_workers {cap} must be < num_workers {self.num_workers}")
         return self
+
+    @property
+    def max_auto_backups(self) -> int:
+        """auto: the most workers the tuner may make backups."""
+        cap = self.consistency.auto_max_backup_workers
+        return (self.num_workers - 1) // 2 if cap is None else cap
 
     @model_validator(mode="after")
     def _worker_bounds(self) -> JobSpec:
