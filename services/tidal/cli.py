@@ -105,6 +105,14 @@ def coordinator(
             envvar=ENV["heartbeat_timeout"], min=0.1, help="Silence, in seconds, before a member is declared failed."
         ),
     ] = 10.0,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=ENV["state_dir"],
+            help="Save jobs and membership in an SQLite file here; a restarted coordinator adopts them "
+            "and its members resume their jobs (default: state in memory only).",
+        ),
+    ] = None,
     job_file: Annotated[
         Path | None,
         typer.Option(envvar=ENV["job_file"], help="Job spec to submit at start; it runs once enough members joined."),
@@ -136,7 +144,8 @@ def coordinator(
     raise typer.Exit(
         _run(
             run_coordinator(
-                host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file, one_job
+                host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file, one_job,
+                state_dir,
             )
         )
     )

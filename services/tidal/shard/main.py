@@ -96,6 +96,15 @@ class ShardNode:
         """A worker reconnected (see RecoveryLedger): counts what a restore lost."""
         if self.runtime is not None:
             self.recovery.worker_resumed(self.runtime.state, worker_id, last_version, completed_pushes)
+            log.info(
+                "job %s: %s reconnected (saw version %d, %d pushes completed); lost so far: %d versions, %d updates",
+                self.runtime.job_id,
+                worker_id,
+                last_version,
+                completed_pushes,
+                self.recovery.versions_lost,
+                self.recovery.updates_lost,
+            )
 
     async def on_command(self, msg: coord_pb.SessionResponse) -> None:
         kind = msg.WhichOneof("kind")
@@ -166,6 +175,16 @@ class ShardNode:
             await self.runtime.close(reason)
         self.runtime = self._reporter = None  # last_runtime keeps the final parameters readable
         self._checkpointer = self._checkpoint_task = None
+
+    async def resume(self, resumed: bool) -> None:
+        """After the coordinator session was reopened: a shard the coordinator no longer
+        knows drops its job; one that resumed reports its progress again at once."""
+        if not resumed:
+            await self.release("the coordinator registered this shard as a new member")
+        elif self.runtime is not None:
+            if self._reporter:
+                self._reporter.cancel()
+            self._reporter = asyncio.create_task(self._report_progress(self.runtime))
 
     async def _report_progress(self, runtime: ShardRuntime) -> None:
         last: tuple[int, ...] = ()

@@ -76,6 +76,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         opened = first.open
         runtime = self._runtime(opened.job_id)
         state = runtime.state
+        await runtime.wait_for_epoch(opened.membership_epoch, state.spec.step_timeout_s)
         state.check_sender(opened.worker_id, opened.membership_epoch)
         if opened.last_version or opened.completed_pushes:
             self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
@@ -122,6 +123,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                         f"shard {state.shard_index}: shutting down; push {pending.push_id} was not applied, "
                         "push it again once the shard restarted"
                     )
+                await runtime.wait_for_epoch(pending.membership_epoch, timeout_s)
                 result = await runtime.push(
                     opened.worker_id,
                     pending.push_id,

@@ -6,6 +6,12 @@ callback in arrival order; the callback must not block for long (start a task in
 Everything sent goes through one queue and one writer task. Callers can therefore be
 cancelled at any time: grpc.aio cancels the whole call when a `write` is cancelled midway,
 which would look like a member failure to the coordinator.
+
+The session outlives a coordinator restart or a network blip: when it breaks, the member
+keeps working, registers again under its id with jittered backoff (at most
+RECONNECT_MAX_DELAY_S between tries, for up to the reconnect timeout) and reopens it;
+messages queued meanwhile go out on the new session. A member shutting down on purpose
+says goodbye (`leave`) so the coordinator records it as LEFT, not FAILED.
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[coord_pb.SessionResponse], Awaitable[None]]
+# Called after the session was reopened: True if the member kept its id (and its job),
+# False if the coordinator made it a new member.
+ResumeHandler = Callable[[bool], Awaitable[None]]
+# Longest pause between two attempts to reach the coordinator, in seconds.
+RECONNECT_MAX_DELAY_S = 1.0
+# Status codes that mean "the coordinator is not reachable right now": worth retrying.
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class MemberSession:
@@ -34,6 +47,7 @@ class MemberSession:
         role: int,
         address: str = "",
         name: str = "",
+        reconnect_timeout_s: float = 60.0,
         checkpoints: Callable[[], list[coord_pb.ShardCheckpoint]] | None = None,
     ) -> None:
         self._channel = create_channel(coordinator_address)
@@ -46,12 +60,19 @@ class MemberSession:
         self._call: grpc.aio.StreamStreamCall | None = None
         self.member_id = ""
         self.heartbeat_interval_s = 1.0
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.resumed = False
+        self._leaving = False
+        # A message whose write failed when a session broke: the next session sends it first.
+        self._unsent: coord_pb.SessionRequest | None = None
 
     async def register(self, deadline_s: float) -> str:
-        """Registers, retrying with jittered exponential backoff until `deadline_s` passes."""
+        """Registers (under the previous id, if there was one), retrying with jittered
+        exponential backoff until `deadline_s` passes; returns the member id."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + deadline_s
         delay = 0.1
+        self._request.member_id = self.member_id
         if self._checkpoints is not None:
             del self._request.checkpoints[:]
             self._request.checkpoints.extend(self._checkpoints())
@@ -59,50 +80,95 @@ class MemberSession:
             try:
                 reply = await self._stub.Register(self._request, timeout=5.0)
                 self.member_id, self.heartbeat_interval_s = reply.member_id, reply.heartbeat_interval_s
+                self.resumed = reply.resumed
                 return self.member_id
             except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or loop.time() + delay > give_up:
+                if exc.code() not in _RETRYABLE or loop.time() + delay > give_up:
                     raise UnavailableError(
                         f"coordinator {self._coordinator_address}: registration failed: "
                         f"{exc.code().name} {exc.details()}"
                     ) from None
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
 
-    async def run(self, on_command: CommandHandler) -> None:
-        """Holds the session until the coordinator ends it; raises UnavailableError if it breaks."""
+    async def run(self, on_command: CommandHandler, on_resumed: ResumeHandler | None = None) -> None:
+        """Holds the session for the member's life, reopening it whenever it breaks (see the
+        module docstring). Raises UnavailableError once the coordinator stayed unreachable
+        for longer than the reconnect timeout."""
+        while True:
+            try:
+                await self._hold(on_command)
+            except UnavailableError as exc:
+                if self._call is not None:
+                    self._call.cancel()
+                if self._leaving:
+                    return  # the coordinator ended the session after our goodbye
+                log.warning("%s; the member keeps working and reconnects", exc)
+            previous = self.member_id
+            await self.register(self.reconnect_timeout_s)
+            if self.resumed:
+                log.info("session resumed as %s", self.member_id)
+            else:
+                log.warning("the coordinator no longer knows %s: registered again as %s", previous, self.member_id)
+                self._drain_outgoing()  # reports about the old id's job mean nothing now
+            if on_resumed is not None:
+                await on_resumed(self.resumed)
+
+    async def _hold(self, on_command: CommandHandler) -> None:
+        """One session: open, then hand over commands until it breaks (UnavailableError)."""
         self._call = self._stub.Session()
-        await self._call.write(coord_pb.SessionRequest(open=coord_pb.SessionOpen(member_id=self.member_id)))
-        writer = asyncio.create_task(self._write_outgoing(self._call))
-        heartbeat = asyncio.create_task(self._heartbeat())
+        writer: asyncio.Task[None] | None = None
+        heartbeat: asyncio.Task[None] | None = None
         try:
+            await self._call.write(coord_pb.SessionRequest(open=coord_pb.SessionOpen(member_id=self.member_id)))
+            writer = asyncio.create_task(self._write_outgoing(self._call))
+            heartbeat = asyncio.create_task(self._heartbeat())
             while True:
                 msg = await self._call.read()
                 if msg is grpc.aio.EOF:
                     raise UnavailableError(f"coordinator {self._coordinator_address}: session ended")
                 await on_command(msg)
-        except grpc.aio.AioRpcError as exc:
-            raise UnavailableError(
-                f"coordinator {self._coordinator_address}: session lost: {exc.code().name} {exc.details()}"
-            ) from None
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            detail = f"{exc.code().name} {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            raise UnavailableError(f"coordinator {self._coordinator_address}: session lost: {detail}") from None
         finally:
-            heartbeat.cancel()
-            writer.cancel()
+            for task in (heartbeat, writer):
+                if task is not None:
+                    task.cancel()
 
     async def send(self, request: coord_pb.SessionRequest) -> None:
-        """Queues a message for the coordinator; returns at once and is safe to cancel."""
-        if self._call is None:
-            raise UnavailableError("session: not open")
+        """Queues a message for the coordinator; returns at once and is safe to cancel. While
+        the session is down, messages wait for the next one."""
         self._outgoing.put_nowait(request)
+
+    def _drain_outgoing(self) -> None:
+        self._unsent = None
+        while not self._outgoing.empty():
+            self._outgoing.get_nowait()
+
+    async def leave(self, reason: str, timeout_s: float = 2.0) -> None:
+        """Says goodbye (the coordinator records the member as LEFT, not FAILED) and waits,
+        at most `timeout_s`, for the coordinator to end the session. Call it while `run` is
+        still going: cancelling `run` cancels the call, and the goodbye could not be sent."""
+        self._leaving = True
+        call = self._call
+        if call is None or call.done():
+            return
+        self._outgoing.put_nowait(coord_pb.SessionRequest(goodbye=coord_pb.Goodbye(reason=reason)))
+        try:
+            await asyncio.wait_for(call.code(), timeout_s)
+        except TimeoutError:
+            log.warning("the coordinator did not confirm the goodbye within %.1fs", timeout_s)
 
     async def _write_outgoing(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:
-            request = await self._outgoing.get()
+            request, self._unsent = self._unsent or await self._outgoing.get(), None
             try:
                 await call.write(request)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                # The read loop sees the broken call and reports it; nothing more to do here.
+                # The read loop sees the broken call and reports it; the next session resends.
                 log.warning("session write failed: %s", exc)
+                self._unsent = request
                 return
 
     async def _heartbeat(self) -> None:

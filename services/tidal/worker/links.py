@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -52,6 +53,8 @@ class ShardLink:
         self.newest_version = -1
         self.completed_pushes = 0
         self.reconnects = 0
+        # Set when the coordinator says where the shard restarted: a waiting reconnect goes at once.
+        self._moved = asyncio.Event()
         self.bytes_sent = 0
         self.bytes_received = 0
         self._channel = create_channel(address)
@@ -174,8 +177,9 @@ class ShardLink:
             return self.version
 
     def retarget(self, address: str) -> None:
-        """The shard restarted at `address`: the next reconnection goes there."""
+        """The shard restarted at `address`: the next reconnection goes there, now."""
         self.address = address
+        self._moved.set()
 
     async def recover(self, step: int | None, deadline_s: float) -> None:
         """Reconnects after the stream broke (the shard may have restarted, elsewhere) with
@@ -196,7 +200,9 @@ class ShardLink:
             except (UnavailableError, FailedPreconditionError, DeadlineExceededError) as exc:
                 if loop.time() + delay > give_up:
                     raise type(exc)(f"{self._where(step)}: not back within {deadline_s:.0f}s: {exc}") from None
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._moved.wait(), delay * random.uniform(0.5, 1.5))
+                self._moved.clear()
                 delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
                 continue
             self.reconnects += 1

@@ -49,6 +49,17 @@ class Assignment:
     membership_epoch: int
     shard_map: ShardMap
     shard_addresses: list[str]
+    # The job's live workers by rank (this one included); empty: ranks 0..world_size-1.
+    worker_ids: tuple[str, ...] = ()
+
+
+def data_slot(worker_id: str, rank: int, world_size: int, worker_ids: tuple[str, ...]) -> tuple[int, int]:
+    """(partition index, partition count) of a worker. Partitions follow the position in the
+    live worker list, so after a loss or a join the live workers again split the whole
+    training set among themselves, deterministically (the same list gives the same split)."""
+    if worker_id in worker_ids:
+        return worker_ids.index(worker_id), len(worker_ids)
+    return rank, world_size
 
 
 class TrainingRun:
@@ -59,9 +70,12 @@ class TrainingRun:
         spec = assignment.spec
         self.metrics = metrics
         # A partitioned data set (climate) loads only this worker's part.
-        self.dataset: Dataset = job_dataset(spec, assignment.rank, assignment.world_size)
+        slot = data_slot(assignment.worker_id, assignment.rank, assignment.world_size, assignment.worker_ids)
+        self.dataset: Dataset = job_dataset(spec, *slot)
         self.flat = FlatModel(job_model(spec, self.dataset))
-        self.partition = job_partition(spec, self.dataset, assignment.rank, assignment.world_size)
+        self.epoch = assignment.membership_epoch
+        self.worker_ids = assignment.worker_ids
+        self.partition = self._partition()
         declared = spec.straggler(assignment.rank)
         self.straggler = StragglerProfile(
             slowdown * (declared.slowdown if declared else 1.0),
@@ -81,6 +95,29 @@ class TrainingRun:
         self.pushes = 0
         self._last_exchange_s = 0.0
         self._bytes = (0, 0)
+
+    def _partition(self) -> torch.Tensor:
+        a = self.a
+        index, count = data_slot(a.worker_id, a.rank, a.world_size, self.worker_ids)
+        if self.dataset.part not in (None, (index, count)):
+            # A partitioned data set holds one slot's data: load the new slot's.
+            self.dataset = job_dataset(a.spec, index, count)
+        return job_partition(a.spec, self.dataset, index, count)
+
+    def set_membership(self, epoch: int, worker_ids: tuple[str, ...]) -> None:
+        """The job's workers changed: take the data partition of this worker's new position
+        and carry the new epoch from the next push on."""
+        self.epoch, self.worker_ids = epoch, worker_ids
+        for link in self.links:
+            link.epoch = epoch
+        self.partition = self._partition()
+        log.info("job %s: membership epoch %d, %d workers, %d training samples here",
+                 self.a.job_id, epoch, len(worker_ids), len(self.partition))  # fmt: skip
+
+    @property
+    def evaluator(self) -> bool:
+        """Whether this worker runs the periodic evaluations: the first live worker."""
+        return self.worker_ids[0] == self.a.worker_id if self.worker_ids else self.a.rank == 0
 
     @property
     def version(self) -> int:
@@ -104,7 +141,7 @@ class TrainingRun:
         a = self.a
         self.links = [
             ShardLink(
-                a.job_id, a.worker_id, a.membership_epoch, i, address, a.shard_map, self.flat.params,
+                a.job_id, a.worker_id, self.epoch, i, address, a.shard_map, self.flat.params,
                 a.spec.step_timeout_s,
             )
             for i, address in enumerate(a.shard_addresses)
@@ -115,8 +152,8 @@ class TrainingRun:
         self._count_bytes()
         last_report = 0.0
         spec = a.spec
-        # Rank 0 evaluates the parameters it just received every `eval_every` versions.
-        evaluates = spec.eval_every > 0 and a.rank == 0
+        # The first live worker evaluates the parameters it just received every `eval_every` versions.
+        evaluates = spec.eval_every > 0
         evaluated_upto = 0
         while not self._done():
             loss, step_s = await self._step()
@@ -124,7 +161,7 @@ class TrainingRun:
             if now - last_report >= PROGRESS_INTERVAL_S or self._done():
                 last_report = now
                 await report(StepReport(self.step, self.samples, loss, step_s, self.version))
-            if evaluates and self.version // spec.eval_every > evaluated_upto and not self._done():
+            if evaluates and self.evaluator and self.version // spec.eval_every > evaluated_upto and not self._done():
                 evaluated_upto = self.version // spec.eval_every
                 data = self.dataset
                 result = await asyncio.to_thread(

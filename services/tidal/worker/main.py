@@ -41,6 +41,7 @@ def assignment_from_proto(member_id: str, msg: coord_pb.AssignWorker) -> Assignm
         membership_epoch=msg.membership_epoch,
         shard_map=serde.shard_map_from_proto(msg.shard_map),
         shard_addresses=list(msg.shard_addresses),
+        worker_ids=tuple(msg.worker_ids),
     )
 
 
@@ -53,6 +54,10 @@ class WorkerNode(worker_grpc.WorkerServicer):
         self.slowdown = slowdown
         self.run: TrainingRun | None = None
         self._task: asyncio.Task[None] | None = None
+        # The latest membership change of the job being set up, applied once its run exists.
+        self._membership: coord_pb.MembershipChanged | None = None
+        # The worker_finished report of the current job, sent again after a session resumes.
+        self._finished: coord_pb.SessionRequest | None = None
 
     async def GetWorkerInfo(
         self, request: worker_pb.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
@@ -72,6 +77,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
         if kind == "assign_worker":
             await self.release()
             self._task = asyncio.create_task(self._guard(msg.assign_worker.job_id, self._train(msg.assign_worker)))
+        elif kind == "membership_changed":
+            self._membership = msg.membership_changed
+            self._apply_membership()
         elif kind == "shard_moved" and self.run and self.run.a.job_id == msg.shard_moved.job_id:
             log.info("job %s: shard %d restored at %s", msg.shard_moved.job_id, msg.shard_moved.shard_index,
                      msg.shard_moved.address)  # fmt: skip
@@ -82,12 +90,30 @@ class WorkerNode(worker_grpc.WorkerServicer):
         elif kind == "release_job" and self.run and self.run.a.job_id == msg.release_job.job_id:
             await self.release()
 
+    def _apply_membership(self) -> None:
+        change, run = self._membership, self.run
+        if change is None or run is None or run.a.job_id != change.job_id:
+            return
+        if change.membership_epoch > run.epoch:
+            run.set_membership(change.membership_epoch, tuple(change.worker_ids))
+
+    async def resume(self, resumed: bool) -> None:
+        """After the coordinator session was reopened: a worker the coordinator made a new
+        member has been dropped from its job and stops it; one that resumed repeats its
+        finish report, which may have been lost with the old session."""
+        if not resumed:
+            log.warning("dropped from its job while away from the coordinator; stopping it")
+            await self.release()
+        elif self._finished is not None:
+            await self._send(self._finished)
+
     async def release(self) -> None:
         if self._task and not self._task.done():
             self._task.cancel()
         if self.run:
             await self.run.close()
         self.run = self._task = None
+        self._membership = self._finished = None
 
     async def _guard(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
         """Runs job work; a failure is reported to the coordinator, which fails the job."""
@@ -107,6 +133,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
         metrics = self.metrics.for_job(assign.job_id, assignment.spec.mode.value, self.session.member_id)
         self.metrics.slowdown.labels(self.session.member_id).set(self.slowdown)
         self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown, metrics)
+        self._apply_membership()  # a change that arrived while the run was being built
         log.info(
             "job %s: rank %d of %d, %d training samples",
             assign.job_id,
@@ -125,18 +152,18 @@ class WorkerNode(worker_grpc.WorkerServicer):
                         loss=r.loss,
                         step_time_s=r.step_time_s,
                         param_version=r.param_version,
+                        pushes=run.pushes,
                     )
                 )
             )
 
         await run.train(report, lambda version, result: self._report_eval(assign.job_id, version, result, False))
-        await self._send(
-            coord_pb.SessionRequest(
-                worker_finished=coord_pb.WorkerFinished(
-                    job_id=assign.job_id, steps=run.step, samples=run.samples, pushes=run.pushes
-                )
+        self._finished = coord_pb.SessionRequest(
+            worker_finished=coord_pb.WorkerFinished(
+                job_id=assign.job_id, steps=run.step, samples=run.samples, pushes=run.pushes
             )
         )
+        await self._send(self._finished)
 
     async def _evaluate(self, run: TrainingRun, final: bool) -> None:
         version, result = await run.evaluate_latest()
