@@ -56,7 +56,7 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 
 def test_registry_names() -> None:
-    assert set(MODELS) == {"mlp", "cnn"}
+    assert set(MODELS) == {"mlp", "cnn", "grid_forecaster", "station_mlp"}
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_bad_shape_classes_seed() -> None:
     with pytest.raises(InvalidArgumentError, match="input_shape"):
         build_model("mlp", {}, (0,), 2, seed=0)
     with pytest.raises(InvalidArgumentError, match="num_classes"):
-        build_model("mlp", {}, (4,), 1, seed=0)
+        build_model("mlp", {}, (4,), 0, seed=0)
     with pytest.raises(InvalidArgumentError, match="seed"):
         build_model("mlp", {}, (4,), 2, seed=-(1 << 70))
 

@@ -9,6 +9,9 @@ Datasets:
   underlying NOAA data is a US government work in the public domain
   (https://www.weather.gov/disclaimer). Task: "will it rain tomorrow" (binary).
 * ``synthetic``: seeded, learnable, size-configurable data for benchmarks.
+* ``climate_grid``, ``climate_stations``: partitioned data sets (``tidal.core.climate``):
+  each worker loads only its own part, and their shapes come from metadata
+  (:func:`describe_dataset`) without reading the data.
 
 Sharding (:func:`partition_indices`, :func:`batch_indices`) is pure, so anyone
 can recompute exactly which samples a worker used at any step.
@@ -17,6 +20,7 @@ can recompute exactly which samples a worker used at any step.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import importlib.resources
 import io
@@ -30,26 +34,22 @@ from typing import Any
 
 import torch
 
+from .climate.gridded import describe_grid, load_grid
+from .climate.stations import describe_stations, load_stations
+from .data_types import Dataset, DatasetInfo
 from .errors import InvalidArgumentError
 
-__all__ = ["DATASETS", "Dataset", "batch_indices", "load_dataset", "partition_indices"]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """An in-memory classification dataset with a train and a validation split."""
-
-    name: str
-    train_x: torch.Tensor  # float32, shape (N, *input_shape)
-    train_y: torch.Tensor  # int64 class ids, shape (N,)
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample (without the batch dimension)."""
-        return tuple(self.train_x.shape[1:])
+__all__ = [
+    "DATASETS",
+    "PARTITIONED",
+    "Dataset",
+    "DatasetInfo",
+    "batch_indices",
+    "dataset_partition",
+    "describe_dataset",
+    "load_dataset",
+    "partition_indices",
+]
 
 
 def _int_arg(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
@@ -187,18 +187,74 @@ DATASETS: dict[str, Callable[[dict[str, Any], int], Dataset]] = {
 }
 
 
-def load_dataset(name: str, args: Mapping[str, Any], seed: int) -> Dataset:
-    """Load dataset ``name`` with loader ``args``; raise InvalidArgumentError on bad input."""
-    loader = DATASETS.get(name) if isinstance(name, str) else None
-    if loader is None:
-        raise InvalidArgumentError(f"dataset.name must be one of {sorted(DATASETS)}, got {name!r}")
+@dataclass(frozen=True)
+class PartitionedSource:
+    """A data set too large to load whole: each worker loads its own part."""
+
+    # (args, seed) -> input shape and outputs, from metadata only.
+    describe: Callable[[dict[str, Any], int], DatasetInfo]
+    # (args, seed, rank, world_size) -> the rank's training part and the validation split.
+    load: Callable[[dict[str, Any], int, int, int], Dataset]
+
+
+PARTITIONED: dict[str, PartitionedSource] = {
+    "climate_grid": PartitionedSource(describe_grid, load_grid),
+    "climate_stations": PartitionedSource(describe_stations, load_stations),
+}
+
+
+def _checked_args(name: str, args: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    if not isinstance(name, str) or (name not in DATASETS and name not in PARTITIONED):
+        raise InvalidArgumentError(f"dataset.name must be one of {sorted([*DATASETS, *PARTITIONED])}, got {name!r}")
     if not isinstance(args, Mapping):
         raise InvalidArgumentError(f"dataset.args must be a mapping, got {type(args).__name__}")
     for key in args:
         if not isinstance(key, str):
             raise InvalidArgumentError(f"dataset.args keys must be strings, got {key!r}")
     _check_seed(seed)
-    return loader(dict(args), seed)
+    return dict(args)
+
+
+def load_dataset(name: str, args: Mapping[str, Any], seed: int, rank: int = 0, world_size: int = 1) -> Dataset:
+    """Load dataset ``name`` with loader ``args``; raise InvalidArgumentError on bad input.
+
+    A partitioned data set loads only the part of worker ``rank`` of ``world_size`` (whole
+    for 0 of 1); the others load whole whatever the rank (see `dataset_partition`).
+    """
+    checked = _checked_args(name, args, seed)
+    if name in PARTITIONED:
+        _check_slot(rank, world_size)
+        part = PARTITIONED[name].load(checked, seed, rank, world_size)
+        return dataclasses.replace(part, part=(rank, world_size))
+    return DATASETS[name](checked, seed)
+
+
+def dataset_partition(dataset: Dataset, rank: int, world_size: int, seed: int) -> torch.Tensor:
+    """Indices of the training samples of worker ``rank`` of ``world_size``: a seeded share of
+    a whole data set, or every sample of a partitioned data set loaded for that very slot."""
+    if dataset.part is None:
+        return partition_indices(len(dataset.train_y), rank, world_size, seed)
+    if dataset.part != (rank, world_size):
+        raise InvalidArgumentError(
+            f"dataset {dataset.name!r} holds the part of worker {dataset.part[0]} of {dataset.part[1]}, "
+            f"not of {rank} of {world_size}: load it for the new slot"
+        )
+    return torch.arange(len(dataset.train_y))
+
+
+def describe_dataset(name: str, args: Mapping[str, Any], seed: int) -> DatasetInfo:
+    """What the model is built from; partitioned data sets answer from metadata alone."""
+    checked = _checked_args(name, args, seed)
+    if name in PARTITIONED:
+        return PARTITIONED[name].describe(checked, seed)
+    return DATASETS[name](checked, seed).info
+
+
+def _check_slot(rank: int, world_size: int) -> None:
+    _check_int("world_size", world_size, 1)
+    _check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise InvalidArgumentError(f"rank must be < world_size={world_size}, got {rank}")
 
 
 def _check_int(name: str, value: Any, lo: int) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .climate.models import grid_forecaster, station_mlp
 from .errors import InvalidArgumentError
 
 __all__ = ["MODELS", "build_model", "count_parameters"]
@@ -87,7 +88,12 @@ def _cnn(
     return nn.Sequential(*layers)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "cnn": _cnn}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _mlp,
+    "cnn": _cnn,
+    "grid_forecaster": grid_forecaster,
+    "station_mlp": station_mlp,
+}
 
 
 def _resolve_factory(name: str) -> Callable[..., nn.Module]:
@@ -142,8 +148,9 @@ def build_model(
     shape = tuple(input_shape)
     if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         raise InvalidArgumentError(f"input_shape must be positive integers, got {input_shape!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise InvalidArgumentError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    # Classes of a classifier, or outputs of a regression model (one forecast variable: 1).
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise InvalidArgumentError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     # torch seeds are 64-bit; outside this range manual_seed raises RuntimeError.
     if not isinstance(seed, int) or isinstance(seed, bool) or not -(1 << 63) <= seed < (1 << 64):
         raise InvalidArgumentError(f"seed must be a 64-bit integer, got {seed!r}")

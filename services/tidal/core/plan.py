@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from tidal.core.datasets import Dataset, load_dataset
+from tidal.core.datasets import Dataset, DatasetInfo, dataset_partition, describe_dataset, load_dataset
 from tidal.core.models import build_model
 from tidal.core.shard_map import ShardMap, build_shard_map, tensor_infos
 from tidal.core.spec import JobSpec
 
 
-def job_dataset(spec: JobSpec) -> Dataset:
-    return load_dataset(spec.dataset.name, spec.dataset.args, spec.seed)
+def job_dataset(spec: JobSpec, rank: int = 0, world_size: int = 1) -> Dataset:
+    """The data worker ``rank`` of ``world_size`` holds: the whole data set, or only its part
+    of a partitioned one (climate)."""
+    return load_dataset(spec.dataset.name, spec.dataset.args, spec.seed, rank, world_size)
 
 
-def job_model(spec: JobSpec, dataset: Dataset) -> nn.Module:
+def job_partition(spec: JobSpec, dataset: Dataset, rank: int, world_size: int) -> torch.Tensor:
+    """Indices of the training samples of worker ``rank`` of ``world_size`` in `dataset`."""
+    return dataset_partition(dataset, rank, world_size, spec.seed)
+
+
+def job_dataset_info(spec: JobSpec) -> DatasetInfo:
+    """What the model is built from, without loading the data where the data set can tell
+    from metadata (shards and the coordinator need nothing else)."""
+    return describe_dataset(spec.dataset.name, spec.dataset.args, spec.seed)
+
+
+def job_model(spec: JobSpec, dataset: Dataset | DatasetInfo) -> nn.Module:
     """The model with its initial parameters: the same bits in every process for a seed."""
     return build_model(spec.model.name, spec.model.args, dataset.input_shape, dataset.num_classes, spec.seed)
 

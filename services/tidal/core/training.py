@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tidal.core.flat import FlatModel
+from tidal.core.objectives import CROSS_ENTROPY, Objective
 
 
 @dataclass(frozen=True)
@@ -21,26 +21,32 @@ class EvalResult:
     accuracy: float
 
 
-def compute_gradient(flat: FlatModel, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Leaves the mean cross-entropy gradient of the batch in `flat.grads`; returns the loss."""
+def compute_gradient(
+    flat: FlatModel, x: torch.Tensor, y: torch.Tensor, objective: Objective = CROSS_ENTROPY
+) -> float:
+    """Leaves the gradient of the batch's mean loss (the data set's objective: cross-entropy
+    unless it says otherwise) in `flat.grads`; returns the loss."""
     flat.zero_grad()
     flat.model.train()
-    loss = F.cross_entropy(flat.model(x), y)
+    loss = objective.loss(flat.model(x), y)
     loss.backward()
     return float(loss.detach())
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> EvalResult:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096, objective: Objective = CROSS_ENTROPY
+) -> EvalResult:
+    """Mean loss and accuracy (for regression objectives: skill against the reference forecast)."""
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, correct = 0.0, 0.0
     for lo in range(0, len(y), batch_size):
-        logits = model(x[lo : lo + batch_size])
+        out = model(x[lo : lo + batch_size])
         target = y[lo : lo + batch_size]
-        total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
+        total_loss += float(objective.sum_loss(out, target))
+        correct += objective.score(out, target)
     n = max(len(y), 1)
-    return EvalResult(total_loss / n, correct / n)
+    return EvalResult(total_loss / n, objective.accuracy(correct, total_loss / n, len(y)))
 
 
 def warm_up() -> None:
