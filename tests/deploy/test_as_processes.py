@@ -42,6 +42,8 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 pytestmark = pytest.mark.integration
 LOOPBACK = "127.0.0.1"
 PORT_VARS = ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT")
+# Where the image keeps state (volumes in compose and Kubernetes).
+DATA_ROOT = "/var/lib/tidal/"
 # Steps for the test's copy of the deployment's job: enough to see it train, quick on 2 cores.
 STEPS = 60
 HEALTH_TIMEOUT_S = 60.0
@@ -50,10 +52,16 @@ RUN_TIMEOUT_S = 240.0
 SCALED_DOWN = ["statefulsets/tidal-shard", "deployments/tidal-coordinator"]
 
 
-def loopback_env(role: str, env: dict[str, str], names: set[str], bound: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """`env` for one machine: every port free, every name of `names` 127.0.0.1, addresses of
-    other services at the ports they really bound (`bound`: name -> ready-file info)."""
+def loopback_env(
+    role: str, env: dict[str, str], names: set[str], bound: dict[str, dict[str, Any]], scratch: Path
+) -> dict[str, str]:
+    """`env` for one process on one machine: every port free, every name of `names` 127.0.0.1,
+    addresses of other services at the ports they really bound (`bound`: name -> ready-file
+    info), folders in the container's data volumes under this process's own `scratch`."""
     out = dict(env)
+    for var, value in env.items():
+        if value.startswith(DATA_ROOT):
+            out[var] = str(scratch / Path(value).relative_to(DATA_ROOT))
     accepted = cli_commands()[role].env
     out.update({var: "0" for var in PORT_VARS if var in accepted})
     if "TIDAL_HOST" in accepted:
@@ -112,7 +120,7 @@ def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) 
         for name in compose_order(services):
             service = services[name]
             args = list(service["command"])
-            env = loopback_env(args[0], env_of(service), names, bound)
+            env = loopback_env(args[0], env_of(service), names, bound, tmp_path / name)
             if name == "submit":
                 # The spec is bind-mounted from the repository; the test runs a shorter copy.
                 source, target = next(v.split(":")[:2] for v in service["volumes"] if v.startswith("./"))
@@ -132,13 +140,14 @@ def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) 
                 continue
             replicas = service.get("deploy", {}).get("replicas", 1)
             instances = [f"{name}-{i}" for i in range(replicas)] if replicas > 1 else [name]
+            envs = {i: loopback_env(args[0], env_of(service), names, bound, tmp_path / i) for i in instances}
             for instance in instances:
-                cluster.spawn(instance, args, env)
+                cluster.spawn(instance, args, envs[instance])
             cluster.wait_ready(instances)
             bound[name] = cluster.services[instances[0]].info
             for instance in instances:
                 info = cluster.services[instance].info
-                wait_healthy(service["healthcheck"]["test"], env, info["grpc_port"], instance)
+                wait_healthy(service["healthcheck"]["test"], envs[instance], info["grpc_port"], instance)
 
         jobs = (
             coordinator_stub(f"{LOOPBACK}:{bound['coordinator']['grpc_port']}")
@@ -170,7 +179,7 @@ def test_sync_overlay_runs_one_job_then_scales_down_and_everything_exits_zero(tm
     stack = ExitStack()
     try:
         container = pod_spec(coordinator)["containers"][0]
-        env = loopback_env("coordinator", container_env(container), names, bound)
+        env = loopback_env("coordinator", container_env(container), names, bound, tmp_path / "coordinator")
         job_file = Path(env["TIDAL_JOB_FILE"])
         (volume,) = [v for v in pod_spec(coordinator)["volumes"] if "configMap" in v]
         configmap = by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]
@@ -185,9 +194,9 @@ def test_sync_overlay_runs_one_job_then_scales_down_and_everything_exits_zero(tm
         (workers,) = jobs.values()
         for workload, count in ((shards, shards["spec"]["replicas"]), (workers, workers["spec"]["completions"])):
             container = pod_spec(workload)["containers"][0]
-            env = loopback_env(container["args"][0], container_env(container), names, bound)
             for i in range(count):
                 name = f"{workload['metadata']['name']}-{i}"
+                env = loopback_env(container["args"][0], container_env(container), names, bound, tmp_path / name)
                 cluster.spawn(name, container["args"], env)
                 members.append(name)
         deadline = time.monotonic() + RUN_TIMEOUT_S
