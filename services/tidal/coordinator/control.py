@@ -53,6 +53,8 @@ class Control:
         self._outboxes: dict[str, asyncio.Queue[coord_pb.SessionResponse | None]] = {}
         self._changed = asyncio.Condition()
         self._generation = 0
+        # Shards that registered with checkpoints: member id -> [(job id, shard index)].
+        self._checkpoints: dict[str, list[tuple[str, int]]] = {}
         self._store = store
         self._unsaved = False
         # Ended jobs already saved: they never change again, so saves skip them.
@@ -99,6 +101,7 @@ class Control:
         self._outboxes[member_id] = outbox
         self.membership.seen(member_id, time.monotonic())
         await self._deliver(self._resync(member))
+        await self._deliver(self._reattach())
         await self._deliver(self.jobs.schedule(time.time()))
         return outbox
 
@@ -153,10 +156,16 @@ class Control:
                     p.staleness_sum,
                     p.staleness_count,
                     p.staleness_max,
+                    p.updates_lost,
+                    p.versions_lost,
+                    p.checkpoint_version,
                 )
                 commands = self.jobs.shard_progress(member_id, p.job_id, progress, now)
             elif kind == "shard_ready":
-                commands = self.jobs.shard_ready(member_id, msg.shard_ready.job_id)
+                r = msg.shard_ready
+                commands = self.jobs.shard_ready(member_id, r.job_id, r.version, r.checkpointing, now)
+                if commands and isinstance(commands[0], jobs.MoveShard):
+                    self._restored(commands[0])
             elif kind == "worker_finished":
                 p = msg.worker_finished
                 commands = self.jobs.worker_finished(member_id, p.job_id, p.steps, p.samples, p.pushes)
@@ -180,6 +189,42 @@ class Control:
             self._save()
         await self._deliver(commands)
         await self._bump()
+
+    # --- shard restarts (docs/fault-tolerance.md) ----------------------------------------
+    def shard_checkpoints(self, member_id: str, refs: list[tuple[str, int]]) -> None:
+        """Notes the checkpoints a shard found at start-up: it may replace a lost shard."""
+        if refs:
+            self._checkpoints[member_id] = refs
+
+    def _reattach(self) -> list[jobs.Command]:
+        """Idle shards with a session and a checkpoint of a job that waits for its lost shard
+        replace it (restoring the checkpoint)."""
+        commands: list[jobs.Command] = []
+        for member_id, refs in list(self._checkpoints.items()):
+            member = self.membership.get(member_id)
+            if not member.live:
+                del self._checkpoints[member_id]
+            elif member_id in self._outboxes:
+                for job_id, shard_index in refs:
+                    if found := self.jobs.shard_rejoin(member, job_id, shard_index):
+                        log.warning("job %s: shard %d restarts from a checkpoint on %s", job_id, shard_index, member_id)
+                        commands += found
+                        break
+        return commands
+
+    def _restored(self, move: jobs.MoveShard) -> None:
+        job = self.jobs.get(move.job_id)
+        restart = next(r for r in reversed(job.restarts) if r.member_id == move.shard_member_id)
+        self.counters.shard_restarts.inc()
+        log.warning(
+            "job %s: shard %d restored on %s at version %d (lost at version %d) after %.1fs",
+            job.job_id,
+            move.shard_index,
+            move.shard_member_id,
+            move.version,
+            restart.lost_version,
+            restart.ready_at - restart.lost_at,
+        )
 
     # --- jobs ----------------------------------------------------------------------
     async def submit(self, spec_json: str) -> jobs.Job:
@@ -235,6 +280,7 @@ class Control:
                 self.counters.missed_heartbeats.labels(member.role.value).inc()
                 await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
             await self._deliver(self.jobs.schedule(time.time()))
+            await self._deliver(self.jobs.expire_restarts(time.time()))
             if self._unsaved:
                 self._save()
 
@@ -248,6 +294,7 @@ class Control:
             self.counters.members_left.labels(member.role.value).inc()
         self.membership.fail(member.member_id, state)
         await self._deliver(self.jobs.member_lost(member, time.time()))
+        await self._deliver(self._reattach())
         self._save()
         outbox = self._outboxes.pop(member.member_id, None)
         if outbox is not None:

@@ -82,6 +82,18 @@ def job_to_proto(job: jobs.Job) -> coord_pb.JobStatus:
             )
             for e in job.evals
         ],
+        shard_restarts=[
+            coord_pb.ShardRestart(
+                shard_index=r.shard_index,
+                member_id=r.member_id,
+                restored_version=r.restored_version,
+                versions_lost=r.versions_lost,
+                updates_lost=r.updates_lost,
+                recovery_s=0.0 if r.recovering else r.ready_at - r.lost_at,
+                lost_at=r.lost_at,
+            )
+            for r in job.restarts
+        ],
     )
     if job.evals:
         status.val_loss, status.val_accuracy = job.evals[-1].val_loss, job.evals[-1].val_accuracy
@@ -99,6 +111,16 @@ def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.
                 shard_map=shard_map_to_proto(job.shard_map),
                 membership_epoch=job.membership_epoch,
                 worker_ids=job.worker_ids,
+                restore=command.restore,
+            )
+        )
+    if isinstance(command, jobs.MoveShard):
+        return coord_pb.SessionResponse(
+            shard_moved=coord_pb.ShardMoved(
+                job_id=command.job_id,
+                shard_index=command.shard_index,
+                address=membership.get(command.shard_member_id).address,
+                version=command.version,
             )
         )
     if isinstance(command, jobs.AssignWorker):

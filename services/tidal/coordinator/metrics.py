@@ -39,6 +39,11 @@ class CoordinatorCounters:
         self.failures = Counter(
             "tidal_coordinator_member_failures_total", "Members declared failed.", ["role", "reason"], registry=registry
         )
+        self.shard_restarts = Counter(
+            "tidal_coordinator_shard_restarts_total",
+            "Lost shards restored from their checkpoints (the job went on).",
+            registry=registry,
+        )
         self.members_left = Counter(
             "tidal_coordinator_members_left_total",
             "Members that said goodbye (shut down on purpose) instead of failing.",
@@ -99,11 +104,19 @@ class ControlCollector(Collector):
             "val_loss": gauge("tidal_job_validation_loss", "Latest validation loss."),
             "val_acc": gauge("tidal_job_validation_accuracy", "Latest validation accuracy."),
             "progress": gauge("tidal_job_last_progress_timestamp_seconds", "Unix time of the last progress report."),
+            "versions_lost": gauge(
+                "tidal_job_versions_lost", "Versions lost by shards restored from checkpoints (sum over restarts)."
+            ),
+            "updates_lost": gauge(
+                "tidal_job_updates_lost", "Acknowledged pushes that restored checkpoints did not hold (sum)."
+            ),
         }
         for job in jobs:
             key = [job.job_id, job.spec.mode.value]
             info.add_metric([*key, job.state.value], 1)
             families["version"].add_metric(key, job.version)
+            families["versions_lost"].add_metric(key, sum(r.versions_lost for r in job.restarts))
+            families["updates_lost"].add_metric(key, sum(r.updates_lost for r in job.restarts))
             families["target"].add_metric(key, job.spec.target_version)
             families["samples"].add_metric(key, job.samples)
             families["workers"].add_metric(key, len(job.worker_ids))

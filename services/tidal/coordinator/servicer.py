@@ -32,6 +32,7 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         if role is None:
             raise InvalidArgumentError(f"role: must be ROLE_WORKER or ROLE_SHARD, got {request.role}")
         member, resumed = self._control.register(role, request.address, request.name, request.member_id)
+        self._control.shard_checkpoints(member.member_id, [(c.job_id, c.shard_index) for c in request.checkpoints])
         return coord_pb.RegisterResponse(
             member_id=member.member_id,
             heartbeat_interval_s=self._control.heartbeat_interval_s,

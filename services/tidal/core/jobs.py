@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from tidal.core.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
-from tidal.core.membership import Member, Membership, Role
+from tidal.core.membership import Member, Membership, MemberState, Role
 from tidal.core.shard_map import ShardMap
-from tidal.core.spec import JobSpec
+from tidal.core.spec import JobSpec, Mode
 
 
 class JobState(Enum):
@@ -62,6 +62,35 @@ class ShardProgress:
     staleness_sum: int = 0
     staleness_count: int = 0
     staleness_max: int = 0
+    # After a restore from a checkpoint (see ShardRestart): what the checkpoint lost.
+    updates_lost: int = 0
+    versions_lost: int = 0
+    # Version of the newest checkpoint the shard wrote (-1: none).
+    checkpoint_version: int = -1
+
+
+@dataclass
+class ShardRestart:
+    """A lost shard of a running job, waiting for (or restored by) a replacement that
+    restarts from its checkpoint."""
+
+    shard_index: int
+    lost_member: str
+    # Unix time of the loss.
+    lost_at: float
+    # Version the lost shard had last reported.
+    lost_version: int
+    # The replacement once one is assigned ("" while the job waits for one).
+    member_id: str = ""
+    restored_version: int = -1
+    # Unix time the replacement was ready (0: recovering).
+    ready_at: float = 0.0
+    updates_lost: int = 0
+    versions_lost: int = 0
+
+    @property
+    def recovering(self) -> bool:
+        return self.ready_at == 0.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,13 @@ class Job:
     final_eval_done: bool = False
     # Unix time of the last progress report from any member (0: none yet).
     last_progress_at: float = 0.0
+    # Indices of the shards that write checkpoints (a lost one is waited for, not fatal).
+    checkpointing: set[int] = field(default_factory=set)
+    # Shard losses survived or being survived, oldest first.
+    restarts: list[ShardRestart] = field(default_factory=list)
+
+    def pending_restart(self, shard_index: int) -> ShardRestart | None:
+        return next((r for r in self.restarts if r.shard_index == shard_index and r.recovering), None)
 
     @property
     def members(self) -> list[str]:
@@ -121,6 +157,20 @@ class AssignShard:
     member_id: str
     job: Job
     shard_index: int
+    # Restore the shard from its newest valid checkpoint of this job (it replaces a lost one).
+    restore: bool = False
+
+
+@dataclass(frozen=True)
+class MoveShard:
+    """Tells a worker where a restored shard now serves."""
+
+    member_id: str
+    job_id: str
+    shard_index: int
+    # The shard's member id (its address is looked up when the command is sent).
+    shard_member_id: str
+    version: int
 
 
 @dataclass(frozen=True)
@@ -156,7 +206,11 @@ class Release:
     reason: str
 
 
-Command = AssignShard | AssignWorker | ChangeMembership | Evaluate | Release
+Command = AssignShard | AssignWorker | ChangeMembership | MoveShard | Evaluate | Release
+# Modes whose shards can be restored: their barriers key on the version a gradient was computed
+# from, which workers re-pull from the restored shard. SSP and auto key on the workers' clocks,
+# which a restored shard cannot replay.
+RESTARTABLE_MODES = frozenset({Mode.SYNC, Mode.ASYNC, Mode.LOCAL_SGD})
 
 
 class JobManager:
@@ -250,10 +304,18 @@ class JobManager:
             raise FailedPreconditionError(f"job_id: job {job_id} is {job.state.value}, not running")
         return job
 
-    def shard_ready(self, member_id: str, job_id: str) -> list[Command]:
+    def shard_ready(
+        self, member_id: str, job_id: str, version: int = 0, checkpointing: bool = False, now: float = 0.0
+    ) -> list[Command]:
         job = self._running(job_id, member_id, Role.SHARD)
         if member_id in job.shards_ready:
             return []  # a repeated report must not assign the workers twice
+        index = job.shard_ids.index(member_id)
+        if checkpointing:
+            job.checkpointing.add(index)
+        restart = job.pending_restart(index)
+        if restart is not None and restart.member_id == member_id:
+            return self._shard_restored(job, restart, version, now)
         job.shards_ready.add(member_id)
         if job.shards_ready != set(job.shard_ids):
             return []
@@ -262,6 +324,9 @@ class JobManager:
     def shard_progress(self, member_id: str, job_id: str, progress: ShardProgress, now: float) -> list[Command]:
         job = self._running(job_id, member_id, Role.SHARD)
         job.shards[member_id] = progress
+        for restart in job.restarts:
+            if restart.member_id == member_id and not restart.recovering:
+                restart.updates_lost, restart.versions_lost = progress.updates_lost, progress.versions_lost
         job.last_progress_at = now
         return self._finish_if_complete(job, now)
 
@@ -318,7 +383,9 @@ class JobManager:
         if not job.final_eval_done:
             return []
         pushes = sum(w.pushes for w in job.workers.values())
-        if any(s.updates_applied + s.updates_rejected < pushes for s in job.shards.values()):
+        if any(s.updates_applied + s.updates_rejected + s.updates_lost < pushes for s in job.shards.values()):
+            return []
+        if any(r.recovering for r in job.restarts):
             return []
         return self._end(job, JobState.SUCCEEDED, "", now)
 
@@ -353,8 +420,68 @@ class JobManager:
         return self._worker_lost(job, member, now)
 
     def _shard_lost(self, job: Job, member: Member, now: float) -> list[Command]:
-        reason = f"shard {member.member_id} ({member.name}) was lost at version {job.version}"
-        return self.fail(job.job_id, reason, now)
+        """A shard that writes checkpoints is waited for (see `shard_rejoin`); any other
+        shard's loss fails the job."""
+        if member.member_id not in job.shard_ids:
+            return []
+        index = job.shard_ids.index(member.member_id)
+        reason = f"shard {index} {member.member_id} ({member.name}) was lost at version {job.version}"
+        if index not in job.checkpointing:
+            return self.fail(job.job_id, f"{reason}; it wrote no checkpoints (start shards with --checkpoint-dir)", now)
+        if job.spec.mode not in RESTARTABLE_MODES:
+            return self.fail(job.job_id, f"{reason}; mode {job.spec.mode.value} cannot restore a shard", now)
+        job.shards_ready.discard(member.member_id)
+        restart = job.pending_restart(index)
+        if restart is not None:
+            restart.member_id = ""  # the replacement itself was lost: wait for another
+        else:
+            lost_version = job.shards[member.member_id].version if member.member_id in job.shards else 0
+            job.restarts.append(ShardRestart(index, member.member_id, now, lost_version))
+        return []
+
+    def shard_rejoin(self, member: Member, job_id: str, shard_index: int) -> list[Command]:
+        """An idle shard holding a checkpoint of (job, shard_index) replaces the lost shard if
+        the job waits for one; otherwise nothing happens and it stays idle."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING or member.state is not MemberState.IDLE:
+            return []
+        if member.role is not Role.SHARD or not 0 <= shard_index < len(job.shard_ids):
+            return []
+        restart = job.pending_restart(shard_index)
+        if restart is None or restart.member_id:
+            return []
+        restart.member_id = member.member_id
+        job.shard_ids[shard_index] = member.member_id
+        self.membership.assign(member.member_id, job.job_id)
+        return [AssignShard(member.member_id, job, shard_index, restore=True)]
+
+    def _shard_restored(self, job: Job, restart: ShardRestart, version: int, now: float) -> list[Command]:
+        """The replacement restored its checkpoint: it takes the lost shard's place and the
+        workers learn where to reconnect."""
+        restart.restored_version, restart.ready_at = version, now
+        job.shards_ready.add(restart.member_id)
+        lost = job.shards.pop(restart.lost_member, ShardProgress())
+        job.shards[restart.member_id] = ShardProgress(version=version, checkpoint_version=version)
+        # Workers report exactly what was lost once they reconnect; until then, the last report.
+        restart.versions_lost = max(0, lost.version - version)
+        return [MoveShard(w, job.job_id, restart.shard_index, restart.member_id, version) for w in job.worker_ids]
+
+    def expire_restarts(self, now: float) -> list[Command]:
+        """Fails the jobs whose lost shard was not restored within the spec's restart timeout."""
+        commands: list[Command] = []
+        for job in self._jobs.values():
+            if job.state is not JobState.RUNNING:
+                continue
+            for r in job.restarts:
+                timeout = job.spec.checkpoint.restart_timeout_s
+                if r.recovering and now - r.lost_at > timeout:
+                    reason = (
+                        f"shard {r.shard_index} was lost at version {r.lost_version} and not restored from its "
+                        f"checkpoint within {timeout:.0f}s (checkpoint.restart_timeout_s)"
+                    )
+                    commands += self.fail(job.job_id, reason, now)
+                    break
+        return commands
 
     def _worker_lost(self, job: Job, member: Member, now: float) -> list[Command]:
         if member.member_id not in job.worker_ids:
