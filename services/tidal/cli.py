@@ -83,6 +83,7 @@ def _service_setup(role: str, log_level: str, threads: int) -> None:
     from tidal.transport.process import setup_logging  # noqa: PLC0415
 
     setup_logging(role, log_level)
+    _install_security(role)
     torch.set_num_threads(threads)
     # `_created` series double every counter's cardinality and no dashboard uses them.
     disable_created_metrics()
@@ -376,6 +377,54 @@ def health(
     result = _run(check_health(address, service, timeout))
     print(result)
     raise typer.Exit(0 if result == "SERVING" else 1)
+
+
+def _install_security(role: str) -> None:
+    """TLS and tokens from TIDAL_TLS_* / TIDAL_TOKEN* (transport/tls.py); a bad setting is one line, exit 2."""
+    import os  # noqa: PLC0415
+
+    from tidal.transport import tls  # noqa: PLC0415
+
+    try:
+        tls.install(tls.SecurityConfig.from_env(os.environ, default_name=role))
+    except TidalError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def certs(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the CA, certificates, keys and tokens.")],
+    san: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra DNS name or IP in every certificate (repeatable; localhost and 127.0.0.1 always)."),
+    ] = None,
+    extra: Annotated[
+        list[str] | None,
+        typer.Option(help="Another holder ROLE:NAME, e.g. worker:worker-1 (repeatable)."),
+    ] = None,
+    valid_days: Annotated[float, typer.Option(min=0.01, help="Validity of the certificates, in days.")] = 365.0,
+    force: Annotated[bool, typer.Option(help="Overwrite existing certificates, keys and tokens.")] = False,
+) -> None:
+    """Create a development CA, a certificate and a token per role (coordinator, shard, worker, admin)."""
+    from tidal.security.bundle import create_bundle  # noqa: PLC0415
+
+    holders = []
+    for item in extra or []:
+        role, sep, name = item.partition(":")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r}: expected ROLE:NAME", param_hint="--extra")
+        holders.append((role, name))
+    try:
+        written = create_bundle(out_dir, holders, san or [], valid_days, force)
+    except (FileExistsError, ValueError, TidalError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    out_dir = out_dir.resolve()
+    print(f"wrote {len(written)} files to {out_dir}; every process then needs:")
+    print(f"  TIDAL_TLS_DIR={out_dir} TIDAL_TOKENS_FILE={out_dir / 'tokens.yaml'}")
+    print("  TIDAL_TLS_NAME=<its certificate: coordinator|shard|worker|admin> (default: the command's role; admin")
+    print(f"  for client commands) and TIDAL_TOKEN_FILE={out_dir}/<the same name>.token")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf.json_format import MessageToDict
@@ -21,6 +21,9 @@ from tidal import __version__
 from tidal.coordinator.control import Control
 from tidal.coordinator.convert import job_to_proto, member_to_proto
 from tidal.core import errors
+from tidal.transport import tls
+from tidal.transport.http_auth import rest_guard
+from tidal.transport.tls import SecurityConfig
 
 HTTP_STATUS_FOR_ERROR: dict[type[errors.TidalError], tuple[int, str]] = {
     errors.InvalidArgumentError: (400, "INVALID_ARGUMENT"),
@@ -31,6 +34,8 @@ HTTP_STATUS_FOR_ERROR: dict[type[errors.TidalError], tuple[int, str]] = {
     errors.UnavailableError: (503, "UNAVAILABLE"),
     errors.DeadlineExceededError: (504, "DEADLINE_EXCEEDED"),
     errors.DataLossError: (500, "DATA_LOSS"),
+    errors.UnauthenticatedError: (401, "UNAUTHENTICATED"),
+    errors.PermissionDeniedError: (403, "PERMISSION_DENIED"),
 }
 
 
@@ -42,15 +47,25 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
 
 
-def create_app(control: Control) -> FastAPI:
-    app = FastAPI(title="tidal coordinator", version=__version__, description="Jobs and cluster of a tidal deployment.")
+def create_app(control: Control, security: SecurityConfig | None = None) -> FastAPI:
+    """The REST app; with authentication on (transport/tls.py) every route needs a bearer token."""
+    guard = Depends(rest_guard(security or tls.current()))
+    app = FastAPI(
+        title="tidal coordinator",
+        version=__version__,
+        description="Jobs and cluster of a tidal deployment.",
+        dependencies=[guard],
+    )
 
     @app.exception_handler(errors.TidalError)
     async def _domain_error(request: Request, exc: errors.TidalError) -> JSONResponse:
         for cls in type(exc).__mro__:
             if cls in HTTP_STATUS_FOR_ERROR:
                 status, code = HTTP_STATUS_FOR_ERROR[cls]
-                return _error(status, code, str(exc))
+                response = _error(status, code, str(exc))
+                if status == 401:
+                    response.headers["WWW-Authenticate"] = "Bearer"
+                return response
         return _error(500, "UNKNOWN", str(exc))
 
     @app.exception_handler(RequestValidationError)

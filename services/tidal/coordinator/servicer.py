@@ -12,8 +12,11 @@ import grpc
 
 from tidal.coordinator.control import Control
 from tidal.coordinator.convert import ROLE_FROM_PROTO, job_to_proto, member_to_proto
+from tidal.core import authz
 from tidal.core.errors import InvalidArgumentError
 from tidal.transport.errors import translate_errors
+from tidal.transport.guard import current_principal, identity_for_registration, require, require_member
+from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
@@ -31,7 +34,10 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         role = ROLE_FROM_PROTO.get(request.role)
         if role is None:
             raise InvalidArgumentError(f"role: must be ROLE_WORKER or ROLE_SHARD, got {request.role}")
-        member, resumed = self._control.register(role, request.address, request.name, request.member_id)
+        if (principal := current_principal()) is not None:
+            require(authz.check_register(principal, common_pb.Role.Name(request.role), request.member_id))
+        identity = identity_for_registration()
+        member, resumed = self._control.register(role, request.address, request.name, request.member_id, identity)
         self._control.shard_checkpoints(member.member_id, [(c.job_id, c.shard_index) for c in request.checkpoints])
         return coord_pb.RegisterResponse(
             member_id=member.member_id,
@@ -48,6 +54,7 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         if first is None or first.WhichOneof("kind") != "open":
             raise InvalidArgumentError("open: the first message of a session must be 'open'")
         member_id = first.open.member_id
+        require_member(member_id, "open.member_id")
         outbox = await self._control.open_session(member_id)
 
         async def read_member() -> None:

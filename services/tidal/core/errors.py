@@ -47,3 +47,11 @@ class ResourceExhaustedError(TidalError):
 
 class DataLossError(TidalError):
     """Stored state is corrupt or was tampered with and must not be used."""
+
+
+class UnauthenticatedError(TidalError):
+    """The caller presented no credentials, or credentials that are not valid."""
+
+
+class PermissionDeniedError(TidalError):
+    """The caller is authenticated but its role or identity may not do this."""

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from enum import Enum
 
+from tidal.core.authz import bind_member_id
 from tidal.core.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 
 
@@ -55,12 +56,13 @@ class Membership:
         self._max_members = max_members
         self.epoch = 0
 
-    def register(self, role: Role, address: str, name: str, now: float) -> Member:
+    def register(self, role: Role, address: str, name: str, now: float, identity: str = "") -> Member:
+        """A new member; with an authenticated `identity` its id is bound to it (core/authz.py)."""
         if role is Role.SHARD and not address:
             raise InvalidArgumentError("address: a shard must give the host:port workers dial")
         if sum(m.live for m in self._members.values()) >= self._max_members:
             raise ResourceExhaustedError(f"members: the cluster already has {self._max_members} live members")
-        member_id = f"{role.value}-{next(self._ids)}-{secrets.token_hex(3)}"
+        member_id = bind_member_id(f"{role.value}-{next(self._ids)}-{secrets.token_hex(3)}", identity)
         member = Member(member_id, role, address, name or member_id, MemberState.IDLE, now)
         self._members[member_id] = member
         self.epoch += 1

@@ -12,6 +12,7 @@ from tidal.core.compression import wire_dtype
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.shard.runtime import ShardRuntime
 from tidal.transport.errors import translate_errors
+from tidal.transport.guard import require_member
 from tidal.transport.serde import SliceAssembler
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import shard_pb2 as shard_pb
@@ -74,6 +75,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         if first is None or first.WhichOneof("kind") != "open":
             raise InvalidArgumentError("open: the first message of an Exchange stream must be 'open'")
         opened = first.open
+        require_member(opened.worker_id, "open.worker_id")
         runtime = self._runtime(opened.job_id)
         state = runtime.state
         await runtime.wait_for_epoch(opened.membership_epoch, state.spec.step_timeout_s)

@@ -29,6 +29,8 @@ STATUS_FOR_ERROR: dict[type[errors.TidalError], grpc.StatusCode] = {
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DataLossError: grpc.StatusCode.DATA_LOSS,
+    errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # The reverse, for clients that turn a status back into a domain error.

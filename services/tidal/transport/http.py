@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import Any
 
 import uvicorn
+
+from tidal.transport import tls
+from tidal.transport.tls import SecurityConfig
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -28,9 +32,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_asgi(app: Any, host: str, port: int) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
-    """Starts an ASGI app on `host:port` on the running loop; returns the server, its task and port."""
+def serve_asgi(
+    app: Any, host: str, port: int, security: SecurityConfig | None = None
+) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
+    """Starts an ASGI app on `host:port` on the running loop; returns the server, its task and port.
+    HTTPS when `security` (default: the process's, transport/tls.py) has a certificate; a
+    client certificate, when sent, must be signed by the configured CA."""
+    security = security or tls.current()
     sock = bind_socket(host, port)
-    server = EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    options: dict[str, Any] = {}
+    if security.tls:
+        options = {"ssl_certfile": str(security.cert_path), "ssl_keyfile": str(security.key_path)}
+        if security.ca_path is not None:
+            options |= {"ssl_ca_certs": str(security.ca_path), "ssl_cert_reqs": ssl.CERT_OPTIONAL}
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **options)
+    server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     return server, task, sock.getsockname()[1]

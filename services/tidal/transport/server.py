@@ -8,9 +8,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tidal.core.errors import InvalidArgumentError
+from tidal.transport import tls
+from tidal.transport.guard import BearerTokenInterceptor, GuardInterceptor
 from tidal.transport.limits import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
+from tidal.transport.tls import SecurityConfig
 
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
@@ -31,18 +35,41 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def create_server(address: str, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> tuple[grpc.aio.Server, int]:
+def create_server(
+    address: str,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    security: SecurityConfig | None = None,
+) -> tuple[grpc.aio.Server, int]:
     """Creates a grpc.aio server bound to `address` ("host:port"; port 0 picks a free one)
-    and returns it with the port actually bound."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
-    port = server.add_insecure_port(address)
+    and returns it with the port actually bound. TLS, mutual TLS and authentication follow
+    `security` (default: the process's, transport/tls.py); every call passes the guard
+    (undecodable bytes, credentials, authorization: transport/guard.py) after `interceptors`,
+    so metrics count refused calls with their status codes."""
+    security = security or tls.current()
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[*interceptors, GuardInterceptor(security)])
+    if security.tls:
+        port = server.add_secure_port(address, security.server_credentials())
+    elif security.ca_path is not None:
+        raise InvalidArgumentError("TLS: a CA is configured but this server has no certificate (TIDAL_TLS_CERT)")
+    else:
+        tls.warn_if_plaintext(security, f"gRPC ({address}) and HTTP")
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     return server, port
 
 
-def create_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def create_channel(address: str, security: SecurityConfig | None = None) -> grpc.aio.Channel:
+    """A channel to a tidal server, with TLS and a bearer token when `security` (default:
+    the process's) has them."""
+    security = security or tls.current()
+    interceptors = [BearerTokenInterceptor(security.token)] if security.token else None
+    if security.ca_path is None and not security.tls:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    options = list(CHANNEL_OPTIONS)
+    if security.server_name:
+        options.append(("grpc.ssl_target_name_override", security.server_name))
+    return grpc.aio.secure_channel(address, security.channel_credentials(), options=options, interceptors=interceptors)
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> health.aio.HealthServicer:

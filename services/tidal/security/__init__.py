@@ -1,0 +1,1 @@
+"""Certificates for tidal's mutual TLS (see docs/security.md)."""
