@@ -106,13 +106,16 @@ class LocalCluster:
         args = ["worker", "--coordinator", self.coordinator_address, *EPHEMERAL, "--slowdown", str(slowdown)]
         return self.spawn(name, args)
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Service:
-        """Starts `tidal ARGS` in the background; `env` adds to the cluster's environment."""
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> Service:
+        """Starts `tidal ARGS` in the background; `env` adds to the cluster's environment;
+        `prefix` wraps the command (e.g. `ip netns exec NS` to run it in a network namespace)."""
         ready_file = self.workdir / f"{name}.ready.json"
         ready_file.unlink(missing_ok=True)
         log_path = self.workdir / "logs" / f"{name}.log"
         log = log_path.open("ab")
-        cmd = [sys.executable, "-m", "tidal", *args, "--ready-file", str(ready_file)]
+        cmd = [*prefix, sys.executable, "-m", "tidal", *args, "--ready-file", str(ready_file)]
         process = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

@@ -261,3 +261,26 @@ def test_data_slots_follow_the_live_worker_list() -> None:
     assert [data_slot(w, r, 3, ("w1", "w2")) for w, r in (("w1", 1), ("w2", 2))] == [(0, 2), (1, 2)]
     # a joiner with rank 3 takes the last position.
     assert data_slot("w3", 3, 3, ("w1", "w2", "w3")) == (2, 3)
+
+
+def test_success_needs_the_shards_per_worker_counts_when_the_dead_workers_report_is_stale() -> None:
+    cluster = make_cluster(shards=2, workers=2)
+    job = running_job(cluster, num_workers=2)
+    a, b = job.worker_ids
+    # b's last report said 1 push; it had 3 acknowledged when it died.
+    cluster.jobs.worker_progress(b, job.job_id, 1, 32, 0.6, 0.1, 3.0, pushes=1)
+    lose(cluster, b)
+    cluster.jobs.worker_finished(a, job.job_id, 5, 160, pushes=5)
+    cluster.jobs.eval_report(a, job.job_id, 5, 0.5, 0.7, True, 7.0)
+    stale = ShardProgress(version=4, updates_applied=6, pushes_by_worker={a: 4, b: 3})
+    for shard in job.shard_ids:
+        cluster.jobs.shard_progress(shard, job.job_id, stale, 7.0)
+    assert job.state is JobState.RUNNING  # a's fifth push is not in yet (6 >= 5 + 1 would pass)
+    pending = ShardProgress(version=4, updates_applied=6, pushes_by_worker={a: 5, b: 3})
+    for shard in job.shard_ids:
+        cluster.jobs.shard_progress(shard, job.job_id, pending, 7.5)
+    assert job.state is JobState.RUNNING  # handled, but 2 of them still wait in a buffer
+    done = ShardProgress(version=5, updates_applied=8, pushes_by_worker={a: 5, b: 3})
+    for shard in job.shard_ids:
+        cluster.jobs.shard_progress(shard, job.job_id, done, 8.0)
+    assert job.state is JobState.SUCCEEDED

@@ -67,6 +67,8 @@ class ShardProgress:
     versions_lost: int = 0
     # Version of the newest checkpoint the shard wrote (-1: none).
     checkpoint_version: int = -1
+    # Distinct pushes handled per worker (dead ones included); empty if the shard does not say.
+    pushes_by_worker: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -387,6 +389,8 @@ class JobManager:
             return []
         if any(r.recovering for r in job.restarts):
             return []
+        if not all(_accounted(job, s) for s in job.shards.values()):
+            return []
         return self._end(job, JobState.SUCCEEDED, "", now)
 
     def fail(self, job_id: str, reason: str, now: float) -> list[Command]:
@@ -510,3 +514,17 @@ class JobManager:
                 self.membership.release(member_id)
                 commands.append(Release(member_id, job.job_id, state, reason))
         return commands
+
+
+def _accounted(job: Job, shard: ShardProgress) -> bool:
+    """Exact accounting, where the shard counts pushes per worker: it handled every push each
+    finished worker saw acknowledged (less what a checkpoint restore lost), and every push it
+    acknowledged is applied or refused, none still waiting in a barrier buffer. So a lost
+    worker's acknowledged pushes are all in the parameters too, however stale its last
+    progress report was."""
+    by_worker = shard.pushes_by_worker
+    if not by_worker:
+        return True  # the shard does not count per worker
+    missing = sum(max(0, w.pushes - by_worker.get(m, 0)) for m, w in job.workers.items() if w.finished)
+    handled = shard.updates_applied + shard.updates_rejected
+    return missing <= shard.updates_lost and handled >= sum(by_worker.values())

@@ -193,7 +193,7 @@ class ShardNode:
             c = state.counters
             checkpoint = self._checkpointer.written_version if self._checkpointer else -1
             lost = (self.recovery.updates_lost, self.recovery.versions_lost)
-            now = (state.version, c.updates_applied, c.updates_rejected, checkpoint, *lost)
+            now = (state.version, c.updates_applied, c.updates_rejected, checkpoint, *lost, sum(c.by_worker.values()))
             if now != last:
                 last = now
                 if self.checkpoint_metrics is not None and self.recovery.restored_version >= 0:
@@ -213,6 +213,7 @@ class ShardNode:
                             updates_lost=lost[0],
                             versions_lost=lost[1],
                             checkpoint_version=checkpoint,
+                            pushes_by_worker=c.by_worker,
                         )
                     )
                 )

@@ -96,7 +96,14 @@ class WorkerProgress(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., samples: _Optional[int] = ..., loss: _Optional[float] = ..., step_time_s: _Optional[float] = ..., param_version: _Optional[int] = ..., pushes: _Optional[int] = ...) -> None: ...
 
 class ShardProgress(_message.Message):
-    __slots__ = ("job_id", "version", "updates_applied", "updates_rejected", "staleness_sum", "staleness_count", "staleness_max", "updates_lost", "versions_lost", "checkpoint_version")
+    __slots__ = ("job_id", "version", "updates_applied", "updates_rejected", "staleness_sum", "staleness_count", "staleness_max", "updates_lost", "versions_lost", "checkpoint_version", "pushes_by_worker")
+    class PushesByWorkerEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATES_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +114,7 @@ class ShardProgress(_message.Message):
     UPDATES_LOST_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_LOST_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_BY_WORKER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     version: int
     updates_applied: int
@@ -117,7 +125,8 @@ class ShardProgress(_message.Message):
     updates_lost: int
     versions_lost: int
     checkpoint_version: int
-    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., staleness_sum: _Optional[int] = ..., staleness_count: _Optional[int] = ..., staleness_max: _Optional[int] = ..., updates_lost: _Optional[int] = ..., versions_lost: _Optional[int] = ..., checkpoint_version: _Optional[int] = ...) -> None: ...
+    pushes_by_worker: _containers.ScalarMap[str, int]
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., staleness_sum: _Optional[int] = ..., staleness_count: _Optional[int] = ..., staleness_max: _Optional[int] = ..., updates_lost: _Optional[int] = ..., versions_lost: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., pushes_by_worker: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ShardReady(_message.Message):
     __slots__ = ("job_id", "version", "checkpointing")
