@@ -75,7 +75,9 @@ class Control:
         )  # fmt: skip
 
     # --- members -------------------------------------------------------------------
-    def register(self, role: Role, address: str, name: str, previous_id: str = "") -> tuple[Member, bool]:
+    def register(
+        self, role: Role, address: str, name: str, previous_id: str = "", identity: str = ""
+    ) -> tuple[Member, bool]:
         """Registers a member; one that asks for its previous id and is still live resumes it
         (True), keeping its job. Returns the member and whether it resumed."""
         now = time.monotonic()
@@ -83,7 +85,7 @@ class Control:
             log.info("%s %s (%s) resumed its session", role.value, member.member_id, member.name)
             self._save()
             return member, True
-        member = self.membership.register(role, address, name, now)
+        member = self.membership.register(role, address, name, now, identity)
         log.info("registered %s %s (%s) %s", role.value, member.member_id, member.name, address)
         if previous_id:
             log.info("%s was %s before; it is a new member now", member.member_id, previous_id)
