@@ -18,6 +18,7 @@ from torch import nn
 
 from .climate.models import grid_forecaster, station_mlp
 from .errors import InvalidArgumentError
+from .model_source import check_model_module
 
 __all__ = ["MODELS", "build_model", "count_parameters"]
 
@@ -108,6 +109,7 @@ def _resolve_factory(name: str) -> Callable[..., nn.Module]:
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise InvalidArgumentError(f"model.name must look like 'package.module:factory', got {name!r}")
+    check_model_module(module_name)  # before the import: its top-level code would already run
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

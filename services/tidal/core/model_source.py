@@ -1,0 +1,38 @@
+"""Which modules a job spec may load model code from.
+
+A spec's `model.name` may be "package.module:factory", and the spec comes from whoever
+submits the job: left open, any importable module would run its import-time code on every
+worker and shard. The operator names the packages that hold model code in
+TIDAL_MODEL_MODULES (comma-separated; a package allows its submodules). When it is set,
+any other module is refused; when unset, every importable module is allowed, as before
+(docs/security.md: set it on shared clusters).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from tidal.core.errors import PermissionDeniedError
+
+ENV_MODEL_MODULES = "TIDAL_MODEL_MODULES"
+
+
+def allowed_prefixes(environ: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The configured packages, or None when unrestricted."""
+    value = environ.get(ENV_MODEL_MODULES)
+    if value is None:
+        return None
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def check_model_module(module_name: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Raises PermissionDeniedError unless `module_name` lies in an allowed package."""
+    prefixes = allowed_prefixes(environ)
+    if prefixes is None:
+        return
+    if not any(module_name == p or module_name.startswith(f"{p}.") for p in prefixes):
+        allowed = ", ".join(prefixes) or "none"
+        raise PermissionDeniedError(
+            f"model.name: module {module_name!r} is not in {ENV_MODEL_MODULES} (allowed: {allowed})"
+        )
