@@ -80,10 +80,11 @@ def _service_setup(role: str, log_level: str, threads: int) -> None:
     import torch  # noqa: PLC0415  # the client commands start faster without torch
     from prometheus_client import disable_created_metrics  # noqa: PLC0415
 
-    from tidal.transport.process import setup_logging  # noqa: PLC0415
+    from tidal.transport.process import setup_logging, tune_malloc  # noqa: PLC0415
 
     setup_logging(role, log_level)
     _install_security(role)
+    tune_malloc()
     torch.set_num_threads(threads)
     # `_created` series double every counter's cardinality and no dashboard uses them.
     disable_created_metrics()

@@ -25,6 +25,7 @@ ENV = {
     # shard, tests only: "kill_before_rename:N" or "kill_before_manifest:N" SIGKILLs the shard
     # inside its N-th checkpoint write (core/checkpoint.py)
     "checkpoint_fault": "TIDAL_CHECKPOINT_FAULT",
+    "malloc_tuning": "TIDAL_MALLOC_TUNING",  # 0 leaves glibc malloc at its defaults (transport/process.py)
     # One-job deployments (Kubernetes, smoke runs): see coordinator/one_job.py.
     "job_file": "TIDAL_JOB_FILE",  # coordinator: job spec to submit at start
     "exit_when_done": "TIDAL_EXIT_WHEN_DONE",  # coordinator: exit once that job ended and its members left

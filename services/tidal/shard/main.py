@@ -18,7 +18,7 @@ from tidal.core.spec import parse_job_spec
 from tidal.shard.checkpointing import CheckpointMetrics, ShardCheckpointer
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
-from tidal.shard.servicer import ShardServicer
+from tidal.shard.servicer import ShardServicer, add_to_server
 from tidal.transport import serde
 from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor
@@ -27,7 +27,6 @@ from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import shard_pb2
-from tidal.v1 import shard_pb2_grpc as shard_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["ParameterShard"].full_name]
@@ -59,7 +58,7 @@ def restore_state(store: CheckpointStore, job_id: str, state: ShardState) -> Rec
         snapshot.version,
         f" (refused {len(refused)} newer: {'; '.join(refused)})" if refused else "",
     )
-    return RecoveryLedger(restored_version=snapshot.version)
+    return RecoveryLedger.restored(snapshot)
 
 
 class ShardNode:
@@ -129,7 +128,7 @@ class ShardNode:
             checkpointer = None
             if self.store is not None and self.checkpoint_metrics is not None:
                 checkpointer = ShardCheckpointer(
-                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version
+                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery
                 )
                 await checkpointer.write()  # version 0: a shard lost before its first interval restarts too
             metrics = self.metrics.for_job(assign.job_id, state.spec.mode.value, assign.shard_index)
@@ -248,7 +247,7 @@ async def run_shard(
         checkpoints=checkpoints,
     )
     node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry))
-    shard_grpc.add_ParameterShardServicer_to_server(ShardServicer(node), server)
+    add_to_server(ShardServicer(node), server)
     ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
         "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job

@@ -21,8 +21,7 @@ from tidal.core.errors import (
 )
 from tidal.core.shard_state import PushOutcome, PushResult, ShardState
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
-from tidal.transport import serde
-from tidal.v1 import shard_pb2 as shard_pb
+from tidal.transport import frames, serde
 
 
 class ShardRuntime:
@@ -32,7 +31,7 @@ class ShardRuntime:
         self.metrics = metrics
         self.range_start = state.shard_map.ranges[state.shard_index][0]
         self._changed = asyncio.Condition()
-        self._cache: tuple[int, list[shard_pb.Params], int] | None = None
+        self._cache: tuple[int, list[bytes], int] | None = None
         self._barrier_started: float | None = None
         self.closed_reason = ""
         metrics.held(state)
@@ -122,22 +121,20 @@ class ShardRuntime:
         if self.closed_reason:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
 
-    def serve(self, worker_id: str) -> list[shard_pb.Params]:
+    def serve(self, worker_id: str) -> list[bytes]:
         """The current parameters for `worker_id`, noting what it will train on (DC-ASGD)."""
         self.state.served(worker_id)
         return self.params()
 
-    def params(self) -> list[shard_pb.Params]:
-        """The current parameters as Params messages (cached per version); counted as sent."""
+    def params(self) -> list[bytes]:
+        """The current parameters as encoded ExchangeResponse messages carrying Params
+        (transport/frames.py; cached per version); counted as sent."""
         version = self.state.version
         if self._cache is None or self._cache[0] != version:
-            chunks = serde.slice_to_chunks(self.state.params.detach(), self.state.segments, self.range_start)
-            groups = list(serde.group_chunks(chunks))
-            messages = [
-                shard_pb.Params(version=version, chunks=group, last=i == len(groups) - 1)
-                for i, group in enumerate(groups)
-            ]
-            self._cache = (version, messages, sum(m.ByteSize() for m in messages))
+            chunks = serde.encoded_chunks(self.state.params.detach(), self.state.segments, self.range_start)
+            groups = list(serde.group_encoded(chunks))
+            messages = [frames.encode_params(version, group, i == len(groups) - 1) for i, group in enumerate(groups)]
+            self._cache = (version, messages, sum(len(m) for m in messages))
         self.metrics.sent.inc(self._cache[2])
         return self._cache[1]
 

@@ -11,6 +11,7 @@ import torch
 from tidal.core.compression import wire_dtype
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.shard.runtime import ShardRuntime
+from tidal.transport import frames
 from tidal.transport.errors import translate_errors
 from tidal.transport.guard import require_member
 from tidal.transport.serde import SliceAssembler
@@ -26,11 +27,12 @@ _OUTCOME_TO_PROTO = {
     "rejected_stale": shard_pb.PUSH_OUTCOME_REJECTED_STALE,
 }
 
+SERVICE_NAME = shard_pb.DESCRIPTOR.services_by_name["ParameterShard"].full_name
 # Most PushChunk messages one push may take: a 16 GiB slice at the default chunk size.
 MAX_CHUNKS_PER_PUSH = 1 << 14
 
 
-def _check_continuation(push: shard_pb.PushChunk, pending: shard_pb.PushChunk, chunks: int) -> None:
+def _check_continuation(push: frames.PushView, pending: frames.PushView, chunks: int) -> None:
     """A multi-message push keeps one push_id and a bounded number of messages."""
     if push.push_id != pending.push_id:
         raise InvalidArgumentError(
@@ -69,12 +71,14 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
 
     @translate_errors
     async def Exchange(
-        self, request_iterator: AsyncIterator[shard_pb.ExchangeRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[shard_pb.ExchangeResponse]:
+        self, request_iterator: AsyncIterator[frames.Frame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb.ExchangeResponse | bytes]:
+        # Requests arrive decoded by transport/frames.py (see `add_to_server`); parameters
+        # leave pre-encoded.
         first = await anext(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "open":
+        if first is None or first.kind != "open":
             raise InvalidArgumentError("open: the first message of an Exchange stream must be 'open'")
-        opened = first.open
+        opened = first.body
         require_member(opened.worker_id, "open.worker_id")
         runtime = self._runtime(opened.job_id)
         state = runtime.state
@@ -93,18 +97,18 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         timeout_s = state.spec.step_timeout_s
         # Pushes are assembled here, never in the parameters, so a bad push changes nothing.
         scratch = torch.empty_like(state.params, requires_grad=False)
-        pending: shard_pb.PushChunk | None = None
+        pending: frames.PushView | None = None
         assembler: SliceAssembler | None = None
         chunks = 0
         async for request in request_iterator:
-            runtime.metrics.received.inc(request.ByteSize())
-            kind = request.WhichOneof("kind")
+            runtime.metrics.received.inc(request.nbytes)
+            kind = request.kind
             if kind == "pull":
-                await self._wait_for_version(runtime, request.pull.min_version, timeout_s)
+                await self._wait_for_version(runtime, request.body.min_version, timeout_s)
                 for params in runtime.serve(opened.worker_id):
-                    yield shard_pb.ExchangeResponse(params=params)
+                    yield params
             elif kind == "push":
-                push = request.push
+                push = request.body
                 if pending is None or assembler is None:
                     pending, chunks = push, 0
                     assembler = SliceAssembler(
@@ -145,7 +149,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                 pending = assembler = None
                 await self._wait_for_version(runtime, result.serve_version, timeout_s)
                 for params in runtime.serve(opened.worker_id):
-                    yield shard_pb.ExchangeResponse(params=params)
+                    yield params
             else:
                 raise InvalidArgumentError(f"kind: unexpected message {kind!r} on an open Exchange stream")
 
@@ -163,10 +167,10 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
     @translate_errors
     async def ReadParameters(
         self, request: shard_pb.ReadParametersRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[shard_pb.ReadParametersResponse]:
+    ) -> AsyncIterator[bytes]:
         runtime = self._runtime(request.job_id, running=False)
         for params in runtime.params():
-            yield shard_pb.ReadParametersResponse(params=params)
+            yield frames.read_parameters_response(params)
 
     @translate_errors
     async def GetShardInfo(
@@ -186,3 +190,25 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
             updates_rejected=state.counters.updates_rejected,
             membership_epoch=state.membership_epoch,
         )
+
+
+def add_to_server(servicer: ShardServicer, server: grpc.aio.Server) -> None:
+    """The generated `add_ParameterShardServicer_to_server`, with the tensor-carrying
+    messages framed by transport/frames.py (still valid protobuf for any client)."""
+    handlers = {
+        "Exchange": grpc.stream_stream_rpc_method_handler(
+            servicer.Exchange, request_deserializer=frames.decode_request, response_serializer=frames.serialize
+        ),
+        "ReadParameters": grpc.unary_stream_rpc_method_handler(
+            servicer.ReadParameters,
+            request_deserializer=shard_pb.ReadParametersRequest.FromString,
+            response_serializer=frames.serialize,
+        ),
+        "GetShardInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetShardInfo,
+            request_deserializer=shard_pb.GetShardInfoRequest.FromString,
+            response_serializer=shard_pb.GetShardInfoResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
 import signal
 from pathlib import Path
 from typing import Any
+
+from tidal.config import ENV
+
+# glibc malloc thresholds for processes that allocate and free tensor-sized buffers every
+# step. With the defaults, every buffer above the (dynamic) mmap threshold is mapped and
+# unmapped again, paying page faults and zeroing on each use, and freed memory is trimmed
+# back to the kernel at once. Raised, the buffers stay in the heap and are reused.
+MMAP_THRESHOLD_BYTES = 1 << 30
+TRIM_THRESHOLD_BYTES = (1 << 31) - 1
+# The same settings as environment variables, for processes tidal does not start itself.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES)}
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 
 
 def setup_logging(role: str, level: str = "INFO") -> None:
@@ -17,6 +31,20 @@ def setup_logging(role: str, level: str = "INFO") -> None:
     )
     # grpc.aio logs cancelled calls at ERROR; they are routine when peers go away.
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
+
+
+def tune_malloc() -> bool:
+    """Applies the malloc thresholds above unless the variable `TIDAL_MALLOC_TUNING` is 0 or
+    the environment already sets glibc's own; returns whether they are in force."""
+    if os.environ.get(ENV["malloc_tuning"], "1") == "0" or any(k in os.environ for k in MALLOC_ENV):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -16,6 +16,7 @@ import torch
 
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_map import Segment, ShardMap, TensorInfo
+from tidal.transport import frames
 from tidal.transport.limits import CHUNK_BYTES
 from tidal.v1 import common_pb2 as common_pb
 
@@ -119,6 +120,41 @@ def slice_to_sparse_chunks(
         )
 
 
+def encoded_chunks(
+    flat: torch.Tensor,
+    segments: Sequence[Segment],
+    range_start: int,
+    chunk_bytes: int = CHUNK_BYTES,
+    sparse: torch.Tensor | None = None,
+) -> Iterator[frames.Encoded]:
+    """The chunks of `slice_to_chunks` (or, given the sorted positions `sparse`, of
+    `slice_to_sparse_chunks`) encoded for the fast path; dense payloads are views of `flat`,
+    copied only when their message is joined."""
+    dtype = dtype_to_proto(flat.dtype)
+    for seg, start, offset, length in _windows(flat, segments, range_start, chunk_bytes):
+        if sparse is None:
+            yield frames.encode_chunk(seg.name, dtype, seg.shape, offset, _as_bytes(flat[start : start + length]))
+            continue
+        first, last = torch.searchsorted(sparse, torch.tensor([start, start + length])).tolist()
+        picked = sparse[first:last]
+        data, indices = _as_bytes(flat[picked]), _as_bytes((picked - start).to(torch.int32))
+        yield frames.encode_chunk(seg.name, dtype, seg.shape, offset, data, indices, length)
+
+
+def group_encoded(chunks: Iterable[frames.Encoded], max_bytes: int = CHUNK_BYTES) -> Iterator[list[frames.Encoded]]:
+    """Packs encoded chunks into groups of at most `max_bytes` (one group per message)."""
+    group: list[frames.Encoded] = []
+    size = 0
+    for chunk in chunks:
+        if group and size + chunk.size > max_bytes:
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += chunk.size
+    if group:
+        yield group
+
+
 def group_chunks(
     chunks: Iterable[common_pb.TensorChunk], max_bytes: int = CHUNK_BYTES
 ) -> Iterator[list[common_pb.TensorChunk]]:
@@ -160,7 +196,7 @@ class SliceAssembler:
         self._written: list[tuple[int, int]] = []
         self._chunks_seen = 0
 
-    def add(self, chunks: Iterable[common_pb.TensorChunk]) -> None:
+    def add(self, chunks: Iterable[common_pb.TensorChunk | frames.ChunkView]) -> None:
         for chunk in chunks:
             # Position among all chunks of this push or pull, so an error points at the chunk.
             where = f"{self._field}[{self._chunks_seen}]"
@@ -212,7 +248,7 @@ class SliceAssembler:
         return self._out
 
 
-def _sparse_positions(raw: bytes, count: int, span: int, where: str) -> torch.Tensor:
+def _sparse_positions(raw: bytes | memoryview, count: int, span: int, where: str) -> torch.Tensor:
     """Checks a sparse chunk's indices: one int32 per value, strictly increasing, inside the span."""
     if len(raw) != 4 * count:
         raise InvalidArgumentError(f"{where}.indices: {len(raw)} bytes for {count} values (4 bytes each)")
@@ -224,7 +260,7 @@ def _sparse_positions(raw: bytes, count: int, span: int, where: str) -> torch.Te
     return positions
 
 
-def _frombuffer(data: bytes, dtype: torch.dtype) -> torch.Tensor:
+def _frombuffer(data: bytes | memoryview, dtype: torch.dtype) -> torch.Tensor:
     # Read-only is fine: the view is copied out at once. Silence torch's one-time warning.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

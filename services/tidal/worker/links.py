@@ -13,11 +13,10 @@ import torch
 
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, TidalError, UnavailableError
 from tidal.core.shard_map import ShardMap
-from tidal.transport import serde
+from tidal.transport import frames, serde
 from tidal.transport.errors import error_from_rpc
 from tidal.transport.server import create_channel
 from tidal.v1 import shard_pb2 as shard_pb
-from tidal.v1 import shard_pb2_grpc as shard_grpc
 from tidal.worker.metrics import PhaseTimes
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,10 @@ class ShardLink:
         return f"shard {self.shard_index} ({self.address}){at}"
 
     async def open(self) -> None:
-        self._call = shard_grpc.ParameterShardStub(self._channel).Exchange()
+        # Tensor-carrying messages are framed by hand (transport/frames.py), still valid protobuf.
+        self._call = self._channel.stream_stream(
+            frames.EXCHANGE_METHOD, request_serializer=frames.serialize, response_deserializer=frames.decode_response
+        )()
         await self._write(
             shard_pb.ExchangeRequest(
                 open=shard_pb.ExchangeOpen(
@@ -78,8 +80,8 @@ class ShardLink:
             )
         )
         reply = await self._read(None)
-        if reply.WhichOneof("kind") != "opened":
-            raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.WhichOneof('kind')}")
+        if reply.kind != "opened":
+            raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.kind}")
 
     async def pull(self, min_version: int, step: int | None = None) -> int:
         await self._write(shard_pb.ExchangeRequest(pull=shard_pb.Pull(min_version=min_version)))
@@ -101,31 +103,19 @@ class ShardLink:
         grad_slice = grads[self.start : self.end]
         if wire is not None:
             grad_slice = grad_slice.to(wire)
-        if sparse is None:
-            chunks = serde.slice_to_chunks(grad_slice, self.segments, self.start)
-        else:
-            chunks = serde.slice_to_sparse_chunks(grad_slice, sparse, self.segments, self.start)
-        groups = list(serde.group_chunks(chunks))
+        groups = list(serde.group_encoded(serde.encoded_chunks(grad_slice, self.segments, self.start, sparse=sparse)))
         for i, group in enumerate(groups):
-            msg = shard_pb.PushChunk(
-                push_id=push_id,
-                base_version=self.version,
-                membership_epoch=self.epoch,
-                clock=clock,
-                num_samples=num_samples,
-                chunks=group,
-                last=i == len(groups) - 1,
-            )
-            await self._write(shard_pb.ExchangeRequest(push=msg))
+            last = i == len(groups) - 1
+            await self._write(frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last))
         reply = await self._read(clock)
-        if reply.WhichOneof("kind") != "ack":
-            raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.WhichOneof('kind')}")
+        if reply.kind != "ack":
+            raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.kind}")
         acked = time.perf_counter()
         first_params = await self._receive_params(clock)
         done = time.perf_counter()
         self.completed_pushes += 1
-        self.newest_version = max(self.newest_version, reply.ack.version)
-        return reply.ack, PhaseTimes(acked - started, first_params - acked, done - first_params)
+        self.newest_version = max(self.newest_version, reply.body.version)
+        return reply.body, PhaseTimes(acked - started, first_params - acked, done - first_params)
 
     async def _receive_params(self, step: int | None) -> float:
         """Reads one version's parameters into the model; returns when its first message came."""
@@ -134,12 +124,12 @@ class ShardLink:
         while True:
             reply = await self._read(step)
             first = first or time.perf_counter()
-            if reply.WhichOneof("kind") != "params":
-                raise UnavailableError(f"{self._where(step)}: expected params, got {reply.WhichOneof('kind')}")
-            assembler.add(reply.params.chunks)
-            if reply.params.last:
+            if reply.kind != "params":
+                raise UnavailableError(f"{self._where(step)}: expected params, got {reply.kind}")
+            assembler.add(reply.body.chunks)
+            if reply.body.last:
                 assembler.finish()
-                self.version = reply.params.version
+                self.version = reply.body.version
                 self.newest_version = max(self.newest_version, self.version)
                 return first
 
@@ -209,7 +199,7 @@ class ShardLink:
             self.newest_version = self.version  # from now on, what this incarnation served
             return
 
-    async def _write(self, msg: shard_pb.ExchangeRequest) -> None:
+    async def _write(self, msg: shard_pb.ExchangeRequest | bytes) -> None:
         assert self._call is not None, "open() first"
         try:
             # Bounded: a peer that stopped reading must not hang the worker.
@@ -218,9 +208,9 @@ class ShardLink:
             raise DeadlineExceededError(f"{self._where()}: write not accepted within {self.timeout_s:.0f}s") from None
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, None) from None
-        self.bytes_sent += msg.ByteSize()
+        self.bytes_sent += len(msg) if isinstance(msg, bytes) else msg.ByteSize()
 
-    async def _read(self, step: int | None) -> shard_pb.ExchangeResponse:
+    async def _read(self, step: int | None) -> frames.Frame:
         assert self._call is not None, "open() first"
         try:
             reply = await asyncio.wait_for(self._call.read(), self.timeout_s)
@@ -230,7 +220,7 @@ class ShardLink:
             raise self._error(exc, step) from None
         if reply is grpc.aio.EOF:
             raise UnavailableError(f"{self._where(step)}: stream closed by the shard")
-        self.bytes_received += reply.ByteSize()
+        self.bytes_received += reply.nbytes
         return reply
 
     def _error(self, exc: grpc.aio.AioRpcError, step: int | None) -> TidalError:

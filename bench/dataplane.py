@@ -1,0 +1,184 @@
+"""The data-plane cases: wire, sync step communication, async updates/s.
+
+Every case runs tidal and its alternative back to back in each repetition (A B, then B A,
+...) on the same machine, in the same environment, and reports per-repetition figures.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+from bench.cluster import BenchCluster, driver_spec, mlp_of
+from bench.procs import Proc, module_cmd, open_window, procs, run_all
+from bench.results import Goal, Row, Settings
+from bench.stats import Spread, ratios
+
+MB = 1e6
+
+
+def _interleaved(reps: int, a, b) -> tuple[list, list]:
+    """Runs a and b `reps` times each as A B B A A B ..., so drift hits both alike."""
+    xs, ys = [], []
+    for r in range(reps):
+        if r % 2 == 0:
+            xs.append(a())
+            ys.append(b())
+        else:
+            ys.append(b())
+            xs.append(a())
+    return xs, ys
+
+
+def _bare_round_s(env: dict[str, str], logdir: Path, total_bytes: int, rounds: int) -> float:
+    ready = logdir / f"bare-{uuid.uuid4().hex[:8]}.json"
+    server = Proc(module_cmd("bench.bare_grpc", "server", "--ready-file", ready), env, logdir / "bare-server.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bare gRPC server did not start: {server.tail()}")
+            time.sleep(0.05)
+        port = json.loads(ready.read_text())["port"]
+        cmd = module_cmd(
+            "bench.bare_grpc", "client", "--address", f"127.0.0.1:{port}", "--bytes", total_bytes, "--rounds", rounds
+        )
+        (result,) = run_all([cmd], env, logdir, "bare-client", 300)
+        return statistics.median(result["round_s"])
+    finally:
+        server.stop()
+        ready.unlink(missing_ok=True)
+
+
+def wire(cluster: BenchCluster, s: Settings, sizes: list[int], rounds: int) -> list[Row]:
+    """tidal pull+push (one worker, one shard, async: push, ack, parameters back) vs a bare
+    gRPC bytes stream moving the same bytes both ways."""
+    rows = []
+    for numel in sizes:
+        spec, exact = driver_spec(numel, "async", 1, 1)
+        nbytes = 4 * exact
+        applies: list[float] = []
+
+        def tidal(spec=spec, applies=applies) -> float:
+            (res,) = cluster.run_drivers(spec, [["--rounds", rounds]], 300)
+            applies.append(cluster.last_apply.mean_s)
+            return statistics.median(res["round_s"])
+
+        def bare(nbytes=nbytes) -> float:
+            return _bare_round_s(cluster.env, cluster.logdir, nbytes, rounds)
+
+        t_round, b_round = _interleaved(s.reps, tidal, bare)
+        t_rate = [2 * nbytes / t / MB for t in t_round]
+        b_rate = [2 * nbytes / t / MB for t in b_round]
+        wire_only = [2 * nbytes / max(t - a, 1e-9) / MB for t, a in zip(t_round, applies, strict=True)]
+        label = f"wire {exact / 1e6:.1f}M params"
+        rows.append(
+            Row(
+                label, "pull+push MB/s (both directions)", Spread.of(t_rate), "bare grpc.aio bytes stream",
+                Spread.of(b_rate), ratios(t_rate, b_rate), Goal(">=", 0.8),
+                note=f"round {Spread.of(t_round).fmt(1, 1e3)} ms vs {Spread.of(b_round).fmt(1, 1e3)} ms; "
+                f"includes the shard's SGD step ({Spread.of(applies).fmt(1, 1e3)} ms)",
+            )
+        )  # fmt: skip
+        rows.append(
+            Row(
+                label, "same, shard's SGD step excluded", Spread.of(wire_only), "bare grpc.aio bytes stream",
+                Spread.of(b_rate), ratios(wire_only, b_rate), Goal(">=", 0.8),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _gloo_round_s(env: dict[str, str], logdir: Path, numel: int, rounds: int) -> float:
+    init = logdir / f"gloo-{uuid.uuid4().hex[:8]}"
+    cmds = [
+        module_cmd("bench.gloo_allreduce", "--rank", r, "--world-size", 2, "--init-file", init, "--numel", numel,
+                   "--rounds", rounds)
+        for r in range(2)
+    ]  # fmt: skip
+    try:
+        results = run_all(cmds, env, logdir, "gloo", 300)
+    finally:
+        init.unlink(missing_ok=True)
+    return statistics.median(results[0]["round_s"] + results[1]["round_s"])
+
+
+def sync_step(cluster: BenchCluster, s: Settings, numel: int, shard_counts: list[int], rounds: int) -> list[Row]:
+    """tidal sync, 2 workers: push until the next parameters arrived, per step, vs gloo
+    all_reduce (+ the average) of the same gradient between 2 processes."""
+    rows = []
+    for shards in shard_counts:
+        for codec in ["none", *([] if s.quick else ["bf16"])]:
+            spec, exact = driver_spec(numel, "sync", 2, shards, codec)
+
+            def tidal(spec=spec, codec=codec) -> float:
+                results = cluster.run_drivers(spec, [["--rounds", rounds, "--wire", codec]] * 2, 300)
+                return statistics.median(results[0]["round_s"] + results[1]["round_s"])
+
+            def gloo(exact=exact) -> float:
+                return _gloo_round_s(cluster.env, cluster.logdir, exact, rounds)
+
+            t, g = _interleaved(s.reps, tidal, gloo)
+            wire = " (bf16 gradients up)" if codec == "bf16" else " (float32)"
+            rows.append(
+                Row(
+                    f"sync step W=2 {exact / 1e6:.1f}M params, {shards} shard{'s' * (shards > 1)}",
+                    "communication ms per step" + wire, Spread.of([x * 1e3 for x in t]), "gloo all_reduce W=2",
+                    Spread.of([x * 1e3 for x in g]), ratios(t, g), Goal("<=", 1.5),
+                )
+            )  # fmt: skip
+    return rows
+
+
+def _tensorpipe_updates(env: dict[str, str], logdir: Path, numel: int, window_s: float) -> float:
+    init = logdir / f"tp-{uuid.uuid4().hex[:8]}"
+    cmds = [
+        module_cmd("bench.tensorpipe_ps", "--rank", r, "--world-size", 3, "--init-file", init, "--numel", numel)
+        for r in range(3)
+    ]
+    try:
+        with procs(cmds, env, logdir, "tensorpipe") as started:
+            trainers = started[1:]
+            open_window(trainers, window_s, 180)
+            results = [p.result(window_s + 120) for p in trainers]
+            for p in started:
+                p.process.wait(60)
+    finally:
+        init.unlink(missing_ok=True)
+    return sum(r["rounds_in_window"] for r in results) / window_s
+
+
+def async_updates(cluster: BenchCluster, s: Settings, numel: int, window_s: float) -> list[Row]:
+    """Updates applied per second with 2 trainers: tidal async (1 shard) vs the TensorPipe
+    parameter server; tidal with float32 and with bf16 gradients on the wire. Every side's
+    trainers start together, once all are warm (bench.procs.open_window)."""
+    codecs = ["none", *([] if s.quick else ["bf16"])]
+    figures: dict[str, list[float]] = {c: [] for c in codecs}
+    tp: list[float] = []
+    for r in range(s.reps):
+        for side in ("tidal", "tp") if r % 2 == 0 else ("tp", "tidal"):
+            if side == "tp":
+                tp.append(_tensorpipe_updates(cluster.env, cluster.logdir, numel, window_s))
+                continue
+            for codec in codecs:
+                spec, _ = driver_spec(numel, "async", 2, 1, codec)
+                args = ["--window", "--wire", codec]
+                results = cluster.run_drivers(spec, [args, args], window_s + 180, window_s=window_s)
+                figures[codec].append(sum(x["rounds_in_window"] for x in results) / window_s)
+    _, _, exact = mlp_of(numel)
+    rows = []
+    for codec, goal in (("none", 1.0), ("bf16", 1.8)):
+        if codec not in figures:
+            continue
+        wire = "float32" if codec == "none" else "bf16 gradients up, float32 parameters down"
+        rows.append(
+            Row(
+                f"async 2 trainers {exact / 1e6:.1f}M params, 1 shard", f"updates/s ({wire})",
+                Spread.of(figures[codec]), "torch.distributed.rpc (TensorPipe) PS, float32", Spread.of(tp),
+                ratios(figures[codec], tp), Goal(">=", goal),
+            )
+        )  # fmt: skip
+    return rows

@@ -1,0 +1,99 @@
+"""bench/RESULTS.md: where, when and how it was measured, every row, and the goals."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from bench.results import Row
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / (1 << 20)
+    return float("nan")
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        dirty = subprocess.run(status, capture_output=True, text=True, check=True)
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(command: str, started: datetime, load_before: tuple[float, ...], elapsed_s: float) -> list[str]:
+    load_after = os.getloadavg()
+    versions = ", ".join(f"{p} {version(p)}" for p in ("torch", "grpcio", "protobuf", "numpy"))
+    return [
+        f"- **Command**: `{command}`",
+        f"- **Date**: {started.strftime('%Y-%m-%d %H:%M UTC')}, {elapsed_s / 60:.1f} min",
+        f"- **Machine**: {platform.system()} {platform.release()}, {_cpu_model()}, {os.cpu_count()} CPUs, "
+        f"{_memory_gib():.0f} GiB RAM",
+        f"- **Load**: 1/5/15-min load average {'/'.join(f'{x:.1f}' for x in load_before)} before, "
+        f"{'/'.join(f'{x:.1f}' for x in load_after)} after (the machine is shared; CPUs are {os.cpu_count()})",
+        f"- **Versions**: Python {platform.python_version()}, {versions}; tidal at {_commit()}",
+    ]
+
+
+def _cell(row: Row) -> tuple[str, str, str, str]:
+    baseline = row.baseline.fmt(row.digits) if row.baseline is not None else ""
+    ratio = row.ratio.fmt(2) if row.ratio is not None else ""
+    goal = str(row.goal) if row.goal is not None else ""
+    met = {None: "", True: "**met**", False: "not met"}[row.met]
+    return baseline, ratio, goal, met
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    lines = [
+        "| case | metric | tidal | compared with | their figure | ratio | goal | |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        baseline, ratio, goal, met = _cell(row)
+        lines.append(
+            f"| {row.case} | {row.metric} | {row.tidal.fmt(row.digits)} | {row.baseline_name} | {baseline} | "
+            f"{ratio} | {goal} | {met} |"
+        )
+    notes = [f"- {row.case}, {row.metric}: {row.note}" for row in rows if row.note]
+    return lines + (["", *notes] if notes else [])
+
+
+def goals(rows: Sequence[Row]) -> list[str]:
+    lines = ["| goal | measured (median, min-max over repetitions) | |", "|---|---|---|"]
+    for row in rows:
+        if row.goal is None:
+            continue
+        figure = row.ratio if row.ratio is not None else row.tidal
+        what = "ratio" if row.ratio is not None else row.metric
+        lines.append(
+            f"| {row.case}: {row.metric} {what} {row.goal} | {figure.fmt(2)} | "
+            f"{'**met**' if row.met else 'not met'} |"
+        )
+    return lines
+
+
+def write(path: Path, header: list[str], sections: list[tuple[str, list[Row], str]], extra: list[str]) -> None:
+    all_rows = [r for _, rows, _ in sections for r in rows]
+    out = ["# tidal benchmark results", "", *header, "", "## Goals", "", *goals(all_rows), ""]
+    for title, rows, intro in sections:
+        if not rows:
+            continue
+        out += [f"## {title}", "", *([intro, ""] if intro else []), *table(rows), ""]
+    out += extra
+    path.write_text("\n".join(out).rstrip() + "\n")

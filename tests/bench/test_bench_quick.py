@@ -1,0 +1,47 @@
+"""The benchmark suite works end to end (quick mode: small sizes, one repetition). Its
+figures are not checked: benchmarks are not timed tests; the committed bench/RESULTS.md
+comes from a full run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+# About 2 minutes on an idle 2-core machine; the bound leaves room for a loaded one.
+@pytest.mark.timeout(660)
+def test_quick_mode_measures_every_case_and_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## Goals", "## Data plane", "## What the changes bought", "## Memory", "## End to end",
+                    "## Control plane"):  # fmt: skip
+        assert heading in text, heading
+    for case in ("wire 1.0M params", "sync step W=2", "async 2 trainers", "serde 1M", "shard memory",
+                 "end to end, 1 worker, sync", "end to end, 1 worker, async", "control plane, 64 members"):  # fmt: skip
+        assert case in text, case
+    # Every measured row has a number, never "n/a" or NaN.
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    assert rows
+    assert not [r for r in rows if "n/a" in r or "nan" in r], text
+    assert re.search(r"\*\*Machine\*\*: .+ \d+ CPUs", text)
+    assert "**Versions**: Python" in text and "torch 2.13.0" in text
