@@ -58,7 +58,7 @@ def restore_state(store: CheckpointStore, job_id: str, state: ShardState) -> Rec
         snapshot.version,
         f" (refused {len(refused)} newer: {'; '.join(refused)})" if refused else "",
     )
-    return RecoveryLedger.restored(snapshot)
+    return RecoveryLedger(restored_version=snapshot.version)
 
 
 class ShardNode:
@@ -128,7 +128,7 @@ class ShardNode:
             checkpointer = None
             if self.store is not None and self.checkpoint_metrics is not None:
                 checkpointer = ShardCheckpointer(
-                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery
+                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version
                 )
                 await checkpointer.write()  # version 0: a shard lost before its first interval restarts too
             metrics = self.metrics.for_job(assign.job_id, state.spec.mode.value, assign.shard_index)
