@@ -26,6 +26,7 @@ from tidal.config import (
     DEFAULT_WORKER_PORT,
     ENV,
 )
+from tidal.climate.cli import climate_app
 from tidal.core.errors import TidalError
 from tidal.progress import stdout_console
 
@@ -38,6 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(climate_app, name="climate")
 err = Console(stderr=True)
 T = TypeVar("T")
 
