@@ -15,6 +15,7 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 
+from tidal.climate.cli import climate_app
 from tidal.config import (
     DEFAULT_COORDINATOR,
     DEFAULT_COORDINATOR_METRICS_PORT,
@@ -26,7 +27,6 @@ from tidal.config import (
     DEFAULT_WORKER_PORT,
     ENV,
 )
-from tidal.climate.cli import climate_app
 from tidal.core.errors import TidalError
 from tidal.progress import stdout_console
 
