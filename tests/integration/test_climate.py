@@ -3,6 +3,9 @@ over region tiles beats persistence, and the cluster computes what a single proc
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 import torch
 
 from tests.integration.helpers import coordinator_stub, plan, read_parameters, run_job, shard_addresses
+from tidal.climate.example import write_sidecar
 from tidal.core.climate.synth import SynthConfig, write_field
 from tidal.core.datasets import batch_indices, load_dataset
 from tidal.core.models import build_model
@@ -129,8 +133,6 @@ def test_station_records_async(climate_cluster: LocalCluster) -> None:
 
 
 def test_missing_store_is_invalid_argument(climate_cluster: LocalCluster, tmp_path: Path) -> None:
-    import json
-
     spec = grid_spec(tmp_path / "nope.nc")
     with pytest.raises(grpc.RpcError) as exc:
         coordinator_stub(climate_cluster.coordinator_address).SubmitJob(
@@ -138,3 +140,56 @@ def test_missing_store_is_invalid_argument(climate_cluster: LocalCluster, tmp_pa
         )
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "dataset.args.path" in (exc.value.details() or "")
+
+
+# Loads one worker's part of a store in a fresh interpreter and prints the growth of its peak
+# resident memory (after imports and a tiny warm-up read) and the bytes of the part's frames.
+MEMORY_PROBE = """
+import json, sys
+from tidal.core.datasets import load_dataset
+
+def peak():  # this process's own high-water mark (ru_maxrss would carry the forking parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+args = json.loads(sys.argv[1]); rank, world = int(sys.argv[2]), int(sys.argv[3])
+warm = load_dataset("climate_grid", {**args, "partition": "time"}, 0, 0, 400)  # imports, caches
+del warm
+before = peak()
+part = load_dataset("climate_grid", args, 0, rank, world)
+print(json.dumps({"delta": peak() - before, "frames": part.train_y.untyped_storage().nbytes()}))
+"""
+
+
+def _peak_growth(store: Path, rank: int, world: int) -> dict[str, int]:
+    args = {"path": str(store), "partition": "region", "halo": 2, "val_steps": 4}
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, json.dumps(args), str(rank), str(world)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_worker_holds_only_its_region(tmp_path: Path) -> None:
+    """Reading is lazy: peak memory grows with the partition, not with the file."""
+    store = tmp_path / "big.nc"
+    write_field(str(store), SynthConfig(n_lat=64, n_lon=128, steps=2000, seed=0))  # 65.5 MB of data
+    write_sidecar(str(store), None, 4, 16)
+    size = store.stat().st_size
+    eighth = _peak_growth(store, 3, 8)
+    half = _peak_growth(store, 1, 2)
+    print(f"file {size / 1e6:.1f} MB; 1/8 region: +{eighth['delta'] / 1e6:.1f} MB peak "
+          f"({eighth['frames'] / 1e6:.1f} MB frames); 1/2 region: +{half['delta'] / 1e6:.1f} MB peak "
+          f"({half['frames'] / 1e6:.1f} MB frames)")  # fmt: skip
+    # The part's frames are its tile (plus halo) over the training steps, nothing more...
+    assert eighth["frames"] <= size / 8 * 1.4
+    # ...and the process grew by about that: far below the file's size, and four times less
+    # for a region four times smaller.
+    assert 0.9 * eighth["frames"] <= eighth["delta"] <= 1.3 * eighth["frames"] + 4e6
+    assert eighth["delta"] < 0.25 * size
+    assert 0.9 * half["frames"] <= half["delta"] <= 1.3 * half["frames"] + 4e6
+    assert half["delta"] >= 2.5 * eighth["delta"]

@@ -170,10 +170,15 @@ def read_frames(
                                 meta.lon_dim: slice(o_first, o_first + o_len),
                             }
                         ).values
+                        # Checked block by block: a whole-tensor isfinite would briefly
+                        # allocate more than the partition itself.
+                        if not np.isfinite(block).all():
+                            raise InvalidArgumentError(
+                                f"dataset.args.path: variable {name!r} has missing (NaN) or infinite values "
+                                f"in time steps {t_first + b}..{t_first + b + n - 1}"
+                            )
                         dest = out[t_pos + b : t_pos + b + n, v, a_pos : a_pos + a_len, o_pos : o_pos + o_len]
                         dest.copy_(torch.from_numpy(np.asarray(block, dtype=np.float32)))
         plane = out[:, v]
         plane.sub_(float(mean[v])).div_(float(std[v]))
-    if not torch.isfinite(out).all():
-        raise InvalidArgumentError("dataset.args.path: the selected data holds missing (NaN) or infinite values")
     return out
