@@ -159,6 +159,8 @@ async def run_example(out: Path, workdir: Path | None, console: Console) -> int:
         }
         for r in (grid, stations)
     }
+    # The spec as written (a relative store path), not this machine's absolute one.
+    summary[grid.status.job_id]["spec"]["dataset"]["args"]["path"] = str(store)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print("Wrote " + ", ".join(str(p) for p in [*paths, out / "results.json"]))
     return 0

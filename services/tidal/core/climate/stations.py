@@ -62,7 +62,7 @@ def packaged_records(name: str) -> pa.Table:
         opts = pa_csv.ConvertOptions(
             column_types={"date": pa.timestamp("s"), "temp": pa.float64()}, timestamp_parsers=[fmt]
         )
-        t = pa_csv.read_csv(io.BytesIO(text), convert_options=opts)
+        t = pa_csv.read_csv(io.BytesIO(text), read_options=pa_csv.ReadOptions(use_threads=False), convert_options=opts)
         tables.append(pa.table({"station": pa.array([station] * t.num_rows), "time": t["date"], "temp": t["temp"]}))
     return pa.concat_tables(tables)
 
@@ -141,8 +141,14 @@ def describe_stations(raw: Mapping[str, Any], seed: int) -> DatasetInfo:
     return _info(_open(raw))
 
 
+def _read(source: pa_ds.Dataset, columns: list[str], where: pc.Expression | None = None) -> pa.Table:
+    # Single-threaded: station tables are small, and Arrow's thread pools racing torch's at
+    # interpreter exit were seen to abort a process.
+    return source.to_table(columns=columns, filter=where, use_threads=False)
+
+
 def _time_range(source: pa_ds.Dataset) -> tuple[np.datetime64, np.datetime64]:
-    times = source.to_table(columns=["time"])["time"]
+    times = _read(source, ["time"])["time"]
     if len(times) == 0:
         raise InvalidArgumentError("dataset.args.path holds no records")
     lo, hi = pc.min_max(times).values()
@@ -164,7 +170,7 @@ def _norm_stats(cfg: StationConfig, cutoff: np.datetime64) -> tuple[np.ndarray, 
     n = np.zeros(len(cfg.variables))
     s1 = np.zeros(len(cfg.variables))
     s2 = np.zeros(len(cfg.variables))
-    scanner = cfg.source.scanner(columns=cfg.variables, filter=_time_filter(None, cutoff))
+    scanner = cfg.source.scanner(columns=cfg.variables, filter=_time_filter(None, cutoff), use_threads=False)
     for batch in scanner.to_batches():
         for i, v in enumerate(cfg.variables):
             col = batch.column(v).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -249,11 +255,11 @@ def load_stations(raw: Mapping[str, Any], seed: int, rank: int, world_size: int)
 
     train = _Samples([], [], [])
     if cfg.partition == "station":
-        names = cfg.source.to_table(columns=["station"], filter=_time_filter(None, cutoff))["station"]
+        names = _read(cfg.source, ["station"], _time_filter(None, cutoff))["station"]
         counts = pc.value_counts(names).to_pylist()
         mine = split_stations({str(c["values"]): int(c["counts"]) for c in counts}, world_size)[rank]
         flt = pc.field("station").isin(mine)
-        table = cfg.source.to_table(columns=columns, filter=flt)
+        table = _read(cfg.source, columns, flt)
         _station_samples(table, cfg, mean, std, train)
         x, y, tt = _tensors(train, cfg)
         keep = torch.from_numpy(tt < cutoff.astype(np.int64))
@@ -261,7 +267,7 @@ def load_stations(raw: Mapping[str, Any], seed: int, rank: int, world_size: int)
         # Contiguous stretches of the training period with equal record counts; each worker
         # also reads the lags before its stretch (found by reading its window's records).
         times = np.sort(
-            cfg.source.to_table(columns=["time"], filter=_time_filter(None, cutoff))["time"]
+            _read(cfg.source, ["time"], _time_filter(None, cutoff))["time"]
             .cast(pa.timestamp("s"))
             .to_numpy(zero_copy_only=False)
             .astype("datetime64[s]")
@@ -272,7 +278,7 @@ def load_stations(raw: Mapping[str, Any], seed: int, rank: int, world_size: int)
         start = times[a]
         stop = times[b] if b < len(times) else cutoff
         span_s = _max_span_seconds(cfg, start)
-        table = cfg.source.to_table(columns=columns, filter=_time_filter(start - span_s, stop))
+        table = _read(cfg.source, columns, _time_filter(start - span_s, stop))
         _station_samples(table, cfg, mean, std, train)
         x, y, tt = _tensors(train, cfg)
         keep = torch.from_numpy((tt >= start.astype(np.int64)) & (tt < stop.astype(np.int64)))
@@ -282,9 +288,7 @@ def load_stations(raw: Mapping[str, Any], seed: int, rank: int, world_size: int)
 
     val = _Samples([], [], [])
     lookback = _max_span_seconds(cfg, cutoff)
-    _station_samples(
-        cfg.source.to_table(columns=columns, filter=_time_filter(cutoff - lookback, None)), cfg, mean, std, val
-    )
+    _station_samples(_read(cfg.source, columns, _time_filter(cutoff - lookback, None)), cfg, mean, std, val)
     vx, vy, vt = _tensors(val, cfg)
     vkeep = torch.from_numpy(vt >= cutoff.astype(np.int64))
     val_x, val_y = vx[vkeep], vy[vkeep]
@@ -301,7 +305,7 @@ def load_stations(raw: Mapping[str, Any], seed: int, rank: int, world_size: int)
 def _max_span_seconds(cfg: StationConfig, near: np.datetime64) -> np.timedelta64:
     """How far back a window reaches: (lags + horizon) steps of the station with the longest
     spacing (each station's median spacing, from its records before `near`)."""
-    probe = cfg.source.to_table(columns=["station", "time"], filter=_time_filter(None, near))
+    probe = _read(cfg.source, ["station", "time"], _time_filter(None, near))
     if probe.num_rows < 2:
         return np.timedelta64(0, "s")
     probe = probe.sort_by([("station", "ascending"), ("time", "ascending")])
