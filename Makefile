@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint protos clean compose-smoke
+.PHONY: demo test lint protos clean compose-smoke climate-example
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/tidal demo
+
+# The climate worked example (docs/climate.md): writes data/climate/t2m.nc if missing, trains the
+# region-partitioned sync and the async station jobs on a local cluster, plots into docs/climate/.
+climate-example: $(STAMP)
+	$(BIN)/tidal climate example --out docs/climate
 
 test: $(STAMP)
 	scripts/ensure-test-deps.sh
