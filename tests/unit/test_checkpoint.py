@@ -331,3 +331,29 @@ def test_ledger_counts_what_the_checkpoint_lost_once(tmp_path: Path) -> None:
     assert (ledger.updates_lost, ledger.versions_lost) == (3, 3)
     handled = restored.counters.updates_applied + restored.counters.updates_rejected + ledger.updates_lost
     assert handled == original.counters.updates_applied == 7
+    assert restored.counters.by_worker == {"w0": 2, "w1": 2}  # what the parameters hold
+
+
+def test_ledger_carries_earlier_losses_across_a_second_restore(tmp_path: Path) -> None:
+    first = make_state()
+    push_async(first, 0, 4)
+    store = CheckpointStore(tmp_path)
+    write(store, first)
+    # Restored at 4 after w0 and w1 saw 2 more pushes each (6 and 7): 3 lost.
+    second = make_state()
+    ledger = RecoveryLedger.restored(store.load_latest(JOB, 0)[0])
+    restore_shard(second, store.load_latest(JOB, 0)[0])
+    ledger.worker_resumed(second, "w0", 7, completed_pushes=4)
+    ledger.worker_resumed(second, "w1", 7, completed_pushes=3)
+    push_async(second, 7, 2)  # w1 pushes 7, w0 pushes 8: both in the parameters
+    store.write(snapshot_shard(JOB, second, ledger.lost_by_worker))
+    push_async(second, 9, 1)  # w1's push 9, acknowledged, then lost with the second process
+    third = make_state()
+    snapshot = store.load_latest(JOB, 0)[0]
+    restore_shard(third, snapshot)
+    again = RecoveryLedger.restored(snapshot)
+    again.worker_resumed(third, "w0", 7, completed_pushes=5)
+    again.worker_resumed(third, "w1", 8, completed_pushes=5)
+    assert (again.updates_lost_here, again.updates_lost, again.lost_before) == (1, 4, 3)
+    handled = third.counters.updates_applied + third.counters.updates_rejected + again.updates_lost
+    assert handled == 10  # every push the workers saw completed: held or counted lost

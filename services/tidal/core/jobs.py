@@ -328,7 +328,14 @@ class JobManager:
         job.shards[member_id] = progress
         for restart in job.restarts:
             if restart.member_id == member_id and not restart.recovering:
-                restart.updates_lost, restart.versions_lost = progress.updates_lost, progress.versions_lost
+                # The shard reports what all restores of its index lost; this one lost the rest.
+                earlier = sum(
+                    r.updates_lost
+                    for r in job.restarts
+                    if r.shard_index == restart.shard_index and r.ready_at < restart.ready_at
+                )
+                restart.updates_lost = progress.updates_lost - earlier
+                restart.versions_lost = progress.versions_lost
         job.last_progress_at = now
         return self._finish_if_complete(job, now)
 

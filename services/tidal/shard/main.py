@@ -58,7 +58,7 @@ def restore_state(store: CheckpointStore, job_id: str, state: ShardState) -> Rec
         snapshot.version,
         f" (refused {len(refused)} newer: {'; '.join(refused)})" if refused else "",
     )
-    return RecoveryLedger(restored_version=snapshot.version)
+    return RecoveryLedger.restored(snapshot)
 
 
 class ShardNode:
@@ -90,6 +90,11 @@ class ShardNode:
         self._reporter: asyncio.Task[None] | None = None
         self._checkpointer: ShardCheckpointer | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
+
+    def pushed(self) -> None:
+        """A push was handled: checkpoint now if one is due (see ShardCheckpointer.poke)."""
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
 
     def worker_resumed(self, worker_id: str, last_version: int, completed_pushes: int) -> None:
         """A worker reconnected (see RecoveryLedger): counts what a restore lost."""
@@ -128,7 +133,7 @@ class ShardNode:
             checkpointer = None
             if self.store is not None and self.checkpoint_metrics is not None:
                 checkpointer = ShardCheckpointer(
-                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version
+                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery
                 )
                 await checkpointer.write()  # version 0: a shard lost before its first interval restarts too
             metrics = self.metrics.for_job(assign.job_id, state.spec.mode.value, assign.shard_index)
@@ -141,20 +146,11 @@ class ShardNode:
             return
         self.recovery, self._checkpointer = recovery, checkpointer
         if checkpointer is not None:
-            self._checkpoint_task = asyncio.create_task(self._checkpoint(checkpointer))
+            self._checkpoint_task = asyncio.create_task(checkpointer.run())
         log.info("job %s: shard %d holds %d elements", assign.job_id, assign.shard_index, self.runtime.state.numel)
         ready = coord_pb.ShardReady(job_id=assign.job_id, version=state.version, checkpointing=checkpointer is not None)
         await self.session.send(coord_pb.SessionRequest(shard_ready=ready))
         self._reporter = asyncio.create_task(self._report_progress(self.runtime))
-
-    async def _checkpoint(self, checkpointer: ShardCheckpointer) -> None:
-        """Runs the schedule; a failed write (disk full, say) is logged and retried later."""
-        while True:
-            try:
-                await checkpointer.run()
-            except OSError as exc:
-                log.error("job %s: checkpoint failed: %s", checkpointer.job_id, exc)
-                await asyncio.sleep(checkpointer.schedule.every_s or 1.0)
 
     async def release(self, reason: str | None = None) -> None:
         """Ends the job on this shard after a final checkpoint. Without a reason the process is

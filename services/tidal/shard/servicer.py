@@ -54,6 +54,10 @@ class Runtimes(Protocol):
         """A worker reconnected and said what it saw of this shard index before."""
         ...
 
+    def pushed(self) -> None:
+        """A push was handled (a checkpoint may be due)."""
+        ...
+
 
 class ShardServicer(shard_grpc.ParameterShardServicer):
     def __init__(self, runtimes: Runtimes) -> None:
@@ -138,6 +142,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                     grad,
                     pending.clock,
                 )
+                self._runtimes.pushed()
                 yield shard_pb.ExchangeResponse(
                     ack=shard_pb.PushAck(
                         push_id=pending.push_id,
