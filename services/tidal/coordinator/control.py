@@ -57,6 +57,8 @@ class Control:
         self._checkpoints: dict[str, list[tuple[str, int]]] = {}
         self._store = store
         self._unsaved = False
+        # Set while the coordinator shuts down: sessions it closes itself are no member's failure.
+        self._stopping = False
         # Ended jobs already saved: they never change again, so saves skip them.
         self._saved_ended: set[str] = set()
         if store is not None:
@@ -127,7 +129,7 @@ class Control:
             return  # a newer session of the same member replaced this one
         del self._outboxes[member_id]
         member = self.membership.get(member_id)
-        if member.live:
+        if member.live and not self._stopping:
             await self._lose(member, "its session closed", "session_closed")
 
     async def handle(self, member_id: str, msg: coord_pb.SessionRequest) -> None:
@@ -314,6 +316,11 @@ class Control:
         self._store.save(self.membership.all(), self.membership.epoch, changed)
         self._saved_ended.update(j.job_id for j in changed if j.state.terminal)
         self.counters.state_save_seconds.observe(time.perf_counter() - started)
+
+    def begin_shutdown(self) -> None:
+        """From now on a closing session does not fail its member: the coordinator itself is
+        going away, and its members resume their sessions with the next one."""
+        self._stopping = True
 
     def close(self) -> None:
         if self._store is not None:

@@ -73,6 +73,7 @@ async def run_coordinator(
         return 0
     finally:
         await set_health(health, SERVICE_NAMES, serving=False)
+        control.begin_shutdown()
         rest.should_exit = metrics.should_exit = True
         await server.stop(SHUTDOWN_GRACE_S)
         for task in tasks:

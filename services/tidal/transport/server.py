@@ -11,7 +11,12 @@ from grpc_reflection.v1alpha import reflection
 from tidal.core.errors import InvalidArgumentError
 from tidal.transport import tls
 from tidal.transport.guard import BearerTokenInterceptor, GuardInterceptor
-from tidal.transport.limits import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
+from tidal.transport.limits import (
+    KEEPALIVE_TIME_MS,
+    KEEPALIVE_TIMEOUT_MS,
+    MAX_MESSAGE_BYTES,
+    MAX_RECONNECT_BACKOFF_MS,
+)
 from tidal.transport.tls import SecurityConfig
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
@@ -21,6 +26,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 
 SERVER_OPTIONS: list[tuple[str, int]] = [

@@ -84,6 +84,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
             log.info("job %s: shard %d restored at %s", msg.shard_moved.job_id, msg.shard_moved.shard_index,
                      msg.shard_moved.address)  # fmt: skip
             self.run.shard_moved(msg.shard_moved.shard_index, msg.shard_moved.address)
+        elif kind == "membership_changed":
+            self._membership = msg.membership_changed
+            self._apply_membership()
         elif kind == "evaluate" and self.run and self.run.a.job_id == msg.evaluate.job_id:
             work = self._evaluate(self.run, msg.evaluate.final)
             self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, work))
@@ -116,7 +119,10 @@ class WorkerNode(worker_grpc.WorkerServicer):
         self._membership = self._finished = None
 
     async def _guard(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
-        """Runs job work; a failure is reported to the coordinator, which fails the job."""
+        """Runs job work; a failure is reported to the coordinator, which fails the job. Not
+        if the coordinator made this worker a new member meanwhile: the job dropped the old
+        one (its shards refuse it), and the new one may be in the same job again."""
+        member_id = self.session.member_id
         try:
             await work
         except asyncio.CancelledError:
@@ -126,6 +132,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
                 log.error("job %s: %s", job_id, exc)
             else:
                 log.exception("job %s: unexpected error", job_id)
+            if self.session.member_id != member_id:
+                log.warning("job %s: not reported, %s was dropped from the job", job_id, member_id)
+                return
             await self._send(coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id=job_id, message=str(exc))))
 
     async def _train(self, assign: coord_pb.AssignWorker) -> None:
