@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tidal.core.errors import DataLossError, TidalError
-from tidal.core.jobs import EvalPoint, Job, JobState, ShardProgress, WorkerProgress
+from tidal.core.jobs import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
 from tidal.core.membership import Member, MemberState, Role
 from tidal.core.shard_map import ShardMap, TensorInfo
 from tidal.core.spec import parse_job_spec
@@ -92,6 +92,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "final_eval_by": job.final_eval_by,
         "final_eval_done": job.final_eval_done,
         "last_progress_at": job.last_progress_at,
+        "checkpointing": sorted(job.checkpointing),
+        "restarts": [asdict(r) for r in job.restarts],
     }
 
 
@@ -121,6 +123,9 @@ def job_from_dict(data: dict[str, Any]) -> Job:
             final_eval_by=_str(data, "final_eval_by"),
             final_eval_done=bool(data["final_eval_done"]),
             last_progress_at=float(data["last_progress_at"]),
+            # Absent in states saved before shard restarts existed.
+            checkpointing={int(i) for i in data.get("checkpointing", [])},
+            restarts=[ShardRestart(**r) for r in data.get("restarts", [])],
         )
         unknown = set(job.worker_ids) - set(job.workers)
         if unknown:
