@@ -210,3 +210,46 @@ def test_stats_sidecar_shared_and_never_from_validation(store: Path, tmp_path: P
 def test_bad_arguments_name_the_field(store: Path, over: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidArgumentError, match=field.replace(".", r"\.")):
         load_dataset("climate_grid", {**args(store), **over}, 0, 0, 4)
+
+
+def test_era5_style_store_with_levels(tmp_path: Path) -> None:
+    """ERA5 naming (valid_time, pressure_level), several variables, one level selected."""
+    rng = np.random.default_rng(0)
+    shape = (30, 3, 8, 16)
+    ds = xr.Dataset(
+        {
+            "t": (("valid_time", "pressure_level", "latitude", "longitude"), rng.normal(250, 10, shape)),
+            "z": (("valid_time", "pressure_level", "latitude", "longitude"), rng.normal(5e4, 1e3, shape)),
+            "t2m": (("valid_time", "latitude", "longitude"), rng.normal(280, 10, (30, 8, 16))),
+        },
+        coords={
+            "valid_time": np.arange(30) * np.timedelta64(6, "h") + np.datetime64("2020-01-01"),
+            "pressure_level": [850, 500, 250],
+            "latitude": np.linspace(78.75, -78.75, 8),
+            "longitude": np.arange(16) * 22.5,
+        },
+    )
+    path = tmp_path / "era5.nc"
+    ds.to_netcdf(path, engine="h5netcdf")
+    spec = {"path": str(path), "variables": ["t", "z"], "select": {"pressure_level": 500}, "val_steps": 4}
+    info = describe_dataset("climate_grid", spec, 0)
+    assert info.input_shape == (2, 2, 8, 16) and info.num_classes == 2
+    d = load_dataset("climate_grid", {**spec, "halo": 0}, 0, 1, 2)
+    lat, lon = region_tiles_for(8, 16, 2)[1]
+    expected = (ds["z"].sel(pressure_level=500).values[2, lat][:, lon] - d_mean(ds, "z", 26)) / d_std(ds, "z", 26)
+    torch.testing.assert_close(d.train_y[0, 1].double(), torch.from_numpy(expected), rtol=1e-4, atol=1e-4)
+    # Without the selection, the level dimension is refused by name.
+    with pytest.raises(InvalidArgumentError, match=r"dataset\.args\.variables"):
+        describe_dataset("climate_grid", {**spec, "select": {}}, 0)
+
+
+def region_tiles_for(n_lat: int, n_lon: int, world: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(t.lat_indices(), t.lon_indices()) for t in gridded.region_tiles(n_lat, n_lon, world, 0, None, True)]
+
+
+def d_mean(ds: xr.Dataset, name: str, train_steps: int) -> float:
+    return float(ds[name].sel(pressure_level=500).values[:train_steps].mean())
+
+
+def d_std(ds: xr.Dataset, name: str, train_steps: int) -> float:
+    return float(ds[name].sel(pressure_level=500).values[:train_steps].std())
