@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from tidal.core.objectives import CROSS_ENTROPY, Objective
 
-__all__ = ["Dataset", "DatasetInfo"]
+__all__ = ["Dataset", "DatasetInfo", "PartitionedSource"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,13 @@ class Dataset:
     @property
     def info(self) -> DatasetInfo:
         return DatasetInfo(self.input_shape, self.num_classes)
+
+
+@dataclass(frozen=True)
+class PartitionedSource:
+    """A data set too large to load whole: each worker loads its own part."""
+
+    # (args, seed) -> input shape and outputs, from metadata only.
+    describe: Callable[[dict[str, Any], int], DatasetInfo]
+    # (args, seed, rank, world_size) -> the rank's training part and the validation split.
+    load: Callable[[dict[str, Any], int, int, int], Dataset]

@@ -22,21 +22,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import importlib
 import importlib.resources
 import io
 import itertools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any
 
 import torch
 
-from .climate.gridded import describe_grid, load_grid
-from .climate.stations import describe_stations, load_stations
-from .data_types import Dataset, DatasetInfo
+from .data_types import Dataset, DatasetInfo, PartitionedSource
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -187,20 +185,19 @@ DATASETS: dict[str, Callable[[dict[str, Any], int], Dataset]] = {
 }
 
 
-@dataclass(frozen=True)
-class PartitionedSource:
-    """A data set too large to load whole: each worker loads its own part."""
-
-    # (args, seed) -> input shape and outputs, from metadata only.
-    describe: Callable[[dict[str, Any], int], DatasetInfo]
-    # (args, seed, rank, world_size) -> the rank's training part and the validation split.
-    load: Callable[[dict[str, Any], int, int, int], Dataset]
-
-
-PARTITIONED: dict[str, PartitionedSource] = {
-    "climate_grid": PartitionedSource(describe_grid, load_grid),
-    "climate_stations": PartitionedSource(describe_stations, load_stations),
+# Partitioned data sets by name -> the module whose SOURCE implements them. Imported on first
+# use: xarray, pandas and pyarrow would otherwise add seconds to every service's start.
+PARTITIONED: dict[str, str] = {
+    "climate_grid": "tidal.core.climate.gridded",
+    "climate_stations": "tidal.core.climate.stations",
 }
+
+
+def _partitioned(name: str) -> PartitionedSource:
+    source = importlib.import_module(PARTITIONED[name]).SOURCE
+    if not isinstance(source, PartitionedSource):
+        raise TypeError(f"{PARTITIONED[name]}.SOURCE is not a PartitionedSource")
+    return source
 
 
 def _checked_args(name: str, args: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -224,7 +221,7 @@ def load_dataset(name: str, args: Mapping[str, Any], seed: int, rank: int = 0, w
     checked = _checked_args(name, args, seed)
     if name in PARTITIONED:
         _check_slot(rank, world_size)
-        part = PARTITIONED[name].load(checked, seed, rank, world_size)
+        part = _partitioned(name).load(checked, seed, rank, world_size)
         return dataclasses.replace(part, part=(rank, world_size))
     return DATASETS[name](checked, seed)
 
@@ -246,7 +243,7 @@ def describe_dataset(name: str, args: Mapping[str, Any], seed: int) -> DatasetIn
     """What the model is built from; partitioned data sets answer from metadata alone."""
     checked = _checked_args(name, args, seed)
     if name in PARTITIONED:
-        return PARTITIONED[name].describe(checked, seed)
+        return _partitioned(name).describe(checked, seed)
     return DATASETS[name](checked, seed).info
 
 

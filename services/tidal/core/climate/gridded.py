@@ -30,7 +30,7 @@ from tidal.core.climate.args import Args
 from tidal.core.climate.grid import GridMeta, grid_meta, latitude_weights, open_store, read_frames
 from tidal.core.climate.partition import Tile, random_split, region_tiles, time_ranges
 from tidal.core.climate.stats import NormStats, compute_stats, read_stats, sidecar_path
-from tidal.core.data_types import Dataset, DatasetInfo
+from tidal.core.data_types import Dataset, DatasetInfo, PartitionedSource
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.objectives import Objective, ObjectiveKind
 
@@ -225,3 +225,7 @@ def _load(grid: OpenGrid, seed: int, rank: int, world_size: int) -> Dataset:
         objective=objective,
         model_input_shape=grid.info().input_shape,
     )
+
+
+# The registry entry (`tidal.core.datasets.PARTITIONED`).
+SOURCE = PartitionedSource(describe_grid, load_grid)

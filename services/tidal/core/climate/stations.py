@@ -36,7 +36,7 @@ import torch
 
 from tidal.core.climate.args import Args
 from tidal.core.climate.partition import even_ranges, split_stations
-from tidal.core.data_types import Dataset, DatasetInfo
+from tidal.core.data_types import Dataset, DatasetInfo, PartitionedSource
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.objectives import Objective, ObjectiveKind
 
@@ -317,3 +317,7 @@ def _max_span_seconds(cfg: StationConfig, near: np.datetime64) -> np.timedelta64
         if hi - lo >= 2:
             step = max(step, int(np.median(np.diff(t[lo:hi]))))
     return np.timedelta64((cfg.lags + cfg.horizon) * step, "s")
+
+
+# The registry entry (`tidal.core.datasets.PARTITIONED`).
+SOURCE = PartitionedSource(describe_stations, load_stations)
