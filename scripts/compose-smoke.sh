@@ -130,6 +130,10 @@ for j in jobs:
     print("REST /v1/jobs:", j["job_id"], j["state"], "version", j.get("version"), "val_accuracy", j.get("val_accuracy"))
 EOF
 "${COMPOSE[@]}" logs --no-color worker 2>&1 | grep -E "rank [0-9] of" || true
+for shard in shard-0 shard-1; do
+  echo "$shard checkpoints (named volume): $("${COMPOSE[@]}" exec -T "$shard" sh -c 'ls -R /var/lib/tidal/checkpoints | tr "\n" " "')"
+done
+echo "networks: $(docker network ls --format '{{.Name}}/{{.Driver}}' | tr '\n' ' ')"
 
 step "down: SIGTERM, each service must stop gracefully within its stop_grace_period"
 "${COMPOSE[@]}" stop >/dev/null
