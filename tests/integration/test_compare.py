@@ -69,7 +69,8 @@ def test_compare_writes_the_report_folder(compared: tuple[Path, subprocess.Compl
     report = (out / "report.md").read_text()
     for label in ("sync", "async"):
         assert f"| {label} | succeeded |" in report, report
-    assert "| sync | sync-kill-" in report and "failed at version" in report, report
+    # The killed worker's job goes on without it (fault tolerance, docs/fault-tolerance.md).
+    assert "| sync | sync-kill-" in report and "succeeded at version" in report, report
     assert "torch" in report and "CPUs" in report
     for name in ("val_loss_vs_time.png", "staleness.png", "worker_throughput.png"):
         data = (out / name).read_bytes()
@@ -101,8 +102,7 @@ def test_results_json_has_every_number(compared: tuple[Path, subprocess.Complete
         assert mode["job_spec"]["mode"] == label
     assert modes["sync"]["baseline"]["staleness_max"] == 0
     killed = modes["sync"]["kill"]
-    assert killed["state"] == "failed" and killed["killed"] is True, killed
-    assert "lost" in killed["message"]
+    assert killed["state"] == "succeeded" and killed["killed"] is True, killed
     assert modes["async"]["kill"] is None
     assert any(e["expected"] and e["after_job"] == killed["job_id"] for e in results["worker_exits"])
 

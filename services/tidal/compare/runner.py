@@ -168,10 +168,12 @@ class CompareRunner:
             result.missing_metrics = missing
         kill = spec.kill if planned.kill else None
         doomed = self.cluster.services[self.workers[kill.rank]] if kill else None
-        # A job that failed has lost a worker: give the doomed one time to be gone.
+        # A job that failed may have lost the doomed worker: give it time to be gone. One that
+        # succeeded went on without it (fault tolerance): it is gone already, or was never killed.
         failed = final.state != common_pb.JOB_STATE_SUCCEEDED
+        expected = kill is not None and doomed is not None and (failed or not doomed.alive())
         result.replaced_workers = await asyncio.to_thread(
-            self.replace_exited_workers, kill.rank if kill and failed else None
+            self.replace_exited_workers, kill.rank if kill and expected else None
         )
         if kill is not None and doomed is not None:
             result.killed = not doomed.alive()
