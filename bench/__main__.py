@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--cases ...] [--reps N] [--out PATH]`: runs the suite, writes
 RESULTS.md (bench/RESULTS.md for a full run; a temporary folder for --quick unless --out).
 
-Full run: about 15-20 minutes on 2 cores. --quick: small sizes, one repetition, about 2
+Full run: about 15-25 minutes on 2 idle cores. --quick: small sizes, one repetition, about 2
 minutes; it proves every case works end to end (what CI runs), its figures mean little.
 """
 
@@ -16,13 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from bench import control, dataplane, e2e, memory, report, serde_case
 from bench.cluster import BenchCluster
 from bench.procs import REPO, bench_env
 from bench.results import Row, Settings
+from bench.stats import Spread
 
+# Hand-written analysis appended to RESULTS.md: what each change bought, what stands in the way.
+NOTES = Path(__file__).with_name("NOTES.md")
 CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "control"]
 
 
@@ -46,11 +50,11 @@ class Sizes:
 
 FULL = Sizes(
     serde_numel=10_000_000, memory_numel=25_000_000, memory_rounds=10,
-    wire_numels=[10_000_000, 25_000_000], wire_rounds=10,
-    sync_numel=10_000_000, sync_shards=[1, 2], sync_rounds=10,
-    async_numel=10_000_000, async_window_s=5.0,
-    e2e_workers=[1, 2, 4], e2e_steps=300,
-    control_members=[64, 256, 512], control_window_s=10.0,
+    wire_numels=[10_000_000, 25_000_000], wire_rounds=8,
+    sync_numel=10_000_000, sync_shards=[1, 2], sync_rounds=8,
+    async_numel=10_000_000, async_window_s=4.0,
+    e2e_workers=[1, 2, 4], e2e_steps=200,
+    control_members=[64, 256, 512], control_window_s=8.0,
 )  # fmt: skip
 QUICK = Sizes(
     serde_numel=1_000_000, memory_numel=1_000_000, memory_rounds=3,
@@ -76,45 +80,67 @@ INTROS = {
 }
 
 
-def _run(s: Settings, sizes: Sizes, cases: list[str], log: Callable[[str], None]) -> dict[str, list[Row]]:
+class Suite:
+    """Runs the cases in order, rewriting RESULTS.md after each (a long run that is cut short
+    keeps what it measured). A failing case is recorded as a row, and the run exits non-zero."""
+
+    def __init__(self, s: Settings, sizes: Sizes, out_path: Path, header: Callable[[], list[str]]) -> None:
+        self.s, self.sizes, self.out_path, self.header = s, sizes, out_path, header
+        self.sections: dict[str, list[Row]] = {
+            "Data plane": [], "What the changes bought": [], "Memory": [], "End to end": [], "Control plane": []
+        }  # fmt: skip
+        self.failed: list[str] = []
+
+    def case(self, section: str, name: str, log: Callable[[str], None], measure: Callable[[], list[Row]]) -> None:
+        log(name)
+        try:
+            self.sections[section] += measure()
+        except Exception as exc:  # recorded in RESULTS.md and in the exit code, never hidden
+            log(f"{name} FAILED: {exc}")
+            self.failed.append(name)
+            self.sections[section].append(Row(name, "FAILED", Spread.of([]), note=f"{type(exc).__name__}: {exc}"[:400]))
+        self.write()
+
+    def write(self) -> None:
+        sections = [(t, rows, INTROS.get(t, "")) for t, rows in self.sections.items()]
+        report.write(self.out_path, self.header(), sections, NOTES.read_text().splitlines() if NOTES.exists() else [])
+
+
+def _run(suite: Suite, cases: list[str], log: Callable[[str], None]) -> None:
+    s, z = suite.s, suite.sizes
     env = bench_env(tuned_malloc=True)
-    out: dict[str, list[Row]] = {"Data plane": [], "What the changes bought": [], "Memory": [], "End to end": [],
-                                 "Control plane": []}  # fmt: skip
     if "serde" in cases:
-        log("serde: generated protobuf vs hand-framed, default and tuned malloc")
         for name, tuned in (("default malloc", False), ("tuned malloc", True)):
-            out["What the changes bought"] += serde_case.serde_costs(s, sizes.serde_numel, bench_env(tuned), name)
+            measure = partial(serde_case.serde_costs, s, z.serde_numel, bench_env(tuned), name)
+            suite.case("What the changes bought", f"serde, {name}", log, measure)
     if any(c in cases for c in ("memory", "wire", "sync", "async", "e2e")):
         log("starting a coordinator and 2 shards")
         with BenchCluster(s.workdir / "cluster", env, num_shards=2) as cluster:
             if "memory" in cases:  # first: the shards are still fresh
-                log("memory")
-                out["Memory"] += memory.shard_memory(cluster, s, sizes.memory_numel, sizes.memory_rounds)
+                measure = partial(memory.shard_memory, cluster, s, z.memory_numel, z.memory_rounds)
+                suite.case("Memory", "shard memory", log, measure)
             if "wire" in cases:
-                log("wire")
-                out["Data plane"] += dataplane.wire(cluster, s, sizes.wire_numels, sizes.wire_rounds)
+                measure = partial(dataplane.wire, cluster, s, z.wire_numels, z.wire_rounds)
+                suite.case("Data plane", "wire", log, measure)
             if "sync" in cases:
-                log("sync step")
-                out["Data plane"] += dataplane.sync_step(
-                    cluster, s, sizes.sync_numel, sizes.sync_shards, sizes.sync_rounds
-                )
+                measure = partial(dataplane.sync_step, cluster, s, z.sync_numel, z.sync_shards, z.sync_rounds)
+                suite.case("Data plane", "sync step", log, measure)
             if "async" in cases:
-                log("async updates/s")
-                out["Data plane"] += dataplane.async_updates(cluster, s, sizes.async_numel, sizes.async_window_s)
+                measure = partial(dataplane.async_updates, cluster, s, z.async_numel, z.async_window_s)
+                suite.case("Data plane", "async updates/s", log, measure)
             if "e2e" in cases:
-                log("end to end")
-                out["End to end"] += e2e.end_to_end(cluster, s, sizes.e2e_workers, sizes.e2e_steps)
+                measure = partial(e2e.end_to_end, cluster, s, z.e2e_workers, z.e2e_steps)
+                suite.case("End to end", "end to end", log, measure)
     if "control" in cases:
-        log("control plane")
-        out["Control plane"] += control.control_plane(s, env, sizes.control_members, sizes.control_window_s)
-    return out
+        measure = partial(control.control_plane, s, env, z.control_members, z.control_window_s, log)
+        suite.case("Control plane", "control plane", log, measure)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (CI)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    parser.add_argument("--reps", type=int, help="repetitions per case (default 5, quick 1)")
+    parser.add_argument("--reps", type=int, help="repetitions per case (default 3, quick 1)")
     parser.add_argument("--out", type=Path, help="where to write RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs of every process)")
     args = parser.parse_args(argv)
@@ -123,26 +149,29 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--cases: unknown {', '.join(unknown)} (known: {', '.join(CASES)})")
     workdir = Path(tempfile.mkdtemp(prefix="tidal-bench-"))
-    reps = args.reps or (1 if args.quick else 5)
+    reps = args.reps or (1 if args.quick else 3)
     settings = Settings(quick=args.quick, reps=reps, workdir=workdir)
     out_path = args.out or (workdir / "RESULTS.md" if args.quick else REPO / "bench" / "RESULTS.md")
     started, t0, load = datetime.now(UTC), time.monotonic(), os.getloadavg()
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    try:
-        sections = _run(settings, QUICK if args.quick else FULL, cases, log)
-    except Exception:
-        print(f"bench failed; logs of every process are in {workdir}", file=sys.stderr)
-        raise
-    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = report.environment(command.strip(), started, load, time.monotonic() - t0)
-    header.append(f"- **Settings**: {reps} repetition(s) per case; every process 1 torch thread; "
-                  "glibc malloc thresholds raised in every process (tidal's services set them themselves, "
-                  "the baselines get the same as environment variables)")  # fmt: skip
-    report.write(out_path, header, [(t, rows, INTROS.get(t, "")) for t, rows in sections.items()], [])
+    def header() -> list[str]:
+        return [
+            *report.environment(command.strip(), started, load, time.monotonic() - t0),
+            f"- **Settings**: {reps} repetition(s) per case; every process 1 torch thread; glibc malloc "
+            "thresholds raised in every process (tidal's services set them themselves, the baselines get the "
+            "same as environment variables)",
+        ]
+
+    suite = Suite(settings, QUICK if args.quick else FULL, out_path, header)
+    _run(suite, cases, log)
     log(f"wrote {out_path}")
+    if suite.failed:
+        print(f"bench: {', '.join(suite.failed)} failed; logs of every process are in {workdir}", file=sys.stderr)
+        return 1
     if not args.keep and not args.quick:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

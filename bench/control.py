@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.procs import cpu_seconds, module_cmd, procs
@@ -32,18 +33,25 @@ def _one(workdir: Path, env: dict[str, str], members: int, lead_s: float, window
         "samples": len(rtts),
         "coordinator_cpu": (cpu1 - cpu0) / window_s,
         "client_cpu_s": result["client_cpu_s"],
+        "failed": result["failed"],
+        "first_failure": result["first_failure"],
     }
 
 
-def control_plane(s: Settings, env: dict[str, str], sizes: list[int], window_s: float) -> list[Row]:
+def control_plane(
+    s: Settings, env: dict[str, str], sizes: list[int], window_s: float, log: Callable[[str], None]
+) -> list[Row]:
     rows = []
     for members in sizes:
+        log(f"control plane, {members} members")
         runs = [_one(s.workdir, env, members, 5.0 + members / 50, window_s) for _ in range(s.reps)]
         samples = sum(int(r["samples"]) for r in runs)
         cpu = Spread.of([r["coordinator_cpu"] * 100 for r in runs])
+        failed = sum(int(r["failed"]) for r in runs)
         note = (
             f"{samples} heartbeats timed; coordinator CPU {cpu.fmt(0)}% of one core; "
             f"simulator CPU {Spread.of([r['client_cpu_s'] for r in runs]).fmt(1)} s per run"
+            + (f"; {failed} member session(s) broke, first: {runs[0]['first_failure'] or '...'}" if failed else "")
         )
         label = f"control plane, {members} members"
         rows.append(Row(label, "heartbeat + health round trip p99 ms", Spread.of([r["p99_ms"] for r in runs]),
