@@ -80,9 +80,9 @@ def goals(rows: Sequence[Row]) -> list[str]:
         if row.goal is None:
             continue
         figure = row.ratio if row.ratio is not None else row.tidal
-        what = "ratio" if row.ratio is not None else row.metric
+        what = " ratio" if row.ratio is not None else ""
         lines.append(
-            f"| {row.case}: {row.metric} {what} {row.goal} | {figure.fmt(2)} | "
+            f"| {row.case}: {row.metric}{what} {row.goal} | {figure.fmt(2)} | "
             f"{'**met**' if row.met else 'not met'} |"
         )
     return lines
