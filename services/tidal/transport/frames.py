@@ -11,7 +11,11 @@ What is written is byte for byte what `SerializeToString` makes of the same mess
 in number order, proto3 defaults omitted, packed repeated fields), and the reader accepts any
 valid encoding of the messages (fields in any order, unpacked repeated fields, unknown fields),
 so generated clients and servers interoperate with this path. Messages without tensors
-(open, pull, ack, opened) go through the generated classes.
+(open, pull, ack, opened) go through the generated classes. One liberty: when the same
+message field occurs twice on the wire, protobuf merges the two, this reader keeps the last
+(no protobuf encoder writes that for these messages).
+
+A field added to PushChunk, Params or TensorChunk in the protos must be added here too.
 
 Field numbers are those of protos/tidal/v1/shard.proto and common.proto; tests check both
 directions against the generated classes.

@@ -5,6 +5,10 @@ aliases so they never shadow domain types. Tensors travel as `TensorChunk`s of a
 `CHUNK_BYTES` of payload; a receiver checks every chunk against the shard map (name,
 dtype, shape, range) before it writes, and checks at the end that the chunks covered its
 range exactly once.
+
+The data plane sends `encoded_chunks` (hand-framed, transport/frames.py) and reads
+`frames.ChunkView`s; `slice_to_chunks` and friends build the same chunks as generated
+messages, for generated-stub clients, tests and the benchmark's reference path.
 """
 
 from __future__ import annotations
