@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if suite.failed:
         print(f"bench: {', '.join(suite.failed)} failed; logs of every process are in {workdir}", file=sys.stderr)
         return 1
-    if not args.keep and not args.quick:
+    if not args.keep and workdir not in out_path.parents:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
