@@ -272,6 +272,33 @@ def compare(
 
 
 @app.command()
+def advise(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON: the job to advise on.")],
+    probe_steps: Annotated[int, typer.Option(min=5, max=10_000, help="Steps per worker of the async probe.")] = 30,
+    slowdowns: Annotated[
+        str | None,
+        typer.Option(help="How many times slower each worker's machine is, by rank, e.g. 1,1,4 (default: all 1)."),
+    ] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON on stdout.")] = False,
+) -> None:
+    """Probe a job on a local cluster and recommend a mode and its parameters, with the reason."""
+    from tidal.advise import run_advise  # noqa: PLC0415  # torch and matplotlib only when advising
+
+    factors = None
+    if slowdowns is not None:
+        try:
+            factors = [float(x) for x in slowdowns.split(",")]
+        except ValueError:
+            err.print(f"[red]error:[/red] --slowdowns: expected numbers separated by commas, got {slowdowns!r}")
+            raise typer.Exit(2) from None
+        if any(not 1.0 <= f <= 1000.0 for f in factors):
+            err.print(f"[red]error:[/red] --slowdowns: every factor must lie in [1, 1000], got {slowdowns!r}")
+            raise typer.Exit(2)
+    raise typer.Exit(_run(run_advise(spec_file, probe_steps, factors, workdir, as_json, stdout_console(), err)))
+
+
+@app.command()
 def submit(
     spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")],
     coordinator: Coordinator = DEFAULT_COORDINATOR,

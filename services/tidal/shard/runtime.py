@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import torch
 
+from tidal.core.auto import AutoDecision
 from tidal.core.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NonFiniteGradientError,
 )
+from tidal.core.policy import AutoPolicy
 from tidal.core.shard_state import PushOutcome, PushResult, ShardState
+from tidal.core.spec import Mode
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
 from tidal.transport import frames, serde
+
+log = logging.getLogger(__name__)
 
 
 class ShardRuntime:
@@ -33,8 +39,11 @@ class ShardRuntime:
         self._changed = asyncio.Condition()
         self._cache: tuple[int, list[bytes], int] | None = None
         self._barrier_started: float | None = None
+        # Mode auto: every decision of the tuner, oldest first.
+        self.history: list[AutoDecision] = []
         self.closed_reason = ""
         metrics.held(state)
+        metrics.consistency(*_settings(state))
 
     async def push(
         self,
@@ -47,7 +56,9 @@ class ShardRuntime:
     ) -> PushResult:
         started = time.perf_counter()
         try:
-            result = self.state.push(worker_id, push_id, base_version, membership_epoch, grad, clock)
+            result = self.state.push(
+                worker_id, push_id, base_version, membership_epoch, grad, clock, now=time.monotonic()
+            )
         except NonFiniteGradientError:
             self.metrics.rejected["non_finite"].inc()
             raise
@@ -97,7 +108,20 @@ class ShardRuntime:
             m.barrier_wait.observe(time.perf_counter() - self._barrier_started)
             self._barrier_started = None
         m.held(self.state)
+        self._report_decisions()
         await self._notify()
+
+    def _report_decisions(self) -> None:
+        """Mode auto: logs and exports what the tuner decided since the last call."""
+        decisions: list[AutoDecision] = self.state.auto_decisions
+        if not decisions:
+            return
+        for decision in decisions:
+            log.info("job %s shard %d: auto: %s", self.job_id, self.state.shard_index, decision.reason)
+            self.metrics.decisions.inc()
+        self.metrics.consistency(*_settings(self.state))
+        self.history.extend(decisions)
+        decisions.clear()
 
     async def close(self, reason: str) -> None:
         self.closed_reason = reason
@@ -123,7 +147,7 @@ class ShardRuntime:
 
     def serve(self, worker_id: str) -> list[bytes]:
         """The current parameters for `worker_id`, noting what it will train on (DC-ASGD)."""
-        self.state.served(worker_id)
+        self.state.served(worker_id, now=time.monotonic())
         return self.params()
 
     def params(self) -> list[bytes]:
@@ -141,3 +165,12 @@ class ShardRuntime:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+
+def _settings(state: ShardState) -> tuple[int, int]:
+    """(backup_workers, staleness_bound) in force on this shard."""
+    policy = state.policy
+    if isinstance(policy, AutoPolicy):
+        return policy.backup_workers, policy.bound
+    options = state.spec.consistency
+    return options.backup_workers, options.staleness_bound if state.spec.mode == Mode.SSP else 0

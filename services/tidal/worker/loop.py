@@ -91,6 +91,7 @@ class TrainingRun:
         codec = spec.compression
         self.topk = TopK(self.flat.grads.numel(), codec.topk_ratio) if codec.codec == "topk" else None
         self.step = 0
+        self.clock = -1
         self.samples = 0
         self.pushes = 0
         self._last_exchange_s = 0.0
@@ -198,7 +199,14 @@ class TrainingRun:
     async def _exchange(self, num_samples: int) -> PhaseTimes:
         """Pushes the gradient (or, in local SGD, the round's delta) to every shard and receives
         the parameters to continue from."""
-        clock = self.step if self.inner is None else self.step // self.a.spec.consistency.sync_every
+        if self.inner is None:
+            # The worker's clock counts its steps but never lags a version it trained on (shards
+            # may be at different versions): a straggler whose gradients were dropped (backups,
+            # auto) rejoins at the current clock. Without drops no version passes the step, so
+            # this is the step.
+            clock = self.clock = max(self.clock + 1, *(link.version for link in self.links))
+        else:
+            clock = self.step // self.a.spec.consistency.sync_every
         payload = self.flat.grads
         if self.inner is not None:
             # DiLoCo's pseudo-gradient: how far this worker moved from the round's start.

@@ -84,9 +84,6 @@ class WorkerNode(worker_grpc.WorkerServicer):
             log.info("job %s: shard %d restored at %s", msg.shard_moved.job_id, msg.shard_moved.shard_index,
                      msg.shard_moved.address)  # fmt: skip
             self.run.shard_moved(msg.shard_moved.shard_index, msg.shard_moved.address)
-        elif kind == "membership_changed":
-            self._membership = msg.membership_changed
-            self._apply_membership()
         elif kind == "evaluate" and self.run and self.run.a.job_id == msg.evaluate.job_id:
             work = self._evaluate(self.run, msg.evaluate.final)
             self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, work))
