@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from tidal.coordinator.control import Control
 from tidal.core.errors import TidalError
-from tidal.core.jobs import JobState
+from tidal.core.jobs import Job, JobState
+from tidal.core.spec import JobSpec, parse_job_spec
 from tidal.k8s_scale import ApiServer, ScaleTarget, scale_down
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,20 @@ class OneJob:
 
 
 async def run_one_job(control: Control, one: OneJob, stop: asyncio.Event) -> int:
-    """Submits and follows the job; returns the exit code (0: it succeeded)."""
+    """Submits and follows the job; returns the exit code (0: it succeeded).
+
+    A coordinator restarted with its state folder finds the job it submitted before it went
+    away among the restored jobs and follows that one: submitting again would train twice."""
     try:
-        job = await control.submit(one.spec_json)
+        job = restored_job(control, parse_job_spec(one.spec_json))
+        if job is None:
+            job = await control.submit(one.spec_json)
+            log.info("job %s submitted from the job file; waiting for it to end", job.job_id)
+        else:
+            log.info("job %s from the job file was restored (%s); following it", job.job_id, job.state.value)
     except TidalError as exc:
         log.error("job file: %s", exc)
         return 1
-    log.info("job %s submitted from the job file; waiting for it to end", job.job_id)
     async for _ in control.watch(job.job_id):
         pass
     log.info("job %s %s%s", job.job_id, job.state.value, f": {job.message}" if job.message else "")
@@ -66,6 +74,12 @@ async def run_one_job(control: Control, one: OneJob, stop: asyncio.Event) -> int
             await asyncio.wait_for(stop.wait(), SIGTERM_AFTER_SCALE_S)
     log.info("job %s over; coordinator exiting with %d (--exit-when-done)", job.job_id, code)
     return code
+
+
+def restored_job(control: Control, spec: JobSpec) -> Job | None:
+    """The newest job with exactly this spec, if the coordinator restored one from its state."""
+    same = [job for job in control.jobs.all() if job.spec == spec]
+    return max(same, key=lambda job: job.created_at, default=None)
 
 
 async def wait_members_left(control: Control, member_ids: list[str], timeout_s: float) -> list[str]:
