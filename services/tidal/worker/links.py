@@ -83,6 +83,17 @@ class ShardLink:
         if reply.kind != "opened":
             raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.kind}")
 
+    async def connect(self, deadline_s: float) -> None:
+        """Opens the stream and pulls the first parameters. A shard that does not answer the
+        first connection attempt (its host is loaded, its loop is busy setting up the job) is
+        retried with backoff within `deadline_s`, as after a restart, instead of failing the job."""
+        try:
+            await self.open()
+            await self.pull(0)
+        except (UnavailableError, DeadlineExceededError) as exc:
+            log.warning("%s; retrying for up to %.0fs", exc, deadline_s)
+            await self.recover(None, deadline_s)
+
     async def pull(self, min_version: int, step: int | None = None) -> int:
         await self._write(shard_pb.ExchangeRequest(pull=shard_pb.Pull(min_version=min_version)))
         await self._receive_params(step)

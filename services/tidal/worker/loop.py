@@ -147,8 +147,7 @@ class TrainingRun:
             )
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
-        await asyncio.gather(*(link.open() for link in self.links))
-        await asyncio.gather(*(link.pull(0) for link in self.links))
+        await asyncio.gather(*(link.connect(a.spec.step_timeout_s) for link in self.links))
         self._round_start.copy_(self.flat.params)
         self._count_bytes()
         last_report = 0.0
