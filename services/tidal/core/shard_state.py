@@ -19,6 +19,7 @@ from tidal.core.auto import AutoDecision
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_shard_optimizer
 from tidal.core.policy import AutoPolicy, ConsistencyPolicy, PushDecision, ShardView, policy_for
+from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import Segment, ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.staleness import StalenessStats
@@ -103,6 +104,8 @@ class ShardState:
         self.params = initial.detach().clone().requires_grad_(True)
         self.optimizer = build_shard_optimizer(spec, self.params)
         self._base_lr = float(self.optimizer.param_groups[0]["lr"])
+        # In local SGD the schedule belongs to the workers' inner optimizer, not the outer step.
+        self._schedule = None if spec.mode == Mode.LOCAL_SGD else spec.optimizer.schedule
         self.policy = policy or policy_for(spec)
         self.version = 0
         self.membership_epoch = membership_epoch
@@ -281,7 +284,7 @@ class ShardState:
 
     def _step(self, grad: torch.Tensor, lr_scale: float = 1.0) -> None:
         group = self.optimizer.param_groups[0]
-        group["lr"] = self._base_lr * lr_scale
+        group["lr"] = self._base_lr * lr_scale * lr_factor(self._schedule, self.version, self.spec.target_version)
         self.params.grad = grad
         self.optimizer.step()
         self.params.grad = None

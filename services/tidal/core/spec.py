@@ -36,9 +36,24 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    # A built-in dataset ("seattle_weather", "synthetic").
+    # A built-in data set: "seattle_weather", "synthetic", or the partitioned climate readers
+    # "climate_grid" and "climate_stations" (docs/climate.md).
     name: str = "seattle_weather"
     args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleSpec(_Strict):
+    """A learning-rate schedule keyed off the job's progress (core/schedule.py): parameter
+    versions on the shards, or the inner steps of the rounds in local SGD."""
+
+    # Linear warm-up over this many versions, from lr/warmup up to lr.
+    warmup: int = Field(0, ge=0, le=10_000_000)
+    # After the warm-up: constant, cosine or linear down to lr * min_ratio at the job's last
+    # version, or times `gamma` every `every` versions.
+    decay: Literal["none", "cosine", "linear", "step"] = "none"
+    min_ratio: float = Field(0.0, ge=0, le=1)
+    every: int = Field(100, ge=1, le=10_000_000)
+    gamma: float = Field(0.1, gt=0, le=1)
 
 
 class OptimizerSpec(_Strict):
@@ -51,6 +66,8 @@ class OptimizerSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
+    # None: the learning rate stays `lr` (apart from the async staleness scaling).
+    schedule: ScheduleSpec | None = None
 
     @model_validator(mode="after")
     def _sgd_only_options(self) -> OptimizerSpec:

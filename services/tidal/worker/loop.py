@@ -17,6 +17,7 @@ from tidal.core.datasets import Dataset, batch_indices
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
 from tidal.core.plan import job_dataset, job_model, job_partition
+from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.stragglers import StragglerProfile
@@ -245,6 +246,11 @@ class TrainingRun:
 
     def _inner_step(self) -> None:
         assert self.inner is not None
+        spec = self.a.spec
+        # Global progress: the rounds the shards completed, times their length, plus this round's steps.
+        every = spec.consistency.sync_every
+        progress = max(self.version, 0) * every + self.step % every
+        self.inner.param_groups[0]["lr"] = spec.optimizer.lr * lr_factor(spec.optimizer.schedule, progress, spec.steps)
         self.flat.params.grad = self.flat.grads
         self.inner.step()
         self.flat.params.grad = None
