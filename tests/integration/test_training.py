@@ -119,6 +119,16 @@ MODE_VARIANTS = {
         "consistency": {"sync_every": 4},
         "compression": {"codec": "topk", "topk_ratio": 0.2},
     },
+    # Learning-rate schedules: applied by the shards (sync) and by the workers' inner optimizer (local SGD).
+    "sync+warmup-cosine": {
+        "mode": "sync",
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "schedule": {"warmup": 10, "decay": "cosine"}},
+    },
+    "local_sgd+step-decay": {
+        "mode": "local_sgd",
+        "consistency": {"sync_every": 4},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "schedule": {"decay": "step", "every": 50}},
+    },
 }
 
 
