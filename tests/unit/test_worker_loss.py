@@ -284,3 +284,26 @@ def test_success_needs_the_shards_per_worker_counts_when_the_dead_workers_report
     for shard in job.shard_ids:
         cluster.jobs.shard_progress(shard, job.job_id, done, 8.0)
     assert job.state is JobState.SUCCEEDED
+
+
+def test_members_without_a_session_are_neither_placed_nor_joined() -> None:
+    """A member that registered but has not opened its session yet cannot be told about a job:
+    placing it anyway would make the barrier wait for a worker that never starts (CI saw a
+    joiner's AssignWorker dropped and a sync job time out)."""
+    cluster = make_cluster(shards=2, workers=3)
+    job = running_job(cluster, max_workers=4)
+    (joiner,) = cluster.add(Role.WORKER, 1)
+    epoch = job.membership_epoch
+    assert cluster.jobs.schedule(6.0, reachable=lambda member_id: member_id != joiner) == []
+    assert joiner not in job.worker_ids and job.membership_epoch == epoch
+    assert cluster.state(joiner) is MemberState.IDLE
+    commands = cluster.jobs.schedule(7.0, reachable=lambda member_id: True)  # its session opened
+    assert [c.member_id for c in commands if isinstance(c, AssignWorker)] == [joiner]
+
+    waiting = submit(cluster, spec(name="next", num_workers=1, num_shards=1))
+    (shard,) = cluster.add(Role.SHARD, 1)
+    (worker,) = cluster.add(Role.WORKER, 1)
+    assert cluster.jobs.schedule(8.0, reachable=lambda member_id: member_id != shard) == []
+    assert waiting.state is JobState.PENDING
+    cluster.jobs.schedule(9.0)
+    assert waiting.state is JobState.RUNNING and waiting.shard_ids == [shard] and waiting.worker_ids == [worker]

@@ -106,7 +106,7 @@ class Control:
         self.membership.seen(member_id, time.monotonic())
         await self._deliver(self._resync(member))
         await self._deliver(self._reattach())
-        await self._deliver(self.jobs.schedule(time.time()))
+        await self._deliver(self._schedule())
         return outbox
 
     def _resync(self, member: Member) -> list[jobs.Command]:
@@ -245,7 +245,7 @@ class Control:
             spec.num_workers,
             spec.num_shards,
         )
-        await self._deliver(self.jobs.schedule(time.time()))
+        await self._deliver(self._schedule())
         await self._bump()
         return job
 
@@ -284,7 +284,7 @@ class Control:
             for member in self.membership.overdue(time.monotonic(), self.heartbeat_timeout_s):
                 self.counters.missed_heartbeats.labels(member.role.value).inc()
                 await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
-            await self._deliver(self.jobs.schedule(time.time()))
+            await self._deliver(self._schedule())
             await self._deliver(self.jobs.expire_restarts(time.time()))
             if self._unsaved:
                 self._save()
@@ -326,6 +326,10 @@ class Control:
         if self._store is not None:
             self._save()
             self._store.close()
+
+    def _schedule(self) -> list[jobs.Command]:
+        # Only members with an open session can be told about a job they are placed in.
+        return self.jobs.schedule(time.time(), reachable=self._outboxes.__contains__)
 
     async def _deliver(self, commands: list[jobs.Command]) -> None:
         if commands:

@@ -246,20 +246,27 @@ class JobManager:
         numbers = [int(j.job_id.rsplit("-", 1)[1]) for j in jobs if j.job_id.rsplit("-", 1)[-1].isdigit()]
         self._ids = itertools.count(max(numbers, default=0) + 1)
 
-    def schedule(self, now: float) -> list[Command]:
+    def schedule(self, now: float, reachable: Callable[[str], bool] = lambda member_id: True) -> list[Command]:
         """Refills running jobs that lost workers, places pending jobs (oldest first) on idle
-        members, then grows running jobs up to `max_workers` if no job is waiting."""
-        commands = self._grow(lambda job: job.spec.num_workers)
-        commands += self._place_pending(now)
+        members, then grows running jobs up to `max_workers` if no job is waiting.
+
+        Only members for which `reachable(member_id)` holds are used: the coordinator passes
+        "has an open session", because a command to a member that registered but has not opened
+        its session yet would be dropped, and the job would wait for it forever."""
+        def idle(role: Role) -> list[Member]:
+            return [m for m in self.membership.idle(role) if reachable(m.member_id)]
+
+        commands = self._grow(lambda job: job.spec.num_workers, idle)
+        commands += self._place_pending(now, idle)
         if not any(job.state is JobState.PENDING for job in self._jobs.values()):
-            commands += self._grow(lambda job: job.spec.worker_limit)
+            commands += self._grow(lambda job: job.spec.worker_limit, idle)
         return commands
 
-    def _grow(self, size: Callable[[Job], int]) -> list[Command]:
+    def _grow(self, size: Callable[[Job], int], idle_members: Callable[[Role], list[Member]]) -> list[Command]:
         commands: list[Command] = []
         for job in self._jobs.values():
             while job.accepts_workers and len(job.worker_ids) < size(job):
-                idle = self.membership.idle(Role.WORKER)
+                idle = idle_members(Role.WORKER)
                 if not idle:
                     return commands
                 commands += self._join(job, idle[0])
@@ -276,13 +283,13 @@ class JobManager:
         others = [m for m in job.members if m != member.member_id]
         return [*self._membership_changed(job, others), AssignWorker(member.member_id, job, rank)]
 
-    def _place_pending(self, now: float) -> list[Command]:
+    def _place_pending(self, now: float, idle: Callable[[Role], list[Member]]) -> list[Command]:
         commands: list[Command] = []
         for job in self._jobs.values():
             if job.state is not JobState.PENDING:
                 continue
-            shards = self.membership.idle(Role.SHARD)[: job.spec.num_shards]
-            workers = self.membership.idle(Role.WORKER)[: job.spec.num_workers]
+            shards = idle(Role.SHARD)[: job.spec.num_shards]
+            workers = idle(Role.WORKER)[: job.spec.num_workers]
             if len(shards) < job.spec.num_shards or len(workers) < job.spec.num_workers:
                 break  # first come, first served: later jobs wait behind this one
             # Starting counts as progress, so a job that never reports any still trips the alert.
