@@ -149,6 +149,13 @@ class TrainingRun:
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
         await asyncio.gather(*(link.connect(a.spec.step_timeout_s) for link in self.links))
+        if a.spec.mode != Mode.ASYNC:
+            # Shards complete a barrier one after the other, so a worker joining mid-run can find
+            # them a version apart; it waits until all serve the newest, or it would train on
+            # mixed versions and push to each shard for a different barrier (at the end, one
+            # barrier more than the others on one shard: a wait no one else joins, seen in CI).
+            newest = max(link.version for link in self.links)
+            await asyncio.gather(*(link.pull(newest) for link in self.links if link.version < newest))
         self._round_start.copy_(self.flat.params)
         self._count_bytes()
         last_report = 0.0
@@ -219,6 +226,8 @@ class TrainingRun:
             payload = self.topk.residual
         push_id = f"{self.a.worker_id}:{clock}"
         started = time.perf_counter()
+        # Every push goes to every shard, also one that reached the target: the coordinator
+        # ends the job once each shard accounted for every push the workers made.
         results = await asyncio.gather(
             *(
                 link.push_recovering(
