@@ -122,7 +122,7 @@ def sync_step(cluster: BenchCluster, s: Settings, numel: int, shard_counts: list
                 return _gloo_round_s(cluster.env, cluster.logdir, exact, rounds)
 
             t, g = _interleaved(s.reps, tidal, gloo)
-            wire = " (bf16 gradients up)" if codec == "bf16" else " (float32)"
+            wire = " (bf16 both ways)" if codec == "bf16" else " (float32)"
             rows.append(
                 Row(
                     f"sync step W=2 {exact / 1e6:.1f}M params, {shards} shard{'s' * (shards > 1)}",
@@ -173,7 +173,7 @@ def async_updates(cluster: BenchCluster, s: Settings, numel: int, window_s: floa
     for codec, goal in (("none", 1.0), ("bf16", 1.8)):
         if codec not in figures:
             continue
-        wire = "float32" if codec == "none" else "bf16 gradients up, float32 parameters down"
+        wire = "float32" if codec == "none" else "bf16 both ways: gradients up, parameters down"
         rows.append(
             Row(
                 f"async 2 trainers {exact / 1e6:.1f}M params, 1 shard", f"updates/s ({wire})",

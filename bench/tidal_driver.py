@@ -22,6 +22,7 @@ import time
 import torch
 
 from bench.procs import read_window
+from tidal.core.compression import params_wire_dtype
 from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -68,7 +69,10 @@ async def drive(args: argparse.Namespace) -> None:
     grads = torch.randn(total, generator=torch.Generator().manual_seed(a.rank)) * GRAD_SCALE
     wire = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.wire]
     links = [
-        ShardLink(a.job_id, a.worker_id, a.membership_epoch, i, addr, a.shard_map, params, a.spec.step_timeout_s)
+        ShardLink(
+            a.job_id, a.worker_id, a.membership_epoch, i, addr, a.shard_map, params, a.spec.step_timeout_s,
+            params_wire_dtype(a.spec.compression),
+        )
         for i, addr in enumerate(a.shard_addresses)
     ]
     await asyncio.gather(*(link.open() for link in links))

@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tidal.core.compression import TopK, wire_dtype
+from prometheus_client import CollectorRegistry
+
+from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_map import TensorInfo, build_shard_map
-from tidal.core.spec import CompressionSpec
-from tidal.transport.serde import SliceAssembler, slice_to_sparse_chunks
+from tidal.core.shard_state import ShardState
+from tidal.core.spec import CompressionSpec, parse_job_spec
+from tidal.shard.metrics import ShardMetrics
+from tidal.shard.runtime import ShardRuntime
+from tidal.transport import frames
+from tidal.transport.serde import SliceAssembler, dtype_from_proto, slice_to_sparse_chunks
 
 TENSORS = [TensorInfo("a", (40, 50), torch.float32), TensorInfo("b", (30,), torch.float32)]
 
@@ -19,6 +25,54 @@ def test_wire_dtypes() -> None:
     assert wire_dtype(CompressionSpec(codec="fp16")) is torch.float16
     assert wire_dtype(CompressionSpec(codec="bf16")) is torch.bfloat16
     assert wire_dtype(CompressionSpec(codec="topk")) is None
+
+
+def test_parameters_travel_down_in_bf16_only_under_bf16_compression() -> None:
+    # fp16 would overflow parameters beyond 65504; bf16 has float32's exponent range.
+    assert params_wire_dtype(CompressionSpec()) is None
+    assert params_wire_dtype(CompressionSpec(codec="fp16")) is None
+    assert params_wire_dtype(CompressionSpec(codec="bf16")) is torch.bfloat16
+    assert params_wire_dtype(CompressionSpec(codec="topk")) is None
+
+
+def _runtime(codec: str) -> tuple[ShardRuntime, torch.Tensor]:
+    spec = parse_job_spec({"mode": "async", "num_workers": 1, "compression": {"codec": codec}})
+    shard_map = build_shard_map(TENSORS, 1)
+    initial = torch.randn(shard_map.total_elements, generator=torch.Generator().manual_seed(0)) * 1e3
+    state = ShardState(spec, 0, shard_map, initial, 1, ["w0"])
+    return ShardRuntime("job", state, ShardMetrics(CollectorRegistry()).for_job("job", "async", 0)), initial
+
+
+def _received(messages: list[bytes], out: torch.Tensor, wire: torch.dtype | None) -> set[torch.dtype]:
+    """Decodes parameter messages into `out` as a worker does; returns the dtypes that travelled."""
+    shard_map = build_shard_map(TENSORS, 1)
+    assembler = SliceAssembler(shard_map.segments(0), 0, out, "params.chunks", wire)
+    dtypes = set()
+    for message in messages:
+        frame = frames.decode_response(message)
+        assert frame.kind == "params"
+        dtypes |= {dtype_from_proto(c.dtype) for c in frame.body.chunks}
+        assembler.add(frame.body.chunks)
+    assembler.finish()
+    return dtypes
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "bf16"])
+def test_workers_receive_parameters_in_the_wire_dtype_and_the_shard_keeps_float32(codec: str) -> None:
+    runtime, initial = _runtime(codec)
+    wire = params_wire_dtype(runtime.state.spec.compression)
+    served = torch.empty_like(initial)
+    dtypes = _received(runtime.serve("w0"), served, wire)
+    assert dtypes == {wire or torch.float32}
+    # The worker holds float32: the values it got, widened (bf16-rounded under bf16).
+    assert served.dtype is torch.float32
+    expected = initial if wire is None else initial.to(wire).float()
+    assert torch.equal(served, expected)
+    # The master copy on the shard, and what ReadParameters returns, stay float32 and exact.
+    assert torch.equal(runtime.state.params.detach(), initial)
+    final = torch.empty_like(initial)
+    assert _received(runtime.params(), final, None) == {torch.float32}
+    assert torch.equal(final, initial)
 
 
 def test_topk_picks_the_largest_entries_per_range_and_keeps_the_rest() -> None:

@@ -1,6 +1,11 @@
-"""Gradient compression on the wire: a narrower element type (fp16, bf16), or top-k
-sparsification with error feedback (only the largest entries travel; what is not sent is
-kept on the worker and added to the next gradient, so nothing is lost, only delayed)."""
+"""Compression on the wire: a narrower element type (fp16, bf16), or top-k sparsification
+with error feedback (only the largest entries travel; what is not sent is kept on the worker
+and added to the next gradient, so nothing is lost, only delayed).
+
+Gradients travel in `wire_dtype`. Parameters travel down in `params_wire_dtype`: bf16 when
+the job compresses with bf16 (same exponent range as float32, so rounding cannot overflow);
+otherwise, fp16 included, in the parameters' own dtype. The shard's float32 parameters stay
+the master copy either way."""
 
 from __future__ import annotations
 
@@ -16,6 +21,15 @@ WIRE_DTYPES: dict[str, torch.dtype | None] = {"none": None, "fp16": torch.float1
 def wire_dtype(compression: CompressionSpec) -> torch.dtype | None:
     """The dtype gradients are sent in, or None to send them as the parameters' dtype."""
     return WIRE_DTYPES[compression.codec]
+
+
+# What parameters travel down in, per codec (None: the parameters' own dtype).
+PARAMS_WIRE_DTYPES: dict[str, torch.dtype | None] = {"none": None, "fp16": None, "bf16": torch.bfloat16, "topk": None}
+
+
+def params_wire_dtype(compression: CompressionSpec) -> torch.dtype | None:
+    """The dtype shards send parameters to workers in, or None to send them as they are held."""
+    return PARAMS_WIRE_DTYPES[compression.codec]
 
 
 class TopK:

@@ -15,6 +15,7 @@ import time
 import torch
 
 from tidal.core.auto import AutoDecision
+from tidal.core.compression import params_wire_dtype
 from tidal.core.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -38,6 +39,8 @@ class ShardRuntime:
         self.range_start = state.shard_map.ranges[state.shard_index][0]
         self._changed = asyncio.Condition()
         self._cache: tuple[int, list[bytes], int] | None = None
+        # What parameters travel down to workers in (None: as held).
+        self._wire = params_wire_dtype(state.spec.compression)
         self._barrier_started: float | None = None
         # Mode auto: every decision of the tuner, oldest first.
         self.history: list[AutoDecision] = []
@@ -146,21 +149,35 @@ class ShardRuntime:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
 
     def serve(self, worker_id: str) -> list[bytes]:
-        """The current parameters for `worker_id`, noting what it will train on (DC-ASGD)."""
+        """The current parameters for `worker_id`, in the job's parameter wire dtype (bf16 when
+        the job compresses with bf16), noting what it will train on (DC-ASGD); cached per
+        version, so W workers waiting for the same version cost one encoding."""
         self.state.served(worker_id, now=time.monotonic())
-        return self.params()
-
-    def params(self) -> list[bytes]:
-        """The current parameters as encoded ExchangeResponse messages carrying Params
-        (transport/frames.py; cached per version); counted as sent."""
         version = self.state.version
         if self._cache is None or self._cache[0] != version:
-            chunks = serde.encoded_chunks(self.state.params.detach(), self.state.segments, self.range_start)
-            groups = list(serde.group_encoded(chunks))
-            messages = [frames.encode_params(version, group, i == len(groups) - 1) for i, group in enumerate(groups)]
+            # Dropped first: the previous version's messages are not kept alive by the cache
+            # while the new ones are encoded.
+            self._cache = None
+            messages = self._encode(self._wire)
             self._cache = (version, messages, sum(len(m) for m in messages))
         self.metrics.sent.inc(self._cache[2])
         return self._cache[1]
+
+    def params(self) -> list[bytes]:
+        """The current parameters as held (float32), encoded as ExchangeResponse messages
+        carrying Params (transport/frames.py): the job's result, read rarely, not cached."""
+        messages = self._encode(None)
+        self.metrics.sent.inc(sum(len(m) for m in messages))
+        return messages
+
+    def _encode(self, wire: torch.dtype | None) -> list[bytes]:
+        flat = self.state.params.detach()
+        if wire is not None and wire != flat.dtype:
+            flat = flat.to(wire)
+        chunks = serde.encoded_chunks(flat, self.state.segments, self.range_start)
+        groups = list(serde.group_encoded(chunks))
+        version = self.state.version
+        return [frames.encode_params(version, group, i == len(groups) - 1) for i, group in enumerate(groups)]
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -37,6 +37,7 @@ class ShardLink:
         shard_map: ShardMap,
         params: torch.Tensor,
         timeout_s: float,
+        params_wire: torch.dtype | None = None,
     ) -> None:
         self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
         self.shard_index, self.address = shard_index, address
@@ -45,6 +46,9 @@ class ShardLink:
         # The worker's view of this shard's parameters: a slice of the model's flat buffer.
         self.params = params[self.start : self.end]
         self.timeout_s = timeout_s
+        # Parameters may arrive narrower than the model holds them (bf16 compression); they
+        # are widened as they are copied into the model.
+        self.params_wire = params_wire
         self.version = -1
         # Since the last (re)connection: the newest version seen in an ack or in parameters,
         # and (over the whole job) the pushes that completed here. A shard restored from a
@@ -130,7 +134,7 @@ class ShardLink:
 
     async def _receive_params(self, step: int | None) -> float:
         """Reads one version's parameters into the model; returns when its first message came."""
-        assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks")
+        assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks", self.params_wire)
         first: float | None = None
         while True:
             reply = await self._read(step)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tidal.core.compression import TopK, wire_dtype
+from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
 from tidal.core.datasets import Dataset, batch_indices
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
@@ -144,7 +144,7 @@ class TrainingRun:
         self.links = [
             ShardLink(
                 a.job_id, a.worker_id, self.epoch, i, address, a.shard_map, self.flat.params,
-                a.spec.step_timeout_s,
+                a.spec.step_timeout_s, params_wire_dtype(a.spec.compression),
             )
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
