@@ -357,3 +357,19 @@ def test_ledger_carries_earlier_losses_across_a_second_restore(tmp_path: Path) -
     assert (again.updates_lost_here, again.updates_lost, again.lost_before) == (1, 4, 3)
     handled = third.counters.updates_applied + third.counters.updates_rejected + again.updates_lost
     assert handled == 10  # every push the workers saw completed: held or counted lost
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.1, "momentum": 0.9}, {"name": "adam", "lr": 0.01}])
+def test_a_checkpoint_of_the_unfused_optimizer_restores_into_the_fused_one(optimizer: dict[str, Any]) -> None:
+    """Shards run torch.optim's fused step now; a checkpoint written before (fused: None in its
+    hyperparameters) still restores: implementation switches are not hyperparameters."""
+    state = make_state(optimizer=optimizer)
+    push_async(state, 0, 3)
+    snapshot = snapshot_shard(JOB, state)
+    assert snapshot.optimizer["hyperparameters"]["fused"] is True
+    snapshot.optimizer["hyperparameters"]["fused"] = None
+    restored = make_state(optimizer=optimizer)
+    restore_shard(restored, snapshot)
+    push_async(state, 3, 2)
+    push_async(restored, 3, 2)
+    assert torch.equal(restored.params.detach(), state.params.detach())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from prometheus_client import CollectorRegistry
 
 from tidal.core.compression import TopK, params_wire_dtype, wire_dtype

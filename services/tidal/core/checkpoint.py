@@ -36,6 +36,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from tidal.core.errors import DataLossError, InvalidArgumentError
+from tidal.core.optim import IMPLEMENTATION_OPTIONS
 from tidal.core.shard_state import PushOutcome, PushResult, ShardCounters, ShardState
 from tidal.core.staleness import StalenessStats
 
@@ -155,6 +156,11 @@ def _result_to_json(result: PushResult) -> dict[str, Any]:
     }
 
 
+def _semantic(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters that decide what a step computes (not how: fused, foreach, ...)."""
+    return {k: v for k, v in hyperparameters.items() if k not in IMPLEMENTATION_OPTIONS}
+
+
 def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
     """Loads a snapshot into a freshly built state of the same job and shard. Checks that it
     fits (shard range, element count, optimizer and hyperparameters) before changing anything."""
@@ -174,7 +180,9 @@ def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
     current = state.optimizer.state_dict()
     group = {k: _jsonable(v) for k, v in current["param_groups"][0].items() if k != "params"}
     saved = snapshot.optimizer
-    if saved.get("class") != type(state.optimizer).__name__ or saved.get("hyperparameters") != group:
+
+    same_math = _semantic(saved.get("hyperparameters") or {}) == _semantic(group)
+    if saved.get("class") != type(state.optimizer).__name__ or not same_math:
         raise DataLossError(
             f"{where}: optimizer {saved.get('class')} {saved.get('hyperparameters')} does not match the job's "
             f"{type(state.optimizer).__name__} {group}"

