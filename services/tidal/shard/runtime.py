@@ -30,6 +30,54 @@ from tidal.transport import frames, serde
 
 log = logging.getLogger(__name__)
 
+# A push waits at most this long, in seconds, for the scratch buffer another stream holds
+# before it assembles into a buffer of its own (a stalled sender must not hold up the others).
+SCRATCH_WAIT_S = 5.0
+
+
+class SharedScratch:
+    """One gradient-sized buffer that a shard's streams take turns assembling pushes into.
+
+    Pushes are assembled outside the parameters so that a bad one changes nothing (every
+    check runs before the optimizer step), and they are applied one at a time anyway (one
+    event loop), so W streams need one buffer, not W. A stream holds it from a push's first
+    chunk until the push was handled; the next stream waits for it. A holder that keeps it
+    longer than `wait_s` (a stalled sender) does not hold up the others: they assemble into
+    buffers of their own, freed after their push. Every push overwrites the whole buffer
+    (the assembler refuses one that does not cover the slice), so nothing leaks from one
+    push into the next.
+    """
+
+    def __init__(self, like: torch.Tensor, wait_s: float = SCRATCH_WAIT_S) -> None:
+        self._like = like
+        self._wait_s = wait_s
+        self._buffer: torch.Tensor | None = None
+        # loop.time() when the current holder took it; None while it is free.
+        self._held_since: float | None = None
+        self._released = asyncio.Event()
+
+    async def take(self) -> torch.Tensor:
+        """The shared buffer, or a fresh one if it stays taken (see the class docstring);
+        hand it back with `give_back` once the push was handled, also on error."""
+        loop = asyncio.get_running_loop()
+        while self._held_since is not None:
+            left = self._held_since + self._wait_s - loop.time()
+            if left <= 0:
+                return torch.empty_like(self._like, requires_grad=False)
+            self._released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), left)
+        self._held_since = loop.time()
+        if self._buffer is None:
+            self._buffer = torch.empty_like(self._like, requires_grad=False)
+        return self._buffer
+
+    def give_back(self, buffer: torch.Tensor | None) -> None:
+        """Frees the shared buffer if `buffer` is it (a fresh one, or None, is just dropped)."""
+        if buffer is not None and buffer is self._buffer:
+            self._held_since = None
+            self._released.set()
+
 
 class ShardRuntime:
     def __init__(self, job_id: str, state: ShardState, metrics: JobShardMetrics) -> None:
@@ -39,6 +87,8 @@ class ShardRuntime:
         self.range_start = state.shard_map.ranges[state.shard_index][0]
         self._changed = asyncio.Condition()
         self._cache: tuple[int, list[bytes], int] | None = None
+        # Where pushes are assembled before they reach the parameters.
+        self.scratch = SharedScratch(state.params)
         # What parameters travel down to workers in (None: as held).
         self._wire = params_wire_dtype(state.spec.compression)
         self._barrier_started: float | None = None

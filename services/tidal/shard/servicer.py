@@ -99,64 +99,74 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
             )
         )
         timeout_s = state.spec.step_timeout_s
-        # Pushes are assembled here, never in the parameters, so a bad push changes nothing.
-        scratch = torch.empty_like(state.params, requires_grad=False)
+        # Pushes are assembled in a scratch buffer the shard's streams share, never in the
+        # parameters, so a bad push changes nothing.
+        scratch: torch.Tensor | None = None
         pending: frames.PushView | None = None
         assembler: SliceAssembler | None = None
         chunks = 0
-        async for request in request_iterator:
-            runtime.metrics.received.inc(request.nbytes)
-            kind = request.kind
-            if kind == "pull":
-                await self._wait_for_version(runtime, request.body.min_version, timeout_s)
-                for params in runtime.serve(opened.worker_id):
-                    yield params
-            elif kind == "push":
-                push = request.body
-                if pending is None or assembler is None:
-                    pending, chunks = push, 0
-                    assembler = SliceAssembler(
-                        state.segments, runtime.range_start, scratch, "push.chunks", wire_dtype(state.spec.compression)
+        try:
+            async for request in request_iterator:
+                runtime.metrics.received.inc(request.nbytes)
+                kind = request.kind
+                if kind == "pull":
+                    await self._wait_for_version(runtime, request.body.min_version, timeout_s)
+                    for params in runtime.serve(opened.worker_id):
+                        yield params
+                elif kind == "push":
+                    push = request.body
+                    if pending is None or assembler is None:
+                        pending, chunks = push, 0
+                        scratch = await runtime.scratch.take()
+                        assembler = SliceAssembler(
+                            state.segments, runtime.range_start, scratch, "push.chunks",
+                            wire_dtype(state.spec.compression),
+                        )  # fmt: skip
+                    chunks += 1
+                    try:
+                        _check_continuation(push, pending, chunks)
+                        assembler.add(push.chunks)
+                        grad = assembler.finish() if push.last else None
+                    except InvalidArgumentError:
+                        runtime.reject_bad_input()
+                        raise
+                    if grad is None:
+                        continue
+                    if self._runtimes.draining:
+                        raise UnavailableError(
+                            f"shard {state.shard_index}: shutting down; push {pending.push_id} was not applied, "
+                            "push it again once the shard restarted"
+                        )
+                    await runtime.wait_for_epoch(pending.membership_epoch, timeout_s)
+                    result = await runtime.push(
+                        opened.worker_id,
+                        pending.push_id,
+                        pending.base_version,
+                        pending.membership_epoch,
+                        grad,
+                        pending.clock,
                     )
-                chunks += 1
-                try:
-                    _check_continuation(push, pending, chunks)
-                    assembler.add(push.chunks)
-                    grad = assembler.finish() if push.last else None
-                except InvalidArgumentError:
-                    runtime.reject_bad_input()
-                    raise
-                if grad is None:
-                    continue
-                if self._runtimes.draining:
-                    raise UnavailableError(
-                        f"shard {state.shard_index}: shutting down; push {pending.push_id} was not applied, "
-                        "push it again once the shard restarted"
+                    # The gradient is in the parameters (or a barrier's sum) now: free the buffer.
+                    runtime.scratch.give_back(scratch)
+                    scratch = grad = None
+                    self._runtimes.pushed()
+                    yield shard_pb.ExchangeResponse(
+                        ack=shard_pb.PushAck(
+                            push_id=pending.push_id,
+                            outcome=_OUTCOME_TO_PROTO[result.outcome.value],
+                            version=result.version,
+                            staleness=result.staleness,
+                        )
                     )
-                await runtime.wait_for_epoch(pending.membership_epoch, timeout_s)
-                result = await runtime.push(
-                    opened.worker_id,
-                    pending.push_id,
-                    pending.base_version,
-                    pending.membership_epoch,
-                    grad,
-                    pending.clock,
-                )
-                self._runtimes.pushed()
-                yield shard_pb.ExchangeResponse(
-                    ack=shard_pb.PushAck(
-                        push_id=pending.push_id,
-                        outcome=_OUTCOME_TO_PROTO[result.outcome.value],
-                        version=result.version,
-                        staleness=result.staleness,
-                    )
-                )
-                pending = assembler = None
-                await self._wait_for_version(runtime, result.serve_version, timeout_s)
-                for params in runtime.serve(opened.worker_id):
-                    yield params
-            else:
-                raise InvalidArgumentError(f"kind: unexpected message {kind!r} on an open Exchange stream")
+                    pending = assembler = None
+                    await self._wait_for_version(runtime, result.serve_version, timeout_s)
+                    for params in runtime.serve(opened.worker_id):
+                        yield params
+                else:
+                    raise InvalidArgumentError(f"kind: unexpected message {kind!r} on an open Exchange stream")
+        finally:
+            # A push refused, or a stream that broke or was cancelled in the middle of one.
+            runtime.scratch.give_back(scratch)
 
     async def _wait_for_version(self, runtime: ShardRuntime, version: int, timeout_s: float) -> None:
         try:
