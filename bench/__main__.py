@@ -27,7 +27,7 @@ from bench.stats import Spread
 
 # Hand-written analysis appended to RESULTS.md: what each change bought, what stands in the way.
 NOTES = Path(__file__).with_name("NOTES.md")
-CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "control"]
+CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "target", "control"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _run(suite: Suite, cases: list[str], log: Callable[[str], None]) -> None:
         for name, tuned in (("default malloc", False), ("tuned malloc", True)):
             measure = partial(serde_case.serde_costs, s, z.serde_numel, bench_env(tuned), name)
             suite.case("What the changes bought", f"serde, {name}", log, measure)
-    if any(c in cases for c in ("memory", "wire", "sync", "async", "e2e")):
+    if any(c in cases for c in ("memory", "wire", "sync", "async", "e2e", "target")):
         log("starting a coordinator and 2 shards")
         with BenchCluster(s.workdir / "cluster", env, num_shards=2) as cluster:
             if "memory" in cases:  # first: the shards are still fresh
@@ -131,6 +131,9 @@ def _run(suite: Suite, cases: list[str], log: Callable[[str], None]) -> None:
             if "e2e" in cases:
                 measure = partial(e2e.end_to_end, cluster, s, z.e2e_workers, z.e2e_steps)
                 suite.case("End to end", "end to end", log, measure)
+            if "target" in cases:
+                measure = partial(e2e.time_to_target, cluster, s)
+                suite.case("End to end", "time to target loss", log, measure)
     if "control" in cases:
         measure = partial(control.control_plane, s, env, z.control_members, z.control_window_s, log)
         suite.case("Control plane", "control plane", log, measure)

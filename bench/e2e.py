@@ -1,23 +1,29 @@
 """End to end: samples/s of a real job (real workers, real shards) in sync and async mode,
-against the same training in one process; scaling efficiency for 1, 2 and 4 workers."""
+against the same training in one process; scaling efficiency for 1, 2 and 4 workers. And
+the time a 2-worker job takes to reach a target validation loss, against the same training
+under DistributedDataParallel (bench/ddp_train.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 from bench.cluster import BenchCluster
 from bench.procs import module_cmd, run_all
 from bench.results import Row, Settings
-from bench.stats import Spread
+from bench.stats import Spread, ratios
 from tidal.client import TERMINAL_STATES, TidalClient
+from tidal.compare.results import evals_of, first_reaching
 from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import coordinator_pb2 as coord_pb
 
 # A small MLP (about 0.1M parameters) on synthetic data: compute and communication both matter.
 MODEL = {"name": "mlp", "args": {"hidden": [256, 256]}}
 DATASET = {"name": "synthetic", "args": {"num_samples": 8192, "num_features": 64, "num_classes": 4}}
+BATCH_SIZE = 64
 
 
 def job_spec(mode: str, workers: int, steps: int) -> dict[str, Any]:
@@ -27,7 +33,7 @@ def job_spec(mode: str, workers: int, steps: int) -> dict[str, Any]:
         "model": MODEL,
         "dataset": DATASET,
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "batch_size": 64,
+        "batch_size": BATCH_SIZE,
         "steps": steps,
         "num_workers": workers,
         "num_shards": 1,
@@ -76,6 +82,96 @@ def end_to_end(cluster: BenchCluster, s: Settings, worker_counts: list[int], ste
                 f"end to end, {workers} worker{'s' * (workers > 1)}, {mode}", "samples/s", Spread.of(rates),
                 "one process x workers", Spread.of([x * workers for x in single]), Spread.of(efficiency),
                 note="ratio = scaling efficiency", digits=0,
+            )
+        )  # fmt: skip
+    return rows
+
+
+# Time to target: the validation loss both sides must reach (this data set starts near 1.4 and
+# levels off around 0.22-0.30 with 2 workers; single-process simulation: 0.32 at step 60), how
+# often (in samples) rank 0 evaluates, and the most steps a run may take.
+TARGET_VAL_LOSS = 0.35
+EVAL_EVERY_STEPS = 10
+TARGET_MAX_STEPS = 200
+TARGET_WORKERS = 2
+
+
+async def _run_to_end(address: str, spec: dict[str, Any]) -> coord_pb.JobStatus:
+    async with TidalClient(address, timeout_s=300) as client:
+        job = await client.submit(spec)
+        async for status in client.watch(job.job_id):
+            if status.state in TERMINAL_STATES:
+                break
+        status = await client.get(job.job_id)
+    if status.state != common_pb.JOB_STATE_SUCCEEDED:
+        raise RuntimeError(f"time-to-target job {status.job_id} ended {status.state}: {status.message}")
+    return status
+
+
+def _tidal_to_target(address: str, mode: str) -> tuple[float, int]:
+    """(seconds from the job's start to its first evaluation at or below the target, samples
+    per worker by then)."""
+    spec = job_spec(mode, TARGET_WORKERS, TARGET_MAX_STEPS)
+    # Versions count optimizer steps: one per sync step, one per push in async. Evaluate after
+    # the same number of samples either way.
+    per_version = TARGET_WORKERS if mode == "sync" else 1
+    spec["eval_every"] = EVAL_EVERY_STEPS * TARGET_WORKERS // per_version
+    status = asyncio.run(_run_to_end(address, spec))
+    target = first_reaching(evals_of(status), TARGET_VAL_LOSS)
+    if target is None:
+        best = min((e.val_loss for e in evals_of(status)), default=float("nan"))
+        raise RuntimeError(f"{mode}: validation loss {TARGET_VAL_LOSS} not reached in {TARGET_MAX_STEPS} steps "
+                           f"(best {best:.3f})")  # fmt: skip
+    return target.elapsed_s, target.version * per_version * spec["batch_size"] // TARGET_WORKERS
+
+
+def _ddp_to_target(cluster: BenchCluster) -> tuple[float, int, float]:
+    """(seconds to the target, samples per worker by then, mean step seconds) under DDP."""
+    init = cluster.logdir / f"ddp-{uuid.uuid4().hex[:8]}"
+    spec = job_spec("sync", TARGET_WORKERS, TARGET_MAX_STEPS)
+    spec["eval_every"] = EVAL_EVERY_STEPS
+    cmds = [
+        module_cmd("bench.ddp_train", "--rank", r, "--world-size", TARGET_WORKERS, "--init-file", init,
+                   "--spec", json.dumps(spec), "--target", TARGET_VAL_LOSS, "--max-steps", TARGET_MAX_STEPS)
+        for r in range(TARGET_WORKERS)
+    ]  # fmt: skip
+    try:
+        result = run_all(cmds, cluster.env, cluster.logdir, "ddp", 300)[0]
+    finally:
+        init.unlink(missing_ok=True)
+    reached = result["reached"]
+    if reached is None:
+        raise RuntimeError(f"DDP: validation loss {TARGET_VAL_LOSS} not reached in {TARGET_MAX_STEPS} steps")
+    return reached["target_s"], reached["steps"] * spec["batch_size"], result["step_s"]
+
+
+def time_to_target(cluster: BenchCluster, s: Settings) -> list[Row]:
+    """tidal sync and async (2 real workers, 1 shard) against DDP over gloo (2 processes):
+    seconds until the validation loss first reaches the target, interleaved per repetition."""
+    cluster.ensure_workers(TARGET_WORKERS)
+    tidal: dict[str, list[tuple[float, int]]] = {"sync": [], "async": []}
+    ddp: list[tuple[float, int, float]] = []
+    for r in range(s.reps):
+        for side in ("tidal", "ddp") if r % 2 == 0 else ("ddp", "tidal"):
+            if side == "ddp":
+                ddp.append(_ddp_to_target(cluster))
+                continue
+            for mode, runs in tidal.items():
+                runs.append(_tidal_to_target(cluster.address, mode))
+    ddp_s = [x[0] for x in ddp]
+    rows = []
+    for mode, runs in tidal.items():
+        secs = [x[0] for x in runs]
+        rows.append(
+            Row(
+                f"time to target, {TARGET_WORKERS} workers, {mode}", f"seconds to validation loss <= {TARGET_VAL_LOSS}",
+                Spread.of(secs), f"DDP (gloo), {TARGET_WORKERS} processes", Spread.of(ddp_s), ratios(secs, ddp_s),
+                note=f"samples per worker by then: tidal {Spread.of([x[1] for x in runs]).fmt(0)}, DDP "
+                f"{Spread.of([x[1] for x in ddp]).fmt(0)}; DDP step {Spread.of([x[2] for x in ddp]).fmt(1, 1e3)} ms; "
+                "both clocks start before the model and data are built (tidal: when the job's workers are "
+                "assigned; DDP: after init_process_group), evaluations every "
+                f"{EVAL_EVERY_STEPS * TARGET_WORKERS * BATCH_SIZE} samples included",
+                digits=2,
             )
         )  # fmt: skip
     return rows

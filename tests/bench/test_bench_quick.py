@@ -37,7 +37,8 @@ def test_quick_mode_measures_every_case_and_writes_results(tmp_path: Path) -> No
                     "## Control plane"):  # fmt: skip
         assert heading in text, heading
     for case in ("wire 1.0M params", "sync step W=2", "async 2 trainers", "serde 1M", "shard memory",
-                 "end to end, 1 worker, sync", "end to end, 1 worker, async", "control plane, 64 members"):  # fmt: skip
+                 "end to end, 1 worker, sync", "end to end, 1 worker, async", "time to target, 2 workers, sync",
+                 "time to target, 2 workers, async", "control plane, 64 members"):  # fmt: skip
         assert case in text, case
     # Every measured row has a number, never "n/a" or NaN.
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| case")]
