@@ -51,3 +51,18 @@ def test_giving_back_nothing_is_harmless() -> None:
         assert await scratch.take() is buffer
 
     asyncio.run(body())
+
+
+def test_without_a_wait_a_busy_buffer_means_a_fresh_one_at_once() -> None:
+    """Barrier modes (wait_s 0): simultaneous pushes are received side by side."""
+
+    async def body() -> None:
+        scratch = SharedScratch(torch.zeros(8), wait_s=0.0)
+        shared = await scratch.take()
+        own = await asyncio.wait_for(scratch.take(), 0.05)
+        assert own is not shared
+        scratch.give_back(own)
+        scratch.give_back(shared)
+        assert await scratch.take() is shared
+
+    asyncio.run(body())

@@ -30,8 +30,9 @@ from tidal.transport import frames, serde
 
 log = logging.getLogger(__name__)
 
-# A push waits at most this long, in seconds, for the scratch buffer another stream holds
-# before it assembles into a buffer of its own (a stalled sender must not hold up the others).
+# In async mode a push waits at most this long, in seconds, for the scratch buffer another
+# stream holds before it assembles into a buffer of its own (a stalled sender must not hold
+# up the others).
 SCRATCH_WAIT_S = 5.0
 
 
@@ -39,13 +40,15 @@ class SharedScratch:
     """One gradient-sized buffer that a shard's streams take turns assembling pushes into.
 
     Pushes are assembled outside the parameters so that a bad one changes nothing (every
-    check runs before the optimizer step), and they are applied one at a time anyway (one
-    event loop), so W streams need one buffer, not W. A stream holds it from a push's first
-    chunk until the push was handled; the next stream waits for it. A holder that keeps it
-    longer than `wait_s` (a stalled sender) does not hold up the others: they assemble into
-    buffers of their own, freed after their push. Every push overwrites the whole buffer
-    (the assembler refuses one that does not cover the slice), so nothing leaks from one
-    push into the next.
+    check runs before the optimizer step). In async mode they are applied one at a time, in
+    arrival order, so W streams need one buffer, not W: a stream holds it from a push's first
+    chunk until the push was handled, and the next stream waits for it (`wait_s` > 0). A
+    holder that keeps it longer than `wait_s` (a stalled sender) does not hold up the others:
+    they assemble into buffers of their own, freed after their push. In the barrier modes a
+    step needs every worker's push, so receiving them one after another would lengthen every
+    step: there (`wait_s` = 0) a push that finds the buffer taken assembles into its own at
+    once. Every push overwrites the whole buffer (the assembler refuses one that does not
+    cover the slice), so nothing leaks from one push into the next.
     """
 
     def __init__(self, like: torch.Tensor, wait_s: float = SCRATCH_WAIT_S) -> None:
@@ -88,7 +91,7 @@ class ShardRuntime:
         self._changed = asyncio.Condition()
         self._cache: tuple[int, list[bytes], int] | None = None
         # Where pushes are assembled before they reach the parameters.
-        self.scratch = SharedScratch(state.params)
+        self.scratch = SharedScratch(state.params, SCRATCH_WAIT_S if state.spec.mode == Mode.ASYNC else 0.0)
         # What parameters travel down to workers in (None: as held).
         self._wire = params_wire_dtype(state.spec.compression)
         self._barrier_started: float | None = None
