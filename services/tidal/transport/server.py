@@ -60,8 +60,8 @@ def create_server(
     elif security.ca_path is not None:
         raise InvalidArgumentError("TLS: a CA is configured but this server has no certificate (TIDAL_TLS_CERT)")
     else:
-        tls.warn_if_plaintext(security, f"gRPC ({address}) and HTTP")
         port = server.add_insecure_port(address)
+    tls.warn_if_plaintext(security, f"gRPC {address} and its HTTP")
     if port == 0:
         raise OSError(f"could not bind {address}")
     return server, port
