@@ -212,7 +212,7 @@ def insecure_reason(config: SecurityConfig, server: bool) -> str:
 
 def require_secure(config: SecurityConfig, what: str, server: bool) -> None:
     """Refuses (InsecureConfigError, one line naming what to set) a process that would run
-    without transport security unless plaintext was asked for explicitly; then warns loudly."""
+    without transport security unless plaintext was asked for explicitly."""
     reason = insecure_reason(config, server)
     if not reason:
         return
@@ -223,8 +223,8 @@ def require_secure(config: SecurityConfig, what: str, server: bool) -> None:
         )
     if not config.allow_plaintext:
         raise InsecureConfigError(f"{what}: {reason}; {HOW_TO_SECURE}")
-    if not server:  # servers say it as they bind (create_server, warn_if_plaintext)
-        log.warning(PLAINTEXT_WARNING, what, reason)
+    # Allowed. Servers say it loudly as they bind (create_server: warn_if_plaintext); a plaintext
+    # client can only reach such a server, and keeps its stderr for its one-line errors.
 
 
 def warn_if_plaintext(config: SecurityConfig, what: str) -> None:
