@@ -51,6 +51,9 @@ SECURITY_ENV = {
     "token": "TIDAL_TOKEN",  # clients: bearer token to send
     "token_file": "TIDAL_TOKEN_FILE",  # clients: file holding it (suits Secrets)
     "allow_plaintext": ENV["allow_plaintext"],
+    # packages job specs may load model code from, comma-separated; "" = built-in models only,
+    # unset = any importable module (core/model_source.py)
+    "model_modules": "TIDAL_MODEL_MODULES",
 }
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 DEFAULT_GRPC_PORT = 50051

@@ -122,6 +122,8 @@ def test_mutual_tls_is_on_with_one_share_of_the_bundle_per_service(variant: str)
         env = env_of(service)
         assert "TIDAL_ALLOW_PLAINTEXT" not in env, name
         role = service["command"][0] if name != "submit" else "admin"
+        if role != "admin":  # services: job specs name built-in models only
+            assert env.get("TIDAL_MODEL_MODULES") == "", f"{name}: job specs could load any module"
         assert env.get("TIDAL_TLS_NAME") == role, f"{name}: TIDAL_TLS_NAME"
         mounts = named_mounts(service, model["volumes"])
         assert env["TIDAL_TLS_DIR"] in mounts, f"{name}: TIDAL_TLS_DIR is not a volume"

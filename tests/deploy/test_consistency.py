@@ -32,6 +32,7 @@ from tests.deploy.manifests import (
     workloads,
 )
 from tidal import config
+from tidal.core import model_source
 from tidal.core.spec import parse_job_spec
 from tidal.k8s_scale import parse_targets
 from tidal.transport import tls
@@ -58,8 +59,8 @@ def test_env_table_is_what_the_cli_reads() -> None:
     # TIDAL_CHECKPOINT_FAULT and the like are read outside the CLI; every CLI variable is in the tables.
     tables = set(config.ENV.values()) | set(config.SECURITY_ENV.values())
     assert read <= tables, read - tables
-    # The security variables are the ones transport/tls.py reads.
-    names = {v for k, v in vars(tls).items() if k.startswith("ENV_")}
+    # The security variables are the ones transport/tls.py and core/model_source.py read.
+    names = {v for module in (tls, model_source) for k, v in vars(module).items() if k.startswith("ENV_")}
     assert names == set(config.SECURITY_ENV.values()), names ^ set(config.SECURITY_ENV.values())
 
 
@@ -266,6 +267,7 @@ def test_k8s_mutual_tls_from_one_secret_per_role(
             env = container_env(container)
             role = container["args"][0]
             assert "TIDAL_ALLOW_PLAINTEXT" not in env, where
+            assert env["TIDAL_MODEL_MODULES"] == "", f"{where}: job specs could load any module"
             assert env["TIDAL_TLS_NAME"] == role, where
             secret, read_only = secret_mounts(spec, container)[env["TIDAL_TLS_DIR"]]
             assert read_only and secret == f"tidal-tls-{role}", where
