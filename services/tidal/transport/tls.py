@@ -13,7 +13,7 @@ local experiments only and must be asked for (TIDAL_ALLOW_PLAINTEXT=1 or --allow
 it is then logged as a loud warning. Once any TLS variable is set, missing files are an
 error, never a silent fall back to plaintext.
 
-Variables (also in tidal.config.ENV):
+Variables (named in tidal.config.SECURITY_ENV):
   TIDAL_TLS_DIR + TIDAL_TLS_NAME  a folder made by `tidal certs`: ca.crt, NAME.crt, NAME.key
                                   (NAME defaults to the process's role)
   TIDAL_TLS_CA / _CERT / _KEY     explicit PEM files (bring your own PKI); they win over the folder
