@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The real run of docker-compose.yml: builds tidal's image with no registry at all (a base
-# image made here with debootstrap, wheels downloaded on this host), starts coordinator,
-# 2 shards, 3 workers and the one-shot `submit` service on the host network (no bridge, no
-# private address: everything on 127.0.0.1) and checks that the demo job succeeds.
+# image made here with debootstrap, wheels downloaded on this host), starts the one-shot
+# `certs` service, coordinator, 2 shards, 3 workers and the one-shot `submit` service on the
+# host network (no bridge, no private address: everything on 127.0.0.1), with mutual TLS as
+# the file has it, and checks that the demo job succeeds and that plaintext is refused.
 #
 #   make compose-smoke      (root: it installs docker.io, debootstrap, docker-compose if
 #                            missing and starts dockerd when none runs)
@@ -119,16 +120,28 @@ code=$(timeout "$JOB_TIMEOUT_S" docker wait "$submit") || fail "the job did not 
 echo "submit exited with $code after $(($(date +%s) - start))s"
 docker logs "$submit" 2>&1 | tail -5
 
-step "the cluster, as the CLI and the REST API see it"
-docker run --rm --network host "$IMAGE" status --coordinator 127.0.0.1:50051
-docker run --rm --network host "$IMAGE" cluster --coordinator 127.0.0.1:50051
-"$PYTHON" - <<'EOF'
-import json, urllib.request
-with urllib.request.urlopen("http://127.0.0.1:8080/v1/jobs", timeout=10) as r:
+step "the cluster, as the CLI and the REST API see it (mutual TLS, the admin certificate of submit)"
+# `run` the submit service: its image, its admin share of the certificates, its environment.
+RUN_ADMIN=("${COMPOSE[@]}" run --rm --no-deps -T)
+"${RUN_ADMIN[@]}" submit status --coordinator 127.0.0.1:50051
+"${RUN_ADMIN[@]}" submit cluster --coordinator 127.0.0.1:50051
+"${RUN_ADMIN[@]}" --entrypoint python3 submit - <<'EOF'
+import json, ssl, urllib.request
+context = ssl.create_default_context(cafile="/etc/tidal/tls/ca.crt")
+token = open("/etc/tidal/tls/admin.token").read().strip()
+request = urllib.request.Request("https://127.0.0.1:8080/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+with urllib.request.urlopen(request, timeout=10, context=context) as r:
     jobs = json.load(r)["jobs"]
 for j in jobs:
     print("REST /v1/jobs:", j["job_id"], j["state"], "version", j.get("version"), "val_accuracy", j.get("val_accuracy"))
 EOF
+if "${RUN_ADMIN[@]}" -e TIDAL_TLS_DIR= -e TIDAL_ALLOW_PLAINTEXT=1 submit status --coordinator 127.0.0.1:50051; then
+  fail "a plaintext client was answered"
+fi
+echo "a plaintext client is refused (above), as it must be"
+if "${COMPOSE[@]}" logs --no-color coordinator shard-0 shard-1 worker | grep -q "SECURITY IS OFF"; then
+  fail "a service ran without TLS"
+fi
 "${COMPOSE[@]}" logs --no-color worker 2>&1 | grep -E "rank [0-9] of" || true
 for shard in shard-0 shard-1; do
   echo "$shard checkpoints (named volume): $("${COMPOSE[@]}" exec -T "$shard" sh -c 'ls -R /var/lib/tidal/checkpoints | tr "\n" " "')"
@@ -143,4 +156,4 @@ for container in $("${COMPOSE[@]}" ps -q); do
   exit_code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
   [ "$exit_code" -eq 0 ] || fail "$(docker inspect -f '{{.Name}}' "$container") exited with $exit_code on SIGTERM"
 done
-echo "compose-smoke: OK, the demo job succeeded on coordinator, 2 shards and 3 workers in containers"
+echo "compose-smoke: OK, the demo job succeeded with mutual TLS on coordinator, 2 shards and 3 workers in containers"

@@ -58,6 +58,15 @@ ExitAfterJob = Annotated[
     bool,
     typer.Option(envvar=ENV["exit_after_job"], help="Exit (code 0) when the first job this member works on ends."),
 ]
+AllowPlaintext = Annotated[
+    bool,
+    typer.Option(
+        "--allow-plaintext",
+        envvar=ENV["allow_plaintext"],
+        help="Run without TLS, for a local experiment (logged loudly). Without it, a command with no TLS "
+        "configuration (TIDAL_TLS_DIR or TIDAL_TLS_CA/_CERT/_KEY, docs/security.md) refuses to start.",
+    ),
+]
 RegisterTimeout = Annotated[
     float,
     typer.Option(
@@ -78,14 +87,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(1) from None
 
 
-def _service_setup(role: str, log_level: str, threads: int) -> None:
+def _service_setup(role: str, log_level: str, threads: int, allow_plaintext: bool) -> None:
     import torch  # noqa: PLC0415  # the client commands start faster without torch
     from prometheus_client import disable_created_metrics  # noqa: PLC0415
 
     from tidal.transport.process import setup_logging, tune_malloc  # noqa: PLC0415
 
+    _install_security(role, allow_plaintext, server=True)
     setup_logging(role, log_level)
-    _install_security(role)
     tune_malloc()
     torch.set_num_threads(threads)
     # `_created` series double every counter's cardinality and no dashboard uses them.
@@ -139,12 +148,13 @@ def coordinator(
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
+    allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Run the coordinator (membership, jobs, gRPC + REST API)."""
     from tidal.coordinator.main import run_coordinator  # noqa: PLC0415
 
     one_job = _one_job(job_file, exit_when_done, scale_down)
-    _service_setup("coordinator", log_level, torch_threads)
+    _service_setup("coordinator", log_level, torch_threads, allow_plaintext)
     raise typer.Exit(
         _run(
             run_coordinator(
@@ -205,11 +215,12 @@ def shard(
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
+    allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Run a parameter shard."""
     from tidal.shard.main import run_shard  # noqa: PLC0415
 
-    _service_setup("shard", log_level, torch_threads)
+    _service_setup("shard", log_level, torch_threads, allow_plaintext)
     advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     raise typer.Exit(
         _run(
@@ -235,11 +246,12 @@ def worker(
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
+    allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Run a worker."""
     from tidal.worker.main import run_worker  # noqa: PLC0415
 
-    _service_setup("worker", log_level, torch_threads)
+    _service_setup("worker", log_level, torch_threads, allow_plaintext)
     raise typer.Exit(
         _run(run_worker(coordinator, host, port, metrics_port, slowdown, ready_file, register_timeout, exit_after_job))
     )
@@ -303,8 +315,10 @@ def submit(
     spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")],
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     wait: Annotated[bool, typer.Option(help="Wait for the job to end, with a progress bar.")] = False,
+    allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Submit a job; prints its id."""
+    _install_security("admin", allow_plaintext, server=False, command="submit")
     from tidal.client import TidalClient, load_spec_file  # noqa: PLC0415
     from tidal.progress import follow_job  # noqa: PLC0415
     from tidal.v1 import common_pb2 as common_pb  # noqa: PLC0415
@@ -326,8 +340,10 @@ def status(
     job_id: Annotated[str | None, typer.Argument(help="A job id; all jobs when omitted.")] = None,
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Show one job, or all jobs."""
+    _install_security("admin", allow_plaintext, server=False, command="status")
     from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
 
     async def go() -> None:
@@ -355,8 +371,11 @@ def status(
 
 
 @app.command()
-def cancel(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+def cancel(
+    job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR, allow_plaintext: AllowPlaintext = False
+) -> None:
     """Cancel a pending or running job."""
+    _install_security("admin", allow_plaintext, server=False, command="cancel")
     from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
 
     async def go() -> None:
@@ -367,8 +386,9 @@ def cancel(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
 
 
 @app.command()
-def cluster(coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+def cluster(coordinator: Coordinator = DEFAULT_COORDINATOR, allow_plaintext: AllowPlaintext = False) -> None:
     """List the members of the cluster."""
+    _install_security("admin", allow_plaintext, server=False, command="cluster")
     from tidal.client import TidalClient  # noqa: PLC0415
 
     async def go() -> None:
@@ -400,23 +420,32 @@ def health(
     address: Annotated[str, typer.Argument(help="host:port of any tidal service.")],
     service: Annotated[str, typer.Option(help="Service name to check ('' = the whole server).")] = "",
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds.")] = 3.0,
+    allow_plaintext: AllowPlaintext = False,
 ) -> None:
-    """grpc.health.v1 check: exit 0 when SERVING (usable as a container healthcheck)."""
+    """grpc.health.v1 check: exit 0 when SERVING (usable as a container healthcheck). It uses the
+    same TLS settings as the service it checks (TIDAL_TLS_*)."""
     from tidal.client import check_health  # noqa: PLC0415
+
+    _install_security("admin", allow_plaintext, server=False, command="health")
 
     result = _run(check_health(address, service, timeout))
     print(result)
     raise typer.Exit(0 if result == "SERVING" else 1)
 
 
-def _install_security(role: str) -> None:
-    """TLS and tokens from TIDAL_TLS_* / TIDAL_TOKEN* (transport/tls.py); a bad setting is one line, exit 2."""
+def _install_security(role: str, allow_plaintext: bool, server: bool, command: str = "") -> None:
+    """TLS and tokens from TIDAL_TLS_* / TIDAL_TOKEN* (transport/tls.py). Without TLS the command
+    refuses to run unless plaintext was asked for; a bad or missing setting is one line, exit 2."""
+    import dataclasses  # noqa: PLC0415
     import os  # noqa: PLC0415
 
     from tidal.transport import tls  # noqa: PLC0415
 
     try:
-        tls.install(tls.SecurityConfig.from_env(os.environ, default_name=role))
+        config = tls.SecurityConfig.from_env(os.environ, default_name=role)
+        config = dataclasses.replace(config, allow_plaintext=config.allow_plaintext or allow_plaintext)
+        tls.require_secure(config, f"tidal {command or role}", server)
+        tls.install(config)
     except TidalError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -435,9 +464,20 @@ def certs(
     ] = None,
     valid_days: Annotated[float, typer.Option(min=0.01, help="Validity of the certificates, in days.")] = 365.0,
     force: Annotated[bool, typer.Option(help="Overwrite existing certificates, keys and tokens.")] = False,
+    keep_existing: Annotated[
+        bool,
+        typer.Option(help="Exit 0 without a change when the folder already holds a complete bundle (one-shot jobs)."),
+    ] = False,
+    split: Annotated[
+        bool,
+        typer.Option(
+            help="Also copy each holder's share into OUT_DIR/NAME/ (CA certificate, its certificate, key, token; "
+            "tokens.yaml for the coordinator) and the CA certificate into OUT_DIR/public/, one folder per service."
+        ),
+    ] = False,
 ) -> None:
     """Create a development CA, a certificate and a token per role (coordinator, shard, worker, admin)."""
-    from tidal.security.bundle import create_bundle  # noqa: PLC0415
+    from tidal.security.bundle import bundle_exists, create_bundle, split_bundle  # noqa: PLC0415
 
     holders = []
     for item in extra or []:
@@ -445,13 +485,24 @@ def certs(
         if not sep or not name:
             raise typer.BadParameter(f"{item!r}: expected ROLE:NAME", param_hint="--extra")
         holders.append((role, name))
+    if keep_existing and force:
+        raise typer.BadParameter("cannot be combined with --force", param_hint="--keep-existing")
     try:
-        written = create_bundle(out_dir, holders, san or [], valid_days, force)
-    except (FileExistsError, ValueError, TidalError) as exc:
+        kept = keep_existing and bundle_exists(out_dir, holders)
+        written = [] if kept else create_bundle(out_dir, holders, san or [], valid_days, force)
+        if split:
+            written += split_bundle(out_dir, holders)
+    except (FileExistsError, ValueError, OSError, TidalError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     out_dir = out_dir.resolve()
+    if kept:
+        print(f"{out_dir} already holds a complete bundle: kept it")
     print(f"wrote {len(written)} files to {out_dir}; every process then needs:")
+    if split:
+        print(f"  TIDAL_TLS_DIR={out_dir}/NAME TIDAL_TLS_NAME=NAME, NAME being coordinator, shard, worker or admin")
+        print("  (the coordinator also TIDAL_TOKENS_FILE=.../coordinator/tokens.yaml, for REST); public/ has ca.crt only")
+        return
     print(f"  TIDAL_TLS_DIR={out_dir} TIDAL_TOKENS_FILE={out_dir / 'tokens.yaml'}")
     print("  TIDAL_TLS_NAME=<its certificate: coordinator|shard|worker|admin> (default: the command's role; admin")
     print(f"  for client commands) and TIDAL_TOKEN_FILE={out_dir}/<the same name>.token")

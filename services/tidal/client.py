@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tidal.core.errors import InvalidArgumentError, TidalError
 from tidal.transport.errors import error_from_rpc
 from tidal.transport.server import create_channel
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
@@ -37,10 +38,13 @@ def load_spec_file(path: Path, kind: str = "job spec") -> dict[str, Any]:
 
 
 class TidalClient:
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+    """A coordinator's job API. TLS, client certificate and token come from `security`, by
+    default the process's configuration (TIDAL_TLS_*, TIDAL_TOKEN*: transport/tls.py)."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0, security: SecurityConfig | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = create_channel(address)
+        self._channel = create_channel(address, security)
         self._stub = coord_grpc.CoordinatorStub(self._channel)
 
     async def __aenter__(self) -> TidalClient:

@@ -33,8 +33,28 @@ ENV = {
     "exit_after_job": "TIDAL_EXIT_AFTER_JOB",  # shard, worker: exit 0 when the first job ends
     # coordinator: where the pod's service account is mounted (default: Kubernetes' own path)
     "k8s_service_account_dir": "TIDAL_K8S_SERVICE_ACCOUNT_DIR",
+    # services and client commands: 1 runs without TLS, loudly logged (local experiments only;
+    # the flag is --allow-plaintext); the other security variables are in SECURITY_ENV below
+    "allow_plaintext": "TIDAL_ALLOW_PLAINTEXT",
 }
 
+# Transport security (transport/tls.py, docs/security.md), read by every command that serves
+# or calls gRPC (those with --allow-plaintext). Paths name PEM files or folders.
+SECURITY_ENV = {
+    "tls_dir": "TIDAL_TLS_DIR",  # folder made by `tidal certs`: ca.crt, NAME.crt, NAME.key
+    "tls_name": "TIDAL_TLS_NAME",  # which NAME.crt/.key of that folder (default: the command's role; admin)
+    "tls_ca": "TIDAL_TLS_CA",  # CA that signs servers and clients (bring your own PKI; wins over the folder)
+    "tls_cert": "TIDAL_TLS_CERT",  # this process's certificate
+    "tls_key": "TIDAL_TLS_KEY",  # its private key
+    "tls_server_name": "TIDAL_TLS_SERVER_NAME",  # host name clients verify (default: the host dialled)
+    "tokens_file": "TIDAL_TOKENS_FILE",  # servers: the token table (YAML/JSON, core/tokens.py)
+    "token": "TIDAL_TOKEN",  # clients: bearer token to send
+    "token_file": "TIDAL_TOKEN_FILE",  # clients: file holding it (suits Secrets)
+    "allow_plaintext": ENV["allow_plaintext"],
+    # packages job specs may load model code from, comma-separated; "" = built-in models only,
+    # unset = any importable module (core/model_source.py)
+    "model_modules": "TIDAL_MODEL_MODULES",
+}
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_HTTP_PORT = 8080

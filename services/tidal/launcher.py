@@ -3,6 +3,12 @@
 Every service binds port 0 and reports its real port in a ready file. Children are put in
 their own session (so the terminal's Ctrl-C reaches only the launcher, which then shuts
 them down in order) and get SIGKILL from the kernel if the launcher itself dies.
+
+Security: give the cluster the variables of a bundle (`tidal.security.bundle.environment`,
+as `tidal demo` does) and every service runs with mutual TLS. Without any TLS variable the
+launcher asks for plaintext explicitly (TIDAL_ALLOW_PLAINTEXT=1 for each child it starts):
+its services bind 127.0.0.1 only, and each of them logs the loud warning. That is what the
+integration tests, `tidal compare` and `tidal advise` use (docs/security.md says why).
 """
 
 from __future__ import annotations
@@ -19,12 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tidal.config import SECURITY_ENV
 from tidal.core.errors import DeadlineExceededError, UnavailableError
 
 HOST = "127.0.0.1"
 # Every service binds loopback and lets the kernel pick its ports; ready files report them.
 EPHEMERAL = ["--host", HOST, "--port", "0", "--metrics-port", "0"]
 _PR_SET_PDEATHSIG = 1
+# Any of these set means TLS (transport/tls.py: TLS_FILE_VARS).
+_TLS_VARS = tuple(SECURITY_ENV[k] for k in ("tls_dir", "tls_ca", "tls_cert", "tls_key"))
+
+
+def uses_tls(env: dict[str, str]) -> bool:
+    return any(env.get(var) for var in _TLS_VARS)
 
 
 def _die_with_parent() -> None:
@@ -70,14 +83,23 @@ class LocalCluster:
         return f"{HOST}:{self.services['coordinator'].info['grpc_port']}"
 
     @property
+    def tls(self) -> bool:
+        """The cluster's services run with TLS (the environment names certificates)."""
+        return uses_tls(self.env)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def rest_url(self) -> str:
-        return f"http://{HOST}:{self.services['coordinator'].info['http_port']}"
+        return f"{self.scheme}://{HOST}:{self.services['coordinator'].info['http_port']}"
 
     def address_of(self, name: str) -> str:
         return f"{HOST}:{self.services[name].info['grpc_port']}"
 
     def metrics_url(self, name: str) -> str:
-        return f"http://{HOST}:{self.services[name].info['metrics_port']}/metrics"
+        return f"{self.scheme}://{HOST}:{self.services[name].info['metrics_port']}/metrics"
 
     def scrape_configs(self) -> list[dict[str, Any]]:
         """Prometheus scrape jobs for this cluster, named as in deploy/prometheus/prometheus.yml."""
@@ -85,7 +107,17 @@ class LocalCluster:
         for name, service in self.services.items():
             role = service.info.get("role", name)
             targets.setdefault(f"tidal-{role}", []).append(f"{HOST}:{service.info['metrics_port']}")
-        return [{"job_name": job, "static_configs": [{"targets": t}]} for job, t in sorted(targets.items())]
+        tls: dict[str, Any] = {}
+        if self.tls and (ca := self._ca_file()):
+            # /metrics is HTTPS with the service's certificate; no client certificate needed.
+            tls = {"scheme": "https", "tls_config": {"ca_file": ca}}
+        return [{"job_name": job, "static_configs": [{"targets": t}], **tls} for job, t in sorted(targets.items())]
+
+    def _ca_file(self) -> str:
+        if ca := self.env.get(SECURITY_ENV["tls_ca"]):
+            return ca
+        folder = self.env.get(SECURITY_ENV["tls_dir"])
+        return str(Path(folder) / "ca.crt") if folder else ""
 
     def start(self) -> LocalCluster:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -116,12 +148,16 @@ class LocalCluster:
         log_path = self.workdir / "logs" / f"{name}.log"
         log = log_path.open("ab")
         cmd = [*prefix, sys.executable, "-m", "tidal", *args, "--ready-file", str(ready_file)]
+        child_env = {**self.env, **(env or {})}
+        if not uses_tls(child_env):
+            # Explicit, on loopback only; the service logs the loud warning (module docstring).
+            child_env[SECURITY_ENV["allow_plaintext"]] = "1"
         process = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**self.env, **(env or {})},
+            env=child_env,
             start_new_session=True,
             # Runs only prctl, which is safe in the fork child even with threads around.
             preexec_fn=_die_with_parent,  # noqa: PLW1509

@@ -21,6 +21,8 @@ import typer
 import yaml
 
 from tidal.cli import app
+from tidal.config import SECURITY_ENV
+from tidal.security.bundle import create_bundle, split_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -57,6 +59,11 @@ class Command:
     env: frozenset[str]
 
 
+# Commands with this option serve or call gRPC and read the security variables
+# (transport/tls.py: SecurityConfig.from_env) besides their own options' variables.
+SECURE_OPTION = "--allow-plaintext"
+
+
 @cache
 def cli_commands() -> dict[str, Command]:
     group = typer.main.get_command(app)
@@ -68,6 +75,8 @@ def cli_commands() -> dict[str, Command]:
             env.update(
                 param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar] if param.envvar else []
             )
+        if SECURE_OPTION in options:
+            env.update(SECURITY_ENV.values())
         commands[name] = Command(name, cmd, frozenset(options), frozenset(env))
     return commands
 
@@ -176,3 +185,48 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+
+
+def named_mounts(service: dict[str, Any], volumes: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path -> (named volume, read-only) for a compose service's named-volume mounts."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        if source in volumes:
+            out[target] = (source, "ro" in mode)
+    return out
+
+
+def secret_mounts(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path -> (Secret name, read-only) for a Kubernetes container's Secret volumes."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+    return {
+        m["mountPath"]: (secrets[m["name"]], bool(m.get("readOnly")))
+        for m in container.get("volumeMounts", [])
+        if m["name"] in secrets
+    }
+
+
+def render_tls_secrets(pki: Path, sans: list[str]) -> dict[str, dict[str, Any]]:
+    """Runs `tidal certs --split` into `pki`, then deploy/k8s/tls-secrets.sh on it (kubectl
+    --dry-run=client, offline); returns the Secrets it prints, by name."""
+    kubectl = require_tool("kubectl")
+    create_bundle(pki, sans=sans)
+    split_bundle(pki)
+    done = subprocess.run(
+        ["bash", str(K8S / "tls-secrets.sh"), str(pki)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KUBECTL": kubectl},
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert docs[0]["kind"] == "Namespace"
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+
+
+def documented_sans() -> list[str]:
+    """The SANs deploy/k8s/tls-secrets.sh tells operators to give `tidal certs`."""
+    return [san.strip("'") for san in re.findall(r"--san (\S+)", (K8S / "tls-secrets.sh").read_text())]

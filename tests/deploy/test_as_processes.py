@@ -3,12 +3,16 @@
 Each compose service (and each Kubernetes container of the sync overlay) is started with its
 command and environment as written, only rewritten for one machine: service names become
 127.0.0.1, ports become 0 (free ones, read back from ready files) and addresses point at the
-ports actually bound. A flag or variable that drifted from the CLI, a wrong address or a
-healthcheck that cannot pass makes these tests fail.
+ports actually bound. Named volumes are folders (a volume mounted inside another one is a
+symbolic link there), Kubernetes Secrets are folders written from what deploy/k8s/tls-secrets.sh
+prints. Both run with mutual TLS, as the files say: a flag or variable that drifted from the
+CLI, a wrong address, a certificate in the wrong place or a healthcheck that cannot pass makes
+these tests fail.
 """
 
 from __future__ import annotations
 
+import base64
 import signal
 import subprocess
 import sys
@@ -17,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
@@ -29,15 +34,21 @@ from tests.deploy.manifests import (
     cli_commands,
     compose_model,
     container_env,
+    documented_sans,
     env_of,
     kustomize,
+    named_mounts,
     pod_spec,
+    render_tls_secrets,
+    secret_mounts,
     tidal_services,
 )
-from tests.integration.helpers import coordinator_stub, processes_mentioning, wait_until
+from tests.integration.helpers import processes_mentioning, wait_until
 from tidal.launcher import LocalCluster
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
 pytestmark = pytest.mark.integration
 LOOPBACK = "127.0.0.1"
@@ -52,15 +63,49 @@ RUN_TIMEOUT_S = 240.0
 SCALED_DOWN = ["statefulsets/tidal-shard", "deployments/tidal-coordinator"]
 
 
+Mounts = dict[str, Path]  # container path -> the local folder standing in for it
+
+
+def on_host(value: str, mounts: Mounts) -> str | None:
+    """`value` as a local path when it lies under one of `mounts` (the deepest one wins)."""
+    for target in sorted(mounts, key=len, reverse=True):
+        if value == target or value.startswith(target + "/"):
+            return str(mounts[target] / Path(value).relative_to(target))
+    return None
+
+
+def volume_mounts(service: dict[str, Any], volumes: dict[str, Any], root: Path) -> Mounts:
+    """A compose service's named volumes as folders `root/NAME`, shared by every service that
+    mounts them; a volume mounted inside another one is linked into it, as in the container."""
+    mounts = {target: root / volume for target, (volume, _) in named_mounts(service, volumes).items()}
+    for folder in mounts.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for target, folder in mounts.items():
+        for outer, outer_folder in mounts.items():
+            if target.startswith(outer + "/"):
+                link = outer_folder / Path(target).relative_to(outer)
+                if not link.exists():
+                    link.symlink_to(folder, target_is_directory=True)
+    return mounts
+
+
 def loopback_env(
-    role: str, env: dict[str, str], names: set[str], bound: dict[str, dict[str, Any]], scratch: Path
+    role: str,
+    env: dict[str, str],
+    names: set[str],
+    bound: dict[str, dict[str, Any]],
+    scratch: Path,
+    mounts: Mounts | None = None,
 ) -> dict[str, str]:
     """`env` for one process on one machine: every port free, every name of `names` 127.0.0.1,
     addresses of other services at the ports they really bound (`bound`: name -> ready-file
-    info), folders in the container's data volumes under this process's own `scratch`."""
+    info), paths in `mounts` (volumes, Secrets) at their local folders, other folders in the
+    container's data volumes under this process's own `scratch`."""
     out = dict(env)
     for var, value in env.items():
-        if value.startswith(DATA_ROOT):
+        if (local := on_host(value, mounts or {})) is not None:
+            out[var] = local
+        elif value.startswith(DATA_ROOT):
             out[var] = str(scratch / Path(value).relative_to(DATA_ROOT))
     accepted = cli_commands()[role].env
     out.update({var: "0" for var in PORT_VARS if var in accepted})
@@ -109,6 +154,27 @@ def compose_order(services: dict[str, dict[str, Any]]) -> list[str]:
     return order
 
 
+def run_once(args: list[str], env: dict[str, str], what: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidal", *args], check=False, env=env, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{what}: {done.stdout}{done.stderr}"
+
+
+def coordinator_jobs(address: str, env: dict[str, str]) -> list[coord_pb.JobStatus]:
+    """ListJobs with the security settings of `env` (a service's environment)."""
+    security = SecurityConfig.from_env(env)
+    with grpc.secure_channel(address, security.channel_credentials()) as channel:
+        return list(coord_grpc.CoordinatorStub(channel).ListJobs(coord_pb.ListJobsRequest(), timeout=10).jobs)
+
+
+def assert_never_plaintext(cluster: LocalCluster) -> None:
+    for name, service in cluster.services.items():
+        log = service.log_path.read_text(errors="replace")
+        assert "SECURITY IS OFF" not in log, f"{name} ran without TLS: {log[-500:]}"
+
+
 def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) -> None:
     model = compose_model(COMPOSE_FILE, COMPOSE_OVERRIDE)
     services = tidal_services(model)
@@ -116,11 +182,17 @@ def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) 
     bound: dict[str, dict[str, Any]] = {}
     cluster = LocalCluster(tmp_path)
     (tmp_path / "logs").mkdir()
+    submit_env: dict[str, str] = {}
     try:
         for name in compose_order(services):
             service = services[name]
-            args = list(service["command"])
-            env = loopback_env(args[0], env_of(service), names, bound, tmp_path / name)
+            mounts = volume_mounts(service, model["volumes"], tmp_path / "volumes")
+            args = [on_host(a, mounts) or a for a in service["command"]]
+            env = loopback_env(args[0], env_of(service), names, bound, tmp_path / name, mounts)
+            if name == "certs":  # one-shot, before everything else
+                run_once(args, {**cluster.env, **env}, name)
+                run_once(args, {**cluster.env, **env}, f"{name}, again (the next `up`)")
+                continue
             if name == "submit":
                 # The spec is bind-mounted from the repository; the test runs a shorter copy.
                 source, target = next(v.split(":")[:2] for v in service["volumes"] if v.startswith("./"))
@@ -128,19 +200,12 @@ def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) 
                 host_file = Path(source) / container_file.relative_to(target)
                 job_text = (COMPOSE_FILE.parent / host_file).read_text()
                 args[1] = str(short_job(job_text, tmp_path / "job.yaml"))
-                done = subprocess.run(
-                    [sys.executable, "-m", "tidal", *args],
-                    check=False,
-                    env={**cluster.env, **env},
-                    capture_output=True,
-                    text=True,
-                    timeout=RUN_TIMEOUT_S,
-                )
-                assert done.returncode == 0, f"submit: {done.stdout}{done.stderr}"
+                submit_env = env
+                run_once(args, {**cluster.env, **env}, name)
                 continue
             replicas = service.get("deploy", {}).get("replicas", 1)
             instances = [f"{name}-{i}" for i in range(replicas)] if replicas > 1 else [name]
-            envs = {i: loopback_env(args[0], env_of(service), names, bound, tmp_path / i) for i in instances}
+            envs = {i: loopback_env(args[0], env_of(service), names, bound, tmp_path / i, mounts) for i in instances}
             for instance in instances:
                 cluster.spawn(instance, args, envs[instance])
             cluster.wait_ready(instances)
@@ -149,18 +214,27 @@ def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) 
                 info = cluster.services[instance].info
                 wait_healthy(service["healthcheck"]["test"], envs[instance], info["grpc_port"], instance)
 
-        jobs = (
-            coordinator_stub(f"{LOOPBACK}:{bound['coordinator']['grpc_port']}")
-            .ListJobs(coord_pb.ListJobsRequest(), timeout=10)
-            .jobs
-        )
-        (job,) = jobs
+        (job,) = coordinator_jobs(f"{LOOPBACK}:{bound['coordinator']['grpc_port']}", submit_env)
         assert job.state == common_pb.JOB_STATE_SUCCEEDED, job.message
         assert job.version == STEPS
         assert len(job.workers) == services["worker"]["deploy"]["replicas"]
+        assert_never_plaintext(cluster)
     finally:
         cluster.stop()
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def write_secrets(secrets: dict[str, dict[str, Any]], root: Path) -> dict[str, Path]:
+    """Each Secret as the folder a Secret volume would be: one file per key."""
+    folders = {}
+    for name, secret in secrets.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for key, value in secret["data"].items():
+            (folder / key).write_bytes(base64.b64decode(value))
+            (folder / key).chmod(0o440)
+        folders[name] = folder
+    return folders
 
 
 def test_sync_overlay_runs_one_job_then_scales_down_and_everything_exits_zero(tmp_path: Path) -> None:
@@ -174,12 +248,18 @@ def test_sync_overlay_runs_one_job_then_scales_down_and_everything_exits_zero(tm
     coordinator = deployments["tidal-coordinator"]
     names = {f"{n}" for n in by_kind(docs, "Service")}
     bound: dict[str, dict[str, Any]] = {}
+    secrets = write_secrets(render_tls_secrets(tmp_path / "pki", documented_sans()), tmp_path / "secrets")
     cluster = LocalCluster(tmp_path)
     (tmp_path / "logs").mkdir()
     stack = ExitStack()
+
+    def env_for(workload: dict[str, Any], container: dict[str, Any], scratch: Path) -> dict[str, str]:
+        mounts = {path: secrets[name] for path, (name, _) in secret_mounts(pod_spec(workload), container).items()}
+        return loopback_env(container["args"][0], container_env(container), names, bound, scratch, mounts)
+
     try:
         container = pod_spec(coordinator)["containers"][0]
-        env = loopback_env("coordinator", container_env(container), names, bound, tmp_path / "coordinator")
+        env = env_for(coordinator, container, tmp_path / "coordinator")
         job_file = Path(env["TIDAL_JOB_FILE"])
         (volume,) = [v for v in pod_spec(coordinator)["volumes"] if "configMap" in v]
         configmap = by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]
@@ -196,7 +276,7 @@ def test_sync_overlay_runs_one_job_then_scales_down_and_everything_exits_zero(tm
             container = pod_spec(workload)["containers"][0]
             for i in range(count):
                 name = f"{workload['metadata']['name']}-{i}"
-                env = loopback_env(container["args"][0], container_env(container), names, bound, tmp_path / name)
+                env = env_for(workload, container, tmp_path / name)
                 cluster.spawn(name, container["args"], env)
                 members.append(name)
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -215,6 +295,7 @@ def test_sync_overlay_runs_one_job_then_scales_down_and_everything_exits_zero(tm
         assert coordinator_process.wait(30) == 0, cluster.tail("coordinator", 10)
         log = (tmp_path / "logs" / "coordinator.log").read_text()
         assert "succeeded" in log and "--exit-when-done" in log
+        assert_never_plaintext(cluster)
     finally:
         cluster.stop()
         stack.close()

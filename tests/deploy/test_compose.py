@@ -17,6 +17,7 @@ from tests.deploy.manifests import (
     compose_model,
     env_of,
     healthcheck_port_var,
+    named_mounts,
     require_tool,
     tidal_services,
 )
@@ -69,19 +70,91 @@ def test_stack_has_every_role_prometheus_and_grafana() -> None:
     assert SERVICES["worker"]["deploy"]["replicas"] == 3
 
 
+ONE_SHOT = ("certs", "submit")
+AFTER_CERTS = {"certs": "service_completed_successfully"}
+
+
 def test_tidal_services_have_healthchecks_grace_periods_and_ordering() -> None:
     for name, service in tidal_services(DEFAULT).items():
-        if name == "submit":
-            continue  # one-shot
+        assert service["restart"] == ("no" if name in ONE_SHOT else "unless-stopped"), name
+        if name in ONE_SHOT:
+            continue
         assert healthcheck_port_var(service) == "TIDAL_PORT", f"{name}: healthcheck is not `tidal health`"
         assert "TIDAL_PORT" in env_of(service), name
         assert service["stop_grace_period"], name
+        assert service["depends_on"]["certs"]["condition"] == AFTER_CERTS["certs"], name
         if name != "coordinator":
             assert service["depends_on"]["coordinator"]["condition"] == "service_healthy", name
     submit_deps = SERVICES["submit"]["depends_on"]
-    assert {d: c["condition"] for d, c in submit_deps.items()} == dict.fromkeys(
+    assert {d: c["condition"] for d, c in submit_deps.items()} == AFTER_CERTS | dict.fromkeys(
         ["coordinator", "shard-0", "shard-1", "worker"], "service_healthy"
     )
+    assert "depends_on" not in SERVICES["certs"]
+
+
+def _certs_layout(services: dict) -> tuple[Path, dict[str, str], list[str]]:
+    """The certs service's output folder, named volume -> holder folder it fills, and its SANs."""
+    args = services["certs"]["command"]
+    assert args[0] == "certs" and "--split" in args and "--keep-existing" in args, args
+    out = Path(args[1])
+    mounts = named_mounts(services["certs"], DEFAULT["volumes"])
+    holders = {}
+    for target, (volume, _) in mounts.items():
+        if Path(target).parent == out:
+            holders[volume] = Path(target).name
+    sans = [args[i + 1] for i, a in enumerate(args) if a == "--san"]
+    return out, holders, sans
+
+
+@pytest.mark.parametrize("variant", ["default", "host network"])
+def test_mutual_tls_is_on_with_one_share_of_the_bundle_per_service(variant: str) -> None:
+    """Every tidal service names its certificate (TLS on, never plaintext), reads it from a
+    read-only volume that the certs service fills with that holder's share only, and dials
+    names its certificate carries; only certs sees the CA key."""
+    model = DEFAULT if variant == "default" else HOST
+    services = tidal_services(model)
+    out, holders, sans = _certs_layout(services)
+    (ca_volume,) = [v for t, (v, _) in named_mounts(services["certs"], model["volumes"]).items() if Path(t) == out]
+    assert set(holders.values()) >= {"coordinator", "shard", "worker", "admin", "public"}, holders
+    for name, service in services.items():
+        if name == "certs":
+            continue
+        env = env_of(service)
+        assert "TIDAL_ALLOW_PLAINTEXT" not in env, name
+        role = service["command"][0] if name != "submit" else "admin"
+        if role != "admin":  # services: job specs name built-in models only
+            assert env.get("TIDAL_MODEL_MODULES") == "", f"{name}: job specs could load any module"
+        assert env.get("TIDAL_TLS_NAME") == role, f"{name}: TIDAL_TLS_NAME"
+        mounts = named_mounts(service, model["volumes"])
+        assert env["TIDAL_TLS_DIR"] in mounts, f"{name}: TIDAL_TLS_DIR is not a volume"
+        volume, read_only = mounts[env["TIDAL_TLS_DIR"]]
+        assert read_only and holders.get(volume) == role, f"{name}: mounts {volume}, not the {role} share"
+        assert ca_volume not in {v for v, _ in mounts.values()}, f"{name} can read the CA key"
+        if "TIDAL_TOKENS_FILE" in env:
+            assert name == "coordinator" and Path(env["TIDAL_TOKENS_FILE"]).parent == Path(env["TIDAL_TLS_DIR"])
+        for var in ("TIDAL_COORDINATOR", "TIDAL_ADVERTISE_HOST"):
+            if var in env:
+                host = env[var].rsplit(":", 1)[0] if var == "TIDAL_COORDINATOR" else env[var]
+                assert host in sans or host == "127.0.0.1", f"{name}: {var} host {host} is not in the certificates"
+    assert env_of(services["coordinator"])["TIDAL_TOKENS_FILE"]
+
+
+def test_prometheus_scrapes_over_https_with_the_ca_only() -> None:
+    services = tidal_services(DEFAULT)
+    _, holders, sans = _certs_layout(services)
+    prometheus = SERVICES["prometheus"]
+    mounts = named_mounts(prometheus, DEFAULT["volumes"])
+    tls_mounts = {t: v for t, (v, ro) in mounts.items() if v in holders and ro}
+    assert list(tls_mounts.values()) == [next(v for v, h in holders.items() if h == "public")], mounts
+    assert prometheus["depends_on"]["certs"]["condition"] == AFTER_CERTS["certs"]
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (mount,) = tls_mounts
+    for job in config["scrape_configs"]:
+        assert job["scheme"] == "https", job["job_name"]
+        assert job["tls_config"]["ca_file"] == f"{mount}/ca.crt", job["job_name"]
+        assert set(job["tls_config"]) <= {"ca_file", "server_name"}, "no client certificate: /metrics is read-only"
+        if "dns_sd_configs" in job:  # scraped by address: the name checked must be in the certificates
+            assert job["tls_config"]["server_name"] in sans
 
 
 def test_shards_have_stable_names_and_named_checkpoint_volumes() -> None:
@@ -89,8 +162,8 @@ def test_shards_have_stable_names_and_named_checkpoint_volumes() -> None:
     assert sorted(shards) == ["shard-0", "shard-1"]
     for name, shard in shards.items():
         assert env_of(shard)["TIDAL_ADVERTISE_HOST"] == name  # workers dial the shard by its service name
-        named = [v.split(":")[0] for v in shard["volumes"] if not v.startswith(".")]
-        assert len(named) == 1 and named[0] in DEFAULT["volumes"], name
+        volume, read_only = named_mounts(shard, DEFAULT["volumes"])[env_of(shard)["TIDAL_CHECKPOINT_DIR"]]
+        assert volume == f"{name}-checkpoints" and not read_only, name
 
 
 def test_demo_job_matches_the_stack_and_declares_the_straggler() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,16 +21,21 @@ from tests.deploy.manifests import (
     cli_commands,
     compose_model,
     container_env,
+    documented_sans,
     env_of,
     healthcheck_port_var,
     kustomize,
     pod_spec,
+    render_tls_secrets,
+    secret_mounts,
     tidal_services,
     workloads,
 )
 from tidal import config
+from tidal.core import model_source
 from tidal.core.spec import parse_job_spec
 from tidal.k8s_scale import parse_targets
+from tidal.transport import tls
 
 COMPOSE_VARIANTS = {
     "default": compose_model(COMPOSE_FILE, COMPOSE_OVERRIDE),
@@ -50,8 +56,12 @@ def image_user() -> int:
 
 def test_env_table_is_what_the_cli_reads() -> None:
     read = {e for c in cli_commands().values() for e in c.env}
-    # TIDAL_CHECKPOINT_FAULT and the like are read outside the CLI; every CLI variable is in the table.
-    assert read <= set(config.ENV.values()), read - set(config.ENV.values())
+    # TIDAL_CHECKPOINT_FAULT and the like are read outside the CLI; every CLI variable is in the tables.
+    tables = set(config.ENV.values()) | set(config.SECURITY_ENV.values())
+    assert read <= tables, read - tables
+    # The security variables are the ones transport/tls.py and core/model_source.py read.
+    names = {v for module in (tls, model_source) for k, v in vars(module).items() if k.startswith("ENV_")}
+    assert names == set(config.SECURITY_ENV.values()), names ^ set(config.SECURITY_ENV.values())
 
 
 def test_dockerfile_one_image_for_every_role() -> None:
@@ -127,7 +137,13 @@ def test_k8s_containers_agree_with_cli_image_and_ports(overlay: tuple[str, list[
             for port_name, number in ports.items():
                 assert env[PORT_VARS[port_name]] == str(number), f"{where}: port {port_name}"
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-                assert container[probe]["grpc"]["port"] == int(env["TIDAL_PORT"]), f"{where}: {probe}"
+                # kubelet's native gRPC probe cannot present a client certificate: `tidal health`
+                # runs in the container, with its environment (the certificate), instead.
+                command = container[probe]["exec"]["command"]
+                assert command == ["tidal", "health", f"127.0.0.1:{env['TIDAL_PORT']}"], f"{where}: {probe}"
+                security = {k: v for k, v in env.items() if k in config.SECURITY_ENV.values()}
+                check_invocation(command[1:], security, f"{where}: {probe}")
+                assert container[probe]["timeoutSeconds"] >= 5, f"{where}: {probe} must allow a Python start"
             assert "limits" in container["resources"] and "requests" in container["resources"], where
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
     assert roles == {"coordinator", "shard", "worker"}
@@ -231,3 +247,39 @@ def test_k8s_scale_down_targets_exist_and_rbac_allows_exactly_them(overlay: tupl
     for workload in workloads(docs):
         if workload is not coordinator:
             assert pod_spec(workload)["automountServiceAccountToken"] is False
+
+
+@pytest.fixture(scope="module")
+def tls_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The Secrets tls-secrets.sh prints for a `tidal certs --split` folder, by name."""
+    return render_tls_secrets(tmp_path_factory.mktemp("pki") / "pki", documented_sans())
+
+
+def test_k8s_mutual_tls_from_one_secret_per_role(
+    overlay: tuple[str, list[dict]], tls_secrets: dict[str, dict[str, Any]]
+) -> None:
+    name, docs = overlay
+    sans = documented_sans()
+    for workload in workloads(docs):
+        spec = pod_spec(workload)
+        for container in spec["containers"]:
+            where = f"{name}/{workload['metadata']['name']}"
+            env = container_env(container)
+            role = container["args"][0]
+            assert "TIDAL_ALLOW_PLAINTEXT" not in env, where
+            assert env["TIDAL_MODEL_MODULES"] == "", f"{where}: job specs could load any module"
+            assert env["TIDAL_TLS_NAME"] == role, where
+            secret, read_only = secret_mounts(spec, container)[env["TIDAL_TLS_DIR"]]
+            assert read_only and secret == f"tidal-tls-{role}", where
+            (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == secret]
+            assert volume["secret"]["defaultMode"] == 0o440 and spec["securityContext"]["fsGroup"] == 10001, where
+            keys = set(tls_secrets[secret]["data"])
+            assert {"ca.crt", f"{role}.crt", f"{role}.key"} <= keys and "ca.key" not in keys, (where, keys)
+            if "TIDAL_TOKENS_FILE" in env:
+                assert role == "coordinator" and Path(env["TIDAL_TOKENS_FILE"]).name in keys, where
+            if "TIDAL_COORDINATOR" in env:
+                assert env["TIDAL_COORDINATOR"].rsplit(":", 1)[0] in sans, where
+            if "TIDAL_ADVERTISE_HOST" in env:
+                advertised = env["TIDAL_ADVERTISE_HOST"].replace("$(POD_NAMESPACE)", "tidal")
+                assert "*." + advertised.split(".", 1)[1] in sans, where
+    assert all(s["metadata"]["namespace"] == "tidal" for s in tls_secrets.values())

@@ -15,6 +15,7 @@ from tests.deploy.manifests import (
     OVERLAYS,
     PROMETHEUS_CONFIG,
     by_kind,
+    documented_sans,
     kustomize,
     pod_spec,
     workloads,
@@ -75,6 +76,10 @@ def test_pod_monitors_scrape_every_role_under_the_prometheus_job_names(tmp_path:
         pods = [w for w in workloads(docs) if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
         assert pods, f"{name} selects no pod"
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        # /metrics is HTTPS; Prometheus checks it with the CA only (no client certificate).
+        assert endpoint["scheme"] == "https", name
+        assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": "tidal-tls-public", "key": "ca.crt"}, name
+        assert endpoint["tlsConfig"]["serverName"] in documented_sans(), name
         for pod in pods:
             assert endpoint["port"] in {p["name"] for c in pod_spec(pod)["containers"] for p in c["ports"]}
         (relabel,) = endpoint["relabelings"]

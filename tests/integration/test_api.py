@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -42,8 +43,14 @@ def test_reflection_lists_every_tidal_service(cluster: LocalCluster) -> None:
 
 
 def _tidal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The CLI against the plaintext test cluster: plaintext asked for explicitly, as it must be."""
     return subprocess.run(
-        [sys.executable, "-m", "tidal", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "tidal", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "TIDAL_ALLOW_PLAINTEXT": "1"},
     )
 
 

@@ -28,7 +28,8 @@ def test_shard_is_not_serving_until_it_reaches_the_coordinator(tmp_path: Path) -
     # Port 9 (discard) on loopback: nothing listens, so registration keeps retrying.
     shard = subprocess.Popen(
         [sys.executable, "-m", "tidal", "shard", "--coordinator", "127.0.0.1:9", "--host", "127.0.0.1",
-         "--port", "0", "--metrics-port", "0", "--register-timeout", "2", "--ready-file", str(ready)],
+         "--port", "0", "--metrics-port", "0", "--register-timeout", "2", "--ready-file", str(ready),
+         "--allow-plaintext"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

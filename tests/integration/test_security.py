@@ -10,7 +10,10 @@ reports UNAVAILABLE, HTTPS a transport error. The cluster must stay healthy thro
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.integration.helpers import run_async
+from tests.integration.helpers import run_async, wait_until
 from tidal.launcher import HOST, LocalCluster
 from tidal.security.bundle import create_bundle, environment
 from tidal.security.certs import create_dev_pki, issue, load_ca, write_pair
@@ -157,7 +160,7 @@ def test_a_job_trains_with_mutual_tls_and_member_ids_are_bound(secure: Secure) -
     roles = {m.member_id.rpartition("@")[2] for m in members}
     assert roles == {"worker", "shard"}, [m.member_id for m in members]
     for name in ("coordinator", "shard-0", "worker-0"):
-        assert "TLS is OFF" not in secure.cluster.services[name].log_path.read_text()
+        assert "SECURITY IS OFF" not in secure.cluster.services[name].log_path.read_text()
 
 
 # Expected answers: gRPC codes by call (a default plus exceptions), REST statuses by route.
@@ -269,3 +272,59 @@ def test_a_worker_cannot_speak_for_another_worker(secure: Secure) -> None:
     assert "member_id" in results["resume the victim's id"][1]
     assert "open.member_id" in results["session as the victim"][1]
     assert "open.worker_id" in results["exchange as the victim"][1]
+
+
+# --- secure by default ------------------------------------------------------------------
+def _without_tidal_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("TIDAL_")}, **extra}
+
+
+def _tidal(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidal", *args], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+
+
+SERVICE_ARGS = {
+    "coordinator": ["coordinator", "--host", HOST, "--port", "0", "--http-port", "0", "--metrics-port", "0"],
+    "shard": ["shard", "--coordinator", f"{HOST}:9", "--host", HOST, "--port", "0", "--metrics-port", "0"],
+    "worker": ["worker", "--coordinator", f"{HOST}:9", "--host", HOST, "--port", "0", "--metrics-port", "0"],
+    "status": ["status", "--coordinator", f"{HOST}:9"],
+    "health": ["health", f"{HOST}:9"],
+}
+
+
+@pytest.mark.parametrize("command", list(SERVICE_ARGS))
+def test_without_tls_every_command_refuses_to_start_with_one_line(command: str, tmp_path: Path) -> None:
+    """Plaintext is never the silent default: exit 2 and one line naming what to set."""
+    done = _tidal(SERVICE_ARGS[command], _without_tidal_env())
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"tidal {command}:" in line and "TIDAL_TLS_DIR" in line and "TIDAL_ALLOW_PLAINTEXT=1" in line, line
+    assert "--allow-plaintext" in line and not done.stdout
+
+
+def test_tls_asked_for_but_missing_files_is_an_error_even_with_plaintext_allowed(tmp_path: Path) -> None:
+    """A TIDAL_TLS_DIR without the service's certificate never falls back to plaintext."""
+    create_dev_pki(tmp_path, [("worker", "worker")])  # ca.crt and worker.crt, no coordinator.crt
+    env = _without_tidal_env(TIDAL_TLS_DIR=str(tmp_path), TIDAL_ALLOW_PLAINTEXT="1")
+    done = _tidal(SERVICE_ARGS["coordinator"], env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "although TLS was asked for" in done.stderr, done.stderr
+
+
+def test_plaintext_asked_for_is_logged_loudly(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    env = _without_tidal_env(TIDAL_ALLOW_PLAINTEXT="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tidal", *SERVICE_ARGS["coordinator"], "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: ready.exists() or process.poll() is not None, 90, "coordinator ready")
+        assert ready.exists(), "the coordinator with TIDAL_ALLOW_PLAINTEXT=1 did not start"
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    text = out.decode(errors="replace")
+    assert "SECURITY IS OFF" in text and "no TLS certificate" in text, text

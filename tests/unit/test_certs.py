@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from tidal.cli import app
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.tokens import TokenTable
-from tidal.security.bundle import create_bundle, environment
+from tidal.security.bundle import create_bundle, environment, split_bundle
 from tidal.security.certs import cert_pem, create_ca, identity_from_pem, issue
-from tidal.transport.tls import SecurityConfig
+from tidal.transport.tls import InsecureConfigError, SecurityConfig, insecure_reason, require_secure
 
 
 def test_bundle_files_modes_and_identities(tmp_path: Path) -> None:
@@ -86,3 +86,52 @@ def test_security_config_from_env(tmp_path: Path) -> None:
         SecurityConfig.from_env({"TIDAL_TOKENS_FILE": str(tmp_path / "missing.yaml")})
     with pytest.raises(InvalidArgumentError, match="give both"):
         SecurityConfig(cert_path=tmp_path / "admin.crt")
+
+
+def test_require_secure_refuses_plaintext_unless_asked_for(tmp_path: Path) -> None:
+    bare = SecurityConfig.from_env({})
+    for server in (True, False):
+        with pytest.raises(InsecureConfigError, match="TIDAL_ALLOW_PLAINTEXT=1"):
+            require_secure(bare, "tidal x", server)
+        require_secure(SecurityConfig.from_env({"TIDAL_ALLOW_PLAINTEXT": "1"}), "tidal x", server)
+    with pytest.raises(InvalidArgumentError, match="TIDAL_ALLOW_PLAINTEXT"):
+        SecurityConfig.from_env({"TIDAL_ALLOW_PLAINTEXT": "maybe"})
+    create_bundle(tmp_path)
+    mutual = SecurityConfig.from_env({"TIDAL_TLS_DIR": str(tmp_path)}, default_name="shard")
+    require_secure(mutual, "tidal shard", server=True)
+    require_secure(SecurityConfig.from_env({"TIDAL_TLS_DIR": str(tmp_path)}), "tidal status", server=False)
+    # TLS without a way to authenticate callers is not secure either.
+    one_way = SecurityConfig(cert_path=tmp_path / "shard.crt", key_path=tmp_path / "shard.key")
+    assert "without client authentication" in insecure_reason(one_way, server=True)
+    # Asked for TLS (a folder) but the certificate is missing: never plaintext, even when allowed.
+    env = {"TIDAL_TLS_DIR": str(tmp_path), "TIDAL_TLS_NAME": "nobody", "TIDAL_ALLOW_PLAINTEXT": "1"}
+    with pytest.raises(InsecureConfigError, match="although TLS was asked for"):
+        require_secure(SecurityConfig.from_env(env), "tidal shard", server=True)
+
+
+def test_split_gives_each_holder_only_its_share(tmp_path: Path) -> None:
+    create_bundle(tmp_path, extra=[("worker", "worker-1")])
+    split_bundle(tmp_path, extra=[("worker", "worker-1")])
+    assert sorted(p.name for p in (tmp_path / "public").iterdir()) == ["ca.crt"]
+    assert sorted(p.name for p in (tmp_path / "shard").iterdir()) == ["ca.crt", "shard.crt", "shard.key", "shard.token"]
+    assert "tokens.yaml" in {p.name for p in (tmp_path / "coordinator").iterdir()}
+    assert "tokens.yaml" not in {p.name for p in (tmp_path / "worker-1").iterdir()}
+    for holder in ("coordinator", "shard", "worker", "worker-1", "admin"):
+        assert not list((tmp_path / holder).glob("ca.key")), holder
+        assert (tmp_path / holder / f"{holder}.key").stat().st_mode & 0o777 == 0o600
+        config = SecurityConfig.from_env({"TIDAL_TLS_DIR": str(tmp_path / holder), "TIDAL_TLS_NAME": holder})
+        assert config.mutual
+        require_secure(config, holder, server=True)
+
+
+def test_cli_keep_existing_and_split(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "pki"
+    first = runner.invoke(app, ["certs", str(out), "--keep-existing", "--split", "--san", "shard-0"])
+    assert first.exit_code == 0, first.output
+    key = (out / "shard" / "shard.key").read_bytes()
+    again = runner.invoke(app, ["certs", str(out), "--keep-existing", "--split"])
+    assert again.exit_code == 0 and "kept it" in again.output, again.output
+    assert (out / "shard" / "shard.key").read_bytes() == key
+    both = runner.invoke(app, ["certs", str(out), "--keep-existing", "--force"])
+    assert both.exit_code != 0

@@ -192,6 +192,88 @@ def test_pickle_payload_is_refused_even_with_a_matching_checksum(tmp_path: Path)
     assert not marker.exists()
 
 
+def _rewrite_manifest(manifest_path: Path, payload: bytes, **fields: Any) -> None:
+    """Makes the manifest agree with `payload` (size and sha256), then applies `fields`."""
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(tensors_bytes=len(payload), tensors_sha256=hashlib.sha256(payload).hexdigest(), **fields)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_a_real_torch_save_file_is_refused_and_never_unpickled(tmp_path: Path) -> None:
+    """What a careless operator would copy in: `torch.save` output (a zip holding a pickle)
+    whose object, once unpickled, would create a file. Size and checksum match."""
+    store = two_checkpoints(tmp_path)
+    path = newest_tensor_file(store)
+    marker = tmp_path / "unpickled"
+    torch.save({"params": torch.zeros(3), "boom": _Boom(str(marker))}, path)
+    _rewrite_manifest(path.with_suffix(".json"), path.read_bytes())
+    with pytest.raises(DataLossError, match=r"v000000000006.*not safetensors"):
+        store.load(path.with_suffix(".json"), JOB, 0)
+    assert store.load_latest(JOB, 0)[0].version == 3
+    assert not marker.exists()
+
+
+def test_pickle_payload_without_a_matching_manifest_is_refused_by_its_size(tmp_path: Path) -> None:
+    store = two_checkpoints(tmp_path)
+    path = newest_tensor_file(store)
+    marker = tmp_path / "unpickled"
+    path.write_bytes(pickle.dumps(_Boom(str(marker))))
+    with pytest.raises(DataLossError, match="truncated or extended"):
+        store.load(path.with_suffix(".json"), JOB, 0)
+    assert not marker.exists()
+
+
+def test_a_tampered_checksum_in_the_manifest_is_refused(tmp_path: Path) -> None:
+    """The tensors are intact; the manifest's recorded sha256 was changed."""
+    store = two_checkpoints(tmp_path)
+    manifest_path = newest_tensor_file(store).with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tensors_sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DataLossError, match=r"checksum mismatch \(sha256 [0-9a-f]{64}, manifest 0{64}\)"):
+        store.load(manifest_path, JOB, 0)
+    snapshot, refused = store.load_latest(JOB, 0)
+    assert snapshot.version == 3 and len(refused) == 1 and "checksum mismatch" in refused[0]
+
+
+@pytest.mark.parametrize("keep", [0, 7, 64], ids=["empty", "inside the header length", "inside the header"])
+def test_a_truncated_file_with_a_consistent_manifest_is_refused_by_the_format(tmp_path: Path, keep: int) -> None:
+    """Someone truncated the tensors and fixed up size and checksum: the safetensors reader,
+    not the checksum, must catch it, with a DataLossError (no crash, no partial tensors)."""
+    store = two_checkpoints(tmp_path)
+    path = newest_tensor_file(store)
+    payload = path.read_bytes()[:keep]
+    path.write_bytes(payload)
+    _rewrite_manifest(path.with_suffix(".json"), payload)
+    with pytest.raises(DataLossError, match="not safetensors"):
+        store.load(path.with_suffix(".json"), JOB, 0)
+    assert store.load_latest(JOB, 0)[0].version == 3
+
+
+def test_a_truncated_manifest_is_refused(tmp_path: Path) -> None:
+    store = two_checkpoints(tmp_path)
+    manifest_path = newest_tensor_file(store).with_suffix(".json")
+    text = manifest_path.read_text()
+    manifest_path.write_text(text[: len(text) // 2])
+    with pytest.raises(DataLossError, match="unreadable manifest"):
+        store.load(manifest_path, JOB, 0)
+    assert store.load_latest(JOB, 0)[0].version == 3
+
+
+def test_no_module_of_tidal_can_unpickle() -> None:
+    """The guarantee behind the refusals above: no code path reaches an unpickler."""
+    root = Path(__file__).resolve().parents[2] / "services" / "tidal"
+    forbidden = ("import pickle", "from pickle", "torch.load(", "cPickle", "dill", "joblib.load", "yaml.load(")
+    offenders = [
+        f"{path.relative_to(root)}: {needle}"
+        for path in root.rglob("*.py")
+        if "v1" not in path.relative_to(root).parts[:1]
+        for needle in forbidden
+        if needle in path.read_text()
+    ]
+    assert offenders == []
+
+
 class _Boom:
     """Unpickling this would create a file: proof that nothing was unpickled."""
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal import __version__
 from tidal.coordinator.control import Control
@@ -36,6 +37,21 @@ HTTP_STATUS_FOR_ERROR: dict[type[errors.TidalError], tuple[int, str]] = {
     errors.DataLossError: (500, "DATA_LOSS"),
     errors.UnauthenticatedError: (401, "UNAUTHENTICATED"),
     errors.PermissionDeniedError: (403, "PERMISSION_DENIED"),
+}
+
+
+# Errors raised by the framework itself (unknown route, wrong method, unparsable body), in the
+# same {"error": {code, message}} shape as the domain's.
+CODE_FOR_HTTP_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
 }
 
 
@@ -67,6 +83,14 @@ def create_app(control: Control, security: SecurityConfig | None = None) -> Fast
                     response.headers["WWW-Authenticate"] = "Bearer"
                 return response
         return _error(500, "UNKNOWN", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = CODE_FOR_HTTP_STATUS.get(exc.status_code, "INVALID_ARGUMENT" if exc.status_code < 500 else "UNKNOWN")
+        detail = exc.detail if exc.status_code != 400 else f"body: {exc.detail}"
+        response = _error(exc.status_code, code, str(detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _request_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,8 +4,9 @@ A spec's `model.name` may be "package.module:factory", and the spec comes from w
 submits the job: left open, any importable module would run its import-time code on every
 worker and shard. The operator names the packages that hold model code in
 TIDAL_MODEL_MODULES (comma-separated; a package allows its submodules). When it is set,
-any other module is refused; when unset, every importable module is allowed, as before
-(docs/security.md: set it on shared clusters).
+any other module is refused; set but empty, only the built-in models are allowed (what the
+compose stack and the Kubernetes manifests set); unset, every importable module is allowed
+(local experiments; docs/security.md: set it on shared clusters).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from tidal.config import SECURITY_ENV
 from tidal.core.errors import PermissionDeniedError
 
-ENV_MODEL_MODULES = "TIDAL_MODEL_MODULES"
+ENV_MODEL_MODULES = SECURITY_ENV["model_modules"]
 
 
 def allowed_prefixes(environ: Mapping[str, str]) -> tuple[str, ...] | None:

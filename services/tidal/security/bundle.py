@@ -8,10 +8,17 @@
   tokens.yaml                    the servers' token table (TIDAL_TOKENS_FILE)
   <identity>.token               each holder's bearer token (TIDAL_TOKEN_FILE)
 Private keys and tokens are written with mode 0600.
+
+`split_bundle` (`tidal certs --split`) then copies what each holder needs, and nothing else,
+into `<identity>/` (ca.crt, its own certificate, key and token; the coordinator's folder also
+gets tokens.yaml, which its REST API checks) and `public/ca.crt` (for a metrics scraper).
+Deployments mount one such folder per service (a compose volume, a Kubernetes Secret), so
+no service sees the CA's key or another holder's key.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +34,10 @@ DEFAULT_HOLDERS: tuple[tuple[str, str], ...] = (
     ("admin", "admin"),
 )
 TOKENS_FILE = "tokens.yaml"
+CA_CERT = "ca.crt"
+PUBLIC_DIR = "public"
+# Holders whose folder gets the token table: the servers that check bearer tokens (REST).
+TOKEN_CHECKERS = ("coordinator",)
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -71,3 +82,36 @@ def environment(out_dir: Path, name: str = "") -> dict[str, str]:
     if name:
         env |= {"TIDAL_TLS_NAME": name, "TIDAL_TOKEN_FILE": str(out_dir / f"{name}.token")}
     return env
+
+
+def bundle_exists(out_dir: Path, extra: Sequence[tuple[str, str]] = ()) -> bool:
+    """Everything `create_bundle` would write for these holders is there already."""
+    holders = [*DEFAULT_HOLDERS, *extra]
+    names = [CA_CERT, "ca.key", TOKENS_FILE] + [f"{i}{ext}" for _, i in holders for ext in (".crt", ".key", ".token")]
+    return all((out_dir / name).is_file() for name in names)
+
+
+def _copy(source: Path, target: Path, mode: int) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.touch(mode=mode)
+    tmp.chmod(mode)
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    return target
+
+
+def split_bundle(out_dir: Path, extra: Sequence[tuple[str, str]] = ()) -> list[Path]:
+    """Copies each holder's share of the bundle in `out_dir` into `out_dir/<identity>/`, and
+    ca.crt into `out_dir/public/` (see the module docstring); overwrites earlier copies."""
+    written: list[Path] = []
+    public = out_dir / PUBLIC_DIR
+    public.mkdir(exist_ok=True)
+    written.append(_copy(out_dir / CA_CERT, public / CA_CERT, 0o644))
+    for _, identity in dict.fromkeys([*DEFAULT_HOLDERS, *extra]):
+        folder = out_dir / identity
+        folder.mkdir(exist_ok=True)
+        written.append(_copy(out_dir / CA_CERT, folder / CA_CERT, 0o644))
+        written.append(_copy(out_dir / f"{identity}.crt", folder / f"{identity}.crt", 0o644))
+        for name in (f"{identity}.key", f"{identity}.token", *([TOKENS_FILE] if identity in TOKEN_CHECKERS else [])):
+            written.append(_copy(out_dir / name, folder / name, 0o600))
+    return written

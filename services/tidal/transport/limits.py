@@ -12,5 +12,11 @@ KEEPALIVE_TIMEOUT_MS = 5_000
 # A channel whose peer went away retries the connection at most this far apart (gRPC's own
 # default grows to 120 s): a restarted coordinator or shard is found again within a second.
 MAX_RECONNECT_BACKOFF_MS = 1_000
+# How long one connection attempt may take (TCP, TLS handshake, HTTP/2 SETTINGS) before gRPC
+# gives up on it. C-core takes it from `grpc.min_reconnect_backoff_ms`; at 100 ms, TLS
+# handshakes on a loaded host timed out ("connection attempt timed out before receiving
+# SETTINGS frame", grpc/grpc#33423) and failed a job in the compose smoke run. A refused
+# connection (peer restarting) still fails at once and is retried within the backoff above.
+MIN_CONNECT_TIMEOUT_MS = 10_000
 # How long a server lets in-flight calls finish on shutdown, in seconds.
 SHUTDOWN_GRACE_S = 5.0

@@ -16,6 +16,7 @@ from tidal.transport.limits import (
     KEEPALIVE_TIMEOUT_MS,
     MAX_MESSAGE_BYTES,
     MAX_RECONNECT_BACKOFF_MS,
+    MIN_CONNECT_TIMEOUT_MS,
 )
 from tidal.transport.tls import SecurityConfig
 
@@ -27,7 +28,7 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", MIN_CONNECT_TIMEOUT_MS),
     ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 
@@ -60,8 +61,8 @@ def create_server(
     elif security.ca_path is not None:
         raise InvalidArgumentError("TLS: a CA is configured but this server has no certificate (TIDAL_TLS_CERT)")
     else:
-        tls.warn_if_plaintext(security, f"gRPC ({address}) and HTTP")
         port = server.add_insecure_port(address)
+    tls.warn_if_plaintext(security, f"gRPC {address} and its HTTP")
     if port == 0:
         raise OSError(f"could not bind {address}")
     return server, port

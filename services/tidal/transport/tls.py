@@ -4,11 +4,16 @@
 certificate of our CA (mutual TLS), which bearer tokens a server accepts and which token
 a client sends. `create_server`, `create_channel` and `serve_asgi` read `current()`, so
 every server and channel of a process is secured the same way without threading the
-config through every call. Plaintext stays possible (it is today's default, see
-`SECURE_BY_DEFAULT` in tidal.security.defaults); a server without TLS logs one loud
-warning.
+config through every call.
 
-Variables (also in tidal.config.ENV):
+Secure by default: the CLI (`require_secure`) refuses to start a service without a
+certificate and a way to authenticate callers (mutual TLS or a token table), and a client
+command without a CA to verify the server, in one line naming what to set. Plaintext is for
+local experiments only and must be asked for (TIDAL_ALLOW_PLAINTEXT=1 or --allow-plaintext);
+it is then logged as a loud warning. Once any TLS variable is set, missing files are an
+error, never a silent fall back to plaintext.
+
+Variables (named in tidal.config.SECURITY_ENV):
   TIDAL_TLS_DIR + TIDAL_TLS_NAME  a folder made by `tidal certs`: ca.crt, NAME.crt, NAME.key
                                   (NAME defaults to the process's role)
   TIDAL_TLS_CA / _CERT / _KEY     explicit PEM files (bring your own PKI); they win over the folder
@@ -16,6 +21,7 @@ Variables (also in tidal.config.ENV):
                                   (default: the host dialled)
   TIDAL_TOKENS_FILE               server: JSON/YAML token table (core/tokens.py)
   TIDAL_TOKEN / TIDAL_TOKEN_FILE  client: the bearer token to send (the file form suits Secrets)
+  TIDAL_ALLOW_PLAINTEXT           1: run without TLS (local experiments only; logged loudly)
 """
 
 from __future__ import annotations
@@ -28,27 +34,48 @@ from pathlib import Path
 
 import grpc
 
-from tidal.core.errors import InvalidArgumentError
+from tidal.config import SECURITY_ENV
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.core.tokens import TokenTable
 
 log = logging.getLogger(__name__)
 
-ENV_TLS_DIR = "TIDAL_TLS_DIR"
-ENV_TLS_NAME = "TIDAL_TLS_NAME"
-ENV_TLS_CA = "TIDAL_TLS_CA"
-ENV_TLS_CERT = "TIDAL_TLS_CERT"
-ENV_TLS_KEY = "TIDAL_TLS_KEY"
-ENV_TLS_SERVER_NAME = "TIDAL_TLS_SERVER_NAME"
-ENV_TOKENS_FILE = "TIDAL_TOKENS_FILE"
-ENV_TOKEN = "TIDAL_TOKEN"
-ENV_TOKEN_FILE = "TIDAL_TOKEN_FILE"
-ENV_ALLOW_PLAINTEXT = "TIDAL_ALLOW_PLAINTEXT"
+ENV_TLS_DIR = SECURITY_ENV["tls_dir"]
+ENV_TLS_NAME = SECURITY_ENV["tls_name"]
+ENV_TLS_CA = SECURITY_ENV["tls_ca"]
+ENV_TLS_CERT = SECURITY_ENV["tls_cert"]
+ENV_TLS_KEY = SECURITY_ENV["tls_key"]
+ENV_TLS_SERVER_NAME = SECURITY_ENV["tls_server_name"]
+ENV_TOKENS_FILE = SECURITY_ENV["tokens_file"]
+ENV_TOKEN = SECURITY_ENV["token"]
+ENV_TOKEN_FILE = SECURITY_ENV["token_file"]
+ENV_ALLOW_PLAINTEXT = SECURITY_ENV["allow_plaintext"]
+# Setting any of these asks for TLS: then a missing certificate is an error, not plaintext.
+TLS_FILE_VARS = (ENV_TLS_DIR, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 PLAINTEXT_WARNING = (
-    "TLS is OFF: %s traffic is unauthenticated plaintext; anyone who can reach this port can submit jobs, "
-    "join as a worker and read or change parameters. Set TIDAL_TLS_DIR (see `tidal certs`) or "
-    "TIDAL_TLS_CA/TIDAL_TLS_CERT/TIDAL_TLS_KEY and TIDAL_TOKENS_FILE; docs/security.md"
+    "SECURITY IS OFF for %s (%s): anyone who can reach this port can submit jobs, join as a worker and read "
+    "or change parameters. For anything but a local experiment set TIDAL_TLS_DIR (see `tidal certs`) or "
+    "TIDAL_TLS_CA/TIDAL_TLS_CERT/TIDAL_TLS_KEY; docs/security.md"
 )
+HOW_TO_SECURE = (
+    "set TIDAL_TLS_DIR to a folder made by `tidal certs` (or TIDAL_TLS_CA, TIDAL_TLS_CERT and TIDAL_TLS_KEY); "
+    "for a local experiment only, set TIDAL_ALLOW_PLAINTEXT=1 or pass --allow-plaintext (docs/security.md)"
+)
+
+
+class InsecureConfigError(FailedPreconditionError):
+    """A process would run without transport security and nobody asked for that."""
+
+
+def parse_flag(environ: Mapping[str, str], var: str) -> bool:
+    value = environ.get(var, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidArgumentError(f"{var}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +88,11 @@ class SecurityConfig:
     server_name: str = ""
     tokens: TokenTable | None = None
     token: str = ""
+    # TIDAL_ALLOW_PLAINTEXT: the operator asked for no TLS (honoured only when no TLS
+    # variable is set: see `requested`).
+    allow_plaintext: bool = False
+    # Some TLS variable (folder or file) was set: TLS was asked for.
+    requested: bool = False
 
     def __post_init__(self) -> None:
         if (self.cert_path is None) != (self.key_path is None):
@@ -141,6 +173,8 @@ class SecurityConfig:
             server_name=environ.get(ENV_TLS_SERVER_NAME, ""),
             tokens=tokens,
             token=token,
+            allow_plaintext=parse_flag(environ, ENV_ALLOW_PLAINTEXT),
+            requested=any(environ.get(var, "") for var in TLS_FILE_VARS),
         )
 
 
@@ -161,6 +195,39 @@ def current() -> SecurityConfig:
     return _current
 
 
+def insecure_reason(config: SecurityConfig, server: bool) -> str:
+    """Why a server (or client) with `config` would run without transport security; "" if it would not.
+    A server needs a certificate and a way to authenticate callers (mutual TLS or tokens);
+    a client needs a CA to verify the server with."""
+    if server:
+        if not config.tls:
+            return "no TLS certificate and key"
+        if not config.auth_required:
+            return "TLS without client authentication (no CA for mutual TLS, no TIDAL_TOKENS_FILE)"
+        return ""
+    if config.ca_path is None:
+        return "no TLS CA to verify the server with"
+    return ""
+
+
+def require_secure(config: SecurityConfig, what: str, server: bool) -> None:
+    """Refuses (InsecureConfigError, one line naming what to set) a process that would run
+    without transport security unless plaintext was asked for explicitly."""
+    reason = insecure_reason(config, server)
+    if not reason:
+        return
+    if config.requested:
+        raise InsecureConfigError(
+            f"{what}: {reason}, although TLS was asked for ({'/'.join(TLS_FILE_VARS)} is set): a TIDAL_TLS_DIR "
+            f"folder needs ca.crt and <name>.crt/.key, the name being TIDAL_TLS_NAME or the process's role"
+        )
+    if not config.allow_plaintext:
+        raise InsecureConfigError(f"{what}: {reason}; {HOW_TO_SECURE}")
+    # Allowed. Servers say it loudly as they bind (create_server: warn_if_plaintext); a plaintext
+    # client can only reach such a server, and keeps its stderr for its one-line errors.
+
+
 def warn_if_plaintext(config: SecurityConfig, what: str) -> None:
-    if not config.tls:
-        log.warning(PLAINTEXT_WARNING, what)
+    """The servers' loud line, logged whenever one starts without TLS or authentication."""
+    if reason := insecure_reason(config, server=True):
+        log.warning(PLAINTEXT_WARNING, what, reason)
