@@ -90,8 +90,11 @@ def test_reaches_target_accuracy_on_seattle_weather(cluster: LocalCluster, mode:
     if mode == "sync":
         assert final.samples == 150 * 2 * 32
     else:
-        # Async stops when the shards reach 300 updates; workers in flight may add one each.
-        assert 300 * 32 <= final.samples <= (300 + 1) * 32
+        # Async stops when the shards reach 300 updates. Each worker may have one exchange in
+        # flight as they do, and it goes on while the shard it heard from last is behind (the
+        # shards see concurrent pushes in different orders): up to one extra step per worker
+        # (302 x 32 seen in CI).
+        assert 300 * 32 <= final.samples <= (300 + 2) * 32
     # Intermediate evaluations by rank 0 plus the final one.
     assert len(final.evals) >= 2
     if mode == "async":
