@@ -71,11 +71,13 @@ async def drive(args: argparse.Namespace) -> None:
     links = [
         ShardLink(
             a.job_id, a.worker_id, a.membership_epoch, i, addr, a.shard_map, params, a.spec.step_timeout_s,
-            params_wire_dtype(a.spec.compression),
+            params_wire_dtype(a.spec.compression), shared_memory=args.transport == "shared_memory",
         )
         for i, addr in enumerate(a.shard_addresses)
     ]
     await asyncio.gather(*(link.open() for link in links))
+    if args.transport == "shared_memory" and not all(link.shared_memory for link in links):
+        raise SystemExit("bench driver: a shard declined shared memory (TIDAL_SHARED_MEMORY=off there?)")
     await asyncio.gather(*(link.pull(0) for link in links))
     clock = 0
 
@@ -130,6 +132,10 @@ def main() -> None:
     parser.add_argument("--window", action="store_true", help="count rounds in a window the bench sends on stdin")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--wire", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument(
+        "--transport", choices=["grpc", "shared_memory"], default="grpc",
+        help="how tensors travel: inline in the gRPC messages, or through /dev/shm (transport/shm.py)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
     if not args.rounds and not args.window:

@@ -94,11 +94,23 @@ def _service_setup(role: str, log_level: str, threads: int, allow_plaintext: boo
     from tidal.transport.process import setup_logging, tune_malloc  # noqa: PLC0415
 
     _install_security(role, allow_plaintext, server=True)
+    if role in ("shard", "worker"):
+        _check_shared_memory_setting()
     setup_logging(role, log_level)
     tune_malloc()
     torch.set_num_threads(threads)
     # `_created` series double every counter's cardinality and no dashboard uses them.
     disable_created_metrics()
+
+
+def _check_shared_memory_setting() -> None:
+    from tidal.transport import shm  # noqa: PLC0415
+
+    try:
+        shm.enabled()
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -26,6 +26,9 @@ ENV = {
     # inside its N-th checkpoint write (core/checkpoint.py)
     "checkpoint_fault": "TIDAL_CHECKPOINT_FAULT",
     "malloc_tuning": "TIDAL_MALLOC_TUNING",  # 0 leaves glibc malloc at its defaults (transport/process.py)
+    # worker, shard: "auto" moves tensors through /dev/shm when both run on one host, "off" never
+    # (transport/shm.py)
+    "shared_memory": "TIDAL_SHARED_MEMORY",
     # One-job deployments (Kubernetes, smoke runs): see coordinator/one_job.py.
     "job_file": "TIDAL_JOB_FILE",  # coordinator: job spec to submit at start
     "exit_when_done": "TIDAL_EXIT_WHEN_DONE",  # coordinator: exit once that job ended and its members left

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,10 @@ import torch
 from tidal.core.plan import job_dataset, job_model, job_shard_map
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, parse_job_spec
+from tidal.launcher import LocalCluster
 from tidal.transport import serde
+from tidal.transport.server import create_channel
+from tidal.transport.session import MemberSession
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
@@ -105,5 +112,52 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def exchange_streams(cluster: LocalCluster, shard: str, transport: str) -> float:
+    """Exchange streams the shard `shard` opened with tensors travelling by `transport`
+    (shared_memory or grpc), for its current or last job, from its /metrics page."""
+    with urllib.request.urlopen(cluster.metrics_url(shard), timeout=10) as reply:
+        text = reply.read().decode()
+    found = re.findall(rf'tidal_shard_exchange_streams_total{{[^}}]*transport="{transport}"[^}}]*}} (\S+)', text)
+    return sum(float(v) for v in found)
+
+
 def run_async(coro: Any, timeout_s: float = 60.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+async def exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> list[shard_pb.ExchangeResponse]:
+    """Sends the requests on one Exchange stream and reads until the shard ends it."""
+    async with create_channel(address) as channel:
+        call = shard_grpc.ParameterShardStub(channel).Exchange()
+        for request in requests:
+            await call.write(request)
+        await call.done_writing()
+        return [reply async for reply in call]
+
+
+async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: Callable[[dict[str, Any]], Any]) -> Any:
+    """Registers as a worker, submits `spec` (one worker), waits for the assignment, runs `body`
+    with what the assignment says (job_id, worker_id, epoch, shard, shard_map), cancels the job."""
+    session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, name="test-worker")
+    await session.register(10)
+    commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
+    session_task = asyncio.create_task(session.run(commands.put))
+    async with create_channel(cluster.coordinator_address) as channel:
+        stub = coord_grpc.CoordinatorStub(channel)
+        job = (await stub.SubmitJob(coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)), timeout=30)).job
+        try:
+            while (msg := await asyncio.wait_for(commands.get(), 30)).WhichOneof("kind") != "assign_worker":
+                pass
+            assign = msg.assign_worker
+            ctx = {
+                "job_id": assign.job_id,
+                "worker_id": session.member_id,
+                "epoch": assign.membership_epoch,
+                "shard": assign.shard_addresses[0],
+                "shard_map": serde.shard_map_from_proto(assign.shard_map),
+            }
+            return await body(ctx)
+        finally:
+            await stub.CancelJob(coord_pb.CancelJobRequest(job_id=job.job_id), timeout=10)
+            session_task.cancel()
+            await session.close()

@@ -3,8 +3,6 @@ message naming the field, and parameters that stay bit-for-bit unchanged."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,17 +10,12 @@ import grpc
 import pytest
 import torch
 
-from tests.integration.helpers import read_parameters, run_async
+from tests.integration.helpers import as_assigned_worker, exchange, read_parameters, run_async
 from tidal.core.shard_map import ShardMap
 from tidal.launcher import LocalCluster
-from tidal.transport import serde
-from tidal.transport.server import create_channel
-from tidal.transport.session import MemberSession
+from tidal.transport import serde, shm
 from tidal.v1 import common_pb2 as common_pb
-from tidal.v1 import coordinator_pb2 as coord_pb
-from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 from tidal.v1 import shard_pb2 as shard_pb
-from tidal.v1 import shard_pb2_grpc as shard_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +54,16 @@ def _gradient_chunks(shard_map: ShardMap, fill: float = 0.5) -> list[common_pb.T
     return list(serde.slice_to_chunks(grad, shard_map.segments(0), 0))
 
 
+def _offer(ctx: dict[str, Any], **changes: Any) -> shard_pb.SharedMemoryOffer:
+    """A well-formed offer of segments that do not exist (as from another host), then `changes`."""
+    size = shm.HEADER_BYTES + 4 * ctx["shard_map"].total_elements
+    fields = {
+        "push_segment": "tidal-" + "0" * 32, "params_segment": "tidal-" + "1" * 32,
+        "push_segment_bytes": size, "params_segment_bytes": size, "token": b"t" * shm.TOKEN_BYTES, **changes,
+    }  # fmt: skip
+    return shard_pb.SharedMemoryOffer(**fields)
+
+
 def _with_first_chunk(ctx: dict[str, Any], **changes: Any) -> list[shard_pb.ExchangeRequest]:
     chunks = _gradient_chunks(ctx["shard_map"])
     first = chunks[0]
@@ -68,6 +71,8 @@ def _with_first_chunk(ctx: dict[str, Any], **changes: Any) -> list[shard_pb.Exch
         if key == "shape":
             del first.shape[:]
             first.shape.extend(value)
+        elif key == "shared":
+            first.shared.CopyFrom(value)
         else:
             setattr(first, key, value)
     return [_open(ctx), _push(ctx, chunks)]
@@ -123,49 +128,32 @@ CASES: dict[str, tuple[Mutation, grpc.StatusCode, str]] = {
         "worker_id",
     ),
     "unknown job": (lambda c: [_open(c, job_id="other-job")], grpc.StatusCode.FAILED_PRECONDITION, "job_id"),
+    "shared region on a stream without shared memory": (
+        lambda c: _with_first_chunk(c, data=b"", shared=common_pb.SharedRegion(offset=64, length=64)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "push.chunks[0].shared",
+    ),
+    "shared memory offer with a path for a name": (
+        lambda c: [_open(c, shared_memory=_offer(c, push_segment="../../etc/passwd"))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "open.shared_memory.push_segment",
+    ),
+    "shared memory offer with a short token": (
+        lambda c: [_open(c, shared_memory=_offer(c, token=b"abc"))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "open.shared_memory.token",
+    ),
+    "shared memory offer smaller than the slice": (
+        lambda c: [_open(c, shared_memory=_offer(c, params_segment_bytes=64))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "open.shared_memory.params_segment_bytes",
+    ),
     "no open message first": (
         lambda c: [_push(c, _gradient_chunks(c["shard_map"]))],
         grpc.StatusCode.INVALID_ARGUMENT,
         "open",
     ),
 }
-
-
-async def _exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> list[shard_pb.ExchangeResponse]:
-    """Sends the requests on one Exchange stream and reads until the shard ends it."""
-    async with create_channel(address) as channel:
-        call = shard_grpc.ParameterShardStub(channel).Exchange()
-        for request in requests:
-            await call.write(request)
-        await call.done_writing()
-        return [reply async for reply in call]
-
-
-async def _as_assigned_worker(cluster: LocalCluster, body: Callable[[dict[str, Any]], Any]) -> Any:
-    """Registers as a worker, submits the job, waits for the assignment, runs `body`, cancels."""
-    session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, name="test-worker")
-    await session.register(10)
-    commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
-    session_task = asyncio.create_task(session.run(commands.put))
-    async with create_channel(cluster.coordinator_address) as channel:
-        stub = coord_grpc.CoordinatorStub(channel)
-        job = (await stub.SubmitJob(coord_pb.SubmitJobRequest(spec_json=json.dumps(SPEC)), timeout=30)).job
-        try:
-            while (msg := await asyncio.wait_for(commands.get(), 30)).WhichOneof("kind") != "assign_worker":
-                pass
-            assign = msg.assign_worker
-            ctx = {
-                "job_id": assign.job_id,
-                "worker_id": session.member_id,
-                "epoch": assign.membership_epoch,
-                "shard": assign.shard_addresses[0],
-                "shard_map": serde.shard_map_from_proto(assign.shard_map),
-            }
-            return await body(ctx)
-        finally:
-            await stub.CancelJob(coord_pb.CancelJobRequest(job_id=job.job_id), timeout=10)
-            session_task.cancel()
-            await session.close()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -175,14 +163,14 @@ def test_bad_push_is_refused_and_changes_nothing(lone_shard: LocalCluster, case:
     async def body(ctx: dict[str, Any]) -> None:
         before, _ = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
         with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await _exchange(ctx["shard"], mutate(ctx))
+            await exchange(ctx["shard"], mutate(ctx))
         assert failure.value.code() == code, failure.value.details()
         assert field in failure.value.details()
         after, versions = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
         assert versions == [0]
         assert torch.equal(before.view(torch.int32), after.view(torch.int32)), "parameters changed"
 
-    run_async(_as_assigned_worker(lone_shard, body))
+    run_async(as_assigned_worker(lone_shard, SPEC, body))
 
 
 def test_valid_push_is_applied_once_and_duplicates_are_not(lone_shard: LocalCluster) -> None:
@@ -191,7 +179,7 @@ def test_valid_push_is_applied_once_and_duplicates_are_not(lone_shard: LocalClus
     async def body(ctx: dict[str, Any]) -> None:
         before, _ = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
         push = _push(ctx, _gradient_chunks(ctx["shard_map"]))
-        replies = await _exchange(ctx["shard"], [_open(ctx), push])
+        replies = await exchange(ctx["shard"], [_open(ctx), push])
         kinds = [r.WhichOneof("kind") for r in replies]
         assert kinds[:2] == ["opened", "ack"] and set(kinds[2:]) == {"params"}
         assert replies[1].ack.outcome == shard_pb.PUSH_OUTCOME_APPLIED
@@ -200,9 +188,9 @@ def test_valid_push_is_applied_once_and_duplicates_are_not(lone_shard: LocalClus
         # SGD with lr 0.05 on a constant gradient of 0.5 moves every parameter by -0.025.
         torch.testing.assert_close(after, before - 0.025)
         # The same push id again (a retry) is acknowledged as a duplicate and not applied.
-        retry = await _exchange(ctx["shard"], [_open(ctx), _push(ctx, _gradient_chunks(ctx["shard_map"]))])
+        retry = await exchange(ctx["shard"], [_open(ctx), _push(ctx, _gradient_chunks(ctx["shard_map"]))])
         assert retry[1].ack.outcome == shard_pb.PUSH_OUTCOME_DUPLICATE
         again, versions = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
         assert versions == [1] and torch.equal(again, after)
 
-    run_async(_as_assigned_worker(lone_shard, body))
+    run_async(as_assigned_worker(lone_shard, SPEC, body))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.integration.helpers import plan, read_parameters, run_job, shard_addresses
+from tests.integration.helpers import exchange_streams, plan, read_parameters, run_job, shard_addresses
 from tidal.core.datasets import batch_indices, load_dataset, partition_indices
 from tidal.core.models import build_model
 from tidal.launcher import LocalCluster
@@ -48,9 +49,22 @@ def reference_parameters(spec: dict[str, Any], optimizer_steps: int, world_size:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def test_sync_two_workers_two_shards_equals_mean_gradient_sgd(cluster: LocalCluster) -> None:
+@pytest.fixture(scope="module")
+def inline_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Like `cluster`, with TIDAL_SHARED_MEMORY=off: tensors travel inline in the gRPC
+    messages, as between hosts (`cluster` moves them through shared memory)."""
+    env = {"TIDAL_SHARED_MEMORY": "off"}
+    with LocalCluster(tmp_path_factory.mktemp("inline"), num_shards=2, worker_slowdowns=(1.0, 1.0), env=env) as c:
+        yield c
+
+
+@pytest.mark.parametrize("transport", ["shared_memory", "grpc"])
+def test_sync_two_workers_two_shards_equals_mean_gradient_sgd(request: pytest.FixtureRequest, transport: str) -> None:
+    cluster: LocalCluster = request.getfixturevalue("cluster" if transport == "shared_memory" else "inline_cluster")
     spec = {**BASE, "name": "exact-sync", "mode": "sync", "num_workers": 2, "steps": 25}
     final = run_job(cluster.coordinator_address, spec)
+    for shard in ("shard-0", "shard-1"):  # both workers' streams took the path under test
+        assert exchange_streams(cluster, shard, transport) >= 2
     _, _, shard_map = plan(spec)
     params, versions = read_parameters(shard_addresses(cluster.coordinator_address), final.job_id, shard_map)
     assert versions == [25, 25]
@@ -62,9 +76,12 @@ def test_sync_two_workers_two_shards_equals_mean_gradient_sgd(cluster: LocalClus
     assert (params - initial).abs().max() > 1e-2
 
 
-def test_async_one_worker_equals_sequential_sgd(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("transport", ["shared_memory", "grpc"])
+def test_async_one_worker_equals_sequential_sgd(request: pytest.FixtureRequest, transport: str) -> None:
+    cluster: LocalCluster = request.getfixturevalue("cluster" if transport == "shared_memory" else "inline_cluster")
     spec = {**BASE, "name": "exact-async", "mode": "async", "num_workers": 1, "steps": 30}
     final = run_job(cluster.coordinator_address, spec)
+    assert exchange_streams(cluster, "shard-0", transport) >= 1
     assert final.staleness_max == 0
     _, _, shard_map = plan(spec)
     params, versions = read_parameters(shard_addresses(cluster.coordinator_address), final.job_id, shard_map)

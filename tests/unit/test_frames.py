@@ -31,11 +31,13 @@ def _chunks(draw: st.DrawFn) -> common_pb.TensorChunk:
         data=draw(_payload),
         indices=draw(_payload),
         span=draw(_int64),
+        shared=draw(st.none() | st.builds(common_pb.SharedRegion, offset=_uint64, length=_uint64)),
     )
 
 
 def _encode_chunk(c: common_pb.TensorChunk) -> frames.Encoded:
-    return frames.encode_chunk(c.name, c.dtype, list(c.shape), c.offset, c.data, c.indices, c.span)
+    shared = (c.shared.offset, c.shared.length) if c.HasField("shared") else None
+    return frames.encode_chunk(c.name, c.dtype, list(c.shape), c.offset, c.data, c.indices, c.span, shared)
 
 
 def _same_chunk(view: frames.ChunkView, msg: common_pb.TensorChunk) -> None:
@@ -45,6 +47,7 @@ def _same_chunk(view: frames.ChunkView, msg: common_pb.TensorChunk) -> None:
     assert (view.offset, view.span) == (msg.offset, msg.span)
     assert bytes(view.data) == msg.data
     assert bytes(view.indices) == msg.indices
+    assert view.shared == ((msg.shared.offset, msg.shared.length) if msg.HasField("shared") else None)
 
 
 @settings(max_examples=150, deadline=None)

@@ -140,7 +140,7 @@ class CompressionSpec(_Strict):
 
     # fp16 / bf16 halve the bytes on the wire; topk sends the largest `topk_ratio` of each
     # shard's entries (values + int32 positions) and keeps the rest on the worker as error
-    # feedback. Parameters always travel in full precision.
+    # feedback. Parameters travel down as held, except under bf16: rounded to bf16 too.
     codec: Literal["none", "fp16", "bf16", "topk"] = "none"
     topk_ratio: float = Field(0.01, gt=0, le=1)
 

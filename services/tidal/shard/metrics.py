@@ -11,6 +11,8 @@ LABELS = ["tidal_job", "mode", "shard"]
 # Staleness is counted in versions: small integers with a long tail under stragglers.
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 CONSISTENCY_SETTINGS = ("backup_workers", "staleness_bound")
+# How an Exchange stream's tensors travel (transport/shm.py).
+TRANSPORTS = ("shared_memory", "grpc")
 REJECT_REASONS = ("stale", "late", "duplicate", "non_finite", "bad_input")
 REASON_FOR_OUTCOME = {
     PushOutcome.DUPLICATE: "duplicate",
@@ -65,6 +67,13 @@ class ShardMetrics:
             "tidal_shard_received_bytes_total", "Data-plane bytes received.", LABELS, registry=registry
         )
         self.sent = Counter("tidal_shard_sent_bytes_total", "Data-plane bytes sent.", LABELS, registry=registry)
+        self.streams = Counter(
+            "tidal_shard_exchange_streams_total",
+            "Exchange streams opened by workers, by how their tensors travel "
+            "(transport: shared_memory on one host, grpc inline in the messages).",
+            [*LABELS, "transport"],
+            registry=registry,
+        )
         self.consistency = Gauge(
             "tidal_shard_consistency_setting",
             "The consistency settings in force (mode auto tunes them), by setting "
@@ -103,6 +112,7 @@ class JobShardMetrics:
         self.optimizer_bytes = f.held_bytes.labels(*labels, "optimizer")
         self.received = f.received.labels(*labels)
         self.sent = f.sent.labels(*labels)
+        self.streams = {transport: f.streams.labels(*labels, transport) for transport in TRANSPORTS}
         self.settings = {name: f.consistency.labels(*labels, name) for name in CONSISTENCY_SETTINGS}
         self.decisions = f.decisions.labels(*labels)
 
@@ -134,3 +144,5 @@ class JobShardMetrics:
             f.rejected.remove(*self.labels, reason)
         for kind in ("parameters", "optimizer"):
             f.held_bytes.remove(*self.labels, kind)
+        for transport in TRANSPORTS:
+            f.streams.remove(*self.labels, transport)

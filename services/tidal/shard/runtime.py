@@ -26,7 +26,7 @@ from tidal.core.policy import AutoPolicy
 from tidal.core.shard_state import PushOutcome, PushResult, ShardState
 from tidal.core.spec import Mode
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
-from tidal.transport import frames, serde
+from tidal.transport import frames, serde, shm
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +201,21 @@ class ShardRuntime:
         if self.closed_reason:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
 
-    def serve(self, worker_id: str) -> list[bytes]:
+    def serve(self, worker_id: str, shared: shm.SharedStream | None = None) -> list[bytes]:
         """The current parameters for `worker_id`, in the job's parameter wire dtype (bf16 when
-        the job compresses with bf16), noting what it will train on (DC-ASGD); cached per
-        version, so W workers waiting for the same version cost one encoding."""
+        the job compresses with bf16), noting what it will train on (DC-ASGD). Inline, they are
+        cached per version, so W workers waiting for the same version cost one encoding; on a
+        stream with shared memory they are copied into its segment and the message says where."""
         self.state.served(worker_id, now=time.monotonic())
         version = self.state.version
+        if shared is not None:
+            flat = self.state.params.detach()
+            dtype = self._wire or flat.dtype
+            shared.params.tensor(dtype, flat.numel()).copy_(flat)
+            chunks = serde.shared_chunks(dtype, self.state.segments, self.range_start)
+            message = frames.encode_params(version, chunks, True)
+            self.metrics.sent.inc(flat.numel() * dtype.itemsize + len(message))
+            return [message]
         if self._cache is None or self._cache[0] != version:
             # Dropped first: the previous version's messages are not kept alive by the cache
             # while the new ones are encoded.

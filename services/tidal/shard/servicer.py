@@ -11,7 +11,7 @@ import torch
 from tidal.core.compression import wire_dtype
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.shard.runtime import ShardRuntime
-from tidal.transport import frames
+from tidal.transport import frames, shm
 from tidal.transport.errors import translate_errors
 from tidal.transport.guard import require_member
 from tidal.transport.serde import SliceAssembler
@@ -60,8 +60,10 @@ class Runtimes(Protocol):
 
 
 class ShardServicer(shard_grpc.ParameterShardServicer):
-    def __init__(self, runtimes: Runtimes) -> None:
+    def __init__(self, runtimes: Runtimes, shared_memory: bool | None = None) -> None:
         self._runtimes = runtimes
+        # Accept workers' offers of shared memory (None: as TIDAL_SHARED_MEMORY says).
+        self._shared_memory = shm.enabled() if shared_memory is None else shared_memory
 
     def _runtime(self, job_id: str, running: bool = True) -> ShardRuntime:
         if running and self._runtimes.draining:
@@ -91,11 +93,18 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         if opened.last_version or opened.completed_pushes:
             self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
         start, end = state.shard_map.ranges[state.shard_index]
+        # A worker on this host may have offered shared memory for the payloads (transport/shm.py).
+        shared: shm.SharedStream | None = None
+        if opened.HasField("shared_memory") and self._shared_memory:
+            payload_bytes = state.params.numel() * state.params.element_size()
+            shared = shm.SharedStream.accept(opened.shared_memory, payload_bytes, "open.shared_memory")
+        runtime.metrics.streams["shared_memory" if shared else "grpc"].inc()
         yield shard_pb.ExchangeResponse(
             opened=shard_pb.ExchangeOpened(
                 shard_index=state.shard_index,
                 version=state.version,
                 range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
+                shared_memory=shared is not None,
             )
         )
         timeout_s = state.spec.step_timeout_s
@@ -111,7 +120,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                 kind = request.kind
                 if kind == "pull":
                     await self._wait_for_version(runtime, request.body.min_version, timeout_s)
-                    for params in runtime.serve(opened.worker_id):
+                    for params in runtime.serve(opened.worker_id, shared):
                         yield params
                 elif kind == "push":
                     push = request.body
@@ -125,6 +134,8 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                     chunks += 1
                     try:
                         _check_continuation(push, pending, chunks)
+                        in_shared = shm.resolve(push.chunks, shared.push if shared else None, "push.chunks")
+                        runtime.metrics.received.inc(in_shared)
                         assembler.add(push.chunks)
                         grad = assembler.finish() if push.last else None
                     except InvalidArgumentError:
@@ -160,13 +171,15 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
                     )
                     pending = assembler = None
                     await self._wait_for_version(runtime, result.serve_version, timeout_s)
-                    for params in runtime.serve(opened.worker_id):
+                    for params in runtime.serve(opened.worker_id, shared):
                         yield params
                 else:
                     raise InvalidArgumentError(f"kind: unexpected message {kind!r} on an open Exchange stream")
         finally:
             # A push refused, or a stream that broke or was cancelled in the middle of one.
             runtime.scratch.give_back(scratch)
+            if shared is not None:
+                shared.close()
 
     async def _wait_for_version(self, runtime: ShardRuntime, version: int, timeout_s: float) -> None:
         try:

@@ -100,8 +100,10 @@ def encode_chunk(
     data: memoryview | bytes,
     indices: memoryview | bytes = b"",
     span: int = 0,
+    shared: tuple[int, int] | None = None,
 ) -> Encoded:
-    """A TensorChunk; `data` and `indices` are referenced, not copied."""
+    """A TensorChunk; `data` and `indices` are referenced, not copied. `shared` is the
+    (offset, length) of a payload in shared memory, sent instead of `data`."""
     chunk = Encoded()
     raw_name = name.encode()
     if raw_name:
@@ -116,6 +118,10 @@ def encode_chunk(
     if len(indices):
         chunk.add(_len_prefix(6, len(indices)), indices)
     chunk.add(_int_field(7, span))
+    if shared is not None:
+        region = Encoded()
+        region.add(_int_field(1, shared[0]), _int_field(2, shared[1]))
+        chunk.nested(8, region)
     return chunk
 
 
@@ -226,7 +232,8 @@ def _text(value: memoryview) -> str:
 @dataclass(slots=True)
 class ChunkView:
     """A received TensorChunk (same field names); `data` and `indices` are views of the
-    message's bytes."""
+    message's bytes. `shared` is the SharedRegion as (offset, length), None if absent; the
+    receiver resolves it into `data` (transport/shm.py)."""
 
     name: str = ""
     dtype: int = 0
@@ -235,6 +242,7 @@ class ChunkView:
     data: memoryview = _EMPTY
     indices: memoryview = _EMPTY
     span: int = 0
+    shared: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -292,7 +300,19 @@ def _chunk(buf: memoryview) -> ChunkView:
             chunk.indices = value
         elif number == 7 and wire_type == _VARINT:
             chunk.span = _signed(value)
+        elif number == 8 and wire_type == _LEN:
+            chunk.shared = _region(value)
     return chunk
+
+
+def _region(buf: memoryview) -> tuple[int, int]:
+    offset = length = 0
+    for number, wire_type, value in _fields(buf):
+        if number == 1 and wire_type == _VARINT:
+            offset = value
+        elif number == 2 and wire_type == _VARINT:
+            length = value
+    return offset, length
 
 
 def _push(buf: memoryview) -> PushView:

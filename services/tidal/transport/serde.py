@@ -20,7 +20,7 @@ import torch
 
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_map import Segment, ShardMap, TensorInfo
-from tidal.transport import frames
+from tidal.transport import frames, shm
 from tidal.transport.limits import CHUNK_BYTES
 from tidal.v1 import common_pb2 as common_pb
 
@@ -143,6 +143,17 @@ def encoded_chunks(
         picked = sparse[first:last]
         data, indices = _as_bytes(flat[picked]), _as_bytes((picked - start).to(torch.int32))
         yield frames.encode_chunk(seg.name, dtype, seg.shape, offset, data, indices, length)
+
+
+def shared_chunks(dtype: torch.dtype, segments: Sequence[Segment], range_start: int) -> list[frames.Encoded]:
+    """One chunk per tensor segment of a shard's slice, its payload in a shared-memory segment
+    that holds the slice in `dtype` right after the header (transport/shm.py)."""
+    code, size = dtype_to_proto(dtype), dtype.itemsize
+    chunks = []
+    for seg in segments:
+        region = (shm.HEADER_BYTES + (seg.flat_start - range_start) * size, seg.length * size)
+        chunks.append(frames.encode_chunk(seg.name, code, seg.shape, seg.tensor_offset, b"", shared=region))
+    return chunks
 
 
 def group_encoded(chunks: Iterable[frames.Encoded], max_bytes: int = CHUNK_BYTES) -> Iterator[list[frames.Encoded]]:

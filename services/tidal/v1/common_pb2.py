@@ -24,27 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tidal/v1/common.proto\x12\x08tidal.v1\"\x87\x01\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0f.tidal.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0f\n\x07indices\x18\x06 \x01(\x0c\x12\x0c\n\x04span\x18\x07 \x01(\x03\"I\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x1e\n\x05\x64type\x18\x03 \x01(\x0e\x32\x0f.tidal.v1.DType\"7\n\nShardRange\x12\r\n\x05shard\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\"W\n\x08ShardMap\x12%\n\x07tensors\x18\x01 \x03(\x0b\x32\x14.tidal.v1.TensorSpec\x12$\n\x06ranges\x18\x02 \x03(\x0b\x32\x14.tidal.v1.ShardRange*k\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04*=\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_WORKER\x10\x01\x12\x0e\n\nROLE_SHARD\x10\x02*\x8d\x01\n\x0bMemberState\x12\x1c\n\x18MEMBER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMBER_STATE_IDLE\x10\x01\x12\x19\n\x15MEMBER_STATE_ASSIGNED\x10\x02\x12\x17\n\x13MEMBER_STATE_FAILED\x10\x03\x12\x15\n\x11MEMBER_STATE_LEFT\x10\x04*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tidal/v1/common.proto\x12\x08tidal.v1\"\xaf\x01\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0f.tidal.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0f\n\x07indices\x18\x06 \x01(\x0c\x12\x0c\n\x04span\x18\x07 \x01(\x03\x12&\n\x06shared\x18\x08 \x01(\x0b\x32\x16.tidal.v1.SharedRegion\".\n\x0cSharedRegion\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"I\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x1e\n\x05\x64type\x18\x03 \x01(\x0e\x32\x0f.tidal.v1.DType\"7\n\nShardRange\x12\r\n\x05shard\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\"W\n\x08ShardMap\x12%\n\x07tensors\x18\x01 \x03(\x0b\x32\x14.tidal.v1.TensorSpec\x12$\n\x06ranges\x18\x02 \x03(\x0b\x32\x14.tidal.v1.ShardRange*k\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04*=\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_WORKER\x10\x01\x12\x0e\n\nROLE_SHARD\x10\x02*\x8d\x01\n\x0bMemberState\x12\x1c\n\x18MEMBER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMBER_STATE_IDLE\x10\x01\x12\x19\n\x15MEMBER_STATE_ASSIGNED\x10\x02\x12\x17\n\x13MEMBER_STATE_FAILED\x10\x03\x12\x15\n\x11MEMBER_STATE_LEFT\x10\x04*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidal.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=394
-  _globals['_DTYPE']._serialized_end=501
-  _globals['_ROLE']._serialized_start=503
-  _globals['_ROLE']._serialized_end=564
-  _globals['_MEMBERSTATE']._serialized_start=567
-  _globals['_MEMBERSTATE']._serialized_end=708
-  _globals['_JOBSTATE']._serialized_start=711
-  _globals['_JOBSTATE']._serialized_end=866
+  _globals['_DTYPE']._serialized_start=482
+  _globals['_DTYPE']._serialized_end=589
+  _globals['_ROLE']._serialized_start=591
+  _globals['_ROLE']._serialized_end=652
+  _globals['_MEMBERSTATE']._serialized_start=655
+  _globals['_MEMBERSTATE']._serialized_end=796
+  _globals['_JOBSTATE']._serialized_start=799
+  _globals['_JOBSTATE']._serialized_end=954
   _globals['_TENSORCHUNK']._serialized_start=36
-  _globals['_TENSORCHUNK']._serialized_end=171
-  _globals['_TENSORSPEC']._serialized_start=173
-  _globals['_TENSORSPEC']._serialized_end=246
-  _globals['_SHARDRANGE']._serialized_start=248
-  _globals['_SHARDRANGE']._serialized_end=303
-  _globals['_SHARDMAP']._serialized_start=305
-  _globals['_SHARDMAP']._serialized_end=392
+  _globals['_TENSORCHUNK']._serialized_end=211
+  _globals['_SHAREDREGION']._serialized_start=213
+  _globals['_SHAREDREGION']._serialized_end=259
+  _globals['_TENSORSPEC']._serialized_start=261
+  _globals['_TENSORSPEC']._serialized_end=334
+  _globals['_SHARDRANGE']._serialized_start=336
+  _globals['_SHARDRANGE']._serialized_end=391
+  _globals['_SHARDMAP']._serialized_start=393
+  _globals['_SHARDMAP']._serialized_end=480
 # @@protoc_insertion_point(module_scope)

@@ -34,18 +34,34 @@ class ExchangeRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpen(_message.Message):
-    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes")
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     membership_epoch: int
     last_version: int
     completed_pushes: int
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ...) -> None: ...
+    shared_memory: SharedMemoryOffer
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ...) -> None: ...
+
+class SharedMemoryOffer(_message.Message):
+    __slots__ = ("push_segment", "params_segment", "push_segment_bytes", "params_segment_bytes", "token")
+    PUSH_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    PUSH_SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    push_segment: str
+    params_segment: str
+    push_segment_bytes: int
+    params_segment_bytes: int
+    token: bytes
+    def __init__(self, push_segment: _Optional[str] = ..., params_segment: _Optional[str] = ..., push_segment_bytes: _Optional[int] = ..., params_segment_bytes: _Optional[int] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class Pull(_message.Message):
     __slots__ = ("min_version",)
@@ -82,14 +98,16 @@ class ExchangeResponse(_message.Message):
     def __init__(self, opened: _Optional[_Union[ExchangeOpened, _Mapping]] = ..., ack: _Optional[_Union[PushAck, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpened(_message.Message):
-    __slots__ = ("shard_index", "version", "range")
+    __slots__ = ("shard_index", "version", "range", "shared_memory")
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RANGE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     shard_index: int
     version: int
     range: _common_pb2.ShardRange
-    def __init__(self, shard_index: _Optional[int] = ..., version: _Optional[int] = ..., range: _Optional[_Union[_common_pb2.ShardRange, _Mapping]] = ...) -> None: ...
+    shared_memory: bool
+    def __init__(self, shard_index: _Optional[int] = ..., version: _Optional[int] = ..., range: _Optional[_Union[_common_pb2.ShardRange, _Mapping]] = ..., shared_memory: _Optional[bool] = ...) -> None: ...
 
 class PushAck(_message.Message):
     __slots__ = ("push_id", "outcome", "version", "staleness")

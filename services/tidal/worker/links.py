@@ -13,7 +13,7 @@ import torch
 
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, TidalError, UnavailableError
 from tidal.core.shard_map import ShardMap
-from tidal.transport import frames, serde
+from tidal.transport import frames, serde, shm
 from tidal.transport.errors import error_from_rpc
 from tidal.transport.server import create_channel
 from tidal.v1 import shard_pb2 as shard_pb
@@ -38,6 +38,7 @@ class ShardLink:
         params: torch.Tensor,
         timeout_s: float,
         params_wire: torch.dtype | None = None,
+        shared_memory: bool | None = None,
     ) -> None:
         self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
         self.shard_index, self.address = shard_index, address
@@ -49,6 +50,10 @@ class ShardLink:
         # Parameters may arrive narrower than the model holds them (bf16 compression); they
         # are widened as they are copied into the model.
         self.params_wire = params_wire
+        # Offer the shard shared memory for the payloads (it accepts when on the same host);
+        # None: as TIDAL_SHARED_MEMORY says.
+        self.offer_shared_memory = shm.enabled() if shared_memory is None else shared_memory
+        self._shared: shm.SharedStream | None = None
         self.version = -1
         # Since the last (re)connection: the newest version seen in an ack or in parameters,
         # and (over the whole job) the pushes that completed here. A shard restored from a
@@ -72,20 +77,41 @@ class ShardLink:
         self._call = self._channel.stream_stream(
             frames.EXCHANGE_METHOD, request_serializer=frames.serialize, response_deserializer=frames.decode_response
         )()
-        await self._write(
-            shard_pb.ExchangeRequest(
-                open=shard_pb.ExchangeOpen(
-                    job_id=self.job_id,
-                    worker_id=self.worker_id,
-                    membership_epoch=self.epoch,
-                    last_version=max(self.newest_version, 0),
-                    completed_pushes=self.completed_pushes,
-                )
-            )
+        self._drop_shared()
+        opening = shard_pb.ExchangeOpen(
+            job_id=self.job_id,
+            worker_id=self.worker_id,
+            membership_epoch=self.epoch,
+            last_version=max(self.newest_version, 0),
+            completed_pushes=self.completed_pushes,
         )
-        reply = await self._read(None)
+        if self.offer_shared_memory:
+            self._shared = shm.SharedStream.create(self.params.numel() * self.params.element_size())
+            if self._shared is not None:
+                opening.shared_memory.CopyFrom(self._shared.offer())
+        try:
+            await self._write(shard_pb.ExchangeRequest(open=opening))
+            reply = await self._read(None)
+        finally:
+            # Answered or not, the names go: the shard mapped the files by now or never will.
+            if self._shared is not None:
+                self._shared.unlink()
         if reply.kind != "opened":
             raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.kind}")
+        if not reply.body.shared_memory:
+            self._drop_shared()
+        log.info("%s: tensors travel %s", self._where(), "through shared memory" if self._shared else "inline (gRPC)")
+
+    @property
+    def shared_memory(self) -> bool:
+        """Whether payloads on the current stream travel through shared memory."""
+        return self._shared is not None
+
+    def _drop_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.unlink()
+            self._shared.close()
+            self._shared = None
 
     async def connect(self, deadline_s: float) -> None:
         """Opens the stream and pulls the first parameters. A shard that does not answer the
@@ -116,12 +142,23 @@ class ShardLink:
         next (into the model); returns the ack and where the time went."""
         started = time.perf_counter()
         grad_slice = grads[self.start : self.end]
-        if wire is not None:
-            grad_slice = grad_slice.to(wire)
-        groups = list(serde.group_encoded(serde.encoded_chunks(grad_slice, self.segments, self.start, sparse=sparse)))
-        for i, group in enumerate(groups):
-            last = i == len(groups) - 1
-            await self._write(frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last))
+        if self._shared is not None and sparse is None:
+            # One copy (narrowing on the way under compression) into the segment the shard reads.
+            dtype = wire or grad_slice.dtype
+            self._shared.push.tensor(dtype, grad_slice.numel()).copy_(grad_slice)
+            chunks = serde.shared_chunks(dtype, self.segments, self.start)
+            await self._write(frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, chunks, True))
+            self.bytes_sent += grad_slice.numel() * dtype.itemsize
+        else:
+            if wire is not None:
+                grad_slice = grad_slice.to(wire)
+            chunks = serde.encoded_chunks(grad_slice, self.segments, self.start, sparse=sparse)
+            groups = list(serde.group_encoded(chunks))
+            for i, group in enumerate(groups):
+                last = i == len(groups) - 1
+                await self._write(
+                    frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last)
+                )
         reply = await self._read(clock)
         if reply.kind != "ack":
             raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.kind}")
@@ -141,6 +178,8 @@ class ShardLink:
             first = first or time.perf_counter()
             if reply.kind != "params":
                 raise UnavailableError(f"{self._where(step)}: expected params, got {reply.kind}")
+            segment = self._shared.params if self._shared is not None else None
+            self.bytes_received += shm.resolve(reply.body.chunks, segment, "params.chunks")
             assembler.add(reply.body.chunks)
             if reply.body.last:
                 assembler.finish()
@@ -246,3 +285,4 @@ class ShardLink:
         if self._call is not None:
             self._call.cancel()
         await self._channel.close()
+        self._drop_shared()
