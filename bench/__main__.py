@@ -113,12 +113,12 @@ def _run(suite: Suite, cases: list[str], log: Callable[[str], None]) -> None:
         for name, tuned in (("default malloc", False), ("tuned malloc", True)):
             measure = partial(serde_case.serde_costs, s, z.serde_numel, bench_env(tuned), name)
             suite.case("What the changes bought", f"serde, {name}", log, measure)
-    if any(c in cases for c in ("memory", "wire", "sync", "async", "e2e", "target")):
+    if "memory" in cases:  # fresh shards of its own: a process's peak resident set is for life
+        measure = partial(memory.shard_memory, s, env, z.memory_numel, z.memory_rounds)
+        suite.case("Memory", "shard memory", log, measure)
+    if any(c in cases for c in ("wire", "sync", "async", "e2e", "target")):
         log("starting a coordinator and 2 shards")
         with BenchCluster(s.workdir / "cluster", env, num_shards=2) as cluster:
-            if "memory" in cases:  # first: the shards are still fresh
-                measure = partial(memory.shard_memory, cluster, s, z.memory_numel, z.memory_rounds)
-                suite.case("Memory", "shard memory", log, measure)
             if "wire" in cases:
                 measure = partial(dataplane.wire, cluster, s, z.wire_numels, z.wire_rounds)
                 suite.case("Data plane", "wire", log, measure)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Proc, module_cmd, open_window, procs
+from bench.procs import Proc, module_cmd, open_window, procs, status_bytes
 from tidal.client import TERMINAL_STATES, TidalClient
 from tidal.launcher import LocalCluster
 
@@ -70,6 +70,8 @@ class BenchCluster:
         self.last_apply = ShardStats(0.0, 0.0)
         # Bytes held by each shard at the end of that job.
         self.last_held: dict[str, float] = {}
+        # Resident shared memory (workers' /dev/shm segments) of each shard then, in bytes.
+        self.last_shared_resident: dict[str, int] = {}
 
     def __enter__(self) -> BenchCluster:
         self.cluster.__enter__()
@@ -107,7 +109,10 @@ class BenchCluster:
                     open_window(started, window_s, timeout_s)
                 results = [p.result(max(1.0, deadline - time.monotonic())) for p in started]
                 self.last_apply = self.apply_stats(job_id)
-                self.last_held = {n: self.held_bytes(n) for n in self.cluster.services if n.startswith("shard-")}
+                shards = [n for n in self.cluster.services if n.startswith("shard-")]
+                self.last_held = {n: self.held_bytes(n) for n in shards}
+                # Before the job ends: the streams still have their shared-memory segments mapped.
+                self.last_shared_resident = {n: status_bytes(self.pid(n), "RssShmem") for n in shards}
                 return results
             finally:
                 asyncio.run(self._cancel(job_id))

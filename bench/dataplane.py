@@ -61,10 +61,14 @@ def wire(cluster: BenchCluster, s: Settings, sizes: list[int], rounds: int) -> l
         spec, exact = driver_spec(numel, "async", 1, 1)
         nbytes = 4 * exact
         applies: list[float] = []
+        shm_round: list[float] = []
 
-        def tidal(spec=spec, applies=applies) -> float:
+        def tidal(spec=spec, applies=applies, shm_round=shm_round) -> float:
             (res,) = cluster.run_drivers(spec, [["--rounds", rounds]], 300)
             applies.append(cluster.last_apply.mean_s)
+            # The same rounds through shared memory, for the record (the goal is the wire's).
+            (shared,) = cluster.run_drivers(spec, [["--rounds", rounds, "--transport", "shared_memory"]], 300)
+            shm_round.append(statistics.median(shared["round_s"]))
             return statistics.median(res["round_s"])
 
         def bare(nbytes=nbytes) -> float:
@@ -89,6 +93,14 @@ def wire(cluster: BenchCluster, s: Settings, sizes: list[int], rounds: int) -> l
                 Spread.of(b_rate), ratios(wire_only, b_rate), Goal(">=", 0.8),
             )
         )  # fmt: skip
+        shm_rate = [2 * nbytes / t / MB for t in shm_round]
+        rows.append(
+            Row(
+                label, "same host, tensors through shared memory: MB/s", Spread.of(shm_rate),
+                "bare grpc.aio bytes stream", Spread.of(b_rate), ratios(shm_rate, b_rate),
+                note=f"not the wire: no goal; round {Spread.of(shm_round).fmt(1, 1e3)} ms",
+            )
+        )  # fmt: skip
     return rows
 
 
@@ -110,19 +122,22 @@ def sync_step(cluster: BenchCluster, s: Settings, numel: int, shard_counts: list
     """tidal sync, 2 workers: push until the next parameters arrived, per step, vs gloo
     all_reduce (+ the average) of the same gradient between 2 processes."""
     rows = []
+    variants = [("shared_memory", "none"), ("grpc", "none"), *([] if s.quick else [("grpc", "bf16")])]
     for shards in shard_counts:
-        for codec in ["none", *([] if s.quick else ["bf16"])]:
+        for transport, codec in variants:
             spec, exact = driver_spec(numel, "sync", 2, shards, codec)
 
-            def tidal(spec=spec, codec=codec) -> float:
-                results = cluster.run_drivers(spec, [["--rounds", rounds, "--wire", codec]] * 2, 300)
+            def tidal(spec=spec, codec=codec, transport=transport) -> float:
+                args = ["--rounds", rounds, "--wire", codec, "--transport", transport]
+                results = cluster.run_drivers(spec, [args] * 2, 300)
                 return statistics.median(results[0]["round_s"] + results[1]["round_s"])
 
             def gloo(exact=exact) -> float:
                 return _gloo_round_s(cluster.env, cluster.logdir, exact, rounds)
 
             t, g = _interleaved(s.reps, tidal, gloo)
-            wire = " (bf16 both ways)" if codec == "bf16" else " (float32)"
+            wire = " (bf16 both ways" if codec == "bf16" else " (float32"
+            wire += ", shared memory)" if transport == "shared_memory" else ", gRPC)"
             rows.append(
                 Row(
                     f"sync step W=2 {exact / 1e6:.1f}M params, {shards} shard{'s' * (shards > 1)}",
@@ -155,30 +170,29 @@ def async_updates(cluster: BenchCluster, s: Settings, numel: int, window_s: floa
     """Updates applied per second with 2 trainers: tidal async (1 shard) vs the TensorPipe
     parameter server; tidal with float32 and with bf16 gradients on the wire. Every side's
     trainers start together, once all are warm (bench.procs.open_window)."""
-    codecs = ["none", *([] if s.quick else ["bf16"])]
-    figures: dict[str, list[float]] = {c: [] for c in codecs}
+    variants = [(t, c) for t in ("shared_memory", "grpc") for c in ("none", *([] if s.quick else ["bf16"]))]
+    figures: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
     tp: list[float] = []
     for r in range(s.reps):
         for side in ("tidal", "tp") if r % 2 == 0 else ("tp", "tidal"):
             if side == "tp":
                 tp.append(_tensorpipe_updates(cluster.env, cluster.logdir, numel, window_s))
                 continue
-            for codec in codecs:
+            for transport, codec in variants:
                 spec, _ = driver_spec(numel, "async", 2, 1, codec)
-                args = ["--window", "--wire", codec]
+                args = ["--window", "--wire", codec, "--transport", transport]
                 results = cluster.run_drivers(spec, [args, args], window_s + 180, window_s=window_s)
-                figures[codec].append(sum(x["rounds_in_window"] for x in results) / window_s)
+                figures[transport, codec].append(sum(x["rounds_in_window"] for x in results) / window_s)
     _, _, exact = mlp_of(numel)
     rows = []
-    for codec, goal in (("none", 1.0), ("bf16", 1.8)):
-        if codec not in figures:
-            continue
+    for (transport, codec), figure in figures.items():
         wire = "float32" if codec == "none" else "bf16 both ways: gradients up, parameters down"
+        wire += ", shared memory" if transport == "shared_memory" else ", gRPC"
         rows.append(
             Row(
                 f"async 2 trainers {exact / 1e6:.1f}M params, 1 shard", f"updates/s ({wire})",
-                Spread.of(figures[codec]), "torch.distributed.rpc (TensorPipe) PS, float32", Spread.of(tp),
-                ratios(figures[codec], tp), Goal(">=", goal),
+                Spread.of(figure), "torch.distributed.rpc (TensorPipe) PS, float32", Spread.of(tp),
+                ratios(figure, tp), Goal(">=", 1.0 if codec == "none" else 1.8),
             )
         )  # fmt: skip
     return rows
