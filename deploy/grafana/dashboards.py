@@ -413,6 +413,12 @@ def _bytes() -> tuple[Panel, list[Panel]]:
         timeseries("Shard memory", [
             target(sum_by("shard, kind", sel("tidal_shard_held_bytes", JOB)), "shard {{shard}} {{kind}}"),
         ], stacked=True, unit="bytes", description="Bytes held per shard: parameters and optimizer state."),
+        stat("Exchange streams by transport", [
+            target(sum_by("transport", sel("tidal_shard_exchange_streams_total", JOB)), "{{transport}}"),
+        ], unit="none", width=8,
+           description="Worker streams opened on the shards, by how their tensors travel: shared_memory (worker "
+                       "and shard on one host, through /dev/shm) or grpc (inline in the messages). A worker on its "
+                       "shard's host that shows up under grpc has TIDAL_SHARED_MEMORY=off, or no room in /dev/shm."),
     ])  # fmt: skip
 
 

@@ -93,20 +93,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         if opened.last_version or opened.completed_pushes:
             self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
         start, end = state.shard_map.ranges[state.shard_index]
-        # A worker on this host may have offered shared memory for the payloads (transport/shm.py).
-        shared: shm.SharedStream | None = None
-        if opened.HasField("shared_memory") and self._shared_memory:
-            payload_bytes = state.params.numel() * state.params.element_size()
-            shared = shm.SharedStream.accept(opened.shared_memory, payload_bytes, "open.shared_memory")
-        runtime.metrics.streams["shared_memory" if shared else "grpc"].inc()
-        yield shard_pb.ExchangeResponse(
-            opened=shard_pb.ExchangeOpened(
-                shard_index=state.shard_index,
-                version=state.version,
-                range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
-                shared_memory=shared is not None,
-            )
-        )
+        shared = self._map_offer(opened, runtime)
         timeout_s = state.spec.step_timeout_s
         # Pushes are assembled in a scratch buffer the shard's streams share, never in the
         # parameters, so a bad push changes nothing.
@@ -115,6 +102,14 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         assembler: SliceAssembler | None = None
         chunks = 0
         try:
+            yield shard_pb.ExchangeResponse(
+                opened=shard_pb.ExchangeOpened(
+                    shard_index=state.shard_index,
+                    version=state.version,
+                    range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
+                    shared_memory=shared is not None,
+                )
+            )
             async for request in request_iterator:
                 runtime.metrics.received.inc(request.nbytes)
                 kind = request.kind
@@ -180,6 +175,17 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
             runtime.scratch.give_back(scratch)
             if shared is not None:
                 shared.close()
+
+    def _map_offer(self, opened: shard_pb.ExchangeOpen, runtime: ShardRuntime) -> shm.SharedStream | None:
+        """The shared memory a worker on this host offered for the payloads (transport/shm.py),
+        mapped; None if there was no offer, this shard refuses them, or it cannot map it."""
+        shared = None
+        if opened.HasField("shared_memory") and self._shared_memory:
+            params = runtime.state.params
+            payload_bytes = params.numel() * params.element_size()
+            shared = shm.SharedStream.accept(opened.shared_memory, payload_bytes, "open.shared_memory")
+        runtime.metrics.streams["shared_memory" if shared else "grpc"].inc()
+        return shared
 
     async def _wait_for_version(self, runtime: ShardRuntime, version: int, timeout_s: float) -> None:
         try:
