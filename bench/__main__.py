@@ -69,8 +69,10 @@ INTROS = {
     "Data plane": (
         "tidal's side runs the real services (coordinator and shards as processes, started by "
         "`tidal.launcher.LocalCluster`) and bench drivers that register as workers and drive the worker's "
-        "own data-plane code (`worker/links.py`) with a fixed gradient and no computation. Each repetition "
-        "runs tidal and the alternative back to back, alternating which goes first."
+        "own data-plane code (`worker/links.py`) with a fixed gradient and no computation, their tensors either "
+        "inline in the gRPC messages (as between hosts) or through shared memory (one host, tidal's default "
+        "there; transport/shm.py). Each repetition runs tidal and the alternative back to back, alternating "
+        "which goes first."
     ),
     "What the changes bought": (
         "The same tensor encoded to wire messages and decoded back, in one process: the generated "
