@@ -40,6 +40,9 @@ def test_quick_mode_measures_every_case_and_writes_results(tmp_path: Path) -> No
                  "end to end, 1 worker, sync", "end to end, 1 worker, async", "time to target, 2 workers, sync",
                  "time to target, 2 workers, async", "control plane, 64 members"):  # fmt: skip
         assert case in text, case
+    # tidal is measured both ways it moves tensors: inline in gRPC and through shared memory.
+    for variant in ("(float32, shared memory)", "(float32, gRPC)", "tensors through shared memory", "inline in gRPC"):
+        assert variant in text, variant
     # Every measured row has a number, never "n/a" or NaN.
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| case")]
     assert rows
