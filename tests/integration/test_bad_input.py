@@ -3,7 +3,7 @@ message naming the field, and parameters that stay bit-for-bit unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -27,13 +27,6 @@ SPEC = {
     "num_shards": 1,
     "steps": 5,
 }
-
-
-@pytest.fixture(scope="module")
-def lone_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A coordinator and one shard; the test itself plays the only worker."""
-    with LocalCluster(tmp_path_factory.mktemp("bad-input"), num_shards=1, worker_slowdowns=()) as cluster:
-        yield cluster
 
 
 Mutation = Callable[[dict[str, Any]], list[shard_pb.ExchangeRequest]]

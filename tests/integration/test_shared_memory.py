@@ -5,7 +5,6 @@ shared memory is refused like an inline one and changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -30,13 +29,6 @@ SPEC = {
     "num_shards": 1,
     "steps": 50,
 }
-
-
-@pytest.fixture(scope="module")
-def lone_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A coordinator and one shard; the test plays the only worker."""
-    with LocalCluster(tmp_path_factory.mktemp("shm"), num_shards=1, worker_slowdowns=()) as cluster:
-        yield cluster
 
 
 def _link(ctx: dict[str, Any], params: torch.Tensor, shared_memory: bool) -> ShardLink:
