@@ -86,7 +86,9 @@ class ShardLink:
             completed_pushes=self.completed_pushes,
         )
         if self.offer_shared_memory:
-            self._shared = shm.SharedStream.create(self.params.numel() * self.params.element_size())
+            # Off the event loop: allocating the pages of a large slice takes a while.
+            payload_bytes = self.params.numel() * self.params.element_size()
+            self._shared = await asyncio.to_thread(shm.SharedStream.create, payload_bytes)
             if self._shared is not None:
                 opening.shared_memory.CopyFrom(self._shared.offer())
         try:
