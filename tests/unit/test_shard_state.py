@@ -199,6 +199,32 @@ def test_sync_retry_of_a_buffered_push_is_a_duplicate_not_an_error() -> None:
     assert state.counters.rejected == {"duplicate": 1}
 
 
+def test_sync_a_worker_a_clock_behind_finishes_alone_once_the_other_is_done() -> None:
+    """After a shard is restored from a checkpoint its workers can reach it a clock apart, so
+    its barriers pair one worker's clock k with the other's k + 1. Once the worker ahead pushed
+    its last clock it pushes no more: the one behind must not wait for it at its last step."""
+    state, _ = make_state("sync")
+    last = state.spec.target_version - 1
+    push = state.push
+    assert push("w0", "a1", 0, EPOCH, grad_like(state, 1), clock=last - 1).outcome is PushOutcome.BUFFERED
+    assert push("w1", "b1", 0, EPOCH, grad_like(state, 2), clock=last - 2).outcome is PushOutcome.APPLIED
+    assert push("w0", "a2", 1, EPOCH, grad_like(state, 3), clock=last).outcome is PushOutcome.BUFFERED
+    assert push("w1", "b2", 1, EPOCH, grad_like(state, 4), clock=last - 1).outcome is PushOutcome.APPLIED
+    before = state.params.detach().clone()
+    result = push("w1", "b3", 2, EPOCH, grad_like(state, 5), clock=last)
+    assert result.outcome is PushOutcome.APPLIED and state.version == 3
+    # Its gradient alone: SGD with lr 0.1.
+    torch.testing.assert_close(state.params.detach(), before - 0.1 * grad_like(state, 5))
+
+
+def test_sync_workers_at_the_same_last_clock_still_wait_for_each_other() -> None:
+    state, _ = make_state("sync")
+    last = state.spec.target_version - 1
+    assert state.push("w0", "a", 0, EPOCH, grad_like(state, 1), clock=last).outcome is PushOutcome.BUFFERED
+    assert state.version == 0
+    assert state.push("w1", "b", 0, EPOCH, grad_like(state, 2), clock=last).outcome is PushOutcome.APPLIED
+
+
 def test_sync_single_worker_equals_sequential_sgd() -> None:
     optimizer = {"name": "sgd", "lr": 0.05, "momentum": 0.8, "weight_decay": 0.001}
     state, initial = make_state(workers=["solo"], optimizer=optimizer)

@@ -39,13 +39,17 @@ class ShardView:
     members: frozenset[str]
     buffered: Mapping[int, frozenset[str]] = field(default_factory=dict)
     joined: Mapping[str, int] = field(default_factory=dict)
+    # Members whose push of the job's last clock reached the parameters: they push no more.
+    finished: frozenset[str] = frozenset()
 
     def arrived(self, clock: int) -> frozenset[str]:
         return self.buffered.get(clock, frozenset())
 
     def expected(self, clock: int) -> frozenset[str]:
-        """The members whose gradient the buffer of `clock` waits for."""
-        return frozenset(m for m in self.members if self.joined.get(m, 0) <= clock)
+        """The members whose gradient the buffer of `clock` waits for (not one that finished:
+        after a shard was restored from a checkpoint, workers can be a clock apart on it, and
+        the one behind must not wait at its last step for a worker that is done)."""
+        return frozenset(m for m in self.members if self.joined.get(m, 0) <= clock and m not in self.finished)
 
 
 class ConsistencyPolicy(Protocol):

@@ -81,6 +81,8 @@ class _Buffer:
     total: torch.Tensor
     # worker -> base version of its gradient
     bases: dict[str, int] = field(default_factory=dict)
+    # Contributors whose gradient is of the job's last clock.
+    finals: set[str] = field(default_factory=set)
 
 
 class ShardState:
@@ -122,6 +124,8 @@ class ShardState:
         self._served: dict[str, torch.Tensor] = {}
         # auto: the tuner's decisions so far, oldest first.
         self.auto_decisions: list[AutoDecision] = []
+        # Barrier modes: workers whose push of the job's last clock was folded in (ShardView).
+        self._finished: set[str] = set()
 
     @property
     def numel(self) -> int:
@@ -133,7 +137,7 @@ class ShardState:
 
     def view(self) -> ShardView:
         buffered = {clock: frozenset(b.bases) for clock, b in self._buffers.items()}
-        return ShardView(self.version, self.members, buffered, self._joined)
+        return ShardView(self.version, self.members, buffered, self._joined, frozenset(self._finished))
 
     def check_sender(self, worker_id: str, membership_epoch: int) -> None:
         """Fencing: the sender must be a member, and its epoch no older than its admission
@@ -212,6 +216,8 @@ class ShardState:
                 buffer = self._buffers[key] = _Buffer(torch.zeros_like(self.params, requires_grad=False))
             buffer.total.add_(grad)
             buffer.bases[worker_id] = base_version
+            if clock >= self.spec.target_version - 1:
+                buffer.finals.add(worker_id)
             folded = self._apply_complete_buffers()
             outcome = PushOutcome.APPLIED if folded else PushOutcome.BUFFERED
         elif decision is PushDecision.DROP_LATE:
@@ -273,6 +279,7 @@ class ShardState:
             if not self.policy.complete(self.version, self.view()):
                 break
             del self._buffers[self.version]
+            self._finished |= buffer.finals
             folded += [self.version - base for base in buffer.bases.values()]
             self._step(buffer.total.div_(len(buffer.bases)))
             self.counters.updates_applied += len(buffer.bases)

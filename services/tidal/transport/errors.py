@@ -46,9 +46,13 @@ def status_for(exc: errors.TidalError) -> grpc.StatusCode:
 
 def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> errors.TidalError:
     """Turns a failed call into the domain error it stands for (UNAVAILABLE by default)."""
-    code = exc.code()
+    return error_for_status(exc.code(), exc.details())
+
+
+def error_for_status(code: grpc.StatusCode, details: str | None) -> errors.TidalError:
+    """The domain error a call that ended with `code` stands for (UNAVAILABLE by default)."""
     cls = ERROR_FOR_STATUS.get(code, errors.UnavailableError)
-    return cls(exc.details() or code.name)
+    return cls(details or code.name)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

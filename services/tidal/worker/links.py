@@ -14,7 +14,7 @@ import torch
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, TidalError, UnavailableError
 from tidal.core.shard_map import ShardMap
 from tidal.transport import frames, serde, shm
-from tidal.transport.errors import error_from_rpc
+from tidal.transport.errors import error_for_status, error_from_rpc
 from tidal.transport.server import create_channel
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.worker.metrics import PhaseTimes
@@ -264,6 +264,11 @@ class ShardLink:
             raise DeadlineExceededError(f"{self._where()}: write not accepted within {self.timeout_s:.0f}s") from None
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, None) from None
+        except asyncio.InvalidStateError:
+            # The shard ended the stream before this write (it went away, or refused an earlier
+            # message): report how it ended, as a read would, so a lost shard is reconnected to.
+            err = error_for_status(await self._call.code(), await self._call.details())
+            raise type(err)(f"{self._where()}: {err}") from None
         self.bytes_sent += len(msg) if isinstance(msg, bytes) else msg.ByteSize()
 
     async def _read(self, step: int | None) -> frames.Frame:
