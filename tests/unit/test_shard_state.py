@@ -7,6 +7,7 @@ wrong mean, a double application or a lost optimizer state shows up as a mismatc
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -215,6 +216,22 @@ def test_sync_a_worker_a_clock_behind_finishes_alone_once_the_other_is_done() ->
     assert result.outcome is PushOutcome.APPLIED and state.version == 3
     # Its gradient alone: SGD with lr 0.1.
     torch.testing.assert_close(state.params.detach(), before - 0.1 * grad_like(state, 5))
+
+
+@pytest.mark.parametrize("mode", ["ssp", "auto"])
+def test_a_clock_a_worker_skipped_completes_without_it(mode: str) -> None:
+    """A worker's clock follows the newest version any shard served it, so it can skip a clock
+    on a shard that lags; having pushed a later clock it never pushes the skipped one, and the
+    skipped clock must not wait for it (mode auto stalled like this, rarely, under a straggler)."""
+    bound = {"staleness_bound": 1} if mode == "ssp" else {}
+    state, _ = make_state(mode, workers=("w0", "w1", "w2"), consistency=bound)
+    if mode == "auto":  # where the tuner may have moved it: bound 1, no backups
+        state.policy.tuner.settings = replace(state.policy.tuner.settings, staleness_bound=1)
+    assert state.push("w0", "a", 0, EPOCH, grad_like(state, 1), clock=0).outcome is PushOutcome.BUFFERED
+    assert state.push("w1", "b", 0, EPOCH, grad_like(state, 2), clock=1).outcome is PushOutcome.BUFFERED
+    assert state.version == 0
+    result = state.push("w2", "c", 0, EPOCH, grad_like(state, 3), clock=0)
+    assert result.outcome is PushOutcome.APPLIED and state.version == 1
 
 
 def test_sync_workers_at_the_same_last_clock_still_wait_for_each_other() -> None:

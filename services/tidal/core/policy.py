@@ -46,10 +46,18 @@ class ShardView:
         return self.buffered.get(clock, frozenset())
 
     def expected(self, clock: int) -> frozenset[str]:
-        """The members whose gradient the buffer of `clock` waits for (not one that finished:
+        """The members whose gradient the buffer of `clock` waits for. Not one that finished:
         after a shard was restored from a checkpoint, workers can be a clock apart on it, and
-        the one behind must not wait at its last step for a worker that is done)."""
+        the one behind must not wait at its last step for a worker that is done."""
         return frozenset(m for m in self.members if self.joined.get(m, 0) <= clock and m not in self.finished)
+
+    def expected_unless_skipped(self, clock: int) -> frozenset[str]:
+        """`expected`, less the members that already pushed a later clock but not this one
+        (clock-keyed modes): a worker's clocks only grow, so it skipped this clock for good (its
+        clock follows the newest version any shard served it, and shards can be a version
+        apart) and waiting for it would stall the shard."""
+        later = frozenset().union(*(workers for c, workers in self.buffered.items() if c > clock))
+        return self.expected(clock) - (later - self.arrived(clock))
 
 
 class ConsistencyPolicy(Protocol):
@@ -135,7 +143,8 @@ class StaleSynchronousPolicy:
         return clock
 
     def complete(self, clock: int, view: ShardView) -> bool:
-        expected = view.expected(clock)
+        # With bound 0 no worker runs ahead, so none can skip a clock: exactly BSP's rule.
+        expected = view.expected_unless_skipped(clock) if self.bound else view.expected(clock)
         return bool(expected) and expected <= view.arrived(clock)
 
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
@@ -210,7 +219,7 @@ class AutoPolicy:
         return clock
 
     def complete(self, clock: int, view: ShardView) -> bool:
-        expected = view.expected(clock)
+        expected = view.expected_unless_skipped(clock)
         needed = max(1, len(expected) - self.backup_workers)
         return bool(expected) and len(view.arrived(clock) & expected) >= needed
 
