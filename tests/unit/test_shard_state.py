@@ -234,6 +234,17 @@ def test_a_clock_a_worker_skipped_completes_without_it(mode: str) -> None:
     assert result.outcome is PushOutcome.APPLIED and state.version == 1
 
 
+def test_sync_with_backups_a_worker_past_the_last_clock_that_still_pushes_still_counts() -> None:
+    """With backups a worker's clock can run ahead of its steps: counted as finished, it may
+    still push, and its pushes must complete barriers (the other worker may be done)."""
+    state, _ = make_state("sync", consistency={"backup_workers": 1})
+    last = state.spec.target_version - 1
+    assert state.push("w0", "a1", 0, EPOCH, grad_like(state, 1), clock=last).outcome is PushOutcome.APPLIED
+    assert state.push("w1", "b1", 0, EPOCH, grad_like(state, 2), clock=last).outcome is PushOutcome.DROPPED_LATE
+    assert state.push("w0", "a2", 1, EPOCH, grad_like(state, 3), clock=last + 1).outcome is PushOutcome.APPLIED
+    assert state.version == 2
+
+
 def test_sync_workers_at_the_same_last_clock_still_wait_for_each_other() -> None:
     state, _ = make_state("sync")
     last = state.spec.target_version - 1

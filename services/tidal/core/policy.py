@@ -46,10 +46,17 @@ class ShardView:
         return self.buffered.get(clock, frozenset())
 
     def expected(self, clock: int) -> frozenset[str]:
-        """The members whose gradient the buffer of `clock` waits for. Not one that finished:
-        after a shard was restored from a checkpoint, workers can be a clock apart on it, and
-        the one behind must not wait at its last step for a worker that is done."""
-        return frozenset(m for m in self.members if self.joined.get(m, 0) <= clock and m not in self.finished)
+        """The members whose gradient the buffer of `clock` waits for. Not one that finished
+        unless it pushed here anyway: after a shard was restored from a checkpoint, workers can
+        be a clock apart on it, and the one behind must not wait at its last step for a worker
+        that is done; with backups a clock can run ahead of the steps, and a worker counted as
+        finished that still pushes must still count."""
+        arrived = self.arrived(clock)
+        return frozenset(
+            m
+            for m in self.members
+            if self.joined.get(m, 0) <= clock and (m not in self.finished or m in arrived)
+        )
 
     def expected_unless_skipped(self, clock: int) -> frozenset[str]:
         """`expected`, less the members that already pushed a later clock but not this one
