@@ -94,6 +94,8 @@ class ShardRuntime:
         self.scratch = SharedScratch(state.params, SCRATCH_WAIT_S if state.spec.mode == Mode.ASYNC else 0.0)
         # What parameters travel down to workers in (None: as held).
         self._wire = params_wire_dtype(state.spec.compression)
+        # Chunk headers of parameters sent through shared memory (transport/shm.py).
+        self._shared_chunks: list[frames.Encoded] | None = None
         self._barrier_started: float | None = None
         # Mode auto: every decision of the tuner, oldest first.
         self.history: list[AutoDecision] = []
@@ -212,7 +214,9 @@ class ShardRuntime:
             flat = self.state.params.detach()
             dtype = self._wire or flat.dtype
             shared.params.tensor(dtype, flat.numel()).copy_(flat)
-            chunks = serde.shared_chunks(dtype, self.state.segments, self.range_start)
+            if self._shared_chunks is None:  # the same headers for every version: built once
+                self._shared_chunks = serde.shared_chunks(dtype, self.state.segments, self.range_start)
+            chunks = self._shared_chunks
             message = frames.encode_params(version, chunks, True)
             self.metrics.sent.inc(flat.numel() * dtype.itemsize + len(message))
             return [message]

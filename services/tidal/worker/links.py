@@ -54,6 +54,8 @@ class ShardLink:
         # None: as TIDAL_SHARED_MEMORY says.
         self.offer_shared_memory = shm.enabled() if shared_memory is None else shared_memory
         self._shared: shm.SharedStream | None = None
+        # The chunk headers of a shared-memory push depend only on the dtype: built once.
+        self._shared_chunks: dict[torch.dtype, list[frames.Encoded]] = {}
         self.version = -1
         # Since the last (re)connection: the newest version seen in an ack or in parameters,
         # and (over the whole job) the pushes that completed here. A shard restored from a
@@ -148,7 +150,9 @@ class ShardLink:
             # One copy (narrowing on the way under compression) into the segment the shard reads.
             dtype = wire or grad_slice.dtype
             self._shared.push.tensor(dtype, grad_slice.numel()).copy_(grad_slice)
-            chunks = serde.shared_chunks(dtype, self.segments, self.start)
+            chunks = self._shared_chunks.get(dtype) or self._shared_chunks.setdefault(
+                dtype, serde.shared_chunks(dtype, self.segments, self.start)
+            )
             await self._write(frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, chunks, True))
             self.bytes_sent += grad_slice.numel() * dtype.itemsize
         else:
