@@ -145,13 +145,15 @@ def test_crash_inside_a_checkpoint_write_restores_the_previous_one(cluster: Chec
     assert shard.process.returncode == -signal.SIGKILL
     index = _index_of(cluster, "shard-1", job.job_id)
     folder = cluster.checkpoint_dir("shard-1") / job.job_id / f"shard-{index}"
-    assert list(folder.glob(".v*.tmp-*")), "the killed write left its temporary file"
+    leftovers = list(folder.glob(".v*.tmp-*"))
+    assert leftovers, "the killed write left its temporary file"
     valid = checkpoint_versions(cluster, "shard-1", job.job_id, index)
     assert valid == [0, EVERY, 2 * EVERY]
     cluster.restart_shard("shard-1")
     final = finish(cluster, job.job_id)
     assert final.shard_restarts[0].restored_version == 2 * EVERY
-    assert not list(folder.glob(".v*.tmp-*")), "the restore cleans up the leftover"
+    # Only the dead write's files: the restarted shard may be mid-write of its own right now.
+    assert not [p for p in leftovers if p.exists()], "the restore cleans up the leftover"
     report("crash inside a checkpoint write", final, 3 * EVERY)
 
 
