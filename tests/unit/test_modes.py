@@ -197,5 +197,5 @@ def test_runtime_wait_timeout_names_the_workers_whose_gradient_is_missing(mode: 
     async def wait() -> None:
         await runtime.wait_for_version(1, 0.01)
 
-    with pytest.raises(DeadlineExceededError, match=r"no gradient yet from w1, w2\)"):
+    with pytest.raises(DeadlineExceededError, match=r"clock 0 has gradients from w0 and waits for w1, w2\)"):
         asyncio.run(wait())

@@ -224,15 +224,59 @@ def test_a_worker_leaving_mid_step_completes_the_barrier_with_its_gradient_kept(
     torch.testing.assert_close(state.params.detach(), ref.param.detach(), rtol=0, atol=1e-6)
 
 
-def test_a_joiner_does_not_hold_up_the_barrier_under_way_but_the_next_one_waits_for_it() -> None:
+def test_a_joiner_holds_up_no_barrier_until_its_first_push_then_every_one_from_that_clock() -> None:
     state, _ = make_state(mode="sync", workers=["w0", "w1"])
     state.push("w0", "a", 0, EPOCH, grad_like(state, 0))
     state.set_membership(EPOCH + 1, ["w0", "w1", "w2"])
     assert state.push("w1", "b", 0, EPOCH, grad_like(state, 1)).outcome is PushOutcome.APPLIED
+    # w2 is still building its model: clock 1 completes without it.
     state.push("w0", "a1", 1, EPOCH, grad_like(state, 0))
-    assert state.push("w1", "b1", 1, EPOCH, grad_like(state, 1)).outcome is PushOutcome.BUFFERED
+    assert state.push("w1", "b1", 1, EPOCH, grad_like(state, 1)).outcome is PushOutcome.APPLIED
+    # Its first push, of clock 2, counts, and from then on the barrier waits for it.
+    assert state.push("w2", "c2", 2, EPOCH + 1, grad_like(state, 2)).outcome is PushOutcome.BUFFERED
+    state.push("w0", "a2", 2, EPOCH + 1, grad_like(state, 0))
+    assert state.push("w1", "b2", 2, EPOCH + 1, grad_like(state, 1)).outcome is PushOutcome.APPLIED
+    assert state.counters.updates_applied == 7
+    state.push("w0", "a3", 3, EPOCH + 1, grad_like(state, 0))
+    assert state.push("w1", "b3", 3, EPOCH + 1, grad_like(state, 1)).outcome is PushOutcome.BUFFERED
+    assert state.push("w2", "c3", 3, EPOCH + 1, grad_like(state, 2)).outcome is PushOutcome.APPLIED
+    assert state.version == 4
+
+
+def test_a_joiner_whose_first_push_is_late_is_waited_for_from_the_current_clock() -> None:
+    state, _ = make_state(mode="sync", workers=["w0", "w1"])
+    state.set_membership(EPOCH + 1, ["w0", "w1", "w2"])
+    state.push("w0", "a0", 0, EPOCH, grad_like(state, 0))
+    state.push("w1", "b0", 0, EPOCH, grad_like(state, 1))
+    # It trained on version 0, which was applied without it meanwhile.
+    late = state.push("w2", "c0", 0, EPOCH + 1, grad_like(state, 2))
+    assert late.outcome is PushOutcome.DROPPED_LATE and late.serve_version == 1
+    state.push("w0", "a1", 1, EPOCH + 1, grad_like(state, 0))
+    assert state.push("w1", "b1", 1, EPOCH + 1, grad_like(state, 1)).outcome is PushOutcome.BUFFERED
     assert state.push("w2", "c1", 1, EPOCH + 1, grad_like(state, 2)).outcome is PushOutcome.APPLIED
-    assert state.version == 2
+
+
+def test_shards_that_learn_of_a_joiner_a_version_apart_do_not_deadlock_it() -> None:
+    """CI hang: shard 1 learned of the joiner one version before shard 0. Counting it from its
+    next clock, shard 1 waited for it at version v while shard 0 was at v + 1 already, and the
+    joiner, which starts on the newest version any shard serves, waited for shard 1 to reach
+    v + 1. Counted from its first push, shard 1 completes v without it."""
+    shards = [make_state(mode="sync", workers=["w0", "w1"])[0] for _ in range(2)]
+    for step in range(2):
+        for i, shard in enumerate(shards):
+            shard.push("w0", f"a{step}:{i}", step, EPOCH, grad_like(shard, 0))
+            shard.push("w1", f"b{step}:{i}", step, EPOCH, grad_like(shard, 1))
+    shards[1].set_membership(EPOCH + 1, ["w0", "w1", "w2"])  # at version 2
+    for i, shard in enumerate(shards):
+        shard.push("w0", f"a2:{i}", 2, EPOCH, grad_like(shard, 0))
+        shard.push("w1", f"b2:{i}", 2, EPOCH, grad_like(shard, 1))
+    shards[0].set_membership(EPOCH + 1, ["w0", "w1", "w2"])  # at version 3
+    for i, shard in enumerate(shards):
+        shard.push("w0", f"a3:{i}", 3, EPOCH + 1, grad_like(shard, 0))
+        shard.push("w1", f"b3:{i}", 3, EPOCH + 1, grad_like(shard, 1))
+    assert [shard.version for shard in shards] == [4, 4]
+    for i, shard in enumerate(shards):
+        assert shard.push("w2", f"c4:{i}", 4, EPOCH + 1, grad_like(shard, 2)).outcome is PushOutcome.BUFFERED
 
 
 def test_a_joiner_push_ahead_of_the_shard_epoch_is_refused_until_the_shard_learns_it() -> None:

@@ -32,8 +32,9 @@ class PushDecision(Enum):
 @dataclass(frozen=True)
 class ShardView:
     """What a policy may look at: the shard's version, the job's workers and, per clock, the
-    workers whose gradient is buffered there. A worker that joined while the job ran counts
-    from the clock in `joined` on (so a barrier already under way never waits for it)."""
+    workers whose gradient is buffered there. `members` are the workers barriers wait for: a
+    worker that joined while the job ran is one only after its first push to this shard, and
+    counts from the clock in `joined` on."""
 
     version: int
     members: frozenset[str]

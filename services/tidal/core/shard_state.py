@@ -115,8 +115,12 @@ class ShardState:
         # Fencing: the epoch at which each member was admitted; its pushes must carry at least
         # that epoch (a survivor's push from before an unrelated change is still its own).
         self._admitted: dict[str, int] = dict.fromkeys(self.members, membership_epoch)
-        # Workers that joined while the job ran: the clock from which barriers wait for them.
+        # Workers that joined while the job ran: the clock from which barriers wait for them,
+        # set by the joiner's first push here. Until then it is in `_not_started`, and no
+        # barrier waits for it: a joiner still building its model, or waiting for this shard
+        # to serve the version another shard already serves, must not stall the others.
         self._joined: dict[str, int] = {}
+        self._not_started: set[str] = set()
         self.counters = ShardCounters()
         self._buffers: dict[int, _Buffer] = {}
         self._push_ids: OrderedDict[str, PushResult] = OrderedDict()
@@ -137,7 +141,8 @@ class ShardState:
 
     def view(self) -> ShardView:
         buffered = {clock: frozenset(b.bases) for clock, b in self._buffers.items()}
-        return ShardView(self.version, self.members, buffered, self._joined, frozenset(self._finished))
+        waited_for = self.members - self._not_started
+        return ShardView(self.version, waited_for, buffered, self._joined, frozenset(self._finished))
 
     def check_sender(self, worker_id: str, membership_epoch: int) -> None:
         """Fencing: the sender must be a member, and its epoch no older than its admission
@@ -157,6 +162,25 @@ class ShardState:
                 f"membership_epoch: {membership_epoch} predates epoch {admitted}, when {worker_id} was admitted "
                 f"(current epoch {self.membership_epoch})"
             )
+
+    def barrier_report(self) -> str:
+        """What this shard's next step waits for, in words (for a timeout's message): the
+        current clock's contributors and missing members, and the later clocks buffered."""
+        view = self.view()
+        arrived = view.arrived(self.version)
+        missing = sorted(view.expected(self.version) - arrived)
+        parts = [f"at version {self.version}"]
+        if self.policy.name != "async":
+            parts.append(
+                f"clock {self.version} has gradients from {', '.join(sorted(arrived)) or 'nobody'}"
+                f" and waits for {', '.join(missing) or 'nobody'}"
+            )
+            later = [f"{c} ({', '.join(sorted(w))})" for c, w in sorted(view.buffered.items()) if c > self.version]
+            if later:
+                parts.append(f"later clocks buffered: {'; '.join(later)}")
+            if self._not_started:
+                parts.append(f"joined, no push yet: {', '.join(sorted(self._not_started))}")
+        return "; ".join(parts)
 
     def served(self, worker_id: str, now: float | None = None) -> None:
         """Notes that `worker_id` now trains on the current parameters (DC-ASGD needs them;
@@ -205,6 +229,12 @@ class ShardState:
         if isinstance(self.policy, AutoPolicy) and now is not None:
             self.policy.arrived(worker_id, now)
         staleness = view.version - base_version
+        if worker_id in self._not_started:
+            # A joiner's first push here: barriers wait for it from the clock it pushed for
+            # (buffered), else from the current one, which it is served next.
+            self._not_started.discard(worker_id)
+            buffered_at = self.policy.buffer_clock(base_version, clock)
+            self._joined[worker_id] = buffered_at if decision is PushDecision.BUFFER else self.version
         folded: tuple[int, ...] = ()
         if decision is PushDecision.APPLY:
             self._apply_alone(worker_id, grad, staleness)
@@ -234,7 +264,7 @@ class ShardState:
 
     def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> tuple[int, ...]:
         """Re-forms the barrier over the new members; gradients already buffered are kept (a
-        lost worker's included). A joiner counts from the next clock on. Returns the staleness
+        lost worker's included). A joiner counts from its first push on. Returns the staleness
         of the gradients folded in if that completed buffers."""
         if membership_epoch < self.membership_epoch:
             raise FailedPreconditionError(
@@ -243,12 +273,13 @@ class ShardState:
         self.membership_epoch = membership_epoch
         members = frozenset(workers)
         for joiner in members - self.members:
-            # The barrier under way completes without it; it counts from the next clock on.
+            # No barrier waits for it until its first push here (see `_not_started`).
             self._admitted[joiner] = membership_epoch
-            self._joined[joiner] = self.version + 1
+            self._not_started.add(joiner)
         for gone in self.members - members:
             self._admitted.pop(gone, None)
             self._joined.pop(gone, None)
+            self._not_started.discard(gone)
         self.members = members
         for gone in set(self._served) - self.members:
             del self._served[gone]

@@ -195,10 +195,9 @@ class ShardRuntime:
             try:
                 await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
             except TimeoutError:
-                missing = sorted(self.state.members - self.state.view().arrived(self.state.version))
                 raise DeadlineExceededError(
                     f"shard {self.state.shard_index}: version {version} not reached within {timeout_s:.0f}s "
-                    f"(at version {self.state.version}; no gradient yet from {', '.join(missing) or 'nobody'})"
+                    f"({self.state.barrier_report()})"
                 ) from None
         if self.closed_reason:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # in seconds, for as long as the job's checkpoint.restart_timeout_s.
 RECONNECT_FIRST_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 2.0
+# A reply is waited for this much longer than the shard waits for a version, so a shard's
+# DEADLINE_EXCEEDED, which says what its barrier waits for, arrives before the worker gives up.
+REPLY_GRACE_S = 5.0
 
 
 class ShardLink:
@@ -278,9 +281,10 @@ class ShardLink:
     async def _read(self, step: int | None) -> frames.Frame:
         assert self._call is not None, "open() first"
         try:
-            reply = await asyncio.wait_for(self._call.read(), self.timeout_s)
+            reply = await asyncio.wait_for(self._call.read(), self.timeout_s + REPLY_GRACE_S)
         except TimeoutError:
-            raise DeadlineExceededError(f"{self._where(step)}: no reply within {self.timeout_s:.0f}s") from None
+            waited = self.timeout_s + REPLY_GRACE_S
+            raise DeadlineExceededError(f"{self._where(step)}: no reply within {waited:.0f}s") from None
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, step) from None
         if reply is grpc.aio.EOF:
