@@ -45,10 +45,12 @@ def make_state(
     seed: int = 0,
     consistency: dict[str, Any] | None = None,
     policy: ConsistencyPolicy | None = None,
+    steps: int = 100,
 ) -> tuple[ShardState, torch.Tensor]:
     spec = parse_job_spec(
         {
             "mode": mode,
+            "steps": steps,
             "num_workers": len(workers),
             "num_shards": num_shards,
             "optimizer": optimizer or {"name": "sgd", "lr": 0.1},
@@ -924,3 +926,18 @@ def test_local_sgd_outer_momentum_without_nesterov_is_heavy_ball() -> None:
         param.grad = (d0 + d1) / 2
         opt.step()
     torch.testing.assert_close(state.params.detach(), param.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sync", "ssp", "auto"])
+def test_a_clock_past_the_jobs_last_is_counted_never_applied_and_served_at_once(mode: str) -> None:
+    """A worker still short of the target on another shard pushes on to one that reached it."""
+    state, _ = make_state(mode=mode, workers=["w0"], steps=2)
+    for step in range(2):
+        state.push("w0", f"p{step}", step, EPOCH, grad_like(state, step))
+    assert state.version == 2
+    before = snapshot(state)
+    extra = state.push("w0", "p2", 2, EPOCH, grad_like(state, 2), clock=2)
+    assert extra.outcome is PushOutcome.DROPPED_LATE
+    assert extra.serve_version == 2  # not 3: no clock will ever make it
+    assert bits_equal(state.params.detach(), before)
+    assert state.version == 2 and state.counters.by_worker == {"w0": 3}

@@ -61,9 +61,10 @@ class ShardView:
 
     def expected_unless_skipped(self, clock: int) -> frozenset[str]:
         """`expected`, less the members that already pushed a later clock but not this one
-        (clock-keyed modes): a worker's clocks only grow, so it skipped this clock for good (its
-        clock follows the newest version any shard served it, and shards can be a version
-        apart) and waiting for it would stall the shard."""
+        (clock-keyed modes): a worker's clocks only grow, so it skipped this clock for good and
+        waiting for it would stall the shard. tidal's workers count a clock per shard
+        (`next_clock`) and skip only clocks the shard has applied, but a client that keeps
+        one clock for all shards must not stall one that lags."""
         later = frozenset().union(*(workers for c, workers in self.buffered.items() if c > clock))
         return self.expected(clock) - (later - self.arrived(clock))
 
@@ -86,6 +87,16 @@ class ConsistencyPolicy(Protocol):
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         """Lowest version the pushing worker may train on next."""
         ...
+
+
+def next_clock(previous_clock: int, served_version: int) -> int:
+    """A worker's clock for its next push to one shard: one past its previous clock there, but
+    never behind the version that shard served it, so a straggler whose gradients were dropped
+    (backups, auto) rejoins at the current clock. Without drops it is the step. Kept per
+    shard: clock - base version then stays within the staleness bound however far apart the
+    shards are (one clock for all shards, taken from the newest version any shard served,
+    broke the bound on a shard that lagged; tests/unit/test_barrier_liveness.py)."""
+    return max(previous_clock + 1, served_version)
 
 
 def _check_not_ahead(base_version: int, view: ShardView) -> None:

@@ -226,6 +226,12 @@ class ShardState:
             raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
         view = self.view()
         decision = self.policy.on_push(worker_id, base_version, clock, view)
+        # The job's last clock is target_version - 1. A worker still short of the target on
+        # another shard pushes on to this one too: counted, never applied, served at once.
+        last_clock = self.spec.target_version - 1
+        past_end = decision is PushDecision.BUFFER and self.policy.buffer_clock(base_version, clock) > last_clock
+        if past_end:
+            decision = PushDecision.DROP_LATE
         if isinstance(self.policy, AutoPolicy) and now is not None:
             self.policy.arrived(worker_id, now)
         staleness = view.version - base_version
@@ -256,7 +262,7 @@ class ShardState:
         else:
             self.counters.reject("stale")
             outcome = PushOutcome.REJECTED_STALE
-        serve = self.policy.serve_after_push(base_version, clock, self.view())
+        serve = self.version if past_end else self.policy.serve_after_push(base_version, clock, self.view())
         result = PushResult(outcome, self.version, staleness, serve, folded)
         self._remember(push_id, result)
         self.counters.by_worker[worker_id] = self.counters.by_worker.get(worker_id, 0) + 1

@@ -12,6 +12,7 @@ import grpc
 import torch
 
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, TidalError, UnavailableError
+from tidal.core.policy import next_clock
 from tidal.core.shard_map import ShardMap
 from tidal.transport import frames, serde, shm
 from tidal.transport.errors import error_for_status, error_from_rpc
@@ -60,6 +61,8 @@ class ShardLink:
         # The chunk headers of a shared-memory push depend only on the dtype: built once.
         self._shared_chunks: dict[torch.dtype, list[frames.Encoded]] = {}
         self.version = -1
+        # The clock of the last push that completed here: each shard has its own (next_clock).
+        self.clock = -1
         # Since the last (re)connection: the newest version seen in an ack or in parameters,
         # and (over the whole job) the pushes that completed here. A shard restored from a
         # checkpoint counts what it lost from them (ExchangeOpen).
@@ -136,17 +139,22 @@ class ShardLink:
         await self._receive_params(step)
         return self.version
 
+    def next_clock(self) -> int:
+        return next_clock(self.clock, self.version)
+
     async def push(
         self,
         push_id: str,
-        clock: int,
+        clock: int | None,
         grads: torch.Tensor,
         num_samples: int,
         wire: torch.dtype | None = None,
         sparse: torch.Tensor | None = None,
     ) -> tuple[shard_pb.PushAck, PhaseTimes]:
         """Pushes this shard's slice of the flat gradient and receives the parameters it may use
-        next (into the model); returns the ack and where the time went."""
+        next (into the model); returns the ack and where the time went. `clock` None: this
+        shard's next clock (`next_clock`)."""
+        clock = self.next_clock() if clock is None else clock
         started = time.perf_counter()
         grad_slice = grads[self.start : self.end]
         if self._shared is not None and sparse is None:
@@ -175,6 +183,7 @@ class ShardLink:
         first_params = await self._receive_params(clock)
         done = time.perf_counter()
         self.completed_pushes += 1
+        self.clock = clock
         self.newest_version = max(self.newest_version, reply.body.version)
         return reply.body, PhaseTimes(acked - started, first_params - acked, done - first_params)
 
@@ -199,7 +208,7 @@ class ShardLink:
     async def push_recovering(
         self,
         push_id: str,
-        clock: int,
+        clock: int | None,
         grads: torch.Tensor,
         num_samples: int,
         wire: torch.dtype | None,
@@ -241,6 +250,7 @@ class ShardLink:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + deadline_s
         delay = RECONNECT_FIRST_DELAY_S
+        served_before = self.version
         while True:
             if self._call is not None:
                 self._call.cancel()
@@ -260,6 +270,9 @@ class ShardLink:
                 continue
             self.reconnects += 1
             self.newest_version = self.version  # from now on, what this incarnation served
+            if self.version < served_before:
+                # Restored from an older checkpoint: its clocks start over at its version.
+                self.clock = min(self.clock, self.version - 1)
             return
 
     async def _write(self, msg: shard_pb.ExchangeRequest | bytes) -> None:

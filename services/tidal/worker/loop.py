@@ -92,7 +92,6 @@ class TrainingRun:
         codec = spec.compression
         self.topk = TopK(self.flat.grads.numel(), codec.topk_ratio) if codec.codec == "topk" else None
         self.step = 0
-        self.clock = -1
         self.samples = 0
         self.pushes = 0
         self._last_exchange_s = 0.0
@@ -206,14 +205,8 @@ class TrainingRun:
     async def _exchange(self, num_samples: int) -> PhaseTimes:
         """Pushes the gradient (or, in local SGD, the round's delta) to every shard and receives
         the parameters to continue from."""
-        if self.inner is None:
-            # The worker's clock counts its steps but never lags a version it trained on (shards
-            # may be at different versions): a straggler whose gradients were dropped (backups,
-            # auto) rejoins at the current clock. Without drops no version passes the step, so
-            # this is the step.
-            clock = self.clock = max(self.clock + 1, *(link.version for link in self.links))
-        else:
-            clock = self.step // self.a.spec.consistency.sync_every
+        # Each shard's own clock (ShardLink.next_clock); local SGD's clock is the round.
+        clock = None if self.inner is None else self.step // self.a.spec.consistency.sync_every
         payload = self.flat.grads
         if self.inner is not None:
             # DiLoCo's pseudo-gradient: how far this worker moved from the round's start.
@@ -224,7 +217,7 @@ class TrainingRun:
         if self.topk is not None:
             picked = list(self.topk.select(payload, ranges))
             payload = self.topk.residual
-        push_id = f"{self.a.worker_id}:{clock}"
+        push_id = f"{self.a.worker_id}:{self.step}"
         started = time.perf_counter()
         # Every push goes to every shard, also one that reached the target: the coordinator
         # ends the job once each shard accounted for every push the workers made.
