@@ -1,20 +1,36 @@
-"""The `tidal` command: run a service, the demo, or talk to a coordinator."""
+"""The `tidal` command: the typer app, the services (coordinator, shard, worker) and the runs on a
+local cluster (demo, compare, advise).
+
+The client commands (cli_client.py) and `certs` (cli_certs.py) are registered on the same app
+here, after the others, in the order `tidal --help` lists them.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from google.protobuf.json_format import MessageToDict
-from rich.console import Console
-from rich.table import Table
 
+from tidal import cli_certs, cli_client
+from tidal.cli_common import (
+    AllowPlaintext,
+    Coordinator,
+    ExitAfterJob,
+    Host,
+    LogLevel,
+    MetricsPort,
+    Port,
+    ReadyFile,
+    RegisterTimeout,
+    Threads,
+    err,
+    install_security,
+    run_async,
+)
 from tidal.climate.cli import climate_app
 from tidal.config import (
     DEFAULT_COORDINATOR,
@@ -40,51 +56,6 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(climate_app, name="climate")
-err = Console(stderr=True)
-T = TypeVar("T")
-
-Coordinator = Annotated[
-    str, typer.Option("--coordinator", envvar=ENV["coordinator"], help="Coordinator gRPC address host:port.")
-]
-Host = Annotated[str, typer.Option(envvar=ENV["host"], help="Interface to bind.")]
-ReadyFile = Annotated[Path | None, typer.Option(help="Write the bound ports here as JSON once serving.")]
-LogLevel = Annotated[str, typer.Option(envvar=ENV["log_level"], help="DEBUG, INFO, WARNING or ERROR.")]
-Threads = Annotated[int, typer.Option(envvar=ENV["torch_threads"], min=1, help="torch intra-op threads.")]
-MetricsPort = Annotated[
-    int, typer.Option(envvar=ENV["metrics_port"], min=0, max=65535, help="Port of /metrics (0 = any).")
-]
-Port = Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port to bind (0 = any).")]
-ExitAfterJob = Annotated[
-    bool,
-    typer.Option(envvar=ENV["exit_after_job"], help="Exit (code 0) when the first job this member works on ends."),
-]
-AllowPlaintext = Annotated[
-    bool,
-    typer.Option(
-        "--allow-plaintext",
-        envvar=ENV["allow_plaintext"],
-        help="Run without TLS, for a local experiment (logged loudly). Without it, a command with no TLS "
-        "configuration (TIDAL_TLS_DIR or TIDAL_TLS_CA/_CERT/_KEY, docs/security.md) refuses to start.",
-    ),
-]
-RegisterTimeout = Annotated[
-    float,
-    typer.Option(
-        "--register-timeout",
-        envvar=ENV["register_timeout"],
-        min=0.1,
-        help="Seconds to keep retrying the coordinator at start-up.",
-    ),
-]
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Runs a coroutine; a TidalError becomes one readable line and exit code 1."""
-    try:
-        return asyncio.run(coro)
-    except TidalError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
 
 
 def _service_setup(role: str, log_level: str, threads: int, allow_plaintext: bool) -> None:
@@ -93,7 +64,7 @@ def _service_setup(role: str, log_level: str, threads: int, allow_plaintext: boo
 
     from tidal.transport.process import setup_logging, tune_malloc  # noqa: PLC0415
 
-    _install_security(role, allow_plaintext, server=True)
+    install_security(role, allow_plaintext, server=True)
     if role in ("shard", "worker"):
         _check_shared_memory_setting()
     setup_logging(role, log_level)
@@ -168,7 +139,7 @@ def coordinator(
     one_job = _one_job(job_file, exit_when_done, scale_down)
     _service_setup("coordinator", log_level, torch_threads, allow_plaintext)
     raise typer.Exit(
-        _run(
+        run_async(
             run_coordinator(
                 host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file, one_job,
                 state_dir,
@@ -235,7 +206,7 @@ def shard(
     _service_setup("shard", log_level, torch_threads, allow_plaintext)
     advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     raise typer.Exit(
-        _run(
+        run_async(
             run_shard(
                 coordinator, host, port, metrics_port, advertise, ready_file, register_timeout, exit_after_job,
                 checkpoint_dir, checkpoint_fault,
@@ -265,7 +236,9 @@ def worker(
 
     _service_setup("worker", log_level, torch_threads, allow_plaintext)
     raise typer.Exit(
-        _run(run_worker(coordinator, host, port, metrics_port, slowdown, ready_file, register_timeout, exit_after_job))
+        run_async(
+            run_worker(coordinator, host, port, metrics_port, slowdown, ready_file, register_timeout, exit_after_job)
+        )
     )
 
 
@@ -292,7 +265,7 @@ def compare(
     """Run the same job once per mode on a local cluster; write report.md, PNG charts and results.json."""
     from tidal.compare.main import run_compare  # noqa: PLC0415  # matplotlib and torch only when comparing
 
-    raise typer.Exit(_run(run_compare(spec_file, out, workdir, stdout_console())))
+    raise typer.Exit(run_async(run_compare(spec_file, out, workdir, stdout_console())))
 
 
 @app.command()
@@ -319,205 +292,11 @@ def advise(
         if any(not 1.0 <= f <= 1000.0 for f in factors):
             err.print(f"[red]error:[/red] --slowdowns: every factor must lie in [1, 1000], got {slowdowns!r}")
             raise typer.Exit(2)
-    raise typer.Exit(_run(run_advise(spec_file, probe_steps, factors, workdir, as_json, stdout_console(), err)))
+    raise typer.Exit(run_async(run_advise(spec_file, probe_steps, factors, workdir, as_json, stdout_console(), err)))
 
 
-@app.command()
-def submit(
-    spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")],
-    coordinator: Coordinator = DEFAULT_COORDINATOR,
-    wait: Annotated[bool, typer.Option(help="Wait for the job to end, with a progress bar.")] = False,
-    allow_plaintext: AllowPlaintext = False,
-) -> None:
-    """Submit a job; prints its id."""
-    _install_security("admin", allow_plaintext, server=False, command="submit")
-    from tidal.client import TidalClient, load_spec_file  # noqa: PLC0415
-    from tidal.progress import follow_job  # noqa: PLC0415
-    from tidal.v1 import common_pb2 as common_pb  # noqa: PLC0415
-
-    async def go() -> int:
-        async with TidalClient(coordinator) as client:
-            job = await client.submit(load_spec_file(spec_file))
-            print(job.job_id)
-            if not wait:
-                return 0
-            final = await follow_job(client, job.job_id, err)
-            return 0 if final.state == common_pb.JOB_STATE_SUCCEEDED else 1
-
-    raise typer.Exit(_run(go()))
-
-
-@app.command()
-def status(
-    job_id: Annotated[str | None, typer.Argument(help="A job id; all jobs when omitted.")] = None,
-    coordinator: Coordinator = DEFAULT_COORDINATOR,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    allow_plaintext: AllowPlaintext = False,
-) -> None:
-    """Show one job, or all jobs."""
-    _install_security("admin", allow_plaintext, server=False, command="status")
-    from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
-
-    async def go() -> None:
-        async with TidalClient(coordinator) as client:
-            jobs = [await client.get(job_id)] if job_id else await client.list()
-        if as_json:
-            print(json.dumps([MessageToDict(j, preserving_proto_field_name=True) for j in jobs], indent=2))
-            return
-        table = Table("job", "state", "mode", "version", "samples", "train loss", "val acc", "message")
-        for j in jobs:
-            acc = f"{j.val_accuracy:.3f}" if j.HasField("val_accuracy") else "-"
-            table.add_row(
-                j.job_id,
-                job_state_name(j.state),
-                j.mode,
-                f"{j.version}/{j.target_version}",
-                str(j.samples),
-                f"{j.train_loss:.4f}",
-                acc,
-                j.message,
-            )
-        stdout_console().print(table)
-
-    _run(go())
-
-
-@app.command()
-def cancel(
-    job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR, allow_plaintext: AllowPlaintext = False
-) -> None:
-    """Cancel a pending or running job."""
-    _install_security("admin", allow_plaintext, server=False, command="cancel")
-    from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
-
-    async def go() -> None:
-        async with TidalClient(coordinator) as client:
-            print(job_state_name((await client.cancel(job_id)).state))
-
-    _run(go())
-
-
-@app.command()
-def cluster(coordinator: Coordinator = DEFAULT_COORDINATOR, allow_plaintext: AllowPlaintext = False) -> None:
-    """List the members of the cluster."""
-    _install_security("admin", allow_plaintext, server=False, command="cluster")
-    from tidal.client import TidalClient  # noqa: PLC0415
-
-    async def go() -> None:
-        async with TidalClient(coordinator) as client:
-            members = await client.cluster()
-        table = Table("member", "role", "state", "address", "name", "job", "heartbeat age (s)")
-        for m in members:
-            table.add_row(
-                m.member_id,
-                _enum(m, "role"),
-                _enum(m, "state"),
-                m.address,
-                m.name,
-                m.job_id,
-                f"{m.heartbeat_age_s:.1f}",
-            )
-        stdout_console().print(table)
-
-    _run(go())
-
-
-def _enum(msg: Any, field: str) -> str:
-    value = MessageToDict(msg, preserving_proto_field_name=True).get(field, "")
-    return str(value).split("_", 1 if field == "role" else 2)[-1].lower()
-
-
-@app.command()
-def health(
-    address: Annotated[str, typer.Argument(help="host:port of any tidal service.")],
-    service: Annotated[str, typer.Option(help="Service name to check ('' = the whole server).")] = "",
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds.")] = 3.0,
-    allow_plaintext: AllowPlaintext = False,
-) -> None:
-    """grpc.health.v1 check: exit 0 when SERVING (usable as a container healthcheck). It uses the
-    same TLS settings as the service it checks (TIDAL_TLS_*)."""
-    from tidal.client import check_health  # noqa: PLC0415
-
-    _install_security("admin", allow_plaintext, server=False, command="health")
-
-    result = _run(check_health(address, service, timeout))
-    print(result)
-    raise typer.Exit(0 if result == "SERVING" else 1)
-
-
-def _install_security(role: str, allow_plaintext: bool, server: bool, command: str = "") -> None:
-    """TLS and tokens from TIDAL_TLS_* / TIDAL_TOKEN* (transport/tls.py). Without TLS the command
-    refuses to run unless plaintext was asked for; a bad or missing setting is one line, exit 2."""
-    import dataclasses  # noqa: PLC0415
-    import os  # noqa: PLC0415
-
-    from tidal.transport import tls  # noqa: PLC0415
-
-    try:
-        config = tls.SecurityConfig.from_env(os.environ, default_name=role)
-        config = dataclasses.replace(config, allow_plaintext=config.allow_plaintext or allow_plaintext)
-        tls.require_secure(config, f"tidal {command or role}", server)
-        tls.install(config)
-    except TidalError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-@app.command()
-def certs(
-    out_dir: Annotated[Path, typer.Argument(help="Folder for the CA, certificates, keys and tokens.")],
-    san: Annotated[
-        list[str] | None,
-        typer.Option(help="Extra DNS name or IP in every certificate (repeatable; localhost and 127.0.0.1 always)."),
-    ] = None,
-    extra: Annotated[
-        list[str] | None,
-        typer.Option(help="Another holder ROLE:NAME, e.g. worker:worker-1 (repeatable)."),
-    ] = None,
-    valid_days: Annotated[float, typer.Option(min=0.01, help="Validity of the certificates, in days.")] = 365.0,
-    force: Annotated[bool, typer.Option(help="Overwrite existing certificates, keys and tokens.")] = False,
-    keep_existing: Annotated[
-        bool,
-        typer.Option(help="Exit 0 without a change when the folder already holds a complete bundle (one-shot jobs)."),
-    ] = False,
-    split: Annotated[
-        bool,
-        typer.Option(
-            help="Also copy each holder's share into OUT_DIR/NAME/ (CA certificate, its certificate, key, token; "
-            "tokens.yaml for the coordinator) and the CA certificate into OUT_DIR/public/, one folder per service."
-        ),
-    ] = False,
-) -> None:
-    """Create a development CA, a certificate and a token per role (coordinator, shard, worker, admin)."""
-    from tidal.security.bundle import bundle_exists, create_bundle, split_bundle  # noqa: PLC0415
-
-    holders = []
-    for item in extra or []:
-        role, sep, name = item.partition(":")
-        if not sep or not name:
-            raise typer.BadParameter(f"{item!r}: expected ROLE:NAME", param_hint="--extra")
-        holders.append((role, name))
-    if keep_existing and force:
-        raise typer.BadParameter("cannot be combined with --force", param_hint="--keep-existing")
-    try:
-        kept = keep_existing and bundle_exists(out_dir, holders)
-        written = [] if kept else create_bundle(out_dir, holders, san or [], valid_days, force)
-        if split:
-            written += split_bundle(out_dir, holders)
-    except (FileExistsError, ValueError, OSError, TidalError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    out_dir = out_dir.resolve()
-    if kept:
-        print(f"{out_dir} already holds a complete bundle: kept it")
-    print(f"wrote {len(written)} files to {out_dir}; every process then needs:")
-    if split:
-        print(f"  TIDAL_TLS_DIR={out_dir}/NAME TIDAL_TLS_NAME=NAME, NAME being coordinator, shard, worker or admin")
-        print("  (the coordinator also TIDAL_TOKENS_FILE=.../coordinator/tokens.yaml, for REST); public/ has ca.crt only")
-        return
-    print(f"  TIDAL_TLS_DIR={out_dir} TIDAL_TOKENS_FILE={out_dir / 'tokens.yaml'}")
-    print("  TIDAL_TLS_NAME=<its certificate: coordinator|shard|worker|admin> (default: the command's role; admin")
-    print(f"  for client commands) and TIDAL_TOKEN_FILE={out_dir}/<the same name>.token")
+cli_client.register(app)
+cli_certs.register(app)
 
 
 def main() -> None:

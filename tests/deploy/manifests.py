@@ -1,7 +1,7 @@
 """Reads the deployment files the way their tools do, and what the `tidal` CLI accepts.
 
 The CLI side is introspected from the typer app (options, environment variables, their types),
-never restated here, so a flag renamed in cli.py makes the deployment tests fail.
+never restated here, so a flag renamed in the CLI (cli*.py) makes the deployment tests fail.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Unit tests for tidal.core.checkpoint: atomic writes, keep-last-K, refusal of corrupt,
-tampered or pickled checkpoints, fallback to the previous valid one, exact restore.
+"""Unit tests for tidal.core.checkpoint, shard_snapshot and recovery: atomic writes, keep-last-K,
+refusal of corrupt, tampered or pickled checkpoints, fallback to the previous valid one, exact
+restore, what a restore lost.
 
 The reference for a restore is the same shard continuing without one: a shard restored from
 a checkpoint and fed the same pushes must end with bit-identical parameters and optimizer
@@ -22,16 +23,11 @@ from typing import Any
 import pytest
 import torch
 
-from tidal.core.checkpoint import (
-    CheckpointSchedule,
-    CheckpointStore,
-    RecoveryLedger,
-    parse_fault,
-    restore_shard,
-    snapshot_shard,
-)
+from tidal.core.checkpoint import CheckpointSchedule, CheckpointStore, parse_fault
 from tidal.core.errors import DataLossError, InvalidArgumentError
+from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_map import TensorInfo, build_shard_map
+from tidal.core.shard_snapshot import restore_shard, snapshot_shard
 from tidal.core.shard_state import PushOutcome, ShardState
 from tidal.core.spec import parse_job_spec
 

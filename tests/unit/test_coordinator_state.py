@@ -15,7 +15,8 @@ from tests.unit.test_jobs import make_cluster, start, submit
 from tidal.coordinator.store import FILE_NAME, StateStore
 from tidal.core import snapshot
 from tidal.core.errors import DataLossError
-from tidal.core.jobs import JobManager, JobState, ShardProgress
+from tidal.core.job_records import JobState, ShardProgress
+from tidal.core.jobs import JobManager
 from tidal.core.membership import Membership, MemberState, Role
 from tidal.core.spec import parse_job_spec
 

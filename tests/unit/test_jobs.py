@@ -11,22 +11,15 @@ import pytest
 import torch
 
 # isort: split
+from tidal.core.commands import AssignShard, AssignWorker, Evaluate, Release
 from tidal.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from tidal.core.jobs import (
-    AssignShard,
-    AssignWorker,
-    Evaluate,
-    Job,
-    JobManager,
-    JobState,
-    Release,
-    ShardProgress,
-)
+from tidal.core.job_records import Job, JobState, ShardProgress
+from tidal.core.jobs import JobManager
 from tidal.core.membership import Membership, MemberState, Role
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.core.spec import JobSpec, parse_job_spec

@@ -9,7 +9,8 @@ import pytest
 # isort: split
 from tests.unit.test_jobs import Cluster, make_cluster, make_spec, start, submit
 from tidal.core import snapshot
-from tidal.core.jobs import AssignShard, Job, JobState, MoveShard, Release, ShardProgress
+from tidal.core.commands import AssignShard, MoveShard, Release
+from tidal.core.job_records import Job, JobState, ShardProgress
 from tidal.core.membership import MemberState, Role
 
 

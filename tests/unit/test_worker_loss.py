@@ -12,8 +12,9 @@ import torch
 # isort: split
 from tests.unit.test_jobs import Cluster, finish_workers, make_cluster, start, submit
 from tests.unit.test_shard_state import EPOCH, Reference, grad_like, make_state
+from tidal.core.commands import AssignWorker, ChangeMembership, Evaluate, Release
 from tidal.core.errors import FailedPreconditionError
-from tidal.core.jobs import AssignWorker, ChangeMembership, Evaluate, JobState, Release, ShardProgress
+from tidal.core.job_records import JobState, ShardProgress
 from tidal.core.membership import Membership, MemberState, Role
 from tidal.core.policy import ShardView, StaleSynchronousPolicy, SyncPolicy
 from tidal.core.shard_state import PushOutcome

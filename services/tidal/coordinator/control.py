@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator
 from tidal.coordinator.convert import JOB_STATE_TO_PROTO, command_to_proto, job_to_proto
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.store import StateStore
-from tidal.core import jobs
+from tidal.core.commands import ChangeMembership, Command, Evaluate, MoveShard
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
+from tidal.core.job_records import Job, JobState, ShardProgress
+from tidal.core.jobs import JobManager
 from tidal.core.membership import Member, Membership, MemberState, Role
 from tidal.core.plan import job_dataset_info, job_model, job_shard_map
 from tidal.core.spec import parse_job_spec
@@ -27,7 +29,7 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 
 log = logging.getLogger(__name__)
 
-_TERMINAL_STATES = {JOB_STATE_TO_PROTO[state] for state in jobs.JobState if state.terminal}
+_TERMINAL_STATES = {JOB_STATE_TO_PROTO[state] for state in JobState if state.terminal}
 # How often the loop checks heartbeats, places pending jobs and saves progress, in seconds.
 TICK_S = 0.2
 # After a restart, how long saved members have to come back, on top of the heartbeat
@@ -49,7 +51,7 @@ class Control:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.membership = Membership()
-        self.jobs = jobs.JobManager(self.membership)
+        self.jobs = JobManager(self.membership)
         self._outboxes: dict[str, asyncio.Queue[coord_pb.SessionResponse | None]] = {}
         self._changed = asyncio.Condition()
         self._generation = 0
@@ -109,19 +111,19 @@ class Control:
         await self._deliver(self._schedule())
         return outbox
 
-    def _resync(self, member: Member) -> list[jobs.Command]:
+    def _resync(self, member: Member) -> list[Command]:
         """What a member resuming its job may have missed while it had no session: the job's
         current membership and, if it was asked for the final evaluation, that request."""
         if not member.job_id:
             return []
         job = self.jobs.get(member.job_id)
-        if job.state is not jobs.JobState.RUNNING or member.member_id not in job.members:
+        if job.state is not JobState.RUNNING or member.member_id not in job.members:
             return []
-        commands: list[jobs.Command] = [
-            jobs.ChangeMembership(member.member_id, job.job_id, job.membership_epoch, tuple(job.worker_ids))
+        commands: list[Command] = [
+            ChangeMembership(member.member_id, job.job_id, job.membership_epoch, tuple(job.worker_ids))
         ]
         if job.final_eval_by == member.member_id and not job.final_eval_done:
-            commands.append(jobs.Evaluate(member.member_id, job.job_id, final=True))
+            commands.append(Evaluate(member.member_id, job.job_id, final=True))
         return commands
 
     async def session_closed(self, member_id: str, outbox: asyncio.Queue[coord_pb.SessionResponse | None]) -> None:
@@ -138,7 +140,7 @@ class Control:
         member.last_seen = time.monotonic()
         kind = msg.WhichOneof("kind")
         now = time.time()
-        commands: list[jobs.Command] = []
+        commands: list[Command] = []
         try:
             if kind == "heartbeat":
                 self.counters.heartbeats.labels(member.role.value).inc()
@@ -153,7 +155,7 @@ class Control:
                 )
             elif kind == "shard_progress":
                 p = msg.shard_progress
-                progress = jobs.ShardProgress(
+                progress = ShardProgress(
                     p.version,
                     p.updates_applied,
                     p.updates_rejected,
@@ -169,7 +171,7 @@ class Control:
             elif kind == "shard_ready":
                 r = msg.shard_ready
                 commands = self.jobs.shard_ready(member_id, r.job_id, r.version, r.checkpointing, now)
-                if commands and isinstance(commands[0], jobs.MoveShard):
+                if commands and isinstance(commands[0], MoveShard):
                     self._restored(commands[0])
             elif kind == "worker_finished":
                 p = msg.worker_finished
@@ -201,10 +203,10 @@ class Control:
         if refs:
             self._checkpoints[member_id] = refs
 
-    def _reattach(self) -> list[jobs.Command]:
+    def _reattach(self) -> list[Command]:
         """Idle shards with a session and a checkpoint of a job that waits for its lost shard
         replace it (restoring the checkpoint)."""
-        commands: list[jobs.Command] = []
+        commands: list[Command] = []
         for member_id, refs in list(self._checkpoints.items()):
             member = self.membership.get(member_id)
             if not member.live:
@@ -217,7 +219,7 @@ class Control:
                         break
         return commands
 
-    def _restored(self, move: jobs.MoveShard) -> None:
+    def _restored(self, move: MoveShard) -> None:
         job = self.jobs.get(move.job_id)
         restart = next(r for r in reversed(job.restarts) if r.member_id == move.shard_member_id)
         self.counters.shard_restarts.inc()
@@ -232,7 +234,7 @@ class Control:
         )
 
     # --- jobs ----------------------------------------------------------------------
-    async def submit(self, spec_json: str) -> jobs.Job:
+    async def submit(self, spec_json: str) -> Job:
         spec = parse_job_spec(spec_json)
         # Building the model validates model and dataset names and args before anything runs.
         shard_map = await asyncio.to_thread(lambda: job_shard_map(spec, job_model(spec, job_dataset_info(spec))))
@@ -249,7 +251,7 @@ class Control:
         await self._bump()
         return job
 
-    async def cancel(self, job_id: str) -> jobs.Job:
+    async def cancel(self, job_id: str) -> Job:
         await self._deliver(self.jobs.cancel(job_id, time.time()))
         await self._bump()
         return self.jobs.get(job_id)
@@ -272,7 +274,7 @@ class Control:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != generation), timeout_s)
 
-    def job(self, job_id: str) -> jobs.Job:
+    def job(self, job_id: str) -> Job:
         if not job_id:
             raise NotFoundError("job_id: must not be empty")
         return self.jobs.get(job_id)
@@ -327,11 +329,11 @@ class Control:
             self._save()
             self._store.close()
 
-    def _schedule(self) -> list[jobs.Command]:
+    def _schedule(self) -> list[Command]:
         # Only members with an open session can be told about a job they are placed in.
         return self.jobs.schedule(time.time(), reachable=self._outboxes.__contains__)
 
-    async def _deliver(self, commands: list[jobs.Command]) -> None:
+    async def _deliver(self, commands: list[Command]) -> None:
         if commands:
             self._save()  # a restarted coordinator must know what its members were told
         for command in commands:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from tidal.core import jobs
+from tidal.core import commands
+from tidal.core.job_records import Job, JobState
 from tidal.core.membership import Member, Membership, MemberState, Role
 from tidal.transport.serde import shard_map_to_proto
 from tidal.v1 import common_pb2 as common_pb
@@ -19,11 +20,11 @@ MEMBER_STATE_TO_PROTO = {
     MemberState.LEFT: common_pb.MEMBER_STATE_LEFT,
 }
 JOB_STATE_TO_PROTO = {
-    jobs.JobState.PENDING: common_pb.JOB_STATE_PENDING,
-    jobs.JobState.RUNNING: common_pb.JOB_STATE_RUNNING,
-    jobs.JobState.SUCCEEDED: common_pb.JOB_STATE_SUCCEEDED,
-    jobs.JobState.FAILED: common_pb.JOB_STATE_FAILED,
-    jobs.JobState.CANCELLED: common_pb.JOB_STATE_CANCELLED,
+    JobState.PENDING: common_pb.JOB_STATE_PENDING,
+    JobState.RUNNING: common_pb.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: common_pb.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: common_pb.JOB_STATE_FAILED,
+    JobState.CANCELLED: common_pb.JOB_STATE_CANCELLED,
 }
 
 
@@ -39,7 +40,7 @@ def member_to_proto(member: Member, now: float) -> coord_pb.Member:
     )
 
 
-def job_to_proto(job: jobs.Job) -> coord_pb.JobStatus:
+def job_to_proto(job: Job) -> coord_pb.JobStatus:
     shards = job.shards.values()
     staleness_count = sum(s.staleness_count for s in shards)
     losses = [w.loss for w in job.workers.values() if not math.isnan(w.loss)]
@@ -100,8 +101,8 @@ def job_to_proto(job: jobs.Job) -> coord_pb.JobStatus:
     return status
 
 
-def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.SessionResponse:
-    if isinstance(command, jobs.AssignShard):
+def command_to_proto(command: commands.Command, membership: Membership) -> coord_pb.SessionResponse:
+    if isinstance(command, commands.AssignShard):
         job = command.job
         return coord_pb.SessionResponse(
             assign_shard=coord_pb.AssignShard(
@@ -114,7 +115,7 @@ def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.
                 restore=command.restore,
             )
         )
-    if isinstance(command, jobs.MoveShard):
+    if isinstance(command, commands.MoveShard):
         return coord_pb.SessionResponse(
             shard_moved=coord_pb.ShardMoved(
                 job_id=command.job_id,
@@ -123,7 +124,7 @@ def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.
                 version=command.version,
             )
         )
-    if isinstance(command, jobs.AssignWorker):
+    if isinstance(command, commands.AssignWorker):
         job = command.job
         return coord_pb.SessionResponse(
             assign_worker=coord_pb.AssignWorker(
@@ -137,13 +138,13 @@ def command_to_proto(command: jobs.Command, membership: Membership) -> coord_pb.
                 worker_ids=job.worker_ids,
             )
         )
-    if isinstance(command, jobs.ChangeMembership):
+    if isinstance(command, commands.ChangeMembership):
         return coord_pb.SessionResponse(
             membership_changed=coord_pb.MembershipChanged(
                 job_id=command.job_id, membership_epoch=command.membership_epoch, worker_ids=command.worker_ids
             )
         )
-    if isinstance(command, jobs.Evaluate):
+    if isinstance(command, commands.Evaluate):
         return coord_pb.SessionResponse(evaluate=coord_pb.Evaluate(job_id=command.job_id, final=command.final))
     return coord_pb.SessionResponse(
         release_job=coord_pb.ReleaseJob(

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tidal.core.jobs import Job, JobState
+from tidal.core.job_records import Job, JobState
 from tidal.core.membership import MemberState, Role
 
 if TYPE_CHECKING:

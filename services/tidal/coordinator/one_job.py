@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tidal.coordinator.control import Control
 from tidal.core.errors import TidalError
-from tidal.core.jobs import Job, JobState
+from tidal.core.job_records import Job, JobState
 from tidal.core.spec import JobSpec, parse_job_spec
 from tidal.k8s_scale import ApiServer, ScaleTarget, scale_down
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tidal.core import snapshot
 from tidal.core.errors import DataLossError
-from tidal.core.jobs import Job
+from tidal.core.job_records import Job
 from tidal.core.membership import Member
 
 FILE_NAME = "coordinator.sqlite3"

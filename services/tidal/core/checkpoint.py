@@ -14,6 +14,9 @@ place, then the folder is fsynced. Loading checks everything before a tensor tou
 shard; a truncated or tampered file, a manifest that does not match, or a payload that is
 not safetensors (a pickle, say) raises `DataLossError`, and `load_latest` falls back to the
 previous valid checkpoint. Nothing is ever unpickled: safetensors and json only.
+
+The snapshot a checkpoint holds, and its restore into a shard, are in core/shard_snapshot.py;
+what a restore lost is counted in core/recovery.py.
 """
 
 from __future__ import annotations
@@ -25,33 +28,23 @@ import logging
 import os
 import re
 import signal
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from tidal.core.errors import DataLossError, InvalidArgumentError
-from tidal.core.optim import IMPLEMENTATION_OPTIONS
-from tidal.core.shard_state import PushOutcome, PushResult, ShardCounters, ShardState
-from tidal.core.staleness import StalenessStats
+from tidal.core.shard_snapshot import PARAMS, ShardSnapshot
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-PARAMS = "params"
-OPTIMIZER_PREFIX = "optimizer."
 # Checkpoint files are named by version, zero-padded so names sort like versions.
 _NAME = re.compile(r"^v(\d{12})\.json$")
 # Job ids become folder names: refuse anything that could leave the checkpoint root.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Pushes remembered per worker in a checkpoint: a worker retries only its latest push, so a
-# few per worker keep a retried push from being applied twice after a restore.
-PUSHES_KEPT_PER_WORKER = 4
 # Fault injection for tests (see `CheckpointStore`): die at one point of the N-th write.
 FAULTS = ("kill_before_rename", "kill_before_manifest")
 
@@ -63,159 +56,6 @@ class CheckpointRef:
     job_id: str
     shard_index: int
     version: int
-
-
-@dataclass
-class ShardSnapshot:
-    """A consistent copy of one shard's state, taken between two pushes."""
-
-    job_id: str
-    shard_index: int
-    shard_range: tuple[int, int]
-    version: int
-    membership_epoch: int
-    members: list[str]
-    mode: str
-    tensors: dict[str, torch.Tensor]
-    # Optimizer class, hyperparameters and its non-tensor state.
-    optimizer: dict[str, Any]
-    counters: dict[str, Any]
-    # (push id, result) of the latest pushes, oldest first.
-    recent_pushes: list[dict[str, Any]] = field(default_factory=list)
-    created_at: float = 0.0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.item()
-    return value
-
-
-def snapshot_shard(job_id: str, state: ShardState, lost_by_worker: dict[str, int] | None = None) -> ShardSnapshot:
-    """Copies the state; call it on the thread that applies pushes, between two of them.
-    `lost_by_worker` is what earlier restores lost (RecoveryLedger), carried along."""
-    opt = state.optimizer.state_dict()
-    group = {k: _jsonable(v) for k, v in opt["param_groups"][0].items() if k != "params"}
-    tensor_state: dict[str, torch.Tensor] = {}
-    scalar_state: dict[str, Any] = {}
-    for key, value in opt["state"].get(0, {}).items():
-        if isinstance(value, torch.Tensor):
-            tensor_state[OPTIMIZER_PREFIX + key] = value.detach().clone().contiguous()
-        else:
-            scalar_state[key] = _jsonable(value)
-    c = state.counters
-    # Gradients waiting in a barrier are not in the parameters yet: they are lost with the
-    # process, so they must not count as handled.
-    handled = dict(c.by_worker)
-    for workers in state.view().buffered.values():
-        for worker in workers:
-            handled[worker] = handled.get(worker, 0) - 1
-    per_worker: dict[str, int] = {}
-    recent: list[dict[str, Any]] = []
-    for push_id, result in reversed(state.recent_pushes()):
-        worker = push_id.rsplit(":", 1)[0]
-        per_worker[worker] = per_worker.get(worker, 0) + 1
-        if per_worker[worker] <= PUSHES_KEPT_PER_WORKER:
-            recent.append({"push_id": push_id, **_result_to_json(result)})
-    start, end = state.shard_map.ranges[state.shard_index]
-    return ShardSnapshot(
-        job_id=job_id,
-        shard_index=state.shard_index,
-        shard_range=(start, end),
-        version=state.version,
-        membership_epoch=state.membership_epoch,
-        members=sorted(state.members),
-        mode=state.spec.mode.value,
-        tensors={PARAMS: state.params.detach().clone().contiguous(), **tensor_state},
-        optimizer={"class": type(state.optimizer).__name__, "hyperparameters": group, "scalar_state": scalar_state},
-        counters={
-            "updates_applied": c.updates_applied,
-            "rejected": dict(c.rejected),
-            "staleness": {
-                "count": c.staleness.count,
-                "total": c.staleness.total,
-                "maximum": c.staleness.maximum,
-                "histogram": {str(k): v for k, v in c.staleness.histogram.items()},
-            },
-            "by_worker": {w: n for w, n in handled.items() if n > 0},
-            "lost_by_worker": dict(lost_by_worker or {}),
-        },
-        recent_pushes=list(reversed(recent)),
-        created_at=time.time(),
-    )
-
-
-def _result_to_json(result: PushResult) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome.value,
-        "version": result.version,
-        "staleness": result.staleness,
-        "serve_version": result.serve_version,
-    }
-
-
-def _semantic(hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """The hyperparameters that decide what a step computes (not how: fused, foreach, ...)."""
-    return {k: v for k, v in hyperparameters.items() if k not in IMPLEMENTATION_OPTIONS}
-
-
-def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
-    """Loads a snapshot into a freshly built state of the same job and shard. Checks that it
-    fits (shard range, element count, optimizer and hyperparameters) before changing anything."""
-    start, end = state.shard_map.ranges[state.shard_index]
-    where = f"checkpoint of job {snapshot.job_id} shard {snapshot.shard_index} at version {snapshot.version}"
-    if snapshot.shard_index != state.shard_index or tuple(snapshot.shard_range) != (start, end):
-        raise DataLossError(
-            f"{where}: holds shard {snapshot.shard_index} range {list(snapshot.shard_range)}, "
-            f"the job assigns shard {state.shard_index} range [{start}, {end}]"
-        )
-    params = snapshot.tensors.get(PARAMS)
-    if params is None or params.shape != state.params.shape or params.dtype != state.params.dtype:
-        got = "none" if params is None else f"{tuple(params.shape)} {params.dtype}"
-        raise DataLossError(
-            f"{where}: params are {got}, the shard holds {tuple(state.params.shape)} {state.params.dtype}"
-        )
-    current = state.optimizer.state_dict()
-    group = {k: _jsonable(v) for k, v in current["param_groups"][0].items() if k != "params"}
-    saved = snapshot.optimizer
-
-    same_math = _semantic(saved.get("hyperparameters") or {}) == _semantic(group)
-    if saved.get("class") != type(state.optimizer).__name__ or not same_math:
-        raise DataLossError(
-            f"{where}: optimizer {saved.get('class')} {saved.get('hyperparameters')} does not match the job's "
-            f"{type(state.optimizer).__name__} {group}"
-        )
-    opt_state: dict[str, Any] = dict(saved.get("scalar_state", {}))
-    for name, tensor in snapshot.tensors.items():
-        if name.startswith(OPTIMIZER_PREFIX):
-            opt_state[name.removeprefix(OPTIMIZER_PREFIX)] = tensor
-    with torch.no_grad():
-        state.params.copy_(params)
-    current["state"] = {0: opt_state} if opt_state else {}
-    state.optimizer.load_state_dict(current)
-    # Membership and epoch stay as the coordinator assigned them now: it is the authority.
-    state.version = snapshot.version
-    c = snapshot.counters
-    s = c["staleness"]
-    state.counters = ShardCounters(
-        updates_applied=int(c["updates_applied"]),
-        rejected={str(k): int(v) for k, v in c["rejected"].items()},
-        staleness=StalenessStats(
-            int(s["count"]), int(s["total"]), int(s["maximum"]), {int(k): int(v) for k, v in s["histogram"].items()}
-        ),
-        by_worker={str(k): int(v) for k, v in c["by_worker"].items()},
-    )
-    state.remember_pushes(
-        [
-            (
-                p["push_id"],
-                PushResult(PushOutcome(p["outcome"]), int(p["version"]), int(p["staleness"]), int(p["serve_version"])),
-            )
-            for p in snapshot.recent_pushes
-        ]
-    )
 
 
 @dataclass(frozen=True)
@@ -439,41 +279,3 @@ class CheckpointStore:
                     found.append((manifests[0].stat().st_mtime, CheckpointRef(job_dir.name, int(index), version)))
         return [ref for _, ref in sorted(found, key=lambda x: x[0], reverse=True)]
 
-
-@dataclass
-class RecoveryLedger:
-    """What a shard restored from a checkpoint lost, counted from what its workers report
-    when they reconnect: each says the newest version it received from this shard index and
-    how many of its pushes completed there. A completed push the shard neither holds nor
-    counted lost before was acknowledged by a lost process after its last checkpoint: it is
-    lost, counted once (checkpoints carry the per-worker counts across restarts)."""
-
-    # Version the checkpoint restored (-1: this shard was not restored).
-    restored_version: int = -1
-    # worker -> pushes lost by this shard's restores so far (all of them).
-    lost_by_worker: dict[str, int] = field(default_factory=dict)
-    # Lost by earlier restores, when this one began.
-    lost_before: int = 0
-    versions_lost: int = 0
-
-    @classmethod
-    def restored(cls, snapshot: ShardSnapshot) -> RecoveryLedger:
-        lost = {str(w): int(n) for w, n in snapshot.counters.get("lost_by_worker", {}).items()}
-        return cls(snapshot.version, lost, sum(lost.values()))
-
-    @property
-    def updates_lost(self) -> int:
-        """Lost by every restore of this shard (the job's accounting counts them as handled)."""
-        return sum(self.lost_by_worker.values())
-
-    @property
-    def updates_lost_here(self) -> int:
-        """Lost by the latest restore."""
-        return self.updates_lost - self.lost_before
-
-    def worker_resumed(self, state: ShardState, worker_id: str, last_version: int, completed_pushes: int) -> None:
-        known = state.counters.by_worker.get(worker_id, 0) + self.lost_by_worker.get(worker_id, 0)
-        if completed_pushes > known:
-            self.lost_by_worker[worker_id] = self.lost_by_worker.get(worker_id, 0) + completed_pushes - known
-        if self.restored_version >= 0:
-            self.versions_lost = max(self.versions_lost, last_version - self.restored_version)

@@ -11,204 +11,23 @@ job's membership epoch and tells its shards and workers at once. Ranks are never
 joiner gets the next unused rank; data partitions follow the position in the live
 worker list (see docs/fault-tolerance.md).
 
-`JobManager` never sends anything: each event returns the commands the coordinator must
-deliver to members, so the whole lifecycle is testable without sockets.
+`JobManager` never sends anything: each event returns the commands (core/commands.py) the
+coordinator must deliver to members, so the whole lifecycle is testable without sockets. The
+records it keeps per job are in core/job_records.py.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 
+from tidal.core.commands import AssignShard, AssignWorker, ChangeMembership, Command, Evaluate, MoveShard, Release
 from tidal.core.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
 from tidal.core.membership import Member, Membership, MemberState, Role
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
 
-
-class JobState(Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-@dataclass
-class WorkerProgress:
-    rank: int
-    step: int = 0
-    samples: int = 0
-    loss: float = float("nan")
-    step_time_s: float = 0.0
-    finished: bool = False
-    # Acknowledged pushes to each shard: as last reported, exact once the worker finished.
-    pushes: int = 0
-    # Why the worker is no longer part of the job ("failed", "left"); empty while it is.
-    lost: str = ""
-
-
-@dataclass
-class ShardProgress:
-    version: int = 0
-    updates_applied: int = 0
-    updates_rejected: int = 0
-    staleness_sum: int = 0
-    staleness_count: int = 0
-    staleness_max: int = 0
-    # After a restore from a checkpoint (see ShardRestart): what the checkpoint lost.
-    updates_lost: int = 0
-    versions_lost: int = 0
-    # Version of the newest checkpoint the shard wrote (-1: none).
-    checkpoint_version: int = -1
-    # Distinct pushes handled per worker (dead ones included); empty if the shard does not say.
-    pushes_by_worker: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class ShardRestart:
-    """A lost shard of a running job, waiting for (or restored by) a replacement that
-    restarts from its checkpoint."""
-
-    shard_index: int
-    lost_member: str
-    # Unix time of the loss.
-    lost_at: float
-    # Version the lost shard had last reported.
-    lost_version: int
-    # The replacement once one is assigned ("" while the job waits for one).
-    member_id: str = ""
-    restored_version: int = -1
-    # Unix time the replacement was ready (0: recovering).
-    ready_at: float = 0.0
-    updates_lost: int = 0
-    versions_lost: int = 0
-
-    @property
-    def recovering(self) -> bool:
-        return self.ready_at == 0.0
-
-
-@dataclass(frozen=True)
-class EvalPoint:
-    elapsed_s: float
-    version: int
-    val_loss: float
-    val_accuracy: float
-
-
-@dataclass
-class Job:
-    job_id: str
-    spec: JobSpec
-    shard_map: ShardMap
-    created_at: float
-    state: JobState = JobState.PENDING
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    message: str = ""
-    membership_epoch: int = 0
-    shard_ids: list[str] = field(default_factory=list)  # by shard index
-    worker_ids: list[str] = field(default_factory=list)  # live workers, by rank
-    # The rank the next joining worker gets (ranks are never reused).
-    next_rank: int = 0
-    shards_ready: set[str] = field(default_factory=set)
-    workers: dict[str, WorkerProgress] = field(default_factory=dict)
-    shards: dict[str, ShardProgress] = field(default_factory=dict)
-    evals: list[EvalPoint] = field(default_factory=list)
-    final_eval_by: str = ""
-    final_eval_done: bool = False
-    # Unix time of the last progress report from any member (0: none yet).
-    last_progress_at: float = 0.0
-    # Indices of the shards that write checkpoints (a lost one is waited for, not fatal).
-    checkpointing: set[int] = field(default_factory=set)
-    # Shard losses survived or being survived, oldest first.
-    restarts: list[ShardRestart] = field(default_factory=list)
-
-    def pending_restart(self, shard_index: int) -> ShardRestart | None:
-        return next((r for r in self.restarts if r.shard_index == shard_index and r.recovering), None)
-
-    @property
-    def members(self) -> list[str]:
-        return [*self.shard_ids, *self.worker_ids]
-
-    @property
-    def version(self) -> int:
-        return min((s.version for s in self.shards.values()), default=0)
-
-    @property
-    def samples(self) -> int:
-        return sum(w.samples for w in self.workers.values())
-
-    @property
-    def accepts_workers(self) -> bool:
-        """Whether a worker may join now: running, every shard ready, final evaluation not begun."""
-        ready = bool(self.shard_ids) and self.shards_ready == set(self.shard_ids)
-        return self.state is JobState.RUNNING and ready and not self.final_eval_by
-
-
-# Commands the coordinator delivers over member sessions.
-@dataclass(frozen=True)
-class AssignShard:
-    member_id: str
-    job: Job
-    shard_index: int
-    # Restore the shard from its newest valid checkpoint of this job (it replaces a lost one).
-    restore: bool = False
-
-
-@dataclass(frozen=True)
-class MoveShard:
-    """Tells a worker where a restored shard now serves."""
-
-    member_id: str
-    job_id: str
-    shard_index: int
-    # The shard's member id (its address is looked up when the command is sent).
-    shard_member_id: str
-    version: int
-
-
-@dataclass(frozen=True)
-class AssignWorker:
-    member_id: str
-    job: Job
-    rank: int
-
-
-@dataclass(frozen=True)
-class ChangeMembership:
-    """The job's worker set changed: shards re-form their barriers, workers re-partition."""
-
-    member_id: str
-    job_id: str
-    membership_epoch: int
-    # Live workers, by rank.
-    worker_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Evaluate:
-    member_id: str
-    job_id: str
-    final: bool
-
-
-@dataclass(frozen=True)
-class Release:
-    member_id: str
-    job_id: str
-    state: JobState
-    reason: str
-
-
-Command = AssignShard | AssignWorker | ChangeMembership | MoveShard | Evaluate | Release
 # Modes whose shards can be restored: their barriers key on the version a gradient was computed
 # from, which workers re-pull from the restored shard. SSP and auto key on the workers' clocks,
 # which a restored shard cannot replay.

@@ -7,7 +7,7 @@ import torch
 from tidal.core.spec import JobSpec, Mode, OptimizerSpec
 
 # Implementation switches of torch.optim: how a step is computed, not what it computes. A
-# checkpoint written under other switches restores (core/checkpoint.py ignores them).
+# checkpoint written under other switches restores (core/shard_snapshot.py ignores them).
 IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
 

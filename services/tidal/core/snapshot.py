@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tidal.core.errors import DataLossError, TidalError
-from tidal.core.jobs import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
+from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
 from tidal.core.membership import Member, MemberState, Role
 from tidal.core.shard_map import ShardMap, TensorInfo
 from tidal.core.spec import parse_job_spec

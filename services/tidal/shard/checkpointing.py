@@ -12,7 +12,9 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tidal.core.checkpoint import CheckpointSchedule, CheckpointStore, RecoveryLedger, ShardSnapshot, snapshot_shard
+from tidal.core.checkpoint import CheckpointSchedule, CheckpointStore
+from tidal.core.recovery import RecoveryLedger
+from tidal.core.shard_snapshot import ShardSnapshot, snapshot_shard
 from tidal.core.shard_state import ShardState
 from tidal.transport.metrics import LATENCY_BUCKETS
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
-from tidal.core.checkpoint import CheckpointStore, RecoveryLedger, parse_fault, restore_shard
+from tidal.core.checkpoint import CheckpointStore, parse_fault
 from tidal.core.errors import TidalError
 from tidal.core.plan import job_dataset_info, job_model
+from tidal.core.recovery import RecoveryLedger
+from tidal.core.shard_snapshot import restore_shard
 from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
 from tidal.shard.checkpointing import CheckpointMetrics, ShardCheckpointer
