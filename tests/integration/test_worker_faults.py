@@ -204,5 +204,8 @@ def test_a_worker_stopped_with_sigterm_leaves_and_a_new_one_joins_mid_run(cluste
     assert final.membership_epoch == epoch + 1
     # It joined after the start, so it pushed for fewer versions than the others.
     assert workers[2].pushes <= steps - joined_at < workers[0].pushes
-    assert final.updates_applied == 2 * sum(w.pushes for w in workers.values())
+    # Every push reached both shards; a barrier waits for the joiner only from its first push
+    # there, so that first gradient may come too late for its clock (at most one per shard).
+    assert final.updates_applied + final.updates_rejected == 2 * sum(w.pushes for w in workers.values())
+    assert final.updates_rejected <= 2
     print(f"FIGURE joiner pushed {workers[2].pushes} of {steps} versions (joined after version {joined_at})")
