@@ -226,10 +226,11 @@ class ShardState:
             raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
         view = self.view()
         decision = self.policy.on_push(worker_id, base_version, clock, view)
+        key = self.policy.buffer_clock(base_version, clock)
         # The job's last clock is target_version - 1. A worker still short of the target on
         # another shard pushes on to this one too: counted, never applied, served at once.
         last_clock = self.spec.target_version - 1
-        past_end = decision is PushDecision.BUFFER and self.policy.buffer_clock(base_version, clock) > last_clock
+        past_end = decision is PushDecision.BUFFER and key > last_clock
         if past_end:
             decision = PushDecision.DROP_LATE
         if isinstance(self.policy, AutoPolicy) and now is not None:
@@ -239,20 +240,18 @@ class ShardState:
             # A joiner's first push here: barriers wait for it from the clock it pushed for
             # (buffered), else from the current one, which it is served next.
             self._not_started.discard(worker_id)
-            buffered_at = self.policy.buffer_clock(base_version, clock)
-            self._joined[worker_id] = buffered_at if decision is PushDecision.BUFFER else self.version
+            self._joined[worker_id] = key if decision is PushDecision.BUFFER else self.version
         folded: tuple[int, ...] = ()
         if decision is PushDecision.APPLY:
             self._apply_alone(worker_id, grad, staleness)
             folded, outcome = (staleness,), PushOutcome.APPLIED
         elif decision is PushDecision.BUFFER:
-            key = self.policy.buffer_clock(base_version, clock)
             buffer = self._buffers.get(key)
             if buffer is None:
                 buffer = self._buffers[key] = _Buffer(torch.zeros_like(self.params, requires_grad=False))
             buffer.total.add_(grad)
             buffer.bases[worker_id] = base_version
-            if clock >= self.spec.target_version - 1:
+            if clock >= last_clock:
                 buffer.finals.add(worker_id)
             folded = self._apply_complete_buffers()
             outcome = PushOutcome.APPLIED if folded else PushOutcome.BUFFERED
