@@ -62,6 +62,9 @@ class ShardLink:
         self._shared_chunks: dict[torch.dtype, list[frames.Encoded]] = {}
         self.version = -1
         # The clock of the last push that completed here: each shard has its own (next_clock).
+        # It carries on over a shard restored from an older checkpoint: in sync the clock is
+        # only how the shard tells a worker's last push (ShardView.finished), and that must
+        # still be the job's last clock; ssp and auto, keyed by clock, refuse a restore.
         self.clock = -1
         # Since the last (re)connection: the newest version seen in an ack or in parameters,
         # and (over the whole job) the pushes that completed here. A shard restored from a
@@ -250,7 +253,6 @@ class ShardLink:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + deadline_s
         delay = RECONNECT_FIRST_DELAY_S
-        served_before = self.version
         while True:
             if self._call is not None:
                 self._call.cancel()
@@ -270,9 +272,6 @@ class ShardLink:
                 continue
             self.reconnects += 1
             self.newest_version = self.version  # from now on, what this incarnation served
-            if self.version < served_before:
-                # Restored from an older checkpoint: its clocks start over at its version.
-                self.clock = min(self.clock, self.version - 1)
             return
 
     async def _write(self, msg: shard_pb.ExchangeRequest | bytes) -> None:
