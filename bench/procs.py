@@ -3,11 +3,8 @@ bounded waits, nothing left behind."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,15 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tidal.spawn import start_child
 from tidal.transport.process import MALLOC_ENV
 
 REPO = Path(__file__).resolve().parent.parent
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def bench_env(tuned_malloc: bool) -> dict[str, str]:
@@ -57,15 +49,9 @@ class Proc:
     def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._log = log.open("ab")
-        self.process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            cwd=REPO,
-            # Runs only prctl, safe in the fork child: the child dies with the bench.
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        # The child dies with the bench (tidal.spawn).
+        self.process = start_child(
+            cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=REPO
         )
 
     def wait_for(self, word: str, timeout_s: float) -> None:

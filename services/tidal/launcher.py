@@ -2,7 +2,9 @@
 
 Every service binds port 0 and reports its real port in a ready file. Children are put in
 their own session (so the terminal's Ctrl-C reaches only the launcher, which then shuts
-them down in order) and get SIGKILL from the kernel if the launcher itself dies.
+them down in order) and get SIGKILL from the kernel if the launcher itself dies; they are
+started without fork handlers, so a launcher whose gRPC threads are busy is safe
+(`tidal.spawn` says why that matters).
 
 Security: give the cluster the variables of a bundle (`tidal.security.bundle.environment`,
 as `tidal demo` does) and every service runs with mutual TLS. Without any TLS variable the
@@ -13,8 +15,6 @@ integration tests, `tidal compare` and `tidal advise` use (docs/security.md says
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -27,23 +27,17 @@ from typing import IO, Any
 
 from tidal.config import SECURITY_ENV
 from tidal.core.errors import DeadlineExceededError, UnavailableError
+from tidal.spawn import start_child
 
 HOST = "127.0.0.1"
 # Every service binds loopback and lets the kernel pick its ports; ready files report them.
 EPHEMERAL = ["--host", HOST, "--port", "0", "--metrics-port", "0"]
-_PR_SET_PDEATHSIG = 1
 # Any of these set means TLS (transport/tls.py: TLS_FILE_VARS).
 _TLS_VARS = tuple(SECURITY_ENV[k] for k in ("tls_dir", "tls_ca", "tls_cert", "tls_key"))
 
 
 def uses_tls(env: dict[str, str]) -> bool:
     return any(env.get(var) for var in _TLS_VARS)
-
-
-def _die_with_parent() -> None:
-    # Not on Linux: children may outlive a launcher that is killed with SIGKILL.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -152,16 +146,7 @@ class LocalCluster:
         if not uses_tls(child_env):
             # Explicit, on loopback only; the service logs the loud warning (module docstring).
             child_env[SECURITY_ENV["allow_plaintext"]] = "1"
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=child_env,
-            start_new_session=True,
-            # Runs only prctl, which is safe in the fork child even with threads around.
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
-        )
+        process = start_child(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT, new_session=True)
         service = Service(name, args, process, ready_file, log_path, log)
         self.services[name] = service
         return service

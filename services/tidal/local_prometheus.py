@@ -7,6 +7,7 @@ targets given as static configs; stopped with the process that started it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from tidal.core.errors import UnavailableError
+from tidal.spawn import start_child
 
 _LISTENING = re.compile(r'msg="Listening on" address=([\d.]+:\d+)')
 
@@ -54,10 +56,11 @@ class Prometheus:
         if binary is None:
             raise UnavailableError("prometheus is not installed (Debian package 'prometheus')")
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
+            # Dies with this process (tidal.spawn), like the services it scrapes.
+            self.process = start_child(
                 [binary, f"--config.file={self.config_path}", f"--web.listen-address={self.address}",
                  f"--storage.tsdb.path={self.workdir / 'data'}", "--storage.tsdb.retention.time=1h"],
-                stdout=log, stderr=subprocess.STDOUT,
+                env=os.environ, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while not self.url:

@@ -157,12 +157,15 @@ def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists (use --force to overwrite)")
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        # The file object owns the descriptor from here and closes it once; write() writes all.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.chmod(tmp, mode)
     os.replace(tmp, path)
 

@@ -25,10 +25,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """Binds a listening TCP socket ourselves so port 0 works and the real port can be read back."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()  # ours until returned: a failed bind leaks no descriptor
+        raise
     return sock
 
 
