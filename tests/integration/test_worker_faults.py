@@ -25,10 +25,14 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 
 pytestmark = pytest.mark.integration
 
-# Always "no rain" scores 0.605; sync reaches ~0.72. Async varies more from run to run, and
-# more still when a worker is killed early in a short job on a loaded machine (0.655 seen in
-# CI at version 360): its bar sits below that, still clear of the majority baseline.
+# Always "no rain" scores 0.605; sync reaches ~0.72. Async varies more from run to run: with
+# the sync job's settings (lr 0.05, momentum 0.9, 120 steps) its last few stale updates move
+# the weights a lot, and a kill early in the job on a loaded machine ended at 0.638 and 0.655
+# in CI. So the async kill jobs train longer at a 25x smaller effective step (plain SGD at
+# lr 0.02, 300 steps, 900 updates), which 8 runs with kills under a CPU hog put at 0.693-0.734;
+# the bar stays where it was, clear of the majority baseline.
 TARGET_ACCURACY = {"sync": 0.68, "async": 0.64}
+ASYNC_KILL_JOB = {"optimizer": {"name": "sgd", "lr": 0.02}, "steps": 300}
 SPEC: dict[str, Any] = {
     "model": {"name": "mlp", "args": {"hidden": [32, 16]}},
     "dataset": {"name": "seattle_weather"},
@@ -95,9 +99,12 @@ def _wait_dead(cluster: FaultCluster, name: str, timeout_s: float = 60.0) -> flo
 @pytest.mark.parametrize(("mode", "seed"), [("sync", 0), ("sync", 1), ("sync", 2), ("async", 0), ("async", 1)])
 def test_kill_9_one_worker_at_a_random_step_and_the_job_completes(cluster: FaultCluster, mode: str, seed: int) -> None:
     rng = random.Random(seed)
-    steps, rank, kill_at = 120, rng.randrange(3), rng.randrange(10, 80)
-    spec = {**SPEC, "name": f"kill-{mode}-{seed}", "mode": mode, "seed": seed, "steps": steps,
+    rank, kill_at = rng.randrange(3), rng.randrange(10, 80)
+    spec = {**SPEC, "name": f"kill-{mode}-{seed}", "mode": mode, "seed": seed, "steps": 120,
             "stragglers": [{"rank": rank, "kill_at_step": kill_at}]}  # fmt: skip
+    if mode == "async":
+        spec.update(ASYNC_KILL_JOB)
+    steps = spec["steps"]
     job = submit(cluster.coordinator_address, spec)
     cluster.wait_for_version(job.job_id, 1)
     victim = cluster.service_of(_by_rank(cluster.job(job.job_id))[rank].member_id)
