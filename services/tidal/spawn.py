@@ -48,6 +48,8 @@ def start_child(
     `new_session` puts it in its own session, so a terminal's Ctrl-C reaches only the launcher.
     The returned process's pid is CMD's own (the wrapper execs it)."""
     wrapped = [sys.executable, "-m", "tidal.spawn", str(os.getpid()), "--", *cmd]
+    # Children run with gRPC's fork support off unless the caller says otherwise (tidal/__main__.py).
+    env = {"GRPC_ENABLE_FORK_SUPPORT": "false", **env}
     return subprocess.Popen(
         wrapped,
         stdin=stdin,
