@@ -15,7 +15,7 @@ import torch
 
 # isort: split
 from tidal.core import shard_state as shard_state_module
-from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_optimizer
 from tidal.core.policy import ConsistencyPolicy
 from tidal.core.shard_map import ShardMap, TensorInfo, build_shard_map
@@ -418,13 +418,58 @@ def test_duplicate_push_id_is_reported_and_leaves_params_unchanged(mode: str) ->
     assert state.counters.rejected == {"duplicate": 1}
 
 
-def test_push_id_memory_is_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shard_state_module, "PUSH_ID_MEMORY", 2)
-    state, _ = make_state(mode="async", workers=["w0"])
+def test_push_id_memory_is_bounded_oldest_first_per_member(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shard_state_module, "PUSH_IDS_PER_MEMBER", 2)
+    state, _ = make_state(mode="async", workers=["w0", "w1"])
+    state.push("w1", "kept", 0, EPOCH, grad_like(state, 0))
     for i, pid in enumerate(["a", "b", "c"]):
-        state.push("w0", pid, i, EPOCH, grad_like(state, i))
-    assert state.push("w0", "c", 3, EPOCH, grad_like(state, 3)).outcome is PushOutcome.DUPLICATE
-    assert state.push("w0", "a", 3, EPOCH, grad_like(state, 3)).outcome is PushOutcome.APPLIED
+        state.push("w0", pid, i + 1, EPOCH, grad_like(state, i))
+    assert state.push("w0", "c", 4, EPOCH, grad_like(state, 3)).outcome is PushOutcome.DUPLICATE
+    assert state.push("w0", "a", 4, EPOCH, grad_like(state, 3)).outcome is PushOutcome.APPLIED
+    # w0's pushes evicted only w0's own ids.
+    assert state.push("w1", "kept", 6, EPOCH, grad_like(state, 0)).outcome is PushOutcome.DUPLICATE
+
+
+def test_another_members_push_id_changes_nothing_for_that_member() -> None:
+    # The attack: w1 pushes late under w0's next push id; w0's real push must still be applied.
+    state, _ = make_state(mode="sync", workers=["w0", "w1"])
+    state.push("w0", "w0:0", 0, EPOCH, grad_like(state, 0))
+    state.push("w1", "w1:0", 0, EPOCH, grad_like(state, 1))
+    assert state.version == 1
+    forged = state.push("w1", "w0:1", 0, EPOCH, grad_like(state, 2))
+    assert forged.outcome is PushOutcome.DROPPED_LATE
+    real = state.push("w0", "w0:1", 1, EPOCH, grad_like(state, 3))
+    assert real.outcome is PushOutcome.BUFFERED
+    assert state.push("w1", "w1:1", 1, EPOCH, grad_like(state, 4)).outcome is PushOutcome.APPLIED
+    assert state.version == 2
+    assert state.counters.updates_applied == 4
+
+
+def test_a_repeat_of_a_dropped_push_is_answered_with_its_outcome_not_as_held() -> None:
+    state, _ = make_state(mode="sync", workers=["w0", "w1"])
+    state.push("w0", "w0:0", 0, EPOCH, grad_like(state, 0))
+    state.push("w1", "w1:0", 0, EPOCH, grad_like(state, 1))
+    late = state.push("w0", "w0:late", 0, EPOCH, grad_like(state, 2))
+    assert late.outcome is PushOutcome.DROPPED_LATE
+    again = state.push("w0", "w0:late", 0, EPOCH, grad_like(state, 2))
+    assert again.outcome is PushOutcome.DROPPED_LATE
+    assert again.repeat
+    assert state.counters.rejected == {"late": 1, "duplicate": 1}
+
+
+def test_a_non_finite_gradient_under_a_used_push_id_is_refused_not_acked() -> None:
+    state, _ = make_state(mode="async", workers=["w0"])
+    state.push("w0", "w0:0", 0, EPOCH, grad_like(state, 0))
+    before = snapshot(state)
+    with pytest.raises(NonFiniteGradientError):
+        state.push("w0", "w0:0", 0, EPOCH, torch.full_like(state.params.detach(), float("nan")))
+    assert bits_equal(state.params.detach(), before)
+
+
+def test_an_overlong_push_id_is_refused() -> None:
+    state, _ = make_state(mode="async", workers=["w0"])
+    with pytest.raises(InvalidArgumentError, match=r"push\.push_id: 257 characters"):
+        state.push("w0", "x" * 257, 0, EPOCH, grad_like(state, 0))
 
 
 # --- rejected pushes -------------------------------------------------------------------

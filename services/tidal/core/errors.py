@@ -37,6 +37,11 @@ class UnavailableError(TidalError):
     """A peer or resource is temporarily unreachable; retrying may succeed."""
 
 
+class InternalError(TidalError):
+    """A peer failed with a bug (it answered INTERNAL, UNKNOWN or UNIMPLEMENTED). Not retryable:
+    the same request fails the same way again. The message says what the peer said."""
+
+
 class DeadlineExceededError(TidalError):
     """A wait ran past its deadline: names who was waited for and at which step."""
 

@@ -71,6 +71,9 @@ class ShardView:
 
 class ConsistencyPolicy(Protocol):
     name: str
+    # True when gradients are buffered per clock and applied as a barrier's mean (every mode
+    # but async): the shard then has a barrier to describe when a wait times out.
+    aggregates: bool
 
     def on_push(self, worker_id: str, base_version: int, clock: int, view: ShardView) -> PushDecision:
         """Decides what happens to a gradient computed from `base_version` at the worker's `clock`."""
@@ -87,6 +90,43 @@ class ConsistencyPolicy(Protocol):
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         """Lowest version the pushing worker may train on next."""
         ...
+
+    # Hooks the shard calls at each event; a policy that does not learn from them ignores them.
+    def on_served(self, worker_id: str, now: float) -> None:
+        """`worker_id` was served parameters at `now` (monotonic seconds)."""
+        ...
+
+    def on_arrival(self, worker_id: str, now: float) -> None:
+        """A gradient of `worker_id` arrived at `now` (monotonic seconds)."""
+        ...
+
+    def on_clock_applied(self, members: frozenset[str]) -> AutoDecision | None:
+        """A clock's buffer was applied; returns a change of the policy's settings, if it made one."""
+        ...
+
+    def on_membership(self, members: frozenset[str]) -> None:
+        """The job's workers are now `members`."""
+        ...
+
+    def settings(self) -> tuple[int, int]:
+        """(backup_workers, staleness_bound) in force now."""
+        ...
+
+
+class _Fixed:
+    """The event hooks of a policy whose settings never change: it learns nothing from events."""
+
+    def on_served(self, worker_id: str, now: float) -> None:
+        return None
+
+    def on_arrival(self, worker_id: str, now: float) -> None:
+        return None
+
+    def on_clock_applied(self, members: frozenset[str]) -> AutoDecision | None:
+        return None
+
+    def on_membership(self, members: frozenset[str]) -> None:
+        return None
 
 
 def next_clock(previous_clock: int, served_version: int) -> int:
@@ -109,11 +149,12 @@ def _check_first_in_clock(worker_id: str, clock: int, view: ShardView) -> None:
         raise FailedPreconditionError(f"push: worker {worker_id} already pushed a gradient for clock {clock}")
 
 
-class SyncPolicy:
+class SyncPolicy(_Fixed):
     """BSP, optionally with backup workers (Chen et al. 2016): a step is applied as the mean of
     the first `len(members) - backup_workers` gradients of that version; later ones are dropped."""
 
     name = "sync"
+    aggregates = True
 
     def __init__(self, backup_workers: int = 0) -> None:
         self.backup_workers = backup_workers
@@ -136,13 +177,17 @@ class SyncPolicy:
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return base_version + 1
 
+    def settings(self) -> tuple[int, int]:
+        return self.backup_workers, 0
 
-class StaleSynchronousPolicy:
+
+class StaleSynchronousPolicy(_Fixed):
     """SSP (Ho et al. 2013) with per-clock aggregation: a worker at clock c trains on any version
     >= c - bound, so fast workers run up to `bound` clocks ahead of the slowest; the gradients of
     clock c are averaged and applied as version c + 1. bound = 0 is exactly BSP."""
 
     name = "ssp"
+    aggregates = True
 
     def __init__(self, bound: int) -> None:
         self.bound = bound
@@ -169,12 +214,16 @@ class StaleSynchronousPolicy:
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return max(0, clock + 1 - self.bound)
 
+    def settings(self) -> tuple[int, int]:
+        return 0, self.bound
 
-class AsyncPolicy:
+
+class AsyncPolicy(_Fixed):
     """ASGD: every gradient is applied on arrival; gradients staler than `max_staleness`
     versions are refused."""
 
     name = "async"
+    aggregates = False
 
     def __init__(self, max_staleness: int | None = None) -> None:
         self.max_staleness = max_staleness
@@ -194,6 +243,9 @@ class AsyncPolicy:
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return max(view.version, base_version + 1)
 
+    def settings(self) -> tuple[int, int]:
+        return 0, 0
+
 
 class AutoPolicy:
     """`mode: auto`: SSP with per-clock aggregation whose clock completes with the first
@@ -208,6 +260,7 @@ class AutoPolicy:
     """
 
     name = "auto"
+    aggregates = True
 
     def __init__(self, tuner: AutoTuner) -> None:
         self.tuner = tuner
@@ -245,27 +298,38 @@ class AutoPolicy:
     def serve_after_push(self, base_version: int, clock: int, view: ShardView) -> int:
         return min(max(0, clock + 1 - self.bound), view.version + 1)
 
-    # Timings the tuner learns from (the shard calls these; other policies have no use for them).
-    def served(self, worker_id: str, now: float) -> None:
+    # The tuner learns the workers' step times from these events.
+    def on_served(self, worker_id: str, now: float) -> None:
         self.tuner.served(worker_id, now)
 
-    def arrived(self, worker_id: str, now: float) -> None:
+    def on_arrival(self, worker_id: str, now: float) -> None:
         self.tuner.arrived(worker_id, now)
 
-    def clock_applied(self, members: frozenset[str]) -> AutoDecision | None:
+    def on_clock_applied(self, members: frozenset[str]) -> AutoDecision | None:
         return self.tuner.clock_applied(members)
+
+    def on_membership(self, members: frozenset[str]) -> None:
+        for gone in self.tuner.known_workers() - members:
+            self.tuner.forget(gone)
+
+    def settings(self) -> tuple[int, int]:
+        return self.backup_workers, self.bound
 
 
 def policy_for(spec: JobSpec) -> ConsistencyPolicy:
+    """The policy of the job's mode; a mode without one is an error, never a silent default."""
     c = spec.consistency
-    if spec.mode == Mode.SYNC:
-        return SyncPolicy(c.backup_workers)
-    if spec.mode == Mode.SSP:
-        return StaleSynchronousPolicy(c.staleness_bound)
-    if spec.mode == Mode.LOCAL_SGD:
-        # Each worker pushes one delta per round; the round is a plain barrier.
-        return SyncPolicy(0)
-    if spec.mode == Mode.AUTO:
-        tuner = AutoTuner(spec.num_workers, spec.max_auto_backups, c.auto_max_staleness_bound, c.auto_window)
-        return AutoPolicy(tuner)
-    return AsyncPolicy(c.max_staleness)
+    match spec.mode:
+        case Mode.SYNC:
+            return SyncPolicy(c.backup_workers)
+        case Mode.SSP:
+            return StaleSynchronousPolicy(c.staleness_bound)
+        case Mode.ASYNC:
+            return AsyncPolicy(c.max_staleness)
+        case Mode.LOCAL_SGD:
+            # Each worker pushes one delta per round; the round is a plain barrier.
+            return SyncPolicy(0)
+        case Mode.AUTO:
+            tuner = AutoTuner(spec.num_workers, spec.max_auto_backups, c.auto_max_staleness_bound, c.auto_window)
+            return AutoPolicy(tuner)
+    raise InvalidArgumentError(f"mode: no consistency policy for mode {spec.mode!r}")

@@ -4,8 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_snapshot import ShardSnapshot
 from tidal.core.shard_state import ShardState
+from tidal.core.spec import JobSpec
+
+
+def most_pushes_per_worker(spec: JobSpec) -> int:
+    """Most pushes one worker can make to one shard in this job: one per step in the barrier
+    modes (a worker stops after `steps`), one per update in async (it stops once the shards
+    applied `target_version`), one per round in local SGD."""
+    return max(spec.steps, spec.target_version)
+
+
+def check_resume(spec: JobSpec, last_version: int, completed_pushes: int, field: str) -> None:
+    """A reconnecting worker's counters are claims, not facts: each must be possible in this job
+    (a shard never reaches past `target_version`, a worker never pushes more than
+    `most_pushes_per_worker`), so what a restore is counted to have lost stays bounded."""
+    if not 0 <= last_version <= spec.target_version:
+        raise InvalidArgumentError(
+            f"{field}.last_version: {last_version} is outside this job's versions [0, {spec.target_version}]"
+        )
+    most = most_pushes_per_worker(spec)
+    if not 0 <= completed_pushes <= most:
+        raise InvalidArgumentError(
+            f"{field}.completed_pushes: {completed_pushes} is outside [0, {most}], the pushes one worker can make"
+        )
 
 
 @dataclass

@@ -42,7 +42,7 @@ class ShardSnapshot:
     # Optimizer class, hyperparameters and its non-tensor state.
     optimizer: dict[str, Any]
     counters: dict[str, Any]
-    # (push id, result) of the latest pushes, oldest first.
+    # The latest pushes of each member: worker, push id and result, each member's oldest first.
     recent_pushes: list[dict[str, Any]] = field(default_factory=list)
     created_at: float = 0.0
 
@@ -74,13 +74,10 @@ def snapshot_shard(job_id: str, state: ShardState, lost_by_worker: dict[str, int
     for workers in state.view().buffered.values():
         for worker in workers:
             handled[worker] = handled.get(worker, 0) - 1
-    per_worker: dict[str, int] = {}
-    recent: list[dict[str, Any]] = []
-    for push_id, result in reversed(state.recent_pushes()):
-        worker = push_id.rsplit(":", 1)[0]
-        per_worker[worker] = per_worker.get(worker, 0) + 1
-        if per_worker[worker] <= PUSHES_KEPT_PER_WORKER:
-            recent.append({"push_id": push_id, **_result_to_json(result)})
+    recent = [
+        {"worker": worker, "push_id": push_id, **_result_to_json(result)}
+        for worker, push_id, result in state.recent_pushes(PUSHES_KEPT_PER_WORKER)
+    ]
     start, end = state.shard_map.ranges[state.shard_index]
     return ShardSnapshot(
         job_id=job_id,
@@ -104,7 +101,7 @@ def snapshot_shard(job_id: str, state: ShardState, lost_by_worker: dict[str, int
             "by_worker": {w: n for w, n in handled.items() if n > 0},
             "lost_by_worker": dict(lost_by_worker or {}),
         },
-        recent_pushes=list(reversed(recent)),
+        recent_pushes=recent,
         created_at=time.time(),
     )
 
@@ -172,7 +169,9 @@ def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
     state.remember_pushes(
         [
             (
-                p["push_id"],
+                # Checkpoints written before pushes were remembered per member: tidal's push ids are "worker:step".
+                str(p.get("worker") or p["push_id"].rsplit(":", 1)[0]),
+                str(p["push_id"]),
                 PushResult(PushOutcome(p["outcome"]), int(p["version"]), int(p["staleness"]), int(p["serve_version"])),
             )
             for p in snapshot.recent_pushes

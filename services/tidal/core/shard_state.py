@@ -1,9 +1,11 @@
 """The domain of one parameter shard for one job, without sockets or asyncio.
 
 Holds the shard's flat parameter slice and its torch.optim optimizer, checks who may push,
-deduplicates pushes by id, asks the consistency policy what to do with each gradient and
-carries the decision out. A rejected push never touches the parameters: every check runs
-before the first write.
+deduplicates each member's pushes by id, asks the consistency policy what to do with each
+gradient and carries the decision out. A rejected push never touches the parameters: every
+check runs before the first write. Push ids are a member's own: dedup is keyed by (member,
+push id) with a bounded memory per member, so no member's ids, valid or not, can change how
+another member's pushes are handled.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import torch
 from tidal.core.auto import AutoDecision
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_shard_optimizer
-from tidal.core.policy import AutoPolicy, ConsistencyPolicy, PushDecision, ShardView, policy_for
+from tidal.core.policy import ConsistencyPolicy, PushDecision, ShardView, policy_for
 from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import Segment, ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.staleness import StalenessStats
 
-# Push ids remembered for deduplication; a retry arrives within seconds, not after this many pushes.
-PUSH_ID_MEMORY = 100_000
+# Push ids remembered per member for deduplication: a worker retries only its latest push (after
+# a reconnect), so this is ample; per member, so one member's pushes cannot evict another's.
+PUSH_IDS_PER_MEMBER = 1024
+# Longest push id accepted, in characters (tidal's are "worker-id:step").
+MAX_PUSH_ID_CHARS = 256
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -43,6 +48,10 @@ class PushOutcome(Enum):
     REJECTED_STALE = "rejected_stale"
 
 
+# Outcomes whose gradient is in the parameters or in a barrier's sum: a repeat is a duplicate.
+_TAKEN = frozenset({PushOutcome.APPLIED, PushOutcome.BUFFERED})
+
+
 @dataclass(frozen=True)
 class PushResult:
     outcome: PushOutcome
@@ -55,6 +64,8 @@ class PushResult:
     # Staleness of every gradient this push folded into the parameters (several when it
     # completed a barrier, none when it was buffered or refused).
     folded: tuple[int, ...] = ()
+    # True when this answers a repeat of a push already handled (counted as a duplicate).
+    repeat: bool = False
 
 
 @dataclass
@@ -123,7 +134,8 @@ class ShardState:
         self._not_started: set[str] = set()
         self.counters = ShardCounters()
         self._buffers: dict[int, _Buffer] = {}
-        self._push_ids: OrderedDict[str, PushResult] = OrderedDict()
+        # member -> its latest push ids and what became of each, oldest first.
+        self._push_ids: dict[str, OrderedDict[str, PushResult]] = {}
         # DC-ASGD: the parameters each worker was last served (one slice per worker).
         self._served: dict[str, torch.Tensor] = {}
         # auto: the tuner's decisions so far, oldest first.
@@ -170,7 +182,7 @@ class ShardState:
         arrived = view.arrived(self.version)
         missing = sorted(view.expected(self.version) - arrived)
         parts = [f"at version {self.version}"]
-        if self.policy.name != "async":
+        if self.policy.aggregates:
             parts.append(
                 f"clock {self.version} has gradients from {', '.join(sorted(arrived)) or 'nobody'}"
                 f" and waits for {', '.join(missing) or 'nobody'}"
@@ -185,8 +197,8 @@ class ShardState:
     def served(self, worker_id: str, now: float | None = None) -> None:
         """Notes that `worker_id` now trains on the current parameters (DC-ASGD needs them;
         `mode: auto` times the worker's step from `now`, monotonic seconds)."""
-        if isinstance(self.policy, AutoPolicy) and now is not None:
-            self.policy.served(worker_id, now)
+        if now is not None:
+            self.policy.on_served(worker_id, now)
         if self.compensates:
             backup = self._served.get(worker_id)
             if backup is None:
@@ -208,22 +220,11 @@ class ShardState:
         `clock` is the worker's clock (SSP, auto); it defaults to the base version. `now`
         (monotonic seconds) is when it arrived, for `mode: auto`."""
         self.check_sender(worker_id, membership_epoch)
-        if not push_id:
-            raise InvalidArgumentError("push.push_id: must not be empty")
-        if (previous := self._push_ids.get(push_id)) is not None:
-            self.counters.reject("duplicate")
-            return PushResult(PushOutcome.DUPLICATE, self.version, previous.staleness, previous.serve_version)
-        if base_version < 0:
-            raise InvalidArgumentError(f"push.base_version: must be >= 0, got {base_version}")
+        # Validation first: a repeated id never lets an invalid gradient through as a duplicate.
+        self._check_push(push_id, base_version, grad)
+        if (previous := self._push_ids.get(worker_id, {}).get(push_id)) is not None:
+            return self._repeat(previous)
         clock = base_version if clock is None else clock
-        if grad.shape != self.params.shape or grad.dtype != self.params.dtype:
-            raise InvalidArgumentError(
-                f"push.chunks: gradient has {grad.numel()} {grad.dtype} elements, "
-                f"shard holds {self.numel} {self.params.dtype}"
-            )
-        if not all_finite(grad):
-            self.counters.reject("non_finite")
-            raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
         view = self.view()
         decision = self.policy.on_push(worker_id, base_version, clock, view)
         key = self.policy.buffer_clock(base_version, clock)
@@ -233,8 +234,8 @@ class ShardState:
         past_end = decision is PushDecision.BUFFER and key > last_clock
         if past_end:
             decision = PushDecision.DROP_LATE
-        if isinstance(self.policy, AutoPolicy) and now is not None:
-            self.policy.arrived(worker_id, now)
+        if now is not None:
+            self.policy.on_arrival(worker_id, now)
         staleness = view.version - base_version
         if worker_id in self._not_started:
             # A joiner's first push here: barriers wait for it from the clock it pushed for
@@ -263,9 +264,33 @@ class ShardState:
             outcome = PushOutcome.REJECTED_STALE
         serve = self.version if past_end else self.policy.serve_after_push(base_version, clock, self.view())
         result = PushResult(outcome, self.version, staleness, serve, folded)
-        self._remember(push_id, result)
+        self._remember(worker_id, push_id, result)
         self.counters.by_worker[worker_id] = self.counters.by_worker.get(worker_id, 0) + 1
         return result
+
+    def _check_push(self, push_id: str, base_version: int, grad: torch.Tensor) -> None:
+        if not push_id:
+            raise InvalidArgumentError("push.push_id: must not be empty")
+        if len(push_id) > MAX_PUSH_ID_CHARS:
+            raise InvalidArgumentError(f"push.push_id: {len(push_id)} characters, at most {MAX_PUSH_ID_CHARS}")
+        if base_version < 0:
+            raise InvalidArgumentError(f"push.base_version: must be >= 0, got {base_version}")
+        if grad.shape != self.params.shape or grad.dtype != self.params.dtype:
+            raise InvalidArgumentError(
+                f"push.chunks: gradient has {grad.numel()} {grad.dtype} elements, "
+                f"shard holds {self.numel} {self.params.dtype}"
+            )
+        if not all_finite(grad):
+            self.counters.reject("non_finite")
+            raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
+
+    def _repeat(self, previous: PushResult) -> PushResult:
+        """A push this member already made, sent again (a retry after a reconnect): nothing is
+        applied twice. It is answered DUPLICATE if its gradient was taken, and with what became
+        of it otherwise (a dropped push is not reported as held)."""
+        self.counters.reject("duplicate")
+        outcome = PushOutcome.DUPLICATE if previous.outcome in _TAKEN else previous.outcome
+        return PushResult(outcome, self.version, previous.staleness, previous.serve_version, repeat=True)
 
     def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> tuple[int, ...]:
         """Re-forms the barrier over the new members; gradients already buffered are kept (a
@@ -288,9 +313,7 @@ class ShardState:
         self.members = members
         for gone in set(self._served) - self.members:
             del self._served[gone]
-        if isinstance(self.policy, AutoPolicy):
-            for gone in set(self.policy.tuner.known_workers()) - self.members:
-                self.policy.tuner.forget(gone)
+        self.policy.on_membership(self.members)
         return self._apply_complete_buffers()
 
     def _apply_alone(self, worker_id: str, grad: torch.Tensor, staleness: int) -> None:
@@ -319,7 +342,7 @@ class ShardState:
             folded += [self.version - base for base in buffer.bases.values()]
             self._step(buffer.total.div_(len(buffer.bases)))
             self.counters.updates_applied += len(buffer.bases)
-            if isinstance(self.policy, AutoPolicy) and (decision := self.policy.clock_applied(self.members)):
+            if decision := self.policy.on_clock_applied(self.members):
                 self.auto_decisions.append(decision)
         for staleness in folded:
             self.counters.staleness.record(staleness)
@@ -338,16 +361,22 @@ class ShardState:
             self.counters.reject("late")
             del self._buffers[stale]
 
-    def recent_pushes(self) -> list[tuple[str, PushResult]]:
-        """The remembered pushes (id, result), oldest first: a checkpoint keeps the latest."""
-        return list(self._push_ids.items())
+    def recent_pushes(self, per_member: int = PUSH_IDS_PER_MEMBER) -> list[tuple[str, str, PushResult]]:
+        """The latest `per_member` remembered pushes of each member as (member, push id,
+        result), each member's oldest first: a checkpoint keeps a few."""
+        return [
+            (worker, push_id, result)
+            for worker, remembered in self._push_ids.items()
+            for push_id, result in list(remembered.items())[-per_member:]
+        ]
 
-    def remember_pushes(self, pushes: Iterable[tuple[str, PushResult]]) -> None:
+    def remember_pushes(self, pushes: Iterable[tuple[str, str, PushResult]]) -> None:
         """Restores remembered pushes, so a push retried after a restore is not applied twice."""
-        for push_id, result in pushes:
-            self._remember(push_id, result)
+        for worker, push_id, result in pushes:
+            self._remember(worker, push_id, result)
 
-    def _remember(self, push_id: str, result: PushResult) -> None:
-        self._push_ids[push_id] = result
-        if len(self._push_ids) > PUSH_ID_MEMORY:
-            self._push_ids.popitem(last=False)
+    def _remember(self, worker_id: str, push_id: str, result: PushResult) -> None:
+        remembered = self._push_ids.setdefault(worker_id, OrderedDict())
+        remembered[push_id] = result
+        if len(remembered) > PUSH_IDS_PER_MEMBER:
+            remembered.popitem(last=False)

@@ -22,7 +22,6 @@ from tidal.core.errors import (
     InvalidArgumentError,
     NonFiniteGradientError,
 )
-from tidal.core.policy import AutoPolicy
 from tidal.core.shard_state import PushOutcome, PushResult, ShardState
 from tidal.core.spec import Mode
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
@@ -58,6 +57,11 @@ class SharedScratch:
         # loop.time() when the current holder took it; None while it is free.
         self._held_since: float | None = None
         self._released = asyncio.Event()
+
+    @property
+    def in_use(self) -> bool:
+        """True while a stream holds the shared buffer."""
+        return self._held_since is not None
 
     async def take(self) -> torch.Tensor:
         """The shared buffer, or a fresh one if it stays taken (see the class docstring);
@@ -95,13 +99,13 @@ class ShardRuntime:
         # What parameters travel down to workers in (None: as held).
         self._wire = params_wire_dtype(state.spec.compression)
         # Chunk headers of parameters sent through shared memory (transport/shm.py).
-        self._shared_chunks: list[frames.Encoded] | None = None
+        self._shared_chunks: list[list[frames.Encoded]] | None = None
         self._barrier_started: float | None = None
         # Mode auto: every decision of the tuner, oldest first.
         self.history: list[AutoDecision] = []
         self.closed_reason = ""
         metrics.held(state)
-        metrics.consistency(*_settings(state))
+        metrics.consistency(*state.policy.settings())
 
     async def push(
         self,
@@ -125,7 +129,7 @@ class ShardRuntime:
             raise
         if result.outcome is PushOutcome.BUFFERED and self._barrier_started is None:
             self._barrier_started = started
-        if reason := REASON_FOR_OUTCOME.get(result.outcome):
+        if reason := "duplicate" if result.repeat else REASON_FOR_OUTCOME.get(result.outcome):
             self.metrics.rejected[reason].inc()
         if result.folded:
             await self._folded(result.folded, time.perf_counter() - started)
@@ -177,7 +181,7 @@ class ShardRuntime:
         for decision in decisions:
             log.info("job %s shard %d: auto: %s", self.job_id, self.state.shard_index, decision.reason)
             self.metrics.decisions.inc()
-        self.metrics.consistency(*_settings(self.state))
+        self.metrics.consistency(*self.state.policy.settings())
         self.history.extend(decisions)
         decisions.clear()
 
@@ -215,10 +219,10 @@ class ShardRuntime:
             shared.params.tensor(dtype, flat.numel()).copy_(flat)
             if self._shared_chunks is None:  # the same headers for every version: built once
                 self._shared_chunks = serde.shared_chunks(dtype, self.state.segments, self.range_start)
-            chunks = self._shared_chunks
-            message = frames.encode_params(version, chunks, True)
-            self.metrics.sent.inc(flat.numel() * dtype.itemsize + len(message))
-            return [message]
+            groups = self._shared_chunks
+            messages = [frames.encode_params(version, g, i == len(groups) - 1) for i, g in enumerate(groups)]
+            self.metrics.sent.inc(flat.numel() * dtype.itemsize + sum(len(m) for m in messages))
+            return messages
         if self._cache is None or self._cache[0] != version:
             # Dropped first: the previous version's messages are not kept alive by the cache
             # while the new ones are encoded.
@@ -249,10 +253,3 @@ class ShardRuntime:
             self._changed.notify_all()
 
 
-def _settings(state: ShardState) -> tuple[int, int]:
-    """(backup_workers, staleness_bound) in force on this shard."""
-    policy = state.policy
-    if isinstance(policy, AutoPolicy):
-        return policy.backup_workers, policy.bound
-    options = state.spec.consistency
-    return options.backup_workers, options.staleness_bound if state.spec.mode == Mode.SSP else 0

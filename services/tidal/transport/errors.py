@@ -1,8 +1,13 @@
 """The one mapping from domain errors to gRPC status codes.
 
 Servicer methods are wrapped with `translate_errors`: a `TidalError` raised by the domain
-ends the call with the matching status and the error's message; anything else is a bug
-and surfaces as INTERNAL with the exception logged.
+ends the call with the matching status and the error's message; anything else is a bug,
+logged here, which grpc answers with UNKNOWN ("Unexpected <class ...>: message").
+
+Clients turn a status back into a domain error (`error_from_rpc`). Only UnavailableError is
+retried by the callers that reconnect (the worker's shard links): a bug on the other side
+(INTERNAL, UNKNOWN, UNIMPLEMENTED) is an InternalError and fails the caller at once, with the
+peer's message, instead of being retried until a restart timeout runs out.
 """
 
 from __future__ import annotations
@@ -31,10 +36,21 @@ STATUS_FOR_ERROR: dict[type[errors.TidalError], grpc.StatusCode] = {
     errors.DataLossError: grpc.StatusCode.DATA_LOSS,
     errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
 }
 
-# The reverse, for clients that turn a status back into a domain error.
-ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.TidalError]] = {v: k for k, v in STATUS_FOR_ERROR.items()}
+# The reverse, for clients that turn a status back into a domain error, plus the statuses no
+# tidal servicer sends itself. A peer that died or restarted shows as UNAVAILABLE ("Socket
+# closed", "Connection reset by peer", "failed to connect", "Cancelling all calls" from a
+# server that stops); CANCELLED, a stream the peer or this process cancelled, is a peer going
+# away too: both are retried. UNKNOWN is grpc's answer to an exception a servicer did not
+# handle and UNIMPLEMENTED a method the peer lacks: bugs or version skew, the same on a retry.
+ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.TidalError]] = {
+    **{v: k for k, v in STATUS_FOR_ERROR.items()},
+    grpc.StatusCode.CANCELLED: errors.UnavailableError,
+    grpc.StatusCode.UNKNOWN: errors.InternalError,
+    grpc.StatusCode.UNIMPLEMENTED: errors.InternalError,
+}
 
 
 def status_for(exc: errors.TidalError) -> grpc.StatusCode:
@@ -45,13 +61,14 @@ def status_for(exc: errors.TidalError) -> grpc.StatusCode:
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> errors.TidalError:
-    """Turns a failed call into the domain error it stands for (UNAVAILABLE by default)."""
+    """Turns a failed call into the domain error it stands for (see `error_for_status`)."""
     return error_for_status(exc.code(), exc.details())
 
 
 def error_for_status(code: grpc.StatusCode, details: str | None) -> errors.TidalError:
-    """The domain error a call that ended with `code` stands for (UNAVAILABLE by default)."""
-    cls = ERROR_FOR_STATUS.get(code, errors.UnavailableError)
+    """The domain error a call that ended with `code` stands for. A status outside the mapping
+    (ABORTED, OUT_OF_RANGE: no tidal peer sends them) is an InternalError: not retried."""
+    cls = ERROR_FOR_STATUS.get(code, errors.InternalError)
     return cls(details or code.name)
 
 

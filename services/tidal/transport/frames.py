@@ -29,6 +29,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from tidal.transport.limits import MAX_CHUNKS_PER_MESSAGE
 from tidal.v1 import shard_pb2 as shard_pb
 
 EXCHANGE_METHOD = "/tidal.v1.ParameterShard/Exchange"
@@ -315,6 +316,12 @@ def _region(buf: memoryview) -> tuple[int, int]:
     return offset, length
 
 
+def _check_room(chunks: list[ChunkView], field: str) -> None:
+    # Checked before each chunk is parsed: a message of a million tiny chunks costs 256 of them.
+    if len(chunks) >= MAX_CHUNKS_PER_MESSAGE:
+        raise DecodeError(f"{field}: more than {MAX_CHUNKS_PER_MESSAGE} chunks in one message")
+
+
 def _push(buf: memoryview) -> PushView:
     push = PushView()
     for number, wire_type, value in _fields(buf):
@@ -329,6 +336,7 @@ def _push(buf: memoryview) -> PushView:
         elif number == 5 and wire_type == _VARINT:
             push.num_samples = _signed(value)
         elif number == 6 and wire_type == _LEN:
+            _check_room(push.chunks, "push.chunks")
             push.chunks.append(_chunk(value))
         elif number == 7 and wire_type == _VARINT:
             push.last = bool(value)
@@ -341,6 +349,7 @@ def _params(buf: memoryview) -> ParamsView:
         if number == 1 and wire_type == _VARINT:
             params.version = _signed(value)
         elif number == 2 and wire_type == _LEN:
+            _check_room(params.chunks, "params.chunks")
             params.chunks.append(_chunk(value))
         elif number == 3 and wire_type == _VARINT:
             params.last = bool(value)

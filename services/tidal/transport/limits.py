@@ -6,6 +6,11 @@ from __future__ import annotations
 CHUNK_BYTES = 1 << 20
 # Largest message any tidal server or channel accepts; a chunk plus headers fits easily.
 MAX_MESSAGE_BYTES = 16 << 20
+# Most TensorChunks one data-plane message may hold. Decoding runs inside gRPC's deserializer,
+# where the event loop cannot be given back, so this bounds how long one message can hold it
+# (about 5 ms for 256 one-element chunks on this project's 2-CPU machine, under load); senders
+# spread a slice with more tensors over several messages.
+MAX_CHUNKS_PER_MESSAGE = 256
 # HTTP/2 keepalive: ping an idle connection so dead peers are noticed.
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 5_000

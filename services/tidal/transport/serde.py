@@ -21,7 +21,7 @@ import torch
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_map import Segment, ShardMap, TensorInfo
 from tidal.transport import frames, shm
-from tidal.transport.limits import CHUNK_BYTES
+from tidal.transport.limits import CHUNK_BYTES, MAX_CHUNKS_PER_MESSAGE
 from tidal.v1 import common_pb2 as common_pb
 
 _DTYPE_TO_PROTO = {
@@ -145,23 +145,27 @@ def encoded_chunks(
         yield frames.encode_chunk(seg.name, dtype, seg.shape, offset, data, indices, length)
 
 
-def shared_chunks(dtype: torch.dtype, segments: Sequence[Segment], range_start: int) -> list[frames.Encoded]:
+def shared_chunks(dtype: torch.dtype, segments: Sequence[Segment], range_start: int) -> list[list[frames.Encoded]]:
     """One chunk per tensor segment of a shard's slice, its payload in a shared-memory segment
-    that holds the slice in `dtype` right after the header (transport/shm.py)."""
+    that holds the slice in `dtype` right after the header (transport/shm.py), grouped into
+    messages of at most `MAX_CHUNKS_PER_MESSAGE` chunks."""
     code, size = dtype_to_proto(dtype), dtype.itemsize
     chunks = []
     for seg in segments:
         region = (shm.HEADER_BYTES + (seg.flat_start - range_start) * size, seg.length * size)
         chunks.append(frames.encode_chunk(seg.name, code, seg.shape, seg.tensor_offset, b"", shared=region))
-    return chunks
+    return [chunks[i : i + MAX_CHUNKS_PER_MESSAGE] for i in range(0, len(chunks), MAX_CHUNKS_PER_MESSAGE)]
 
 
-def group_encoded(chunks: Iterable[frames.Encoded], max_bytes: int = CHUNK_BYTES) -> Iterator[list[frames.Encoded]]:
-    """Packs encoded chunks into groups of at most `max_bytes` (one group per message)."""
+def group_encoded(
+    chunks: Iterable[frames.Encoded], max_bytes: int = CHUNK_BYTES, max_chunks: int = MAX_CHUNKS_PER_MESSAGE
+) -> Iterator[list[frames.Encoded]]:
+    """Packs encoded chunks into groups of at most `max_bytes` and `max_chunks` (one group per
+    message: a receiver refuses a message of more chunks)."""
     group: list[frames.Encoded] = []
     size = 0
     for chunk in chunks:
-        if group and size + chunk.size > max_bytes:
+        if group and (size + chunk.size > max_bytes or len(group) >= max_chunks):
             yield group
             group, size = [], 0
         group.append(chunk)
@@ -171,13 +175,14 @@ def group_encoded(chunks: Iterable[frames.Encoded], max_bytes: int = CHUNK_BYTES
 
 
 def group_chunks(
-    chunks: Iterable[common_pb.TensorChunk], max_bytes: int = CHUNK_BYTES
+    chunks: Iterable[common_pb.TensorChunk], max_bytes: int = CHUNK_BYTES, max_chunks: int = MAX_CHUNKS_PER_MESSAGE
 ) -> Iterator[list[common_pb.TensorChunk]]:
-    """Packs chunks into groups of at most `max_bytes` payload (one group per message)."""
+    """Packs chunks into groups of at most `max_bytes` payload and `max_chunks` chunks (one
+    group per message)."""
     group: list[common_pb.TensorChunk] = []
     size = 0
     for chunk in chunks:
-        if group and size + len(chunk.data) > max_bytes:
+        if group and (size + len(chunk.data) > max_bytes or len(group) >= max_chunks):
             yield group
             group, size = [], 0
         group.append(chunk)

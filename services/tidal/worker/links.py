@@ -59,7 +59,7 @@ class ShardLink:
         self.offer_shared_memory = shm.enabled() if shared_memory is None else shared_memory
         self._shared: shm.SharedStream | None = None
         # The chunk headers of a shared-memory push depend only on the dtype: built once.
-        self._shared_chunks: dict[torch.dtype, list[frames.Encoded]] = {}
+        self._shared_chunks: dict[torch.dtype, list[list[frames.Encoded]]] = {}
         self.version = -1
         # The clock of the last push that completed here: each shard has its own (next_clock).
         # It carries on over a shard restored from an older checkpoint: in sync the clock is
@@ -99,7 +99,7 @@ class ShardLink:
         if self.offer_shared_memory:
             # Off the event loop: allocating the pages of a large slice takes a while.
             payload_bytes = self.params.numel() * self.params.element_size()
-            self._shared = await asyncio.to_thread(shm.SharedStream.create, payload_bytes)
+            self._shared = await _create_shared(payload_bytes)
             if self._shared is not None:
                 opening.shared_memory.CopyFrom(self._shared.offer())
         try:
@@ -164,10 +164,14 @@ class ShardLink:
             # One copy (narrowing on the way under compression) into the segment the shard reads.
             dtype = wire or grad_slice.dtype
             self._shared.push.tensor(dtype, grad_slice.numel()).copy_(grad_slice)
-            chunks = self._shared_chunks.get(dtype) or self._shared_chunks.setdefault(
+            groups = self._shared_chunks.get(dtype) or self._shared_chunks.setdefault(
                 dtype, serde.shared_chunks(dtype, self.segments, self.start)
             )
-            await self._write(frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, chunks, True))
+            for i, group in enumerate(groups):
+                last = i == len(groups) - 1
+                await self._write(
+                    frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last)
+                )
             self.bytes_sent += grad_slice.numel() * dtype.itemsize
         else:
             if wire is not None:
@@ -220,7 +224,9 @@ class ShardLink:
     ) -> tuple[shard_pb.PushAck, PhaseTimes]:
         """`push`, surviving a restart of the shard: when the stream breaks it reconnects
         (`recover`, within `deadline_s`), receives the restored parameters and pushes the same
-        gradient again under the same push id; a shard that already holds it answers DUPLICATE."""
+        gradient again under the same push id; a shard that already holds it answers DUPLICATE.
+        Any other error fails at once: a refusal, or a bug on the shard (InternalError), which
+        would fail the same way on every retry."""
         give_up = time.monotonic() + deadline_s
         while True:
             try:
@@ -286,7 +292,10 @@ class ShardLink:
         except asyncio.InvalidStateError:
             # The shard ended the stream before this write (it went away, or refused an earlier
             # message): report how it ended, as a read would, so a lost shard is reconnected to.
-            err = error_for_status(await self._call.code(), await self._call.details())
+            code = await self._call.code()
+            if code == grpc.StatusCode.OK:
+                raise UnavailableError(f"{self._where()}: stream closed by the shard") from None
+            err = error_for_status(code, await self._call.details())
             raise type(err)(f"{self._where()}: {err}") from None
         self.bytes_sent += len(msg) if isinstance(msg, bytes) else msg.ByteSize()
 
@@ -309,7 +318,28 @@ class ShardLink:
         return type(err)(f"{self._where(step)}: {err}")
 
     async def close(self) -> None:
+        # Also after a cancelled push: grpc.aio cancels a call whose read or write was cancelled,
+        # so a half-written stream is never written to again; cancelling it twice is harmless.
         if self._call is not None:
             self._call.cancel()
         await self._channel.close()
         self._drop_shared()
+
+
+async def _create_shared(payload_bytes: int) -> shm.SharedStream | None:
+    """`SharedStream.create` off the event loop (allocating a large slice's pages takes a
+    while). Cancelled meanwhile (a sibling link failed), the thread still finishes: what it
+    made is removed then, or its files would stay in /dev/shm."""
+    creating = asyncio.ensure_future(asyncio.to_thread(shm.SharedStream.create, payload_bytes))
+    try:
+        return await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        creating.add_done_callback(_drop_created)
+        raise
+
+
+def _drop_created(creating: asyncio.Future[shm.SharedStream | None]) -> None:
+    shared = None if creating.cancelled() or creating.exception() else creating.result()
+    if shared is not None:
+        shared.unlink()
+        shared.close()

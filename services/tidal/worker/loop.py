@@ -22,6 +22,7 @@ from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.stragglers import StragglerProfile
 from tidal.core.training import EvalResult, compute_gradient, evaluate
+from tidal.worker.fanout import fan_out
 from tidal.worker.links import ShardLink
 from tidal.worker.metrics import JobWorkerMetrics, PhaseTimes
 
@@ -147,14 +148,14 @@ class TrainingRun:
             )
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
-        await asyncio.gather(*(link.connect(a.spec.step_timeout_s) for link in self.links))
+        await fan_out(*(link.connect(a.spec.step_timeout_s) for link in self.links))
         if a.spec.mode != Mode.ASYNC:
             # Shards complete a barrier one after the other, so a worker joining mid-run can find
             # them a version apart; it waits until all serve the newest, or it would train on
             # mixed versions and push to each shard for a different barrier (at the end, one
             # barrier more than the others on one shard: a wait no one else joins, seen in CI).
             newest = max(link.version for link in self.links)
-            await asyncio.gather(*(link.pull(newest) for link in self.links if link.version < newest))
+            await fan_out(*(link.pull(newest) for link in self.links if link.version < newest))
         self._round_start.copy_(self.flat.params)
         self._count_bytes()
         last_report = 0.0
@@ -220,8 +221,9 @@ class TrainingRun:
         push_id = f"{self.a.worker_id}:{self.step}"
         started = time.perf_counter()
         # Every push goes to every shard, also one that reached the target: the coordinator
-        # ends the job once each shard accounted for every push the workers made.
-        results = await asyncio.gather(
+        # ends the job once each shard accounted for every push the workers made. A shard that
+        # fails for good (after its reconnects) fails the job: the other pushes are cancelled.
+        results = await fan_out(
             *(
                 link.push_recovering(
                     push_id, clock, payload, num_samples, wire, sparse, self.a.spec.checkpoint.restart_timeout_s
@@ -284,10 +286,15 @@ class TrainingRun:
     async def evaluate_latest(self) -> tuple[int, EvalResult]:
         """Pulls the shards' current parameters and evaluates them on the validation split."""
         restart_s = self.a.spec.checkpoint.restart_timeout_s
-        await asyncio.gather(*(link.pull_recovering(0, restart_s) for link in self.links))
+        await fan_out(*(link.pull_recovering(0, restart_s) for link in self.links))
         data = self.dataset
         result = await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y, objective=data.objective)
         return self.version, result
 
     async def close(self) -> None:
-        await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)
+        # Not fan_out: every link must be closed (its channel, its shared memory) whatever
+        # another's close raised, so all of them run to the end and failures are only logged.
+        results = await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)
+        for link, result in zip(self.links, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("job %s: closing the link to shard %d: %s", self.a.job_id, link.shard_index, result)

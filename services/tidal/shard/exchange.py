@@ -1,0 +1,284 @@
+"""One Exchange stream's protocol, without gRPC: a worker opens it, then pulls and pushes.
+
+`ExchangeSession` is handed decoded frames (transport/frames.py) and returns the responses to
+send; the servicer only adapts it to gRPC. It holds one stream's state: the push being
+assembled (its scratch buffer and assembler), the shared-memory mapping, the worker it speaks
+for. The shard's `ShardRuntime` is the single writer that carries out what the policies decide.
+
+Whatever a member sends, the work it causes is bounded: a message holds at most
+`MAX_CHUNKS_PER_MESSAGE` chunks (checked while decoding), a push at most a small multiple of
+the chunks an honest worker cuts the slice into, and assembly gives the event loop back every
+`chunks_per_turn` chunks, so heartbeats and health keep flowing. A stream that ends in the
+middle of a push ends with an error, never with OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from tidal.core.compression import wire_dtype
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from tidal.core.recovery import check_resume
+from tidal.core.shard_map import Segment
+from tidal.shard.runtime import ShardRuntime
+from tidal.transport import frames, shm
+from tidal.transport.limits import CHUNK_BYTES
+from tidal.transport.serde import SliceAssembler
+from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import shard_pb2 as shard_pb
+
+Response = shard_pb.ExchangeResponse | bytes
+
+_OUTCOME_TO_PROTO = {
+    "applied": shard_pb.PUSH_OUTCOME_APPLIED,
+    "buffered": shard_pb.PUSH_OUTCOME_BUFFERED,
+    "duplicate": shard_pb.PUSH_OUTCOME_DUPLICATE,
+    "dropped_late": shard_pb.PUSH_OUTCOME_DROPPED_LATE,
+    "rejected_stale": shard_pb.PUSH_OUTCOME_REJECTED_STALE,
+}
+
+
+class Runtimes(Protocol):
+    # The running job, if any.
+    runtime: ShardRuntime | None
+    # The running job or, after it ended, the last one (its final parameters stay readable).
+    last_runtime: ShardRuntime | None
+    # True while the process shuts down: pushes are refused with UNAVAILABLE.
+    draining: bool
+
+    def worker_resumed(self, worker_id: str, last_version: int, completed_pushes: int) -> None:
+        """A worker reconnected and said what it saw of this shard index before."""
+        ...
+
+    def pushed(self) -> None:
+        """A push was handled (a checkpoint may be due)."""
+        ...
+
+
+def find_runtime(runtimes: Runtimes, job_id: str, running: bool = True) -> ShardRuntime:
+    """The job's runtime: the running one, or (`running` False) the last one, finished or not."""
+    if running and runtimes.draining:
+        raise UnavailableError("shard: shutting down; reconnect once it restarted")
+    runtime = runtimes.runtime if running else runtimes.last_runtime
+    if runtime is None:
+        raise FailedPreconditionError(f"job_id: this shard has no running job (asked for {job_id!r})")
+    if runtime.job_id != job_id:
+        raise FailedPreconditionError(f"job_id: this shard serves job {runtime.job_id!r}, not {job_id!r}")
+    return runtime
+
+
+@dataclass(frozen=True)
+class ExchangeLimits:
+    """How much work one stream's messages may cause."""
+
+    # Chunks assembled before the event loop gets a turn (a few milliseconds of work).
+    chunks_per_turn: int = 64
+    # A push may hold this many times the chunks an honest worker cuts the slice into.
+    push_chunk_factor: int = 2
+
+    def push_chunks(self, segments: Sequence[Segment], element_size: int) -> int:
+        """Most chunks one push may carry: an honest worker sends one per `CHUNK_BYTES` window
+        of each tensor inline, one per tensor through shared memory, never more."""
+        windows = sum(math.ceil(seg.length * element_size / CHUNK_BYTES) for seg in segments)
+        return self.push_chunk_factor * max(1, windows)
+
+
+@dataclass
+class _PendingPush:
+    """A push whose messages are still arriving: its first message's header, where it is
+    assembled, and how many chunks it carried so far."""
+
+    header: frames.PushView
+    scratch: torch.Tensor
+    assembler: SliceAssembler
+    chunks: int = 0
+
+
+class ExchangeSession:
+    """The protocol of one Exchange stream: `open` with the first frame, `handle` every frame
+    after it, `end` when the worker half-closed, `close` always (it frees what the stream held)."""
+
+    def __init__(
+        self,
+        runtimes: Runtimes,
+        accept_shared_memory: bool,
+        authorize: Callable[[str, str], None],
+        limits: ExchangeLimits | None = None,
+    ) -> None:
+        self._runtimes = runtimes
+        self._accept_shared_memory = accept_shared_memory
+        # Raises unless the caller may speak for the worker named in the open (transport/guard.py).
+        self._authorize = authorize
+        self._limits = limits or ExchangeLimits()
+        self.worker_id = ""
+        self._runtime: ShardRuntime | None = None
+        self._shared: shm.SharedStream | None = None
+        self._pending: _PendingPush | None = None
+        self._push_chunks = 0
+
+    async def open(self, frame: frames.Frame | None) -> Response:
+        """Checks the worker's open (identity, job, membership, resume counters), maps its
+        shared-memory offer and answers `opened`."""
+        if frame is None or frame.kind != "open":
+            raise InvalidArgumentError("open: the first message of an Exchange stream must be 'open'")
+        opened: shard_pb.ExchangeOpen = frame.body
+        self._authorize(opened.worker_id, "open.worker_id")
+        runtime = find_runtime(self._runtimes, opened.job_id)
+        state = runtime.state
+        await runtime.wait_for_epoch(opened.membership_epoch, state.spec.step_timeout_s)
+        state.check_sender(opened.worker_id, opened.membership_epoch)
+        check_resume(state.spec, opened.last_version, opened.completed_pushes, "open")
+        self.worker_id, self._runtime = opened.worker_id, runtime
+        self._push_chunks = self._limits.push_chunks(state.segments, state.params.element_size())
+        if opened.last_version or opened.completed_pushes:
+            self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
+        self._shared = self._map_offer(opened, runtime)
+        start, end = state.shard_map.ranges[state.shard_index]
+        return shard_pb.ExchangeResponse(
+            opened=shard_pb.ExchangeOpened(
+                shard_index=state.shard_index,
+                version=state.version,
+                range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
+                shared_memory=self._shared is not None,
+            )
+        )
+
+    async def handle(self, frame: frames.Frame) -> AsyncIterator[Response]:
+        """The responses to one frame: parameters for a pull; for the last message of a push,
+        its ack and then the parameters the worker may use next; nothing for a push's other
+        messages."""
+        runtime = self._opened()
+        runtime.metrics.received.inc(frame.nbytes)
+        if frame.kind == "pull":
+            await self._wait_for_version(frame.body.min_version)
+            for params in runtime.serve(self.worker_id, self._shared):
+                yield params
+        elif frame.kind == "push":
+            grad = await self._assemble(frame.body)
+            if grad is not None and self._pending is not None:
+                async for response in self._apply(self._pending, grad):
+                    yield response
+        else:
+            raise InvalidArgumentError(f"kind: unexpected message {frame.kind!r} on an open Exchange stream")
+
+    def end(self) -> None:
+        """The worker half-closed the stream: fine between pushes, an error inside one."""
+        if self._pending is not None:
+            self._opened().reject_bad_input()
+            raise InvalidArgumentError(
+                f"push: the stream ended inside push {self._pending.header.push_id!r} (no message with "
+                "last=true came); nothing of it was applied"
+            )
+
+    def close(self) -> None:
+        """Frees the push buffer and the shared memory, however the stream ended."""
+        if self._pending is not None and self._runtime is not None:
+            self._runtime.scratch.give_back(self._pending.scratch)
+        self._pending = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
+    def _opened(self) -> ShardRuntime:
+        if self._runtime is None:
+            raise FailedPreconditionError("open: the stream was not opened")
+        return self._runtime
+
+    async def _assemble(self, push: frames.PushView) -> torch.Tensor | None:
+        """Adds one push message to the push it belongs to; the gradient once it is complete."""
+        runtime = self._opened()
+        pending = self._pending
+        if pending is None:
+            state = runtime.state
+            scratch = await runtime.scratch.take()
+            assembler = SliceAssembler(
+                state.segments, runtime.range_start, scratch, "push.chunks", wire_dtype(state.spec.compression)
+            )
+            pending = self._pending = _PendingPush(push, scratch, assembler)
+        try:
+            self._check_continuation(push, pending)
+            in_shared = shm.resolve(push.chunks, self._shared.push if self._shared else None, "push.chunks")
+            runtime.metrics.received.inc(in_shared)
+            step = self._limits.chunks_per_turn
+            for first in range(0, len(push.chunks), step):
+                if first:
+                    await asyncio.sleep(0)  # the loop's turn: other streams, heartbeats, health
+                pending.assembler.add(push.chunks[first : first + step])
+            return pending.assembler.finish() if push.last else None
+        except InvalidArgumentError:
+            runtime.reject_bad_input()
+            raise
+
+    def _check_continuation(self, push: frames.PushView, pending: _PendingPush) -> None:
+        """A push keeps one id over its messages, each message carries chunks, and the whole
+        push no more than the slice needs."""
+        if push.push_id != pending.header.push_id:
+            raise InvalidArgumentError(
+                f"push.push_id: {push.push_id!r} started before push {pending.header.push_id!r} ended (last=true)"
+            )
+        if not push.chunks:
+            raise InvalidArgumentError("push.chunks: a push message carries no chunks")
+        pending.chunks += len(push.chunks)
+        if pending.chunks > self._push_chunks:
+            raise InvalidArgumentError(
+                f"push.chunks: more than {self._push_chunks} chunks in push {pending.header.push_id!r}; "
+                "this shard's slice needs fewer"
+            )
+
+    async def _apply(self, pending: _PendingPush, grad: torch.Tensor) -> AsyncIterator[Response]:
+        runtime = self._opened()
+        header = pending.header
+        timeout_s = runtime.state.spec.step_timeout_s
+        if self._runtimes.draining:
+            raise UnavailableError(
+                f"shard {runtime.state.shard_index}: shutting down; push {header.push_id} was not applied, "
+                "push it again once the shard restarted"
+            )
+        await runtime.wait_for_epoch(header.membership_epoch, timeout_s)
+        result = await runtime.push(
+            self.worker_id, header.push_id, header.base_version, header.membership_epoch, grad, header.clock
+        )
+        # The gradient is in the parameters (or a barrier's sum) now: free the buffer.
+        runtime.scratch.give_back(pending.scratch)
+        self._pending = None
+        self._runtimes.pushed()
+        yield shard_pb.ExchangeResponse(
+            ack=shard_pb.PushAck(
+                push_id=header.push_id,
+                outcome=_OUTCOME_TO_PROTO[result.outcome.value],
+                version=result.version,
+                staleness=result.staleness,
+            )
+        )
+        await self._wait_for_version(result.serve_version)
+        for params in runtime.serve(self.worker_id, self._shared):
+            yield params
+
+    def _map_offer(self, opened: shard_pb.ExchangeOpen, runtime: ShardRuntime) -> shm.SharedStream | None:
+        """The shared memory a worker on this host offered for the payloads (transport/shm.py),
+        mapped; None if there was no offer, this shard refuses them, or it cannot map it."""
+        shared = None
+        if opened.HasField("shared_memory") and self._accept_shared_memory:
+            params = runtime.state.params
+            payload_bytes = params.numel() * params.element_size()
+            shared = shm.SharedStream.accept(opened.shared_memory, payload_bytes, "open.shared_memory")
+        runtime.metrics.streams["shared_memory" if shared else "grpc"].inc()
+        return shared
+
+    async def _wait_for_version(self, version: int) -> None:
+        runtime = self._opened()
+        try:
+            await runtime.wait_for_version(version, runtime.state.spec.step_timeout_s)
+        except FailedPreconditionError:
+            if self._runtimes.draining:
+                raise UnavailableError(
+                    f"shard {runtime.state.shard_index}: shut down before version {version}; "
+                    "reconnect once it restarted"
+                ) from None
+            raise
