@@ -458,8 +458,7 @@ def test_honest_and_hostile_members_interleaved(plan: list[tuple[str, str]]) -> 
                 verdicts[k] = verdicts.get(k, 0) + v
         # The shard's books agree with what the members were told.
         assert counters.updates_applied == verdicts.get("PUSH_OUTCOME_APPLIED", 0)
-        # A repeat is booked as a duplicate but answered with what became of the first push
-        # (a repeated stale push is still stale), so those two are compared together.
+        # A repeat of a taken push is a duplicate; one of a refused push is judged again.
         not_taken = ("PUSH_OUTCOME_REJECTED_STALE", "PUSH_OUTCOME_DUPLICATE", "PUSH_OUTCOME_DROPPED_LATE")
         booked = sum(counters.rejected.get(reason, 0) for reason in ("stale", "duplicate", "late"))
         assert booked == sum(verdicts.get(v, 0) for v in not_taken)

@@ -308,6 +308,26 @@ def test_success_needs_the_final_eval_and_every_push_handled(order: str) -> None
     assert job.evals[-1].elapsed_s == pytest.approx(final_eval_at - job.started_at)
 
 
+def test_no_success_on_a_shard_report_older_than_the_final_evaluation() -> None:
+    # A member's refused pushes count as handled: a report one version behind the parameters
+    # the final evaluation read can already balance the counts (as a hostile member made it).
+    cluster = make_cluster(shards=1, workers=2)
+    steps = 5
+    job = submit(cluster, make_spec(shards=1, steps=steps))
+    start(cluster, job)
+    finish_workers(cluster, job, steps)
+    (shard,) = job.shard_ids
+    w0, w1 = job.worker_ids
+    # Each worker's last real push is not in it yet, but one forged push each is.
+    behind = ShardProgress(steps - 1, 2 * steps - 2, 2, pushes_by_worker={w0: steps, w1: steps})
+    assert cluster.jobs.shard_progress(shard, job.job_id, behind, 5.0) == []
+    assert cluster.jobs.eval_report(job.final_eval_by, job.job_id, steps, 0.5, 0.8, True, 6.0) == []
+    assert job.state is JobState.RUNNING
+    caught_up = ShardProgress(steps, 2 * steps, 2, pushes_by_worker={w0: steps + 1, w1: steps + 1})
+    assert cluster.jobs.shard_progress(shard, job.job_id, caught_up, 7.0) != []
+    assert job.state is JobState.SUCCEEDED
+
+
 def test_no_success_before_the_shards_catch_up_with_pushes_made() -> None:
     cluster = make_cluster()
     job = submit(cluster, make_spec(steps=4))

@@ -445,7 +445,7 @@ def test_another_members_push_id_changes_nothing_for_that_member() -> None:
     assert state.counters.updates_applied == 4
 
 
-def test_a_repeat_of_a_dropped_push_is_answered_with_its_outcome_not_as_held() -> None:
+def test_a_dropped_push_is_not_remembered_and_a_resend_is_judged_again() -> None:
     state, _ = make_state(mode="sync", workers=["w0", "w1"])
     state.push("w0", "w0:0", 0, EPOCH, grad_like(state, 0))
     state.push("w1", "w1:0", 0, EPOCH, grad_like(state, 1))
@@ -453,8 +453,19 @@ def test_a_repeat_of_a_dropped_push_is_answered_with_its_outcome_not_as_held() -
     assert late.outcome is PushOutcome.DROPPED_LATE
     again = state.push("w0", "w0:late", 0, EPOCH, grad_like(state, 2))
     assert again.outcome is PushOutcome.DROPPED_LATE
-    assert again.repeat
-    assert state.counters.rejected == {"late": 1, "duplicate": 1}
+    assert state.counters.rejected == {"late": 2}
+    assert [push_id for _, push_id, _ in state.recent_pushes()] == ["w0:0", "w1:0"]
+
+
+def test_a_late_push_under_a_members_own_future_id_does_not_swallow_its_real_push() -> None:
+    # A second holder of w0's credential speaks as w0: what it cannot get taken leaves no trace.
+    state, _ = make_state(mode="sync", workers=["w0", "w1"])
+    state.push("w0", "w0:0", 0, EPOCH, grad_like(state, 0))
+    state.push("w1", "w1:0", 0, EPOCH, grad_like(state, 1))
+    assert state.push("w0", "w0:1", 0, EPOCH, grad_like(state, 2)).outcome is PushOutcome.DROPPED_LATE
+    assert state.push("w0", "w0:1", 1, EPOCH, grad_like(state, 3)).outcome is PushOutcome.BUFFERED
+    assert state.push("w1", "w1:1", 1, EPOCH, grad_like(state, 4)).outcome is PushOutcome.APPLIED
+    assert state.version == 2
 
 
 def test_a_non_finite_gradient_under_a_used_push_id_is_refused_not_acked() -> None:

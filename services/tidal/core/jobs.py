@@ -217,6 +217,12 @@ class JobManager:
         job's final figures are complete."""
         if not job.final_eval_done:
             return []
+        # Each shard's last report must be at least as new as the parameters the final
+        # evaluation read. The counts below alone are not enough: a member's refused pushes
+        # count as handled too, so a report one version old could already meet them.
+        final_version = job.evals[-1].version if job.evals else 0
+        if any(s.version < final_version for s in job.shards.values()):
+            return []
         pushes = sum(w.pushes for w in job.workers.values())
         if any(s.updates_applied + s.updates_rejected + s.updates_lost < pushes for s in job.shards.values()):
             return []

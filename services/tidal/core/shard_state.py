@@ -64,8 +64,6 @@ class PushResult:
     # Staleness of every gradient this push folded into the parameters (several when it
     # completed a barrier, none when it was buffered or refused).
     folded: tuple[int, ...] = ()
-    # True when this answers a repeat of a push already handled (counted as a duplicate).
-    repeat: bool = False
 
 
 @dataclass
@@ -264,7 +262,11 @@ class ShardState:
             outcome = PushOutcome.REJECTED_STALE
         serve = self.version if past_end else self.policy.serve_after_push(base_version, clock, self.view())
         result = PushResult(outcome, self.version, staleness, serve, folded)
-        self._remember(worker_id, push_id, result)
+        if outcome in _TAKEN:
+            # Only a taken gradient is remembered: a push that was refused or dropped is judged
+            # again if it comes back (versions only grow, so a late one stays late), and an id
+            # used by a forged late push stays free for the real one.
+            self._remember(worker_id, push_id, result)
         self.counters.by_worker[worker_id] = self.counters.by_worker.get(worker_id, 0) + 1
         return result
 
@@ -285,12 +287,10 @@ class ShardState:
             raise NonFiniteGradientError("push.chunks: gradient contains NaN or Inf")
 
     def _repeat(self, previous: PushResult) -> PushResult:
-        """A push this member already made, sent again (a retry after a reconnect): nothing is
-        applied twice. It is answered DUPLICATE if its gradient was taken, and with what became
-        of it otherwise (a dropped push is not reported as held)."""
+        """A push whose gradient this member already had taken, sent again (a retry after a
+        reconnect): answered DUPLICATE, nothing is applied twice."""
         self.counters.reject("duplicate")
-        outcome = PushOutcome.DUPLICATE if previous.outcome in _TAKEN else previous.outcome
-        return PushResult(outcome, self.version, previous.staleness, previous.serve_version, repeat=True)
+        return PushResult(PushOutcome.DUPLICATE, self.version, previous.staleness, previous.serve_version)
 
     def set_membership(self, membership_epoch: int, workers: Iterable[str]) -> tuple[int, ...]:
         """Re-forms the barrier over the new members; gradients already buffered are kept (a

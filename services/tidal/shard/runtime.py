@@ -129,7 +129,7 @@ class ShardRuntime:
             raise
         if result.outcome is PushOutcome.BUFFERED and self._barrier_started is None:
             self._barrier_started = started
-        if reason := "duplicate" if result.repeat else REASON_FOR_OUTCOME.get(result.outcome):
+        if reason := REASON_FOR_OUTCOME.get(result.outcome):
             self.metrics.rejected[reason].inc()
         if result.folded:
             await self._folded(result.folded, time.perf_counter() - started)
