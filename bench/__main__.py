@@ -8,6 +8,7 @@ minutes; it proves every case works end to end (what CI runs), its figures mean 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -98,6 +99,7 @@ class Suite:
         try:
             self.sections[section] += measure()
         except Exception as exc:  # recorded in RESULTS.md and in the exit code, never hidden
+            logging.getLogger(__name__).exception("bench case %s failed", name)
             log(f"{name} FAILED: {exc}")
             self.failed.append(name)
             self.sections[section].append(Row(name, "FAILED", Spread.of([]), note=f"{type(exc).__name__}: {exc}"[:400]))

@@ -52,7 +52,7 @@ async def serve(ready_file: Path) -> None:
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Bare", {"Exchange": handler})])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    ready_file.write_text(json.dumps({"port": port}))
+    await asyncio.to_thread(ready_file.write_text, json.dumps({"port": port}))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -4,6 +4,7 @@ and the jobs it runs: bench drivers, or real workers."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -162,5 +163,5 @@ def _wait_exit(started: list[Proc], timeout_s: float) -> None:
     for p in started:
         try:
             p.process.wait(max(0.1, deadline - time.monotonic()))
-        except Exception:
+        except subprocess.TimeoutExpired:
             p.process.kill()

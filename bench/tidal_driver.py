@@ -99,8 +99,8 @@ async def drive(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - t0)
     else:
         start, stop = await asyncio.get_running_loop().run_in_executor(None, read_window)
-        while time.time() < start:
-            await asyncio.sleep(0.001)
+        # Every driver starts at the same wall-clock instant (the window file says when).
+        await asyncio.sleep(max(0.0, start - time.time()))
         while time.time() < stop:
             t0 = time.perf_counter()
             await one_round()

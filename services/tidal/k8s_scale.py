@@ -124,6 +124,6 @@ def scale_down(api: ApiServer, targets: list[ScaleTarget]) -> list[str]:
             api.patch_replicas(target, 0)
             log.info("scaled %s in namespace %s to 0", target, api.namespace)
         except UnavailableError as exc:
-            log.error("%s", exc)
+            log.exception("%s", exc)
             errors.append(str(exc))
     return errors

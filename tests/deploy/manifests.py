@@ -19,6 +19,7 @@ from unittest import mock
 import pytest
 import typer
 import yaml
+from typer.exceptions import TyperException
 
 from tidal.cli import app
 from tidal.config import SECURITY_ENV
@@ -100,7 +101,7 @@ def check_invocation(args: list[str], env: dict[str, str], where: str) -> tuple[
         try:
             with command.cmd.make_context(command.name, list(args[1:])) as ctx:
                 return command, dict(ctx.params)
-        except Exception as exc:  # the CLI's UsageError/BadParameter, from typer's copy of click
+        except TyperException as exc:  # the CLI's UsageError/BadParameter (typer's copy of click)
             raise AssertionError(f"{where}: `tidal {' '.join(args)}` with {tidal_env}: {exc}") from None
 
 

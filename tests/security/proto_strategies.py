@@ -58,44 +58,50 @@ def messages(
     cls = GetMessageClass(descriptor)
     optional: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            entry = field.message_type.fields_by_name
-            key_field, value_field = entry["key"], entry["value"]
-            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                continue  # no map of messages in tidal's protos
-            optional[field.name] = st.dictionaries(
-                _scalar(key_field, interesting), _scalar(value_field, interesting), max_size=4
-            )
-            continue
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            if depth >= max_depth:
-                continue
-            value: st.SearchStrategy[Any] = st.deferred(
-                lambda f=field: messages(f.message_type, interesting, depth + 1, max_depth)
-            )
-        else:
-            value = _scalar(field, interesting)
-        if field.is_repeated:
-            value = st.lists(value, max_size=4 if depth < 2 else 1)
-        optional[field.name] = value
+        value = _field_values(field, interesting, depth, max_depth)
+        if value is not None:
+            optional[field.name] = value
 
     def build(values: dict[str, Any]) -> Message:
         message = cls()
         for name, value in values.items():
-            field = descriptor.fields_by_name[name]
-            target = getattr(message, name)
-            if isinstance(value, dict):
-                target.update(value)
-            elif field.is_repeated:
-                if field.type == FieldDescriptor.TYPE_MESSAGE:
-                    for item in value:
-                        target.add().CopyFrom(item)
-                else:
-                    target.extend(value)
-            elif field.type == FieldDescriptor.TYPE_MESSAGE:
-                target.CopyFrom(value)
-            else:
-                setattr(message, name, value)
+            _set_field(message, descriptor.fields_by_name[name], value)
         return message
 
     return st.fixed_dictionaries({}, optional=optional).map(build)
+
+
+def _field_values(
+    field: FieldDescriptor, interesting: Sequence[str], depth: int, max_depth: int
+) -> st.SearchStrategy[Any] | None:
+    """Values for one field: a dict for a map, a list for a repeated field; None to leave it out."""
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        entry = field.message_type.fields_by_name
+        key_field, value_field = entry["key"], entry["value"]
+        if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+            return None  # no map of messages in tidal's protos
+        return st.dictionaries(_scalar(key_field, interesting), _scalar(value_field, interesting), max_size=4)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if depth >= max_depth:
+            return None
+        value: st.SearchStrategy[Any] = st.deferred(
+            lambda f=field: messages(f.message_type, interesting, depth + 1, max_depth)
+        )
+    else:
+        value = _scalar(field, interesting)
+    return st.lists(value, max_size=4 if depth < 2 else 1) if field.is_repeated else value
+
+
+def _set_field(message: Message, field: FieldDescriptor, value: Any) -> None:
+    target = getattr(message, field.name)
+    if isinstance(value, dict):
+        target.update(value)
+    elif field.is_repeated and field.type == FieldDescriptor.TYPE_MESSAGE:
+        for item in value:
+            target.add().CopyFrom(item)
+    elif field.is_repeated:
+        target.extend(value)
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        target.CopyFrom(value)
+    else:
+        setattr(message, field.name, value)

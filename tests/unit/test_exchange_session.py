@@ -369,6 +369,61 @@ class Tally:
 ACTIONS = ("honest", "repeat", "forge", "nan", "too_many_chunks", "truncated", "stale", "bad_resume")
 
 
+def _frames_for(action: str, worker: str, steps: dict[str, int], base: int, g: torch.Tensor) -> list[Any]:
+    """The frames one member sends for `action` (all but `bad_resume`)."""
+    push_id = f"{worker}:{steps[worker]}"
+    last_id = f"{worker}:{steps[worker] - 1}" if steps[worker] else f"{worker}:before"
+    victim = "w1" if worker == "w0" else "w0"
+    make = {
+        "honest": lambda: push_frames(push_id, base, g),
+        # Its last honest push again (or, before any, an id of its own it repeats later).
+        "repeat": lambda: push_frames(last_id, base, g),
+        "forge": lambda: push_frames(f"{victim}:{steps[victim]}", base, g),
+        "nan": lambda: push_frames(push_id + "x", base, torch.full((TOTAL,), float("nan"))),
+        "too_many_chunks": lambda: push_frames(push_id + "y", base, g, per_chunk=1, per_message=5),
+        "stale": lambda: push_frames(push_id + "z", max(0, base - 3), g),
+        # The first message only, then the worker goes away and reconnects.
+        "truncated": lambda: push_frames(push_id + "t", base, g, per_chunk=4, per_message=2)[:1],
+    }
+    return make[action]()
+
+
+async def _send(session: ExchangeSession, pieces: list[Any], truncated: bool) -> str:
+    """Sends one push's frames; the verdict the member gets (an ack's outcome or an error's type)."""
+    try:
+        out: list[Any] = []
+        for f in pieces:
+            out += await replies(session, f)
+        if truncated:
+            session.end()
+    except TidalError as exc:
+        return type(exc).__name__
+    acks = [r.ack for r in out if isinstance(r, shard_pb.ExchangeResponse) and r.HasField("ack")]
+    return OUTCOMES[acks[0].outcome]
+
+
+def _check_books(node: Any, tallies: dict[str, Tally], initial: torch.Tensor) -> None:
+    """Every push got one verdict, the shard's counters agree with them, and the parameters
+    moved by exactly the accepted gradients."""
+    counters = node.runtime.state.counters
+    for tally in tallies.values():
+        assert sum(tally.verdicts.values()) == tally.sent
+    verdicts: dict[str, int] = {}
+    for tally in tallies.values():
+        for k, v in tally.verdicts.items():
+            verdicts[k] = verdicts.get(k, 0) + v
+    assert counters.updates_applied == verdicts.get("PUSH_OUTCOME_APPLIED", 0)
+    # A repeat of a taken push is a duplicate; one of a refused push is judged again.
+    not_taken = ("PUSH_OUTCOME_REJECTED_STALE", "PUSH_OUTCOME_DUPLICATE", "PUSH_OUTCOME_DROPPED_LATE")
+    booked = sum(counters.rejected.get(reason, 0) for reason in ("stale", "duplicate", "late"))
+    assert booked == sum(verdicts.get(v, 0) for v in not_taken)
+    refused = sum(v for k, v in verdicts.items() if not k.startswith("PUSH_OUTCOME"))
+    bad = node.runtime.metrics.rejected
+    assert bad["bad_input"]._value.get() + bad["non_finite"]._value.get() == refused
+    expected = initial - LR * sum((g for t in tallies.values() for g in t.applied_grads), torch.zeros(TOTAL))
+    torch.testing.assert_close(params(node), expected)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=st.lists(st.tuples(st.sampled_from(("w0", "w1", "w2")), st.sampled_from(ACTIONS)), min_size=1, max_size=25))
 def test_honest_and_hostile_members_interleaved(plan: list[tuple[str, str]]) -> None:
@@ -392,82 +447,31 @@ def test_honest_and_hostile_members_interleaved(plan: list[tuple[str, str]]) -> 
         tallies = {w: Tally() for w in ("w0", "w1", "w2")}
         steps = dict.fromkeys(tallies, 0)
 
-        async def stream(worker: str) -> ExchangeSession:
-            if worker not in sessions:
-                sessions[worker] = session_for(node, limits)
-                await sessions[worker].open(open_frame(worker))
-            return sessions[worker]
-
         for i, (worker, action) in enumerate(plan):
-            tally = tallies[worker]
             if action == "bad_resume":
                 with pytest.raises(InvalidArgumentError, match="completed_pushes"):
                     await session_for(node, limits).open(open_frame(worker, completed_pushes=10**12))
                 continue
-            session = await stream(worker)
+            if worker not in sessions:
+                sessions[worker] = session_for(node, limits)
+                await sessions[worker].open(open_frame(worker))
             g = grad(i)
-            base = state.version
-            push_id = f"{worker}:{steps[worker]}"
+            pieces = _frames_for(action, worker, steps, state.version, g)
+            steps[worker] += action == "honest"
+            tallies[worker].sent += 1
+            verdict = await _send(sessions[worker], pieces, action == "truncated")
+            tallies[worker].count(verdict)
             if action == "honest":
-                steps[worker] += 1
-                pieces = push_frames(push_id, base, g)
-            elif action == "repeat":
-                # Its last honest push again (or, before any, an id of its own it repeats later).
-                repeated = f"{worker}:{steps[worker] - 1}" if steps[worker] else f"{worker}:before"
-                pieces = push_frames(repeated, base, g)
-            elif action == "forge":
-                victim = "w1" if worker == "w0" else "w0"
-                pieces = push_frames(f"{victim}:{steps[victim]}", base, g)
-            elif action == "nan":
-                pieces = push_frames(push_id + "x", base, torch.full((TOTAL,), float("nan")))
-            elif action == "too_many_chunks":
-                pieces = push_frames(push_id + "y", base, g, per_chunk=1, per_message=5)
-            elif action == "stale":
-                pieces = push_frames(push_id + "z", max(0, base - 3), g)
-            else:  # truncated: the first message only, then the worker goes away and reconnects
-                pieces = push_frames(push_id + "t", base, g, per_chunk=4, per_message=2)[:1]
-            tally.sent += 1
-            try:
-                out: list[Any] = []
-                for f in pieces:
-                    out += await replies(session, f)
-                if action == "truncated":
-                    session.end()
-                acks = [r.ack for r in out if isinstance(r, shard_pb.ExchangeResponse) and r.HasField("ack")]
-                verdict = OUTCOMES[acks[0].outcome]
-                tally.count(verdict)
-                if action == "honest":
-                    # Nothing another member sent, forged ids included, changes an honest push.
-                    assert verdict == "PUSH_OUTCOME_APPLIED"
-                if verdict == "PUSH_OUTCOME_APPLIED":
-                    tally.applied_grads.append(g)
-            except TidalError as exc:
-                tally.count(type(exc).__name__)
-                session.close()
-                del sessions[worker]  # the stream ended with that error; the worker reconnects
+                # Nothing another member sent, forged ids included, changes an honest push.
+                assert verdict == "PUSH_OUTCOME_APPLIED"
+            if verdict == "PUSH_OUTCOME_APPLIED":
+                tallies[worker].applied_grads.append(g)
+            elif not verdict.startswith("PUSH_OUTCOME"):
+                sessions.pop(worker).close()  # the stream ended with that error; the worker reconnects
         for session in sessions.values():
             session.close()
 
-        counters = state.counters
-        # Every push got exactly one verdict.
-        for tally in tallies.values():
-            assert sum(tally.verdicts.values()) == tally.sent
-        verdicts: dict[str, int] = {}
-        for tally in tallies.values():
-            for k, v in tally.verdicts.items():
-                verdicts[k] = verdicts.get(k, 0) + v
-        # The shard's books agree with what the members were told.
-        assert counters.updates_applied == verdicts.get("PUSH_OUTCOME_APPLIED", 0)
-        # A repeat of a taken push is a duplicate; one of a refused push is judged again.
-        not_taken = ("PUSH_OUTCOME_REJECTED_STALE", "PUSH_OUTCOME_DUPLICATE", "PUSH_OUTCOME_DROPPED_LATE")
-        booked = sum(counters.rejected.get(reason, 0) for reason in ("stale", "duplicate", "late"))
-        assert booked == sum(verdicts.get(v, 0) for v in not_taken)
-        refused = sum(v for k, v in verdicts.items() if not k.startswith("PUSH_OUTCOME"))
-        bad = node.runtime.metrics.rejected
-        assert bad["bad_input"]._value.get() + bad["non_finite"]._value.get() == refused
-        # Parameters moved only by the accepted gradients.
-        expected = initial - LR * sum((g for t in tallies.values() for g in t.applied_grads), torch.zeros(TOTAL))
-        torch.testing.assert_close(params(node), expected)
+        _check_books(node, tallies, initial)
         # No buffer left taken, and no batch of work bigger than one turn's.
         assert not node.runtime.scratch.in_use
         assert all(b <= limits.chunks_per_turn for b in batches)

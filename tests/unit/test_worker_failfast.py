@@ -257,7 +257,7 @@ def test_shared_memory_made_for_a_cancelled_open_is_removed(monkeypatch: pytest.
     """A link cancelled while its shared memory is being made (a sibling failed) removes it
     once the thread is done, instead of leaving the files in /dev/shm."""
     removed: list[str] = []
-    entered, release = threading.Event(), threading.Event()
+    entered, release, closed = threading.Event(), threading.Event(), threading.Event()
 
     class FakeShared:
         def unlink(self) -> None:
@@ -265,6 +265,7 @@ def test_shared_memory_made_for_a_cancelled_open_is_removed(monkeypatch: pytest.
 
         def close(self) -> None:
             removed.append("close")
+            closed.set()
 
     def create(payload_bytes: int) -> FakeShared:
         entered.set()
@@ -280,8 +281,8 @@ def test_shared_memory_made_for_a_cancelled_open_is_removed(monkeypatch: pytest.
         with pytest.raises(asyncio.CancelledError):
             await task
         release.set()
-        while len(removed) < 2:  # the thread finishes, then its result is dropped
-            await asyncio.sleep(0.01)
+        # The thread finishes, then its result is dropped.
+        assert await asyncio.to_thread(closed.wait, 30)
 
     asyncio.run(scenario())
     assert removed == ["unlink", "close"]

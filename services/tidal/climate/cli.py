@@ -83,13 +83,11 @@ def example(
     workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
 ) -> None:
     """Run the worked example (examples/climate/) on a local cluster and plot forecasts against truth."""
-    import asyncio  # noqa: PLC0415
-
     from tidal.climate.example import run_example  # noqa: PLC0415
     from tidal.progress import stdout_console  # noqa: PLC0415
 
     try:
-        code = asyncio.run(run_example(out, workdir, stdout_console()))
+        code = run_example(out, workdir, stdout_console())
     except TidalError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)

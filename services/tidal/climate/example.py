@@ -8,6 +8,7 @@ and draws each forecast against the truth.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import time
@@ -113,7 +114,9 @@ def results_table(runs: list[Ran]) -> Table:
     return table
 
 
-async def run_example(out: Path, workdir: Path | None, console: Console) -> int:
+def run_example(out: Path, workdir: Path | None, console: Console) -> int:
+    """Trains both jobs on a local cluster, then draws them; blocking, so the event loop runs
+    only the part that talks to the coordinator."""
     grid_dict = load_spec_file(EXAMPLES / GRID_SPEC)
     station_dict = load_spec_file(EXAMPLES / STATION_SPEC)
     store = Path(grid_dict["dataset"]["args"]["path"])
@@ -124,11 +127,21 @@ async def run_example(out: Path, workdir: Path | None, console: Console) -> int:
     slowdowns = (1.0,) * max(parse_job_spec(grid_dict).num_workers, parse_job_spec(station_dict).num_workers)
     console.print(f"Starting 1 coordinator, 2 shards, {len(slowdowns)} workers (logs: {root / 'logs'})")
     with LocalCluster(root, num_shards=2, worker_slowdowns=slowdowns) as cluster:
-        async with TidalClient(cluster.coordinator_address) as client:
-            grid = await _run(client, grid_dict, console)
-            stations = await _run(client, station_dict, console)
+        grid, stations = asyncio.run(_train(cluster.coordinator_address, grid_dict, station_dict, console))
     console.print(results_table([grid, stations]))
+    _draw(out, store, grid, stations, console)
+    return 0
 
+
+async def _train(
+    address: str, grid_dict: dict[str, Any], station_dict: dict[str, Any], console: Console
+) -> tuple[Ran, Ran]:
+    async with TidalClient(address) as client:
+        return await _run(client, grid_dict, console), await _run(client, station_dict, console)
+
+
+def _draw(out: Path, store: Path, grid: Ran, stations: Ran, console: Console) -> None:
+    """The two forecast figures and results.json, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     model, data = _trained(grid)
     opened = open_grid(grid.spec.dataset.args)
@@ -163,4 +176,3 @@ async def run_example(out: Path, workdir: Path | None, console: Console) -> int:
     summary[grid.status.job_id]["spec"]["dataset"]["args"]["path"] = str(store)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print("Wrote " + ", ".join(str(p) for p in [*paths, out / "results.json"]))
-    return 0

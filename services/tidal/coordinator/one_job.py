@@ -51,7 +51,7 @@ async def run_one_job(control: Control, one: OneJob, stop: asyncio.Event) -> int
         else:
             log.info("job %s from the job file was restored (%s); following it", job.job_id, job.state.value)
     except TidalError as exc:
-        log.error("job file: %s", exc)
+        log.exception("job file: %s", exc)
         return 1
     async for _ in control.watch(job.job_id):
         pass
@@ -67,7 +67,7 @@ async def run_one_job(control: Control, one: OneJob, stop: asyncio.Event) -> int
             errors = await asyncio.to_thread(scale_down, ApiServer.in_cluster(), one.scale_down)
         except TidalError as exc:
             errors = [str(exc)]
-            log.error("cannot scale down: %s", exc)
+            log.exception("cannot scale down: %s", exc)
         if errors:
             return 1
         with contextlib.suppress(TimeoutError):

@@ -249,7 +249,7 @@ class CheckpointStore:
             try:
                 return self.load(manifest, job_id, shard_index), refused
             except DataLossError as exc:
-                log.error("%s; falling back to the previous checkpoint", exc)
+                log.exception("%s; falling back to the previous checkpoint", exc)
                 refused.append(str(exc))
         why = "; ".join(refused) if refused else f"no checkpoint in {folder}"
         raise DataLossError(f"job {job_id} shard {shard_index}: no valid checkpoint ({why})")

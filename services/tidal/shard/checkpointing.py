@@ -116,7 +116,7 @@ class ShardCheckpointer:
             if final:
                 raise
             # Disk full, say: training goes on; the schedule tries again after a pause.
-            log.error("job %s: checkpoint of version %d failed: %s", self.job_id, snapshot.version, exc)
+            log.exception("job %s: checkpoint of version %d failed: %s", self.job_id, snapshot.version, exc)
             self._last_at = time.monotonic()
             return
         finally:

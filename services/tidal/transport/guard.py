@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tidal.core import authz
 from tidal.core.authz import AuthRole, Decision, Outcome, Principal
@@ -78,7 +79,7 @@ def _guard_deserializer(deserializer: Callable[[bytes], Any] | None, method: str
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
-        except Exception as exc:  # DecodeError, and anything a broken message triggers in the parser
+        except (DecodeError, ValueError, RuntimeError, TypeError, OverflowError) as exc:  # what the parser raises
             return Undecodable(name, f"{type(exc).__name__}: {exc}"[:200])
 
     return deserialize

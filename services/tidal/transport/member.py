@@ -106,7 +106,7 @@ async def serve_member(
             session_task.result()  # raises why the session ended
         return 0
     except TidalError as exc:
-        log.error("%s", exc)
+        log.exception("%s", exc)
         return 1
     finally:
         await set_health(health, service_names, serving=False)
