@@ -121,6 +121,22 @@ def test_rest_errors_for_unknown_jobs_and_non_object_bodies(cluster: LocalCluste
         assert garbage.status_code == 400 and "error" in garbage.json()
 
 
+def test_rest_limits_docs_and_schema_of_the_real_coordinator(cluster: LocalCluster) -> None:
+    """The coordinator process serves the REST app with its defaults: a 1 MiB body limit,
+    JSON errors from the server itself, Swagger UI from local assets, a bearer scheme."""
+    with httpx.Client(base_url=cluster.rest_url, timeout=30) as http:
+        body = b"{" + b" " * (1024 * 1024) + b"}"
+        big = http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "RESOURCE_EXHAUSTED", big.text
+        headers = http.get("/v1/jobs", headers={"x-padding": "p" * 200_000})
+        assert headers.status_code == 431 and headers.json()["error"]["code"] == "RESOURCE_EXHAUSTED", headers.text
+        page = http.get("/docs").text
+        assert "https://" not in page and http.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+        document = http.get("/openapi.json").json()
+        assert {s["scheme"] for s in document["components"]["securitySchemes"].values()} == {"bearer"}
+        assert "JobSpec" in document["components"]["schemas"]
+
+
 def test_grpc_status_codes_name_the_field(cluster: LocalCluster) -> None:
     stub = coordinator_stub(cluster.coordinator_address)
     with pytest.raises(grpc.RpcError) as bad_spec:

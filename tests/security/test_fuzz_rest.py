@@ -1,8 +1,10 @@
 """Fuzzing the coordinator's REST API: schemathesis from its OpenAPI schema, then a
 hypothesis fuzzer for what a schema does not describe (any method, path, header and body).
 
-Every answer must be a JSON response below 500 (bad input is a 4xx naming the field);
-the app runs in-process on its own `Control`, as the coordinator serves it.
+Every answer must be a JSON response below 500 (bad input is a 4xx naming the field) and,
+for the documented operations, one the document promises: a documented status, content type
+and body schema (errors in the one error shape). The app runs in-process on its own
+`Control`, as the coordinator serves it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette.testclient import TestClient
 
 from tests.security.conftest import TALLY, examples
@@ -46,6 +53,10 @@ CASES = [
 ]
 
 
+# What the document promises (rest_openapi.py), checked against what the app answered.
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
 def _is_error_body(response: Any) -> bool:
     body = response.json()
     return isinstance(body, dict) and bool(body.get("error", {}).get("code")) and bool(body["error"].get("message"))
@@ -60,7 +71,7 @@ def test_openapi_operations(operation: Any, mode: schemathesis.GenerationMode) -
     def run(case: schemathesis.Case) -> None:
         response = case.call()
         TALLY[("rest:schemathesis", str(response.status_code))] += 1
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=CHECKS)
         assert response.status_code < 500, response.text
         if response.status_code >= 400:
             assert _is_error_body(response), response.text
