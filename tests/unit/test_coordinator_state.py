@@ -12,7 +12,7 @@ import pytest
 
 # isort: split
 from tests.unit.test_jobs import make_cluster, start, submit
-from tidal.coordinator.store import FILE_NAME, StateStore
+from tidal.coordinator.store import FILE_NAME, Changes, StateStore
 from tidal.core import snapshot
 from tidal.core.errors import DataLossError
 from tidal.core.job_records import JobState, ShardProgress
@@ -95,7 +95,7 @@ def test_text_that_is_not_a_json_object_is_data_loss() -> None:
 def test_a_fresh_coordinator_adopts_the_saved_jobs_and_members(tmp_path: Path) -> None:
     cluster, job = busy_cluster()
     store = StateStore(tmp_path)
-    store.save(cluster.membership.all(), cluster.membership.epoch, cluster.jobs.all())
+    store.write(Changes.of(cluster.membership.all(), cluster.jobs.all(), cluster.membership.epoch))
     store.close()
 
     saved = StateStore(tmp_path).load(now=50.0)
@@ -121,9 +121,9 @@ def test_a_fresh_coordinator_adopts_the_saved_jobs_and_members(tmp_path: Path) -
 def test_a_save_only_replaces_the_rows_it_names(tmp_path: Path) -> None:
     cluster, job = busy_cluster()
     store = StateStore(tmp_path)
-    store.save(cluster.membership.all(), cluster.membership.epoch, cluster.jobs.all())
+    store.write(Changes.of(cluster.membership.all(), cluster.jobs.all(), cluster.membership.epoch))
     job.state = JobState.SUCCEEDED
-    store.save([], cluster.membership.epoch + 1, [job])
+    store.write(Changes.of([], [job], cluster.membership.epoch + 1))
     saved = store.load(now=0.0)
     assert len(saved.members) == len(cluster.membership.all())
     assert [j.state for j in saved.jobs] == [JobState.SUCCEEDED]
@@ -139,7 +139,7 @@ def test_a_corrupt_state_file_is_refused_as_data_loss(tmp_path: Path) -> None:
 def test_a_tampered_row_is_refused_as_data_loss(tmp_path: Path) -> None:
     cluster, job = busy_cluster()
     store = StateStore(tmp_path)
-    store.save(cluster.membership.all(), cluster.membership.epoch, cluster.jobs.all())
+    store.write(Changes.of(cluster.membership.all(), cluster.jobs.all(), cluster.membership.epoch))
     store.close()
     with sqlite3.connect(tmp_path / FILE_NAME) as db:
         db.execute("UPDATE jobs SET data = ? WHERE job_id = ?", ('{"job_id": "job-1"}', job.job_id))

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from tidal.coordinator.control import Control
-from tidal.core.errors import TidalError
+from tidal.core.errors import NotFoundError, TidalError
 from tidal.core.job_records import Job, JobState
 from tidal.core.spec import JobSpec, parse_job_spec
 from tidal.k8s_scale import ApiServer, ScaleTarget, scale_down
@@ -83,11 +83,19 @@ def restored_job(control: Control, spec: JobSpec) -> Job | None:
 
 
 async def wait_members_left(control: Control, member_ids: list[str], timeout_s: float) -> list[str]:
-    """Waits until none of `member_ids` is live (their sessions closed); returns those still live."""
+    """Waits until none of `member_ids` is live (their sessions closed); returns those still live.
+    A member already forgotten (its retention ran out) is gone too."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        live = [m for m in member_ids if control.membership.get(m).live]
+        live = [m for m in member_ids if _is_live(control, m)]
         if not live or loop.time() >= deadline:
             return live
         await asyncio.sleep(0.1)
+
+
+def _is_live(control: Control, member_id: str) -> bool:
+    try:
+        return control.membership.get(member_id).live
+    except NotFoundError:
+        return False
