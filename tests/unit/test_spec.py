@@ -10,7 +10,16 @@ from pydantic import ValidationError
 
 # isort: split
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.spec import APPLIES_TO, ConsistencySpec, JobSpec, Mode, parse_job_spec
+from tidal.core.spec import (
+    APPLIES_TO,
+    MAX_SPEC_BYTES,
+    MAX_SPEC_DEPTH,
+    ConsistencySpec,
+    JobSpec,
+    Mode,
+    json_depth_exceeds,
+    parse_job_spec,
+)
 
 
 def test_defaults_are_valid_and_documented_values() -> None:
@@ -447,7 +456,11 @@ def test_default_spec_round_trips_in_every_mode(mode: str) -> None:
 
 def test_auto_backup_cap_defaults_to_a_minority_of_the_workers() -> None:
     assert [parse_job_spec({"mode": "auto", "num_workers": n}).max_auto_backups for n in (1, 2, 3, 4, 5)] == [
-        0, 0, 1, 1, 2,
+        0,
+        0,
+        1,
+        1,
+        2,
     ]
     spec = parse_job_spec({"mode": "auto", "num_workers": 4, "consistency": {"auto_max_backup_workers": 3}})
     assert spec.max_auto_backups == 3
@@ -460,3 +473,68 @@ def test_auto_backup_cap_must_leave_a_worker() -> None:
 
 def test_auto_trains_the_same_number_of_versions_as_sync() -> None:
     assert parse_job_spec({"mode": "auto", "steps": 40, "num_workers": 3}).target_version == 40
+
+
+# --- size and nesting bounds ----------------------------------------------------------------
+
+
+def _nested(depth: int) -> str:
+    """A spec whose model.args nest `depth` levels in all (the spec object itself is one)."""
+    inner = "[" * (depth - 3) + "]" * (depth - 3)
+    return '{"model": {"args": {"x": ' + inner + "}}}"
+
+
+def test_spec_nested_to_the_limit_parses_and_one_deeper_is_refused() -> None:
+    parse_job_spec(_nested(MAX_SPEC_DEPTH))  # the args are not checked here: only the nesting
+    with pytest.raises(InvalidArgumentError, match=rf"spec: nested deeper than {MAX_SPEC_DEPTH}"):
+        parse_job_spec(_nested(MAX_SPEC_DEPTH + 1))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 5000 + "]" * 5000, '{"a": ' * 5000 + "1" + "}" * 5000, "[" * 5000, '{"model": {"args": ' * 3000],
+    ids=["arrays", "objects", "unclosed arrays", "unclosed objects"],
+)
+def test_deeply_nested_json_is_an_invalid_argument_not_a_recursion_error(text: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^spec: "):
+        parse_job_spec(text)
+    with pytest.raises(InvalidArgumentError, match=r"^spec: "):
+        parse_job_spec(text.encode())
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    name = "[{" * 100 + '\\"'
+    assert not json_depth_exceeds(json.dumps({"name": name, "args": {}}), 2)
+    with pytest.raises(InvalidArgumentError, match=r"spec\.name"):  # refused for its pattern, not its depth
+        parse_job_spec(json.dumps({"name": name}))
+
+
+@pytest.mark.parametrize(("text", "limit", "deeper"), [("[]", 1, False), ("[[]]", 1, True), ("{}", 0, True),
+                                                       ('[{"a": [1]}, []]', 3, False), ('[{"a": [1]}, []]', 2, True),
+                                                       ("[[]", 1, False), ("[}", 1, False)])  # fmt: skip
+def test_json_depth_exceeds(text: str, limit: int, deeper: bool) -> None:
+    assert json_depth_exceeds(text, limit) is deeper
+
+
+def test_deeply_nested_mapping_is_refused_without_recursion() -> None:
+    args: dict[str, Any] = {}
+    inner = args
+    for _ in range(5000):
+        inner["x"] = inner = {}
+    with pytest.raises(InvalidArgumentError, match=rf"spec: nested deeper than {MAX_SPEC_DEPTH}"):
+        parse_job_spec({"model": {"name": "mlp", "args": args}})
+
+
+def test_spec_over_the_byte_limit_is_refused_before_parsing() -> None:
+    padding = " " * MAX_SPEC_BYTES
+    with pytest.raises(InvalidArgumentError, match=rf"spec: {MAX_SPEC_BYTES + 2} bytes, more than the limit"):
+        parse_job_spec("{" + padding + "}")
+    # Counted in UTF-8 bytes, not characters.
+    wide = '{"name": "' + "é" * (MAX_SPEC_BYTES // 2) + '"}'
+    with pytest.raises(InvalidArgumentError, match=r"more than the limit"):
+        parse_job_spec(wide)
+
+
+def test_integer_past_pythons_digit_limit_is_invalid_json() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"spec: not valid JSON"):
+        parse_job_spec('{"seed": ' + "9" * 5000 + "}")

@@ -3,8 +3,10 @@
 Owns the membership and the job manager, turns session messages into domain events,
 delivers the commands the domain returns to each member's outbox, and wakes watchers.
 With a state store, every change of jobs or membership is saved before the commands it
-produced go out, and a restarted coordinator adopts the saved state: members that come
-back under their ids within the resume grace keep their jobs.
+produced go out and before callers and watchers learn of it (progress reports are saved with
+the next tick), and a restarted coordinator adopts the saved state: members that come back
+under their ids within the resume grace keep their jobs. Saves are incremental and run in
+one writer thread (coordinator/writer.py), never on the event loop.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from collections.abc import AsyncIterator
 
 from tidal.coordinator.convert import JOB_STATE_TO_PROTO, command_to_proto, job_to_proto
 from tidal.coordinator.metrics import CoordinatorCounters
-from tidal.coordinator.store import StateStore
+from tidal.coordinator.store import Changes, StateStore
+from tidal.coordinator.writer import StateWriter
 from tidal.core.commands import ChangeMembership, Command, Evaluate, MoveShard
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
 from tidal.core.job_records import Job, JobState, ShardProgress
 from tidal.core.jobs import JobManager
 from tidal.core.membership import Member, Membership, MemberState, Role
-from tidal.core.plan import job_dataset_info, job_model, job_shard_map
+from tidal.core.plan import job_layout
 from tidal.core.spec import parse_job_spec
+from tidal.transport.supervise import in_daemon_thread
 from tidal.v1 import coordinator_pb2 as coord_pb
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,9 @@ TICK_S = 0.2
 # After a restart, how long saved members have to come back, on top of the heartbeat
 # timeout, before they are declared failed (they retry with a backoff of at most ~1 s).
 RESUME_GRACE_S = 5.0
+# Members that failed or left are forgotten this long after no job needs them, in seconds
+# (kept a while so the cluster view still shows why a job lost them).
+ENDED_MEMBER_RETENTION_S = 600.0
 # Session messages that only report progress: saved with the next tick, not at once.
 _PROGRESS_KINDS = frozenset({"heartbeat", "worker_progress", "shard_progress"})
 
@@ -46,10 +53,12 @@ class Control:
         heartbeat_interval_s: float = 1.0,
         heartbeat_timeout_s: float = 10.0,
         store: StateStore | None = None,
+        ended_member_retention_s: float = ENDED_MEMBER_RETENTION_S,
     ) -> None:
         self.counters = counters
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.ended_member_retention_s = ended_member_retention_s
         self.membership = Membership()
         self.jobs = JobManager(self.membership)
         self._outboxes: dict[str, asyncio.Queue[coord_pb.SessionResponse | None]] = {}
@@ -58,17 +67,19 @@ class Control:
         # Shards that registered with checkpoints: member id -> [(job id, shard index)].
         self._checkpoints: dict[str, list[tuple[str, int]]] = {}
         self._store = store
+        self._writer = StateWriter(store, self._changes, self.counters.state_save_seconds.observe) if store else None
+        # Progress reported since the last save, saved with the next tick.
         self._unsaved = False
         # Set while the coordinator shuts down: sessions it closes itself are no member's failure.
         self._stopping = False
-        # Ended jobs already saved: they never change again, so saves skip them.
+        # Ended jobs already handed to the writer: they never change again, so saves skip them.
         self._saved_ended: set[str] = set()
         if store is not None:
             self._adopt(store)
 
     def _adopt(self, store: StateStore) -> None:
         saved = store.load(time.monotonic() + RESUME_GRACE_S)
-        self.membership.restore(saved.members, saved.membership_epoch)
+        self.membership.restore(saved.members, saved.membership_epoch, saved.next_member_id)
         self.jobs.restore(saved.jobs)
         self._saved_ended = {j.job_id for j in saved.jobs if j.state.terminal}
         live = [m for m in saved.members if m.live]
@@ -192,10 +203,9 @@ class Control:
             return
         if kind in _PROGRESS_KINDS:
             self._unsaved = True
-        else:
-            self._save()
         await self._deliver(commands)
-        await self._bump()
+        # Progress alone waits for the tick's save; any other change is saved before it returns.
+        await (self._notify() if kind in _PROGRESS_KINDS else self._bump())
 
     # --- shard restarts (docs/fault-tolerance.md) ----------------------------------------
     def shard_checkpoints(self, member_id: str, refs: list[tuple[str, int]]) -> None:
@@ -236,8 +246,10 @@ class Control:
     # --- jobs ----------------------------------------------------------------------
     async def submit(self, spec_json: str) -> Job:
         spec = parse_job_spec(spec_json)
-        # Building the model validates model and dataset names and args before anything runs.
-        shard_map = await asyncio.to_thread(lambda: job_shard_map(spec, job_model(spec, job_dataset_info(spec))))
+        # Planning validates model and dataset names and args, and holds the model to the size
+        # limits, before anything runs; nothing of the model's size is allocated (core/model_size.py).
+        # In a daemon thread: a slow user factory never keeps SIGTERM from stopping the coordinator.
+        shard_map = await in_daemon_thread(lambda: job_layout(spec), f"plan {spec.name}")
         job = self.jobs.submit(spec, shard_map, time.time())
         self._save()  # the caller is told the job exists: it must survive a restart
         log.info(
@@ -283,13 +295,32 @@ class Control:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            for member in self.membership.overdue(time.monotonic(), self.heartbeat_timeout_s):
-                self.counters.missed_heartbeats.labels(member.role.value).inc()
-                await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
-            await self._deliver(self._schedule())
-            await self._deliver(self.jobs.expire_restarts(time.time()))
-            if self._unsaved:
-                self._save()
+            await self.tick()
+
+    async def tick(self) -> None:
+        """Fails silent members, places jobs, expires shard restarts, forgets ended members
+        and saves the progress reported since the last tick."""
+        for member in self.membership.overdue(time.monotonic(), self.heartbeat_timeout_s):
+            self.counters.missed_heartbeats.labels(member.role.value).inc()
+            await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
+        await self._deliver(self._schedule())
+        await self._deliver(self.jobs.expire_restarts(time.time()))
+        forgotten = self._forget_ended()
+        # A job that ended without a member to tell (so no command) is saved here too.
+        ended = any(j.state.terminal and j.job_id not in self._saved_ended for j in self.jobs.all())
+        if forgotten or ended or self._unsaved or (self._writer is not None and self._writer.retry_due):
+            self._save()
+
+    def _forget_ended(self) -> list[str]:
+        """Forgets members that failed or left once no job that is not over names them (a
+        restarted coordinator needs only live members and those of running jobs)."""
+        needed = {m for job in self.jobs.all() if not job.state.terminal for m in job.members}
+        forgotten = self.membership.forget_ended(time.monotonic(), self.ended_member_retention_s, needed)
+        for member_id in forgotten:
+            self._checkpoints.pop(member_id, None)
+        if forgotten:
+            log.info("forgot %d members that ended: %s", len(forgotten), ", ".join(forgotten))
+        return forgotten
 
     async def _lose(self, member: Member, why: str, reason: str, state: MemberState = MemberState.FAILED) -> None:
         """Declares `member` failed (or, for a goodbye, left); its job learns of it at once."""
@@ -309,15 +340,25 @@ class Control:
         await self._bump()
 
     def _save(self) -> None:
-        """Writes members and jobs to the state store, if there is one."""
+        """Asks the writer thread to save every change so far, if there is a store; await
+        `flush` where the change must be on disk before anything goes out."""
         self._unsaved = False
-        if self._store is None:
-            return
-        started = time.perf_counter()
-        changed = [j for j in self.jobs.all() if j.job_id not in self._saved_ended]
-        self._store.save(self.membership.all(), self.membership.epoch, changed)
-        self._saved_ended.update(j.job_id for j in changed if j.state.terminal)
-        self.counters.state_save_seconds.observe(time.perf_counter() - started)
+        if self._writer is not None:
+            self._writer.request()
+
+    async def flush(self) -> None:
+        """Returns once every save asked for so far is on disk."""
+        if self._writer is not None:
+            await self._writer.flushed()
+
+    def _changes(self) -> Changes:
+        """What changed since the last write, taken on the loop for the writer thread: members
+        changed or forgotten, and every job not yet saved as ended (the store skips the ones
+        whose data did not change)."""
+        members, forgotten = self.membership.take_changes()
+        jobs = [j for j in self.jobs.all() if j.job_id not in self._saved_ended]
+        self._saved_ended.update(j.job_id for j in jobs if j.state.terminal)
+        return Changes.of(members, jobs, self.membership.epoch, self.membership.next_id, forgotten)
 
     def begin_shutdown(self) -> None:
         """From now on a closing session does not fail its member: the coordinator itself is
@@ -325,9 +366,10 @@ class Control:
         self._stopping = True
 
     def close(self) -> None:
-        if self._store is not None:
-            self._save()
-            self._store.close()
+        """Saves what is left and closes the store (blocks: for shutdown)."""
+        if self._writer is not None:
+            self._unsaved = False
+            self._writer.close()
 
     def _schedule(self) -> list[Command]:
         # Only members with an open session can be told about a job they are placed in.
@@ -336,6 +378,7 @@ class Control:
     async def _deliver(self, commands: list[Command]) -> None:
         if commands:
             self._save()  # a restarted coordinator must know what its members were told
+            await self.flush()
         for command in commands:
             outbox = self._outboxes.get(command.member_id)
             if outbox is None:
@@ -346,6 +389,12 @@ class Control:
             await self._bump()
 
     async def _bump(self) -> None:
+        """Saves the state (on disk before callers and watchers learn of it) and wakes watchers."""
+        self._save()
+        await self.flush()
+        await self._notify()
+
+    async def _notify(self) -> None:
         async with self._changed:
             self._generation += 1
             self._changed.notify_all()

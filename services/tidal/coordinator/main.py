@@ -8,22 +8,33 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from tidal.coordinator.control import Control
+from tidal.coordinator.control import TICK_S, Control
 from tidal.coordinator.metrics import ControlCollector, CoordinatorCounters
 from tidal.coordinator.one_job import OneJob, run_one_job
 from tidal.coordinator.rest import create_app
 from tidal.coordinator.servicer import CoordinatorServicer
 from tidal.coordinator.store import StateStore
+from tidal.core.errors import InvalidArgumentError
 from tidal.transport.http import serve_asgi
 from tidal.transport.limits import SHUTDOWN_GRACE_S
 from tidal.transport.metrics import GrpcMetricsInterceptor, build_info, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
 from tidal.transport.server import add_health_and_reflection, create_server, set_health
+from tidal.transport.supervise import Supervisor
 from tidal.v1 import coordinator_pb2
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name]
+# Faults a test may inject (run_coordinator's `fault`): the control loop raises after a tick,
+# as a bug in it would, to show the crash is noticed.
+CRASH_CONTROL_LOOP = "crash_control_loop"
+FAULTS = ("", CRASH_CONTROL_LOOP)
+
+
+async def _crash_after_a_tick() -> None:
+    await asyncio.sleep(TICK_S)
+    raise RuntimeError(f"fault injected ({CRASH_CONTROL_LOOP})")
 
 
 async def run_coordinator(
@@ -36,7 +47,12 @@ async def run_coordinator(
     ready_file: Path | None,
     one_job: OneJob | None = None,
     state_dir: Path | None = None,
+    fault: str = "",
 ) -> int:
+    """Serves until SIGTERM/SIGINT, or until a supervised task crashed; returns the exit code.
+    `fault` is for tests only (FAULTS)."""
+    if fault not in FAULTS:
+        raise InvalidArgumentError(f"fault: expected one of {', '.join(FAULTS)}, got {fault!r}")
     registry = CollectorRegistry()
     build_info(registry, "coordinator")
     store = StateStore(state_dir) if state_dir is not None else None
@@ -48,11 +64,17 @@ async def run_coordinator(
     await set_health(health, SERVICE_NAMES, serving=False)
     await server.start()
     stop = stop_on_signals()
+    # A crash of any of these stops the coordinator, which then exits non-zero.
+    supervisor = Supervisor(stop)
+    supervisor.spawn("control loop", _crash_after_a_tick() if fault == CRASH_CONTROL_LOOP else control.run())
     rest, rest_task, http_port = serve_asgi(create_app(control), host, http_port)
+    supervisor.watch("REST server", rest_task)
     metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port)
-    tasks = [asyncio.create_task(control.run()), rest_task, metrics_task]
-    job_task = asyncio.create_task(run_one_job(control, one_job, stop)) if one_job else None
-    tasks += [job_task] if job_task else []
+    supervisor.watch("metrics server", metrics_task)
+    job_task = supervisor.spawn("one-job", run_one_job(control, one_job, stop), may_end=True) if one_job else None
+    if job_task is not None and one_job is not None and one_job.exit_when_done:
+        job_task.add_done_callback(lambda _: stop.set())
+    code = 0
     try:
         await set_health(health, SERVICE_NAMES, serving=True)
         ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
@@ -61,22 +83,18 @@ async def run_coordinator(
             "coordinator serving gRPC on %s:%d, REST on http://%s:%d, metrics on http://%s:%d/metrics",
             host, grpc_port, host, http_port, host, metrics_port,
         )  # fmt: skip
-        if job_task and one_job and one_job.exit_when_done:
-            stop_task = asyncio.create_task(stop.wait())
-            tasks.append(stop_task)
-            done, _ = await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if job_task not in done:
+        await stop.wait()
+        if job_task is not None and one_job is not None and one_job.exit_when_done:
+            if not job_task.done():
                 # SIGTERM while the one-job mode waits for it after scaling down: its result is due at once.
                 await asyncio.wait({job_task}, timeout=1.0)
-            return job_task.result() if job_task.done() else 0
-        await stop.wait()
-        return 0
+            if job_task.done() and not job_task.cancelled() and job_task.exception() is None:
+                code = job_task.result()
     finally:
         await set_health(health, SERVICE_NAMES, serving=False)
         control.begin_shutdown()
         rest.should_exit = metrics.should_exit = True
         await server.stop(SHUTDOWN_GRACE_S)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.close()
         control.close()
+    return 1 if supervisor.failed else code

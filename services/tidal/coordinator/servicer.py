@@ -73,10 +73,14 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
             while (command := await outbox.get()) is not None:
                 yield command
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AbortError):
-                await reader
-            await self._control.session_closed(member_id, outbox)
+            try:
+                reader.cancel()
+                # A failure of `handle` surfaces here (already logged by the reader) and ends
+                # the call; the session must still be closed, or its member stays live.
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AbortError):
+                    await reader
+            finally:
+                await self._control.session_closed(member_id, outbox)
 
     @translate_errors
     async def SubmitJob(

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from tidal.core.datasets import Dataset, DatasetInfo, dataset_partition, describe_dataset, load_dataset
+from tidal.core.model_size import meta_model
 from tidal.core.models import build_model
 from tidal.core.shard_map import ShardMap, build_shard_map, tensor_infos
 from tidal.core.spec import JobSpec
@@ -35,3 +36,12 @@ def job_model(spec: JobSpec, dataset: Dataset | DatasetInfo) -> nn.Module:
 
 def job_shard_map(spec: JobSpec, model: nn.Module) -> ShardMap:
     return build_shard_map(tensor_infos(list(model.named_parameters())), spec.num_shards)
+
+
+def job_layout(spec: JobSpec) -> ShardMap:
+    """The job's shard map from its model's shapes alone: the model is held to the size limits
+    of core/model_size.py and built on the meta device, so nothing of its size is allocated
+    (the coordinator plans every submitted job this way)."""
+    info = job_dataset_info(spec)
+    model = meta_model(spec.model.name, spec.model.args, info.input_shape, info.num_classes, spec.seed)
+    return job_shard_map(spec, model)

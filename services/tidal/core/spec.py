@@ -7,6 +7,7 @@ spec (as JSON on the wire) so all of them agree on every hyperparameter.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -275,23 +276,84 @@ class JobSpec(_Strict):
         return self.model_dump_json()
 
 
+# A spec is a few hundred bytes; the bound keeps a submitted one from costing the coordinator
+# more than a moment to scan, parse and store.
+MAX_SPEC_BYTES = 256 << 10
+# Deepest nesting of objects and arrays in a spec. Its own structure is 4 deep and model or
+# dataset args add a few levels; json and pydantic recurse once per level and raise
+# RecursionError near 1,000, so the depth is checked before either runs.
+MAX_SPEC_DEPTH = 32
+
+# A JSON string, escapes included (possessive: linear time even on an unterminated one).
+_JSON_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether the JSON `text` nests objects and arrays deeper than `limit`, found without
+    parsing it: each pass drops the innermost empty pairs (one level: re.sub does not rescan
+    what it produced), in C. A text that is not JSON (unbalanced brackets) answers False and
+    is left to the parser to report."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(limit):
+        shorter = _EMPTY_PAIR.sub("", brackets)
+        if shorter == brackets:
+            return False
+        brackets = shorter
+    # Anything still removable after `limit` passes was nested deeper than `limit`.
+    return _EMPTY_PAIR.search(brackets) is not None
+
+
+def _value_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a decoded value, counted without recursion and at most limit + 1."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list, tuple)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            children = item.values() if isinstance(item, dict) else item
+            todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_job_spec(data: str | bytes | dict[str, Any]) -> JobSpec:
     """Validates a spec given as a JSON text or a mapping.
 
     Raises InvalidArgumentError whose message names every offending field, e.g.
-    ``spec.optimizer.lr: Input should be greater than 0``.
+    ``spec.optimizer.lr: Input should be greater than 0``. A text over MAX_SPEC_BYTES or
+    nested deeper than MAX_SPEC_DEPTH is refused before it is parsed.
     """
     if isinstance(data, (str, bytes)):
-        try:
-            data = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidArgumentError(f"spec: not valid JSON ({exc})") from None
+        data = _decode(data)
+    elif _value_depth(data, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:
+        raise InvalidArgumentError(f"spec: nested deeper than {MAX_SPEC_DEPTH} levels of objects and arrays")
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"spec: expected a JSON object, got {type(data).__name__}")
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise InvalidArgumentError(format_validation_error(exc)) from None
+
+
+def _decode(data: str | bytes) -> Any:
+    raw = data.encode(errors="surrogatepass") if isinstance(data, str) else data
+    if len(raw) > MAX_SPEC_BYTES:
+        raise InvalidArgumentError(f"spec: {len(raw)} bytes, more than the limit of {MAX_SPEC_BYTES}")
+    try:
+        text = raw.decode() if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"spec: not valid JSON ({exc})") from None
+    if json_depth_exceeds(text, MAX_SPEC_DEPTH):
+        raise InvalidArgumentError(f"spec: nested deeper than {MAX_SPEC_DEPTH} levels of objects and arrays")
+    try:
+        return json.loads(text)
+    except RecursionError:  # unbalanced, so not JSON, and opening too deep for the scan to tell
+        raise InvalidArgumentError(f"spec: not valid JSON (nested deeper than {MAX_SPEC_DEPTH} levels)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's 4,300-digit limit
+        raise InvalidArgumentError(f"spec: not valid JSON ({exc})") from None
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -26,6 +26,7 @@ from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
+from tidal.transport.supervise import cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import shard_pb2
@@ -141,7 +142,8 @@ class ShardNode:
             metrics = self.metrics.for_job(assign.job_id, state.spec.mode.value, assign.shard_index)
             self.runtime = self.last_runtime = ShardRuntime(assign.job_id, state, metrics)
         except (TidalError, OSError) as exc:
-            log.error("job %s: cannot set up shard %d: %s", assign.job_id, assign.shard_index, exc)
+            # An expected failure (bad spec, disk): its message says it all, no traceback.
+            log.exception("job %s: cannot set up shard %d: %s", assign.job_id, assign.shard_index, exc)
             await self.session.send(
                 coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id=assign.job_id, message=str(exc)))
             )
@@ -159,15 +161,13 @@ class ShardNode:
         shutting down: pushes are refused from now on (UNAVAILABLE)."""
         if reason is None:
             self.draining, reason = True, "shard shutting down"
-        if self._reporter:
-            self._reporter.cancel()
-        if self._checkpoint_task:
-            self._checkpoint_task.cancel()
+        # Waited for: no progress report or scheduled checkpoint of this job runs on after it.
+        await cancel_and_wait(self._reporter, self._checkpoint_task)
         if self._checkpointer is not None:
             try:
                 await self._checkpointer.write()
             except OSError as exc:
-                log.error("job %s: final checkpoint failed: %s", self._checkpointer.job_id, exc)
+                log.exception("job %s: final checkpoint failed: %s", self._checkpointer.job_id, exc)
         if self.runtime:
             await self.runtime.close(reason)
         self.runtime = self._reporter = None  # last_runtime keeps the final parameters readable

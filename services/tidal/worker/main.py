@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
+from tidal.transport.supervise import cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import worker_pb2 as worker_pb
@@ -76,7 +77,8 @@ class WorkerNode(worker_grpc.WorkerServicer):
         kind = msg.WhichOneof("kind")
         if kind == "assign_worker":
             await self.release()
-            self._task = asyncio.create_task(self._guard(msg.assign_worker.job_id, self._train(msg.assign_worker)))
+            assign = msg.assign_worker
+            self._task = asyncio.create_task(self._guard(assign.job_id, lambda: self._train(assign)))
         elif kind == "membership_changed":
             self._membership = msg.membership_changed
             self._apply_membership()
@@ -85,8 +87,8 @@ class WorkerNode(worker_grpc.WorkerServicer):
                      msg.shard_moved.address)  # fmt: skip
             self.run.shard_moved(msg.shard_moved.shard_index, msg.shard_moved.address)
         elif kind == "evaluate" and self.run and self.run.a.job_id == msg.evaluate.job_id:
-            work = self._evaluate(self.run, msg.evaluate.final)
-            self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, work))
+            run, final = self.run, msg.evaluate.final
+            self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, lambda: self._evaluate(run, final)))
         elif kind == "release_job" and self.run and self.run.a.job_id == msg.release_job.job_id:
             await self.release()
 
@@ -108,25 +110,25 @@ class WorkerNode(worker_grpc.WorkerServicer):
             await self._send(self._finished)
 
     async def release(self) -> None:
-        if self._task and not self._task.done():
-            self._task.cancel()
+        # Waited for: a job's work still unwinding must not overlap the next assignment.
+        await cancel_and_wait(self._task)
         if self.run:
             await self.run.close()
         self.run = self._task = None
         self._membership = self._finished = None
 
-    async def _guard(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
+    async def _guard(self, job_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Runs job work; a failure is reported to the coordinator, which fails the job. Not
         if the coordinator made this worker a new member meanwhile: the job dropped the old
         one (its shards refuse it), and the new one may be in the same job again."""
         member_id = self.session.member_id
         try:
-            await work
+            await work()  # made here: a task cancelled before it started leaves no coroutine unawaited
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must still fail the job loudly, not hang it
             if isinstance(exc, TidalError):
-                log.error("job %s: %s", job_id, exc)
+                log.exception("job %s: %s", job_id, exc)
             else:
                 log.exception("job %s: unexpected error", job_id)
             if self.session.member_id != member_id:

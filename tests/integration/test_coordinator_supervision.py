@@ -1,0 +1,98 @@
+"""A real coordinator process stops on SIGTERM even while a submit is building its model, and
+exits non-zero, with the traceback in its log, when its control loop crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.integration.helpers import coordinator_stub, wait_until
+from tidal.launcher import LocalCluster
+from tidal.spawn import start_child
+from tidal.transport.limits import SHUTDOWN_GRACE_S
+from tidal.v1 import coordinator_pb2 as coord_pb
+
+pytestmark = pytest.mark.integration
+
+# What every deployment gives the coordinator between SIGTERM and SIGKILL (the Kubernetes
+# manifests and the compose file: 30 s); the coordinator's own shutdown takes SHUTDOWN_GRACE_S
+# for in-flight calls plus a little more for the rest.
+GRACE_S = 30.0
+_SLOW_MODULE = "tidal_test_slow_models"
+
+
+def test_sigterm_stops_the_coordinator_while_a_submit_builds_a_slow_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / f"{_SLOW_MODULE}.py").write_text(
+        textwrap.dedent(
+            """
+            import pathlib, time
+
+            def slow(input_shape, num_classes, started):
+                pathlib.Path(started).touch()
+                time.sleep(3600)  # a factory that takes an hour to build its model
+            """
+        )
+    )
+    started = tmp_path / "build-started"
+    spec = {
+        "model": {"name": f"{_SLOW_MODULE}:slow", "args": {"started": str(started)}},
+        "dataset": {"name": "synthetic", "args": {"num_samples": 64}},
+    }
+    with LocalCluster(tmp_path / "cluster", num_shards=0, worker_slowdowns=(), env={"PYTHONPATH": str(models)}) as c:
+        coordinator = c.services["coordinator"].process
+        reply = coordinator_stub(c.coordinator_address).SubmitJob.future(
+            coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)), timeout=GRACE_S * 4
+        )
+        wait_until(lambda: started.exists() or coordinator.poll() is not None, 60, "the build to start")
+        assert started.exists(), c.tail("coordinator")
+        c.kill("coordinator", signal.SIGTERM)
+        try:
+            code = coordinator.wait(GRACE_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the coordinator still runs {GRACE_S:.0f}s after SIGTERM: {c.tail('coordinator')}")
+        assert code == 0, c.tail("coordinator", 20)
+        with pytest.raises(grpc.RpcError):  # the submit never completed
+            reply.result()
+
+
+_RUN_WITH_FAULT = """
+import asyncio, sys
+from pathlib import Path
+from tidal.coordinator.main import CRASH_CONTROL_LOOP, run_coordinator
+from tidal.transport.process import setup_logging
+
+setup_logging("coordinator")
+sys.exit(asyncio.run(run_coordinator("127.0.0.1", 0, 0, 0, 1.0, 10.0, Path(sys.argv[1]), fault=CRASH_CONTROL_LOOP)))
+"""
+
+
+def test_a_crashing_control_loop_ends_the_coordinator_non_zero_with_the_traceback(tmp_path: Path) -> None:
+    log_path = tmp_path / "coordinator.log"
+    with log_path.open("wb") as log:
+        process = start_child(
+            [sys.executable, "-c", _RUN_WITH_FAULT, str(tmp_path / "ready.json")],
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TIDAL_ALLOW_PLAINTEXT": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            code = process.wait(60 + SHUTDOWN_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"the coordinator serves on after its control loop crashed: {log_path.read_text()}")
+    text = log_path.read_text()
+    assert code == 1, text
+    assert "control loop crashed; the process stops" in text
+    assert "Traceback (most recent call last)" in text
+    assert "RuntimeError: fault injected (crash_control_loop)" in text
