@@ -120,11 +120,11 @@ class BenchCluster:
                 _wait_exit(started, 15.0)
 
     async def _submit(self, spec: dict[str, Any]) -> str:
-        async with TidalClient(self.address) as client:
+        async with TidalClient(self.address, self.cluster.client_security()) as client:
             return (await client.submit(spec)).job_id
 
     async def _cancel(self, job_id: str) -> None:
-        async with TidalClient(self.address) as client:
+        async with TidalClient(self.address, self.cluster.client_security()) as client:
             status = await client.get(job_id)
             if status.state not in TERMINAL_STATES:
                 await client.cancel(job_id)

@@ -17,6 +17,7 @@ from bench.results import Row, Settings
 from bench.stats import Spread, ratios
 from tidal.client import TERMINAL_STATES, TidalClient
 from tidal.compare.results import evals_of, first_reaching
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -24,6 +25,8 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 MODEL = {"name": "mlp", "args": {"hidden": [256, 256]}}
 DATASET = {"name": "synthetic", "args": {"num_samples": 8192, "num_features": 64, "num_classes": 4}}
 BATCH_SIZE = 64
+# Bench clusters run on loopback without TLS (tidal.launcher).
+PLAINTEXT = SecurityConfig()
 
 
 def job_spec(mode: str, workers: int, steps: int) -> dict[str, Any]:
@@ -42,7 +45,7 @@ def job_spec(mode: str, workers: int, steps: int) -> dict[str, Any]:
 
 async def _throughput(address: str, spec: dict[str, Any]) -> float:
     """Samples/s between the first and the last progress report (start-up excluded)."""
-    async with TidalClient(address, timeout_s=300) as client:
+    async with TidalClient(address, PLAINTEXT, timeout_s=300) as client:
         job = await client.submit(spec)
         points: list[tuple[float, int]] = []
         state = job.state
@@ -97,7 +100,7 @@ TARGET_WORKERS = 2
 
 
 async def _run_to_end(address: str, spec: dict[str, Any]) -> coord_pb.JobStatus:
-    async with TidalClient(address, timeout_s=300) as client:
+    async with TidalClient(address, PLAINTEXT, timeout_s=300) as client:
         job = await client.submit(spec)
         async for status in client.watch(job.job_id):
             if status.state in TERMINAL_STATES:

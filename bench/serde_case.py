@@ -18,7 +18,7 @@ from tidal.v1 import shard_pb2 as shard_pb
 
 
 def _setup(numel: int) -> tuple[ShardMap, torch.Tensor, torch.Tensor]:
-    shard_map = build_shard_map([TensorInfo("w", (numel,), torch.float32)], 1)
+    shard_map = build_shard_map([TensorInfo("w", (numel,), "float32")], 1)
     src = torch.randn(numel)
     return shard_map, src, torch.empty(numel)
 

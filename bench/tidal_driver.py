@@ -24,6 +24,7 @@ import torch
 from bench.procs import read_window
 from tidal.core.compression import params_wire_dtype
 from tidal.transport.session import MemberSession
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.worker.links import ShardLink
@@ -31,13 +32,15 @@ from tidal.worker.main import assignment_from_proto
 
 # A gradient small enough that SGD never drives the parameters anywhere odd.
 GRAD_SCALE = 1e-6
+# Bench clusters run on loopback without TLS (tidal.launcher), and so does the driver.
+PLAINTEXT = SecurityConfig()
 
 
 class _Member:
     """The coordinator session: waits for an assignment, then for the job's release."""
 
     def __init__(self, coordinator: str) -> None:
-        self.session = MemberSession(coordinator, common_pb.ROLE_WORKER, name="bench-driver")
+        self.session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="bench-driver")
         self.assigned: asyncio.Future[coord_pb.AssignWorker] = asyncio.get_running_loop().create_future()
         self.released = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -70,8 +73,17 @@ async def drive(args: argparse.Namespace) -> None:
     wire = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.wire]
     links = [
         ShardLink(
-            a.job_id, a.worker_id, a.membership_epoch, i, addr, a.shard_map, params, a.spec.step_timeout_s,
-            params_wire_dtype(a.spec.compression), shared_memory=args.transport == "shared_memory",
+            a.job_id,
+            a.worker_id,
+            a.membership_epoch,
+            i,
+            addr,
+            a.shard_map,
+            params,
+            a.spec.step_timeout_s,
+            params_wire_dtype(a.spec.compression),
+            security=PLAINTEXT,
+            shared_memory=args.transport == "shared_memory",
         )
         for i, addr in enumerate(a.shard_addresses)
     ]

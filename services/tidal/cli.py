@@ -26,9 +26,11 @@ from tidal.cli_common import (
     Port,
     ReadyFile,
     RegisterTimeout,
+    SharedMemory,
     Threads,
+    build_security,
+    build_service_settings,
     err,
-    install_security,
     run_async,
 )
 from tidal.climate.cli import climate_app
@@ -48,6 +50,8 @@ from tidal.progress import stdout_console
 
 if TYPE_CHECKING:
     from tidal.coordinator.one_job import OneJob
+    from tidal.transport.settings import ServiceSettings
+    from tidal.transport.tls import SecurityConfig
 
 app = typer.Typer(
     help="tidal: distributed PyTorch training with a parameter server.",
@@ -58,30 +62,34 @@ app = typer.Typer(
 app.add_typer(climate_app, name="climate")
 
 
-def _service_setup(role: str, log_level: str, threads: int, allow_plaintext: bool) -> None:
-    import torch  # noqa: PLC0415  # the client commands start faster without torch
+def _process_setup(role: str, log_level: str) -> None:
+    """Logging and malloc: what every service process sets up before it serves."""
     from prometheus_client import disable_created_metrics  # noqa: PLC0415
 
     from tidal.transport.process import setup_logging, tune_malloc  # noqa: PLC0415
 
-    install_security(role, allow_plaintext, server=True)
-    if role in ("shard", "worker"):
-        _check_shared_memory_setting()
     setup_logging(role, log_level)
     tune_malloc()
-    torch.set_num_threads(threads)
     # `_created` series double every counter's cardinality and no dashboard uses them.
     disable_created_metrics()
 
 
-def _check_shared_memory_setting() -> None:
-    from tidal.transport import shm  # noqa: PLC0415
+def _coordinator_setup(log_level: str, allow_plaintext: bool) -> SecurityConfig:
+    # No torch here: the coordinator plans jobs in a child process (tidal/planner.py).
+    security = build_security("coordinator", allow_plaintext, server=True)
+    _process_setup("coordinator", log_level)
+    return security
 
-    try:
-        shm.enabled()
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+
+def _member_setup(
+    role: str, log_level: str, threads: int, allow_plaintext: bool, shared_memory: str
+) -> ServiceSettings:
+    import torch  # noqa: PLC0415  # the client commands and the coordinator run without torch
+
+    settings = build_service_settings(role, allow_plaintext, shared_memory)
+    _process_setup(role, log_level)
+    torch.set_num_threads(threads)
+    return settings
 
 
 @app.command()
@@ -128,24 +136,45 @@ def coordinator(
             "before exiting, with the pod's service account.",
         ),
     ] = "",
+    control_fault: Annotated[
+        str, typer.Option(envvar=ENV["control_fault"], hidden=True, help="Tests only: crash the control loop.")
+    ] = "",
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
-    torch_threads: Threads = 1,
     allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Run the coordinator (membership, jobs, gRPC + REST API)."""
     from tidal.coordinator.main import run_coordinator  # noqa: PLC0415
 
     one_job = _one_job(job_file, exit_when_done, scale_down)
-    _service_setup("coordinator", log_level, torch_threads, allow_plaintext)
+    fault = _control_fault(control_fault)
+    security = _coordinator_setup(log_level, allow_plaintext)
     raise typer.Exit(
         run_async(
             run_coordinator(
-                host, port, http_port, metrics_port, heartbeat_interval, heartbeat_timeout, ready_file, one_job,
+                host,
+                port,
+                http_port,
+                metrics_port,
+                heartbeat_interval,
+                heartbeat_timeout,
+                ready_file,
+                one_job,
                 state_dir,
+                fault,
+                security=security,
             )
         )
     )
+
+
+def _control_fault(text: str) -> str:
+    from tidal.core.faults import parse_coordinator_fault  # noqa: PLC0415
+
+    try:
+        return parse_coordinator_fault(text)
+    except TidalError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--control-fault") from None
 
 
 def _one_job(job_file: Path | None, exit_when_done: bool, scale_down: str) -> OneJob | None:
@@ -195,6 +224,7 @@ def shard(
     checkpoint_fault: Annotated[
         str, typer.Option(envvar=ENV["checkpoint_fault"], hidden=True, help="Tests only: crash inside a write.")
     ] = "",
+    shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
@@ -203,13 +233,22 @@ def shard(
     """Run a parameter shard."""
     from tidal.shard.main import run_shard  # noqa: PLC0415
 
-    _service_setup("shard", log_level, torch_threads, allow_plaintext)
+    settings = _member_setup("shard", log_level, torch_threads, allow_plaintext, shared_memory)
     advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     raise typer.Exit(
         run_async(
             run_shard(
-                coordinator, host, port, metrics_port, advertise, ready_file, register_timeout, exit_after_job,
-                checkpoint_dir, checkpoint_fault,
+                coordinator,
+                host,
+                port,
+                metrics_port,
+                advertise,
+                ready_file,
+                register_timeout,
+                exit_after_job,
+                checkpoint_dir,
+                checkpoint_fault,
+                settings=settings,
             )
         )
     )
@@ -226,6 +265,7 @@ def worker(
     ] = 1.0,
     register_timeout: RegisterTimeout = 60.0,
     exit_after_job: ExitAfterJob = False,
+    shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
@@ -234,10 +274,20 @@ def worker(
     """Run a worker."""
     from tidal.worker.main import run_worker  # noqa: PLC0415
 
-    _service_setup("worker", log_level, torch_threads, allow_plaintext)
+    settings = _member_setup("worker", log_level, torch_threads, allow_plaintext, shared_memory)
     raise typer.Exit(
         run_async(
-            run_worker(coordinator, host, port, metrics_port, slowdown, ready_file, register_timeout, exit_after_job)
+            run_worker(
+                coordinator,
+                host,
+                port,
+                metrics_port,
+                slowdown,
+                ready_file,
+                register_timeout,
+                exit_after_job,
+                settings=settings,
+            )
         )
     )
 

@@ -12,7 +12,7 @@ import typer
 from google.protobuf.json_format import MessageToDict
 from rich.table import Table
 
-from tidal.cli_common import AllowPlaintext, Coordinator, err, install_security, run_async
+from tidal.cli_common import AllowPlaintext, Coordinator, build_security, err, run_async
 from tidal.config import DEFAULT_COORDINATOR
 from tidal.progress import stdout_console
 
@@ -30,13 +30,13 @@ def submit(
     allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Submit a job; prints its id."""
-    install_security("admin", allow_plaintext, server=False, command="submit")
+    security = build_security("admin", allow_plaintext, server=False, command="submit")
     from tidal.client import TidalClient, load_spec_file  # noqa: PLC0415
     from tidal.progress import follow_job  # noqa: PLC0415
     from tidal.v1 import common_pb2 as common_pb  # noqa: PLC0415
 
     async def go() -> int:
-        async with TidalClient(coordinator) as client:
+        async with TidalClient(coordinator, security) as client:
             job = await client.submit(load_spec_file(spec_file))
             print(job.job_id)
             if not wait:
@@ -54,11 +54,11 @@ def status(
     allow_plaintext: AllowPlaintext = False,
 ) -> None:
     """Show one job, or all jobs."""
-    install_security("admin", allow_plaintext, server=False, command="status")
+    security = build_security("admin", allow_plaintext, server=False, command="status")
     from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
 
     async def go() -> None:
-        async with TidalClient(coordinator) as client:
+        async with TidalClient(coordinator, security) as client:
             jobs = [await client.get(job_id)] if job_id else await client.list()
         if as_json:
             print(json.dumps([MessageToDict(j, preserving_proto_field_name=True) for j in jobs], indent=2))
@@ -85,11 +85,11 @@ def cancel(
     job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR, allow_plaintext: AllowPlaintext = False
 ) -> None:
     """Cancel a pending or running job."""
-    install_security("admin", allow_plaintext, server=False, command="cancel")
+    security = build_security("admin", allow_plaintext, server=False, command="cancel")
     from tidal.client import TidalClient, job_state_name  # noqa: PLC0415
 
     async def go() -> None:
-        async with TidalClient(coordinator) as client:
+        async with TidalClient(coordinator, security) as client:
             print(job_state_name((await client.cancel(job_id)).state))
 
     run_async(go())
@@ -97,11 +97,11 @@ def cancel(
 
 def cluster(coordinator: Coordinator = DEFAULT_COORDINATOR, allow_plaintext: AllowPlaintext = False) -> None:
     """List the members of the cluster."""
-    install_security("admin", allow_plaintext, server=False, command="cluster")
+    security = build_security("admin", allow_plaintext, server=False, command="cluster")
     from tidal.client import TidalClient  # noqa: PLC0415
 
     async def go() -> None:
-        async with TidalClient(coordinator) as client:
+        async with TidalClient(coordinator, security) as client:
             members = await client.cluster()
         table = Table("member", "role", "state", "address", "name", "job", "heartbeat age (s)")
         for m in members:
@@ -134,8 +134,7 @@ def health(
     same TLS settings as the service it checks (TIDAL_TLS_*)."""
     from tidal.client import check_health  # noqa: PLC0415
 
-    install_security("admin", allow_plaintext, server=False, command="health")
-
-    result = run_async(check_health(address, service, timeout))
+    security = build_security("admin", allow_plaintext, server=False, command="health")
+    result = run_async(check_health(address, security, service, timeout))
     print(result)
     raise typer.Exit(0 if result == "SERVING" else 1)

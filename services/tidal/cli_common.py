@@ -1,17 +1,25 @@
-"""What the `tidal` commands share: option types, one-line error reporting, TLS and token set-up."""
+"""What the `tidal` commands share: option types, one-line error reporting, and the building of a
+process's configuration (TLS, tokens, shared memory) from its flags and environment, once, at start.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from tidal.config import ENV
 from tidal.core.errors import TidalError
+
+if TYPE_CHECKING:
+    from tidal.transport.settings import ServiceSettings
+    from tidal.transport.tls import SecurityConfig
 
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -40,6 +48,14 @@ AllowPlaintext = Annotated[
         "configuration (TIDAL_TLS_DIR or TIDAL_TLS_CA/_CERT/_KEY, docs/security.md) refuses to start.",
     ),
 ]
+SharedMemory = Annotated[
+    str,
+    typer.Option(
+        "--shared-memory",
+        envvar=ENV["shared_memory"],
+        help="auto: tensors move through /dev/shm between a worker and a shard on one host; off: never.",
+    ),
+]
 RegisterTimeout = Annotated[
     float,
     typer.Option(
@@ -60,19 +76,33 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(1) from None
 
 
-def install_security(role: str, allow_plaintext: bool, server: bool, command: str = "") -> None:
-    """TLS and tokens from TIDAL_TLS_* / TIDAL_TOKEN* (transport/tls.py). Without TLS the command
-    refuses to run unless plaintext was asked for; a bad or missing setting is one line, exit 2."""
-    import dataclasses  # noqa: PLC0415
-    import os  # noqa: PLC0415
+def _fail_setup(exc: TidalError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
 
-    from tidal.transport import tls  # noqa: PLC0415
+
+def build_security(role: str, allow_plaintext: bool, server: bool, command: str = "") -> SecurityConfig:
+    """The process's transport security, from TIDAL_TLS_* / TIDAL_TOKEN* (transport/tls.py) and
+    --allow-plaintext. Without TLS the command refuses to run unless plaintext was asked for; a
+    bad or missing setting is one line, exit 2."""
+    from tidal.transport import tls  # noqa: PLC0415  # grpc only once a command runs, not for --help
 
     try:
         config = tls.SecurityConfig.from_env(os.environ, default_name=role)
         config = dataclasses.replace(config, allow_plaintext=config.allow_plaintext or allow_plaintext)
         tls.require_secure(config, f"tidal {command or role}", server)
-        tls.install(config)
     except TidalError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise _fail_setup(exc) from None
+    return config
+
+
+def build_service_settings(role: str, allow_plaintext: bool, shared_memory: str) -> ServiceSettings:
+    """A shard's or worker's settings (transport/settings.py); a bad one is one line, exit 2."""
+    from tidal.transport import shm  # noqa: PLC0415  # torch only for the services
+    from tidal.transport.settings import ServiceSettings  # noqa: PLC0415
+
+    security = build_security(role, allow_plaintext, server=True)
+    try:
+        return ServiceSettings(security, shm.parse_setting(shared_memory))
+    except TidalError as exc:
+        raise _fail_setup(exc) from None

@@ -38,10 +38,10 @@ def load_spec_file(path: Path, kind: str = "job spec") -> dict[str, Any]:
 
 
 class TidalClient:
-    """A coordinator's job API. TLS, client certificate and token come from `security`, by
-    default the process's configuration (TIDAL_TLS_*, TIDAL_TOKEN*: transport/tls.py)."""
+    """A coordinator's job API. TLS, client certificate and token come from `security`
+    (transport/tls.py; the CLI builds it from TIDAL_TLS_*, TIDAL_TOKEN*)."""
 
-    def __init__(self, address: str, timeout_s: float = 30.0, security: SecurityConfig | None = None) -> None:
+    def __init__(self, address: str, security: SecurityConfig, timeout_s: float = 30.0) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self._channel = create_channel(address, security)
@@ -100,9 +100,9 @@ def _describe(exc: grpc.aio.AioRpcError, address: str) -> TidalError:
     return err
 
 
-async def check_health(address: str, service: str = "", timeout_s: float = 3.0) -> str:
+async def check_health(address: str, security: SecurityConfig, service: str = "", timeout_s: float = 3.0) -> str:
     """Returns the grpc.health.v1 status name of `service` at `address` ("" = the server)."""
-    async with create_channel(address) as channel:
+    async with create_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

@@ -1,7 +1,9 @@
 """Every environment variable tidal reads, in one table (units in the names).
 
 A command-line flag always wins over its variable. The README's configuration section
-lists the same table.
+lists the same table. Only the command-line code reads them (typer's options, and
+cli_common.build_security / build_service_settings); what it builds, a frozen SecurityConfig
+(transport/tls.py) or ServiceSettings (transport/settings.py), is passed down from there.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ ENV = {
     # shard, tests only: "kill_before_rename:N" or "kill_before_manifest:N" SIGKILLs the shard
     # inside its N-th checkpoint write (core/checkpoint.py)
     "checkpoint_fault": "TIDAL_CHECKPOINT_FAULT",
+    # coordinator, tests only: "crash_control_loop" makes its control loop raise after a tick
+    # (core/faults.py), to show the crash ends the process non-zero
+    "control_fault": "TIDAL_CONTROL_FAULT",
     "malloc_tuning": "TIDAL_MALLOC_TUNING",  # 0 leaves glibc malloc at its defaults (transport/process.py)
     # worker, shard: "auto" moves tensors through /dev/shm when both run on one host, "off" never
-    # (transport/shm.py)
+    # (transport/shm.py; the flag is --shared-memory)
     "shared_memory": "TIDAL_SHARED_MEMORY",
     # One-job deployments (Kubernetes, smoke runs): see coordinator/one_job.py.
     "job_file": "TIDAL_JOB_FILE",  # coordinator: job spec to submit at start

@@ -28,6 +28,7 @@ from typing import IO, Any
 from tidal.config import SECURITY_ENV
 from tidal.core.errors import DeadlineExceededError, UnavailableError
 from tidal.spawn import start_child
+from tidal.transport.tls import SecurityConfig
 
 HOST = "127.0.0.1"
 # Every service binds loopback and lets the kernel pick its ports; ready files report them.
@@ -69,6 +70,7 @@ class LocalCluster:
         self.worker_slowdowns = worker_slowdowns
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.start_timeout_s = start_timeout_s
+        # The children's environment: this process's, plus `env` (they build their settings from it).
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.services: dict[str, Service] = {}
 
@@ -80,6 +82,11 @@ class LocalCluster:
     def tls(self) -> bool:
         """The cluster's services run with TLS (the environment names certificates)."""
         return uses_tls(self.env)
+
+    def client_security(self, name: str = "admin") -> SecurityConfig:
+        """How a client reaches this cluster's services: the certificate `name` of the cluster's
+        TLS folder (or its TIDAL_TLS_* files) and token; plaintext, like the services, without TLS."""
+        return SecurityConfig.from_env({**self.env, SECURITY_ENV["tls_name"]: name}, default_name=name)
 
     @property
     def scheme(self) -> str:

@@ -17,10 +17,12 @@ import torch
 from tidal.core.plan import job_dataset, job_model, job_shard_map
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, parse_job_spec
+from tidal.core.torch_dtypes import torch_dtype
 from tidal.launcher import LocalCluster
 from tidal.transport import serde
 from tidal.transport.server import create_channel
 from tidal.transport.session import MemberSession
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
@@ -28,6 +30,8 @@ from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
 
 JOB_TIMEOUT_S = 120.0
+# The local clusters of these tests run without TLS (launcher.py): so do their clients.
+PLAINTEXT = SecurityConfig()
 
 
 def coordinator_stub(address: str) -> coord_grpc.CoordinatorStub:
@@ -70,7 +74,7 @@ def plan(spec_dict: dict[str, Any]) -> tuple[JobSpec, torch.nn.Module, ShardMap]
 
 def read_parameters(shards: list[str], job_id: str, shard_map: ShardMap) -> tuple[torch.Tensor, list[int]]:
     """The job's flat parameter vector as the shards hold it now, and each shard's version."""
-    flat = torch.empty(shard_map.total_elements, dtype=shard_map.dtype)
+    flat = torch.empty(shard_map.total_elements, dtype=torch_dtype(shard_map.dtype))
     versions = {}
     for address in shards:
         with grpc.insecure_channel(address) as channel:
@@ -127,7 +131,7 @@ def run_async(coro: Any, timeout_s: float = 60.0) -> Any:
 
 async def exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> list[shard_pb.ExchangeResponse]:
     """Sends the requests on one Exchange stream and reads until the shard ends it."""
-    async with create_channel(address) as channel:
+    async with create_channel(address, PLAINTEXT) as channel:
         call = shard_grpc.ParameterShardStub(channel).Exchange()
         for request in requests:
             await call.write(request)
@@ -138,11 +142,12 @@ async def exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> li
 async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: Callable[[dict[str, Any]], Any]) -> Any:
     """Registers as a worker, submits `spec` (one worker), waits for the assignment, runs `body`
     with what the assignment says (job_id, worker_id, epoch, shard, shard_map), cancels the job."""
-    session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, name="test-worker")
+    security = cluster.client_security()
+    session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, security, name="test-worker")
     await session.register(10)
     commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
     session_task = asyncio.create_task(session.run(commands.put))
-    async with create_channel(cluster.coordinator_address) as channel:
+    async with create_channel(cluster.coordinator_address, security) as channel:
         stub = coord_grpc.CoordinatorStub(channel)
         job = (await stub.SubmitJob(coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)), timeout=30)).job
         try:

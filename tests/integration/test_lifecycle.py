@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.helpers import run_async, submit, wait_for_job, wait_until
+from tests.integration.helpers import PLAINTEXT, run_async, submit, wait_for_job, wait_until
 from tidal.client import check_health
 from tidal.launcher import LocalCluster
 from tidal.transport.server import create_channel
@@ -46,10 +46,10 @@ def test_shard_is_not_serving_until_it_reaches_the_coordinator(tmp_path: Path) -
 def test_sigterm_stops_a_shard_gracefully_and_it_leaves_the_cluster(tmp_path: Path) -> None:
     with LocalCluster(tmp_path, num_shards=1, worker_slowdowns=(), heartbeat_timeout_s=3.0) as cluster:
         address = cluster.address_of("shard-0")
-        assert run_async(check_health(address)) == "SERVING"
+        assert run_async(check_health(address, PLAINTEXT)) == "SERVING"
         cluster.kill("shard-0", signal.SIGTERM)
         assert cluster.services["shard-0"].process.wait(timeout=20) == 0
-        assert run_async(check_health(address, timeout_s=1)).startswith("UNAVAILABLE")
+        assert run_async(check_health(address, PLAINTEXT, timeout_s=1)).startswith("UNAVAILABLE")
 
         def shard_failed() -> bool:
             with grpc.insecure_channel(cluster.coordinator_address) as channel:
@@ -60,6 +60,20 @@ def test_sigterm_stops_a_shard_gracefully_and_it_leaves_the_cluster(tmp_path: Pa
             return [m.state for m in members] == [common_pb.MEMBER_STATE_LEFT]
 
         wait_until(shard_failed, timeout_s=15, what="coordinator marks the stopped shard as left")
+
+
+def test_the_running_coordinator_maps_no_torch_and_plans_in_its_child(tmp_path: Path) -> None:
+    """The real `tidal coordinator` process, after planning and running a job: no torch library
+    in its address space; the plans were made by its planner child."""
+    with LocalCluster(tmp_path, num_shards=1, worker_slowdowns=(1.0,)) as cluster:
+        job = submit(cluster.coordinator_address, {"name": "light", "num_workers": 1, "steps": 5})
+        assert wait_for_job(cluster.coordinator_address, job.job_id).state == common_pb.JOB_STATE_SUCCEEDED
+        pid = cluster.services["coordinator"].process.pid
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" not in maps and "/torch/" not in maps
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes() for c in children]
+        assert any(b"tidal.planner_child" in c for c in cmdlines), cmdlines
 
 
 def test_losing_workers_below_min_workers_fails_the_sync_job_with_a_clear_message(tmp_path: Path) -> None:
@@ -83,7 +97,7 @@ def test_cancelling_senders_never_breaks_a_member_session(tmp_path: Path) -> Non
     cancel tasks that report progress (on release), so sends must never write directly."""
 
     async def scenario(coordinator: str) -> list[int]:
-        session = MemberSession(coordinator, common_pb.ROLE_WORKER, name="canceller")
+        session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="canceller")
         await session.register(10)
         commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
         runner = asyncio.create_task(session.run(commands.put))
@@ -96,7 +110,7 @@ def test_cancelling_senders_never_breaks_a_member_session(tmp_path: Path) -> Non
                 task.cancel()
         await asyncio.sleep(1.5)
         assert not runner.done(), runner
-        async with create_channel(coordinator) as channel:
+        async with create_channel(coordinator, PLAINTEXT) as channel:
             members = (await coord_grpc.CoordinatorStub(channel).GetCluster(coord_pb.GetClusterRequest())).members
         runner.cancel()
         await session.close()

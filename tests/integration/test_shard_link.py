@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from tidal.core.errors import UnavailableError
-from tidal.core.shard_map import build_shard_map, tensor_infos
+from tidal.core.shard_map import build_shard_map
+from tidal.core.torch_dtypes import tensor_infos
+from tidal.transport.tls import SecurityConfig
 from tidal.worker.links import ShardLink
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,10 @@ async def _connect_to_a_peer_that_hangs_up(deadline_s: float) -> tuple[str, int,
     port = server.sockets[0].getsockname()[1]
     params = torch.zeros(10)
     shard_map = build_shard_map(tensor_infos([("w", params)]), 1)
-    link = ShardLink("job-1", "worker-1", 1, 0, f"127.0.0.1:{port}", shard_map, params, timeout_s=2.0)
+    link = ShardLink(
+        "job-1", "worker-1", 1, 0, f"127.0.0.1:{port}", shard_map, params, timeout_s=2.0,
+        security=SecurityConfig(), shared_memory=False,
+    )  # fmt: skip
     started = time.monotonic()
     try:
         with pytest.raises(UnavailableError) as caught:

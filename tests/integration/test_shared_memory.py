@@ -11,7 +11,14 @@ import grpc
 import pytest
 import torch
 
-from tests.integration.helpers import as_assigned_worker, exchange, exchange_streams, read_parameters, run_async
+from tests.integration.helpers import (
+    PLAINTEXT,
+    as_assigned_worker,
+    exchange,
+    exchange_streams,
+    read_parameters,
+    run_async,
+)
 from tidal.launcher import LocalCluster
 from tidal.transport import serde, shm
 from tidal.v1 import common_pb2 as common_pb
@@ -34,7 +41,7 @@ SPEC = {
 def _link(ctx: dict[str, Any], params: torch.Tensor, shared_memory: bool) -> ShardLink:
     return ShardLink(
         ctx["job_id"], ctx["worker_id"], ctx["epoch"], 0, ctx["shard"], ctx["shard_map"], params, 10.0,
-        shared_memory=shared_memory,
+        security=PLAINTEXT, shared_memory=shared_memory,
     )  # fmt: skip
 
 
@@ -79,7 +86,7 @@ def test_bf16_travels_through_shared_memory_both_ways(lone_shard: LocalCluster) 
         params = torch.zeros(total)
         link = ShardLink(
             ctx["job_id"], ctx["worker_id"], ctx["epoch"], 0, ctx["shard"], ctx["shard_map"], params, 10.0,
-            params_wire=torch.bfloat16, shared_memory=True,
+            params_wire=torch.bfloat16, security=PLAINTEXT, shared_memory=True,
         )  # fmt: skip
         try:
             await link.open()

@@ -31,6 +31,7 @@ from tidal.shard.servicer import ShardServicer, add_to_server
 from tidal.transport import serde
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import CHANNEL_OPTIONS, add_health_and_reflection, create_server, set_health
+from tidal.transport.settings import ServiceSettings
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
@@ -72,7 +73,7 @@ class InProcessCluster:
 
     async def _serve(self, name: str, add: Any, service: str) -> None:
         registry = CollectorRegistry()
-        server, port = create_server("127.0.0.1:0", [GrpcMetricsInterceptor(registry)], SecurityConfig())
+        server, port = create_server("127.0.0.1:0", SecurityConfig(), [GrpcMetricsInterceptor(registry)])
         add(server)
         health = add_health_and_reflection(server, [service])
         await server.start()
@@ -105,9 +106,10 @@ class InProcessCluster:
         # talks to a coordinator here: no session is opened and no checkpoints are written).
         node = ShardNode(None, ShardMetrics(CollectorRegistry()))  # type: ignore[arg-type]
         node.runtime = node.last_runtime = self.runtime
-        shard = ShardServicer(node)
+        shard = ShardServicer(node, shared_memory=True)
         await self._serve("shard", lambda s: add_to_server(shard, s), "tidal.v1.ParameterShard")
-        worker = WorkerNode(_Session(), 1.0, WorkerMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+        settings = ServiceSettings(SecurityConfig(), shared_memory=True)
+        worker = WorkerNode(_Session(), 1.0, WorkerMetrics(CollectorRegistry()), settings)  # type: ignore[arg-type]
         await self._serve("worker", lambda s: worker_grpc.add_WorkerServicer_to_server(worker, s), "tidal.v1.Worker")
 
     def params_bits(self) -> torch.Tensor:

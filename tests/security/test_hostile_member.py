@@ -27,6 +27,7 @@ import torch
 
 from tests.integration.helpers import plan, run_async
 from tidal.core.shard_map import ShardMap
+from tidal.core.torch_dtypes import torch_dtype
 from tidal.launcher import LocalCluster
 from tidal.security.bundle import create_bundle, environment
 from tidal.transport import serde
@@ -124,7 +125,7 @@ async def _members(s: Cluster) -> list[coord_pb.Member]:
 
 
 async def _final_parameters(s: Cluster, job_id: str, shard_map: ShardMap) -> torch.Tensor:
-    flat = torch.empty(shard_map.total_elements, dtype=shard_map.dtype)
+    flat = torch.empty(shard_map.total_elements, dtype=torch_dtype(shard_map.dtype))
     start, end = shard_map.ranges[0]
     assembler = serde.SliceAssembler(shard_map.segments(0), start, flat[start:end], "params")
     async with create_channel(s.cluster.address_of("shard-0"), s.admin) as channel:

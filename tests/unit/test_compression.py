@@ -16,7 +16,7 @@ from tidal.shard.runtime import ShardRuntime
 from tidal.transport import frames
 from tidal.transport.serde import SliceAssembler, dtype_from_proto, slice_to_sparse_chunks
 
-TENSORS = [TensorInfo("a", (40, 50), torch.float32), TensorInfo("b", (30,), torch.float32)]
+TENSORS = [TensorInfo("a", (40, 50), "float32"), TensorInfo("b", (30,), "float32")]
 
 
 def test_wire_dtypes() -> None:

@@ -37,9 +37,9 @@ from tidal.transport.limits import MAX_CHUNKS_PER_MESSAGE
 from tidal.v1 import shard_pb2 as shard_pb
 
 TENSORS = (
-    TensorInfo("layer.weight", (3, 4), torch.float32),
-    TensorInfo("layer.bias", (3,), torch.float32),
-    TensorInfo("head.weight", (2, 3), torch.float32),
+    TensorInfo("layer.weight", (3, 4), "float32"),
+    TensorInfo("layer.bias", (3,), "float32"),
+    TensorInfo("head.weight", (2, 3), "float32"),
 )
 TOTAL = sum(t.numel for t in TENSORS)
 EPOCH = 3
@@ -221,7 +221,7 @@ def test_honest_senders_split_many_small_tensors_over_messages_within_the_limit(
     chunk = frames.encode_chunk("t", 1, [1], 0, b"\0\0\0\0")
     groups = list(serde.group_encoded([chunk] * (2 * MAX_CHUNKS_PER_MESSAGE + 5)))
     assert [len(g) for g in groups] == [MAX_CHUNKS_PER_MESSAGE, MAX_CHUNKS_PER_MESSAGE, 5]
-    many = tuple(TensorInfo(f"t{i}", (1,), torch.float32) for i in range(600))
+    many = tuple(TensorInfo(f"t{i}", (1,), "float32") for i in range(600))
     shared = serde.shared_chunks(torch.float32, build_shard_map(many, 1).segments(0), 0)
     assert [len(g) for g in shared] == [256, 256, 88]
 

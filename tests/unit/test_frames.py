@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_map import TensorInfo, build_shard_map
+from tidal.core.torch_dtypes import dtype_name
 from tidal.transport import frames, serde
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import shard_pb2 as shard_pb
@@ -176,7 +177,8 @@ def test_malformed_messages_raise_decode_errors(garbage: bytes) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_tensors_round_trip_bit_exact_through_the_framed_path(dtype: torch.dtype) -> None:
-    tensors = [TensorInfo("a", (7, 5), dtype), TensorInfo("b", (300,), dtype), TensorInfo("c", (3,), dtype)]
+    name = dtype_name(dtype)
+    tensors = [TensorInfo("a", (7, 5), name), TensorInfo("b", (300,), name), TensorInfo("c", (3,), name)]
     shard_map = build_shard_map(tensors, 2)
     flat = torch.randn(shard_map.total_elements).to(dtype)
     for shard in range(2):
@@ -197,7 +199,7 @@ def test_tensors_round_trip_bit_exact_through_the_framed_path(dtype: torch.dtype
 
 
 def test_sparse_chunks_round_trip_through_the_framed_path() -> None:
-    shard_map = build_shard_map([TensorInfo("w", (100,), torch.float32)], 1)
+    shard_map = build_shard_map([TensorInfo("w", (100,), "float32")], 1)
     flat = torch.zeros(100)
     picked = torch.tensor([3, 40, 41, 99])
     flat[picked] = torch.tensor([1.0, -2.0, 3.0, 4.0])
@@ -210,7 +212,7 @@ def test_sparse_chunks_round_trip_through_the_framed_path() -> None:
 
 
 def test_a_framed_chunk_is_checked_like_a_generated_one() -> None:
-    shard_map = build_shard_map([TensorInfo("w", (10,), torch.float32)], 1)
+    shard_map = build_shard_map([TensorInfo("w", (10,), "float32")], 1)
     bad = frames.encode_chunk("w", common_pb.DTYPE_FLOAT32, [10], 8, memoryview(bytes(16)))
     frame = frames.decode_request(frames.encode_push("p", 0, 1, 0, 1, [bad], True))
     assembler = serde.SliceAssembler(shard_map.segments(0), 0, torch.zeros(10), "push.chunks")

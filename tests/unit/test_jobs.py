@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 # isort: split
 from tidal.core.commands import AssignShard, AssignWorker, Evaluate, Release
@@ -58,7 +57,7 @@ def make_spec(workers: int = 2, shards: int = 2, steps: int = 5, name: str = "jo
 
 def submit(cluster: Cluster, spec: JobSpec | None = None, now: float = 1.0) -> Job:
     spec = spec or make_spec()
-    shard_map = build_shard_map([TensorInfo("w", (32,), torch.float32)], spec.num_shards)
+    shard_map = build_shard_map([TensorInfo("w", (32,), "float32")], spec.num_shards)
     return cluster.jobs.submit(spec, shard_map, now)
 
 
@@ -494,7 +493,7 @@ def test_several_jobs_fit_at_once() -> None:
 def test_job_limit() -> None:
     membership = Membership()
     jobs = JobManager(membership, max_jobs=2)
-    shard_map = build_shard_map([TensorInfo("w", (4,), torch.float32)], 1)
+    shard_map = build_shard_map([TensorInfo("w", (4,), "float32")], 1)
     jobs.submit(make_spec(shards=1), shard_map, 0.0)
     jobs.submit(make_spec(shards=1), shard_map, 0.0)
     with pytest.raises(ResourceExhaustedError, match="jobs"):

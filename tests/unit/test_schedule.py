@@ -64,7 +64,7 @@ def _updates(num_workers: int, versions: int) -> list[float]:
             "optimizer": {"name": "sgd", "lr": 0.1, "schedule": {"warmup": 2, "decay": "cosine"}},
         }
     )
-    shard_map = build_shard_map([TensorInfo("w", (4,), torch.float32)], 1)
+    shard_map = build_shard_map([TensorInfo("w", (4,), "float32")], 1)
     workers = [f"w{i}" for i in range(num_workers)]
     state = ShardState(spec, 0, shard_map, torch.zeros(4), 1, workers)
     steps = []

@@ -12,6 +12,7 @@ import torch
 # isort: split
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_map import ShardMap, TensorInfo, build_shard_map
+from tidal.core.torch_dtypes import dtype_name
 from tidal.transport.limits import CHUNK_BYTES
 from tidal.transport.serde import (
     SliceAssembler,
@@ -42,15 +43,16 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def model_map(dtype: torch.dtype = torch.float32, big: int = 0, num_shards: int = 3) -> ShardMap:
+    name = dtype_name(dtype)
     tensors = [
-        TensorInfo("conv.weight", (4, 3, 3, 3), dtype),
-        TensorInfo("conv.bias", (4,), dtype),
-        TensorInfo("fc.weight", (10, 37), dtype),
-        TensorInfo("fc.bias", (10,), dtype),
-        TensorInfo("scale", (), dtype),
+        TensorInfo("conv.weight", (4, 3, 3, 3), name),
+        TensorInfo("conv.bias", (4,), name),
+        TensorInfo("fc.weight", (10, 37), name),
+        TensorInfo("fc.bias", (10,), name),
+        TensorInfo("scale", (), name),
     ]
     if big:
-        tensors.insert(2, TensorInfo("embed.weight", (big,), dtype))
+        tensors.insert(2, TensorInfo("embed.weight", (big,), name))
     return build_shard_map(tensors, num_shards)
 
 
@@ -120,7 +122,7 @@ def test_shard_map_round_trip(dtype: torch.dtype, num_shards: int) -> None:
 
 def _valid_proto() -> common_pb.ShardMap:
     return shard_map_to_proto(
-        build_shard_map([TensorInfo("a", (2, 3), torch.float32), TensorInfo("b", (4,), torch.float32)], 2)
+        build_shard_map([TensorInfo("a", (2, 3), "float32"), TensorInfo("b", (4,), "float32")], 2)
     )
 
 
@@ -201,7 +203,7 @@ def test_chunks_round_trip_bit_exact_for_every_shard(dtype: torch.dtype, chunk_b
 
 def test_assembler_reads_bfloat16_chunks() -> None:
     """The receiving side handles bfloat16 (chunks built by hand from the raw bits)."""
-    shard_map = build_shard_map([TensorInfo("a", (5,), torch.bfloat16)], 1)
+    shard_map = build_shard_map([TensorInfo("a", (5,), "bfloat16")], 1)
     values = torch.tensor([1.5, -2.0, 0.0, 3.25, 1e30], dtype=torch.bfloat16)
     chunk = common_pb.TensorChunk(
         name="a",
@@ -238,7 +240,7 @@ def test_tensor_larger_than_4mib_splits_into_chunks_and_round_trips(chunk_bytes:
 
 
 def test_chunk_offsets_are_within_the_tensor_not_the_slice() -> None:
-    shard_map = build_shard_map([TensorInfo("a", (10,), torch.float32), TensorInfo("b", (30,), torch.float32)], 2)
+    shard_map = build_shard_map([TensorInfo("a", (10,), "float32"), TensorInfo("b", (30,), "float32")], 2)
     start, end = shard_map.ranges[1]
     assert start == 20  # shard 1 begins in the middle of "b"
     flat = torch.arange(40, dtype=torch.float32)
@@ -248,7 +250,7 @@ def test_chunk_offsets_are_within_the_tensor_not_the_slice() -> None:
 
 
 def test_chunks_of_a_non_contiguous_view_are_correct() -> None:
-    shard_map = build_shard_map([TensorInfo("a", (6,), torch.float32)], 1)
+    shard_map = build_shard_map([TensorInfo("a", (6,), "float32")], 1)
     flat = torch.arange(12, dtype=torch.float32)[::2]
     chunks = list(slice_to_chunks(flat, shard_map.segments(0), 0))
     assert torch.frombuffer(bytearray(chunks[0].data), dtype=torch.float32).tolist() == [0, 2, 4, 6, 8, 10]
@@ -288,7 +290,7 @@ class Fixture:
     """Shard 1 of a two-tensor model: it owns "a"[8:10] and all of "b"."""
 
     def __init__(self) -> None:
-        self.map = build_shard_map([TensorInfo("a", (2, 5), torch.float32), TensorInfo("b", (6,), torch.float32)], 2)
+        self.map = build_shard_map([TensorInfo("a", (2, 5), "float32"), TensorInfo("b", (6,), "float32")], 2)
         self.start, self.end = self.map.ranges[1]
         assert (self.start, self.end) == (8, 16)
         self.segments = self.map.segments(1)
@@ -395,14 +397,14 @@ def test_finish_reports_a_partial_overlap(fx: Fixture) -> None:
 
 
 def test_shard_map_from_proto_checks_range_indices() -> None:
-    msg = shard_map_to_proto(build_shard_map([TensorInfo("w", (10,), torch.float32)], 2))
+    msg = shard_map_to_proto(build_shard_map([TensorInfo("w", (10,), "float32")], 2))
     msg.ranges[1].shard = 0
     with pytest.raises(InvalidArgumentError, match=r"shard_map\.ranges\[1\]\.shard"):
         shard_map_from_proto(msg)
 
 
 def test_empty_chunk_is_refused_as_empty_data() -> None:
-    shard_map = build_shard_map([TensorInfo("w", (10,), torch.float32)], 1)
+    shard_map = build_shard_map([TensorInfo("w", (10,), "float32")], 1)
     chunk = next(iter(slice_to_chunks(torch.zeros(10), shard_map.segments(0), 0)))
     chunk.data = b""
     assembler = SliceAssembler(shard_map.segments(0), 0, torch.zeros(10), "push.chunks")

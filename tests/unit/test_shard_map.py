@@ -14,12 +14,13 @@ from torch import nn
 
 # isort: split
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.shard_map import BOUNDARY_TOLERANCE, ShardMap, TensorInfo, build_shard_map, tensor_infos
+from tidal.core.shard_map import BOUNDARY_TOLERANCE, DTYPE_NAMES, ShardMap, TensorInfo, build_shard_map
+from tidal.core.torch_dtypes import dtype_name, tensor_infos, torch_dtype
 
-F32 = torch.float32
+F32 = "float32"
 
 
-def infos(*sizes: int | tuple[int, ...], dtype: torch.dtype = F32) -> list[TensorInfo]:
+def infos(*sizes: int | tuple[int, ...], dtype: str = F32) -> list[TensorInfo]:
     return [TensorInfo(f"t{i}", s if isinstance(s, tuple) else (s,), dtype) for i, s in enumerate(sizes)]
 
 
@@ -94,7 +95,7 @@ def test_map_properties() -> None:
     tensors = infos((2, 5), 7)
     shard_map = build_shard_map(tensors, 2)
     assert shard_map.num_shards == 2
-    assert shard_map.dtype is F32
+    assert shard_map.dtype == F32
     assert shard_map.total_elements == 17
     assert shard_map.tensor_starts() == [0, 10]
 
@@ -150,6 +151,7 @@ def test_tensor_infos_follow_named_parameters() -> None:
     got = tensor_infos(list(model.named_parameters()))
     assert [t.name for t in got] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert [t.shape for t in got] == [(3, 4), (3,), (2, 3), (2,)]
+    assert {t.dtype for t in got} == {"float32"}
     assert sum(t.numel for t in got) == sum(p.numel() for p in model.parameters())
     assert TensorInfo("s", (), F32).numel == 1
 
@@ -164,9 +166,24 @@ def test_num_shards_outside_one_to_elements_is_rejected(num_shards: int) -> None
 
 
 def test_mixed_dtypes_are_rejected() -> None:
-    tensors = [TensorInfo("a", (4,), F32), TensorInfo("b", (4,), torch.float64)]
+    tensors = [TensorInfo("a", (4,), F32), TensorInfo("b", (4,), "float64")]
     with pytest.raises(InvalidArgumentError, match="dtype"):
         build_shard_map(tensors, 1)
+
+
+def test_dtype_names_are_torch_dtypes_and_back() -> None:
+    for name in DTYPE_NAMES:
+        assert dtype_name(torch_dtype(name)) == name
+        assert torch_dtype(name).is_floating_point
+
+
+def test_a_dtype_without_a_name_cannot_be_sharded() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^model parameter i: torch\.int64 cannot be sharded"):
+        tensor_infos([("i", torch.zeros(2, dtype=torch.int64))])
+    with pytest.raises(InvalidArgumentError, match="'int8' cannot be sharded"):
+        build_shard_map([TensorInfo("a", (4,), "int8")], 1)
+    with pytest.raises(InvalidArgumentError, match="dtype"):
+        torch_dtype("int8")
 
 
 def test_model_without_parameters_is_rejected() -> None:
@@ -196,7 +213,8 @@ TWO = (TensorInfo("a", (4,), F32), TensorInfo("b", (6,), F32))
         (TWO, ((0, 4), (4, 11)), r"cover 11 elements, the tensors have 10"),  # long
         (TWO, (), "at least one"),
         ((), ((0, 1),), "at least one"),
-        ((TWO[0], TensorInfo("b", (6,), torch.float16)), ((0, 10),), "one dtype"),
+        ((TWO[0], TensorInfo("b", (6,), "float16")), ((0, 10),), "one dtype"),
+        ((TensorInfo("a", (4,), "complex64"),), ((0, 4),), "cannot be sharded"),
         ((TWO[0], TensorInfo("a", (6,), F32)), ((0, 10),), "unique"),
     ],
     ids=[
@@ -210,6 +228,7 @@ TWO = (TensorInfo("a", (4,), F32), TensorInfo("b", (6,), F32))
         "no-ranges",
         "no-tensors",
         "dtype",
+        "unknown-dtype",
         "dup",
     ],
 )

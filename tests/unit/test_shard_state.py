@@ -23,9 +23,9 @@ from tidal.core.shard_state import PushOutcome, ShardState
 from tidal.core.spec import Mode, parse_job_spec
 
 TENSORS = (
-    TensorInfo("layer.weight", (3, 4), torch.float32),
-    TensorInfo("layer.bias", (3,), torch.float32),
-    TensorInfo("head.weight", (2, 3), torch.float32),
+    TensorInfo("layer.weight", (3, 4), "float32"),
+    TensorInfo("layer.bias", (3,), "float32"),
+    TensorInfo("head.weight", (2, 3), "float32"),
 )
 TOTAL = sum(t.numel for t in TENSORS)
 EPOCH = 7

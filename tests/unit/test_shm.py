@@ -25,14 +25,11 @@ def segment() -> Iterator[shm.Segment]:
     created.close()
 
 
-def test_the_setting_reads_auto_or_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TIDAL_SHARED_MEMORY", raising=False)
-    assert shm.enabled()
-    monkeypatch.setenv("TIDAL_SHARED_MEMORY", " OFF ")
-    assert not shm.enabled()
-    monkeypatch.setenv("TIDAL_SHARED_MEMORY", "maybe")
-    with pytest.raises(ValueError, match="TIDAL_SHARED_MEMORY: expected auto or off, got 'maybe'"):
-        shm.enabled()
+def test_the_setting_reads_auto_or_off() -> None:
+    assert shm.parse_setting("auto")
+    assert not shm.parse_setting(" OFF ")
+    with pytest.raises(InvalidArgumentError, match="TIDAL_SHARED_MEMORY: expected auto or off, got 'maybe'"):
+        shm.parse_setting("maybe")
 
 
 def test_a_segment_is_private_and_starts_with_its_token(segment: shm.Segment) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from prometheus_client import CollectorRegistry
 
 # isort: split
@@ -21,14 +20,14 @@ from tests.unit.test_coordinator_state import busy_cluster
 from tidal.coordinator.control import Control
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.store import FILE_NAME, Changes, StateStore
+from tidal.core.events import Goodbye
 from tidal.core.job_records import JobState
 from tidal.core.membership import Membership, MemberState, Role
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.core.spec import parse_job_spec
-from tidal.v1 import coordinator_pb2 as coord_pb
 
 SPEC = {"name": "saved", "mode": "sync", "num_workers": 1, "num_shards": 1, "steps": 5}
-GOODBYE = coord_pb.SessionRequest(goodbye=coord_pb.Goodbye(reason="done"))
+GOODBYE = Goodbye(reason="done")
 
 
 def control(state_dir: Path, trace: Callable[[str], None] | None = None, retention_s: float = 600.0) -> Control:
@@ -231,7 +230,7 @@ def test_a_lost_shard_its_running_job_waits_for_is_kept_until_the_job_ends(tmp_p
         shard = membership.register(Role.SHARD, "h:1", "", now).member_id
         membership.register(Role.WORKER, "", "", now)
         spec = parse_job_spec(SPEC)
-        job = coordinator.jobs.submit(spec, build_shard_map([TensorInfo("w", (8,), torch.float32)], 1), 1.0)
+        job = coordinator.jobs.submit(spec, build_shard_map([TensorInfo("w", (8,), "float32")], 1), 1.0)
         coordinator.jobs.schedule(1.0)
         assert job.state is JobState.RUNNING
         membership.fail(shard)  # a shard restart would wait for its checkpoint

@@ -34,6 +34,7 @@ from tidal.core.models import build_model, count_parameters
 from tidal.core.plan import job_dataset_info, job_layout, job_model, job_shard_map
 from tidal.core.spec import MAX_SPEC_BYTES, MAX_SPEC_DEPTH, parse_job_spec
 from tidal.transport.server import create_channel, create_server
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
@@ -65,6 +66,8 @@ def big_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    # The coordinator plans in a child process (tidal/planner.py), which inherits the environment.
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.delitem(sys.modules, _FACTORY_MODULE, raising=False)
     yield _FACTORY_MODULE
     sys.modules.pop(_FACTORY_MODULE, None)
@@ -167,12 +170,12 @@ DEEP = '{"model": {"args": ' * 5000 + "{}" + "}}" * 5000
 
 async def _submit_all(texts: list[str]) -> tuple[list[tuple[grpc.StatusCode, str]], int]:
     control = Control(CoordinatorCounters(CollectorRegistry()))
-    server, port = create_server("127.0.0.1:0")
+    server, port = create_server("127.0.0.1:0", SecurityConfig())
     coord_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(control), server)
     await server.start()
     replies = []
     try:
-        async with create_channel(f"127.0.0.1:{port}") as channel:
+        async with create_channel(f"127.0.0.1:{port}", SecurityConfig()) as channel:
             stub = coord_grpc.CoordinatorStub(channel)
             for text in texts:
                 try:
@@ -205,7 +208,7 @@ def test_a_good_spec_is_still_accepted() -> None:
 
 
 def test_over_rest_a_model_over_the_limit_is_a_json_400_naming_the_field() -> None:
-    with TestClient(create_app(Control(CoordinatorCounters(CollectorRegistry())))) as client:
+    with TestClient(create_app(Control(CoordinatorCounters(CollectorRegistry())), SecurityConfig())) as client:
         reply = client.post("/v1/jobs", json=WIDE)
     assert reply.status_code == 400, reply.text
     assert reply.headers["content-type"].startswith("application/json")

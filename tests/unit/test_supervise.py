@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
-import threading
 import traceback
 from collections.abc import AsyncIterator
 
@@ -22,13 +19,16 @@ from tidal.coordinator.main import CRASH_CONTROL_LOOP, run_coordinator
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.servicer import CoordinatorServicer
 from tidal.core.errors import InvalidArgumentError
+from tidal.core.events import Event, WorkerProgressReport
 from tidal.core.membership import MemberState, Role
 from tidal.core.plan import job_layout
 from tidal.core.spec import parse_job_spec
 from tidal.transport import serde
 from tidal.transport.server import create_channel, create_server
 from tidal.transport.session import MemberSession
-from tidal.transport.supervise import Supervisor, cancel_and_wait, in_daemon_thread
+from tidal.transport.settings import ServiceSettings
+from tidal.transport.supervise import Supervisor, cancel_and_wait
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
@@ -125,50 +125,13 @@ def test_cancel_and_wait_returns_once_the_task_ended_and_keeps_the_callers_cance
     assert asyncio.run(run()) == (True, True)
 
 
-def test_in_daemon_thread_returns_the_result_or_the_error() -> None:
-    async def run() -> tuple[bool, int]:
-        daemon = await in_daemon_thread(lambda: threading.current_thread().daemon, "probe")
-        with pytest.raises(ValueError, match="bad"):
-            await in_daemon_thread(lambda: int("bad"), "probe")
-        with pytest.raises(RuntimeError, match="SystemExit"):
-            await in_daemon_thread(lambda: sys.exit(3), "probe")
-        return daemon, await in_daemon_thread(lambda: 6 * 7, "probe")
-
-    assert asyncio.run(run()) == (True, 42)
-
-
-_STUCK_BUILD = """
-import asyncio, time
-from tidal.transport.supervise import in_daemon_thread
-
-async def main() -> None:
-    started = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    def build() -> None:
-        loop.call_soon_threadsafe(started.set)
-        time.sleep(3600)
-    task = asyncio.create_task(in_daemon_thread(build, "build"))
-    await started.wait()
-    task.cancel()
-    print("cancelled", flush=True)
-
-asyncio.run(main())
-"""
-
-
-def test_a_thread_still_building_does_not_keep_the_process_from_exiting() -> None:
-    # With asyncio.to_thread the process would wait the hour out at exit.
-    done = subprocess.run(
-        [sys.executable, "-c", _STUCK_BUILD], check=False, capture_output=True, text=True, timeout=120
-    )
-    assert (done.returncode, done.stdout.strip()) == (0, "cancelled"), done.stderr
-
-
 # --- the coordinator supervises its tasks ------------------------------------------------
 
 
 def test_a_crashing_control_loop_ends_the_coordinator_non_zero(caplog: pytest.LogCaptureFixture) -> None:
-    coordinator = run_coordinator("127.0.0.1", 0, 0, 0, 1.0, 10.0, None, fault=CRASH_CONTROL_LOOP)
+    coordinator = run_coordinator(
+        "127.0.0.1", 0, 0, 0, 1.0, 10.0, None, fault=CRASH_CONTROL_LOOP, security=SecurityConfig()
+    )
     with caplog.at_level(logging.ERROR):
         assert asyncio.run(asyncio.wait_for(coordinator, 120)) == 1
     crashes = [r for r in caplog.records if r.getMessage() == "control loop crashed; the process stops"]
@@ -177,7 +140,7 @@ def test_a_crashing_control_loop_ends_the_coordinator_non_zero(caplog: pytest.Lo
 
 def test_an_unknown_fault_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="fault"):
-        asyncio.run(run_coordinator("127.0.0.1", 0, 0, 0, 1.0, 10.0, None, fault="nope"))
+        asyncio.run(run_coordinator("127.0.0.1", 0, 0, 0, 1.0, 10.0, None, fault="nope", security=SecurityConfig()))
 
 
 # --- the worker waits for the work it cancels --------------------------------------------
@@ -200,8 +163,9 @@ def _assignment() -> coord_pb.SessionResponse:
 
 def test_worker_release_returns_only_once_the_cancelled_work_ended() -> None:
     async def run() -> list[bool]:
-        session = MemberSession("127.0.0.1:1", common_pb.ROLE_WORKER)
-        node = WorkerNode(session, 1.0, WorkerMetrics(CollectorRegistry()))
+        session = MemberSession("127.0.0.1:1", common_pb.ROLE_WORKER, SecurityConfig())
+        settings = ServiceSettings(SecurityConfig(), shared_memory=False)
+        node = WorkerNode(session, 1.0, WorkerMetrics(CollectorRegistry()), settings)
         before = asyncio.all_tasks()
         await node.on_command(_assignment())
         work = asyncio.all_tasks() - before
@@ -219,10 +183,10 @@ def test_worker_release_returns_only_once_the_cancelled_work_ended() -> None:
 class _FailingControl(Control):
     """The real control, whose message handling fails as a bug in it would."""
 
-    async def handle(self, member_id: str, msg: coord_pb.SessionRequest) -> None:
-        if msg.WhichOneof("kind") == "worker_progress":
+    async def handle(self, member_id: str, event: Event) -> None:
+        if isinstance(event, WorkerProgressReport):
             raise RuntimeError("handling failed")
-        await super().handle(member_id, msg)
+        await super().handle(member_id, event)
 
 
 async def _requests(member_id: str) -> AsyncIterator[coord_pb.SessionRequest]:
@@ -235,11 +199,11 @@ def test_a_failure_in_handle_still_closes_the_session_and_fails_the_member() -> 
     async def run() -> tuple[grpc.StatusCode, MemberState]:
         control = _FailingControl(CoordinatorCounters(CollectorRegistry()), 1.0, 600.0)
         member, _ = control.register(Role.WORKER, "", "w")
-        server, port = create_server("127.0.0.1:0")
+        server, port = create_server("127.0.0.1:0", SecurityConfig())
         coord_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(control), server)
         await server.start()
         try:
-            async with create_channel(f"127.0.0.1:{port}") as channel:
+            async with create_channel(f"127.0.0.1:{port}", SecurityConfig()) as channel:
                 call = coord_grpc.CoordinatorStub(channel).Session(_requests(member.member_id))
                 with pytest.raises(grpc.aio.AioRpcError) as failed:
                     async for _ in call:

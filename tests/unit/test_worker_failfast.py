@@ -21,9 +21,11 @@ import pytest
 import torch
 
 from tidal.core.errors import InternalError, UnavailableError
-from tidal.core.shard_map import build_shard_map, tensor_infos
+from tidal.core.shard_map import build_shard_map
+from tidal.core.torch_dtypes import tensor_infos
 from tidal.transport import frames, shm
 from tidal.transport.errors import translate_errors
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.worker import links
 from tidal.worker.fanout import fan_out
@@ -186,8 +188,9 @@ def _link(port: int) -> ShardLink:
     params = torch.zeros(10)
     shard_map = build_shard_map(tensor_infos([("w", params)]), 1)
     return ShardLink(
-        "job-1", "worker-1", 1, 0, f"127.0.0.1:{port}", shard_map, params, timeout_s=30.0, shared_memory=False
-    )
+        "job-1", "worker-1", 1, 0, f"127.0.0.1:{port}", shard_map, params, timeout_s=30.0,
+        security=SecurityConfig(), shared_memory=False,
+    )  # fmt: skip
 
 
 async def _against_a_buggy_shard(how: str, action: str) -> tuple[InternalError, int, int]:

@@ -32,6 +32,7 @@ from tidal.core.plan import job_dataset, job_dataset_info, job_model, job_shard_
 from tidal.core.spec import JobSpec, parse_job_spec
 from tidal.launcher import LocalCluster
 from tidal.progress import follow_job
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -74,7 +75,7 @@ def write_sidecar(store: str, variables: list[str] | None, val_steps: int, stats
     return out
 
 
-async def _run(client: TidalClient, spec_dict: dict[str, Any], console: Console) -> Ran:
+async def _run(client: TidalClient, spec_dict: dict[str, Any], console: Console, security: SecurityConfig) -> Ran:
     spec = parse_job_spec(spec_dict)
     started = time.perf_counter()
     job = await client.submit(spec_dict)
@@ -84,7 +85,7 @@ async def _run(client: TidalClient, spec_dict: dict[str, Any], console: Console)
         raise TidalError(f"job {job.job_id} ended {job_state_name(final.state)}: {final.message}")
     model = job_model(spec, job_dataset_info(spec))
     shards = [m.address for m in await client.cluster() if m.role == common_pb.ROLE_SHARD]
-    params = await read_job_parameters(shards, final.job_id, job_shard_map(spec, model))
+    params = await read_job_parameters(shards, final.job_id, job_shard_map(spec, model), security)
     return Ran(spec, final, wall, params)
 
 
@@ -127,17 +128,18 @@ def run_example(out: Path, workdir: Path | None, console: Console) -> int:
     slowdowns = (1.0,) * max(parse_job_spec(grid_dict).num_workers, parse_job_spec(station_dict).num_workers)
     console.print(f"Starting 1 coordinator, 2 shards, {len(slowdowns)} workers (logs: {root / 'logs'})")
     with LocalCluster(root, num_shards=2, worker_slowdowns=slowdowns) as cluster:
-        grid, stations = asyncio.run(_train(cluster.coordinator_address, grid_dict, station_dict, console))
+        security = cluster.client_security()
+        grid, stations = asyncio.run(_train(cluster.coordinator_address, security, grid_dict, station_dict, console))
     console.print(results_table([grid, stations]))
     _draw(out, store, grid, stations, console)
     return 0
 
 
 async def _train(
-    address: str, grid_dict: dict[str, Any], station_dict: dict[str, Any], console: Console
+    address: str, security: SecurityConfig, grid_dict: dict[str, Any], station_dict: dict[str, Any], console: Console
 ) -> tuple[Ran, Ran]:
-    async with TidalClient(address) as client:
-        return await _run(client, grid_dict, console), await _run(client, station_dict, console)
+    async with TidalClient(address, security) as client:
+        return await _run(client, grid_dict, console, security), await _run(client, station_dict, console, security)
 
 
 def _draw(out: Path, store: Path, grid: Ran, stations: Ran, console: Console) -> None:

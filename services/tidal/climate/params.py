@@ -6,20 +6,24 @@ import torch
 
 from tidal.core.errors import TidalError
 from tidal.core.shard_map import ShardMap
+from tidal.core.torch_dtypes import torch_dtype
 from tidal.transport import serde
 from tidal.transport.server import create_channel
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
 
 READ_TIMEOUT_S = 30.0
 
 
-async def read_job_parameters(shard_addresses: list[str], job_id: str, shard_map: ShardMap) -> torch.Tensor:
-    """The job's flat parameter vector as its shards hold it now."""
-    flat = torch.empty(shard_map.total_elements, dtype=shard_map.dtype)
+async def read_job_parameters(
+    shard_addresses: list[str], job_id: str, shard_map: ShardMap, security: SecurityConfig
+) -> torch.Tensor:
+    """The job's flat parameter vector as its shards hold it now, read over channels secured by `security`."""
+    flat = torch.empty(shard_map.total_elements, dtype=torch_dtype(shard_map.dtype))
     found: set[int] = set()
     for address in shard_addresses:
-        async with create_channel(address) as channel:
+        async with create_channel(address, security) as channel:
             stub = shard_grpc.ParameterShardStub(channel)
             info = await stub.GetShardInfo(shard_pb.GetShardInfoRequest(), timeout=READ_TIMEOUT_S)
             if info.job_id != job_id:

@@ -121,7 +121,7 @@ class CompareRunner:
         if self.spec.warm_up_steps == 0:
             self._cold = False
             return
-        async with TidalClient(self.cluster.coordinator_address) as client:
+        async with TidalClient(self.cluster.coordinator_address, self.cluster.client_security()) as client:
             data = warm_up_spec(self.spec, short)
             warm = parse_job_spec(data)
             await self._wait_idle(client, warm.num_workers, warm.num_shards)
@@ -139,7 +139,7 @@ class CompareRunner:
         # A worker may also have exited after the previous job ended (a crash): replace it first.
         await asyncio.to_thread(self.replace_exited_workers)
         await self.warm_up(short=planned.kill)
-        async with TidalClient(self.cluster.coordinator_address) as client:
+        async with TidalClient(self.cluster.coordinator_address, self.cluster.client_security()) as client:
             await self._wait_idle(client, planned.spec.num_workers, planned.spec.num_shards)
             if self._cold:  # a worker exited meanwhile and was replaced
                 await self.warm_up(short=planned.kill)

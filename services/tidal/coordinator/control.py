@@ -1,7 +1,9 @@
 """The coordinator's state and its one loop, shared by the gRPC and REST front ends.
 
-Owns the membership and the job manager, turns session messages into domain events,
-delivers the commands the domain returns to each member's outbox, and wakes watchers.
+Owns the membership and the job manager, applies the domain events members report
+(core/events.py), delivers the commands the domain returns (core/commands.py) to each member's
+outbox, and wakes watchers. It speaks no protobuf: the gRPC and REST edges convert
+(coordinator/convert.py).
 With a state store, every change of jobs or membership is saved before the commands it
 produced go out and before callers and watchers learn of it (progress reports are saved with
 the next tick), and a restarted coordinator adopts the saved state: members that come back
@@ -13,27 +15,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
-from tidal.coordinator.convert import JOB_STATE_TO_PROTO, command_to_proto, job_to_proto
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.store import Changes, StateStore
 from tidal.coordinator.writer import StateWriter
-from tidal.core.commands import ChangeMembership, Command, Evaluate, MoveShard
+from tidal.core.commands import AssignShard, AssignWorker, ChangeMembership, Command, Evaluate, MoveShard
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
-from tidal.core.job_records import Job, JobState, ShardProgress
+from tidal.core.events import (
+    EvalReport,
+    Event,
+    Goodbye,
+    Heartbeat,
+    ShardProgressReport,
+    ShardReady,
+    TaskFailed,
+    WorkerFinished,
+    WorkerProgressReport,
+)
+from tidal.core.job_records import Job, JobState
 from tidal.core.jobs import JobManager
 from tidal.core.membership import Member, Membership, MemberState, Role
-from tidal.core.plan import job_layout
 from tidal.core.spec import parse_job_spec
-from tidal.transport.supervise import in_daemon_thread
-from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.planner import Planner
 
 log = logging.getLogger(__name__)
 
-_TERMINAL_STATES = {JOB_STATE_TO_PROTO[state] for state in JobState if state.terminal}
+# A member's outbox: the commands its session stream sends, then None to end the stream.
+Outbox = asyncio.Queue[Command | None]
 # How often the loop checks heartbeats, places pending jobs and saves progress, in seconds.
 TICK_S = 0.2
 # After a restart, how long saved members have to come back, on top of the heartbeat
@@ -42,8 +56,8 @@ RESUME_GRACE_S = 5.0
 # Members that failed or left are forgotten this long after no job needs them, in seconds
 # (kept a while so the cluster view still shows why a job lost them).
 ENDED_MEMBER_RETENTION_S = 600.0
-# Session messages that only report progress: saved with the next tick, not at once.
-_PROGRESS_KINDS = frozenset({"heartbeat", "worker_progress", "shard_progress"})
+# Events that only report progress: saved with the next tick, not at once.
+_SAVED_WITH_TICK = frozenset({WorkerProgressReport, ShardProgressReport})
 
 
 class Control:
@@ -54,14 +68,16 @@ class Control:
         heartbeat_timeout_s: float = 10.0,
         store: StateStore | None = None,
         ended_member_retention_s: float = ENDED_MEMBER_RETENTION_S,
+        planner: Planner | None = None,
     ) -> None:
         self.counters = counters
+        self.planner = planner or Planner()
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.ended_member_retention_s = ended_member_retention_s
         self.membership = Membership()
         self.jobs = JobManager(self.membership)
-        self._outboxes: dict[str, asyncio.Queue[coord_pb.SessionResponse | None]] = {}
+        self._outboxes: dict[str, Outbox] = {}
         self._changed = asyncio.Condition()
         self._generation = 0
         # Shards that registered with checkpoints: member id -> [(job id, shard index)].
@@ -91,10 +107,22 @@ class Control:
 
     # --- members -------------------------------------------------------------------
     def register(
-        self, role: Role, address: str, name: str, previous_id: str = "", identity: str = ""
+        self,
+        role: Role,
+        address: str,
+        name: str,
+        previous_id: str = "",
+        identity: str = "",
+        checkpoints: Sequence[tuple[str, int]] = (),
     ) -> tuple[Member, bool]:
         """Registers a member; one that asks for its previous id and is still live resumes it
-        (True), keeping its job. Returns the member and whether it resumed."""
+        (True), keeping its job. Returns the member and whether it resumed. A shard names the
+        checkpoints (job id, shard index) it found at start-up: it may replace a lost shard."""
+        member, resumed = self._join(role, address, name, previous_id, identity)
+        self.shard_checkpoints(member.member_id, list(checkpoints))
+        return member, resumed
+
+    def _join(self, role: Role, address: str, name: str, previous_id: str, identity: str) -> tuple[Member, bool]:
         now = time.monotonic()
         if previous_id and (member := self.membership.rejoin(previous_id, role, address, now)) is not None:
             log.info("%s %s (%s) resumed its session", role.value, member.member_id, member.name)
@@ -107,14 +135,14 @@ class Control:
         self._save()
         return member, False
 
-    async def open_session(self, member_id: str) -> asyncio.Queue[coord_pb.SessionResponse | None]:
+    async def open_session(self, member_id: str) -> Outbox:
         member = self.membership.get(member_id)
         if not member.live:
             raise FailedPreconditionError(f"member_id: {member_id} is {member.state.value}; register again")
         if (stale := self._outboxes.get(member_id)) is not None:
             # The member came back before its old stream was seen to break: the new one wins.
             stale.put_nowait(None)
-        outbox: asyncio.Queue[coord_pb.SessionResponse | None] = asyncio.Queue()
+        outbox: Outbox = asyncio.Queue()
         self._outboxes[member_id] = outbox
         self.membership.seen(member_id, time.monotonic())
         await self._deliver(self._resync(member))
@@ -137,7 +165,7 @@ class Control:
             commands.append(Evaluate(member.member_id, job.job_id, final=True))
         return commands
 
-    async def session_closed(self, member_id: str, outbox: asyncio.Queue[coord_pb.SessionResponse | None]) -> None:
+    async def session_closed(self, member_id: str, outbox: Outbox) -> None:
         if self._outboxes.get(member_id) is not outbox:
             return  # a newer session of the same member replaced this one
         del self._outboxes[member_id]
@@ -145,67 +173,75 @@ class Control:
         if member.live and not self._stopping:
             await self._lose(member, "its session closed", "session_closed")
 
-    async def handle(self, member_id: str, msg: coord_pb.SessionRequest) -> None:
-        """Applies one message from a member's session."""
+    async def handle(self, member_id: str, event: Event) -> None:
+        """Applies one event a member reported over its session."""
         member = self.membership.get(member_id)
         member.last_seen = time.monotonic()
-        kind = msg.WhichOneof("kind")
-        now = time.time()
-        commands: list[Command] = []
         try:
-            if kind == "heartbeat":
-                self.counters.heartbeats.labels(member.role.value).inc()
-                return
-            if kind == "goodbye":
-                await self._lose(member, f"it left ({msg.goodbye.reason or 'no reason given'})", "", MemberState.LEFT)
-                return
-            if kind == "worker_progress":
-                p = msg.worker_progress
-                self.jobs.worker_progress(
-                    member_id, p.job_id, p.step, p.samples, p.loss, p.step_time_s, now, pushes=p.pushes
-                )
-            elif kind == "shard_progress":
-                p = msg.shard_progress
-                progress = ShardProgress(
-                    p.version,
-                    p.updates_applied,
-                    p.updates_rejected,
-                    p.staleness_sum,
-                    p.staleness_count,
-                    p.staleness_max,
-                    p.updates_lost,
-                    p.versions_lost,
-                    p.checkpoint_version,
-                    pushes_by_worker=dict(p.pushes_by_worker),
-                )
-                commands = self.jobs.shard_progress(member_id, p.job_id, progress, now)
-            elif kind == "shard_ready":
-                r = msg.shard_ready
-                commands = self.jobs.shard_ready(member_id, r.job_id, r.version, r.checkpointing, now)
-                if commands and isinstance(commands[0], MoveShard):
-                    self._restored(commands[0])
-            elif kind == "worker_finished":
-                p = msg.worker_finished
-                commands = self.jobs.worker_finished(member_id, p.job_id, p.steps, p.samples, p.pushes)
-            elif kind == "eval_report":
-                p = msg.eval_report
-                commands = self.jobs.eval_report(
-                    member_id, p.job_id, p.version, p.val_loss, p.val_accuracy, p.final, now
-                )
-            elif kind == "task_failed":
-                reason = f"{member_id}: {msg.task_failed.message}"
-                log.error("job %s failed: %s", msg.task_failed.job_id, reason)
-                commands = self.jobs.task_failed(member_id, msg.task_failed.job_id, reason, now)
+            commands = await self._apply(event, member, time.time())
         except TidalError as exc:
-            # Late messages for a job that already ended, or from a member the job dropped,
+            # Late reports for a job that already ended, or from a member the job dropped,
             # are expected; never drop the session for them.
-            log.debug("ignored %s from %s: %s", kind, member_id, exc)
+            log.debug("ignored %s from %s: %s", type(event).__name__, member_id, exc)
             return
-        if kind in _PROGRESS_KINDS:
+        if commands is None:
+            return  # nothing changed that needs saving, telling or watching
+        progress_only = type(event) in _SAVED_WITH_TICK
+        if progress_only:
             self._unsaved = True
         await self._deliver(commands)
         # Progress alone waits for the tick's save; any other change is saved before it returns.
-        await (self._notify() if kind in _PROGRESS_KINDS else self._bump())
+        await (self._notify() if progress_only else self._bump())
+
+    # One handler per event type; each returns the commands to deliver, or None when the
+    # event needs nothing more (it handled its own saving and waking).
+    @functools.singledispatchmethod
+    async def _apply(self, event: object, member: Member, now: float) -> list[Command] | None:
+        raise TypeError(f"no handler for the event {type(event).__name__}")
+
+    @_apply.register
+    async def _heartbeat(self, event: Heartbeat, member: Member, now: float) -> list[Command] | None:
+        self.counters.heartbeats.labels(member.role.value).inc()
+        return None
+
+    @_apply.register
+    async def _goodbye(self, event: Goodbye, member: Member, now: float) -> list[Command] | None:
+        await self._lose(member, f"it left ({event.reason or 'no reason given'})", "", MemberState.LEFT)
+        return None
+
+    @_apply.register
+    async def _worker_progress(self, event: WorkerProgressReport, member: Member, now: float) -> list[Command] | None:
+        e = event
+        self.jobs.worker_progress(
+            member.member_id, e.job_id, e.step, e.samples, e.loss, e.step_time_s, now, pushes=e.pushes
+        )
+        return []
+
+    @_apply.register
+    async def _shard_progress(self, event: ShardProgressReport, member: Member, now: float) -> list[Command] | None:
+        return self.jobs.shard_progress(member.member_id, event.job_id, event.progress, now)
+
+    @_apply.register
+    async def _shard_ready(self, event: ShardReady, member: Member, now: float) -> list[Command] | None:
+        commands = self.jobs.shard_ready(member.member_id, event.job_id, event.version, event.checkpointing, now)
+        if commands and isinstance(commands[0], MoveShard):
+            self._restored(commands[0])
+        return commands
+
+    @_apply.register
+    async def _worker_finished(self, event: WorkerFinished, member: Member, now: float) -> list[Command] | None:
+        return self.jobs.worker_finished(member.member_id, event.job_id, event.steps, event.samples, event.pushes)
+
+    @_apply.register
+    async def _eval_report(self, event: EvalReport, member: Member, now: float) -> list[Command] | None:
+        e = event
+        return self.jobs.eval_report(member.member_id, e.job_id, e.version, e.val_loss, e.val_accuracy, e.final, now)
+
+    @_apply.register
+    async def _task_failed(self, event: TaskFailed, member: Member, now: float) -> list[Command] | None:
+        reason = f"{member.member_id}: {event.message}"
+        log.error("job %s failed: %s", event.job_id, reason)
+        return self.jobs.task_failed(member.member_id, event.job_id, reason, now)
 
     # --- shard restarts (docs/fault-tolerance.md) ----------------------------------------
     def shard_checkpoints(self, member_id: str, refs: list[tuple[str, int]]) -> None:
@@ -248,8 +284,9 @@ class Control:
         spec = parse_job_spec(spec_json)
         # Planning validates model and dataset names and args, and holds the model to the size
         # limits, before anything runs; nothing of the model's size is allocated (core/model_size.py).
-        # In a daemon thread: a slow user factory never keeps SIGTERM from stopping the coordinator.
-        shard_map = await in_daemon_thread(lambda: job_layout(spec), f"plan {spec.name}")
+        # In a child process (tidal/planner.py): the coordinator never loads torch, and a slow user
+        # factory is killed at a timeout or when SIGTERM cancels the submit.
+        shard_map = await self.planner.plan(spec)
         job = self.jobs.submit(spec, shard_map, time.time())
         self._save()  # the caller is told the job exists: it must survive a restart
         log.info(
@@ -268,16 +305,17 @@ class Control:
         await self._bump()
         return self.jobs.get(job_id)
 
-    async def watch(self, job_id: str) -> AsyncIterator[coord_pb.JobStatus]:
-        """Yields the job's status now and after every change, until it is terminal."""
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """Yields a snapshot of the job now and after every change, until it is terminal
+        (a copy: the caller may read it after the job changed again)."""
         job = self.jobs.get(job_id)
         while True:
             generation = self._generation
-            status = job_to_proto(job)
-            yield status
+            snapshot = copy.deepcopy(job)
+            yield snapshot
             # Decide on what was sent: the job may have ended while the caller read it, and
             # the terminal status must still be delivered.
-            if status.state in _TERMINAL_STATES:
+            if snapshot.state.terminal:
                 return
             await self._wait_for_change(generation, timeout_s=5.0)
 
@@ -367,6 +405,7 @@ class Control:
 
     def close(self) -> None:
         """Saves what is left and closes the store (blocks: for shutdown)."""
+        self.planner.kill()
         if self._writer is not None:
             self._unsaved = False
             self._writer.close()
@@ -384,9 +423,22 @@ class Control:
             if outbox is None:
                 log.warning("no session for %s; dropped %s", command.member_id, type(command).__name__)
                 continue
-            outbox.put_nowait(command_to_proto(command, self.membership))
+            outbox.put_nowait(self._fixed(command))
         if commands:
             await self._bump()
+
+    def _fixed(self, command: Command) -> Command:
+        """The command as the member must be told it now: the job as it is (the outbox may
+        hold it while the job changes again) and the shards' current addresses."""
+        if isinstance(command, AssignWorker):
+            job = copy.deepcopy(command.job)
+            addresses = tuple(self.membership.get(m).address for m in job.shard_ids)
+            return replace(command, job=job, shard_addresses=addresses)
+        if isinstance(command, AssignShard):
+            return replace(command, job=copy.deepcopy(command.job))
+        if isinstance(command, MoveShard):
+            return replace(command, shard_address=self.membership.get(command.shard_member_id).address)
+        return command
 
     async def _bump(self) -> None:
         """Saves the state (on disk before callers and watchers learn of it) and wakes watchers."""

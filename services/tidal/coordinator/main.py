@@ -14,22 +14,19 @@ from tidal.coordinator.one_job import OneJob, run_one_job
 from tidal.coordinator.rest import create_app
 from tidal.coordinator.servicer import CoordinatorServicer
 from tidal.coordinator.store import StateStore
-from tidal.core.errors import InvalidArgumentError
+from tidal.core.faults import CRASH_CONTROL_LOOP, parse_coordinator_fault
 from tidal.transport.http import serve_asgi
 from tidal.transport.limits import SHUTDOWN_GRACE_S
 from tidal.transport.metrics import GrpcMetricsInterceptor, build_info, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
 from tidal.transport.server import add_health_and_reflection, create_server, set_health
 from tidal.transport.supervise import Supervisor
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import coordinator_pb2
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name]
-# Faults a test may inject (run_coordinator's `fault`): the control loop raises after a tick,
-# as a bug in it would, to show the crash is noticed.
-CRASH_CONTROL_LOOP = "crash_control_loop"
-FAULTS = ("", CRASH_CONTROL_LOOP)
 
 
 async def _crash_after_a_tick() -> None:
@@ -48,28 +45,32 @@ async def run_coordinator(
     one_job: OneJob | None = None,
     state_dir: Path | None = None,
     fault: str = "",
+    *,
+    security: SecurityConfig,
 ) -> int:
     """Serves until SIGTERM/SIGINT, or until a supervised task crashed; returns the exit code.
-    `fault` is for tests only (FAULTS)."""
-    if fault not in FAULTS:
-        raise InvalidArgumentError(f"fault: expected one of {', '.join(FAULTS)}, got {fault!r}")
+    Every server is secured by `security`; `fault` is for tests only (core/faults.py:
+    CRASH_CONTROL_LOOP makes the control loop raise after a tick, as a bug in it would)."""
+    parse_coordinator_fault(fault)
     registry = CollectorRegistry()
     build_info(registry, "coordinator")
     store = StateStore(state_dir) if state_dir is not None else None
     control = Control(CoordinatorCounters(registry), heartbeat_interval_s, heartbeat_timeout_s, store)
     registry.register(ControlCollector(control))
-    server, grpc_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
+    server, grpc_port = create_server(f"{host}:{port}", security, [GrpcMetricsInterceptor(registry)])
     coord_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(control), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     await set_health(health, SERVICE_NAMES, serving=False)
     await server.start()
+    # The planner child imports torch while the coordinator comes up, not at the first submit.
+    await control.planner.start()
     stop = stop_on_signals()
     # A crash of any of these stops the coordinator, which then exits non-zero.
     supervisor = Supervisor(stop)
     supervisor.spawn("control loop", _crash_after_a_tick() if fault == CRASH_CONTROL_LOOP else control.run())
-    rest, rest_task, http_port = serve_asgi(create_app(control), host, http_port)
+    rest, rest_task, http_port = serve_asgi(create_app(control, security), host, http_port, security)
     supervisor.watch("REST server", rest_task)
-    metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port)
+    metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security)
     supervisor.watch("metrics server", metrics_task)
     job_task = supervisor.spawn("one-job", run_one_job(control, one_job, stop), may_end=True) if one_job else None
     if job_task is not None and one_job is not None and one_job.exit_when_done:

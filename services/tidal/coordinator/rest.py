@@ -27,7 +27,6 @@ from tidal.coordinator.control import Control
 from tidal.coordinator.convert import job_to_proto, member_to_proto
 from tidal.coordinator.rest_openapi import BEARER, error_responses, install_docs, install_openapi
 from tidal.core import errors
-from tidal.transport import tls
 from tidal.transport.http_errors import code_for_status, error_content, headers_for, http_error_for
 from tidal.transport.http_gate import MAX_BODY_BYTES, RequestGate, checked_body_limit
 from tidal.transport.tls import SecurityConfig
@@ -44,7 +43,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 def create_app(
-    control: Control, security: SecurityConfig | None = None, max_body_bytes: int = MAX_BODY_BYTES
+    control: Control, security: SecurityConfig, max_body_bytes: int = MAX_BODY_BYTES
 ) -> FastAPI:
     """The REST app; with authentication on (transport/tls.py) every route needs a bearer token.
     A body over `max_body_bytes` is refused with 413 before more of it is read."""
@@ -58,7 +57,7 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(
-        RequestGate, routes=app.router.routes, security=security or tls.current(), max_body_bytes=max_body_bytes
+        RequestGate, routes=app.router.routes, security=security, max_body_bytes=max_body_bytes
     )
 
     @app.exception_handler(errors.TidalError)

@@ -1,4 +1,6 @@
-"""The Coordinator gRPC servicer: serde plus one call into `Control` per RPC."""
+"""The Coordinator gRPC servicer: serde (coordinator/convert.py) plus one call into `Control`
+per RPC; session messages become domain events, the commands in a member's outbox become
+session messages."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tidal.coordinator.control import Control
-from tidal.coordinator.convert import ROLE_FROM_PROTO, job_to_proto, member_to_proto
+from tidal.coordinator.convert import ROLE_FROM_PROTO, command_to_proto, event_from_proto, job_to_proto, member_to_proto
 from tidal.core import authz
 from tidal.core.errors import InvalidArgumentError
 from tidal.transport.errors import translate_errors
@@ -37,8 +39,10 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         if (principal := current_principal()) is not None:
             require(authz.check_register(principal, common_pb.Role.Name(request.role), request.member_id))
         identity = identity_for_registration()
-        member, resumed = self._control.register(role, request.address, request.name, request.member_id, identity)
-        self._control.shard_checkpoints(member.member_id, [(c.job_id, c.shard_index) for c in request.checkpoints])
+        checkpoints = [(c.job_id, c.shard_index) for c in request.checkpoints]
+        member, resumed = self._control.register(
+            role, request.address, request.name, request.member_id, identity, checkpoints
+        )
         return coord_pb.RegisterResponse(
             member_id=member.member_id,
             heartbeat_interval_s=self._control.heartbeat_interval_s,
@@ -60,7 +64,8 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         async def read_member() -> None:
             try:
                 async for msg in request_iterator:
-                    await self._control.handle(member_id, msg)
+                    if (event := event_from_proto(msg)) is not None:
+                        await self._control.handle(member_id, event)
             except Exception:
                 log.exception("session of %s: handling a message failed", member_id)
                 raise
@@ -71,7 +76,7 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         try:
             yield coord_pb.SessionResponse(welcome=coord_pb.SessionWelcome(member_id=member_id))
             while (command := await outbox.get()) is not None:
-                yield command
+                yield command_to_proto(command)
         finally:
             try:
                 reader.cancel()
@@ -112,8 +117,8 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
         self, request: coord_pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[coord_pb.WatchJobResponse]:
         self._control.job(request.job_id)
-        async for status in self._control.watch(request.job_id):
-            yield coord_pb.WatchJobResponse(job=status)
+        async for job in self._control.watch(request.job_id):
+            yield coord_pb.WatchJobResponse(job=job_to_proto(job))
 
     @translate_errors
     async def GetCluster(

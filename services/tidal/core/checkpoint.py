@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from tidal.core.errors import DataLossError, InvalidArgumentError
+from tidal.core.faults import KILL_BEFORE_MANIFEST, KILL_BEFORE_RENAME, NO_CHECKPOINT_FAULT, CheckpointFault, kill_now
 from tidal.core.shard_snapshot import PARAMS, ShardSnapshot
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^v(\d{12})\.json$")
 # Job ids become folder names: refuse anything that could leave the checkpoint root.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Fault injection for tests (see `CheckpointStore`): die at one point of the N-th write.
-FAULTS = ("kill_before_rename", "kill_before_manifest")
 
 
 @dataclass(frozen=True)
@@ -82,43 +80,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(path: Path, data: bytes, before_rename: str = "") -> None:
-    """Temporary file in the same folder, write, fsync, rename (then the caller fsyncs the folder)."""
+def _write_atomically(path: Path, data: bytes, die_before_rename: str = "") -> None:
+    """Temporary file in the same folder, write, fsync, rename (then the caller fsyncs the folder).
+    `die_before_rename` (fault injection) says why the process dies just before the rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with tmp.open("wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    if before_rename:
-        log.error("fault injection: killing this shard %s (%s)", before_rename, path.name)
-        os.kill(os.getpid(), signal.SIGKILL)
+    if die_before_rename:
+        kill_now(f"checkpoint write {die_before_rename} ({path.name})")
     tmp.replace(path)
-
-
-def parse_fault(text: str) -> tuple[str, int]:
-    """`kind:n` (die at the n-th checkpoint write of this process) -> (kind, n); '' -> ('', 0)."""
-    if not text:
-        return "", 0
-    kind, _, nth = text.partition(":")
-    if kind not in FAULTS or not nth.isdigit() or int(nth) < 1:
-        raise InvalidArgumentError(f"checkpoint fault: expected one of {', '.join(FAULTS)} then ':N', got {text!r}")
-    return kind, int(nth)
 
 
 class CheckpointStore:
     """The checkpoints under one root folder (one shard process owns it).
 
-    `fault` injects a crash for tests: `("kill_before_rename", n)` SIGKILLs the process at
-    the n-th write after the tensor file is written and fsynced under its temporary name,
-    `("kill_before_manifest", n)` after the tensor file is in place but before its manifest.
+    `fault` injects a crash for tests (core/faults.py): `("kill_before_rename", n)` SIGKILLs
+    the process at the n-th write after the tensor file is written and fsynced under its
+    temporary name, `("kill_before_manifest", n)` after the tensor file is in place but before
+    its manifest.
     """
 
-    def __init__(self, root: Path, keep_last: int = 3, fault: tuple[str, int] = ("", 0)) -> None:
+    def __init__(self, root: Path, keep_last: int = 3, fault: CheckpointFault = NO_CHECKPOINT_FAULT) -> None:
         if keep_last < 1:
             raise InvalidArgumentError(f"keep_last: must be >= 1, got {keep_last}")
         self.root = root
         self.keep_last = keep_last
-        self._fault = fault
+        self._fault = CheckpointFault(*fault)
         self._writes = 0
 
     def folder(self, job_id: str, shard_index: int) -> Path:
@@ -134,12 +123,11 @@ class CheckpointStore:
         folder = self.folder(snapshot.job_id, snapshot.shard_index)
         folder.mkdir(parents=True, exist_ok=True)
         self._writes += 1
-        kind, nth = self._fault
-        fault = kind if nth == self._writes else ""
         stem = f"v{snapshot.version:012d}"
         payload = save_tensors(snapshot.tensors, metadata={"format": "pt", "job_id": snapshot.job_id})
         tensors_path = folder / f"{stem}.safetensors"
-        _write_atomically(tensors_path, payload, "before renaming its tensors" if fault == "kill_before_rename" else "")
+        kill = self._fault.fires(KILL_BEFORE_RENAME, self._writes)
+        _write_atomically(tensors_path, payload, "before renaming its tensors" if kill else "")
         manifest = {
             "format_version": FORMAT_VERSION,
             "job_id": snapshot.job_id,
@@ -160,8 +148,9 @@ class CheckpointStore:
             "created_at": snapshot.created_at,
         }  # fmt: skip
         manifest_path = folder / f"{stem}.json"
-        before_manifest = "before writing its manifest" if fault == "kill_before_manifest" else ""
-        _write_atomically(manifest_path, json.dumps(manifest, indent=1).encode(), before_manifest)
+        kill = self._fault.fires(KILL_BEFORE_MANIFEST, self._writes)
+        manifest_bytes = json.dumps(manifest, indent=1).encode()
+        _write_atomically(manifest_path, manifest_bytes, "before writing its manifest" if kill else "")
         _fsync_dir(folder)
         self._prune(folder, self.keep_last if keep_last is None else max(1, keep_last))
         return manifest_path

@@ -1,7 +1,9 @@
 """The commands the coordinator delivers to members over their sessions.
 
-`JobManager` (core/jobs.py) returns them from each event; the coordinator turns them into
-session messages (coordinator/convert.py).
+`JobManager` (core/jobs.py) returns them from each event. The coordinator's `Control` fixes
+them as they are delivered (a snapshot of the job, the shards' addresses: what the member must be
+told as of now, not as of when the stream sends it) and puts them in the member's outbox; its gRPC
+edge turns them into session messages (coordinator/convert.py).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ class MoveShard:
     member_id: str
     job_id: str
     shard_index: int
-    # The shard's member id (its address is looked up when the command is sent).
+    # The shard's member id; its address is filled in when the command is delivered.
     shard_member_id: str
     version: int
+    shard_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class AssignWorker:
     member_id: str
     job: Job
     rank: int
+    # Data-plane address of each shard by shard index, filled in when the command is delivered.
+    shard_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

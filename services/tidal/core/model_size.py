@@ -8,6 +8,9 @@ layers would take the memory of whoever builds it. Before anything is built:
   parameters have shapes but no storage, while a registration hook counts parameters and
   refuses the one that passes a limit (`meta_model`), so a factory is stopped part-way.
 
+The coordinator does both in its planner child (tidal/planner.py), which also bounds the
+build's time and address space: a factory may hang or allocate outside torch.
+
 The limits hold for every job: at most MAX_MODEL_PARAMETERS float32 scalars (1 GiB per
 copy; shards, workers and checkpoints each hold copies) in at most MAX_MODEL_TENSORS
 parameter tensors (two per linear or convolution layer; each tensor is an entry of the

@@ -8,8 +8,9 @@ from torch import nn
 from tidal.core.datasets import Dataset, DatasetInfo, dataset_partition, describe_dataset, load_dataset
 from tidal.core.model_size import meta_model
 from tidal.core.models import build_model
-from tidal.core.shard_map import ShardMap, build_shard_map, tensor_infos
+from tidal.core.shard_map import ShardMap, TensorInfo, build_shard_map
 from tidal.core.spec import JobSpec
+from tidal.core.torch_dtypes import tensor_infos
 
 
 def job_dataset(spec: JobSpec, rank: int = 0, world_size: int = 1) -> Dataset:
@@ -38,10 +39,16 @@ def job_shard_map(spec: JobSpec, model: nn.Module) -> ShardMap:
     return build_shard_map(tensor_infos(list(model.named_parameters())), spec.num_shards)
 
 
-def job_layout(spec: JobSpec) -> ShardMap:
-    """The job's shard map from its model's shapes alone: the model is held to the size limits
-    of core/model_size.py and built on the meta device, so nothing of its size is allocated
-    (the coordinator plans every submitted job this way)."""
+def job_tensors(spec: JobSpec) -> tuple[TensorInfo, ...]:
+    """The names, shapes and dtypes of the job's parameters, from its model's shapes alone: the
+    model is held to the size limits of core/model_size.py and built on the meta device, so
+    nothing of its size is allocated (the coordinator's planner child, tidal/planner.py, runs
+    this for every submitted job)."""
     info = job_dataset_info(spec)
     model = meta_model(spec.model.name, spec.model.args, info.input_shape, info.num_classes, spec.seed)
-    return job_shard_map(spec, model)
+    return tensor_infos(list(model.named_parameters()))
+
+
+def job_layout(spec: JobSpec) -> ShardMap:
+    """The job's shard map, planned as the coordinator plans it (`job_tensors`)."""
+    return build_shard_map(job_tensors(spec), spec.num_shards)

@@ -5,6 +5,10 @@ one vector. Each shard owns one contiguous range of it, balanced by bytes. Cuts 
 tensor boundaries when one is close to the ideal cut and inside a tensor otherwise, so a
 large tensor is split across shards instead of unbalancing them. Contiguous ranges let a
 worker send each shard a slice of one flat gradient buffer without gathering.
+
+No torch here: the coordinator holds shard maps and never loads torch (about 270 MB
+resident). A dtype is its name ("float32"); core/torch_dtypes.py converts for the members
+that hold tensors.
 """
 
 from __future__ import annotations
@@ -14,20 +18,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from tidal.core.errors import InvalidArgumentError
 
 # A tensor boundary within this fraction of a shard's ideal size from the ideal cut is
 # preferred over splitting a tensor.
 BOUNDARY_TOLERANCE = 0.1
+# The parameter dtypes a shard map may hold, by name (torch's attribute names).
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 
 
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    # One of DTYPE_NAMES.
+    dtype: str
 
     @property
     def numel(self) -> int:
@@ -58,7 +63,7 @@ class ShardMap:
         return len(self.ranges)
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> str:
         return self.tensors[0].dtype
 
     @property
@@ -87,6 +92,7 @@ class ShardMap:
             raise InvalidArgumentError("shard_map: needs at least one tensor and one range")
         if len({t.dtype for t in self.tensors}) != 1:
             raise InvalidArgumentError("shard_map.tensors: all parameters must share one dtype")
+        _check_dtype(self.dtype, "shard_map.tensors")
         if len({t.name for t in self.tensors}) != len(self.tensors):
             raise InvalidArgumentError("shard_map.tensors: names must be unique")
         expected = 0
@@ -101,16 +107,13 @@ class ShardMap:
             raise InvalidArgumentError(f"shard_map.ranges: cover {expected} elements, the tensors have {total}")
 
 
-def tensor_infos(named: Sequence[tuple[str, torch.Tensor]]) -> tuple[TensorInfo, ...]:
-    return tuple(TensorInfo(name, tuple(t.shape), t.dtype) for name, t in named)
-
-
 def build_shard_map(tensors: Sequence[TensorInfo], num_shards: int) -> ShardMap:
     """Divides the flat parameter vector into `num_shards` ranges balanced by bytes."""
     if not tensors:
         raise InvalidArgumentError("model: has no parameters")
     if len({t.dtype for t in tensors}) != 1:
         raise InvalidArgumentError("model: all parameters must share one dtype to be sharded")
+    _check_dtype(tensors[0].dtype, "model")
     total = sum(t.numel for t in tensors)
     if num_shards < 1 or num_shards > total:
         raise InvalidArgumentError(f"num_shards: must be in [1, {total}] for this model, got {num_shards}")
@@ -136,3 +139,8 @@ def _nearest(sorted_values: list[int], target: int) -> int:
     i = bisect.bisect_left(sorted_values, target)
     candidates = sorted_values[max(i - 1, 0) : i + 1]
     return min(candidates, key=lambda v: abs(v - target))
+
+
+def _check_dtype(name: str, where: str) -> None:
+    if name not in DTYPE_NAMES:
+        raise InvalidArgumentError(f"{where}: dtype {name!r} cannot be sharded (supported: {', '.join(DTYPE_NAMES)})")

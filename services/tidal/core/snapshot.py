@@ -13,17 +13,11 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-import torch
-
 from tidal.core.errors import DataLossError, TidalError
 from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
 from tidal.core.membership import Member, MemberState, Role
 from tidal.core.shard_map import ShardMap, TensorInfo
 from tidal.core.spec import parse_job_spec
-
-# Parameter dtypes a shard map may hold, by the name stored.
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 def member_to_dict(member: Member) -> dict[str, Any]:
@@ -54,9 +48,7 @@ def member_from_dict(data: dict[str, Any], last_seen: float) -> Member:
 
 def shard_map_to_dict(shard_map: ShardMap) -> dict[str, Any]:
     return {
-        "tensors": [
-            {"name": t.name, "shape": list(t.shape), "dtype": _DTYPE_NAMES[t.dtype]} for t in shard_map.tensors
-        ],
+        "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in shard_map.tensors],
         "ranges": [list(r) for r in shard_map.ranges],
     }
 
@@ -64,7 +56,7 @@ def shard_map_to_dict(shard_map: ShardMap) -> dict[str, Any]:
 def shard_map_from_dict(data: dict[str, Any]) -> ShardMap:
     with _reading("shard_map"):
         tensors = tuple(
-            TensorInfo(_str(t, "name"), tuple(int(d) for d in t["shape"]), _DTYPES[t["dtype"]]) for t in data["tensors"]
+            TensorInfo(_str(t, "name"), tuple(int(d) for d in t["shape"]), _str(t, "dtype")) for t in data["tensors"]
         )
         shard_map = ShardMap(tensors, tuple((int(a), int(b)) for a, b in data["ranges"]))
         shard_map.validate()

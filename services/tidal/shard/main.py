@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
-from tidal.core.checkpoint import CheckpointStore, parse_fault
+from tidal.core.checkpoint import CheckpointStore
 from tidal.core.errors import TidalError
+from tidal.core.faults import parse_checkpoint_fault
 from tidal.core.plan import job_dataset_info, job_model
 from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_snapshot import restore_shard
@@ -26,6 +27,7 @@ from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
+from tidal.transport.settings import ServiceSettings
 from tidal.transport.supervise import cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -228,10 +230,14 @@ async def run_shard(
     exit_after_job: bool = False,
     checkpoint_dir: Path | None = None,
     checkpoint_fault: str = "",
+    *,
+    settings: ServiceSettings,
 ) -> int:
     registry = CollectorRegistry()
-    server, bound_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
-    store = CheckpointStore(checkpoint_dir, fault=parse_fault(checkpoint_fault)) if checkpoint_dir else None
+    security = settings.security
+    server, bound_port = create_server(f"{host}:{port}", security, [GrpcMetricsInterceptor(registry)])
+    fault = parse_checkpoint_fault(checkpoint_fault)
+    store = CheckpointStore(checkpoint_dir, fault=fault) if checkpoint_dir else None
 
     def checkpoints() -> list[coord_pb.ShardCheckpoint]:
         refs = store.scan() if store is not None else []
@@ -240,13 +246,15 @@ async def run_shard(
     session = MemberSession(
         coordinator,
         common_pb.ROLE_SHARD,
+        security,
         address=f"{advertise_host}:{bound_port}",
         name=socket.gethostname(),
         checkpoints=checkpoints,
     )
     node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry))
-    add_to_server(ShardServicer(node), server)
+    add_to_server(ShardServicer(node, settings.shared_memory), server)
     ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
-        "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job
-    )
+        "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job,
+        security=security,
+    )  # fmt: skip

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from tidal.shard.convert import shard_info_to_proto
 from tidal.shard.exchange import ExchangeSession, Runtimes, find_runtime
-from tidal.transport import frames, shm
+from tidal.transport import frames
 from tidal.transport.errors import translate_errors
 from tidal.transport.guard import require_member
-from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
 
@@ -19,10 +19,10 @@ SERVICE_NAME = shard_pb.DESCRIPTOR.services_by_name["ParameterShard"].full_name
 
 
 class ShardServicer(shard_grpc.ParameterShardServicer):
-    def __init__(self, runtimes: Runtimes, shared_memory: bool | None = None) -> None:
+    def __init__(self, runtimes: Runtimes, shared_memory: bool) -> None:
         self._runtimes = runtimes
-        # Accept workers' offers of shared memory (None: as TIDAL_SHARED_MEMORY says).
-        self._shared_memory = shm.enabled() if shared_memory is None else shared_memory
+        # Accept workers' offers of shared memory (the process's setting: transport/settings.py).
+        self._shared_memory = shared_memory
 
     @translate_errors
     async def Exchange(
@@ -52,20 +52,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
     async def GetShardInfo(
         self, request: shard_pb.GetShardInfoRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb.GetShardInfoResponse:
-        runtime = self._runtimes.last_runtime
-        if runtime is None:
-            return shard_pb.GetShardInfoResponse()
-        state = runtime.state
-        start, end = state.shard_map.ranges[state.shard_index]
-        return shard_pb.GetShardInfoResponse(
-            job_id=runtime.job_id,
-            shard_index=state.shard_index,
-            version=state.version,
-            range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
-            updates_applied=state.counters.updates_applied,
-            updates_rejected=state.counters.updates_rejected,
-            membership_epoch=state.membership_epoch,
-        )
+        return shard_info_to_proto(self._runtimes.last_runtime)
 
 
 def add_to_server(servicer: ShardServicer, server: grpc.aio.Server) -> None:

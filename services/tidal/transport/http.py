@@ -21,7 +21,6 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
-from tidal.transport import tls
 from tidal.transport.http_errors import code_for_status, error_bytes, send_error
 from tidal.transport.tls import SecurityConfig
 
@@ -101,14 +100,13 @@ def serve_asgi(
     app: Any,
     host: str,
     port: int,
-    security: SecurityConfig | None = None,
+    security: SecurityConfig,
     max_header_bytes: int = MAX_HEADER_BYTES,
 ) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
     """Starts an ASGI app on `host:port` on the running loop; returns the server, its task and port.
-    HTTPS when `security` (default: the process's, transport/tls.py) has a certificate; a
-    client certificate, when sent, must be signed by the configured CA. A request line plus
-    headers over `max_header_bytes` is refused with 431."""
-    security = security or tls.current()
+    HTTPS when `security` (transport/tls.py) has a certificate; a client certificate, when
+    sent, must be signed by the configured CA. A request line plus headers over
+    `max_header_bytes` is refused with 431."""
     sock = bind_socket(host, port)
     options: dict[str, Any] = {}
     if security.tls:

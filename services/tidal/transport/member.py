@@ -7,6 +7,10 @@ ends the process), then go NOT_SERVING, release the job, say goodbye to the coor
 (the member LEFT, it did not fail) and stop the server with a grace period. With
 `exit_after_job`, the release of its first job ends the member too (exit code 0): batch
 deployments (a Kubernetes Indexed Job) need members that finish.
+
+The session and the /metrics server are supervised (transport/supervise.py): if either
+crashes, or ends while the member still needs it, the traceback is logged and the member
+shuts down the same way, with exit code 1.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from tidal.transport.metrics import build_info, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
 from tidal.transport.server import add_health_and_reflection, set_health
 from tidal.transport.session import MemberSession
+from tidal.transport.supervise import Supervisor
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import coordinator_pb2 as coord_pb
 
 log = logging.getLogger(__name__)
@@ -64,14 +70,21 @@ async def serve_member(
     ready_file: Path | None,
     register_timeout_s: float,
     exit_after_job: bool = False,
+    *,
+    security: SecurityConfig,
 ) -> int:
-    """Runs a member whose servicers are already added to `server`; returns the exit code."""
+    """Runs a member whose servicers are already added to `server`; returns the exit code.
+    The /metrics server and the coordinator session are supervised: a crash of either logs
+    its traceback and ends the member with exit code 1 (transport/supervise.py)."""
     health = add_health_and_reflection(server, service_names)
     await set_health(health, service_names, serving=False)
     await server.start()
     build_info(registry, role)
-    metrics, metrics_task, metrics_port = serve_metrics(registry, ports.host, ports.metrics_port)
+    metrics, metrics_task, metrics_port = serve_metrics(registry, ports.host, ports.metrics_port, security)
     stop = stop_on_signals()
+    supervisor = Supervisor(stop)
+    supervisor.watch("metrics server", metrics_task)
+    code = 0
     try:
         await asyncio.to_thread(warm_up)
         # Start-up objects (torch, protobuf, pandas) never die: keep them out of the garbage
@@ -90,28 +103,25 @@ async def serve_member(
                 log.info("job %s ended; %s exiting (--exit-after-job)", msg.release_job.job_id, role)
                 stop.set()
 
-        # A broken session is retried as long as registering at start-up is.
+        # A broken session is retried as long as registering at start-up is; a coordinator
+        # unreachable for longer ends it with an error, which stops the member.
         session.reconnect_timeout_s = register_timeout_s
-        session_task = asyncio.create_task(session.run(on_command, node.resume))
-        stop_task = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({session_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
-        if session_task not in done:
+        supervisor.spawn("coordinator session", session.run(on_command, node.resume))
+        await stop.wait()
+        if not supervisor.failed:
             # Stop working first, then say goodbye while the session is still open.
             await set_health(health, service_names, serving=False)
             await node.release()
             await session.leave("shutting down")
-        session_task.cancel()
-        if session_task in done:
-            session_task.result()  # raises why the session ended
-        return 0
     except TidalError as exc:
         log.exception("%s", exc)
-        return 1
+        code = 1
     finally:
         await set_health(health, service_names, serving=False)
         await node.release()
         await server.stop(SHUTDOWN_GRACE_S)
-        await session.close()
         metrics.should_exit = True
-        await asyncio.gather(metrics_task, return_exceptions=True)
+        await supervisor.close()
+        await session.close()
+    # A crash while the tasks stopped counts too.
+    return 1 if supervisor.failed else code

@@ -17,13 +17,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 
 from tidal import __version__
 from tidal.transport.http import EmbeddedServer, serve_asgi
+from tidal.transport.tls import SecurityConfig
 
 # Seconds; covers sub-millisecond unary calls to minute-long streams.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
-    return serve_asgi(make_asgi_app(registry), host, port)
+def serve_metrics(
+    registry: CollectorRegistry, host: str, port: int, security: SecurityConfig
+) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
+    return serve_asgi(make_asgi_app(registry), host, port, security)
 
 
 def build_info(registry: CollectorRegistry, role: str) -> None:

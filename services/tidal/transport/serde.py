@@ -9,6 +9,9 @@ range exactly once.
 The data plane sends `encoded_chunks` (hand-framed, transport/frames.py) and reads
 `frames.ChunkView`s; `slice_to_chunks` and friends build the same chunks as generated
 messages, for generated-stub clients, tests and the benchmark's reference path.
+
+Shard maps hold no tensors: their pair lives in transport/shard_map_serde.py, without torch,
+so that the coordinator never loads it; it is re-exported here for the members.
 """
 
 from __future__ import annotations
@@ -19,18 +22,18 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.shard_map import Segment, ShardMap, TensorInfo
-from tidal.transport import frames, shm
+from tidal.core.shard_map import Segment
+from tidal.core.torch_dtypes import torch_dtype
+from tidal.transport import frames, shard_map_serde, shm
 from tidal.transport.limits import CHUNK_BYTES, MAX_CHUNKS_PER_MESSAGE
 from tidal.v1 import common_pb2 as common_pb
 
-_DTYPE_TO_PROTO = {
-    torch.float32: common_pb.DTYPE_FLOAT32,
-    torch.float16: common_pb.DTYPE_FLOAT16,
-    torch.bfloat16: common_pb.DTYPE_BFLOAT16,
-    torch.float64: common_pb.DTYPE_FLOAT64,
-}
+# The wire's dtype enum by torch dtype, from the one table of names (transport/shard_map_serde.py).
+_DTYPE_TO_PROTO = {torch_dtype(name): value for name, value in shard_map_serde.DTYPE_NAME_TO_PROTO.items()}
 _PROTO_TO_DTYPE = {v: k for k, v in _DTYPE_TO_PROTO.items()}
+# The members' one serde module names the shard map pair too.
+shard_map_to_proto = shard_map_serde.shard_map_to_proto
+shard_map_from_proto = shard_map_serde.shard_map_from_proto
 
 
 def dtype_to_proto(dtype: torch.dtype) -> int:
@@ -45,30 +48,6 @@ def dtype_from_proto(value: int, field: str = "dtype") -> torch.dtype:
         return _PROTO_TO_DTYPE[value]
     except KeyError:
         raise InvalidArgumentError(f"{field}: unsupported dtype enum value {value}") from None
-
-
-def shard_map_to_proto(shard_map: ShardMap) -> common_pb.ShardMap:
-    return common_pb.ShardMap(
-        tensors=[
-            common_pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=dtype_to_proto(t.dtype))
-            for t in shard_map.tensors
-        ],
-        ranges=[common_pb.ShardRange(shard=i, start=s, end=e) for i, (s, e) in enumerate(shard_map.ranges)],
-    )
-
-
-def shard_map_from_proto(msg: common_pb.ShardMap) -> ShardMap:
-    tensors = []
-    for i, t in enumerate(msg.tensors):
-        if any(d < 0 for d in t.shape):
-            raise InvalidArgumentError(f"shard_map.tensors[{i}].shape: negative dimension in {list(t.shape)}")
-        tensors.append(TensorInfo(t.name, tuple(t.shape), dtype_from_proto(t.dtype, f"shard_map.tensors[{i}].dtype")))
-    for i, r in enumerate(msg.ranges):
-        if r.shard != i:
-            raise InvalidArgumentError(f"shard_map.ranges[{i}].shard: expected {i}, got {r.shard}")
-    shard_map = ShardMap(tuple(tensors), tuple((r.start, r.end) for r in msg.ranges))
-    shard_map.validate()
-    return shard_map
 
 
 def _as_bytes(t: torch.Tensor) -> memoryview:

@@ -9,7 +9,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tidal.core.errors import InvalidArgumentError
-from tidal.transport import tls
 from tidal.transport.guard import BearerTokenInterceptor, GuardInterceptor
 from tidal.transport.limits import (
     KEEPALIVE_TIME_MS,
@@ -18,7 +17,7 @@ from tidal.transport.limits import (
     MAX_RECONNECT_BACKOFF_MS,
     MIN_CONNECT_TIMEOUT_MS,
 )
-from tidal.transport.tls import SecurityConfig
+from tidal.transport.tls import SecurityConfig, warn_if_plaintext
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -45,16 +44,13 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 
 def create_server(
-    address: str,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-    security: SecurityConfig | None = None,
+    address: str, security: SecurityConfig, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 ) -> tuple[grpc.aio.Server, int]:
     """Creates a grpc.aio server bound to `address` ("host:port"; port 0 picks a free one)
     and returns it with the port actually bound. TLS, mutual TLS and authentication follow
-    `security` (default: the process's, transport/tls.py); every call passes the guard
-    (undecodable bytes, credentials, authorization: transport/guard.py) after `interceptors`,
-    so metrics count refused calls with their status codes."""
-    security = security or tls.current()
+    `security` (transport/tls.py); every call passes the guard (undecodable bytes,
+    credentials, authorization: transport/guard.py) after `interceptors`, so metrics count
+    refused calls with their status codes."""
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[*interceptors, GuardInterceptor(security)])
     if security.tls:
         port = server.add_secure_port(address, security.server_credentials())
@@ -62,16 +58,14 @@ def create_server(
         raise InvalidArgumentError("TLS: a CA is configured but this server has no certificate (TIDAL_TLS_CERT)")
     else:
         port = server.add_insecure_port(address)
-    tls.warn_if_plaintext(security, f"gRPC {address} and its HTTP")
+    warn_if_plaintext(security, f"gRPC {address} and its HTTP")
     if port == 0:
         raise OSError(f"could not bind {address}")
     return server, port
 
 
-def create_channel(address: str, security: SecurityConfig | None = None) -> grpc.aio.Channel:
-    """A channel to a tidal server, with TLS and a bearer token when `security` (default:
-    the process's) has them."""
-    security = security or tls.current()
+def create_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
+    """A channel to a tidal server, with TLS and a bearer token when `security` has them."""
     interceptors = [BearerTokenInterceptor(security.token)] if security.token else None
     if security.ca_path is None and not security.tls:
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)

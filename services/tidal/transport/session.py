@@ -25,6 +25,7 @@ import grpc
 
 from tidal.core.errors import UnavailableError
 from tidal.transport.server import create_channel
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
@@ -45,12 +46,13 @@ class MemberSession:
         self,
         coordinator_address: str,
         role: int,
+        security: SecurityConfig,
         address: str = "",
         name: str = "",
         reconnect_timeout_s: float = 60.0,
         checkpoints: Callable[[], list[coord_pb.ShardCheckpoint]] | None = None,
     ) -> None:
-        self._channel = create_channel(coordinator_address)
+        self._channel = create_channel(coordinator_address, security)
         self._stub = coord_grpc.CoordinatorStub(self._channel)
         self._coordinator_address = coordinator_address
         self._request = coord_pb.RegisterRequest(role=role, address=address, name=name)

@@ -49,14 +49,14 @@ _NAME = re.compile(r"tidal-[0-9a-f]{32}")
 _SETTINGS = {"auto": True, "on": True, "1": True, "off": False, "0": False}
 
 
-def enabled() -> bool:
-    """Whether this process offers (worker) or accepts (shard) shared memory: the variable
-    TIDAL_SHARED_MEMORY, "auto" (the default: used where the peer can map it) or "off"."""
-    value = os.environ.get(ENV["shared_memory"], "auto").strip().lower()
+def parse_setting(value: str, source: str = ENV["shared_memory"]) -> bool:
+    """Whether a process offers (worker) or accepts (shard) shared memory, from its setting
+    (`--shared-memory` or TIDAL_SHARED_MEMORY, named by `source`): "auto" (the default: used
+    where the peer can map it) or "off"."""
     try:
-        return _SETTINGS[value]
+        return _SETTINGS[value.strip().lower()]
     except KeyError:
-        raise ValueError(f"{ENV['shared_memory']}: expected auto or off, got {value!r}") from None
+        raise InvalidArgumentError(f"{source}: expected auto or off, got {value.strip()!r}") from None
 
 
 class Segment:

@@ -1,4 +1,4 @@
-"""The tasks a service process lives on, and the threads it must never wait for.
+"""The tasks a service process lives on.
 
 A service runs long-lived tasks next to its servers (the coordinator's control loop, its
 REST and metrics servers, the one-job task). Left alone, a task that crashes is noticed by
@@ -10,15 +10,12 @@ orchestrator restarts it, and a coordinator with a state folder adopts its membe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine
+from typing import Any
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Supervisor:
@@ -74,33 +71,3 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
         task.cancel()
     if live:
         await asyncio.wait(live)
-
-
-async def in_daemon_thread(fn: Callable[[], T], name: str) -> T:
-    """Runs blocking `fn` in a daemon thread and awaits its result. Unlike asyncio.to_thread,
-    whose threads asyncio.run and the interpreter join at exit, a thread still busy (a model
-    being built from a submitted spec) never keeps the process from stopping. Cancelling the
-    await leaves `fn` to finish unobserved."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        def apply() -> None:
-            if not future.done():
-                outcome()
-
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(apply)
-
-    def target() -> None:
-        try:
-            result = fn()
-        except Exception as exc:  # noqa: BLE001  # handed to the awaiting coroutine, which raises it
-            settle(functools.partial(future.set_exception, exc))
-        except BaseException as exc:  # noqa: BLE001  # SystemExit in user code must not end the event loop
-            settle(functools.partial(future.set_exception, RuntimeError(f"{name}: {type(exc).__name__}: {exc}")))
-        else:
-            settle(functools.partial(future.set_result, result))
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return await future

@@ -1,10 +1,10 @@
-"""Transport security, configured once per process from the environment (or CLI flags).
+"""Transport security, built once per process from the environment (or CLI flags).
 
 `SecurityConfig` says whether gRPC and HTTP use TLS, whether clients must present a
 certificate of our CA (mutual TLS), which bearer tokens a server accepts and which token
-a client sends. `create_server`, `create_channel` and `serve_asgi` read `current()`, so
-every server and channel of a process is secured the same way without threading the
-config through every call.
+a client sends. The CLI builds it at start (cli_common.build_security) and passes it down:
+`create_server`, `create_channel`, `serve_asgi` and everything built on them take it as a
+parameter, so nothing reads a process-wide setting behind the caller's back.
 
 Secure by default: the CLI (`require_secure`) refuses to start a service without a
 certificate and a way to authenticate callers (mutual TLS or a token table), and a client
@@ -27,7 +27,6 @@ Variables (named in tidal.config.SECURITY_ENV):
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,23 +175,6 @@ class SecurityConfig:
             allow_plaintext=parse_flag(environ, ENV_ALLOW_PLAINTEXT),
             requested=any(environ.get(var, "") for var in TLS_FILE_VARS),
         )
-
-
-_current: SecurityConfig | None = None
-
-
-def install(config: SecurityConfig) -> None:
-    """Sets this process's security (the CLI calls it once at start, before any server)."""
-    global _current  # noqa: PLW0603  # configured once per process, read by every factory
-    _current = config
-
-
-def current() -> SecurityConfig:
-    """This process's security; built from the environment on first use if nobody installed one."""
-    global _current  # noqa: PLW0603
-    if _current is None:
-        _current = SecurityConfig.from_env(os.environ)
-    return _current
 
 
 def insecure_reason(config: SecurityConfig, server: bool) -> str:

@@ -17,6 +17,7 @@ from tidal.core.shard_map import ShardMap
 from tidal.transport import frames, serde, shm
 from tidal.transport.errors import error_for_status, error_from_rpc
 from tidal.transport.server import create_channel
+from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.worker.metrics import PhaseTimes
 
@@ -42,7 +43,9 @@ class ShardLink:
         params: torch.Tensor,
         timeout_s: float,
         params_wire: torch.dtype | None = None,
-        shared_memory: bool | None = None,
+        *,
+        security: SecurityConfig,
+        shared_memory: bool,
     ) -> None:
         self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
         self.shard_index, self.address = shard_index, address
@@ -54,9 +57,9 @@ class ShardLink:
         # Parameters may arrive narrower than the model holds them (bf16 compression); they
         # are widened as they are copied into the model.
         self.params_wire = params_wire
-        # Offer the shard shared memory for the payloads (it accepts when on the same host);
-        # None: as TIDAL_SHARED_MEMORY says.
-        self.offer_shared_memory = shm.enabled() if shared_memory is None else shared_memory
+        # Offer the shard shared memory for the payloads (it accepts when on the same host).
+        self.offer_shared_memory = shared_memory
+        self._security = security
         self._shared: shm.SharedStream | None = None
         # The chunk headers of a shared-memory push depend only on the dtype: built once.
         self._shared_chunks: dict[torch.dtype, list[list[frames.Encoded]]] = {}
@@ -76,7 +79,7 @@ class ShardLink:
         self._moved = asyncio.Event()
         self.bytes_sent = 0
         self.bytes_received = 0
-        self._channel = create_channel(address)
+        self._channel = create_channel(address, security)
         self._call: grpc.aio.StreamStreamCall | None = None
 
     def _where(self, step: int | None = None) -> str:
@@ -264,7 +267,7 @@ class ShardLink:
                 self._call.cancel()
             await self._channel.close()
             # A fresh channel each try: no connection backoff carried over from the dead peer.
-            self._channel = create_channel(self.address)
+            self._channel = create_channel(self.address, self._security)
             try:
                 await self.open()
                 await self.pull(0, step)

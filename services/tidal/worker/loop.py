@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ import torch
 
 from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
 from tidal.core.datasets import Dataset, batch_indices
+from tidal.core.faults import kill_now
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
 from tidal.core.plan import job_dataset, job_model, job_partition
@@ -22,6 +21,7 @@ from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.stragglers import StragglerProfile
 from tidal.core.training import EvalResult, compute_gradient, evaluate
+from tidal.transport.settings import ServiceSettings
 from tidal.worker.fanout import fan_out
 from tidal.worker.links import ShardLink
 from tidal.worker.metrics import JobWorkerMetrics, PhaseTimes
@@ -67,8 +67,12 @@ def data_slot(worker_id: str, rank: int, world_size: int, worker_ids: tuple[str,
 class TrainingRun:
     """Everything a worker holds for one job; `train` is the worker's one loop."""
 
-    def __init__(self, assignment: Assignment, slowdown: float, metrics: JobWorkerMetrics) -> None:
+    def __init__(
+        self, assignment: Assignment, slowdown: float, metrics: JobWorkerMetrics, settings: ServiceSettings
+    ) -> None:
         self.a = assignment
+        # The process's security and shared-memory setting, for the links to the shards.
+        self.settings = settings
         spec = assignment.spec
         self.metrics = metrics
         # A partitioned data set (climate) loads only this worker's part.
@@ -145,6 +149,7 @@ class TrainingRun:
             ShardLink(
                 a.job_id, a.worker_id, self.epoch, i, address, a.shard_map, self.flat.params,
                 a.spec.step_timeout_s, params_wire_dtype(a.spec.compression),
+                security=self.settings.security, shared_memory=self.settings.shared_memory,
             )
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
@@ -268,8 +273,7 @@ class TrainingRun:
     def _inject_kill(self) -> None:
         declared = self.a.spec.straggler(self.a.rank)
         if declared and declared.kill_at_step is not None and self.step == declared.kill_at_step:
-            log.error("job %s: killing this worker at step %d, as the job spec asks", self.a.job_id, self.step)
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill_now(f"job {self.a.job_id}: worker at step {self.step}, as the spec's stragglers[].kill_at_step asks")
 
     def _count_bytes(self) -> None:
         sent = sum(link.bytes_sent for link in self.links)

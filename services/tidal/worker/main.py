@@ -20,6 +20,7 @@ from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
+from tidal.transport.settings import ServiceSettings
 from tidal.transport.supervise import cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -49,8 +50,11 @@ def assignment_from_proto(member_id: str, msg: coord_pb.AssignWorker) -> Assignm
 class WorkerNode(worker_grpc.WorkerServicer):
     """Carries out the coordinator's commands for this worker and answers GetWorkerInfo."""
 
-    def __init__(self, session: MemberSession, slowdown: float, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, session: MemberSession, slowdown: float, metrics: WorkerMetrics, settings: ServiceSettings
+    ) -> None:
         self.metrics = metrics
+        self.settings = settings
         self.session = session
         self.slowdown = slowdown
         self.run: TrainingRun | None = None
@@ -140,7 +144,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
         assignment = assignment_from_proto(self.session.member_id, assign)
         metrics = self.metrics.for_job(assign.job_id, assignment.spec.mode.value, self.session.member_id)
         self.metrics.slowdown.labels(self.session.member_id).set(self.slowdown)
-        self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown, metrics)
+        self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown, metrics, self.settings)
         self._apply_membership()  # a change that arrived while the run was being built
         log.info(
             "job %s: rank %d of %d, %d training samples",
@@ -199,13 +203,17 @@ async def run_worker(
     ready_file: Path | None,
     register_timeout_s: float,
     exit_after_job: bool = False,
+    *,
+    settings: ServiceSettings,
 ) -> int:
     registry = CollectorRegistry()
-    server, bound_port = create_server(f"{host}:{port}", [GrpcMetricsInterceptor(registry)])
-    session = MemberSession(coordinator, common_pb.ROLE_WORKER, name=socket.gethostname())
-    node = WorkerNode(session, slowdown, WorkerMetrics(registry))
+    security = settings.security
+    server, bound_port = create_server(f"{host}:{port}", security, [GrpcMetricsInterceptor(registry)])
+    session = MemberSession(coordinator, common_pb.ROLE_WORKER, security, name=socket.gethostname())
+    node = WorkerNode(session, slowdown, WorkerMetrics(registry), settings)
     worker_grpc.add_WorkerServicer_to_server(node, server)
     ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
-        "worker", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job
-    )
+        "worker", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job,
+        security=security,
+    )  # fmt: skip
