@@ -28,6 +28,8 @@ from tidal.cli_common import (
     RegisterTimeout,
     SharedMemory,
     Threads,
+    build_cluster_env,
+    build_malloc_tuning,
     build_security,
     build_service_settings,
     err,
@@ -69,7 +71,7 @@ def _process_setup(role: str, log_level: str) -> None:
     from tidal.transport.process import setup_logging, tune_malloc  # noqa: PLC0415
 
     setup_logging(role, log_level)
-    tune_malloc()
+    tune_malloc(build_malloc_tuning())
     # `_created` series double every counter's cardinality and no dashboard uses them.
     disable_created_metrics()
 
@@ -196,7 +198,7 @@ def _one_job(job_file: Path | None, exit_when_done: bool, scale_down: str) -> On
         targets = parse_targets(scale_down)
     except TidalError as exc:
         raise typer.BadParameter(str(exc), param_hint="--job-file/--scale-down") from None
-    return OneJob(spec_json, exit_when_done, targets)
+    return OneJob(spec_json, exit_when_done, targets, build_cluster_env() if targets else {})
 
 
 @app.command()

@@ -18,6 +18,7 @@ from tidal.config import ENV
 from tidal.core.errors import TidalError
 
 if TYPE_CHECKING:
+    from tidal.core.model_source import ModelModules
     from tidal.transport.settings import ServiceSettings
     from tidal.transport.tls import SecurityConfig
 
@@ -103,6 +104,28 @@ def build_service_settings(role: str, allow_plaintext: bool, shared_memory: str)
 
     security = build_security(role, allow_plaintext, server=True)
     try:
-        return ServiceSettings(security, shm.parse_setting(shared_memory))
+        return ServiceSettings(security, shm.parse_setting(shared_memory), build_model_modules())
     except TidalError as exc:
         raise _fail_setup(exc) from None
+
+
+def build_model_modules() -> ModelModules:
+    """The packages a job's model factory may come from: TIDAL_MODEL_MODULES (core/model_source.py)."""
+    from tidal.core.model_source import allowed_prefixes  # noqa: PLC0415
+
+    return allowed_prefixes(os.environ)
+
+
+def build_malloc_tuning() -> bool:
+    """Whether to raise glibc's malloc thresholds (transport/process.py): TIDAL_MALLOC_TUNING and
+    glibc's own MALLOC_* variables decide."""
+    from tidal.transport.process import malloc_tuning_wanted  # noqa: PLC0415
+
+    return malloc_tuning_wanted(os.environ)
+
+
+def build_cluster_env() -> dict[str, str]:
+    """The pod's Kubernetes variables (k8s_scale.CLUSTER_ENV), for a one-job coordinator's scale-down."""
+    from tidal.k8s_scale import CLUSTER_ENV  # noqa: PLC0415
+
+    return {name: os.environ[name] for name in CLUSTER_ENV if name in os.environ}

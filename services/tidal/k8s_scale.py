@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 import urllib.error
 import urllib.request
@@ -29,6 +28,9 @@ from tidal.core.errors import InvalidArgumentError, UnavailableError
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# The variables `ApiServer.in_cluster` reads: Kubernetes' own (the API server's address) and
+# where the service account is mounted. The CLI captures them at start (cli_common.py).
+CLUSTER_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", ENV["k8s_service_account_dir"])
 # What a target may name, and the API resource (group apps/v1) that each kind lives under.
 RESOURCES = {"statefulset": "statefulsets", "deployment": "deployments"}
 REQUEST_TIMEOUT_S = 10.0
@@ -74,7 +76,8 @@ class ApiServer:
     ca_file: Path | None
 
     @classmethod
-    def in_cluster(cls, env: Mapping[str, str] = os.environ) -> ApiServer:
+    def in_cluster(cls, env: Mapping[str, str]) -> ApiServer:
+        """From `env`, the pod's variables (CLUSTER_ENV) as the process's start read them."""
         host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "443")
         sa_dir = Path(env.get(ENV["k8s_service_account_dir"]) or SERVICE_ACCOUNT_DIR)
         if not host:

@@ -6,6 +6,10 @@ meta device by core/plan.py), or `{"error": CODE, "message": ...}` for a spec th
 planned (planner.EXIT_CODES gives the codes). `"restart": true` asks the parent for a fresh
 child: this one holds more than half its memory cap after the plan. Any other failure is a
 traceback on stderr and a non-zero exit.
+
+Its configuration is its environment, read once in `main` as a process's start reads it
+(cli_common.py): TIDAL_MODEL_MODULES, the packages a model factory may come from, which the
+coordinator hands down with the rest of its environment.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tidal.core.errors import TidalError
+from tidal.core.model_source import ModelModules, allowed_prefixes
 from tidal.core.plan import job_tensors
 from tidal.core.spec import parse_job_spec
 from tidal.planner import EXIT_CODES, layout_to_json
@@ -33,10 +38,10 @@ def _keep_stdout_for_the_result() -> TextIO:
     return result
 
 
-def plan(spec_json: bytes) -> dict[str, Any]:
+def plan(spec_json: bytes, model_modules: ModelModules) -> dict[str, Any]:
     """The answer to one spec."""
     try:
-        tensors = job_tensors(parse_job_spec(spec_json))
+        tensors = job_tensors(parse_job_spec(spec_json), model_modules=model_modules)
     except TidalError as exc:
         code = next((c for error, c in EXIT_CODES.items() if isinstance(exc, error)), None)
         if code is None:
@@ -55,12 +60,14 @@ def _address_space_bytes() -> int:
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
         sys.exit("usage: python -m tidal.planner_child MEMORY_BYTES < specs (one JSON per line)")
+    # The child's start: like the CLI, it reads its environment here, once.
+    model_modules = allowed_prefixes(os.environ)
     result = _keep_stdout_for_the_result()
     # After the imports (they are part of the budget): a build past the cap gets MemoryError.
     limit = int(argv[0])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     for line in sys.stdin.buffer:
-        answer = plan(line)
+        answer = plan(line, model_modules)
         gc.collect()
         if _address_space_bytes() > limit // 2:
             answer["restart"] = True

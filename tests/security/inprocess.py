@@ -22,18 +22,19 @@ from tidal.coordinator.control import Control
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.rest import create_app
 from tidal.coordinator.servicer import CoordinatorServicer
+from tidal.core import commands
+from tidal.core.job_records import Job
 from tidal.core.plan import job_dataset_info, job_model, job_shard_map
 from tidal.core.spec import parse_job_spec
-from tidal.shard.main import ShardNode, build_state
+from tidal.shard.convert import build_state
+from tidal.shard.main import ShardNode
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
-from tidal.transport import serde
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import CHANNEL_OPTIONS, add_health_and_reflection, create_server, set_health
 from tidal.transport.settings import ServiceSettings
 from tidal.transport.tls import SecurityConfig
-from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 from tidal.v1 import worker_pb2_grpc as worker_grpc
 from tidal.worker.main import WorkerNode
@@ -87,14 +88,8 @@ class InProcessCluster:
         spec = parse_job_spec(json.dumps(SPEC))
         model = job_model(spec, job_dataset_info(spec))
         shard_map = job_shard_map(spec, model)
-        assign = coord_pb.AssignShard(
-            job_id=JOB_ID,
-            spec_json=json.dumps(SPEC),
-            shard_index=0,
-            shard_map=serde.shard_map_to_proto(shard_map),
-            membership_epoch=EPOCH,
-            worker_ids=[WORKER_ID],
-        )
+        job = Job(JOB_ID, spec, shard_map, created_at=0.0, membership_epoch=EPOCH, worker_ids=[WORKER_ID])
+        assign = commands.AssignShard("shard", job, 0)
         self.shard_map = shard_map
         state = build_state(assign)
         self.runtime = ShardRuntime(JOB_ID, state, ShardMetrics(CollectorRegistry()).for_job(JOB_ID, "sync", 0))

@@ -42,10 +42,14 @@ SERVICES = Path(tls.__file__).resolve().parents[1]  # services/tidal
 
 # Where the environment may be read: the CLI builds the configuration there.
 READERS = {"cli_common.py"}
-# Readers outside this change's reach, each to be turned into a parameter: glibc's malloc
-# variables (transport/process.py), Kubernetes' own service variables (k8s_scale.py) and
-# TIDAL_MODEL_MODULES (core/model_source.py, read where a model is built).
-PENDING = {"transport/process.py", "k8s_scale.py", "core/model_source.py"}
+# Child processes' entry points, which read their own environment at start as the CLI does: the
+# planner child (started by the coordinator with its environment, not through the CLI) reads
+# TIDAL_MODEL_MODULES in `main` and passes it down to the plan.
+CHILD_STARTS = {"planner_child.py"}
+# Still to become a parameter: the shard's model build (shard/convert.py `build_state`) is not yet
+# handed ServiceSettings.model_modules, so core/plan.py `job_model` falls back to the process's
+# TIDAL_MODEL_MODULES (core/model_source.py `process_model_modules`) rather than stop checking.
+PENDING = {"core/model_source.py"}
 # The program's start may set a default for its children (GRPC_ENABLE_FORK_SUPPORT).
 WRITERS = {"__main__.py"}
 
@@ -94,6 +98,17 @@ def test_settings_are_frozen_and_checked() -> None:
         ServiceSettings(SecurityConfig(), "off")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="security: expected a SecurityConfig"):
         ServiceSettings(None, True)  # type: ignore[arg-type]
+    assert ServiceSettings(SecurityConfig(), False).model_modules is None  # unset: any module
+    with pytest.raises(InvalidArgumentError, match="model_modules: expected None or a tuple of str"):
+        ServiceSettings(SecurityConfig(), False, "pkg")  # type: ignore[arg-type]
+
+
+def test_the_cli_builds_the_model_modules_into_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in SECURITY_ENV.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(SECURITY_ENV["model_modules"], "mymodels, lab.nets")
+    settings = cli_common.build_service_settings("shard", allow_plaintext=True, shared_memory="off")
+    assert settings.model_modules == ("mymodels", "lab.nets")
 
 
 def _environment_uses(tree: ast.AST) -> tuple[int, int]:
@@ -123,7 +138,14 @@ def test_only_the_cli_reads_the_environment() -> None:
         reads, _ = _environment_uses(ast.parse(path.read_text(), str(path)))
         if reads:
             readers.add(str(path.relative_to(SERVICES)))
-    assert readers - PENDING - WRITERS == READERS
+    # Exact: a reader that stopped reading must leave these sets too.
+    assert readers - WRITERS == READERS | CHILD_STARTS | PENDING
+
+
+def test_the_planner_child_reads_its_environment_only_at_start() -> None:
+    tree = ast.parse((SERVICES / "planner_child.py").read_text())
+    readers = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and _environment_uses(f)[0]}
+    assert readers == {"main"}
 
 
 def test_the_scan_tells_a_read_from_a_hand_over() -> None:

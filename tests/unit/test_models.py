@@ -15,8 +15,10 @@ from torch import nn
 # isort: split
 import tidal.core.models as models_module
 from tidal.core.datasets import batch_indices, load_dataset, partition_indices
-from tidal.core.errors import InvalidArgumentError
+from tidal.core.errors import InvalidArgumentError, PermissionDeniedError
 from tidal.core.models import MODELS, build_model, count_parameters
+from tidal.core.plan import job_dataset_info, job_model
+from tidal.core.spec import parse_job_spec
 
 _FACTORY_MODULE = "tidal_test_user_models"
 
@@ -153,6 +155,27 @@ def test_import_path_factory(user_module: str) -> None:
     assert count_parameters(a) == 6 * 5 + 5 + 5 * 3 + 3
     wide = build_model(f"{user_module}:double", {}, (6,), 3, seed=4)
     assert all(p.dtype == torch.float32 for p in wide.parameters())
+
+
+def test_model_modules_is_passed_in_and_checked_before_the_import(user_module: str) -> None:
+    build_model(f"{user_module}:tiny", {}, (6,), 3, seed=0, model_modules=(user_module,))
+    build_model("mlp", {}, (6,), 3, seed=0, model_modules=())  # built-ins are always allowed
+    sys.modules.pop(user_module, None)
+    with pytest.raises(PermissionDeniedError, match=rf"module '{user_module}' is not in TIDAL_MODEL_MODULES"):
+        build_model(f"{user_module}:tiny", {}, (6,), 3, seed=0, model_modules=("elsewhere",))
+    assert user_module not in sys.modules  # refused before its top-level code ran
+
+
+def test_job_model_without_model_modules_keeps_the_processs_own(
+    user_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shard's build (shard/convert.py) passes none yet: its TIDAL_MODEL_MODULES still applies.
+    spec = parse_job_spec({"model": {"name": f"{user_module}:tiny"}, "dataset": {"name": "synthetic"}})
+    info = job_dataset_info(spec)
+    monkeypatch.setenv("TIDAL_MODEL_MODULES", "elsewhere")
+    with pytest.raises(PermissionDeniedError, match=r"^model\.name: module"):
+        job_model(spec, info)
+    job_model(spec, info, model_modules=(user_module,))  # passed down: the caller's settings decide
 
 
 @pytest.mark.parametrize(

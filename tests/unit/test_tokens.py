@@ -8,7 +8,7 @@ import pytest
 
 from tidal.core.authz import AuthRole
 from tidal.core.errors import InvalidArgumentError, PermissionDeniedError
-from tidal.core.model_source import check_model_module
+from tidal.core.model_source import allowed_prefixes, check_model_module
 from tidal.core.tokens import TokenTable, new_token
 
 A, W = "a" * 32, "w" * 40
@@ -61,8 +61,10 @@ def test_new_tokens_are_long_and_distinct() -> None:
 
 
 def test_model_modules_allow_list() -> None:
-    check_model_module("anything.at_all", {})  # unset: unrestricted (today's default)
-    env = {"TIDAL_MODEL_MODULES": "mymodels, lab.nets"}
+    assert allowed_prefixes({}) is None
+    check_model_module("anything.at_all", allowed_prefixes({}))  # unset: unrestricted (today's default)
+    env = allowed_prefixes({"TIDAL_MODEL_MODULES": "mymodels, lab.nets"})
+    assert env == ("mymodels", "lab.nets")
     check_model_module("mymodels", env)
     check_model_module("mymodels.vision", env)
     check_model_module("lab.nets.resnet", env)
@@ -70,4 +72,4 @@ def test_model_modules_allow_list() -> None:
         with pytest.raises(PermissionDeniedError, match=r"model\.name"):
             check_model_module(refused, env)
     with pytest.raises(PermissionDeniedError, match="allowed: none"):
-        check_model_module("mymodels", {"TIDAL_MODEL_MODULES": ""})
+        check_model_module("mymodels", allowed_prefixes({"TIDAL_MODEL_MODULES": ""}))

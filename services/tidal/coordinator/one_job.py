@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tidal.coordinator.control import Control
@@ -36,6 +37,8 @@ class OneJob:
     exit_when_done: bool = False
     # Kubernetes workloads to scale to 0 once the job ended and its members left.
     scale_down: list[ScaleTarget] = field(default_factory=list)
+    # The pod's Kubernetes variables (k8s_scale.CLUSTER_ENV), read at start, for the scale-down.
+    cluster_env: Mapping[str, str] = field(default_factory=dict)
 
 
 async def run_one_job(control: Control, one: OneJob, stop: asyncio.Event) -> int:
@@ -64,7 +67,7 @@ async def run_one_job(control: Control, one: OneJob, stop: asyncio.Event) -> int
         log.warning("members still connected after %.0fs: %s", MEMBERS_LEAVE_S, ", ".join(left_behind))
     if one.scale_down:
         try:
-            errors = await asyncio.to_thread(scale_down, ApiServer.in_cluster(), one.scale_down)
+            errors = await asyncio.to_thread(scale_down, ApiServer.in_cluster(one.cluster_env), one.scale_down)
         except TidalError as exc:
             errors = [str(exc)]
             log.exception("cannot scale down: %s", exc)

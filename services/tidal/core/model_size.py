@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tidal.core.errors import InvalidArgumentError, TidalError
+from tidal.core.model_source import ModelModules
 from tidal.core.models import MODELS, build_model
 
 MAX_MODEL_PARAMETERS = 1 << 28
@@ -118,7 +119,13 @@ class _Budget:
 
 
 def meta_model(
-    name: str, args: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int, seed: int
+    name: str,
+    args: Mapping[str, Any],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    *,
+    model_modules: ModelModules = None,
 ) -> nn.Module:
     """Model `name` with the shapes and dtypes `build_model` gives it, on the meta device
     (no parameter storage), refused with InvalidArgumentError if it passes a limit. Any
@@ -133,7 +140,7 @@ def meta_model(
     handle = nn.modules.module.register_module_parameter_registration_hook(budget)
     try:
         with torch.device("meta"):
-            model = build_model(name, args, input_shape, num_classes, seed)
+            model = build_model(name, args, input_shape, num_classes, seed, model_modules=model_modules)
     except TidalError:
         raise
     except Exception as exc:  # a user factory, or arguments no check above foresaw

@@ -7,6 +7,9 @@ TIDAL_MODEL_MODULES (comma-separated; a package allows its submodules). When it 
 any other module is refused; set but empty, only the built-in models are allowed (what the
 compose stack and the Kubernetes manifests set); unset, every importable module is allowed
 (local experiments; docs/security.md: set it on shared clusters).
+
+The variable is read once, where a process builds its configuration (cli_common.py, or the
+planner child's start), and the parsed `ModelModules` is passed down to whatever builds a model.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from tidal.core.errors import PermissionDeniedError
 
 ENV_MODEL_MODULES = SECURITY_ENV["model_modules"]
 
+# The allowed packages; None: unrestricted (the variable unset).
+ModelModules = tuple[str, ...] | None
 
-def allowed_prefixes(environ: Mapping[str, str]) -> tuple[str, ...] | None:
+
+def allowed_prefixes(environ: Mapping[str, str]) -> ModelModules:
     """The configured packages, or None when unrestricted."""
     value = environ.get(ENV_MODEL_MODULES)
     if value is None:
@@ -28,9 +34,15 @@ def allowed_prefixes(environ: Mapping[str, str]) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
-def check_model_module(module_name: str, environ: Mapping[str, str] = os.environ) -> None:
+def process_model_modules() -> ModelModules:
+    """This process's TIDAL_MODEL_MODULES. Transitional, for the one build not yet handed
+    ServiceSettings.model_modules: the shard's (shard/convert.py `build_state`, via core/plan.py
+    `job_model`); without it the shard would stop checking. Goes once the shard passes it down."""
+    return allowed_prefixes(os.environ)
+
+
+def check_model_module(module_name: str, prefixes: ModelModules) -> None:
     """Raises PermissionDeniedError unless `module_name` lies in an allowed package."""
-    prefixes = allowed_prefixes(environ)
     if prefixes is None:
         return
     if not any(module_name == p or module_name.startswith(f"{p}.") for p in prefixes):

@@ -18,7 +18,7 @@ from torch import nn
 
 from .climate.models import grid_forecaster, station_mlp
 from .errors import InvalidArgumentError
-from .model_source import check_model_module
+from .model_source import ModelModules, check_model_module
 
 __all__ = ["MODELS", "build_model", "count_parameters"]
 
@@ -97,7 +97,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _resolve_factory(name: str) -> Callable[..., nn.Module]:
+def _resolve_factory(name: str, model_modules: ModelModules) -> Callable[..., nn.Module]:
     if not isinstance(name, str) or not name:
         raise InvalidArgumentError(f"model.name must be a non-empty string, got {name!r}")
     if name in MODELS:
@@ -109,7 +109,7 @@ def _resolve_factory(name: str) -> Callable[..., nn.Module]:
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise InvalidArgumentError(f"model.name must look like 'package.module:factory', got {name!r}")
-    check_model_module(module_name)  # before the import: its top-level code would already run
+    check_model_module(module_name, model_modules)  # before the import: its top-level code would already run
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -141,9 +141,13 @@ def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     seed: int,
+    *,
+    model_modules: ModelModules = None,
 ) -> nn.Module:
-    """Build model ``name`` with ``args``; the same inputs give bit-identical parameters."""
-    factory = _resolve_factory(name)
+    """Build model ``name`` with ``args``; the same inputs give bit-identical parameters.
+    ``model_modules``: the packages a user factory may come from (core/model_source.py; None:
+    any), from the process's configuration."""
+    factory = _resolve_factory(name, model_modules)
     if not isinstance(args, Mapping):
         raise InvalidArgumentError(f"model.args must be a mapping, got {type(args).__name__}")
     _check_arg_keys(name, factory, args)

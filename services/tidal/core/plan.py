@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import enum
+
 import torch
 from torch import nn
 
 from tidal.core.datasets import Dataset, DatasetInfo, dataset_partition, describe_dataset, load_dataset
 from tidal.core.model_size import meta_model
+from tidal.core.model_source import ModelModules, process_model_modules
 from tidal.core.models import build_model
 from tidal.core.shard_map import ShardMap, TensorInfo, build_shard_map
 from tidal.core.spec import JobSpec
@@ -30,25 +33,42 @@ def job_dataset_info(spec: JobSpec) -> DatasetInfo:
     return describe_dataset(spec.dataset.name, spec.dataset.args, spec.seed)
 
 
-def job_model(spec: JobSpec, dataset: Dataset | DatasetInfo) -> nn.Module:
-    """The model with its initial parameters: the same bits in every process for a seed."""
-    return build_model(spec.model.name, spec.model.args, dataset.input_shape, dataset.num_classes, spec.seed)
+class _Default(enum.Enum):
+    # `job_model` without model_modules: the process's own variable (model_source.py, transitional).
+    FROM_ENVIRONMENT = enum.auto()
+
+
+def job_model(
+    spec: JobSpec,
+    dataset: Dataset | DatasetInfo,
+    *,
+    model_modules: ModelModules | _Default = _Default.FROM_ENVIRONMENT,
+) -> nn.Module:
+    """The model with its initial parameters: the same bits in every process for a seed.
+    `model_modules`: where a user factory may come from (core/model_source.py; None: anywhere);
+    callers that have ServiceSettings pass theirs."""
+    if model_modules is _Default.FROM_ENVIRONMENT:
+        model_modules = process_model_modules()
+    shape, classes = dataset.input_shape, dataset.num_classes
+    return build_model(spec.model.name, spec.model.args, shape, classes, spec.seed, model_modules=model_modules)
 
 
 def job_shard_map(spec: JobSpec, model: nn.Module) -> ShardMap:
     return build_shard_map(tensor_infos(list(model.named_parameters())), spec.num_shards)
 
 
-def job_tensors(spec: JobSpec) -> tuple[TensorInfo, ...]:
+def job_tensors(spec: JobSpec, *, model_modules: ModelModules = None) -> tuple[TensorInfo, ...]:
     """The names, shapes and dtypes of the job's parameters, from its model's shapes alone: the
     model is held to the size limits of core/model_size.py and built on the meta device, so
     nothing of its size is allocated (the coordinator's planner child, tidal/planner.py, runs
     this for every submitted job)."""
     info = job_dataset_info(spec)
-    model = meta_model(spec.model.name, spec.model.args, info.input_shape, info.num_classes, spec.seed)
+    model = meta_model(
+        spec.model.name, spec.model.args, info.input_shape, info.num_classes, spec.seed, model_modules=model_modules
+    )
     return tensor_infos(list(model.named_parameters()))
 
 
-def job_layout(spec: JobSpec) -> ShardMap:
+def job_layout(spec: JobSpec, *, model_modules: ModelModules = None) -> ShardMap:
     """The job's shard map, planned as the coordinator plans it (`job_tensors`)."""
-    return build_shard_map(job_tensors(spec), spec.num_shards)
+    return build_shard_map(job_tensors(spec, model_modules=model_modules), spec.num_shards)

@@ -1,13 +1,25 @@
-"""Domain -> proto for the shard's own service, in one place (the servicer adapts, this converts).
-
-Still elsewhere (shard/main.py): AssignShard -> ShardState (`build_state`) and the session
-messages the shard sends; they belong here too.
+"""Domain <-> proto for the shard, in one place (the servicer and the node adapt, this converts):
+its own service's answers, its assignment (`build_state`), the reports it sends the coordinator
+and the checkpoints it announces when it registers. The session's generic pair lives in
+transport/member_convert.py, shared with the worker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
+
+from tidal.core import commands, events
+from tidal.core.checkpoint import CheckpointRef
+from tidal.core.errors import TidalError
+from tidal.core.job_records import ShardProgress
+from tidal.core.plan import job_dataset_info, job_model
+from tidal.core.recovery import RecoveryLedger
+from tidal.core.shard_state import ShardState
 from tidal.shard.runtime import ShardRuntime
 from tidal.v1 import common_pb2 as common_pb
+from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import shard_pb2 as shard_pb
 
 
@@ -26,3 +38,44 @@ def shard_info_to_proto(runtime: ShardRuntime | None) -> shard_pb.GetShardInfoRe
         updates_rejected=state.counters.updates_rejected,
         membership_epoch=state.membership_epoch,
     )
+
+
+def build_state(assign: commands.AssignShard) -> ShardState:
+    """The shard's slice of the job's freshly initialised model."""
+    job = assign.job
+    model = job_model(job.spec, job_dataset_info(job.spec))
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    if flat.numel() != job.shard_map.total_elements:
+        raise TidalError(f"shard_map: covers {job.shard_map.total_elements} elements, the model has {flat.numel()}")
+    start, end = job.shard_map.ranges[assign.shard_index]
+    return ShardState(
+        job.spec,
+        assign.shard_index,
+        job.shard_map,
+        flat[start:end].clone(),
+        job.membership_epoch,
+        list(job.worker_ids),
+    )
+
+
+def progress_report(runtime: ShardRuntime, checkpoint_version: int, recovery: RecoveryLedger) -> events.Event:
+    """The shard's progress as the coordinator is told it."""
+    state = runtime.state
+    c = state.counters
+    progress = ShardProgress(
+        version=state.version,
+        updates_applied=c.updates_applied,
+        updates_rejected=c.updates_rejected,
+        staleness_sum=c.staleness.total,
+        staleness_count=c.staleness.count,
+        staleness_max=c.staleness.maximum,
+        updates_lost=recovery.updates_lost,
+        versions_lost=recovery.versions_lost,
+        checkpoint_version=checkpoint_version,
+        pushes_by_worker=dict(c.by_worker),
+    )
+    return events.ShardProgressReport(runtime.job_id, progress)
+
+
+def checkpoints_to_proto(refs: Iterable[CheckpointRef]) -> list[coord_pb.ShardCheckpoint]:
+    return [coord_pb.ShardCheckpoint(job_id=r.job_id, shard_index=r.shard_index, version=r.version) for r in refs]

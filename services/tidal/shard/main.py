@@ -1,34 +1,39 @@
-"""The parameter shard process: a gRPC server plus one loop over coordinator commands."""
+"""The parameter shard process: a gRPC server plus one loop over coordinator commands.
+
+The node's long-lived tasks (progress reporter, checkpoint schedule) are supervised
+(transport/supervise.py): a crash logs its traceback and ends the process with exit code 1,
+as a crash of the coordinator session does (transport/member.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-import torch
 from prometheus_client import CollectorRegistry
 
+from tidal.core import commands, events
 from tidal.core.checkpoint import CheckpointStore
 from tidal.core.errors import TidalError
 from tidal.core.faults import parse_checkpoint_fault
-from tidal.core.plan import job_dataset_info, job_model
 from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_snapshot import restore_shard
 from tidal.core.shard_state import ShardState
-from tidal.core.spec import parse_job_spec
 from tidal.shard.checkpointing import CheckpointMetrics, ShardCheckpointer
+from tidal.shard.convert import build_state, checkpoints_to_proto, progress_report
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
-from tidal.transport import serde
 from tidal.transport.member import MemberPorts, serve_member
+from tidal.transport.member_convert import command_from_proto, event_to_proto
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.transport.settings import ServiceSettings
-from tidal.transport.supervise import cancel_and_wait
+from tidal.transport.supervise import Supervisor, cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import shard_pb2
@@ -37,19 +42,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["ParameterShard"].full_name]
 # Progress reports are sent at most this often, in seconds, and once more after the last change.
 PROGRESS_INTERVAL_S = 0.1
-
-
-def build_state(assign: coord_pb.AssignShard) -> ShardState:
-    spec = parse_job_spec(assign.spec_json)
-    shard_map = serde.shard_map_from_proto(assign.shard_map)
-    model = job_model(spec, job_dataset_info(spec))
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    if flat.numel() != shard_map.total_elements:
-        raise TidalError(f"shard_map: covers {shard_map.total_elements} elements, the model has {flat.numel()}")
-    start, end = shard_map.ranges[assign.shard_index]
-    return ShardState(
-        spec, assign.shard_index, shard_map, flat[start:end].clone(), assign.membership_epoch, assign.worker_ids
-    )
 
 
 def restore_state(store: CheckpointStore, job_id: str, state: ShardState) -> RecoveryLedger:
@@ -95,6 +87,9 @@ class ShardNode:
         self._reporter: asyncio.Task[None] | None = None
         self._checkpointer: ShardCheckpointer | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
+        # Set when a supervised task of the node crashed: the process must stop (`serve_shard`).
+        self.crashed = asyncio.Event()
+        self.supervisor = Supervisor(self.crashed)
 
     def pushed(self) -> None:
         """A push was handled: checkpoint now if one is due (see ShardCheckpointer.poke)."""
@@ -116,47 +111,52 @@ class ShardNode:
             )
 
     async def on_command(self, msg: coord_pb.SessionResponse) -> None:
-        kind = msg.WhichOneof("kind")
-        if kind == "assign_shard":
-            await self._assign(msg.assign_shard)
-        elif kind == "membership_changed" and self.runtime and self.runtime.job_id == msg.membership_changed.job_id:
-            change = msg.membership_changed
-            await self.runtime.set_membership(change.membership_epoch, list(change.worker_ids))
-        elif kind == "release_job" and self.runtime and self.runtime.job_id == msg.release_job.job_id:
-            await self.release(msg.release_job.reason or "released")
+        command = command_from_proto(self.session.member_id, msg)
+        runtime = self.runtime
+        match command:
+            case commands.AssignShard():
+                await self._assign(command)
+            case commands.ChangeMembership() if runtime and runtime.job_id == command.job_id:
+                await runtime.set_membership(command.membership_epoch, list(command.worker_ids))
+            case commands.Release() if runtime and runtime.job_id == command.job_id:
+                await self.release(command.reason or "released")
 
-    async def _assign(self, assign: coord_pb.AssignShard) -> None:
+    async def _assign(self, assign: commands.AssignShard) -> None:
         if self.runtime is not None:
             await self.release("replaced by a new assignment")
+        job_id = assign.job.job_id
         try:
             state = await asyncio.to_thread(build_state, assign)
             recovery = RecoveryLedger()
             if assign.restore:
                 if self.store is None:
                     raise TidalError("restore: this shard was started without --checkpoint-dir")
-                recovery = await asyncio.to_thread(restore_state, self.store, assign.job_id, state)
+                recovery = await asyncio.to_thread(restore_state, self.store, job_id, state)
             checkpointer = None
             if self.store is not None and self.checkpoint_metrics is not None:
                 checkpointer = ShardCheckpointer(
-                    self.store, assign.job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery
+                    self.store, job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery
                 )
                 await checkpointer.write()  # version 0: a shard lost before its first interval restarts too
-            metrics = self.metrics.for_job(assign.job_id, state.spec.mode.value, assign.shard_index)
-            self.runtime = self.last_runtime = ShardRuntime(assign.job_id, state, metrics)
+            metrics = self.metrics.for_job(job_id, state.spec.mode.value, assign.shard_index)
+            self.runtime = self.last_runtime = ShardRuntime(job_id, state, metrics)
         except (TidalError, OSError) as exc:
             # An expected failure (bad spec, disk): its message says it all, no traceback.
-            log.exception("job %s: cannot set up shard %d: %s", assign.job_id, assign.shard_index, exc)
-            await self.session.send(
-                coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id=assign.job_id, message=str(exc)))
-            )
+            log.exception("job %s: cannot set up shard %d: %s", job_id, assign.shard_index, exc)
+            await self._send(events.TaskFailed(job_id, str(exc)))
             return
         self.recovery, self._checkpointer = recovery, checkpointer
         if checkpointer is not None:
-            self._checkpoint_task = asyncio.create_task(checkpointer.run())
-        log.info("job %s: shard %d holds %d elements", assign.job_id, assign.shard_index, self.runtime.state.numel)
-        ready = coord_pb.ShardReady(job_id=assign.job_id, version=state.version, checkpointing=checkpointer is not None)
-        await self.session.send(coord_pb.SessionRequest(shard_ready=ready))
-        self._reporter = asyncio.create_task(self._report_progress(self.runtime))
+            self._checkpoint_task = self.supervisor.spawn("shard checkpoint schedule", checkpointer.run())
+        log.info("job %s: shard %d holds %d elements", job_id, assign.shard_index, self.runtime.state.numel)
+        await self._send(events.ShardReady(job_id, state.version, checkpointing=checkpointer is not None))
+        self._start_reporter(self.runtime)
+
+    def _start_reporter(self, runtime: ShardRuntime) -> None:
+        self._reporter = self.supervisor.spawn("shard progress reporter", self._report_progress(runtime))
+
+    async def _send(self, event: events.Event) -> None:
+        await self.session.send(event_to_proto(event))
 
     async def release(self, reason: str | None = None) -> None:
         """Ends the job on this shard after a final checkpoint. Without a reason the process is
@@ -183,7 +183,7 @@ class ShardNode:
         elif self.runtime is not None:
             if self._reporter:
                 self._reporter.cancel()
-            self._reporter = asyncio.create_task(self._report_progress(self.runtime))
+            self._start_reporter(self.runtime)
 
     async def _report_progress(self, runtime: ShardRuntime) -> None:
         last: tuple[int, ...] = ()
@@ -199,24 +199,22 @@ class ShardNode:
                     labels = (runtime.job_id, str(state.shard_index))
                     self.checkpoint_metrics.updates_lost.labels(*labels).set(lost[0])
                     self.checkpoint_metrics.versions_lost.labels(*labels).set(lost[1])
-                await self.session.send(
-                    coord_pb.SessionRequest(
-                        shard_progress=coord_pb.ShardProgress(
-                            job_id=runtime.job_id,
-                            version=state.version,
-                            updates_applied=c.updates_applied,
-                            updates_rejected=c.updates_rejected,
-                            staleness_sum=c.staleness.total,
-                            staleness_count=c.staleness.count,
-                            staleness_max=c.staleness.maximum,
-                            updates_lost=lost[0],
-                            versions_lost=lost[1],
-                            checkpoint_version=checkpoint,
-                            pushes_by_worker=c.by_worker,
-                        )
-                    )
-                )
+                await self._send(progress_report(runtime, checkpoint, self.recovery))
             await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+
+async def serve_shard(member: Coroutine[Any, Any, int], node: ShardNode) -> int:
+    """Runs the member (`serve_member`) until it ends or a supervised task of `node` crashed.
+    A crash cancels it, which shuts it down the way a crashed session does (release, stop the
+    server, no goodbye), and the exit code is 1."""
+    serving = asyncio.create_task(member)
+    crashed = asyncio.create_task(node.crashed.wait())
+    try:
+        await asyncio.wait({serving, crashed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(serving, crashed)
+    code = 0 if serving.cancelled() else serving.result()
+    return 1 if node.supervisor.failed else code
 
 
 async def run_shard(
@@ -240,8 +238,7 @@ async def run_shard(
     store = CheckpointStore(checkpoint_dir, fault=fault) if checkpoint_dir else None
 
     def checkpoints() -> list[coord_pb.ShardCheckpoint]:
-        refs = store.scan() if store is not None else []
-        return [coord_pb.ShardCheckpoint(job_id=r.job_id, shard_index=r.shard_index, version=r.version) for r in refs]
+        return checkpoints_to_proto(store.scan() if store is not None else [])
 
     session = MemberSession(
         coordinator,
@@ -254,7 +251,8 @@ async def run_shard(
     node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry))
     add_to_server(ShardServicer(node, settings.shared_memory), server)
     ports = MemberPorts(host, bound_port, metrics_port)
-    return await serve_member(
+    member = serve_member(
         "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job,
         security=security,
     )  # fmt: skip
+    return await serve_shard(member, node)

@@ -56,8 +56,22 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
+# After refusing an unparsable request, how long what the client still sends is read and
+# dropped before the connection closes: closing with unread data makes the kernel reset the
+# connection, and the client then loses the answer (a lingering close, as web servers do).
+LINGER_S = 2.0
+
+
 class JsonErrorH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol whose own refusals of unparsable requests are JSON errors."""
+    """uvicorn's h11 protocol whose own refusals of unparsable requests are JSON errors,
+    closed only after a lingering read."""
+
+    _lingering = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a refused request: dropped
+        super().data_received(data)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn calls this inside its `except h11.RemoteProtocolError`, so the error is the
@@ -78,7 +92,10 @@ class JsonErrorH11Protocol(H11Protocol):
         for event in (h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body)):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
-        self.transport.close()
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

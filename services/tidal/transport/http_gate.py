@@ -16,6 +16,9 @@ Every refusal is the JSON error shape of transport/http_errors.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
@@ -27,6 +30,10 @@ from tidal.transport.http_errors import headers_for, http_error_for, send_error
 from tidal.transport.tls import SecurityConfig
 
 MAX_BODY_BYTES = 1024 * 1024
+# After refusing a request, how long and how much of the rest of its body is read and dropped
+# before the connection may close.
+LINGER_S = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 def checked_body_limit(max_body_bytes: int) -> int:
@@ -62,14 +69,17 @@ class RequestGate:
             except (UnauthenticatedError, PermissionDeniedError) as exc:
                 status, code = http_error_for(exc)
                 await send_error(send, status, code, str(exc), headers_for(status).items())
+                await _discard_the_rest(receive)
                 return
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._too_large(send)
+            await _discard_the_rest(receive)
             return
         first = await self._read_body(receive)
         if first is None:
             await self._too_large(send)
+            await _discard_the_rest(receive)
             return
         await self.app(scope, _replay(first, receive), send)
 
@@ -102,6 +112,20 @@ class RequestGate:
     async def _too_large(self, send: Send) -> None:
         message = f"body: larger than this server's limit of {self.max_body_bytes} bytes"
         await send_error(send, 413, "RESOURCE_EXHAUSTED", message)
+
+
+async def _discard_the_rest(receive: Receive) -> None:
+    """Reads and drops what is left of a refused request's body, for a while. Closing a
+    connection with unread data in it makes the kernel reset it, and the client then loses the
+    answer it was sent (a lingering close, as web servers do); nothing read is kept."""
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_S):
+            while dropped <= LINGER_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                dropped += len(message.get("body", b""))
 
 
 def _replay(first: Message, receive: Receive) -> Receive:

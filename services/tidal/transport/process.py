@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,16 @@ def setup_logging(role: str, level: str = "INFO") -> None:
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
 
 
-def tune_malloc() -> bool:
-    """Applies the malloc thresholds above unless the variable `TIDAL_MALLOC_TUNING` is 0 or
-    the environment already sets glibc's own; returns whether they are in force."""
-    if os.environ.get(ENV["malloc_tuning"], "1") == "0" or any(k in os.environ for k in MALLOC_ENV):
+def malloc_tuning_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether to tune: not when `TIDAL_MALLOC_TUNING` is 0, nor when the environment already
+    sets glibc's own variables (glibc read them at start; they win)."""
+    return environ.get(ENV["malloc_tuning"], "1") != "0" and not any(k in environ for k in MALLOC_ENV)
+
+
+def tune_malloc(wanted: bool) -> bool:
+    """Applies the malloc thresholds above if `wanted` (`malloc_tuning_wanted`, decided where the
+    process builds its configuration, cli_common.py); returns whether they are in force."""
+    if not wanted:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidal.core.errors import InvalidArgumentError
+from tidal.core.model_source import ModelModules
 from tidal.transport.tls import SecurityConfig
 
 
@@ -16,9 +17,15 @@ class ServiceSettings:
     security: SecurityConfig
     # Offer (worker) or accept (shard) shared memory with a peer on the same host (transport/shm.py).
     shared_memory: bool
+    # The packages a job's model factory may come from (TIDAL_MODEL_MODULES, core/model_source.py);
+    # None: any. Shards and workers import the factory when they build the job's model.
+    model_modules: ModelModules = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.security, SecurityConfig):
             raise InvalidArgumentError(f"security: expected a SecurityConfig, got {type(self.security).__name__}")
         if not isinstance(self.shared_memory, bool):
             raise InvalidArgumentError(f"shared_memory: expected a bool, got {self.shared_memory!r}")
+        modules = self.model_modules
+        if modules is not None and not (isinstance(modules, tuple) and all(isinstance(m, str) for m in modules)):
+            raise InvalidArgumentError(f"model_modules: expected None or a tuple of str, got {modules!r}")

@@ -78,7 +78,7 @@ class TrainingRun:
         # A partitioned data set (climate) loads only this worker's part.
         slot = data_slot(assignment.worker_id, assignment.rank, assignment.world_size, assignment.worker_ids)
         self.dataset: Dataset = job_dataset(spec, *slot)
-        self.flat = FlatModel(job_model(spec, self.dataset))
+        self.flat = FlatModel(job_model(spec, self.dataset, model_modules=settings.model_modules))
         self.epoch = assignment.membership_epoch
         self.worker_ids = assignment.worker_ids
         self.partition = self._partition()

@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from tidal.core import commands, events
 from tidal.core.errors import TidalError
-from tidal.core.spec import parse_job_spec
 from tidal.core.training import EvalResult
-from tidal.transport import serde
 from tidal.transport.member import MemberPorts, serve_member
+from tidal.transport.member_convert import command_from_proto, event_to_proto
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
@@ -26,25 +26,12 @@ from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import worker_pb2 as worker_pb
 from tidal.v1 import worker_pb2_grpc as worker_grpc
-from tidal.worker.loop import Assignment, StepReport, TrainingRun
+from tidal.worker.convert import assignment_from_command, progress_to_proto, worker_info_to_proto
+from tidal.worker.loop import StepReport, TrainingRun
 from tidal.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [worker_pb.DESCRIPTOR.services_by_name["Worker"].full_name]
-
-
-def assignment_from_proto(member_id: str, msg: coord_pb.AssignWorker) -> Assignment:
-    return Assignment(
-        job_id=msg.job_id,
-        worker_id=member_id,
-        spec=parse_job_spec(msg.spec_json),
-        rank=msg.rank,
-        world_size=msg.world_size,
-        membership_epoch=msg.membership_epoch,
-        shard_map=serde.shard_map_from_proto(msg.shard_map),
-        shard_addresses=list(msg.shard_addresses),
-        worker_ids=tuple(msg.worker_ids),
-    )
 
 
 class WorkerNode(worker_grpc.WorkerServicer):
@@ -60,41 +47,34 @@ class WorkerNode(worker_grpc.WorkerServicer):
         self.run: TrainingRun | None = None
         self._task: asyncio.Task[None] | None = None
         # The latest membership change of the job being set up, applied once its run exists.
-        self._membership: coord_pb.MembershipChanged | None = None
+        self._membership: commands.ChangeMembership | None = None
         # The worker_finished report of the current job, sent again after a session resumes.
-        self._finished: coord_pb.SessionRequest | None = None
+        self._finished: events.WorkerFinished | None = None
 
     async def GetWorkerInfo(
         self, request: worker_pb.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb.GetWorkerInfoResponse:
-        run = self.run
-        return worker_pb.GetWorkerInfoResponse(
-            member_id=self.session.member_id,
-            job_id=run.a.job_id if run else "",
-            rank=run.a.rank if run else 0,
-            step=run.step if run else 0,
-            param_version=max(run.version, 0) if run else 0,
-            slowdown=self.slowdown,
-        )
+        return worker_info_to_proto(self.session.member_id, self.run, self.slowdown)
 
     async def on_command(self, msg: coord_pb.SessionResponse) -> None:
-        kind = msg.WhichOneof("kind")
-        if kind == "assign_worker":
-            await self.release()
-            assign = msg.assign_worker
-            self._task = asyncio.create_task(self._guard(assign.job_id, lambda: self._train(assign)))
-        elif kind == "membership_changed":
-            self._membership = msg.membership_changed
-            self._apply_membership()
-        elif kind == "shard_moved" and self.run and self.run.a.job_id == msg.shard_moved.job_id:
-            log.info("job %s: shard %d restored at %s", msg.shard_moved.job_id, msg.shard_moved.shard_index,
-                     msg.shard_moved.address)  # fmt: skip
-            self.run.shard_moved(msg.shard_moved.shard_index, msg.shard_moved.address)
-        elif kind == "evaluate" and self.run and self.run.a.job_id == msg.evaluate.job_id:
-            run, final = self.run, msg.evaluate.final
-            self._task = asyncio.create_task(self._guard(msg.evaluate.job_id, lambda: self._evaluate(run, final)))
-        elif kind == "release_job" and self.run and self.run.a.job_id == msg.release_job.job_id:
-            await self.release()
+        command = command_from_proto(self.session.member_id, msg)
+        run = self.run
+        match command:
+            case commands.AssignWorker():
+                await self.release()
+                assign = command
+                self._task = asyncio.create_task(self._guard(assign.job.job_id, lambda: self._train(assign)))
+            case commands.ChangeMembership():
+                self._membership = command
+                self._apply_membership()
+            case commands.MoveShard() if run and run.a.job_id == command.job_id:
+                log.info("job %s: shard %d restored at %s", command.job_id, command.shard_index, command.shard_address)
+                run.shard_moved(command.shard_index, command.shard_address)
+            case commands.Evaluate() if run and run.a.job_id == command.job_id:
+                final = command.final
+                self._task = asyncio.create_task(self._guard(command.job_id, lambda: self._evaluate(run, final)))
+            case commands.Release() if run and run.a.job_id == command.job_id:
+                await self.release()
 
     def _apply_membership(self) -> None:
         change, run = self._membership, self.run
@@ -111,7 +91,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
             log.warning("dropped from its job while away from the coordinator; stopping it")
             await self.release()
         elif self._finished is not None:
-            await self._send(self._finished)
+            await self._send(event_to_proto(self._finished))
 
     async def release(self) -> None:
         # Waited for: a job's work still unwinding must not overlap the next assignment.
@@ -138,57 +118,37 @@ class WorkerNode(worker_grpc.WorkerServicer):
             if self.session.member_id != member_id:
                 log.warning("job %s: not reported, %s was dropped from the job", job_id, member_id)
                 return
-            await self._send(coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id=job_id, message=str(exc))))
+            await self._send(event_to_proto(events.TaskFailed(job_id, str(exc))))
 
-    async def _train(self, assign: coord_pb.AssignWorker) -> None:
-        assignment = assignment_from_proto(self.session.member_id, assign)
-        metrics = self.metrics.for_job(assign.job_id, assignment.spec.mode.value, self.session.member_id)
+    async def _train(self, assign: commands.AssignWorker) -> None:
+        assignment = assignment_from_command(assign)
+        job_id = assignment.job_id
+        metrics = self.metrics.for_job(job_id, assignment.spec.mode.value, self.session.member_id)
         self.metrics.slowdown.labels(self.session.member_id).set(self.slowdown)
         self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown, metrics, self.settings)
         self._apply_membership()  # a change that arrived while the run was being built
         log.info(
             "job %s: rank %d of %d, %d training samples",
-            assign.job_id,
-            assign.rank,
-            assign.world_size,
+            job_id,
+            assignment.rank,
+            assignment.world_size,
             len(run.partition),
         )
 
         async def report(r: StepReport) -> None:
-            await self._send(
-                coord_pb.SessionRequest(
-                    worker_progress=coord_pb.WorkerProgress(
-                        job_id=assign.job_id,
-                        step=r.step,
-                        samples=r.samples,
-                        loss=r.loss,
-                        step_time_s=r.step_time_s,
-                        param_version=r.param_version,
-                        pushes=run.pushes,
-                    )
-                )
-            )
+            progress = events.WorkerProgressReport(job_id, r.step, r.samples, r.loss, r.step_time_s, run.pushes)
+            await self._send(progress_to_proto(progress, r.param_version))
 
-        await run.train(report, lambda version, result: self._report_eval(assign.job_id, version, result, False))
-        self._finished = coord_pb.SessionRequest(
-            worker_finished=coord_pb.WorkerFinished(
-                job_id=assign.job_id, steps=run.step, samples=run.samples, pushes=run.pushes
-            )
-        )
-        await self._send(self._finished)
+        await run.train(report, lambda version, result: self._report_eval(job_id, version, result, False))
+        self._finished = events.WorkerFinished(job_id, run.step, run.samples, run.pushes)
+        await self._send(event_to_proto(self._finished))
 
     async def _evaluate(self, run: TrainingRun, final: bool) -> None:
         version, result = await run.evaluate_latest()
         await self._report_eval(run.a.job_id, version, result, final)
 
     async def _report_eval(self, job_id: str, version: int, result: EvalResult, final: bool) -> None:
-        await self._send(
-            coord_pb.SessionRequest(
-                eval_report=coord_pb.EvalReport(
-                    job_id=job_id, version=version, val_loss=result.loss, val_accuracy=result.accuracy, final=final
-                )
-            )
-        )
+        await self._send(event_to_proto(events.EvalReport(job_id, version, result.loss, result.accuracy, final)))
 
     async def _send(self, msg: coord_pb.SessionRequest) -> None:
         await self.session.send(msg)
