@@ -22,13 +22,15 @@ import time
 import torch
 
 from bench.procs import read_window
+from tidal.core.commands import AssignWorker
 from tidal.core.compression import params_wire_dtype
+from tidal.transport.member_convert import command_from_proto
 from tidal.transport.session import MemberSession
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.worker.convert import assignment_from_command
 from tidal.worker.links import ShardLink
-from tidal.worker.main import assignment_from_proto
 
 # A gradient small enough that SGD never drives the parameters anywhere odd.
 GRAD_SCALE = 1e-6
@@ -41,7 +43,7 @@ class _Member:
 
     def __init__(self, coordinator: str) -> None:
         self.session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="bench-driver")
-        self.assigned: asyncio.Future[coord_pb.AssignWorker] = asyncio.get_running_loop().create_future()
+        self.assigned: asyncio.Future[coord_pb.SessionResponse] = asyncio.get_running_loop().create_future()
         self.released = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -53,7 +55,7 @@ class _Member:
     async def _on_command(self, msg: coord_pb.SessionResponse) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "assign_worker" and not self.assigned.done():
-            self.assigned.set_result(msg.assign_worker)
+            self.assigned.set_result(msg)
         elif kind == "release_job":
             self.released.set()
 
@@ -66,7 +68,9 @@ class _Member:
 async def drive(args: argparse.Namespace) -> None:
     member = _Member(args.coordinator)
     assigned = await member.start(args.timeout)
-    a = assignment_from_proto(member.session.member_id, assigned)
+    command = command_from_proto(member.session.member_id, assigned)
+    assert isinstance(command, AssignWorker), command
+    a = assignment_from_command(command)
     total = a.shard_map.total_elements
     params = torch.zeros(total)
     grads = torch.randn(total, generator=torch.Generator().manual_seed(a.rank)) * GRAD_SCALE
