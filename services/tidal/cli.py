@@ -77,7 +77,7 @@ def _process_setup(role: str, log_level: str) -> None:
 
 
 def _coordinator_setup(log_level: str, allow_plaintext: bool) -> SecurityConfig:
-    # No torch here: the coordinator plans jobs in a child process (tidal/planner.py).
+    # No torch here: the coordinator plans jobs from the layout its workers announce.
     security = build_security("coordinator", allow_plaintext, server=True)
     _process_setup("coordinator", log_level)
     return security

@@ -42,14 +42,6 @@ SERVICES = Path(tls.__file__).resolve().parents[1]  # services/tidal
 
 # Where the environment may be read: the CLI builds the configuration there.
 READERS = {"cli_common.py"}
-# Child processes' entry points, which read their own environment at start as the CLI does: the
-# planner child (started by the coordinator with its environment, not through the CLI) reads
-# TIDAL_MODEL_MODULES in `main` and passes it down to the plan.
-CHILD_STARTS = {"planner_child.py"}
-# Still to become a parameter: the shard's model build (shard/convert.py `build_state`) is not yet
-# handed ServiceSettings.model_modules, so core/plan.py `job_model` falls back to the process's
-# TIDAL_MODEL_MODULES (core/model_source.py `process_model_modules`) rather than stop checking.
-PENDING = {"core/model_source.py"}
 # The program's start may set a default for its children (GRPC_ENABLE_FORK_SUPPORT).
 WRITERS = {"__main__.py"}
 
@@ -139,13 +131,7 @@ def test_only_the_cli_reads_the_environment() -> None:
         if reads:
             readers.add(str(path.relative_to(SERVICES)))
     # Exact: a reader that stopped reading must leave these sets too.
-    assert readers - WRITERS == READERS | CHILD_STARTS | PENDING
-
-
-def test_the_planner_child_reads_its_environment_only_at_start() -> None:
-    tree = ast.parse((SERVICES / "planner_child.py").read_text())
-    readers = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and _environment_uses(f)[0]}
-    assert readers == {"main"}
+    assert readers - WRITERS == READERS
 
 
 def test_the_scan_tells_a_read_from_a_hand_over() -> None:

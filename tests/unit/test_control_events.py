@@ -18,11 +18,21 @@ from prometheus_client import CollectorRegistry
 
 from tidal.coordinator.control import Control, Outbox
 from tidal.coordinator.metrics import CoordinatorCounters
-from tidal.core.commands import AssignShard, AssignWorker, ChangeMembership, Command, Evaluate, MoveShard, Release
+from tidal.core.commands import (
+    AssignShard,
+    AssignWorker,
+    ChangeMembership,
+    Command,
+    Evaluate,
+    MoveShard,
+    PrepareWorker,
+    Release,
+)
 from tidal.core.events import (
     EvalReport,
     Goodbye,
     Heartbeat,
+    LayoutReport,
     ShardProgressReport,
     ShardReady,
     TaskFailed,
@@ -30,7 +40,9 @@ from tidal.core.events import (
     WorkerProgressReport,
 )
 from tidal.core.job_records import Job, JobState, ShardProgress
+from tidal.core.layout import Layout
 from tidal.core.membership import MemberState, Role
+from tidal.core.shard_map import TensorInfo
 
 SPEC = {"name": "events", "mode": "sync", "num_workers": 1, "num_shards": 1, "steps": 5}
 
@@ -69,9 +81,22 @@ async def cluster(shards: int = 1, workers: int = 1) -> Cluster:
     return c
 
 
-async def running_job(c: Cluster, **spec: Any) -> Job:
-    """Submits a job and reports its shards ready: its workers are assigned."""
+# What the workers report of the model they built.
+LAYOUT = Layout((TensorInfo("w", (8,), "float32"),), "0" * 32)
+
+
+async def prepared_job(c: Cluster, **spec: Any) -> Job:
+    """Submits a job and lets its workers report their layout: its shards are assigned."""
     job = await c.control.submit(json.dumps({**SPEC, **spec}))
+    for worker in list(job.worker_ids):
+        await c.control.handle(worker, LayoutReport(job.job_id, LAYOUT))
+    return job
+
+
+async def running_job(c: Cluster, **spec: Any) -> Job:
+    """Submits a job, lets its workers report their layout and reports its shards ready: its
+    workers are assigned."""
+    job = await prepared_job(c, **spec)
     for shard in c.shards:
         await c.control.handle(shard, ShardReady(job.job_id, 0, checkpointing=False))
     return job
@@ -82,11 +107,15 @@ def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 # --- assignment ----------------------------------------------------------------------------
-def test_a_job_assigns_its_shards_then_its_workers_with_the_shards_addresses() -> None:
+def test_a_job_prepares_its_workers_then_assigns_its_shards_then_its_workers() -> None:
     async def go() -> None:
         c = await cluster()
         (shard,), (worker,) = c.shards, c.workers
         job = await c.control.submit(json.dumps(SPEC))
+        (prepare,) = c.sent(worker)
+        assert isinstance(prepare, PrepareWorker) and prepare.job.shard_map is None
+        assert c.sent(shard) == []  # the shards wait for the workers' layout
+        await c.control.handle(worker, LayoutReport(job.job_id, LAYOUT))
         (assign,) = c.sent(shard)
         assert isinstance(assign, AssignShard)
         assert (assign.member_id, assign.job.job_id, assign.shard_index) == (shard, job.job_id, 0)
@@ -106,7 +135,7 @@ def test_a_queued_command_says_what_was_true_when_it_was_delivered() -> None:
     async def go() -> None:
         c = await cluster(shards=1, workers=2)
         (shard,), (w0, w1) = c.shards, c.workers
-        job = await c.control.submit(json.dumps({**SPEC, "num_workers": 2}))
+        job = await prepared_job(c, num_workers=2)
         # The shard's stream has not sent its assignment yet when a worker leaves.
         await c.control.handle(w1, Goodbye("scaled down"))
         assign, change = c.sent(shard)

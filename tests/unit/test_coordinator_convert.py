@@ -12,8 +12,12 @@ import pytest
 from tests.unit.test_jobs import make_cluster, make_spec, start, submit
 from tidal.coordinator import convert
 from tidal.core import commands, events
+from tidal.core.errors import InvalidArgumentError
 from tidal.core.job_records import JobState, ShardProgress
+from tidal.core.layout import Layout
+from tidal.core.shard_map import TensorInfo
 from tidal.transport.serde import shard_map_from_proto
+from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
 REPORTS = [
@@ -63,7 +67,25 @@ REPORTS = [
         coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id="j", message="boom")),
         events.TaskFailed("j", "boom"),
     ),
+    (
+        coord_pb.SessionRequest(
+            layout_report=coord_pb.LayoutReport(
+                job_id="j",
+                tensors=[common_pb.TensorSpec(name="fc.weight", shape=[3, 4], dtype=common_pb.DTYPE_FLOAT32)],
+                init_digest="ab" * 16,
+            )
+        ),
+        events.LayoutReport("j", Layout((TensorInfo("fc.weight", (3, 4), "float32"),), "ab" * 16)),
+    ),
 ]
+
+
+def test_a_layout_with_a_bad_tensor_is_refused_naming_it() -> None:
+    bad = coord_pb.SessionRequest(
+        layout_report=coord_pb.LayoutReport(job_id="j", tensors=[common_pb.TensorSpec(name="w", shape=[-1])])
+    )
+    with pytest.raises(InvalidArgumentError, match=r"layout_report\.tensors\[0\]\.shape"):
+        convert.event_from_proto(bad)
 
 
 @pytest.mark.parametrize(("msg", "event"), REPORTS, ids=[m.WhichOneof("kind") for m, _ in REPORTS])
@@ -91,6 +113,7 @@ def test_every_command_becomes_its_session_message() -> None:
     shard, worker = job.shard_ids[0], job.worker_ids[0]
     sent = {
         "assign_shard": commands.AssignShard(shard, job, 0, restore=True),
+        "prepare_worker": commands.PrepareWorker(worker, job, 0),
         "assign_worker": commands.AssignWorker(worker, job, 0, shard_addresses=("10.0.0.1:7001",)),
         "membership_changed": commands.ChangeMembership(shard, job.job_id, 4, (worker,)),
         "shard_moved": commands.MoveShard(worker, job.job_id, 0, shard, 6, shard_address="10.0.0.9:7000"),
@@ -106,6 +129,8 @@ def test_every_command_becomes_its_session_message() -> None:
     assert json.loads(shard_msg.spec_json) == json.loads(job.spec.to_json())
     assert shard_map_from_proto(shard_msg.shard_map) == job.shard_map
     assert (shard_msg.membership_epoch, list(shard_msg.worker_ids)) == (job.membership_epoch, [worker])
+    prepare = msgs["prepare_worker"].prepare_worker
+    assert (prepare.job_id, prepare.rank, prepare.world_size, list(prepare.worker_ids)) == (job.job_id, 0, 1, [worker])
     worker_msg = msgs["assign_worker"].assign_worker
     assert (worker_msg.world_size, list(worker_msg.shard_addresses)) == (1, ["10.0.0.1:7001"])
     assert (msgs["shard_moved"].shard_moved.address, msgs["shard_moved"].shard_moved.version) == ("10.0.0.9:7000", 6)

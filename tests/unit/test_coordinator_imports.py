@@ -1,6 +1,6 @@
 """The coordinator runs without torch (~270 MB resident alone): it holds shard maps with dtype
-names and plans jobs in a child process (tidal/planner.py). Checked in a fresh interpreter,
-since this one has imported torch long ago."""
+names and plans jobs from the layouts its workers announce (core/layout.py). Checked in a fresh
+interpreter, since this one has imported torch long ago."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_importing_the_coordinator_loads_no_torch() -> None:
 
 
 def test_the_torch_free_domain_modules_load_no_torch() -> None:
-    for module in ("tidal.core.shard_map", "tidal.core.snapshot", "tidal.core.job_records", "tidal.planner"):
+    for module in ("tidal.core.shard_map", "tidal.core.snapshot", "tidal.core.job_records", "tidal.core.layout"):
         assert _torch_modules_after_importing(module) == "[]", module
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # isort: split
-from tests.unit.test_jobs import make_cluster, start, submit
+from tests.unit.test_jobs import LAYOUT, make_cluster, start, submit
 from tidal.coordinator.store import FILE_NAME, Changes, StateStore
 from tidal.core import snapshot
 from tidal.core.errors import DataLossError
@@ -36,7 +36,8 @@ def test_a_job_survives_the_round_trip_through_json() -> None:
     _, job = busy_cluster()
     text = snapshot.dumps(snapshot.job_to_dict(job))
     back = snapshot.job_from_dict(snapshot.loads(text, "job"))
-    assert back.spec == job.spec and back.shard_map == job.shard_map
+    assert back.spec == job.spec and back.shard_map == job.shard_map and back.layout == job.layout
+    assert back.layout_from == job.layout_from
     assert (back.state, back.membership_epoch, back.worker_ids, back.next_rank) == (
         job.state,
         job.membership_epoch,
@@ -112,7 +113,7 @@ def test_a_fresh_coordinator_adopts_the_saved_jobs_and_members(tmp_path: Path) -
     assert adopted.state is JobState.RUNNING and adopted.worker_ids == job.worker_ids
     # Ids continue after the adopted ones, never colliding with them.
     assert membership.register(Role.WORKER, "", "", 51.0).member_id.startswith(f"worker-{len(membership.all()) - 1}-")
-    assert jobs.submit(job.spec, job.shard_map, 52.0).job_id == "job-2"
+    assert jobs.submit(job.spec, 52.0).job_id == "job-2"
     # A survivor resumes its id; the job keeps going when the failed one is gone for good.
     survivor = job.worker_ids[0]
     assert membership.rejoin(survivor, Role.WORKER, "", 53.0) is not None
@@ -153,3 +154,18 @@ def test_a_state_file_of_another_schema_is_refused(tmp_path: Path) -> None:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
     with pytest.raises(DataLossError, match="schema 99"):
         StateStore(tmp_path)
+
+
+def test_a_job_saved_while_its_workers_prepare_keeps_what_they_reported() -> None:
+    cluster = make_cluster(shards=1, workers=2)
+    job = submit(cluster, parse_job_spec({"num_workers": 2, "num_shards": 1, "steps": 5}))
+    cluster.jobs.schedule(2.0)
+    cluster.jobs.layout_report(job.worker_ids[0], job.job_id, LAYOUT, 2.5)
+    back = snapshot.job_from_dict(snapshot.loads(snapshot.dumps(snapshot.job_to_dict(job)), "job"))
+    assert back.shard_map is None and back.preparing
+    assert back.layout == LAYOUT and back.layout_from == {job.worker_ids[0]}
+    # The other worker's report, to the adopted job, plans it.
+    jobs = JobManager(cluster.membership)
+    jobs.restore([back])
+    commands = jobs.layout_report(job.worker_ids[1], job.job_id, LAYOUT, 3.0)
+    assert back.shard_map is not None and len(commands) == 1

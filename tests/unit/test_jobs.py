@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 # isort: split
-from tidal.core.commands import AssignShard, AssignWorker, Evaluate, Release
+from tidal.core.commands import AssignShard, AssignWorker, Evaluate, PrepareWorker, Release
 from tidal.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -19,6 +19,7 @@ from tidal.core.errors import (
 )
 from tidal.core.job_records import Job, JobState, ShardProgress
 from tidal.core.jobs import JobManager
+from tidal.core.layout import Layout
 from tidal.core.membership import Membership, MemberState, Role
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.core.spec import JobSpec, parse_job_spec
@@ -55,16 +56,27 @@ def make_spec(workers: int = 2, shards: int = 2, steps: int = 5, name: str = "jo
     return parse_job_spec({"name": name, "num_workers": workers, "num_shards": shards, "steps": steps, "mode": mode})
 
 
+# What every worker reports of the model it built (core/layout.py).
+LAYOUT = Layout((TensorInfo("w", (32,), "float32"),), "0" * 32)
+
+
 def submit(cluster: Cluster, spec: JobSpec | None = None, now: float = 1.0) -> Job:
-    spec = spec or make_spec()
-    shard_map = build_shard_map([TensorInfo("w", (32,), "float32")], spec.num_shards)
-    return cluster.jobs.submit(spec, shard_map, now)
+    return cluster.jobs.submit(spec or make_spec(), now)
+
+
+def prepare(cluster: Cluster, job: Job, layout: Layout = LAYOUT, now: float = 2.0) -> list[object]:
+    """Every worker of `job` reports the layout of the model it built."""
+    commands: list[object] = []
+    for worker_id in list(job.worker_ids):
+        commands += cluster.jobs.layout_report(worker_id, job.job_id, layout, now)
+    return commands
 
 
 def start(cluster: Cluster, job: Job, now: float = 2.0) -> None:
-    """Schedules `job` and reports every shard ready."""
+    """Schedules `job`, lets its workers report their layout and reports every shard ready."""
     cluster.jobs.schedule(now)
     assert job.state is JobState.RUNNING
+    prepare(cluster, job, now=now)
     for shard_id in job.shard_ids:
         cluster.jobs.shard_ready(shard_id, job.job_id)
 
@@ -122,11 +134,21 @@ def test_busy_members_do_not_count_as_idle() -> None:
     assert second.state is JobState.PENDING
 
 
-def test_schedule_assigns_one_shard_command_per_shard_in_index_order() -> None:
+def test_schedule_asks_the_workers_to_prepare_and_their_layout_plans_the_shards() -> None:
     cluster = make_cluster(shards=4, workers=3)
     job = submit(cluster, make_spec(workers=2, shards=3))
     epoch = cluster.membership.epoch
-    commands = cluster.jobs.schedule(2.0)
+    prepares = cluster.jobs.schedule(2.0)
+    # The coordinator builds no model: the workers build it and say what it holds.
+    assert [(type(c), c.member_id, c.rank) for c in prepares] == [
+        (PrepareWorker, w, r) for r, w in enumerate(job.worker_ids)
+    ]
+    assert job.shard_map is None and job.preparing and not job.accepts_workers
+    assert cluster.jobs.layout_report(job.worker_ids[0], job.job_id, LAYOUT, 2.5) == []
+    # A repeated report (after a session resumed) changes nothing.
+    assert cluster.jobs.layout_report(job.worker_ids[0], job.job_id, LAYOUT, 2.6) == []
+    commands = cluster.jobs.layout_report(job.worker_ids[1], job.job_id, LAYOUT, 2.7)
+    assert job.shard_map == build_shard_map(LAYOUT.tensors, 3)
     assert all(isinstance(c, AssignShard) for c in commands)
     assert [c.shard_index for c in commands] == [0, 1, 2]
     assert [c.member_id for c in commands] == job.shard_ids
@@ -149,10 +171,67 @@ def test_schedule_assigns_one_shard_command_per_shard_in_index_order() -> None:
     assert cluster.jobs.schedule(3.0) == []
 
 
+def test_workers_that_disagree_on_the_model_fail_the_job_naming_them() -> None:
+    cluster = make_cluster(shards=1, workers=2)
+    job = submit(cluster, make_spec(workers=2, shards=1))
+    cluster.jobs.schedule(2.0)
+    first, second = job.worker_ids
+    cluster.jobs.layout_report(first, job.job_id, LAYOUT, 2.5)
+    other = Layout((TensorInfo("w", (33,), "float32"),), LAYOUT.init_digest)
+    commands = cluster.jobs.layout_report(second, job.job_id, other, 2.6)
+    assert job.state is JobState.FAILED and job.shard_map is None
+    assert second in job.message and first in job.message and "[33]" in job.message and "[32]" in job.message
+    assert {type(c) for c in commands} == {Release}
+
+
+def test_workers_with_different_initial_values_fail_the_job() -> None:
+    cluster = make_cluster(shards=1, workers=2)
+    job = submit(cluster, make_spec(workers=2, shards=1))
+    cluster.jobs.schedule(2.0)
+    cluster.jobs.layout_report(job.worker_ids[0], job.job_id, LAYOUT, 2.5)
+    cluster.jobs.layout_report(job.worker_ids[1], job.job_id, Layout(LAYOUT.tensors, "1" * 32), 2.6)
+    assert job.state is JobState.FAILED and "initial parameter values" in job.message
+
+
+@pytest.mark.parametrize(
+    ("tensors", "field"),
+    [
+        ((TensorInfo("w", (1 << 28, 2), "float32"),), "parameters"),
+        (tuple(TensorInfo(f"t{i}", (1,), "float32") for i in range(4097)), "parameter tensors"),
+        ((), "no parameters"),
+        ((TensorInfo("w", (2,), "float32"), TensorInfo("w", (2,), "float32")), "repeated"),
+    ],
+)
+def test_a_layout_past_the_limits_fails_the_job_before_any_shard_holds_it(
+    tensors: tuple[TensorInfo, ...], field: str
+) -> None:
+    cluster = make_cluster(shards=1, workers=1)
+    job = submit(cluster, make_spec(workers=1, shards=1))
+    cluster.jobs.schedule(2.0)
+    commands = cluster.jobs.layout_report(job.worker_ids[0], job.job_id, Layout(tensors, "0" * 32), 2.5)
+    assert job.state is JobState.FAILED and field in job.message and job.worker_ids[0] in job.message
+    assert not any(isinstance(c, AssignShard) for c in commands)
+
+
+def test_a_worker_lost_while_preparing_leaves_the_others_to_plan_the_job() -> None:
+    cluster = make_cluster(shards=1, workers=3)
+    spec = parse_job_spec({"num_workers": 3, "min_workers": 2, "num_shards": 1, "steps": 5})
+    job = submit(cluster, spec)
+    cluster.jobs.schedule(2.0)
+    a, b, c = job.worker_ids
+    cluster.jobs.layout_report(a, job.job_id, LAYOUT, 2.5)
+    cluster.jobs.layout_report(b, job.job_id, LAYOUT, 2.5)
+    cluster.membership.fail(c, MemberState.FAILED)
+    commands = cluster.jobs.member_lost(cluster.membership.get(c), 3.0)
+    assert job.shard_map is not None
+    assert [x.member_id for x in commands if isinstance(x, AssignShard)] == job.shard_ids
+
+
 def test_workers_are_assigned_only_after_every_shard_is_ready() -> None:
     cluster = make_cluster(shards=3, workers=3)
     job = submit(cluster, make_spec(workers=3, shards=3))
     cluster.jobs.schedule(2.0)
+    prepare(cluster, job)
     assert cluster.jobs.shard_ready(job.shard_ids[2], job.job_id) == []
     assert cluster.jobs.shard_ready(job.shard_ids[0], job.job_id) == []
     commands = cluster.jobs.shard_ready(job.shard_ids[1], job.job_id)
@@ -462,7 +541,7 @@ def test_jobs_are_placed_first_come_first_served() -> None:
     cluster.jobs.cancel(first.job_id, 4.0)
     commands = cluster.jobs.schedule(5.0)
     assert second.state is JobState.RUNNING
-    assert {c.member_id for c in commands} == set(second.shard_ids)
+    assert {c.member_id for c in commands} == set(second.worker_ids)
     # The released members are reused.
     assert set(second.members) == set(first.members)
 
@@ -487,17 +566,16 @@ def test_several_jobs_fit_at_once() -> None:
     commands = cluster.jobs.schedule(2.0)
     assert a.state is JobState.RUNNING and b.state is JobState.RUNNING
     assert not set(a.members) & set(b.members)
-    assert len(commands) == 2
+    assert len(commands) == 3  # each worker prepares its job
 
 
 def test_job_limit() -> None:
     membership = Membership()
     jobs = JobManager(membership, max_jobs=2)
-    shard_map = build_shard_map([TensorInfo("w", (4,), "float32")], 1)
-    jobs.submit(make_spec(shards=1), shard_map, 0.0)
-    jobs.submit(make_spec(shards=1), shard_map, 0.0)
+    jobs.submit(make_spec(shards=1), 0.0)
+    jobs.submit(make_spec(shards=1), 0.0)
     with pytest.raises(ResourceExhaustedError, match="jobs"):
-        jobs.submit(make_spec(shards=1), shard_map, 0.0)
+        jobs.submit(make_spec(shards=1), 0.0)
 
 
 # --- membership ------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from tests.unit.test_jobs import make_cluster, make_spec, start, submit
 from tidal.coordinator.convert import command_to_proto, event_from_proto
 from tidal.core import commands, events
 from tidal.core.job_records import JobState, ShardProgress
+from tidal.core.layout import Layout
+from tidal.core.shard_map import TensorInfo
 from tidal.transport.member_convert import command_from_proto, event_to_proto
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -25,6 +27,7 @@ EVENTS: list[events.Event] = [
     events.WorkerFinished("j", 9, 90, 8),
     events.EvalReport("j", 9, 0.3, 0.8, final=True),
     events.TaskFailed("j", "boom"),
+    events.LayoutReport("j", Layout((TensorInfo("a", (2, 3), "float32"), TensorInfo("b", (), "bfloat16")), "f" * 32)),
 ]
 
 
@@ -44,6 +47,8 @@ def _sent() -> list[commands.Command]:
     shard, worker = job.shard_ids[0], job.worker_ids[0]
     return [
         commands.AssignShard(shard, job, 0, restore=True),
+        # Sent while the workers prepare: there is no shard map yet.
+        commands.PrepareWorker(worker, dataclasses.replace(job, shard_map=None), 0),
         commands.AssignWorker(worker, job, 0, shard_addresses=("10.0.0.1:7001",)),
         commands.ChangeMembership(shard, job.job_id, 4, (worker,)),
         commands.MoveShard(worker, job.job_id, 0, shard, 6, shard_address="10.0.0.9:7000"),
@@ -63,7 +68,7 @@ def test_a_command_arrives_as_itself(command: commands.Command) -> None:
     assert received is not None
     assert command_to_proto(received) == msg
     match command:
-        case commands.AssignShard() | commands.AssignWorker():
+        case commands.AssignShard() | commands.AssignWorker() | commands.PrepareWorker():
             # The job as the assignment tells it; the coordinator's bookkeeping stays home.
             assert isinstance(received, type(command))
             sent_job, job = command.job, received.job

@@ -166,16 +166,17 @@ def test_model_modules_is_passed_in_and_checked_before_the_import(user_module: s
     assert user_module not in sys.modules  # refused before its top-level code ran
 
 
-def test_job_model_without_model_modules_keeps_the_processs_own(
+def test_job_model_checks_the_model_modules_it_is_handed_not_the_environment(
     user_module: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The shard's build (shard/convert.py) passes none yet: its TIDAL_MODEL_MODULES still applies.
+    # Only workers build models, and they pass their settings down; the environment of the
+    # process is read once, by the CLI (tests/unit/test_config_object.py).
     spec = parse_job_spec({"model": {"name": f"{user_module}:tiny"}, "dataset": {"name": "synthetic"}})
     info = job_dataset_info(spec)
-    monkeypatch.setenv("TIDAL_MODEL_MODULES", "elsewhere")
+    monkeypatch.setenv("TIDAL_MODEL_MODULES", user_module)
     with pytest.raises(PermissionDeniedError, match=r"^model\.name: module"):
-        job_model(spec, info)
-    job_model(spec, info, model_modules=(user_module,))  # passed down: the caller's settings decide
+        job_model(spec, info, model_modules=("elsewhere",))
+    job_model(spec, info, model_modules=(user_module,))
 
 
 @pytest.mark.parametrize(

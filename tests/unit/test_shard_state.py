@@ -997,3 +997,54 @@ def test_a_clock_past_the_jobs_last_is_counted_never_applied_and_served_at_once(
     assert extra.serve_version == 2  # not 3: no clock will ever make it
     assert bits_equal(state.params.detach(), before)
     assert state.version == 2 and state.counters.by_worker == {"w0": 3}
+
+
+# --- initial parameters from the workers (a new job's shard builds no model) -------------------
+def _uninitialized(mode: str = "sync") -> ShardState:
+    spec = parse_job_spec({"mode": mode, "num_workers": 2, "num_shards": 1, "optimizer": {"name": "sgd", "lr": 0.1}})
+    return ShardState(spec, 0, make_map(), None, EPOCH, ["w0", "w1"])
+
+
+def test_a_new_jobs_shard_has_no_parameters_until_a_worker_sends_them() -> None:
+    state = _uninitialized()
+    assert (state.version, state.initialized) == (-1, False)
+    with pytest.raises(FailedPreconditionError, match="no parameters yet"):
+        state.push("w0", "w0:0", 0, EPOCH, torch.ones(TOTAL))
+    values = torch.randn(TOTAL, generator=torch.Generator().manual_seed(3))
+    assert state.initialize("w0", EPOCH, values) is True
+    assert (state.version, state.initialized) == (0, True)
+    assert torch.equal(state.params.detach(), values)
+    # The other worker's equal values change nothing; then training goes on as usual.
+    assert state.initialize("w1", EPOCH, values.clone()) is False
+    assert state.push("w0", "w0:0", 0, EPOCH, torch.ones(TOTAL)).outcome is PushOutcome.BUFFERED
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (torch.zeros(TOTAL + 1), "values for a slice of"),
+        (torch.zeros(1, TOTAL), "values for a slice of"),
+        (torch.full((TOTAL,), float("nan")), "NaN or Inf"),
+    ],
+)
+def test_initial_parameters_that_do_not_fit_the_slice_are_refused(values: torch.Tensor, message: str) -> None:
+    state = _uninitialized()
+    with pytest.raises(InvalidArgumentError, match=rf"^init\.chunks: .*{message}"):
+        state.initialize("w0", EPOCH, values)
+    assert (state.version, state.initialized) == (-1, False)
+
+
+def test_initial_parameters_that_differ_from_those_held_are_refused_and_change_nothing() -> None:
+    state = _uninitialized()
+    values = torch.ones(TOTAL)
+    state.initialize("w0", EPOCH, values)
+    with pytest.raises(InvalidArgumentError, match="w1's initial parameters differ"):
+        state.initialize("w1", EPOCH, values * 2)
+    assert torch.equal(state.params.detach(), values)
+
+
+def test_only_members_of_the_job_may_send_initial_parameters() -> None:
+    state = _uninitialized()
+    with pytest.raises(FailedPreconditionError, match="not a member"):
+        state.initialize("intruder", EPOCH, torch.ones(TOTAL))
+    assert not state.initialized

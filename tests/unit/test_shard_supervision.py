@@ -14,10 +14,14 @@ from prometheus_client import CollectorRegistry
 from tidal.coordinator.control import Control
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.servicer import CoordinatorServicer
+from tidal.core.events import LayoutReport
+from tidal.core.layout import Layout
+from tidal.core.shard_map import TensorInfo
 from tidal.shard.main import ShardNode, serve_shard
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.transport.member import MemberPorts, serve_member
+from tidal.transport.member_convert import event_to_proto
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.transport.tls import SecurityConfig
@@ -37,11 +41,13 @@ class BrokenReporterShard(ShardNode):
 
 
 async def _idle_worker(coordinator: str) -> None:
-    """A real worker session that takes its assignment and does nothing with it: the job needs
-    a worker before its shard is assigned."""
+    """A real worker session that reports a layout when asked to prepare and does nothing else:
+    the job needs its worker's layout before its shard is assigned."""
 
     async def ignore(msg: coord_pb.SessionResponse) -> None:
-        return None
+        if msg.WhichOneof("kind") == "prepare_worker":
+            layout = Layout((TensorInfo("w", (4,), "float32"),), "0" * 32)
+            await session.send(event_to_proto(LayoutReport(msg.prepare_worker.job_id, layout)))
 
     session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="idle")
     try:

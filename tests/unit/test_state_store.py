@@ -23,7 +23,6 @@ from tidal.coordinator.store import FILE_NAME, Changes, StateStore
 from tidal.core.events import Goodbye
 from tidal.core.job_records import JobState
 from tidal.core.membership import Membership, MemberState, Role
-from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.core.spec import parse_job_spec
 
 SPEC = {"name": "saved", "mode": "sync", "num_workers": 1, "num_shards": 1, "steps": 5}
@@ -230,7 +229,7 @@ def test_a_lost_shard_its_running_job_waits_for_is_kept_until_the_job_ends(tmp_p
         shard = membership.register(Role.SHARD, "h:1", "", now).member_id
         membership.register(Role.WORKER, "", "", now)
         spec = parse_job_spec(SPEC)
-        job = coordinator.jobs.submit(spec, build_shard_map([TensorInfo("w", (8,), "float32")], 1), 1.0)
+        job = coordinator.jobs.submit(spec, 1.0)
         coordinator.jobs.schedule(1.0)
         assert job.state is JobState.RUNNING
         membership.fail(shard)  # a shard restart would wait for its checkpoint

@@ -25,13 +25,22 @@ from dataclasses import replace
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.store import Changes, StateStore
 from tidal.coordinator.writer import StateWriter
-from tidal.core.commands import AssignShard, AssignWorker, ChangeMembership, Command, Evaluate, MoveShard
+from tidal.core.commands import (
+    AssignShard,
+    AssignWorker,
+    ChangeMembership,
+    Command,
+    Evaluate,
+    MoveShard,
+    PrepareWorker,
+)
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
 from tidal.core.events import (
     EvalReport,
     Event,
     Goodbye,
     Heartbeat,
+    LayoutReport,
     ShardProgressReport,
     ShardReady,
     TaskFailed,
@@ -42,7 +51,6 @@ from tidal.core.job_records import Job, JobState
 from tidal.core.jobs import JobManager
 from tidal.core.membership import Member, Membership, MemberState, Role
 from tidal.core.spec import parse_job_spec
-from tidal.planner import Planner
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +76,8 @@ class Control:
         heartbeat_timeout_s: float = 10.0,
         store: StateStore | None = None,
         ended_member_retention_s: float = ENDED_MEMBER_RETENTION_S,
-        planner: Planner | None = None,
     ) -> None:
         self.counters = counters
-        self.planner = planner or Planner()
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.ended_member_retention_s = ended_member_retention_s
@@ -158,6 +164,10 @@ class Control:
         job = self.jobs.get(member.job_id)
         if job.state is not JobState.RUNNING or member.member_id not in job.members:
             return []
+        if job.preparing and member.member_id in job.worker_ids and member.member_id not in job.layout_from:
+            # Its layout report may have been lost with the old session: a worker that
+            # prepared the job already reports it again.
+            return [PrepareWorker(member.member_id, job, job.workers[member.member_id].rank)]
         commands: list[Command] = [
             ChangeMembership(member.member_id, job.job_id, job.membership_epoch, tuple(job.worker_ids))
         ]
@@ -238,6 +248,17 @@ class Control:
         return self.jobs.eval_report(member.member_id, e.job_id, e.version, e.val_loss, e.val_accuracy, e.final, now)
 
     @_apply.register
+    async def _layout_report(self, event: LayoutReport, member: Member, now: float) -> list[Command] | None:
+        commands = self.jobs.layout_report(member.member_id, event.job_id, event.layout, now)
+        job = self.jobs.get(event.job_id)
+        if job.shard_map is not None and any(isinstance(c, AssignShard) for c in commands):
+            log.info(
+                "job %s: the workers' model has %d parameters in %d tensors; shards assigned",
+                job.job_id, job.shard_map.total_elements, len(job.shard_map.tensors),
+            )  # fmt: skip
+        return commands
+
+    @_apply.register
     async def _task_failed(self, event: TaskFailed, member: Member, now: float) -> list[Command] | None:
         reason = f"{member.member_id}: {event.message}"
         log.error("job %s failed: %s", event.job_id, reason)
@@ -281,13 +302,11 @@ class Control:
 
     # --- jobs ----------------------------------------------------------------------
     async def submit(self, spec_json: str) -> Job:
+        # The spec is checked here (its form and bounds); its model and data only on the
+        # workers, which build them with their own code (core/layout.py): the coordinator
+        # never imports user code nor allocates a model.
         spec = parse_job_spec(spec_json)
-        # Planning validates model and dataset names and args, and holds the model to the size
-        # limits, before anything runs; nothing of the model's size is allocated (core/model_size.py).
-        # In a child process (tidal/planner.py): the coordinator never loads torch, and a slow user
-        # factory is killed at a timeout or when SIGTERM cancels the submit.
-        shard_map = await self.planner.plan(spec)
-        job = self.jobs.submit(spec, shard_map, time.time())
+        job = self.jobs.submit(spec, time.time())
         self._save()  # the caller is told the job exists: it must survive a restart
         log.info(
             "job %s submitted (%s, %d workers, %d shards)",
@@ -405,7 +424,6 @@ class Control:
 
     def close(self) -> None:
         """Saves what is left and closes the store (blocks: for shutdown)."""
-        self.planner.kill()
         if self._writer is not None:
             self._unsaved = False
             self._writer.close()
@@ -434,7 +452,7 @@ class Control:
             job = copy.deepcopy(command.job)
             addresses = tuple(self.membership.get(m).address for m in job.shard_ids)
             return replace(command, job=job, shard_addresses=addresses)
-        if isinstance(command, AssignShard):
+        if isinstance(command, AssignShard | PrepareWorker):
             return replace(command, job=copy.deepcopy(command.job))
         if isinstance(command, MoveShard):
             return replace(command, shard_address=self.membership.get(command.shard_member_id).address)

@@ -14,8 +14,10 @@ from typing import Any
 
 from tidal.core import commands, events
 from tidal.core.job_records import Job, JobState, ShardProgress
+from tidal.core.layout import Layout
 from tidal.core.membership import Member, MemberState, Role
-from tidal.transport.shard_map_serde import shard_map_to_proto
+from tidal.core.shard_map import ShardMap
+from tidal.transport.shard_map_serde import shard_map_to_proto, tensors_from_proto
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -109,6 +111,12 @@ def job_to_proto(job: Job) -> coord_pb.JobStatus:
     return status
 
 
+def _planned(job: Job) -> ShardMap:
+    if job.shard_map is None:  # JobManager assigns shards and workers only once it planned
+        raise AssertionError(f"job {job.job_id} has no shard map yet")
+    return job.shard_map
+
+
 def _assign_shard_to_proto(command: commands.AssignShard) -> coord_pb.SessionResponse:
     job = command.job
     return coord_pb.SessionResponse(
@@ -116,7 +124,7 @@ def _assign_shard_to_proto(command: commands.AssignShard) -> coord_pb.SessionRes
             job_id=job.job_id,
             spec_json=job.spec.to_json(),
             shard_index=command.shard_index,
-            shard_map=shard_map_to_proto(job.shard_map),
+            shard_map=shard_map_to_proto(_planned(job)),
             membership_epoch=job.membership_epoch,
             worker_ids=job.worker_ids,
             restore=command.restore,
@@ -135,6 +143,20 @@ def _move_shard_to_proto(command: commands.MoveShard) -> coord_pb.SessionRespons
     )
 
 
+def _prepare_worker_to_proto(command: commands.PrepareWorker) -> coord_pb.SessionResponse:
+    job = command.job
+    return coord_pb.SessionResponse(
+        prepare_worker=coord_pb.PrepareWorker(
+            job_id=job.job_id,
+            spec_json=job.spec.to_json(),
+            rank=command.rank,
+            world_size=len(job.worker_ids),
+            membership_epoch=job.membership_epoch,
+            worker_ids=job.worker_ids,
+        )
+    )
+
+
 def _assign_worker_to_proto(command: commands.AssignWorker) -> coord_pb.SessionResponse:
     job = command.job
     return coord_pb.SessionResponse(
@@ -144,7 +166,7 @@ def _assign_worker_to_proto(command: commands.AssignWorker) -> coord_pb.SessionR
             rank=command.rank,
             world_size=len(job.worker_ids),
             membership_epoch=job.membership_epoch,
-            shard_map=shard_map_to_proto(job.shard_map),
+            shard_map=shard_map_to_proto(_planned(job)),
             shard_addresses=command.shard_addresses,
             worker_ids=job.worker_ids,
         )
@@ -174,6 +196,7 @@ def _release_to_proto(command: commands.Release) -> coord_pb.SessionResponse:
 _COMMAND_TO_PROTO: dict[type, Callable[[Any], coord_pb.SessionResponse]] = {
     commands.AssignShard: _assign_shard_to_proto,
     commands.MoveShard: _move_shard_to_proto,
+    commands.PrepareWorker: _prepare_worker_to_proto,
     commands.AssignWorker: _assign_worker_to_proto,
     commands.ChangeMembership: _change_membership_to_proto,
     commands.Evaluate: _evaluate_to_proto,
@@ -221,6 +244,12 @@ def _worker_finished_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
     return events.WorkerFinished(p.job_id, p.steps, p.samples, p.pushes)
 
 
+def _layout_report_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
+    r = msg.layout_report
+    tensors = tensors_from_proto(r.tensors, "layout_report.tensors")
+    return events.LayoutReport(r.job_id, Layout(tensors, r.init_digest))
+
+
 def _eval_report_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
     p = msg.eval_report
     return events.EvalReport(p.job_id, p.version, p.val_loss, p.val_accuracy, p.final)
@@ -234,6 +263,7 @@ _EVENT_FROM_PROTO: dict[str, Callable[[coord_pb.SessionRequest], events.Event]] 
     "shard_ready": _shard_ready_from_proto,
     "worker_finished": _worker_finished_from_proto,
     "eval_report": _eval_report_from_proto,
+    "layout_report": _layout_report_from_proto,
     "task_failed": lambda msg: events.TaskFailed(msg.task_failed.job_id, msg.task_failed.message),
 }
 

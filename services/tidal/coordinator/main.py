@@ -62,8 +62,6 @@ async def run_coordinator(
     health = add_health_and_reflection(server, SERVICE_NAMES)
     await set_health(health, SERVICE_NAMES, serving=False)
     await server.start()
-    # The planner child imports torch while the coordinator comes up, not at the first submit.
-    await control.planner.start()
     stop = stop_on_signals()
     # A crash of any of these stops the coordinator, which then exits non-zero.
     supervisor = Supervisor(stop)

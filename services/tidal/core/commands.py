@@ -36,6 +36,16 @@ class MoveShard:
 
 
 @dataclass(frozen=True)
+class PrepareWorker:
+    """A new job's first step on a worker: load the data, build the model with the worker's
+    own code, and report the parameter layout (events.LayoutReport)."""
+
+    member_id: str
+    job: Job
+    rank: int
+
+
+@dataclass(frozen=True)
 class AssignWorker:
     member_id: str
     job: Job
@@ -70,4 +80,4 @@ class Release:
     reason: str
 
 
-Command = AssignShard | AssignWorker | ChangeMembership | MoveShard | Evaluate | Release
+Command = AssignShard | PrepareWorker | AssignWorker | ChangeMembership | MoveShard | Evaluate | Release

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidal.core.job_records import ShardProgress
+from tidal.core.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,14 @@ class EvalReport:
 
 
 @dataclass(frozen=True)
+class LayoutReport:
+    """A worker prepared a new job (commands.PrepareWorker): its model's parameter layout."""
+
+    job_id: str
+    layout: Layout
+
+
+@dataclass(frozen=True)
 class TaskFailed:
     job_id: str
     message: str
@@ -83,5 +92,6 @@ Event = (
     | ShardReady
     | WorkerFinished
     | EvalReport
+    | LayoutReport
     | TaskFailed
 )

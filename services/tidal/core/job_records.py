@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from tidal.core.layout import Layout
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec
 
@@ -93,7 +94,8 @@ class EvalPoint:
 class Job:
     job_id: str
     spec: JobSpec
-    shard_map: ShardMap
+    # Planned from the layout its workers announce (core/layout.py); None until they did.
+    shard_map: ShardMap | None
     created_at: float
     state: JobState = JobState.PENDING
     started_at: float = 0.0
@@ -116,6 +118,9 @@ class Job:
     checkpointing: set[int] = field(default_factory=set)
     # Shard losses survived or being survived, oldest first.
     restarts: list[ShardRestart] = field(default_factory=list)
+    # While the workers prepare the job: the layout the first of them reported, and who has.
+    layout: Layout | None = None
+    layout_from: set[str] = field(default_factory=set)
 
     def pending_restart(self, shard_index: int) -> ShardRestart | None:
         return next((r for r in self.restarts if r.shard_index == shard_index and r.recovering), None)
@@ -136,4 +141,10 @@ class Job:
     def accepts_workers(self) -> bool:
         """Whether a worker may join now: running, every shard ready, final evaluation not begun."""
         ready = bool(self.shard_ids) and self.shards_ready == set(self.shard_ids)
-        return self.state is JobState.RUNNING and ready and not self.final_eval_by
+        planned = self.shard_map is not None
+        return self.state is JobState.RUNNING and planned and ready and not self.final_eval_by
+
+    @property
+    def preparing(self) -> bool:
+        """Running, and its workers still build the model: no shard map yet."""
+        return self.state is JobState.RUNNING and self.shard_map is None

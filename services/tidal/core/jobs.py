@@ -1,8 +1,11 @@
 """Jobs as the coordinator runs them: lifecycle, placement and progress, as decisions.
 
-Job lifecycle: PENDING (queued until enough members are idle) -> RUNNING (shards
-assigned; workers assigned once every shard is ready) -> SUCCEEDED (final evaluation
-reported) | FAILED | CANCELLED. The last three are terminal.
+Job lifecycle: PENDING (queued until enough members are idle) -> RUNNING -> SUCCEEDED
+(final evaluation reported) | FAILED | CANCELLED. The last three are terminal. A running job
+first prepares: its workers build the model with their own code and report its layout
+(core/layout.py); once all reported the same one, the shard map is planned from it and the
+shards are assigned; the workers are assigned once every shard is ready, and the first of
+them to reach a shard gives it its initial slice. The coordinator never builds a model.
 
 While a job runs its worker set may change: a worker that fails or leaves is dropped (the
 job fails only below `min_workers`), and idle workers join it (first to refill it to
@@ -21,11 +24,21 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from tidal.core.commands import AssignShard, AssignWorker, ChangeMembership, Command, Evaluate, MoveShard, Release
-from tidal.core.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from tidal.core.commands import (
+    AssignShard,
+    AssignWorker,
+    ChangeMembership,
+    Command,
+    Evaluate,
+    MoveShard,
+    PrepareWorker,
+    Release,
+)
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
+from tidal.core.layout import Layout
 from tidal.core.membership import Member, Membership, MemberState, Role
-from tidal.core.shard_map import ShardMap
+from tidal.core.shard_map import build_shard_map
 from tidal.core.spec import JobSpec, Mode
 
 # Modes whose shards can be restored: their barriers key on the version a gradient was computed
@@ -41,11 +54,11 @@ class JobManager:
         self._ids = itertools.count(1)
         self._max_jobs = max_jobs
 
-    def submit(self, spec: JobSpec, shard_map: ShardMap, now: float) -> Job:
+    def submit(self, spec: JobSpec, now: float) -> Job:
         if len(self._jobs) >= self._max_jobs:
             raise ResourceExhaustedError(f"jobs: the coordinator already holds {self._max_jobs} jobs")
         job_id = f"{spec.name}-{next(self._ids)}"
-        job = Job(job_id, spec, shard_map, created_at=now)
+        job = Job(job_id, spec, None, created_at=now)
         self._jobs[job_id] = job
         return job
 
@@ -72,6 +85,7 @@ class JobManager:
         Only members for which `reachable(member_id)` holds are used: the coordinator passes
         "has an open session", because a command to a member that registered but has not opened
         its session yet would be dropped, and the job would wait for it forever."""
+
         def idle(role: Role) -> list[Member]:
             return [m for m in self.membership.idle(role) if reachable(m.member_id)]
 
@@ -121,8 +135,39 @@ class JobManager:
             job.next_rank = len(job.worker_ids)
             for member_id in job.members:
                 self.membership.assign(member_id, job.job_id)
-            commands += [AssignShard(m, job, i) for i, m in enumerate(job.shard_ids)]
+            commands += [PrepareWorker(m, job, job.workers[m].rank) for m in job.worker_ids]
         return commands
+
+    def layout_report(self, member_id: str, job_id: str, layout: Layout, now: float) -> list[Command]:
+        """A worker built the job's model and reports its layout. Once every live worker
+        reported the same one, the shard map is planned from it and the shards are assigned;
+        a layout past the limits, or one that differs from another worker's, fails the job."""
+        job = self._running(job_id, member_id, Role.WORKER)
+        if not job.preparing or member_id in job.layout_from:
+            return []  # a repeated report (after a session resumed)
+        who = self._describe(member_id)
+        try:
+            layout.check()
+        except InvalidArgumentError as exc:
+            return self.fail(job_id, f"worker {who}: {exc}", now)
+        if job.layout is None:
+            job.layout = layout
+        elif (difference := job.layout.difference(layout)) is not None:
+            first = self._describe(sorted(job.layout_from)[0]) if job.layout_from else "another worker"
+            return self.fail(job_id, f"the workers disagree on the model: worker {who} has {difference} ({first})", now)
+        job.layout_from.add(member_id)
+        job.last_progress_at = now
+        return self._plan_if_prepared(job)
+
+    def _plan_if_prepared(self, job: Job) -> list[Command]:
+        if not job.preparing or job.layout is None or not set(job.worker_ids) <= job.layout_from:
+            return []
+        job.shard_map = build_shard_map(job.layout.tensors, job.spec.num_shards)
+        return [AssignShard(m, job, i) for i, m in enumerate(job.shard_ids)]
+
+    def _describe(self, member_id: str) -> str:
+        member = self.membership.get(member_id)
+        return f"{member_id} ({member.name})" if member.name else member_id
 
     def _running(self, job_id: str, member_id: str, role: Role) -> Job:
         job = self.get(job_id)
@@ -338,7 +383,11 @@ class JobManager:
                 f"{job.version}: {len(job.worker_ids)} workers remain, min_workers is {job.spec.min_workers}"
             )
             return self.fail(job.job_id, reason, now)
-        return [*self._membership_changed(job, job.members), *self._evaluate_if_finished(job)]
+        return [
+            *self._membership_changed(job, job.members),
+            *self._plan_if_prepared(job),
+            *self._evaluate_if_finished(job),
+        ]
 
     def _membership_changed(self, job: Job, member_ids: list[str]) -> list[Command]:
         workers = tuple(job.worker_ids)

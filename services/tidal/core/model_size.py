@@ -8,13 +8,10 @@ layers would take the memory of whoever builds it. Before anything is built:
   parameters have shapes but no storage, while a registration hook counts parameters and
   refuses the one that passes a limit (`meta_model`), so a factory is stopped part-way.
 
-The coordinator does both in its planner child (tidal/planner.py), which also bounds the
-build's time and address space: a factory may hang or allocate outside torch.
-
-The limits hold for every job: at most MAX_MODEL_PARAMETERS float32 scalars (1 GiB per
-copy; shards, workers and checkpoints each hold copies) in at most MAX_MODEL_TENSORS
-parameter tensors (two per linear or convolution layer; each tensor is an entry of the
-shard map every member receives).
+A worker does both before it builds the job's model for real (worker/prepare.py), so a
+spec that would not fit is refused before the worker allocates it. The limits themselves
+(core/layout.py) hold for every job; the coordinator checks them again on the layout the
+workers announce.
 """
 
 from __future__ import annotations
@@ -30,11 +27,10 @@ import torch
 from torch import nn
 
 from tidal.core.errors import InvalidArgumentError, TidalError
+from tidal.core.layout import MAX_MODEL_PARAMETERS, MAX_MODEL_TENSORS
 from tidal.core.model_source import ModelModules
 from tidal.core.models import MODELS, build_model
 
-MAX_MODEL_PARAMETERS = 1 << 28
-MAX_MODEL_TENSORS = 4096
 BYTES_PER_PARAMETER = 4  # float32, as shards store them
 # The built-in models whose layers come from a list argument, and its default.
 _LAYER_LISTS = {"mlp": ("hidden", (64, 64)), "station_mlp": ("hidden", (64, 64)), "cnn": ("channels", (16, 32))}

@@ -2,19 +2,19 @@
 
 A spec's `model.name` may be "package.module:factory", and the spec comes from whoever
 submits the job: left open, any importable module would run its import-time code on every
-worker and shard. The operator names the packages that hold model code in
+worker. The operator names the packages that hold model code in
 TIDAL_MODEL_MODULES (comma-separated; a package allows its submodules). When it is set,
 any other module is refused; set but empty, only the built-in models are allowed (what the
 compose stack and the Kubernetes manifests set); unset, every importable module is allowed
 (local experiments; docs/security.md: set it on shared clusters).
 
-The variable is read once, where a process builds its configuration (cli_common.py, or the
-planner child's start), and the parsed `ModelModules` is passed down to whatever builds a model.
+The variable is read once, where a worker builds its configuration (cli_common.py), and the
+parsed `ModelModules` is passed down to whatever builds a model. Only workers build models:
+the coordinator and the shards never import user code (core/layout.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from tidal.config import SECURITY_ENV
@@ -32,13 +32,6 @@ def allowed_prefixes(environ: Mapping[str, str]) -> ModelModules:
     if value is None:
         return None
     return tuple(p.strip() for p in value.split(",") if p.strip())
-
-
-def process_model_modules() -> ModelModules:
-    """This process's TIDAL_MODEL_MODULES. Transitional, for the one build not yet handed
-    ServiceSettings.model_modules: the shard's (shard/convert.py `build_state`, via core/plan.py
-    `job_model`); without it the shard would stop checking. Goes once the shard passes it down."""
-    return allowed_prefixes(os.environ)
 
 
 def check_model_module(module_name: str, prefixes: ModelModules) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import enum
+import hashlib
 
 import torch
 from torch import nn
 
 from tidal.core.datasets import Dataset, DatasetInfo, dataset_partition, describe_dataset, load_dataset
+from tidal.core.layout import DIGEST_HEX_DIGITS, Layout
 from tidal.core.model_size import meta_model
-from tidal.core.model_source import ModelModules, process_model_modules
+from tidal.core.model_source import ModelModules
 from tidal.core.models import build_model
 from tidal.core.shard_map import ShardMap, TensorInfo, build_shard_map
 from tidal.core.spec import JobSpec
@@ -33,24 +34,23 @@ def job_dataset_info(spec: JobSpec) -> DatasetInfo:
     return describe_dataset(spec.dataset.name, spec.dataset.args, spec.seed)
 
 
-class _Default(enum.Enum):
-    # `job_model` without model_modules: the process's own variable (model_source.py, transitional).
-    FROM_ENVIRONMENT = enum.auto()
-
-
-def job_model(
-    spec: JobSpec,
-    dataset: Dataset | DatasetInfo,
-    *,
-    model_modules: ModelModules | _Default = _Default.FROM_ENVIRONMENT,
-) -> nn.Module:
+def job_model(spec: JobSpec, dataset: Dataset | DatasetInfo, *, model_modules: ModelModules = None) -> nn.Module:
     """The model with its initial parameters: the same bits in every process for a seed.
     `model_modules`: where a user factory may come from (core/model_source.py; None: anywhere);
-    callers that have ServiceSettings pass theirs."""
-    if model_modules is _Default.FROM_ENVIRONMENT:
-        model_modules = process_model_modules()
+    a worker passes its ServiceSettings'. Only workers and local tools build models."""
     shape, classes = dataset.input_shape, dataset.num_classes
     return build_model(spec.model.name, spec.model.args, shape, classes, spec.seed, model_modules=model_modules)
+
+
+def model_layout(model: nn.Module) -> Layout:
+    """What a worker announces of the model it built: its parameters' names, shapes and dtypes
+    and a digest of their initial values (the coordinator checks every worker's agree)."""
+    named = list(model.named_parameters())
+    digest = hashlib.blake2b(digest_size=DIGEST_HEX_DIGITS // 2)
+    for _, p in named:
+        # Little-endian raw bytes, as every supported platform holds them.
+        digest.update(p.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return Layout(tensor_infos(named), digest.hexdigest())
 
 
 def job_shard_map(spec: JobSpec, model: nn.Module) -> ShardMap:
@@ -60,8 +60,7 @@ def job_shard_map(spec: JobSpec, model: nn.Module) -> ShardMap:
 def job_tensors(spec: JobSpec, *, model_modules: ModelModules = None) -> tuple[TensorInfo, ...]:
     """The names, shapes and dtypes of the job's parameters, from its model's shapes alone: the
     model is held to the size limits of core/model_size.py and built on the meta device, so
-    nothing of its size is allocated (the coordinator's planner child, tidal/planner.py, runs
-    this for every submitted job)."""
+    nothing of its size is allocated (a worker checks this before it builds the model)."""
     info = job_dataset_info(spec)
     model = meta_model(
         spec.model.name, spec.model.args, info.input_shape, info.num_classes, spec.seed, model_modules=model_modules

@@ -155,7 +155,7 @@ def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
     current["state"] = {0: opt_state} if opt_state else {}
     state.optimizer.load_state_dict(current)
     # Membership and epoch stay as the coordinator assigned them now: it is the authority.
-    state.version = snapshot.version
+    state.version, state.initialized = snapshot.version, True
     c = snapshot.counters
     s = c["staleness"]
     state.counters = ShardCounters(
@@ -177,4 +177,3 @@ def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
             for p in snapshot.recent_pushes
         ]
     )
-

@@ -25,6 +25,7 @@ from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import Segment, ShardMap
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.staleness import StalenessStats
+from tidal.core.torch_dtypes import torch_dtype
 
 # Push ids remembered per member for deduplication: a worker retries only its latest push (after
 # a reconnect), so this is ample; per member, so one member's pushes cannot evict another's.
@@ -100,13 +101,19 @@ class ShardState:
         spec: JobSpec,
         shard_index: int,
         shard_map: ShardMap,
-        initial: torch.Tensor,
+        initial: torch.Tensor | None,
         membership_epoch: int,
         workers: Iterable[str],
         policy: ConsistencyPolicy | None = None,
     ) -> None:
+        """`initial`: the slice's parameters (a checkpoint's, a test's); None for a new job,
+        whose shard has no parameters (version -1) until a worker sends them (`initialize`)."""
         start, end = shard_map.ranges[shard_index]
-        if initial.numel() != end - start or initial.dim() != 1:
+        # False until the job's first parameters arrive: a new job's shard builds no model.
+        self.initialized = initial is not None
+        if initial is None:
+            initial = torch.zeros(end - start, dtype=torch_dtype(shard_map.tensors[0].dtype))
+        elif initial.numel() != end - start or initial.dim() != 1:
             raise InvalidArgumentError(f"initial: expected a flat tensor of {end - start} elements")
         self.spec = spec
         self.shard_index = shard_index
@@ -118,7 +125,7 @@ class ShardState:
         # In local SGD the schedule belongs to the workers' inner optimizer, not the outer step.
         self._schedule = None if spec.mode == Mode.LOCAL_SGD else spec.optimizer.schedule
         self.policy = policy or policy_for(spec)
-        self.version = 0
+        self.version = 0 if self.initialized else -1
         self.membership_epoch = membership_epoch
         self.members: frozenset[str] = frozenset(workers)
         # Fencing: the epoch at which each member was admitted; its pushes must carry at least
@@ -140,6 +147,29 @@ class ShardState:
         self.auto_decisions: list[AutoDecision] = []
         # Barrier modes: workers whose push of the job's last clock was folded in (ShardView).
         self._finished: set[str] = set()
+
+    def initialize(self, worker_id: str, membership_epoch: int, values: torch.Tensor) -> bool:
+        """A worker's initial parameters for this slice, as its model built them: they become
+        version 0 (True). Once set, a worker's equal values change nothing (False); different
+        ones are refused, naming the field, and nothing changes."""
+        self.check_sender(worker_id, membership_epoch)
+        if values.dim() != 1 or values.numel() != self.params.numel():
+            raise InvalidArgumentError(
+                f"init.chunks: {values.numel()} values for a slice of {self.params.numel()} parameters"
+            )
+        if not all_finite(values):
+            raise InvalidArgumentError("init.chunks: the initial parameters hold NaN or Inf")
+        if self.initialized:
+            if not torch.equal(values.to(self.params.dtype), self.params.detach()):
+                raise InvalidArgumentError(
+                    f"init.chunks: {worker_id}'s initial parameters differ from those this shard holds "
+                    "(do the workers build the model from the spec's seed alone?)"
+                )
+            return False
+        with torch.no_grad():
+            self.params.copy_(values)
+        self.initialized, self.version = True, 0
+        return True
 
     @property
     def numel(self) -> int:
@@ -218,6 +248,8 @@ class ShardState:
         `clock` is the worker's clock (SSP, auto); it defaults to the base version. `now`
         (monotonic seconds) is when it arrived, for `mode: auto`."""
         self.check_sender(worker_id, membership_epoch)
+        if not self.initialized:
+            raise FailedPreconditionError("push: this shard has no parameters yet (a worker sends them with 'init')")
         # Validation first: a repeated id never lets an invalid gradient through as a duplicate.
         self._check_push(push_id, base_version, grad)
         if (previous := self._push_ids.get(worker_id, {}).get(push_id)) is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from tidal.core.errors import DataLossError, TidalError
 from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
+from tidal.core.layout import Layout
 from tidal.core.membership import Member, MemberState, Role
 from tidal.core.shard_map import ShardMap, TensorInfo
 from tidal.core.spec import parse_job_spec
@@ -48,17 +49,37 @@ def member_from_dict(data: dict[str, Any], last_seen: float) -> Member:
 
 def shard_map_to_dict(shard_map: ShardMap) -> dict[str, Any]:
     return {
-        "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in shard_map.tensors],
+        "tensors": _tensors_to_list(shard_map.tensors),
         "ranges": [list(r) for r in shard_map.ranges],
     }
 
 
+def _tensors_to_list(tensors: tuple[TensorInfo, ...]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in tensors]
+
+
+def _tensors_from_list(data: list[dict[str, Any]]) -> tuple[TensorInfo, ...]:
+    return tuple(TensorInfo(_str(t, "name"), tuple(int(d) for d in t["shape"]), _str(t, "dtype")) for t in data)
+
+
+def layout_to_dict(layout: Layout | None) -> dict[str, Any] | None:
+    if layout is None:
+        return None
+    return {"tensors": _tensors_to_list(layout.tensors), "init_digest": layout.init_digest}
+
+
+def layout_from_dict(data: dict[str, Any] | None) -> Layout | None:
+    if data is None:
+        return None
+    with _reading("layout"):
+        layout = Layout(_tensors_from_list(data["tensors"]), _str(data, "init_digest"))
+        layout.check()
+        return layout
+
+
 def shard_map_from_dict(data: dict[str, Any]) -> ShardMap:
     with _reading("shard_map"):
-        tensors = tuple(
-            TensorInfo(_str(t, "name"), tuple(int(d) for d in t["shape"]), _str(t, "dtype")) for t in data["tensors"]
-        )
-        shard_map = ShardMap(tensors, tuple((int(a), int(b)) for a, b in data["ranges"]))
+        shard_map = ShardMap(_tensors_from_list(data["tensors"]), tuple((int(a), int(b)) for a, b in data["ranges"]))
         shard_map.validate()
         return shard_map
 
@@ -67,7 +88,9 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
         "spec_json": job.spec.to_json(),
-        "shard_map": shard_map_to_dict(job.shard_map),
+        "shard_map": None if job.shard_map is None else shard_map_to_dict(job.shard_map),
+        "layout": layout_to_dict(job.layout),
+        "layout_from": sorted(job.layout_from),
         "created_at": job.created_at,
         "state": job.state.value,
         "started_at": job.started_at,
@@ -98,7 +121,7 @@ def job_from_dict(data: dict[str, Any]) -> Job:
         job = Job(
             job_id=_str(data, "job_id"),
             spec=parse_job_spec(data["spec_json"]),
-            shard_map=shard_map_from_dict(data["shard_map"]),
+            shard_map=None if data["shard_map"] is None else shard_map_from_dict(data["shard_map"]),
             created_at=float(data["created_at"]),
             state=JobState(data["state"]),
             started_at=float(data["started_at"]),
@@ -118,6 +141,9 @@ def job_from_dict(data: dict[str, Any]) -> Job:
             # Absent in states saved before shard restarts existed.
             checkpointing={int(i) for i in data.get("checkpointing", [])},
             restarts=[ShardRestart(**r) for r in data.get("restarts", [])],
+            # Absent in states saved before workers announced layouts.
+            layout=layout_from_dict(data.get("layout")),
+            layout_from={str(m) for m in data.get("layout_from", [])},
         )
         unknown = set(job.worker_ids) - set(job.workers)
         if unknown:

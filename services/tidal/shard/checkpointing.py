@@ -84,13 +84,14 @@ class ShardCheckpointer:
         if written >= 0:
             metrics.version.labels(*self.labels).set(written)
 
-    def poke(self) -> None:
+    def poke(self, first: bool = False) -> None:
         """Starts a checkpoint of the current version if one is due and none is being written.
         Called right after every push, so a count-based checkpoint lands on its exact version,
-        and by `run` for the time-based one."""
-        if self._writing is None and self.schedule.due(
-            self.state.version, self.written_version, time.monotonic(), self._last_at
-        ):
+        by `run` for the time-based one, and (`first`) when the initial parameters arrive."""
+        due = self.schedule.due(self.state.version, self.written_version, time.monotonic(), self._last_at)
+        if first:
+            due = self.state.version > self.written_version
+        if self._writing is None and due:
             snapshot = snapshot_shard(self.job_id, self.state, self.ledger.lost_by_worker)
             self._writing = asyncio.create_task(self._write(snapshot))
 

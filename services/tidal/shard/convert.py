@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
-
 from tidal.core import commands, events
 from tidal.core.checkpoint import CheckpointRef
 from tidal.core.errors import TidalError
 from tidal.core.job_records import ShardProgress
-from tidal.core.plan import job_dataset_info, job_model
 from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_state import ShardState
 from tidal.shard.runtime import ShardRuntime
@@ -41,21 +38,12 @@ def shard_info_to_proto(runtime: ShardRuntime | None) -> shard_pb.GetShardInfoRe
 
 
 def build_state(assign: commands.AssignShard) -> ShardState:
-    """The shard's slice of the job's freshly initialised model."""
+    """The shard's state for the job: no parameters until a worker sends them (the shard
+    builds no model and runs no user code), or a checkpoint's once restored."""
     job = assign.job
-    model = job_model(job.spec, job_dataset_info(job.spec))
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    if flat.numel() != job.shard_map.total_elements:
-        raise TidalError(f"shard_map: covers {job.shard_map.total_elements} elements, the model has {flat.numel()}")
-    start, end = job.shard_map.ranges[assign.shard_index]
-    return ShardState(
-        job.spec,
-        assign.shard_index,
-        job.shard_map,
-        flat[start:end].clone(),
-        job.membership_epoch,
-        list(job.worker_ids),
-    )
+    if job.shard_map is None or not 0 <= assign.shard_index < len(job.shard_map.ranges):
+        raise TidalError(f"shard_index: {assign.shard_index} is not a shard of the job's shard map")
+    return ShardState(job.spec, assign.shard_index, job.shard_map, None, job.membership_epoch, list(job.worker_ids))
 
 
 def progress_report(runtime: ShardRuntime, checkpoint_version: int, recovery: RecoveryLedger) -> events.Event:

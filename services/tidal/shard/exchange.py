@@ -60,6 +60,10 @@ class Runtimes(Protocol):
         """A push was handled (a checkpoint may be due)."""
         ...
 
+    def initialized(self) -> None:
+        """A worker's initial parameters were set (the first checkpoint is due)."""
+        ...
+
 
 def find_runtime(runtimes: Runtimes, job_id: str, running: bool = True) -> ShardRuntime:
     """The job's runtime: the running one, or (`running` False) the last one, finished or not."""
@@ -98,6 +102,8 @@ class _PendingPush:
     scratch: torch.Tensor
     assembler: SliceAssembler
     chunks: int = 0
+    # The shard's initial parameters (an `init`), not a gradient.
+    init: bool = False
 
 
 class ExchangeSession:
@@ -160,10 +166,14 @@ class ExchangeSession:
             for params in runtime.serve(self.worker_id, self._shared):
                 yield params
         elif frame.kind == "push":
-            grad = await self._assemble(frame.body)
+            grad = await self._assemble(frame.body, init=False)
             if grad is not None and self._pending is not None:
                 async for response in self._apply(self._pending, grad):
                     yield response
+        elif frame.kind == "init":
+            values = await self._assemble(frame.body, init=True)
+            if values is not None and self._pending is not None:
+                yield await self._initialize(self._pending, values)
         else:
             raise InvalidArgumentError(f"kind: unexpected message {frame.kind!r} on an open Exchange stream")
 
@@ -190,18 +200,24 @@ class ExchangeSession:
             raise FailedPreconditionError("open: the stream was not opened")
         return self._runtime
 
-    async def _assemble(self, push: frames.PushView) -> torch.Tensor | None:
-        """Adds one push message to the push it belongs to; the gradient once it is complete."""
+    async def _assemble(self, push: frames.PushView, init: bool) -> torch.Tensor | None:
+        """Adds one push (or init) message to the one it belongs to; the tensor once it is complete."""
         runtime = self._opened()
         pending = self._pending
         if pending is None:
             state = runtime.state
             scratch = await runtime.scratch.take()
-            assembler = SliceAssembler(
-                state.segments, runtime.range_start, scratch, "push.chunks", wire_dtype(state.spec.compression)
-            )
-            pending = self._pending = _PendingPush(push, scratch, assembler)
+            # Initial parameters travel in full precision; gradients in the job's wire dtype.
+            wire = None if init else wire_dtype(state.spec.compression)
+            field = "init.chunks" if init else "push.chunks"
+            assembler = SliceAssembler(state.segments, runtime.range_start, scratch, field, wire)
+            pending = self._pending = _PendingPush(push, scratch, assembler, init=init)
         try:
+            if pending.init != init:
+                raise InvalidArgumentError(
+                    f"kind: an {'init' if init else 'push'} message inside "
+                    f"{'init' if pending.init else 'push'} {pending.header.push_id!r} (no message with last=true came)"
+                )
             self._check_continuation(push, pending)
             in_shared = shm.resolve(push.chunks, self._shared.push if self._shared else None, "push.chunks")
             runtime.metrics.received.inc(in_shared)
@@ -230,6 +246,24 @@ class ExchangeSession:
                 f"push.chunks: more than {self._push_chunks} chunks in push {pending.header.push_id!r}; "
                 "this shard's slice needs fewer"
             )
+
+    async def _initialize(self, pending: _PendingPush, values: torch.Tensor) -> Response:
+        """Sets the shard's initial parameters from a worker's (the first to send them), or
+        checks that they equal those set; acknowledged APPLIED or DUPLICATE."""
+        runtime = self._opened()
+        header = pending.header
+        try:
+            await runtime.wait_for_epoch(header.membership_epoch, runtime.state.spec.step_timeout_s)
+            applied = await runtime.initialize(self.worker_id, header.membership_epoch, values)
+        finally:
+            runtime.scratch.give_back(pending.scratch)
+            self._pending = None
+        if applied:
+            self._runtimes.initialized()
+        outcome = shard_pb.PUSH_OUTCOME_APPLIED if applied else shard_pb.PUSH_OUTCOME_DUPLICATE
+        return shard_pb.ExchangeResponse(
+            ack=shard_pb.PushAck(push_id=header.push_id, outcome=outcome, version=runtime.state.version)
+        )
 
     async def _apply(self, pending: _PendingPush, grad: torch.Tensor) -> AsyncIterator[Response]:
         runtime = self._opened()

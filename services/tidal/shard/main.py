@@ -96,6 +96,12 @@ class ShardNode:
         if self._checkpointer is not None:
             self._checkpointer.poke()
 
+    def initialized(self) -> None:
+        """The job's initial parameters arrived: checkpoint them at once, so a shard lost before
+        its first interval can be restored too."""
+        if self._checkpointer is not None:
+            self._checkpointer.poke(first=True)
+
     def worker_resumed(self, worker_id: str, last_version: int, completed_pushes: int) -> None:
         """A worker reconnected (see RecoveryLedger): counts what a restore lost."""
         if self.runtime is not None:
@@ -137,7 +143,7 @@ class ShardNode:
                 checkpointer = ShardCheckpointer(
                     self.store, job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery
                 )
-                await checkpointer.write()  # version 0: a shard lost before its first interval restarts too
+                await checkpointer.write()  # a restored shard's version (a new job's shard has none yet)
             metrics = self.metrics.for_job(job_id, state.spec.mode.value, assign.shard_index)
             self.runtime = self.last_runtime = ShardRuntime(job_id, state, metrics)
         except (TidalError, OSError) as exc:

@@ -135,6 +135,18 @@ class ShardRuntime:
             await self._folded(result.folded, time.perf_counter() - started)
         return result
 
+    async def initialize(self, worker_id: str, membership_epoch: int, values: torch.Tensor) -> bool:
+        """A worker's initial parameters (ShardState.initialize); wakes the workers waiting
+        for version 0 when they are set."""
+        try:
+            applied = self.state.initialize(worker_id, membership_epoch, values)
+        except InvalidArgumentError:
+            self.reject_bad_input()
+            raise
+        if applied:
+            await self._notify()
+        return applied
+
     def reject_bad_input(self) -> None:
         self.metrics.rejected["bad_input"].inc()
 
@@ -235,6 +247,8 @@ class ShardRuntime:
     def params(self) -> list[bytes]:
         """The current parameters as held (float32), encoded as ExchangeResponse messages
         carrying Params (transport/frames.py): the job's result, read rarely, not cached."""
+        if not self.state.initialized:
+            raise FailedPreconditionError(f"job_id: job {self.job_id} has no parameters yet (its workers send them)")
         messages = self._encode(None)
         self.metrics.sent.inc(sum(len(m) for m in messages))
         return messages
@@ -251,5 +265,3 @@ class ShardRuntime:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
-
-

@@ -39,7 +39,8 @@ _U64 = 1 << 64
 _EMPTY = memoryview(b"")
 
 # ExchangeRequest / ExchangeResponse: the oneof `kind`.
-_REQUEST_KINDS = {1: ("open", shard_pb.ExchangeOpen), 2: ("pull", shard_pb.Pull), 3: ("push", None)}
+# An `init` (4) is a PushChunk too: the shard's initial parameters, sent as a push is.
+_REQUEST_KINDS = {1: ("open", shard_pb.ExchangeOpen), 2: ("pull", shard_pb.Pull), 3: ("push", None), 4: ("init", None)}
 _RESPONSE_KINDS = {1: ("opened", shard_pb.ExchangeOpened), 2: ("ack", shard_pb.PushAck), 3: ("params", None)}
 
 
@@ -134,8 +135,11 @@ def encode_push(
     num_samples: int,
     chunks: Sequence[Encoded],
     last: bool,
+    *,
+    init: bool = False,
 ) -> bytes:
-    """An ExchangeRequest carrying one PushChunk."""
+    """An ExchangeRequest carrying one PushChunk: a gradient push, or (`init`) the shard's
+    initial parameters."""
     push = Encoded()
     raw_id = push_id.encode()
     if raw_id:
@@ -146,7 +150,7 @@ def encode_push(
         push.nested(6, chunk)
     push.add(_int_field(7, int(last)))
     request = Encoded()
-    request.nested(3, push)
+    request.nested(4 if init else 3, push)
     return request.join()
 
 

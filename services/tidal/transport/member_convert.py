@@ -13,7 +13,7 @@ from typing import Any
 from tidal.core import commands, events
 from tidal.core.job_records import Job, JobState
 from tidal.core.spec import parse_job_spec
-from tidal.transport.shard_map_serde import shard_map_from_proto
+from tidal.transport.shard_map_serde import shard_map_from_proto, tensors_to_proto
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -74,6 +74,11 @@ _EVENT_TO_PROTO: dict[type, Callable[[Any], coord_pb.SessionRequest]] = {
         worker_finished=coord_pb.WorkerFinished(job_id=e.job_id, steps=e.steps, samples=e.samples, pushes=e.pushes)
     ),
     events.EvalReport: _eval_report_to_proto,
+    events.LayoutReport: lambda e: coord_pb.SessionRequest(
+        layout_report=coord_pb.LayoutReport(
+            job_id=e.job_id, tensors=tensors_to_proto(e.layout.tensors), init_digest=e.layout.init_digest
+        )
+    ),
     events.TaskFailed: lambda e: coord_pb.SessionRequest(
         task_failed=coord_pb.TaskFailed(job_id=e.job_id, message=e.message)
     ),
@@ -87,14 +92,14 @@ def event_to_proto(event: events.Event) -> coord_pb.SessionRequest:
 
 # --- session messages -> domain commands ----------------------------------------------------
 def _job_from_proto(
-    job_id: str, spec_json: str, shard_map: common_pb.ShardMap, epoch: int, worker_ids: Iterable[str]
+    job_id: str, spec_json: str, shard_map: common_pb.ShardMap | None, epoch: int, worker_ids: Iterable[str]
 ) -> Job:
     # The job as an assignment tells it: the coordinator's bookkeeping (progress, times) stays
     # with the coordinator, so those fields keep their defaults.
     return Job(
         job_id=job_id,
         spec=parse_job_spec(spec_json),
-        shard_map=shard_map_from_proto(shard_map),
+        shard_map=None if shard_map is None else shard_map_from_proto(shard_map),
         created_at=0.0,
         membership_epoch=epoch,
         worker_ids=list(worker_ids),
@@ -105,6 +110,12 @@ def _assign_shard_from_proto(member_id: str, msg: coord_pb.SessionResponse) -> c
     a = msg.assign_shard
     job = _job_from_proto(a.job_id, a.spec_json, a.shard_map, a.membership_epoch, a.worker_ids)
     return commands.AssignShard(member_id, job, a.shard_index, restore=a.restore)
+
+
+def _prepare_worker_from_proto(member_id: str, msg: coord_pb.SessionResponse) -> commands.Command:
+    p = msg.prepare_worker
+    job = _job_from_proto(p.job_id, p.spec_json, None, p.membership_epoch, p.worker_ids)
+    return commands.PrepareWorker(member_id, job, p.rank)
 
 
 def _assign_worker_from_proto(member_id: str, msg: coord_pb.SessionResponse) -> commands.Command:
@@ -127,6 +138,7 @@ def _release_from_proto(member_id: str, msg: coord_pb.SessionResponse) -> comman
 
 _COMMAND_FROM_PROTO: dict[str, Callable[[str, coord_pb.SessionResponse], commands.Command]] = {
     "assign_shard": _assign_shard_from_proto,
+    "prepare_worker": _prepare_worker_from_proto,
     "assign_worker": _assign_worker_from_proto,
     "membership_changed": lambda member_id, msg: commands.ChangeMembership(
         member_id,

@@ -44,7 +44,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, member_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("open", "heartbeat", "worker_progress", "shard_progress", "shard_ready", "worker_finished", "eval_report", "task_failed", "goodbye")
+    __slots__ = ("open", "heartbeat", "worker_progress", "shard_progress", "shard_ready", "worker_finished", "eval_report", "task_failed", "goodbye", "layout_report")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     WORKER_PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class SessionRequest(_message.Message):
     EVAL_REPORT_FIELD_NUMBER: _ClassVar[int]
     TASK_FAILED_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_REPORT_FIELD_NUMBER: _ClassVar[int]
     open: SessionOpen
     heartbeat: Heartbeat
     worker_progress: WorkerProgress
@@ -63,7 +64,8 @@ class SessionRequest(_message.Message):
     eval_report: EvalReport
     task_failed: TaskFailed
     goodbye: Goodbye
-    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., shard_progress: _Optional[_Union[ShardProgress, _Mapping]] = ..., shard_ready: _Optional[_Union[ShardReady, _Mapping]] = ..., worker_finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReport, _Mapping]] = ..., task_failed: _Optional[_Union[TaskFailed, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    layout_report: LayoutReport
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., shard_progress: _Optional[_Union[ShardProgress, _Mapping]] = ..., shard_ready: _Optional[_Union[ShardReady, _Mapping]] = ..., worker_finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReport, _Mapping]] = ..., task_failed: _Optional[_Union[TaskFailed, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., layout_report: _Optional[_Union[LayoutReport, _Mapping]] = ...) -> None: ...
 
 class SessionOpen(_message.Message):
     __slots__ = ("member_id",)
@@ -170,6 +172,16 @@ class Goodbye(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class LayoutReport(_message.Message):
+    __slots__ = ("job_id", "tensors", "init_digest")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    INIT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    tensors: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
+    init_digest: str
+    def __init__(self, job_id: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., init_digest: _Optional[str] = ...) -> None: ...
+
 class TaskFailed(_message.Message):
     __slots__ = ("job_id", "message")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -179,7 +191,7 @@ class TaskFailed(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("welcome", "assign_shard", "assign_worker", "membership_changed", "evaluate", "release_job", "shard_moved")
+    __slots__ = ("welcome", "assign_shard", "assign_worker", "membership_changed", "evaluate", "release_job", "shard_moved", "prepare_worker")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_SHARD_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_WORKER_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +199,7 @@ class SessionResponse(_message.Message):
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_JOB_FIELD_NUMBER: _ClassVar[int]
     SHARD_MOVED_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_WORKER_FIELD_NUMBER: _ClassVar[int]
     welcome: SessionWelcome
     assign_shard: AssignShard
     assign_worker: AssignWorker
@@ -194,7 +207,8 @@ class SessionResponse(_message.Message):
     evaluate: Evaluate
     release_job: ReleaseJob
     shard_moved: ShardMoved
-    def __init__(self, welcome: _Optional[_Union[SessionWelcome, _Mapping]] = ..., assign_shard: _Optional[_Union[AssignShard, _Mapping]] = ..., assign_worker: _Optional[_Union[AssignWorker, _Mapping]] = ..., membership_changed: _Optional[_Union[MembershipChanged, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., release_job: _Optional[_Union[ReleaseJob, _Mapping]] = ..., shard_moved: _Optional[_Union[ShardMoved, _Mapping]] = ...) -> None: ...
+    prepare_worker: PrepareWorker
+    def __init__(self, welcome: _Optional[_Union[SessionWelcome, _Mapping]] = ..., assign_shard: _Optional[_Union[AssignShard, _Mapping]] = ..., assign_worker: _Optional[_Union[AssignWorker, _Mapping]] = ..., membership_changed: _Optional[_Union[MembershipChanged, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., release_job: _Optional[_Union[ReleaseJob, _Mapping]] = ..., shard_moved: _Optional[_Union[ShardMoved, _Mapping]] = ..., prepare_worker: _Optional[_Union[PrepareWorker, _Mapping]] = ...) -> None: ...
 
 class SessionWelcome(_message.Message):
     __slots__ = ("member_id",)
@@ -219,6 +233,22 @@ class AssignShard(_message.Message):
     worker_ids: _containers.RepeatedScalarFieldContainer[str]
     restore: bool
     def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., shard_index: _Optional[int] = ..., shard_map: _Optional[_Union[_common_pb2.ShardMap, _Mapping]] = ..., membership_epoch: _Optional[int] = ..., worker_ids: _Optional[_Iterable[str]] = ..., restore: _Optional[bool] = ...) -> None: ...
+
+class PrepareWorker(_message.Message):
+    __slots__ = ("job_id", "spec_json", "rank", "world_size", "membership_epoch", "worker_ids")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    spec_json: str
+    rank: int
+    world_size: int
+    membership_epoch: int
+    worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AssignWorker(_message.Message):
     __slots__ = ("job_id", "spec_json", "rank", "world_size", "membership_epoch", "shard_map", "shard_addresses", "worker_ids")

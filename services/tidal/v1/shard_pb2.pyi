@@ -24,14 +24,16 @@ PUSH_OUTCOME_DROPPED_LATE: PushOutcome
 PUSH_OUTCOME_REJECTED_STALE: PushOutcome
 
 class ExchangeRequest(_message.Message):
-    __slots__ = ("open", "pull", "push")
+    __slots__ = ("open", "pull", "push", "init")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
     open: ExchangeOpen
     pull: Pull
     push: PushChunk
-    def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
+    init: PushChunk
+    def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ..., init: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpen(_message.Message):
     __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory")

@@ -117,6 +117,27 @@ class ShardLink:
         if not reply.body.shared_memory:
             self._drop_shared()
         log.info("%s: tensors travel %s", self._where(), "through shared memory" if self._shared else "inline (gRPC)")
+        if reply.body.version < 0:
+            await self._send_initial()
+
+    async def _send_initial(self) -> None:
+        """A new job's shard has no parameters (it builds no model): this worker's initial
+        slice becomes them, unless another worker's equal values came first (DUPLICATE).
+        Only before training: the model still holds the values it was built with."""
+        chunks = serde.encoded_chunks(self.params, self.segments, self.start)
+        groups = list(serde.group_encoded(chunks))
+        for i, group in enumerate(groups):
+            last = i == len(groups) - 1
+            await self._write(frames.encode_push("init", -1, self.epoch, 0, 0, group, last, init=True))
+            self.bytes_sent += sum(c.size for c in group)
+        reply = await self._read(None)
+        if reply.kind != "ack":
+            raise UnavailableError(f"{self._where()}: expected an ack of the initial parameters, got {reply.kind}")
+        log.info(
+            "%s: initial parameters %s",
+            self._where(),
+            "set" if reply.body.outcome == shard_pb.PUSH_OUTCOME_APPLIED else "already set by another worker",
+        )
 
     @property
     def shared_memory(self) -> bool:

@@ -15,7 +15,7 @@ from tidal.core.datasets import Dataset, batch_indices
 from tidal.core.faults import kill_now
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
-from tidal.core.plan import job_dataset, job_model, job_partition
+from tidal.core.plan import job_dataset, job_partition
 from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
@@ -25,6 +25,7 @@ from tidal.transport.settings import ServiceSettings
 from tidal.worker.fanout import fan_out
 from tidal.worker.links import ShardLink
 from tidal.worker.metrics import JobWorkerMetrics, PhaseTimes
+from tidal.worker.prepare import PreparedJob, check_layout
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +69,24 @@ class TrainingRun:
     """Everything a worker holds for one job; `train` is the worker's one loop."""
 
     def __init__(
-        self, assignment: Assignment, slowdown: float, metrics: JobWorkerMetrics, settings: ServiceSettings
+        self,
+        assignment: Assignment,
+        prepared: PreparedJob,
+        slowdown: float,
+        metrics: JobWorkerMetrics,
+        settings: ServiceSettings,
     ) -> None:
+        """`prepared`: the job's data and model as this worker built them (worker/prepare.py);
+        its layout must be the one the shards hold."""
         self.a = assignment
         # The process's security and shared-memory setting, for the links to the shards.
         self.settings = settings
         spec = assignment.spec
         self.metrics = metrics
-        # A partitioned data set (climate) loads only this worker's part.
-        slot = data_slot(assignment.worker_id, assignment.rank, assignment.world_size, assignment.worker_ids)
-        self.dataset: Dataset = job_dataset(spec, *slot)
-        self.flat = FlatModel(job_model(spec, self.dataset, model_modules=settings.model_modules))
+        check_layout(prepared.layout, assignment.shard_map)
+        # A partitioned data set (climate) holds only one slot's part (`_partition` reloads it).
+        self.dataset: Dataset = prepared.dataset
+        self.flat = FlatModel(prepared.model)
         self.epoch = assignment.membership_epoch
         self.worker_ids = assignment.worker_ids
         self.partition = self._partition()

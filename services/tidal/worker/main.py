@@ -27,8 +27,9 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import worker_pb2 as worker_pb
 from tidal.v1 import worker_pb2_grpc as worker_grpc
 from tidal.worker.convert import assignment_from_command, progress_to_proto, worker_info_to_proto
-from tidal.worker.loop import StepReport, TrainingRun
+from tidal.worker.loop import StepReport, TrainingRun, data_slot
 from tidal.worker.metrics import WorkerMetrics
+from tidal.worker.prepare import PreparedJob, prepare_job
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [worker_pb.DESCRIPTOR.services_by_name["Worker"].full_name]
@@ -46,6 +47,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
         self.slowdown = slowdown
         self.run: TrainingRun | None = None
         self._task: asyncio.Task[None] | None = None
+        # The job this worker prepares or prepared (PrepareWorker), and what it built for it.
+        self._preparing = ""
+        self._prepared: PreparedJob | None = None
         # The latest membership change of the job being set up, applied once its run exists.
         self._membership: commands.ChangeMembership | None = None
         # The worker_finished report of the current job, sent again after a session resumes.
@@ -60,10 +64,22 @@ class WorkerNode(worker_grpc.WorkerServicer):
         command = command_from_proto(self.session.member_id, msg)
         run = self.run
         match command:
+            case commands.PrepareWorker() if command.job.job_id == self._preparing:
+                # Repeated after the session resumed: the report may have been lost with it.
+                if self._prepared is not None:
+                    await self._send(event_to_proto(events.LayoutReport(self._preparing, self._prepared.layout)))
+            case commands.PrepareWorker():
+                await self.release()
+                prepare = command
+                self._preparing = prepare.job.job_id
+                self._task = asyncio.create_task(self._guard(self._preparing, lambda: self._prepare(prepare)))
             case commands.AssignWorker():
+                job_id = command.job.job_id
+                # What PrepareWorker built for this job; a worker joining a running job builds it now.
+                prepared = self._prepared if self._prepared is not None and self._prepared.job_id == job_id else None
                 await self.release()
                 assign = command
-                self._task = asyncio.create_task(self._guard(assign.job.job_id, lambda: self._train(assign)))
+                self._task = asyncio.create_task(self._guard(job_id, lambda: self._train(assign, prepared)))
             case commands.ChangeMembership():
                 self._membership = command
                 self._apply_membership()
@@ -73,7 +89,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
             case commands.Evaluate() if run and run.a.job_id == command.job_id:
                 final = command.final
                 self._task = asyncio.create_task(self._guard(command.job_id, lambda: self._evaluate(run, final)))
-            case commands.Release() if run and run.a.job_id == command.job_id:
+            case commands.Release() if command.job_id in (run.a.job_id if run else "", self._preparing):
                 await self.release()
 
     def _apply_membership(self) -> None:
@@ -98,8 +114,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
         await cancel_and_wait(self._task)
         if self.run:
             await self.run.close()
-        self.run = self._task = None
+        self.run = self._task = self._prepared = None
         self._membership = self._finished = None
+        self._preparing = ""
 
     async def _guard(self, job_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Runs job work; a failure is reported to the coordinator, which fails the job. Not
@@ -120,12 +137,31 @@ class WorkerNode(worker_grpc.WorkerServicer):
                 return
             await self._send(event_to_proto(events.TaskFailed(job_id, str(exc))))
 
-    async def _train(self, assign: commands.AssignWorker) -> None:
+    async def _prepare(self, command: commands.PrepareWorker) -> None:
+        """Builds the job's data and model with this worker's code and reports the layout."""
+        job = command.job
+        slot = data_slot(self.session.member_id, command.rank, len(job.worker_ids), tuple(job.worker_ids))
+        prepared = await asyncio.to_thread(prepare_job, job.job_id, job.spec, slot, self.settings.model_modules)
+        self._prepared = prepared
+        log.info(
+            "job %s: prepared, %d parameters in %d tensors",
+            job.job_id, prepared.layout.parameters, len(prepared.layout.tensors),
+        )  # fmt: skip
+        await self._send(event_to_proto(events.LayoutReport(job.job_id, prepared.layout)))
+
+    async def _train(self, assign: commands.AssignWorker, prepared: PreparedJob | None) -> None:
         assignment = assignment_from_command(assign)
         job_id = assignment.job_id
         metrics = self.metrics.for_job(job_id, assignment.spec.mode.value, self.session.member_id)
         self.metrics.slowdown.labels(self.session.member_id).set(self.slowdown)
-        self.run = run = await asyncio.to_thread(TrainingRun, assignment, self.slowdown, metrics, self.settings)
+        if prepared is None:
+            a = assignment
+            slot = data_slot(a.worker_id, a.rank, a.world_size, a.worker_ids)
+            modules = self.settings.model_modules
+            prepared = await asyncio.to_thread(prepare_job, job_id, a.spec, slot, modules)
+        self.run = run = await asyncio.to_thread(
+            TrainingRun, assignment, prepared, self.slowdown, metrics, self.settings
+        )
         self._apply_membership()  # a change that arrived while the run was being built
         log.info(
             "job %s: rank %d of %d, %d training samples",

@@ -1,0 +1,53 @@
+"""A new job's first step on a worker: its data and its model, built with the worker's own code.
+
+The coordinator and the shards never build a model: each worker builds it from the spec, and
+announces its layout (core/layout.py) so the coordinator can plan the shard map; the first
+worker to reach each shard gives it its initial slice (worker/links.py). The model is sized
+on the meta device first, so a spec past the limits is refused before it is allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from tidal.core.datasets import Dataset
+from tidal.core.errors import InvalidArgumentError
+from tidal.core.layout import Layout
+from tidal.core.model_size import meta_model
+from tidal.core.model_source import ModelModules
+from tidal.core.plan import job_dataset, job_model, model_layout
+from tidal.core.shard_map import ShardMap
+from tidal.core.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    job_id: str
+    # The data of the slot (partition index, count) it was loaded for.
+    dataset: Dataset
+    model: nn.Module
+    layout: Layout
+
+
+def prepare_job(job_id: str, spec: JobSpec, slot: tuple[int, int], model_modules: ModelModules) -> PreparedJob:
+    """Loads the slot's data and builds the job's model (raises InvalidArgumentError, naming
+    the field, for a spec this worker cannot run)."""
+    dataset = job_dataset(spec, *slot)
+    info = dataset.info
+    # Bounded before it is allocated: a factory is stopped part-way past the limits.
+    meta_model(
+        spec.model.name, spec.model.args, info.input_shape, info.num_classes, spec.seed, model_modules=model_modules
+    )
+    model = job_model(spec, dataset, model_modules=model_modules)
+    return PreparedJob(job_id, dataset, model, model_layout(model))
+
+
+def check_layout(layout: Layout, shard_map: ShardMap) -> None:
+    """The model this worker built must be the one the job's shards hold."""
+    if layout.tensors != shard_map.tensors:
+        planned = Layout(shard_map.tensors, layout.init_digest)
+        raise InvalidArgumentError(
+            f"layout: this worker's model does not match the job's shard map: {planned.difference(layout)}"
+        )
