@@ -111,27 +111,27 @@ class Planner:
                 await process.stdin.drain()
                 line = await process.stdout.readline()
         except TimeoutError:
-            tail = await self._kill()
+            tail = await self.aclose()
             raise UnavailableError(
                 f"planning the job took longer than {self.timeout_s:g}s; the planner was stopped: {tail}"
             ) from None
         except ValueError:  # the line is longer than the stream's limit
-            await self._kill()
+            await self.aclose()
             raise InternalError(
                 f"planning job {spec.name!r}: the planner wrote more than {MAX_LAYOUT_BYTES} bytes"
             ) from None
         except (ConnectionError, BrokenPipeError):
             line = b""
         except BaseException:  # cancelled: the plan is abandoned, its child with it
-            await self._kill()
+            await self.aclose()
             raise
         if not line:
             code = await self._wait_ended()
-            tail = await self._kill()
+            tail = await self.aclose()
             raise InternalError(f"planning job {spec.name!r}: the planner {_ended(code)}: {tail}")
         answer = _answer(line)
         if answer.get("restart"):  # it ran out of memory: what it holds may never come back
-            await self._kill()
+            await self.aclose()
         return answer
 
     async def _ensure_child(self) -> asyncio.subprocess.Process:
@@ -159,13 +159,20 @@ class Planner:
                 return await self._process.wait()
         return -int(signal.SIGKILL)
 
-    async def _kill(self) -> str:
-        """Stops the child, if any; the tail of its stderr."""
+    def kill(self) -> None:
+        """Kills the child, if one runs, without waiting for it: for shutdown paths that cannot
+        await. `aclose` kills it too and waits until it ended."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    async def aclose(self) -> str:
+        """Kills the child (`kill`) and waits until it ended; the tail of its stderr. The next
+        plan starts a fresh child."""
+        self.kill()
         process, self._process = self._process, None
         if process is not None:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
             await process.wait()
         if self._stderr_task is not None:
             with contextlib.suppress(TimeoutError):
@@ -173,15 +180,6 @@ class Planner:
                     await self._stderr_task
             self._stderr_task.cancel()
         return _tail(self._stderr.data if self._stderr else b"")
-
-    async def aclose(self) -> None:
-        await self._kill()
-
-    def kill(self) -> None:
-        """Kills the child at once (for shutdown, outside the event loop's time)."""
-        if self._process is not None and self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
 
 
 async def plan_job(

@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.helpers import PLAINTEXT, run_async, submit, wait_for_job, wait_until
 from tidal.client import check_health
+from tidal.core.events import Heartbeat
 from tidal.launcher import LocalCluster
 from tidal.transport.server import create_channel
 from tidal.transport.session import MemberSession
@@ -102,7 +103,7 @@ def test_cancelling_senders_never_breaks_a_member_session(tmp_path: Path) -> Non
         commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
         runner = asyncio.create_task(session.run(commands.put))
         await asyncio.wait_for(commands.get(), 10)  # welcome
-        payload = coord_pb.SessionRequest(heartbeat=coord_pb.Heartbeat(seq=0))
+        payload = Heartbeat(seq=0)
         for _ in range(200):
             senders = [asyncio.create_task(session.send(payload)) for _ in range(5)]
             await asyncio.sleep(0)

@@ -96,6 +96,14 @@ def _wait_for(path: Path, limit_s: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def _wait_dead(pid: int, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} still runs")
+        time.sleep(0.05)
+
+
 def _alive(pid: int) -> bool:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -201,3 +209,19 @@ def test_one_child_plans_spec_after_spec_and_a_failed_one_is_replaced(factories:
         assert not _alive(second)
 
     asyncio.run(run())
+
+
+def test_kill_stops_the_child_without_awaiting_and_aclose_reaps_it() -> None:
+    async def run() -> tuple[int, str, str]:
+        planner = Planner()
+        await planner.start()
+        pid = planner.pid
+        assert pid is not None
+        planner.kill()  # what a shutdown path that cannot await calls
+        await asyncio.to_thread(_wait_dead, pid)
+        tail = await planner.aclose()
+        return pid, tail, await planner.aclose()
+
+    pid, tail, again = asyncio.run(run())
+    assert not _alive(pid)
+    assert isinstance(tail, str) and again == "(no output)"
