@@ -24,8 +24,8 @@ import torch
 from bench.procs import read_window
 from tidal.core.commands import AssignWorker
 from tidal.core.compression import params_wire_dtype
-from tidal.transport.member_convert import command_from_proto
 from tidal.transport.session import MemberSession
+from tidal.transport.session_convert import command_from_proto
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb

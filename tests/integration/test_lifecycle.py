@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.helpers import PLAINTEXT, run_async, submit, wait_for_job, wait_until
 from tidal.client import check_health
+from tidal.core.events import Heartbeat
 from tidal.launcher import LocalCluster
 from tidal.transport.server import create_channel
 from tidal.transport.session import MemberSession
@@ -62,18 +63,16 @@ def test_sigterm_stops_a_shard_gracefully_and_it_leaves_the_cluster(tmp_path: Pa
         wait_until(shard_failed, timeout_s=15, what="coordinator marks the stopped shard as left")
 
 
-def test_the_running_coordinator_maps_no_torch_and_plans_in_its_child(tmp_path: Path) -> None:
+def test_the_running_coordinator_maps_no_torch_and_starts_no_child(tmp_path: Path) -> None:
     """The real `tidal coordinator` process, after planning and running a job: no torch library
-    in its address space; the plans were made by its planner child."""
+    in its address space and no child process; the workers built the model and announced it."""
     with LocalCluster(tmp_path, num_shards=1, worker_slowdowns=(1.0,)) as cluster:
         job = submit(cluster.coordinator_address, {"name": "light", "num_workers": 1, "steps": 5})
         assert wait_for_job(cluster.coordinator_address, job.job_id).state == common_pb.JOB_STATE_SUCCEEDED
         pid = cluster.services["coordinator"].process.pid
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "libtorch" not in maps and "/torch/" not in maps
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes() for c in children]
-        assert any(b"tidal.planner_child" in c for c in cmdlines), cmdlines
+        assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []
 
 
 def test_losing_workers_below_min_workers_fails_the_sync_job_with_a_clear_message(tmp_path: Path) -> None:
@@ -102,7 +101,7 @@ def test_cancelling_senders_never_breaks_a_member_session(tmp_path: Path) -> Non
         commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
         runner = asyncio.create_task(session.run(commands.put))
         await asyncio.wait_for(commands.get(), 10)  # welcome
-        payload = coord_pb.SessionRequest(heartbeat=coord_pb.Heartbeat(seq=0))
+        payload = Heartbeat(seq=0)
         for _ in range(200):
             senders = [asyncio.create_task(session.send(payload)) for _ in range(5)]
             await asyncio.sleep(0)

@@ -86,6 +86,22 @@ def test_close_cancels_and_waits_and_a_cancelled_task_is_no_failure() -> None:
     assert asyncio.run(run()) == (True, False)
 
 
+def test_tasks_that_ended_are_forgotten() -> None:
+    # A shard spawns reporters and checkpoint writes for every job: they must not pile up.
+    async def run() -> tuple[int, int, bool]:
+        supervisor = Supervisor(asyncio.Event())
+        server = supervisor.spawn("server", asyncio.Event().wait())
+        ended = [supervisor.spawn(f"job {i} reporter", asyncio.sleep(0), may_end=True) for i in range(100)]
+        cancelled = [supervisor.spawn(f"job {i} writer", asyncio.Event().wait()) for i in range(100)]
+        await cancel_and_wait(*cancelled)
+        await asyncio.wait(ended)
+        left = supervisor.running
+        await supervisor.close()
+        return len(left), len(supervisor.running), server in left
+
+    assert asyncio.run(run()) == (1, 0, True)
+
+
 def test_cancel_and_wait_returns_once_the_task_ended_and_keeps_the_callers_cancellation() -> None:
     async def run() -> tuple[bool, bool]:
         unwound = asyncio.Event()

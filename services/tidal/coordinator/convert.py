@@ -1,5 +1,6 @@
-"""Domain <-> proto for the coordinator, in one place: job status, members, the events members
-report (`event_from_proto`) and the commands they are sent (`command_to_proto`).
+"""Domain <-> proto for the coordinator's own answers: job status and members. The session's
+messages (the events members report, the commands they are sent) convert in
+transport/session_convert.py, which both sides of the session share.
 
 The gRPC servicer (coordinator/servicer.py) and the REST app (coordinator/rest.py) convert here
 and hand `Control` domain values only; proto classes are imported under aliases (`coord_pb`) so
@@ -9,15 +10,10 @@ they never shadow the domain's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
-from tidal.core import commands, events
-from tidal.core.job_records import Job, JobState, ShardProgress
-from tidal.core.layout import Layout
+from tidal.core.job_records import Job
 from tidal.core.membership import Member, MemberState, Role
-from tidal.core.shard_map import ShardMap
-from tidal.transport.shard_map_serde import shard_map_to_proto, tensors_from_proto
+from tidal.transport.session_convert import JOB_STATE_TO_PROTO
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -28,13 +24,6 @@ MEMBER_STATE_TO_PROTO = {
     MemberState.ASSIGNED: common_pb.MEMBER_STATE_ASSIGNED,
     MemberState.FAILED: common_pb.MEMBER_STATE_FAILED,
     MemberState.LEFT: common_pb.MEMBER_STATE_LEFT,
-}
-JOB_STATE_TO_PROTO = {
-    JobState.PENDING: common_pb.JOB_STATE_PENDING,
-    JobState.RUNNING: common_pb.JOB_STATE_RUNNING,
-    JobState.SUCCEEDED: common_pb.JOB_STATE_SUCCEEDED,
-    JobState.FAILED: common_pb.JOB_STATE_FAILED,
-    JobState.CANCELLED: common_pb.JOB_STATE_CANCELLED,
 }
 
 
@@ -109,167 +98,3 @@ def job_to_proto(job: Job) -> coord_pb.JobStatus:
     if job.evals:
         status.val_loss, status.val_accuracy = job.evals[-1].val_loss, job.evals[-1].val_accuracy
     return status
-
-
-def _planned(job: Job) -> ShardMap:
-    if job.shard_map is None:  # JobManager assigns shards and workers only once it planned
-        raise AssertionError(f"job {job.job_id} has no shard map yet")
-    return job.shard_map
-
-
-def _assign_shard_to_proto(command: commands.AssignShard) -> coord_pb.SessionResponse:
-    job = command.job
-    return coord_pb.SessionResponse(
-        assign_shard=coord_pb.AssignShard(
-            job_id=job.job_id,
-            spec_json=job.spec.to_json(),
-            shard_index=command.shard_index,
-            shard_map=shard_map_to_proto(_planned(job)),
-            membership_epoch=job.membership_epoch,
-            worker_ids=job.worker_ids,
-            restore=command.restore,
-        )
-    )
-
-
-def _move_shard_to_proto(command: commands.MoveShard) -> coord_pb.SessionResponse:
-    return coord_pb.SessionResponse(
-        shard_moved=coord_pb.ShardMoved(
-            job_id=command.job_id,
-            shard_index=command.shard_index,
-            address=command.shard_address,
-            version=command.version,
-        )
-    )
-
-
-def _prepare_worker_to_proto(command: commands.PrepareWorker) -> coord_pb.SessionResponse:
-    job = command.job
-    return coord_pb.SessionResponse(
-        prepare_worker=coord_pb.PrepareWorker(
-            job_id=job.job_id,
-            spec_json=job.spec.to_json(),
-            rank=command.rank,
-            world_size=len(job.worker_ids),
-            membership_epoch=job.membership_epoch,
-            worker_ids=job.worker_ids,
-        )
-    )
-
-
-def _assign_worker_to_proto(command: commands.AssignWorker) -> coord_pb.SessionResponse:
-    job = command.job
-    return coord_pb.SessionResponse(
-        assign_worker=coord_pb.AssignWorker(
-            job_id=job.job_id,
-            spec_json=job.spec.to_json(),
-            rank=command.rank,
-            world_size=len(job.worker_ids),
-            membership_epoch=job.membership_epoch,
-            shard_map=shard_map_to_proto(_planned(job)),
-            shard_addresses=command.shard_addresses,
-            worker_ids=job.worker_ids,
-        )
-    )
-
-
-def _change_membership_to_proto(command: commands.ChangeMembership) -> coord_pb.SessionResponse:
-    return coord_pb.SessionResponse(
-        membership_changed=coord_pb.MembershipChanged(
-            job_id=command.job_id, membership_epoch=command.membership_epoch, worker_ids=command.worker_ids
-        )
-    )
-
-
-def _evaluate_to_proto(command: commands.Evaluate) -> coord_pb.SessionResponse:
-    return coord_pb.SessionResponse(evaluate=coord_pb.Evaluate(job_id=command.job_id, final=command.final))
-
-
-def _release_to_proto(command: commands.Release) -> coord_pb.SessionResponse:
-    return coord_pb.SessionResponse(
-        release_job=coord_pb.ReleaseJob(
-            job_id=command.job_id, final_state=JOB_STATE_TO_PROTO[command.state], reason=command.reason
-        )
-    )
-
-
-_COMMAND_TO_PROTO: dict[type, Callable[[Any], coord_pb.SessionResponse]] = {
-    commands.AssignShard: _assign_shard_to_proto,
-    commands.MoveShard: _move_shard_to_proto,
-    commands.PrepareWorker: _prepare_worker_to_proto,
-    commands.AssignWorker: _assign_worker_to_proto,
-    commands.ChangeMembership: _change_membership_to_proto,
-    commands.Evaluate: _evaluate_to_proto,
-    commands.Release: _release_to_proto,
-}
-
-
-def command_to_proto(command: commands.Command) -> coord_pb.SessionResponse:
-    """The session message for a command `Control` delivered (addresses already filled in)."""
-    return _COMMAND_TO_PROTO[type(command)](command)
-
-
-# --- session messages -> domain events ----------------------------------------------------
-def shard_progress_from_proto(msg: coord_pb.ShardProgress) -> ShardProgress:
-    return ShardProgress(
-        msg.version,
-        msg.updates_applied,
-        msg.updates_rejected,
-        msg.staleness_sum,
-        msg.staleness_count,
-        msg.staleness_max,
-        msg.updates_lost,
-        msg.versions_lost,
-        msg.checkpoint_version,
-        pushes_by_worker=dict(msg.pushes_by_worker),
-    )
-
-
-def _worker_progress_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
-    p = msg.worker_progress
-    return events.WorkerProgressReport(p.job_id, p.step, p.samples, p.loss, p.step_time_s, p.pushes)
-
-
-def _shard_progress_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
-    return events.ShardProgressReport(msg.shard_progress.job_id, shard_progress_from_proto(msg.shard_progress))
-
-
-def _shard_ready_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
-    r = msg.shard_ready
-    return events.ShardReady(r.job_id, r.version, r.checkpointing)
-
-
-def _worker_finished_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
-    p = msg.worker_finished
-    return events.WorkerFinished(p.job_id, p.steps, p.samples, p.pushes)
-
-
-def _layout_report_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
-    r = msg.layout_report
-    tensors = tensors_from_proto(r.tensors, "layout_report.tensors")
-    return events.LayoutReport(r.job_id, Layout(tensors, r.init_digest))
-
-
-def _eval_report_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
-    p = msg.eval_report
-    return events.EvalReport(p.job_id, p.version, p.val_loss, p.val_accuracy, p.final)
-
-
-_EVENT_FROM_PROTO: dict[str, Callable[[coord_pb.SessionRequest], events.Event]] = {
-    "heartbeat": lambda msg: events.Heartbeat(),
-    "goodbye": lambda msg: events.Goodbye(msg.goodbye.reason),
-    "worker_progress": _worker_progress_from_proto,
-    "shard_progress": _shard_progress_from_proto,
-    "shard_ready": _shard_ready_from_proto,
-    "worker_finished": _worker_finished_from_proto,
-    "eval_report": _eval_report_from_proto,
-    "layout_report": _layout_report_from_proto,
-    "task_failed": lambda msg: events.TaskFailed(msg.task_failed.job_id, msg.task_failed.message),
-}
-
-
-def event_from_proto(msg: coord_pb.SessionRequest) -> events.Event | None:
-    """The event a session message reports; None for one that reports none (an empty message,
-    or a second 'open'), which the session ignores."""
-    decode = _EVENT_FROM_PROTO.get(msg.WhichOneof("kind") or "")
-    return decode(msg) if decode is not None else None

@@ -1,6 +1,6 @@
-"""The Coordinator gRPC servicer: serde (coordinator/convert.py) plus one call into `Control`
-per RPC; session messages become domain events, the commands in a member's outbox become
-session messages."""
+"""The Coordinator gRPC servicer: serde (coordinator/convert.py; the session's messages in
+transport/session_convert.py) plus one call into `Control` per RPC; session messages become
+domain events, the commands in a member's outbox become session messages."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tidal.coordinator.control import Control
-from tidal.coordinator.convert import ROLE_FROM_PROTO, command_to_proto, event_from_proto, job_to_proto, member_to_proto
+from tidal.coordinator.convert import ROLE_FROM_PROTO, job_to_proto, member_to_proto
 from tidal.core import authz
 from tidal.core.errors import InvalidArgumentError
 from tidal.transport.errors import translate_errors
 from tidal.transport.guard import current_principal, identity_for_registration, require, require_member
+from tidal.transport.session_convert import command_to_proto, event_from_proto
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc

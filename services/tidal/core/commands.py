@@ -3,7 +3,7 @@
 `JobManager` (core/jobs.py) returns them from each event. The coordinator's `Control` fixes
 them as they are delivered (a snapshot of the job, the shards' addresses: what the member must be
 told as of now, not as of when the stream sends it) and puts them in the member's outbox; its gRPC
-edge turns them into session messages (coordinator/convert.py).
+edge turns them into session messages (transport/session_convert.py).
 """
 
 from __future__ import annotations

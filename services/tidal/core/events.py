@@ -1,7 +1,7 @@
 """What members report to the coordinator over their sessions, as domain events.
 
 The coordinator's gRPC edge decodes each session message into one of these
-(coordinator/convert.py); `Control` (coordinator/control.py) applies them to the membership and
+(transport/session_convert.py); `Control` (coordinator/control.py) applies them to the membership and
 the jobs and delivers the commands (core/commands.py) that follow.
 """
 
@@ -15,7 +15,10 @@ from tidal.core.layout import Layout
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The member is alive; it carries nothing else."""
+    """The member is alive; it carries nothing else the coordinator uses."""
+
+    # The member's count of heartbeats, for diagnosing lost ones.
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class WorkerProgressReport:
     step_time_s: float
     # Pushes every shard has acknowledged so far.
     pushes: int = 0
+    # Parameter version the worker last saw: on the wire for observers, the coordinator ignores it.
+    param_version: int = 0
 
 
 @dataclass(frozen=True)

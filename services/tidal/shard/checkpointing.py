@@ -1,7 +1,9 @@
 """A shard's checkpoints for one job, seen from asyncio: when to write, one write at a time.
 
 The snapshot is taken on the event loop, between two pushes (pushes are applied on the
-loop, so it is consistent); the files are written in a thread so pushes keep flowing.
+loop, so it is consistent); the files are written in a thread so pushes keep flowing. A
+scheduled write runs as a task of the shard's `Supervisor`: a crash in it (a bug; a failing
+disk is logged and retried) logs its traceback and ends the shard with exit code 1.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,6 +21,7 @@ from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_snapshot import ShardSnapshot, snapshot_shard
 from tidal.core.shard_state import ShardState
 from tidal.transport.metrics import LATENCY_BUCKETS
+from tidal.transport.supervise import Supervisor, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,11 @@ class CheckpointMetrics:
 
 
 class ShardCheckpointer:
-    """Writes the checkpoints of one job on the job's schedule."""
+    """Writes the checkpoints of one job on the job's schedule.
+
+    Lifecycle: `write` once at start; `run` (the schedule) and `poke` start scheduled writes
+    under `supervisor`; on release `close` cancels the write in progress and waits for it,
+    then `write` writes the final checkpoint."""
 
     def __init__(
         self,
@@ -66,8 +75,11 @@ class ShardCheckpointer:
         metrics: CheckpointMetrics,
         written: int = -1,
         ledger: RecoveryLedger | None = None,
+        *,
+        supervisor: Supervisor,
     ) -> None:
         self.store = store
+        self.supervisor = supervisor
         self.job_id = job_id
         self.state = state
         spec = state.spec.checkpoint
@@ -93,7 +105,7 @@ class ShardCheckpointer:
             due = self.state.version > self.written_version
         if self._writing is None and due:
             snapshot = snapshot_shard(self.job_id, self.state, self.ledger.lost_by_worker)
-            self._writing = asyncio.create_task(self._write(snapshot))
+            self._writing = self.supervisor.spawn("shard checkpoint writer", self._write(snapshot), may_end=True)
 
     async def run(self) -> None:
         """Checks the time-based schedule until cancelled (and catches up after a slow write)."""
@@ -105,14 +117,20 @@ class ShardCheckpointer:
         """Writes a checkpoint of the current version (after any write in progress) unless one
         is on disk already; raises OSError if it fails."""
         if self._writing is not None:
-            await asyncio.gather(self._writing, return_exceptions=True)
+            # Its errors stay with the task: the supervisor has reported them.
+            await asyncio.wait({self._writing})
         if self.state.version != self.written_version:
             await self._write(snapshot_shard(self.job_id, self.state, self.ledger.lost_by_worker), final=True)
+
+    async def close(self) -> None:
+        """Cancels the scheduled write in progress, if any, and returns once it ended: no
+        write of this job runs on (its thread included) when the final one starts."""
+        await cancel_and_wait(self._writing)
 
     async def _write(self, snapshot: ShardSnapshot, final: bool = False) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self.store.write, snapshot, self.state.spec.checkpoint.keep_last)
+            await _in_thread_to_the_end(self.store.write, snapshot, self.state.spec.checkpoint.keep_last)
         except OSError as exc:
             if final:
                 raise
@@ -129,3 +147,16 @@ class ShardCheckpointer:
         self.metrics.seconds.labels(*self.labels).observe(took)
         self.metrics.version.labels(*self.labels).set(snapshot.version)
         log.info("job %s: checkpoint of version %d written in %.3fs", self.job_id, snapshot.version, took)
+
+
+async def _in_thread_to_the_end(fn: Callable[..., None], *args: Any) -> None:
+    """Runs `fn` in a thread. Cancelled, it still waits for the thread before it re-raises:
+    a thread cannot be stopped, and a checkpoint write must never overlap the next one."""
+    done = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait({done})
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            log.warning("a cancelled checkpoint write failed: %s", exc)
+        raise

@@ -1,7 +1,7 @@
 """Domain <-> proto for the shard, in one place (the servicer and the node adapt, this converts):
 its own service's answers, its assignment (`build_state`), the reports it sends the coordinator
-and the checkpoints it announces when it registers. The session's generic pair lives in
-transport/member_convert.py, shared with the worker.
+and the checkpoints it announces when it registers. The session's messages convert in
+transport/session_convert.py, shared with the worker and the coordinator.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The parameter shard process: a gRPC server plus one loop over coordinator commands.
 
-The node's long-lived tasks (progress reporter, checkpoint schedule) are supervised
+The node's long-lived tasks (progress reporter, checkpoint schedule and writes) are supervised
 (transport/supervise.py): a crash logs its traceback and ends the process with exit code 1,
 as a crash of the coordinator session does (transport/member.py)."""
 
@@ -28,10 +28,10 @@ from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
 from tidal.transport.member import MemberPorts, serve_member
-from tidal.transport.member_convert import command_from_proto, event_to_proto
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
+from tidal.transport.session_convert import command_from_proto
 from tidal.transport.settings import ServiceSettings
 from tidal.transport.supervise import Supervisor, cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
@@ -141,8 +141,9 @@ class ShardNode:
             checkpointer = None
             if self.store is not None and self.checkpoint_metrics is not None:
                 checkpointer = ShardCheckpointer(
-                    self.store, job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery
-                )
+                    self.store, job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery,
+                    supervisor=self.supervisor,
+                )  # fmt: skip
                 await checkpointer.write()  # a restored shard's version (a new job's shard has none yet)
             metrics = self.metrics.for_job(job_id, state.spec.mode.value, assign.shard_index)
             self.runtime = self.last_runtime = ShardRuntime(job_id, state, metrics)
@@ -162,7 +163,7 @@ class ShardNode:
         self._reporter = self.supervisor.spawn("shard progress reporter", self._report_progress(runtime))
 
     async def _send(self, event: events.Event) -> None:
-        await self.session.send(event_to_proto(event))
+        await self.session.send(event)
 
     async def release(self, reason: str | None = None) -> None:
         """Ends the job on this shard after a final checkpoint. Without a reason the process is
@@ -172,6 +173,7 @@ class ShardNode:
         # Waited for: no progress report or scheduled checkpoint of this job runs on after it.
         await cancel_and_wait(self._reporter, self._checkpoint_task)
         if self._checkpointer is not None:
+            await self._checkpointer.close()
             try:
                 await self._checkpointer.write()
             except OSError as exc:

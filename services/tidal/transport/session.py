@@ -3,9 +3,10 @@
 Shards and workers both use it; it knows nothing about either. Commands are handed to a
 callback in arrival order; the callback must not block for long (start a task instead).
 
-Everything sent goes through one queue and one writer task. Callers can therefore be
-cancelled at any time: grpc.aio cancels the whole call when a `write` is cancelled midway,
-which would look like a member failure to the coordinator.
+Members send domain events (core/events.py); the session turns them into its messages through
+transport/session_convert.py. Everything sent goes through one queue and one writer task.
+Callers can therefore be cancelled at any time: grpc.aio cancels the whole call when a
+`write` is cancelled midway, which would look like a member failure to the coordinator.
 
 The session outlives a coordinator restart or a network blip: when it breaks, the member
 keeps working, registers again under its id with jittered backoff (at most
@@ -23,8 +24,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from tidal.core import events
 from tidal.core.errors import UnavailableError
 from tidal.transport.server import create_channel
+from tidal.transport.session_convert import event_to_proto
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
@@ -138,10 +141,10 @@ class MemberSession:
                 if task is not None:
                     task.cancel()
 
-    async def send(self, request: coord_pb.SessionRequest) -> None:
-        """Queues a message for the coordinator; returns at once and is safe to cancel. While
-        the session is down, messages wait for the next one."""
-        self._outgoing.put_nowait(request)
+    async def send(self, event: events.Event) -> None:
+        """Queues a report for the coordinator; returns at once and is safe to cancel. While
+        the session is down, reports wait for the next one."""
+        self._outgoing.put_nowait(event_to_proto(event))
 
     def _drain_outgoing(self) -> None:
         self._unsent = None
@@ -156,7 +159,7 @@ class MemberSession:
         call = self._call
         if call is None or call.done():
             return
-        self._outgoing.put_nowait(coord_pb.SessionRequest(goodbye=coord_pb.Goodbye(reason=reason)))
+        await self.send(events.Goodbye(reason))
         try:
             await asyncio.wait_for(call.code(), timeout_s)
         except TimeoutError:
@@ -178,7 +181,7 @@ class MemberSession:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             seq += 1
-            await self.send(coord_pb.SessionRequest(heartbeat=coord_pb.Heartbeat(seq=seq)))
+            await self.send(events.Heartbeat(seq))
 
     async def close(self) -> None:
         if self._call is not None:

@@ -23,11 +23,12 @@ class Supervisor:
     before the stop event is set, sets it; `failed` then says the process must exit non-zero.
 
     Lifecycle: `spawn`/`watch` while running; `close` once the stop event is set cancels the
-    tasks still running and waits for them (a crash while they stop still counts)."""
+    tasks still running and waits for them (a crash while they stop still counts). A task that
+    ended is forgotten: a process that spawns a task per job keeps none of the old ones."""
 
     def __init__(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         # Names of the tasks that crashed or ended too early, in order.
         self.failures: list[str] = []
 
@@ -40,11 +41,17 @@ class Supervisor:
 
     def watch(self, name: str, task: asyncio.Task[Any], may_end: bool = False) -> asyncio.Task[Any]:
         """Supervises `task`; with `may_end` it may finish without an error (a bounded job)."""
-        self._tasks.append(task)
+        self._tasks.add(task)
         task.add_done_callback(functools.partial(self._ended, name, may_end))
         return task
 
+    @property
+    def running(self) -> frozenset[asyncio.Task[Any]]:
+        """The supervised tasks that have not ended yet."""
+        return frozenset(self._tasks)
+
     def _ended(self, name: str, may_end: bool, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
         if task.cancelled():
             return
         exc = task.exception()

@@ -1,13 +1,11 @@
-"""Domain <-> proto for the worker, in one place (the node adapts, this converts): its assignment,
-its own service's answer and the progress it reports. The session's generic pair lives in
-transport/member_convert.py, shared with the shard.
+"""Domain <-> proto for the worker, in one place (the node adapts, this converts): its assignment
+and its own service's answer. The session's messages convert in transport/session_convert.py,
+shared with the shard and the coordinator.
 """
 
 from __future__ import annotations
 
-from tidal.core import commands, events
-from tidal.transport.member_convert import event_to_proto
-from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.core import commands
 from tidal.v1 import worker_pb2 as worker_pb
 from tidal.worker.loop import Assignment, TrainingRun
 
@@ -25,14 +23,6 @@ def assignment_from_command(command: commands.AssignWorker) -> Assignment:
         shard_addresses=list(command.shard_addresses),
         worker_ids=tuple(job.worker_ids),
     )
-
-
-def progress_to_proto(event: events.WorkerProgressReport, param_version: int) -> coord_pb.SessionRequest:
-    """The progress report, with the parameter version the worker saw: on the wire for
-    observers, though the coordinator's domain event does not carry it."""
-    msg = event_to_proto(event)
-    msg.worker_progress.param_version = param_version
-    return msg
 
 
 def worker_info_to_proto(member_id: str, run: TrainingRun | None, slowdown: float) -> worker_pb.GetWorkerInfoResponse:

@@ -16,20 +16,20 @@ from tidal.core import commands, events
 from tidal.core.errors import TidalError
 from tidal.core.training import EvalResult
 from tidal.transport.member import MemberPorts, serve_member
-from tidal.transport.member_convert import command_from_proto, event_to_proto
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
+from tidal.transport.session_convert import command_from_proto
 from tidal.transport.settings import ServiceSettings
 from tidal.transport.supervise import cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import worker_pb2 as worker_pb
 from tidal.v1 import worker_pb2_grpc as worker_grpc
-from tidal.worker.convert import assignment_from_command, progress_to_proto, worker_info_to_proto
+from tidal.worker.convert import assignment_from_command, worker_info_to_proto
 from tidal.worker.loop import StepReport, TrainingRun, data_slot
 from tidal.worker.metrics import WorkerMetrics
-from tidal.worker.prepare import PreparedJob, prepare_job
+from tidal.worker.prepare import PreparedJob, in_daemon_thread, prepare_job
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [worker_pb.DESCRIPTOR.services_by_name["Worker"].full_name]
@@ -67,7 +67,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
             case commands.PrepareWorker() if command.job.job_id == self._preparing:
                 # Repeated after the session resumed: the report may have been lost with it.
                 if self._prepared is not None:
-                    await self._send(event_to_proto(events.LayoutReport(self._preparing, self._prepared.layout)))
+                    await self._send(events.LayoutReport(self._preparing, self._prepared.layout))
             case commands.PrepareWorker():
                 await self.release()
                 prepare = command
@@ -107,7 +107,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
             log.warning("dropped from its job while away from the coordinator; stopping it")
             await self.release()
         elif self._finished is not None:
-            await self._send(event_to_proto(self._finished))
+            await self._send(self._finished)
 
     async def release(self) -> None:
         # Waited for: a job's work still unwinding must not overlap the next assignment.
@@ -135,19 +135,20 @@ class WorkerNode(worker_grpc.WorkerServicer):
             if self.session.member_id != member_id:
                 log.warning("job %s: not reported, %s was dropped from the job", job_id, member_id)
                 return
-            await self._send(event_to_proto(events.TaskFailed(job_id, str(exc))))
+            await self._send(events.TaskFailed(job_id, str(exc)))
 
     async def _prepare(self, command: commands.PrepareWorker) -> None:
         """Builds the job's data and model with this worker's code and reports the layout."""
         job = command.job
         slot = data_slot(self.session.member_id, command.rank, len(job.worker_ids), tuple(job.worker_ids))
-        prepared = await asyncio.to_thread(prepare_job, job.job_id, job.spec, slot, self.settings.model_modules)
+        modules = self.settings.model_modules
+        prepared = await in_daemon_thread("prepare job", lambda: prepare_job(job.job_id, job.spec, slot, modules))
         self._prepared = prepared
         log.info(
             "job %s: prepared, %d parameters in %d tensors",
             job.job_id, prepared.layout.parameters, len(prepared.layout.tensors),
         )  # fmt: skip
-        await self._send(event_to_proto(events.LayoutReport(job.job_id, prepared.layout)))
+        await self._send(events.LayoutReport(job.job_id, prepared.layout))
 
     async def _train(self, assign: commands.AssignWorker, prepared: PreparedJob | None) -> None:
         assignment = assignment_from_command(assign)
@@ -158,7 +159,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
             a = assignment
             slot = data_slot(a.worker_id, a.rank, a.world_size, a.worker_ids)
             modules = self.settings.model_modules
-            prepared = await asyncio.to_thread(prepare_job, job_id, a.spec, slot, modules)
+            prepared = await in_daemon_thread("prepare job", lambda: prepare_job(job_id, a.spec, slot, modules))
         self.run = run = await asyncio.to_thread(
             TrainingRun, assignment, prepared, self.slowdown, metrics, self.settings
         )
@@ -172,22 +173,25 @@ class WorkerNode(worker_grpc.WorkerServicer):
         )
 
         async def report(r: StepReport) -> None:
-            progress = events.WorkerProgressReport(job_id, r.step, r.samples, r.loss, r.step_time_s, run.pushes)
-            await self._send(progress_to_proto(progress, r.param_version))
+            await self._send(
+                events.WorkerProgressReport(
+                    job_id, r.step, r.samples, r.loss, r.step_time_s, run.pushes, param_version=r.param_version
+                )
+            )
 
         await run.train(report, lambda version, result: self._report_eval(job_id, version, result, False))
         self._finished = events.WorkerFinished(job_id, run.step, run.samples, run.pushes)
-        await self._send(event_to_proto(self._finished))
+        await self._send(self._finished)
 
     async def _evaluate(self, run: TrainingRun, final: bool) -> None:
         version, result = await run.evaluate_latest()
         await self._report_eval(run.a.job_id, version, result, final)
 
     async def _report_eval(self, job_id: str, version: int, result: EvalResult, final: bool) -> None:
-        await self._send(event_to_proto(events.EvalReport(job_id, version, result.loss, result.accuracy, final)))
+        await self._send(events.EvalReport(job_id, version, result.loss, result.accuracy, final))
 
-    async def _send(self, msg: coord_pb.SessionRequest) -> None:
-        await self.session.send(msg)
+    async def _send(self, event: events.Event) -> None:
+        await self.session.send(event)
 
 
 async def run_worker(

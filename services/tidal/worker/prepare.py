@@ -8,7 +8,12 @@ on the meta device first, so a spec past the limits is refused before it is allo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from torch import nn
 
@@ -20,6 +25,35 @@ from tidal.core.model_source import ModelModules
 from tidal.core.plan import job_dataset, job_model, model_layout
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(name: str, work: Callable[[], T]) -> T:
+    """Runs user code (a data source, a model factory) in a daemon thread: asyncio's own
+    threads are joined at exit, so a factory that hangs would keep a stopped worker alive."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return  # cancelled meanwhile: nobody waits for it
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting task, which reports it
+            result, error = None, exc
+        # RuntimeError: the loop closed, the worker is stopping.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
 
 
 @dataclass(frozen=True)
