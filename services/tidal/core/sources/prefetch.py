@@ -1,0 +1,40 @@
+"""Prepares the next training batch in a background thread while the current step computes
+and talks to the shards. Batches are a pure function of the step, so fetching ahead changes
+nothing about which samples a step sees."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+__all__ = ["Prefetcher"]
+
+T = TypeVar("T")
+
+
+class Prefetcher(Generic[T]):
+    """``get(step)`` returns a future of ``fetch(step)`` and starts ``fetch(step + 1)`` behind it.
+
+    One background thread: fetches run one after the other, in step order, so ``fetch`` need
+    not be thread-safe. Asking for another step than the one fetched ahead (after a restart)
+    fetches it afresh; the stale one is dropped.
+    """
+
+    def __init__(self, fetch: Callable[[int], T]) -> None:
+        self._fetch = fetch
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidal-prefetch")
+        self._ahead: tuple[int, Future[T]] | None = None
+
+    def get(self, step: int) -> Future[T]:
+        if self._ahead is not None and self._ahead[0] == step:
+            current = self._ahead[1]
+        else:
+            current = self._pool.submit(self._fetch, step)
+        self._ahead = (step + 1, self._pool.submit(self._fetch, step + 1))
+        return current
+
+    def close(self) -> None:
+        """Stops after the fetch under way; a batch fetched ahead is dropped."""
+        self._ahead = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
