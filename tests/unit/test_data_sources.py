@@ -315,3 +315,14 @@ def test_getitems_may_return_samples_or_a_batch() -> None:
     nan_x = _ListBatches().x.index_fill(0, torch.tensor([2]), float("nan"))
     with pytest.raises(InvalidArgumentError, match=r"here: x holds NaN or infinity \(sample 2\)"):
         fetch(TensorPairs(nan_x, torch.arange(10) % 2), torch.arange(3), spec, "here")
+
+
+def test_prefetcher_restart_drops_what_was_fetched_ahead() -> None:
+    batches = Prefetcher(lambda step: ("old", step))
+    try:
+        assert batches.get(0).result() == ("old", 0)
+        batches.restart(lambda step: ("new", step))
+        assert batches.get(1).result() == ("new", 1)
+        assert batches.get(2).result() == ("new", 2)
+    finally:
+        batches.close()

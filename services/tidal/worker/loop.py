@@ -115,10 +115,12 @@ class TrainingRun:
             self.dataset = job_dataset(a.spec, index, count, model_modules=self.settings.model_modules)
         partition = job_partition(a.spec, self.dataset, index, count)
         # The next batch is prepared while a step runs; a new partition drops what was fetched ahead.
-        if self._batches is not None:
-            self._batches.close()
         spec = a.spec
-        self._batches = Prefetcher(TrainBatches(self.dataset, partition, spec.batch_size, spec.seed, a.rank))
+        batches = TrainBatches(self.dataset, partition, spec.batch_size, spec.seed, a.rank)
+        if self._batches is None:
+            self._batches = Prefetcher(batches)
+        else:
+            self._batches.restart(batches)
         return partition
 
     def set_membership(self, epoch: int, worker_ids: tuple[str, ...]) -> None:

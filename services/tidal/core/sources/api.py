@@ -21,6 +21,10 @@ A job's ``dataset.name`` may be ``"package.module:factory"``. Every worker then 
 
 Every ``x`` is converted to float32; a sample or batch with NaN or infinity, or of another
 shape than declared, is refused with an InvalidArgumentError naming ``dataset.name``.
+
+On a worker, ``train`` is read from one background thread (the next batch is prepared while a
+step runs) and ``val`` from the evaluation's thread, one call at a time each: two splits that
+share a file handle must guard it themselves.
 """
 
 from __future__ import annotations

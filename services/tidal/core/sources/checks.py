@@ -44,7 +44,7 @@ def as_batch(out: Any, count: int, where: str) -> tuple[torch.Tensor, torch.Tens
         return x, y
     if not isinstance(out, Sequence) or len(out) != count:
         raise InvalidArgumentError(f"{where}: expected {count} (x, y) samples, got a {type(out).__name__}")
-    return _stack([s for s in out], where)
+    return _stack(out, where)
 
 
 def _stack(samples: Sequence[Any], where: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,8 @@ class Prefetcher(Generic[T]):
 
     One background thread: fetches run one after the other, in step order, so ``fetch`` need
     not be thread-safe. Asking for another step than the one fetched ahead (after a restart)
-    fetches it afresh; the stale one is dropped.
+    fetches it afresh; the stale one is dropped. `restart` swaps the fetch function (a new
+    partition) on the same thread, so an old fetch still under way never overlaps a new one.
     """
 
     def __init__(self, fetch: Callable[[int], T]) -> None:
@@ -34,7 +35,12 @@ class Prefetcher(Generic[T]):
         self._ahead = (step + 1, self._pool.submit(self._fetch, step + 1))
         return current
 
+    def restart(self, fetch: Callable[[int], T]) -> None:
+        """Fetches with ``fetch`` from now on; what was fetched ahead with the old one is dropped.
+        A future already handed out still completes (a step may be waiting on it)."""
+        self._fetch, self._ahead = fetch, None
+
     def close(self) -> None:
-        """Stops after the fetch under way; a batch fetched ahead is dropped."""
+        """No more fetches; the thread ends after the ones already queued (at most two)."""
         self._ahead = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False)

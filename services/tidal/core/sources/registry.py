@@ -52,8 +52,9 @@ def load_job_data(
     if name in DATASETS or name in PARTITIONED:
         return from_dataset(load_dataset(name, args, seed, rank, world_size))
     factory = SOURCES[name] if name in SOURCES else resolve_factory(name, model_modules)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
+    # torch seeds are 64-bit; outside this range manual_seed raises RuntimeError.
+    if not isinstance(seed, int) or isinstance(seed, bool) or not -(1 << 63) <= seed < (1 << 64):
+        raise InvalidArgumentError(f"seed must be a 64-bit integer, got {seed!r}")
     return call_source(name, factory, args, seed, rank, world_size)
 
 

@@ -72,12 +72,11 @@ def _call(name: str, factory: Callable[..., Any], args: Mapping[str, Any], seed:
 
 
 def _shape(name: str, field: str, value: Any) -> tuple[int, ...]:
-    ok = isinstance(value, (tuple, list)) and all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value
-    )
+    ok = isinstance(value, (tuple, list)) and bool(value)
+    ok = ok and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
     if not ok:
         raise InvalidArgumentError(
-            f"dataset.name {name!r}: {field} must be a tuple of positive integers, got {value!r}"
+            f"dataset.name {name!r}: {field} must be a non-empty tuple of positive integers, got {value!r}"
         )
     return tuple(value)
 
