@@ -19,8 +19,9 @@ import pytest
 import torch
 from torch import nn
 
+from tidal.core.data_types import DatasetInfo
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.plan import job_dataset, job_partition
+from tidal.core.plan import job_dataset, job_dataset_info, job_partition
 from tidal.core.sources.batches import TrainBatches, eval_batches, fetch
 from tidal.core.sources.job_data import SampleSpec
 from tidal.core.sources.prefetch import Prefetcher
@@ -84,6 +85,10 @@ def test_the_allow_list_is_checked_before_the_import() -> None:
     spec = JobSpec.model_validate({"dataset": {"name": f"{USER}:blobs"}})
     with pytest.raises(InvalidArgumentError, match="TIDAL_MODEL_MODULES"):
         job_dataset(spec, 0, 1, model_modules=("tidal",))
+    # So does the (transitional) description that shards and the coordinator's planner use.
+    with pytest.raises(InvalidArgumentError, match="TIDAL_MODEL_MODULES"):
+        job_dataset_info(spec, model_modules=("tidal",))
+    assert job_dataset_info(spec, model_modules=("tests",)) == DatasetInfo((4,), 3)
 
 
 @pytest.mark.parametrize(
