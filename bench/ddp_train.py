@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tidal.core.datasets import batch_indices
 from tidal.core.optim import build_optimizer
 from tidal.core.plan import job_dataset, job_model, job_partition
+from tidal.core.sources.batches import TrainBatches, eval_batches
 from tidal.core.spec import parse_job_spec
 from tidal.core.training import evaluate
 
@@ -52,10 +52,12 @@ def main() -> None:
     dist.init_process_group("gloo", init_method=f"file://{args.init_file}", rank=args.rank, world_size=args.world_size)
     dist.barrier()
     started = time.perf_counter()
-    data = job_dataset(spec)
+    data = job_dataset(spec, args.rank, args.world_size, model_modules=None)  # the bench's own specs
     model = DistributedDataParallel(job_model(spec, data))
     optimizer = build_optimizer(spec.optimizer, list(model.parameters()))
-    partition = job_partition(spec, data, args.rank, args.world_size)
+    batches = TrainBatches(
+        data, job_partition(spec, data, args.rank, args.world_size), spec.batch_size, spec.seed, args.rank
+    )
     reached: dict[str, float] | None = None
     step = 0
     first_step = 0.0
@@ -63,16 +65,16 @@ def main() -> None:
     while step < args.max_steps:
         if step == 0:
             first_step = time.perf_counter()
-        idx = batch_indices(partition, spec.batch_size, step, spec.seed, args.rank)
+        x, y = batches(step)
         optimizer.zero_grad(set_to_none=False)
         model.train()
-        loss = data.objective.loss(model(data.train_x[idx]), data.train_y[idx])
+        loss = data.objective.loss(model(x), y)
         loss.backward()  # DDP averages the gradient over the ranks here
         optimizer.step()
         step += 1
         if step % spec.eval_every == 0:
             if args.rank == 0:
-                result = evaluate(model.module, data.val_x, data.val_y, objective=data.objective)
+                result = evaluate(model.module, eval_batches(data), objective=data.objective)
                 if result.loss <= args.target:
                     reached = {"target_s": time.perf_counter() - started, "steps": step, "val_loss": result.loss}
                     stop.fill_(1.0)

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from tidal.core.datasets import batch_indices, partition_indices
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
-from tidal.core.plan import job_dataset, job_model
+from tidal.core.plan import job_dataset, job_model, job_partition
+from tidal.core.sources.batches import TrainBatches
 from tidal.core.spec import parse_job_spec
 from tidal.core.training import compute_gradient
 
@@ -26,16 +26,16 @@ def main() -> None:
     torch.set_num_threads(1)
     spec = parse_job_spec(sys.argv[1])
     steps = int(sys.argv[2])
-    data = job_dataset(spec)
+    data = job_dataset(spec, model_modules=None)  # the bench's own specs
     flat = FlatModel(job_model(spec, data))
     optimizer = build_optimizer(spec.optimizer, [flat.params])
-    partition = partition_indices(len(data.train_y), 0, 1, spec.seed)
+    batches = TrainBatches(data, job_partition(spec, data, 0, 1), spec.batch_size, spec.seed, 0)
     started = 0.0
     for step in range(WARMUP_STEPS + steps):
         if step == WARMUP_STEPS:
             started = time.perf_counter()
-        idx = batch_indices(partition, spec.batch_size, step, spec.seed, 0)
-        loss = compute_gradient(flat, data.train_x[idx], data.train_y[idx])
+        x, y = batches(step)
+        loss = compute_gradient(flat, x, y, data.objective)
         flat.params.grad = flat.grads
         optimizer.step()
         flat.params.grad = None

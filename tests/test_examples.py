@@ -30,5 +30,5 @@ def test_example_spec_is_valid(path: Path, tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.chdir(tmp_path)
         (tmp_path / store).parent.mkdir(parents=True, exist_ok=True)
         write_field(str(tmp_path / store), SynthConfig(n_lat=16, n_lon=32, steps=40))
-    shard_map = job_shard_map(spec, job_model(spec, job_dataset(spec)))
+    shard_map = job_shard_map(spec, job_model(spec, job_dataset(spec, model_modules=None)))
     assert shard_map.num_shards == spec.num_shards

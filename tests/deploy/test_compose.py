@@ -171,7 +171,7 @@ def test_demo_job_matches_the_stack_and_declares_the_straggler() -> None:
     assert spec.num_workers == SERVICES["worker"]["deploy"]["replicas"]
     assert spec.num_shards == len([s for s in SERVICES.values() if s.get("command") == ["shard"]])
     assert [(s.rank, s.slowdown) for s in spec.stragglers] == [(2, 3.0)]
-    shard_map = job_shard_map(spec, job_model(spec, job_dataset(spec)))
+    shard_map = job_shard_map(spec, job_model(spec, job_dataset(spec, model_modules=None)))
     assert shard_map.num_shards == 2
 
 

@@ -68,7 +68,7 @@ def shard_addresses(address: str) -> list[str]:
 
 def plan(spec_dict: dict[str, Any]) -> tuple[JobSpec, torch.nn.Module, ShardMap]:
     spec = parse_job_spec(spec_dict)
-    model = job_model(spec, job_dataset(spec))
+    model = job_model(spec, job_dataset(spec, model_modules=None))
     return spec, model, job_shard_map(spec, model)
 
 

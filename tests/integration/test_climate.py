@@ -21,7 +21,7 @@ from tidal.core.climate.synth import SynthConfig, write_field
 from tidal.core.datasets import batch_indices, load_dataset
 from tidal.core.models import build_model
 from tidal.core.objectives import Objective
-from tidal.core.training import evaluate
+from tidal.core.training import evaluate, tensor_batches
 from tidal.launcher import LocalCluster
 from tidal.v1 import coordinator_pb2 as coord_pb
 
@@ -97,7 +97,7 @@ def test_region_sync_beats_persistence(climate_cluster: LocalCluster, field: Pat
     assert versions == [spec["steps"]] * 2
     torch.nn.utils.vector_to_parameters(flat, model.parameters())
     whole = load_dataset("climate_grid", spec["dataset"]["args"], spec["seed"])
-    trained = evaluate(model, whole.val_x, whole.val_y, objective=whole.objective)
+    trained = evaluate(model, tensor_batches(whole.val_x, whole.val_y), objective=whole.objective)
     persistence: Objective = whole.objective
     ref_loss = persistence.reference_loss
     assert ref_loss is not None

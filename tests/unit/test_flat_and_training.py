@@ -14,7 +14,7 @@ from torch import nn
 from tidal.core.flat import FlatModel
 from tidal.core.spec import DelaySpec
 from tidal.core.stragglers import StragglerProfile
-from tidal.core.training import EvalResult, compute_gradient, evaluate
+from tidal.core.training import EvalResult, compute_gradient, evaluate, tensor_batches
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -139,7 +139,7 @@ def test_a_step_along_the_gradient_lowers_the_loss() -> None:
 def test_evaluate_computes_mean_loss_and_accuracy() -> None:
     model = tiny_model()
     x, y = batch(50)
-    result = evaluate(model, x, y)
+    result = evaluate(model, tensor_batches(x, y))
     assert isinstance(result, EvalResult)
     assert not model.training
     with torch.no_grad():
@@ -152,8 +152,8 @@ def test_evaluate_computes_mean_loss_and_accuracy() -> None:
 def test_evaluate_is_independent_of_its_batch_size() -> None:
     model = tiny_model()
     x, y = batch(50)
-    whole = evaluate(model, x, y)
-    pieces = evaluate(model, x, y, batch_size=7)
+    whole = evaluate(model, tensor_batches(x, y))
+    pieces = evaluate(model, tensor_batches(x, y, batch_size=7))
     assert pieces.loss == pytest.approx(whole.loss, rel=1e-5)
     assert pieces.accuracy == whole.accuracy
 
@@ -164,10 +164,10 @@ def test_evaluate_perfect_and_empty() -> None:
         model.weight.copy_(torch.eye(2) * 50)
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
     y = torch.tensor([0, 1, 0])
-    result = evaluate(model, x, y)
+    result = evaluate(model, tensor_batches(x, y))
     assert result.accuracy == 1.0
     assert result.loss < 1e-6
-    empty = evaluate(model, x[:0], y[:0])
+    empty = evaluate(model, tensor_batches(x[:0], y[:0]))
     assert (empty.loss, empty.accuracy) == (0.0, 0.0)
 
 
@@ -175,7 +175,7 @@ def test_evaluate_does_not_build_a_graph() -> None:
     model = tiny_model()
     flat = FlatModel(model)
     x, y = batch()
-    evaluate(model, x, y)
+    evaluate(model, tensor_batches(x, y))
     assert not bool(flat.grads.any())
 
 

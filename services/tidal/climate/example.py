@@ -27,8 +27,9 @@ from tidal.core.climate.gridded import open_grid
 from tidal.core.climate.stats import compute_stats, sidecar_path, write_stats
 from tidal.core.climate.synth import SynthConfig, write_field
 from tidal.core.data_types import Dataset
+from tidal.core.datasets import load_dataset
 from tidal.core.errors import TidalError
-from tidal.core.plan import job_dataset, job_dataset_info, job_model, job_shard_map
+from tidal.core.plan import job_dataset_info, job_model, job_shard_map
 from tidal.core.spec import JobSpec, parse_job_spec
 from tidal.launcher import LocalCluster
 from tidal.progress import follow_job
@@ -90,7 +91,8 @@ async def _run(client: TidalClient, spec_dict: dict[str, Any], console: Console,
 
 
 def _trained(ran: Ran) -> tuple[torch.nn.Module, Dataset]:
-    data = job_dataset(ran.spec)  # the whole data set: validation split over every cell
+    # The whole data set in memory (the figures read its tensors): validation over every cell.
+    data = load_dataset(ran.spec.dataset.name, ran.spec.dataset.args, ran.spec.seed)
     model = job_model(ran.spec, data)
     torch.nn.utils.vector_to_parameters(ran.params, model.parameters())
     return model, data

@@ -15,6 +15,9 @@ Datasets:
 
 Sharding (:func:`partition_indices`, :func:`batch_indices`) is pure, so anyone
 can recompute exactly which samples a worker used at any step.
+
+Workers read every data set through ``tidal.core.sources`` (``load_job_data``), which also
+serves the file sources ``tabular`` and ``arrays`` and user factories ("package.module:factory").
 """
 
 from __future__ import annotations

@@ -34,12 +34,13 @@ def allowed_prefixes(environ: Mapping[str, str]) -> ModelModules:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
-def check_model_module(module_name: str, prefixes: ModelModules) -> None:
-    """Raises PermissionDeniedError unless `module_name` lies in an allowed package."""
+def check_model_module(module_name: str, prefixes: ModelModules, field: str = "model.name") -> None:
+    """Raises PermissionDeniedError unless `module_name` lies in an allowed package; the message
+    names the spec's `field` (a data source's module obeys the same list: "dataset.name")."""
     if prefixes is None:
         return
     if not any(module_name == p or module_name.startswith(f"{p}.") for p in prefixes):
         allowed = ", ".join(prefixes) or "none"
         raise PermissionDeniedError(
-            f"model.name: module {module_name!r} is not in {ENV_MODEL_MODULES} (allowed: {allowed})"
+            f"{field}: module {module_name!r} is not in {ENV_MODEL_MODULES} (allowed: {allowed})"
         )

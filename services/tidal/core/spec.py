@@ -37,8 +37,10 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    # A built-in data set: "seattle_weather", "synthetic", or the partitioned climate readers
-    # "climate_grid" and "climate_stations" (docs/climate.md).
+    # A built-in data set: "seattle_weather", "synthetic", the partitioned climate readers
+    # "climate_grid" and "climate_stations" (docs/climate.md), the file sources "tabular"
+    # (CSV/Parquet) and "arrays" (NPY/NPZ/safetensors), or a user factory
+    # "package.module:factory" in an allowed module (core/sources/api.py; TIDAL_MODEL_MODULES).
     name: str = "seattle_weather"
     args: dict[str, Any] = Field(default_factory=dict)
 

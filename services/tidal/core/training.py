@@ -6,6 +6,7 @@ computation" is literally the same code.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +22,7 @@ class EvalResult:
     accuracy: float
 
 
-def compute_gradient(
-    flat: FlatModel, x: torch.Tensor, y: torch.Tensor, objective: Objective = CROSS_ENTROPY
-) -> float:
+def compute_gradient(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, objective: Objective = CROSS_ENTROPY) -> float:
     """Leaves the gradient of the batch's mean loss (the data set's objective: cross-entropy
     unless it says otherwise) in `flat.grads`; returns the loss."""
     flat.zero_grad()
@@ -33,20 +32,30 @@ def compute_gradient(
     return float(loss.detach())
 
 
+def tensor_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive batches of tensors in memory, for `evaluate`."""
+    for lo in range(0, len(y), batch_size):
+        yield x[lo : lo + batch_size], y[lo : lo + batch_size]
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096, objective: Objective = CROSS_ENTROPY
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], objective: Objective = CROSS_ENTROPY
 ) -> EvalResult:
-    """Mean loss and accuracy (for regression objectives: skill against the reference forecast)."""
+    """Mean loss and accuracy over every sample of ``batches`` (for regression objectives: skill
+    against the reference forecast). Batches come from any validation split
+    (core/sources/batches.py `eval_batches`) or from tensors (`tensor_batches`)."""
     model.eval()
-    total_loss, correct = 0.0, 0.0
-    for lo in range(0, len(y), batch_size):
-        out = model(x[lo : lo + batch_size])
-        target = y[lo : lo + batch_size]
+    total_loss, correct, count = 0.0, 0.0, 0
+    for x, target in batches:
+        out = model(x)
         total_loss += float(objective.sum_loss(out, target))
         correct += objective.score(out, target)
-    n = max(len(y), 1)
-    return EvalResult(total_loss / n, objective.accuracy(correct, total_loss / n, len(y)))
+        count += len(target)
+    n = max(count, 1)
+    return EvalResult(total_loss / n, objective.accuracy(correct, total_loss / n, count))
 
 
 def warm_up() -> None:
@@ -56,4 +65,4 @@ def warm_up() -> None:
     flat = FlatModel(model)
     compute_gradient(flat, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
     torch.optim.SGD([flat.params], lr=0.0).step()
-    evaluate(model, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+    evaluate(model, tensor_batches(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)))

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 import torch
 
 from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
-from tidal.core.datasets import Dataset, batch_indices
 from tidal.core.faults import kill_now
 from tidal.core.flat import FlatModel
 from tidal.core.optim import build_optimizer
 from tidal.core.plan import job_dataset, job_partition
 from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import ShardMap
+from tidal.core.sources.batches import TrainBatches, eval_batches
+from tidal.core.sources.job_data import JobData
+from tidal.core.sources.prefetch import Prefetcher
 from tidal.core.spec import JobSpec, Mode
 from tidal.core.stragglers import StragglerProfile
 from tidal.core.training import EvalResult, compute_gradient, evaluate
@@ -68,6 +70,9 @@ def data_slot(worker_id: str, rank: int, world_size: int, worker_ids: tuple[str,
 class TrainingRun:
     """Everything a worker holds for one job; `train` is the worker's one loop."""
 
+    # Prepares the next training batch while a step runs (set with the partition).
+    _batches: Prefetcher[tuple[torch.Tensor, torch.Tensor]] | None = None
+
     def __init__(
         self,
         assignment: Assignment,
@@ -85,7 +90,7 @@ class TrainingRun:
         self.metrics = metrics
         check_layout(prepared.layout, assignment.shard_map)
         # A partitioned data set (climate) holds only one slot's part (`_partition` reloads it).
-        self.dataset: Dataset = prepared.dataset
+        self.dataset: JobData = prepared.dataset
         self.flat = FlatModel(prepared.model)
         self.epoch = assignment.membership_epoch
         self.worker_ids = assignment.worker_ids
@@ -110,13 +115,21 @@ class TrainingRun:
         self._last_exchange_s = 0.0
         self._bytes = (0, 0)
 
-    def _partition(self) -> torch.Tensor:
+    def _partition(self) -> torch.Tensor | None:
         a = self.a
         index, count = data_slot(a.worker_id, a.rank, a.world_size, self.worker_ids)
         if self.dataset.part not in (None, (index, count)):
             # A partitioned data set holds one slot's data: load the new slot's.
-            self.dataset = job_dataset(a.spec, index, count)
-        return job_partition(a.spec, self.dataset, index, count)
+            self.dataset = job_dataset(a.spec, index, count, model_modules=self.settings.model_modules)
+        partition = job_partition(a.spec, self.dataset, index, count)
+        # The next batch is prepared while a step runs; a new partition drops what was fetched ahead.
+        spec = a.spec
+        batches = TrainBatches(self.dataset, partition, spec.batch_size, spec.seed, a.rank)
+        if self._batches is None:
+            self._batches = Prefetcher(batches)
+        else:
+            self._batches.restart(batches)
+        return partition
 
     def set_membership(self, epoch: int, worker_ids: tuple[str, ...]) -> None:
         """The job's workers changed: take the data partition of this worker's new position
@@ -125,8 +138,9 @@ class TrainingRun:
         for link in self.links:
             link.epoch = epoch
         self.partition = self._partition()
-        log.info("job %s: membership epoch %d, %d workers, %d training samples here",
-                 self.a.job_id, epoch, len(worker_ids), len(self.partition))  # fmt: skip
+        here = "a stream of" if self.partition is None else len(self.partition)
+        log.info("job %s: membership epoch %d, %d workers, %s training samples here",
+                 self.a.job_id, epoch, len(worker_ids), here)  # fmt: skip
 
     @property
     def evaluator(self) -> bool:
@@ -185,19 +199,16 @@ class TrainingRun:
             if evaluates and self.evaluator and self.version // spec.eval_every > evaluated_upto and not self._done():
                 evaluated_upto = self.version // spec.eval_every
                 data = self.dataset
-                result = await asyncio.to_thread(
-                    evaluate, self.flat.model, data.val_x, data.val_y, objective=data.objective
-                )
+                result = await asyncio.to_thread(evaluate, self.flat.model, eval_batches(data), data.objective)
                 await report_eval(self.version, result)
 
     async def _step(self) -> tuple[float, float]:
         """Compute (and, in local SGD, step locally), straggle, exchange with every shard when
         the mode says so; returns the loss and the step's wall time."""
-        spec = self.a.spec
         self._inject_kill()
         started = time.perf_counter()
-        idx = batch_indices(self.partition, spec.batch_size, self.step, spec.seed, self.a.rank)
-        x, y = self.dataset.train_x[idx], self.dataset.train_y[idx]
+        assert self._batches is not None
+        x, y = await asyncio.wrap_future(self._batches.get(self.step))
         loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self.dataset.objective)
         if self.inner is not None:
             await asyncio.to_thread(self._inner_step)
@@ -207,11 +218,11 @@ class TrainingRun:
             await asyncio.sleep(injected_s)
         exchange = PhaseTimes()
         if self.inner is None or self._round_ends():
-            exchange = await self._exchange(len(idx))
+            exchange = await self._exchange(len(y))
         done = time.perf_counter()
         self.step += 1
-        self.samples += len(idx)
-        self.metrics.record_step(compute_s, injected_s, exchange, done - started, len(idx), loss)
+        self.samples += len(y)
+        self.metrics.record_step(compute_s, injected_s, exchange, done - started, len(y), loss)
         self.metrics.param_version.set(self.version)
         self._count_bytes()
         return loss, done - started
@@ -300,10 +311,12 @@ class TrainingRun:
         restart_s = self.a.spec.checkpoint.restart_timeout_s
         await fan_out(*(link.pull_recovering(0, restart_s) for link in self.links))
         data = self.dataset
-        result = await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y, objective=data.objective)
+        result = await asyncio.to_thread(evaluate, self.flat.model, eval_batches(data), data.objective)
         return self.version, result
 
     async def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
         # Not fan_out: every link must be closed (its channel, its shared memory) whatever
         # another's close raised, so all of them run to the end and failures are only logged.
         results = await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)

@@ -17,13 +17,13 @@ from typing import TypeVar
 
 from torch import nn
 
-from tidal.core.datasets import Dataset
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.layout import Layout
 from tidal.core.model_size import meta_model
 from tidal.core.model_source import ModelModules
 from tidal.core.plan import job_dataset, job_model, model_layout
 from tidal.core.shard_map import ShardMap
+from tidal.core.sources.job_data import JobData
 from tidal.core.spec import JobSpec
 
 T = TypeVar("T")
@@ -60,7 +60,7 @@ async def in_daemon_thread(name: str, work: Callable[[], T]) -> T:
 class PreparedJob:
     job_id: str
     # The data of the slot (partition index, count) it was loaded for.
-    dataset: Dataset
+    dataset: JobData
     model: nn.Module
     layout: Layout
 
@@ -68,7 +68,7 @@ class PreparedJob:
 def prepare_job(job_id: str, spec: JobSpec, slot: tuple[int, int], model_modules: ModelModules) -> PreparedJob:
     """Loads the slot's data and builds the job's model (raises InvalidArgumentError, naming
     the field, for a spec this worker cannot run)."""
-    dataset = job_dataset(spec, *slot)
+    dataset = job_dataset(spec, *slot, model_modules=model_modules)
     info = dataset.info
     # Bounded before it is allocated: a factory is stopped part-way past the limits.
     meta_model(
