@@ -8,6 +8,7 @@ import json
 import typing
 
 import pytest
+from google.protobuf.json_format import MessageToDict
 
 from tests.unit.test_jobs import make_cluster, make_spec, start, submit
 from tidal.coordinator import convert
@@ -58,6 +59,22 @@ REPORTS = [
             eval_report=coord_pb.EvalReport(job_id="j", version=9, val_loss=0.3, val_accuracy=0.8, final=True)
         ),
         events.EvalReport("j", 9, 0.3, 0.8, final=True),
+    ),
+    (
+        coord_pb.SessionRequest(
+            eval_report=coord_pb.EvalReport(
+                job_id="j", version=9, val_loss=0.3, val_accuracy=-0.2, metric="skill", metric_higher_is_better=True
+            )
+        ),
+        events.EvalReport("j", 9, 0.3, -0.2, final=False, metric="skill", higher_is_better=True),
+    ),
+    (
+        coord_pb.SessionRequest(
+            eval_report=coord_pb.EvalReport(
+                job_id="j", version=9, val_loss=0.3, val_accuracy=1.5, metric="mae", metric_higher_is_better=False
+            )
+        ),
+        events.EvalReport("j", 9, 0.3, 1.5, final=False, metric="mae", higher_is_better=False),
     ),
     (
         coord_pb.SessionRequest(task_failed=coord_pb.TaskFailed(job_id="j", message="boom")),
@@ -112,3 +129,21 @@ def test_every_command_becomes_its_session_message() -> None:
     assert list(msgs["membership_changed"].membership_changed.worker_ids) == [worker]
     release = msgs["release_job"].release_job
     assert (release.final_state, release.reason) == (convert.JOB_STATE_TO_PROTO[JobState.FAILED], "lost")
+
+
+def test_a_jobs_status_names_its_validation_metric() -> None:
+    cluster = make_cluster(shards=1, workers=1)
+    job = submit(cluster, make_spec(workers=1, shards=1))
+    start(cluster, job)
+    (worker,) = job.worker_ids
+    status = convert.job_to_proto(job)
+    assert not status.HasField("val_accuracy") and status.val_metric == ""  # no evaluation yet
+    cluster.jobs.eval_report(worker, job.job_id, 2, 0.5, 0.9, False, 3.0)  # a worker that names no metric
+    cluster.jobs.eval_report(worker, job.job_id, 4, 0.4, 1.3, False, 4.0, metric="rmse", higher_is_better=False)
+    status = convert.job_to_proto(job)
+    assert (status.val_accuracy, status.val_metric, status.val_metric_higher_is_better) == (1.3, "rmse", False)
+    assert [(e.metric, e.val_accuracy) for e in status.evals] == [("accuracy", 0.9), ("rmse", 1.3)]
+    # What the REST API answers (coordinator/rest.py converts the same message).
+    body = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    assert (body["val_metric"], body["val_metric_higher_is_better"], body["val_accuracy"]) == ("rmse", False, 1.3)
+    assert body["evals"][-1]["metric"] == "rmse"

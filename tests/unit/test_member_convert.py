@@ -24,6 +24,7 @@ EVENTS: list[events.Event] = [
     events.ShardReady("j", 5, checkpointing=True),
     events.WorkerFinished("j", 9, 90, 8),
     events.EvalReport("j", 9, 0.3, 0.8, final=True),
+    events.EvalReport("j", 9, 0.3, 1.7, final=False, metric="rmse", higher_is_better=False),
     events.TaskFailed("j", "boom"),
 ]
 

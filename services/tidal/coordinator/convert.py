@@ -87,7 +87,11 @@ def job_to_proto(job: Job) -> coord_pb.JobStatus:
         ],
         evals=[
             coord_pb.EvalPoint(
-                elapsed_s=e.elapsed_s, version=e.version, val_loss=e.val_loss, val_accuracy=e.val_accuracy
+                elapsed_s=e.elapsed_s,
+                version=e.version,
+                val_loss=e.val_loss,
+                val_accuracy=e.val_accuracy,
+                metric=e.metric,
             )
             for e in job.evals
         ],
@@ -105,7 +109,9 @@ def job_to_proto(job: Job) -> coord_pb.JobStatus:
         ],
     )
     if job.evals:
-        status.val_loss, status.val_accuracy = job.evals[-1].val_loss, job.evals[-1].val_accuracy
+        last = job.evals[-1]
+        status.val_loss, status.val_accuracy = last.val_loss, last.val_accuracy
+        status.val_metric, status.val_metric_higher_is_better = last.metric, last.higher_is_better
     return status
 
 
@@ -223,7 +229,9 @@ def _worker_finished_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
 
 def _eval_report_from_proto(msg: coord_pb.SessionRequest) -> events.Event:
     p = msg.eval_report
-    return events.EvalReport(p.job_id, p.version, p.val_loss, p.val_accuracy, p.final)
+    # An empty metric, or no direction, is what a worker that predates named metrics sends.
+    higher = p.metric_higher_is_better if p.HasField("metric_higher_is_better") else True
+    return events.EvalReport(p.job_id, p.version, p.val_loss, p.val_accuracy, p.final, p.metric or "accuracy", higher)
 
 
 _EVENT_FROM_PROTO: dict[str, Callable[[coord_pb.SessionRequest], events.Event]] = {

@@ -41,12 +41,13 @@ def process_model_modules() -> ModelModules:
     return allowed_prefixes(os.environ)
 
 
-def check_model_module(module_name: str, prefixes: ModelModules) -> None:
-    """Raises PermissionDeniedError unless `module_name` lies in an allowed package."""
+def check_model_module(module_name: str, prefixes: ModelModules, field: str = "model.name") -> None:
+    """Raises PermissionDeniedError unless `module_name` lies in an allowed package; the
+    message names the spec's `field` that asked for it (model.name, objective)."""
     if prefixes is None:
         return
     if not any(module_name == p or module_name.startswith(f"{p}.") for p in prefixes):
         allowed = ", ".join(prefixes) or "none"
         raise PermissionDeniedError(
-            f"model.name: module {module_name!r} is not in {ENV_MODEL_MODULES} (allowed: {allowed})"
+            f"{field}: module {module_name!r} is not in {ENV_MODEL_MODULES} (allowed: {allowed})"
         )

@@ -57,7 +57,13 @@ def _worker_progress_to_proto(e: events.WorkerProgressReport) -> coord_pb.Sessio
 def _eval_report_to_proto(e: events.EvalReport) -> coord_pb.SessionRequest:
     return coord_pb.SessionRequest(
         eval_report=coord_pb.EvalReport(
-            job_id=e.job_id, version=e.version, val_loss=e.val_loss, val_accuracy=e.val_accuracy, final=e.final
+            job_id=e.job_id,
+            version=e.version,
+            val_loss=e.val_loss,
+            val_accuracy=e.val_accuracy,
+            final=e.final,
+            metric=e.metric,
+            metric_higher_is_better=e.higher_is_better,
         )
     )
 

@@ -12,10 +12,13 @@ import torch
 
 from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
 from tidal.core.datasets import Dataset, batch_indices
+from tidal.core.devices import resolve_device
 from tidal.core.faults import kill_now
-from tidal.core.flat import FlatModel
+from tidal.core.flat import FlatModel, build_flat_model
+from tidal.core.objectives import Objective, job_objective
 from tidal.core.optim import build_optimizer
 from tidal.core.plan import job_dataset, job_model, job_partition
+from tidal.core.precision import MixedPrecision
 from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, Mode
@@ -78,7 +81,16 @@ class TrainingRun:
         # A partitioned data set (climate) loads only this worker's part.
         slot = data_slot(assignment.worker_id, assignment.rank, assignment.world_size, assignment.worker_ids)
         self.dataset: Dataset = job_dataset(spec, *slot)
-        self.flat = FlatModel(job_model(spec, self.dataset, model_modules=settings.model_modules))
+        # The worker's --device wins over the spec's; the flat host buffers stay on the host.
+        field = "--device" if settings.device is not None else "device"
+        self.device = resolve_device(settings.device or spec.device, field)
+        model = job_model(spec, self.dataset, model_modules=settings.model_modules)
+        self.flat: FlatModel = build_flat_model(model, self.device)
+        self.precision = MixedPrecision(spec.precision, self.device, model) if spec.precision != "fp32" else None
+        self._objective_of: tuple[Dataset, Objective] | None = None
+        self._objective()  # a bad objective fails the job here, before any step
+        log.info("job %s: computing on %s in %s; objective %s, metric %s", assignment.job_id, self.device,
+                 spec.precision, spec.objective or "the data set's", self._objective().metric.name)  # fmt: skip
         self.epoch = assignment.membership_epoch
         self.worker_ids = assignment.worker_ids
         self.partition = self._partition()
@@ -119,6 +131,20 @@ class TrainingRun:
         self.partition = self._partition()
         log.info("job %s: membership epoch %d, %d workers, %d training samples here",
                  self.a.job_id, epoch, len(worker_ids), len(self.partition))  # fmt: skip
+
+    def _objective(self) -> Objective:
+        """The spec's objective (or the data set's own), for the data set held now: a new data
+        slot brings its own weights."""
+        if self._objective_of is None or self._objective_of[0] is not self.dataset:
+            objective = job_objective(self.a.spec.objective, self.dataset.objective, self.settings.model_modules)
+            self._objective_of = (self.dataset, objective.on(self.device))
+        return self._objective_of[1]
+
+    def _evaluate_now(self) -> EvalResult:
+        """Evaluates the host parameters (copied to the device first) on the validation split."""
+        self.flat.to_device()
+        data = self.dataset
+        return evaluate(self.flat.model, data.val_x, data.val_y, objective=self._objective())
 
     @property
     def evaluator(self) -> bool:
@@ -176,10 +202,7 @@ class TrainingRun:
                 await report(StepReport(self.step, self.samples, loss, step_s, self.version))
             if evaluates and self.evaluator and self.version // spec.eval_every > evaluated_upto and not self._done():
                 evaluated_upto = self.version // spec.eval_every
-                data = self.dataset
-                result = await asyncio.to_thread(
-                    evaluate, self.flat.model, data.val_x, data.val_y, objective=data.objective
-                )
+                result = await asyncio.to_thread(self._evaluate_now)
                 await report_eval(self.version, result)
 
     async def _step(self) -> tuple[float, float]:
@@ -190,7 +213,7 @@ class TrainingRun:
         started = time.perf_counter()
         idx = batch_indices(self.partition, spec.batch_size, self.step, spec.seed, self.a.rank)
         x, y = self.dataset.train_x[idx], self.dataset.train_y[idx]
-        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self.dataset.objective)
+        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self._objective(), self.precision)
         if self.inner is not None:
             await asyncio.to_thread(self._inner_step)
         compute_s = time.perf_counter() - started
@@ -291,8 +314,7 @@ class TrainingRun:
         """Pulls the shards' current parameters and evaluates them on the validation split."""
         restart_s = self.a.spec.checkpoint.restart_timeout_s
         await fan_out(*(link.pull_recovering(0, restart_s) for link in self.links))
-        data = self.dataset
-        result = await asyncio.to_thread(evaluate, self.flat.model, data.val_x, data.val_y, objective=data.objective)
+        result = await asyncio.to_thread(self._evaluate_now)
         return self.version, result
 
     async def close(self) -> None:

@@ -148,7 +148,11 @@ class WorkerNode(worker_grpc.WorkerServicer):
         await self._report_eval(run.a.job_id, version, result, final)
 
     async def _report_eval(self, job_id: str, version: int, result: EvalResult, final: bool) -> None:
-        await self._send(event_to_proto(events.EvalReport(job_id, version, result.loss, result.accuracy, final)))
+        metric = result.metric
+        report = events.EvalReport(
+            job_id, version, result.loss, result.accuracy, final, metric.name, metric.higher_is_better
+        )
+        await self._send(event_to_proto(report))
 
     async def _send(self, msg: coord_pb.SessionRequest) -> None:
         await self.session.send(msg)
