@@ -289,9 +289,13 @@ def _job_progress() -> tuple[Panel, list[Panel]]:
                    [target(f"max by ({by_job}) ({sel('tidal_job_validation_loss', JOB)})", job_legend)],
                    description="Loss on the validation split at each evaluation (every eval_every versions and "
                                "at the end)."),
-        timeseries("Validation accuracy",
-                   [target(f"max by ({by_job}) ({sel('tidal_job_validation_accuracy', JOB)})", job_legend)],
-                   unit="percentunit", description="Accuracy on the validation split at each evaluation."),
+        timeseries("Validation metric (accuracy, skill, rmse, mae, ...)",
+                   [target(f"max by ({by_job}, metric) ({sel('tidal_job_validation_metric', JOB)})",
+                           f"{job_legend} {{{{metric}}}}")],
+                   unit="short", description="The job objective's metric on the validation split at each "
+                                             "evaluation, named in the legend: accuracy (classification), skill "
+                                             "against persistence (climate), rmse or mae (regression), or a user "
+                                             "objective's loss."),
         timeseries("Samples processed", [target(f"max by ({by_job}) ({sel('tidal_job_samples', JOB)})", job_legend)],
                    width=12, description="Training samples processed by all workers of each job."),
         timeseries("Parameter version", [

@@ -84,11 +84,11 @@ def _coordinator_setup(log_level: str, allow_plaintext: bool) -> SecurityConfig:
 
 
 def _member_setup(
-    role: str, log_level: str, threads: int, allow_plaintext: bool, shared_memory: str
+    role: str, log_level: str, threads: int, allow_plaintext: bool, shared_memory: str, device: str | None = None
 ) -> ServiceSettings:
     import torch  # noqa: PLC0415  # the client commands and the coordinator run without torch
 
-    settings = build_service_settings(role, allow_plaintext, shared_memory)
+    settings = build_service_settings(role, allow_plaintext, shared_memory, device)
     _process_setup(role, log_level)
     torch.set_num_threads(threads)
     return settings
@@ -272,11 +272,18 @@ def worker(
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
     allow_plaintext: AllowPlaintext = False,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV["device"],
+            help="Compute on auto, cpu, cuda or cuda:N, whatever the job spec's device says (default: the spec's).",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker."""
     from tidal.worker.main import run_worker  # noqa: PLC0415
 
-    settings = _member_setup("worker", log_level, torch_threads, allow_plaintext, shared_memory)
+    settings = _member_setup("worker", log_level, torch_threads, allow_plaintext, shared_memory, device)
     raise typer.Exit(
         run_async(
             run_worker(

@@ -63,9 +63,10 @@ def status(
         if as_json:
             print(json.dumps([MessageToDict(j, preserving_proto_field_name=True) for j in jobs], indent=2))
             return
-        table = Table("job", "state", "mode", "version", "samples", "train loss", "val acc", "message")
+        table = Table("job", "state", "mode", "version", "samples", "train loss", "val metric", "message")
         for j in jobs:
-            acc = f"{j.val_accuracy:.3f}" if j.HasField("val_accuracy") else "-"
+            # e.g. "accuracy 0.912", "rmse 1.204": the metric of the job's objective, named.
+            acc = f"{j.val_metric or 'accuracy'} {j.val_accuracy:.3f}" if j.HasField("val_accuracy") else "-"
             table.add_row(
                 j.job_id,
                 job_state_name(j.state),

@@ -97,14 +97,16 @@ def build_security(role: str, allow_plaintext: bool, server: bool, command: str 
     return config
 
 
-def build_service_settings(role: str, allow_plaintext: bool, shared_memory: str) -> ServiceSettings:
+def build_service_settings(
+    role: str, allow_plaintext: bool, shared_memory: str, device: str | None = None
+) -> ServiceSettings:
     """A shard's or worker's settings (transport/settings.py); a bad one is one line, exit 2."""
     from tidal.transport import shm  # noqa: PLC0415  # torch only for the services
     from tidal.transport.settings import ServiceSettings  # noqa: PLC0415
 
     security = build_security(role, allow_plaintext, server=True)
     try:
-        return ServiceSettings(security, shm.parse_setting(shared_memory), build_model_modules())
+        return ServiceSettings(security, shm.parse_setting(shared_memory), build_model_modules(), device)
     except TidalError as exc:
         raise _fail_setup(exc) from None
 

@@ -16,6 +16,7 @@ ENV = {
     "metrics_port": "TIDAL_METRICS_PORT",  # Prometheus /metrics port of any service
     "advertise_host": "TIDAL_ADVERTISE_HOST",  # host workers dial to reach a shard
     "slowdown": "TIDAL_SLOWDOWN",  # worker compute-time multiplier (straggler simulation)
+    "device": "TIDAL_DEVICE",  # worker: auto, cpu, cuda or cuda:N, overriding the job spec's device
     "heartbeat_interval": "TIDAL_HEARTBEAT_INTERVAL_S",
     "heartbeat_timeout": "TIDAL_HEARTBEAT_TIMEOUT_S",
     "register_timeout": "TIDAL_REGISTER_TIMEOUT_S",  # how long a member retries reaching the coordinator

@@ -16,9 +16,14 @@ def stdout_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
+def metric_name(job: coord_pb.JobStatus) -> str:
+    """The name of the job's validation metric (accuracy, skill, rmse, ...)."""
+    return job.val_metric or "accuracy"
+
+
 def describe(job: coord_pb.JobStatus) -> str:
-    acc = f" val acc {job.val_accuracy:.3f}" if job.HasField("val_accuracy") else ""
-    return f"{job.mode:>5} {job_state_name(job.state):>9}  loss {job.train_loss:.4f}{acc}"
+    metric = f" val {metric_name(job)} {job.val_accuracy:.3f}" if job.HasField("val_accuracy") else ""
+    return f"{job.mode:>5} {job_state_name(job.state):>9}  loss {job.train_loss:.4f}{metric}"
 
 
 async def follow_job(client: TidalClient, job_id: str, console: Console) -> coord_pb.JobStatus:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from google.protobuf.json_format import MessageToDict
+
 from tests.unit.test_jobs import make_cluster, make_spec, start, submit
 from tidal.coordinator import convert
 from tidal.core.job_records import JobState, ShardProgress
@@ -39,3 +41,21 @@ def test_a_member_entry_never_has_a_negative_heartbeat_age() -> None:
     assert (entry.role, entry.state) == (common_pb.ROLE_SHARD, common_pb.MEMBER_STATE_ASSIGNED)
     assert (entry.address, entry.job_id, entry.heartbeat_age_s) == ("10.0.0.1:7000", "j", 2.5)
     assert convert.member_to_proto(member, now=9.0).heartbeat_age_s == 0.0  # clocks read a moment apart
+
+
+def test_a_jobs_status_names_its_validation_metric() -> None:
+    cluster = make_cluster(shards=1, workers=1)
+    job = submit(cluster, make_spec(workers=1, shards=1))
+    start(cluster, job)
+    (worker,) = job.worker_ids
+    status = convert.job_to_proto(job)
+    assert not status.HasField("val_accuracy") and status.val_metric == ""  # no evaluation yet
+    cluster.jobs.eval_report(worker, job.job_id, 2, 0.5, 0.9, False, 3.0)  # a worker that names no metric
+    cluster.jobs.eval_report(worker, job.job_id, 4, 0.4, 1.3, False, 4.0, metric="rmse", higher_is_better=False)
+    status = convert.job_to_proto(job)
+    assert (status.val_accuracy, status.val_metric, status.val_metric_higher_is_better) == (1.3, "rmse", False)
+    assert [(e.metric, e.val_accuracy) for e in status.evals] == [("accuracy", 0.9), ("rmse", 1.3)]
+    # What the REST API answers (coordinator/rest.py converts the same message).
+    body = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    assert (body["val_metric"], body["val_metric_higher_is_better"], body["val_accuracy"]) == ("rmse", False, 1.3)
+    assert body["evals"][-1]["metric"] == "rmse"

@@ -38,6 +38,7 @@ EVENTS: list[tuple[str, events.Event]] = [
     ("shard_ready", events.ShardReady("j", 5, checkpointing=True)),
     ("worker_finished", events.WorkerFinished("j", 9, 90, 8)),
     ("eval_report", events.EvalReport("j", 9, 0.3, 0.8, final=True)),
+    ("eval_report", events.EvalReport("j", 9, 0.3, 1.5, final=False, metric="mae", higher_is_better=False)),
     ("task_failed", events.TaskFailed("j", "boom")),
     (
         "layout_report",

@@ -245,7 +245,10 @@ class Control:
     @_apply.register
     async def _eval_report(self, event: EvalReport, member: Member, now: float) -> list[Command] | None:
         e = event
-        return self.jobs.eval_report(member.member_id, e.job_id, e.version, e.val_loss, e.val_accuracy, e.final, now)
+        return self.jobs.eval_report(
+            member.member_id, e.job_id, e.version, e.val_loss, e.val_accuracy, e.final, now,
+            e.metric, e.higher_is_better,
+        )  # fmt: skip
 
     @_apply.register
     async def _layout_report(self, event: LayoutReport, member: Member, now: float) -> list[Command] | None:

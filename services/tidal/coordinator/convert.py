@@ -78,7 +78,11 @@ def job_to_proto(job: Job) -> coord_pb.JobStatus:
         ],
         evals=[
             coord_pb.EvalPoint(
-                elapsed_s=e.elapsed_s, version=e.version, val_loss=e.val_loss, val_accuracy=e.val_accuracy
+                elapsed_s=e.elapsed_s,
+                version=e.version,
+                val_loss=e.val_loss,
+                val_accuracy=e.val_accuracy,
+                metric=e.metric,
             )
             for e in job.evals
         ],
@@ -96,5 +100,7 @@ def job_to_proto(job: Job) -> coord_pb.JobStatus:
         ],
     )
     if job.evals:
-        status.val_loss, status.val_accuracy = job.evals[-1].val_loss, job.evals[-1].val_accuracy
+        last = job.evals[-1]
+        status.val_loss, status.val_accuracy = last.val_loss, last.val_accuracy
+        status.val_metric, status.val_metric_higher_is_better = last.metric, last.higher_is_better
     return status

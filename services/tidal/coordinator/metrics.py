@@ -102,7 +102,12 @@ class ControlCollector(Collector):
             "workers": gauge("tidal_job_workers", "Workers assigned to the job."),
             "loss": gauge("tidal_job_train_loss", "Mean of the workers' latest training losses."),
             "val_loss": gauge("tidal_job_validation_loss", "Latest validation loss."),
-            "val_acc": gauge("tidal_job_validation_accuracy", "Latest validation accuracy."),
+            # Named by its `metric` label: accuracy, skill, rmse, mae or a user objective's name.
+            "val_metric": GaugeMetricFamily(
+                "tidal_job_validation_metric",
+                "Latest value of the job objective's validation metric (higher_is_better says which way is better).",
+                labels=[*labels, "metric", "higher_is_better"],
+            ),
             "progress": gauge("tidal_job_last_progress_timestamp_seconds", "Unix time of the last progress report."),
             "versions_lost": gauge(
                 "tidal_job_versions_lost", "Versions lost by shards restored from checkpoints (sum over restarts)."
@@ -125,7 +130,9 @@ class ControlCollector(Collector):
                 families["loss"].add_metric(key, sum(losses) / len(losses))
             if job.evals:
                 families["val_loss"].add_metric(key, job.evals[-1].val_loss)
-                families["val_acc"].add_metric(key, job.evals[-1].val_accuracy)
+                last = job.evals[-1]
+                direction = "true" if last.higher_is_better else "false"
+                families["val_metric"].add_metric([*key, last.metric, direction], last.val_accuracy)
             if job.last_progress_at:
                 families["progress"].add_metric(key, job.last_progress_at)
         yield info

@@ -71,8 +71,11 @@ class EvalReport:
     job_id: str
     version: int
     val_loss: float
+    # The value of the job objective's metric, which `metric` names (core/objectives.py).
     val_accuracy: float
     final: bool
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,10 @@ class EvalPoint:
     elapsed_s: float
     version: int
     val_loss: float
+    # The value of the objective's metric that `metric` names (accuracy, skill, rmse, ...).
     val_accuracy: float
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
 
 @dataclass

@@ -249,10 +249,19 @@ class JobManager:
         return [Evaluate(job.final_eval_by, job.job_id, final=True)]
 
     def eval_report(
-        self, member_id: str, job_id: str, version: int, loss: float, accuracy: float, final: bool, now: float
+        self,
+        member_id: str,
+        job_id: str,
+        version: int,
+        loss: float,
+        accuracy: float,
+        final: bool,
+        now: float,
+        metric: str = "accuracy",
+        higher_is_better: bool = True,
     ) -> list[Command]:
         job = self._running(job_id, member_id, Role.WORKER)
-        job.evals.append(EvalPoint(now - job.started_at, version, loss, accuracy))
+        job.evals.append(EvalPoint(now - job.started_at, version, loss, accuracy, metric, higher_is_better))
         job.final_eval_done = job.final_eval_done or final
         return self._finish_if_complete(job, now)
 

@@ -36,7 +36,7 @@ def allowed_prefixes(environ: Mapping[str, str]) -> ModelModules:
 
 def check_model_module(module_name: str, prefixes: ModelModules, field: str = "model.name") -> None:
     """Raises PermissionDeniedError unless `module_name` lies in an allowed package; the message
-    names the spec's `field` (a data source's module obeys the same list: "dataset.name")."""
+    names the spec's `field` (model.name, dataset.name, objective: one list for all user code)."""
     if prefixes is None:
         return
     if not any(module_name == p or module_name.startswith(f"{p}.") for p in prefixes):

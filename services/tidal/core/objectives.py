@@ -1,28 +1,92 @@
 """How a model's output is scored against its target: the loss a worker differentiates and the
-two numbers an evaluation reports.
+metric an evaluation reports.
 
-Classification data sets use cross-entropy and report accuracy. Regression data sets (the
-climate forecasters) use a weighted mean squared error: the weights say how much each output
-element counts (for a global field, the area of its grid cell, i.e. cos(latitude); zero on
-halo cells a worker reads only as context). Their "accuracy" is the MSE skill score against a
-reference forecast, ``1 - loss / reference_loss`` (persistence for the climate data sets): 0
-means as good as the reference, 1 a perfect forecast, below 0 worse than the reference.
+Every objective has a metric with a name and a direction (`Metric`):
+
+==================  =========================================  ==========  ===============
+objective           loss (mean over the batch)                 metric      higher better
+==================  =========================================  ==========  ===============
+cross_entropy       cross-entropy of class logits              accuracy    yes
+bce_with_logits     binary cross-entropy of logits, per entry  accuracy    yes
+mse                 mean squared error, per entry              rmse        no
+mae                 mean absolute error, per entry             mae         no
+weighted_mse        weighted mean squared error (climate)      skill       yes
+package.module:fn   fn(output, target), a scalar tensor        fn's name   no
+==================  =========================================  ==========  ===============
+
+bce_with_logits' accuracy is the fraction of entries whose logit sign matches the 0/1 target.
+Regression data sets (the climate forecasters) use a weighted mean squared error: the weights
+say how much each output element counts (for a global field, the area of its grid cell, i.e.
+cos(latitude); zero on halo cells a worker reads only as context). Their metric is the MSE skill
+score against a reference forecast, ``1 - loss / reference_loss`` (persistence for the climate
+data sets): 0 means as good as the reference, 1 a perfect forecast, below 0 worse.
+
+A user objective ("package.module:fn", allowed by the same operator list as user models,
+TIDAL_MODEL_MODULES) returns the batch's mean loss as a scalar tensor; its metric is that
+validation loss itself, named after the function (lower is better).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CROSS_ENTROPY", "Objective", "ObjectiveKind"]
+from tidal.core.errors import InvalidArgumentError
+from tidal.core.model_source import ModelModules, check_model_module
+from tidal.core.spec import BUILT_IN_OBJECTIVES
+
+__all__ = ["BUILT_IN_OBJECTIVES", "CROSS_ENTROPY", "Metric", "Objective", "ObjectiveKind", "job_objective"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ObjectiveKind(StrEnum):
     CROSS_ENTROPY = "cross_entropy"
     WEIGHTED_MSE = "weighted_mse"
+    MSE = "mse"
+    MAE = "mae"
+    BCE_WITH_LOGITS = "bce_with_logits"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What an evaluation reports besides the loss: its name and which way is better."""
+
+    name: str
+    higher_is_better: bool
+
+
+_METRICS = {
+    ObjectiveKind.CROSS_ENTROPY: Metric("accuracy", True),
+    ObjectiveKind.BCE_WITH_LOGITS: Metric("accuracy", True),
+    ObjectiveKind.MSE: Metric("rmse", False),
+    ObjectiveKind.MAE: Metric("mae", False),
+    ObjectiveKind.WEIGHTED_MSE: Metric("skill", True),
+}
+
+
+def _same_shape(kind: ObjectiveKind, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The target as a float tensor shaped like the output; a (B,) target fits a (B, 1) output."""
+    if target.shape != out.shape and target.numel() == out.numel() and target.shape[:1] == out.shape[:1]:
+        target = target.reshape(out.shape)
+    if target.shape != out.shape:
+        raise InvalidArgumentError(
+            f"objective: {kind.value} needs targets shaped like the model output, "
+            f"got output {tuple(out.shape)} and target {tuple(target.shape)}"
+        )
+    return target.to(out.dtype)
+
+
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    """Per-entry values summed over the batch of per-sample means."""
+    return values.reshape(values.shape[0], -1).mean(dim=1).sum()
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,17 +103,46 @@ class Objective:
     train_norm: float | None = None
     # Weighted MSE: the reference forecast's loss on the validation split (must be > 0).
     reference_loss: float | None = None
+    # User objective: the loss function and the metric's name (the function's).
+    user_fn: LossFn | None = None
+    user_name: str = ""
+
+    def on(self, device: torch.device) -> Objective:
+        """This objective with its weights on `device` (itself when they are there already)."""
+        weights = (self.train_weight, self.val_weight)
+        if all(w is None or w.device == device for w in weights):
+            return self
+        train, val = (None if w is None else w.to(device) for w in weights)
+        return replace(self, train_weight=train, val_weight=val)
+
+    @property
+    def metric(self) -> Metric:
+        if self.kind == ObjectiveKind.USER:
+            return Metric(self.user_name, False)
+        return _METRICS[self.kind]
 
     def loss(self, out: torch.Tensor, target: torch.Tensor, train: bool = True) -> torch.Tensor:
         """Mean loss of a batch (a scalar tensor that can be differentiated)."""
-        if self.kind == ObjectiveKind.CROSS_ENTROPY:
-            return F.cross_entropy(out, target)
+        match self.kind:
+            case ObjectiveKind.CROSS_ENTROPY:
+                return F.cross_entropy(out, target)
+            case ObjectiveKind.MSE:
+                return F.mse_loss(out, _same_shape(self.kind, out, target))
+            case ObjectiveKind.MAE:
+                return F.l1_loss(out, _same_shape(self.kind, out, target))
+            case ObjectiveKind.BCE_WITH_LOGITS:
+                return F.binary_cross_entropy_with_logits(out, _same_shape(self.kind, out, target))
+            case ObjectiveKind.USER:
+                return self._user_loss(out, target)
         return self.sum_loss(out, target, train) / out.shape[0]
 
     def sum_loss(self, out: torch.Tensor, target: torch.Tensor, train: bool = False) -> torch.Tensor:
         """Loss summed over the batch (the evaluation accumulates it over batches)."""
-        if self.kind == ObjectiveKind.CROSS_ENTROPY:
-            return F.cross_entropy(out, target, reduction="sum")
+        match self.kind:
+            case ObjectiveKind.CROSS_ENTROPY:
+                return F.cross_entropy(out, target, reduction="sum")
+            case ObjectiveKind.MSE | ObjectiveKind.MAE | ObjectiveKind.BCE_WITH_LOGITS | ObjectiveKind.USER:
+                return self.loss(out, target, train) * out.shape[0]
         err2 = (out - target).square()
         weight = self.train_weight if train else self.val_weight
         channels = out.shape[1] if out.dim() > 1 else 1
@@ -59,18 +152,84 @@ class Objective:
         return (err2 * weight).sum() / (channels * norm)
 
     def score(self, out: torch.Tensor, target: torch.Tensor) -> float:
-        """Accuracy: the number of correct predictions (classification); 0 for regression,
-        whose skill is computed from the mean loss by `skill`."""
+        """The metric's running sum over a batch: correct predictions for cross-entropy, the
+        per-sample fraction of correct entries for bce_with_logits; 0 for the metrics computed
+        from the mean loss by `accuracy`."""
         if self.kind == ObjectiveKind.CROSS_ENTROPY:
             return float((out.argmax(dim=1) == target).sum())
+        if self.kind == ObjectiveKind.BCE_WITH_LOGITS:
+            hits = (out > 0) == (_same_shape(self.kind, out, target) > 0.5)
+            return float(_per_sample(hits.to(torch.float64)))
         return 0.0
 
     def accuracy(self, correct: float, mean_loss: float, n: int) -> float:
-        if self.kind == ObjectiveKind.CROSS_ENTROPY:
-            return correct / max(n, 1)
+        """The metric's value (`metric` names it) from the evaluation's sums."""
+        match self.kind:
+            case ObjectiveKind.CROSS_ENTROPY | ObjectiveKind.BCE_WITH_LOGITS:
+                return correct / max(n, 1)
+            case ObjectiveKind.MSE:
+                return math.sqrt(max(mean_loss, 0.0))
+            case ObjectiveKind.MAE | ObjectiveKind.USER:
+                return mean_loss
         if not self.reference_loss:
             return 0.0
         return 1.0 - mean_loss / self.reference_loss
 
+    def _user_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.user_fn is None:
+            raise InvalidArgumentError(f"objective {self.user_name!r}: no loss function was resolved")
+        try:
+            loss = self.user_fn(out, target)
+        except InvalidArgumentError:
+            raise
+        except Exception as exc:  # user code: any failure is the spec's objective's
+            raise InvalidArgumentError(f"objective {self.user_name!r}: the loss function raised {exc!r}") from exc
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.is_floating_point():
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise InvalidArgumentError(
+                f"objective {self.user_name!r}: the loss function must return a floating scalar tensor "
+                f"(the batch's mean loss), got {shape}"
+            )
+        return loss
+
 
 CROSS_ENTROPY = Objective()
+
+
+def job_objective(name: str | None, dataset_objective: Objective, model_modules: ModelModules) -> Objective:
+    """The objective a job trains with: the spec's `objective` (None: the data set's own).
+
+    A user function is imported here, on the worker, after `model_modules` (the operator's
+    allow-list for model code, core/model_source.py) allowed its module. weighted_mse needs
+    the weights and the reference loss only a weighted data set has (the climate ones)."""
+    if name is None:
+        return dataset_objective
+    if name in BUILT_IN_OBJECTIVES:
+        kind = ObjectiveKind(name)
+        if kind == dataset_objective.kind:
+            return dataset_objective
+        if kind == ObjectiveKind.WEIGHTED_MSE:
+            raise InvalidArgumentError(
+                "objective: weighted_mse needs a data set with weights and a reference forecast "
+                f"(climate_grid, climate_stations); this data set's objective is {dataset_objective.kind.value}"
+            )
+        return Objective(kind)
+    fn = _resolve_user_fn(name, model_modules)
+    return Objective(ObjectiveKind.USER, user_fn=fn, user_name=name.partition(":")[2])
+
+
+def _resolve_user_fn(name: str, model_modules: ModelModules) -> LossFn:
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise InvalidArgumentError(
+            f"objective: must be one of {list(BUILT_IN_OBJECTIVES)} or 'package.module:fn', got {name!r}"
+        )
+    check_model_module(module_name, model_modules, field="objective")  # before its import-time code runs
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidArgumentError(f"objective {name!r}: cannot import module {module_name!r}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise InvalidArgumentError(f"objective {name!r}: module {module_name!r} has no callable {attr!r}")
+    return fn

@@ -26,6 +26,13 @@ class Mode(StrEnum):
     AUTO = "auto"  # bounded staleness plus backup workers, both tuned during training from measured timings
 
 
+# The objectives a worker knows (core/objectives.py); any other must be "package.module:fn".
+BUILT_IN_OBJECTIVES = ("cross_entropy", "mse", "mae", "bce_with_logits", "weighted_mse")
+_USER_OBJECTIVE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# auto, cpu, cuda or cuda:N (core/devices.py resolves it on the worker).
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d{1,3})?)$")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -207,6 +214,29 @@ class JobSpec(_Strict):
     step_timeout_s: float = Field(120.0, gt=0, le=3600)
     stragglers: list[StragglerSpec] = Field(default_factory=list)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    # What the workers minimise and evaluate (core/objectives.py): one of BUILT_IN_OBJECTIVES
+    # or "package.module:fn" (a module TIDAL_MODEL_MODULES allows); None: the data set's own.
+    objective: str | None = Field(None, max_length=256)
+    # Where the workers compute: auto (cuda when the worker has it, else cpu), cpu, cuda or
+    # cuda:N. A worker started with --device uses that instead.
+    device: str = Field("auto", max_length=16)
+    # The forward pass's precision: fp32, or autocast to bf16 or fp16 (fp16 with loss scaling).
+    # Parameters and the gradients pushed to the shards stay float32.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, objective: str | None) -> str | None:
+        if objective is None or objective in BUILT_IN_OBJECTIVES or _USER_OBJECTIVE.match(objective):
+            return objective
+        raise ValueError(f"must be one of {list(BUILT_IN_OBJECTIVES)} or 'package.module:fn', got {objective!r}")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if not DEVICE_PATTERN.match(device):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+        return device
 
     @field_validator("stragglers")
     @classmethod

@@ -13,22 +13,45 @@ import torch
 from torch import nn
 
 from tidal.core.flat import FlatModel
-from tidal.core.objectives import CROSS_ENTROPY, Objective
+from tidal.core.objectives import CROSS_ENTROPY, Metric, Objective
+from tidal.core.precision import MixedPrecision
 
 
 @dataclass(frozen=True)
 class EvalResult:
     loss: float
+    # The value of the objective's metric (`metric` names it: accuracy, skill, rmse, ...).
     accuracy: float
+    metric: Metric = CROSS_ENTROPY.metric
 
 
-def compute_gradient(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, objective: Objective = CROSS_ENTROPY) -> float:
+def compute_gradient(
+    flat: FlatModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    objective: Objective = CROSS_ENTROPY,
+    precision: MixedPrecision | None = None,
+) -> float:
     """Leaves the gradient of the batch's mean loss (the data set's objective: cross-entropy
-    unless it says otherwise) in `flat.grads`; returns the loss."""
+    unless it says otherwise) in `flat.grads`; returns the loss. Under fp16, a gradient that
+    overflowed is left as zeros (see core/precision.py)."""
+    flat.to_device()
+    x, y = flat.on_device(x), flat.on_device(y)
     flat.zero_grad()
     flat.model.train()
-    loss = objective.loss(flat.model(x), y)
-    loss.backward()
+    if precision is None:
+        loss = objective.loss(flat.model(x), y)
+        loss.backward()
+        flat.grads_to_host()
+        return float(loss.detach())
+    with precision.autocast():
+        out = flat.model(x)
+    # The loss in float32, outside autocast: a low-precision output is only cast up.
+    loss = objective.loss(out.float(), y)
+    finite = precision.backward(loss, flat.device_grads)
+    flat.grads_to_host()
+    if not finite:
+        flat.grads.zero_()
     return float(loss.detach())
 
 
@@ -40,22 +63,28 @@ def tensor_batches(
         yield x[lo : lo + batch_size], y[lo : lo + batch_size]
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], objective: Objective = CROSS_ENTROPY
 ) -> EvalResult:
-    """Mean loss and accuracy over every sample of ``batches`` (for regression objectives: skill
-    against the reference forecast). Batches come from any validation split
-    (core/sources/batches.py `eval_batches`) or from tensors (`tensor_batches`)."""
+    """Mean loss and the objective's metric over every sample of ``batches`` (e.g. accuracy;
+    for weighted MSE: skill against the reference forecast), in float32 on the model's device.
+    Batches come from any validation split (core/sources/batches.py `eval_batches`) or from
+    tensors (`tensor_batches`)."""
     model.eval()
+    device = _device_of(model)
     total_loss, correct, count = 0.0, 0.0, 0
-    for x, target in batches:
-        out = model(x)
+    for x, y in batches:
+        out, target = model(x.to(device)), y.to(device)
         total_loss += float(objective.sum_loss(out, target))
         correct += objective.score(out, target)
         count += len(target)
     n = max(count, 1)
-    return EvalResult(total_loss / n, objective.accuracy(correct, total_loss / n, count))
+    return EvalResult(total_loss / n, objective.accuracy(correct, total_loss / n, count), objective.metric)
 
 
 def warm_up() -> None:

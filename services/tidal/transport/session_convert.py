@@ -147,12 +147,20 @@ def _worker_finished_from_proto(m: coord_pb.WorkerFinished) -> events.WorkerFini
 
 def _eval_report_to_proto(e: events.EvalReport) -> coord_pb.EvalReport:
     return coord_pb.EvalReport(
-        job_id=e.job_id, version=e.version, val_loss=e.val_loss, val_accuracy=e.val_accuracy, final=e.final
+        job_id=e.job_id,
+        version=e.version,
+        val_loss=e.val_loss,
+        val_accuracy=e.val_accuracy,
+        final=e.final,
+        metric=e.metric,
+        metric_higher_is_better=e.higher_is_better,
     )
 
 
 def _eval_report_from_proto(m: coord_pb.EvalReport) -> events.EvalReport:
-    return events.EvalReport(m.job_id, m.version, m.val_loss, m.val_accuracy, m.final)
+    # An empty metric, or no direction, is what a worker that predates named metrics sends.
+    higher = m.metric_higher_is_better if m.HasField("metric_higher_is_better") else True
+    return events.EvalReport(m.job_id, m.version, m.val_loss, m.val_accuracy, m.final, m.metric or "accuracy", higher)
 
 
 def _layout_report_to_proto(e: events.LayoutReport) -> coord_pb.LayoutReport:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.model_source import ModelModules
+from tidal.core.spec import DEVICE_PATTERN
 from tidal.transport.tls import SecurityConfig
 
 
@@ -20,6 +21,9 @@ class ServiceSettings:
     # The packages a job's model factory may come from (TIDAL_MODEL_MODULES, core/model_source.py);
     # None: any. Shards and workers import the factory when they build the job's model.
     model_modules: ModelModules = None
+    # Worker: the device to compute on (auto, cpu, cuda, cuda:N; the --device flag), overriding
+    # the job spec's `device`; None: the spec decides.
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.security, SecurityConfig):
@@ -29,3 +33,5 @@ class ServiceSettings:
         modules = self.model_modules
         if modules is not None and not (isinstance(modules, tuple) and all(isinstance(m, str) for m in modules)):
             raise InvalidArgumentError(f"model_modules: expected None or a tuple of str, got {modules!r}")
+        if self.device is not None and not (isinstance(self.device, str) and DEVICE_PATTERN.match(self.device)):
+            raise InvalidArgumentError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")

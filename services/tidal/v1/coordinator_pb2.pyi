@@ -153,18 +153,22 @@ class WorkerFinished(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., steps: _Optional[int] = ..., samples: _Optional[int] = ..., pushes: _Optional[int] = ...) -> None: ...
 
 class EvalReport(_message.Message):
-    __slots__ = ("job_id", "version", "val_loss", "val_accuracy", "final")
+    __slots__ = ("job_id", "version", "val_loss", "val_accuracy", "final", "metric", "metric_higher_is_better")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     VAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    METRIC_HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     version: int
     val_loss: float
     val_accuracy: float
     final: bool
-    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., final: _Optional[bool] = ...) -> None: ...
+    metric: str
+    metric_higher_is_better: bool
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., final: _Optional[bool] = ..., metric: _Optional[str] = ..., metric_higher_is_better: _Optional[bool] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ("reason",)
@@ -419,16 +423,18 @@ class WorkerStatus(_message.Message):
     def __init__(self, member_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., samples: _Optional[int] = ..., loss: _Optional[float] = ..., step_time_s: _Optional[float] = ..., finished: _Optional[bool] = ..., pushes: _Optional[int] = ..., lost: _Optional[str] = ...) -> None: ...
 
 class EvalPoint(_message.Message):
-    __slots__ = ("elapsed_s", "version", "val_loss", "val_accuracy")
+    __slots__ = ("elapsed_s", "version", "val_loss", "val_accuracy", "metric")
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     VAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
     elapsed_s: float
     version: int
     val_loss: float
     val_accuracy: float
-    def __init__(self, elapsed_s: _Optional[float] = ..., version: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ...) -> None: ...
+    metric: str
+    def __init__(self, elapsed_s: _Optional[float] = ..., version: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., metric: _Optional[str] = ...) -> None: ...
 
 class ShardRestart(_message.Message):
     __slots__ = ("shard_index", "member_id", "restored_version", "versions_lost", "updates_lost", "recovery_s", "lost_at")
@@ -449,7 +455,7 @@ class ShardRestart(_message.Message):
     def __init__(self, shard_index: _Optional[int] = ..., member_id: _Optional[str] = ..., restored_version: _Optional[int] = ..., versions_lost: _Optional[int] = ..., updates_lost: _Optional[int] = ..., recovery_s: _Optional[float] = ..., lost_at: _Optional[float] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "mode", "spec_json", "version", "target_version", "samples", "train_loss", "val_loss", "val_accuracy", "staleness_mean", "staleness_max", "updates_applied", "updates_rejected", "created_at", "started_at", "finished_at", "message", "membership_epoch", "workers", "evals", "shard_restarts")
+    __slots__ = ("job_id", "name", "state", "mode", "spec_json", "version", "target_version", "samples", "train_loss", "val_loss", "val_accuracy", "staleness_mean", "staleness_max", "updates_applied", "updates_rejected", "created_at", "started_at", "finished_at", "message", "membership_epoch", "workers", "evals", "shard_restarts", "val_metric", "val_metric_higher_is_better")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -473,6 +479,8 @@ class JobStatus(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     EVALS_FIELD_NUMBER: _ClassVar[int]
     SHARD_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    VAL_METRIC_FIELD_NUMBER: _ClassVar[int]
+    VAL_METRIC_HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: _common_pb2.JobState
@@ -496,4 +504,6 @@ class JobStatus(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     evals: _containers.RepeatedCompositeFieldContainer[EvalPoint]
     shard_restarts: _containers.RepeatedCompositeFieldContainer[ShardRestart]
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., mode: _Optional[str] = ..., spec_json: _Optional[str] = ..., version: _Optional[int] = ..., target_version: _Optional[int] = ..., samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., message: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., evals: _Optional[_Iterable[_Union[EvalPoint, _Mapping]]] = ..., shard_restarts: _Optional[_Iterable[_Union[ShardRestart, _Mapping]]] = ...) -> None: ...
+    val_metric: str
+    val_metric_higher_is_better: bool
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., mode: _Optional[str] = ..., spec_json: _Optional[str] = ..., version: _Optional[int] = ..., target_version: _Optional[int] = ..., samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., staleness_mean: _Optional[float] = ..., staleness_max: _Optional[int] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., message: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., evals: _Optional[_Iterable[_Union[EvalPoint, _Mapping]]] = ..., shard_restarts: _Optional[_Iterable[_Union[ShardRestart, _Mapping]]] = ..., val_metric: _Optional[str] = ..., val_metric_higher_is_better: _Optional[bool] = ...) -> None: ...

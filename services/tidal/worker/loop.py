@@ -11,10 +11,13 @@ from dataclasses import dataclass
 import torch
 
 from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
+from tidal.core.devices import resolve_device
 from tidal.core.faults import kill_now
-from tidal.core.flat import FlatModel
+from tidal.core.flat import FlatModel, build_flat_model
+from tidal.core.objectives import Objective, job_objective
 from tidal.core.optim import build_optimizer
 from tidal.core.plan import job_dataset, job_partition
+from tidal.core.precision import MixedPrecision
 from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import ShardMap
 from tidal.core.sources.batches import TrainBatches, eval_batches
@@ -91,7 +94,16 @@ class TrainingRun:
         check_layout(prepared.layout, assignment.shard_map)
         # A partitioned data set (climate) holds only one slot's part (`_partition` reloads it).
         self.dataset: JobData = prepared.dataset
-        self.flat = FlatModel(prepared.model)
+        # The worker's --device wins over the spec's; the flat host buffers stay on the host.
+        field = "--device" if settings.device is not None else "device"
+        self.device = resolve_device(settings.device or spec.device, field)
+        model = prepared.model
+        self.flat: FlatModel = build_flat_model(model, self.device)
+        self.precision = MixedPrecision(spec.precision, self.device, model) if spec.precision != "fp32" else None
+        self._objective_of: tuple[JobData, Objective] | None = None
+        self._objective()  # a bad objective fails the job here, before any step
+        log.info("job %s: computing on %s in %s; objective %s, metric %s", assignment.job_id, self.device,
+                 spec.precision, spec.objective or "the data set's", self._objective().metric.name)  # fmt: skip
         self.epoch = assignment.membership_epoch
         self.worker_ids = assignment.worker_ids
         self.partition = self._partition()
@@ -141,6 +153,19 @@ class TrainingRun:
         here = "a stream of" if self.partition is None else len(self.partition)
         log.info("job %s: membership epoch %d, %d workers, %s training samples here",
                  self.a.job_id, epoch, len(worker_ids), here)  # fmt: skip
+
+    def _objective(self) -> Objective:
+        """The spec's objective (or the data set's own), for the data set held now: a new data
+        slot brings its own weights."""
+        if self._objective_of is None or self._objective_of[0] is not self.dataset:
+            objective = job_objective(self.a.spec.objective, self.dataset.objective, self.settings.model_modules)
+            self._objective_of = (self.dataset, objective.on(self.device))
+        return self._objective_of[1]
+
+    def _evaluate_now(self) -> EvalResult:
+        """Evaluates the host parameters (copied to the device first) on the validation split."""
+        self.flat.to_device()
+        return evaluate(self.flat.model, eval_batches(self.dataset), self._objective())
 
     @property
     def evaluator(self) -> bool:
@@ -198,8 +223,7 @@ class TrainingRun:
                 await report(StepReport(self.step, self.samples, loss, step_s, self.version))
             if evaluates and self.evaluator and self.version // spec.eval_every > evaluated_upto and not self._done():
                 evaluated_upto = self.version // spec.eval_every
-                data = self.dataset
-                result = await asyncio.to_thread(evaluate, self.flat.model, eval_batches(data), data.objective)
+                result = await asyncio.to_thread(self._evaluate_now)
                 await report_eval(self.version, result)
 
     async def _step(self) -> tuple[float, float]:
@@ -209,7 +233,7 @@ class TrainingRun:
         started = time.perf_counter()
         assert self._batches is not None
         x, y = await asyncio.wrap_future(self._batches.get(self.step))
-        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self.dataset.objective)
+        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self._objective(), self.precision)
         if self.inner is not None:
             await asyncio.to_thread(self._inner_step)
         compute_s = time.perf_counter() - started
@@ -310,8 +334,7 @@ class TrainingRun:
         """Pulls the shards' current parameters and evaluates them on the validation split."""
         restart_s = self.a.spec.checkpoint.restart_timeout_s
         await fan_out(*(link.pull_recovering(0, restart_s) for link in self.links))
-        data = self.dataset
-        result = await asyncio.to_thread(evaluate, self.flat.model, eval_batches(data), data.objective)
+        result = await asyncio.to_thread(self._evaluate_now)
         return self.version, result
 
     async def close(self) -> None:

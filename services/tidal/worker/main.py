@@ -188,7 +188,11 @@ class WorkerNode(worker_grpc.WorkerServicer):
         await self._report_eval(run.a.job_id, version, result, final)
 
     async def _report_eval(self, job_id: str, version: int, result: EvalResult, final: bool) -> None:
-        await self._send(events.EvalReport(job_id, version, result.loss, result.accuracy, final))
+        metric = result.metric
+        report = events.EvalReport(
+            job_id, version, result.loss, result.accuracy, final, metric.name, metric.higher_is_better
+        )
+        await self._send(report)
 
     async def _send(self, event: events.Event) -> None:
         await self.session.send(event)
