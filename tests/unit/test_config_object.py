@@ -40,8 +40,10 @@ from tidal.worker.main import WorkerNode, run_worker
 
 SERVICES = Path(tls.__file__).resolve().parents[1]  # services/tidal
 
-# Where the environment may be read: the CLI builds the configuration there.
-READERS = {"cli_common.py"}
+# Where the environment may be read: the CLI builds the configuration there, and so does the
+# Python API's `tidal.connect` (a script's entry point) for a client given no SecurityConfig, in
+# `security_from_env` only (checked below).
+READERS = {"cli_common.py", "api/sync_client.py"}
 # Child processes' entry points, which read their own environment at start as the CLI does: the
 # planner child (started by the coordinator with its environment, not through the CLI) reads
 # TIDAL_MODEL_MODULES in `main` and passes it down to the plan.
@@ -146,6 +148,12 @@ def test_the_planner_child_reads_its_environment_only_at_start() -> None:
     tree = ast.parse((SERVICES / "planner_child.py").read_text())
     readers = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and _environment_uses(f)[0]}
     assert readers == {"main"}
+
+
+def test_the_python_api_reads_the_environment_only_to_build_a_clients_security() -> None:
+    tree = ast.parse((SERVICES / "api" / "sync_client.py").read_text())
+    readers = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and _environment_uses(f)[0]}
+    assert readers == {"security_from_env"}
 
 
 def test_the_scan_tells_a_read_from_a_hand_over() -> None:
