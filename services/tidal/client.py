@@ -12,6 +12,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tidal.core.errors import InvalidArgumentError, TidalError
+from tidal.core.spec import JobSpec
 from tidal.transport.errors import error_from_rpc
 from tidal.transport.server import create_channel
 from tidal.transport.tls import SecurityConfig
@@ -62,7 +63,10 @@ class TidalClient:
         except grpc.aio.AioRpcError as exc:
             raise _describe(exc, self.address) from None
 
-    async def submit(self, spec: dict[str, Any]) -> coord_pb.JobStatus:
+    async def submit(self, spec: JobSpec | dict[str, Any]) -> coord_pb.JobStatus:
+        """Submits a spec (a mapping as in a YAML file, or a JobSpec: the fields it was given)."""
+        if isinstance(spec, JobSpec):
+            spec = spec.model_dump(mode="json", exclude_unset=True)
         reply = await self._call(self._stub.SubmitJob, coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)))
         return reply.job
 

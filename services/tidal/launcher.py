@@ -64,6 +64,7 @@ class LocalCluster:
         heartbeat_timeout_s: float = 10.0,
         env: dict[str, str] | None = None,
         start_timeout_s: float = 90.0,
+        python_path: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.num_shards = num_shards
@@ -72,6 +73,8 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         # The children's environment: this process's, plus `env` (they build their settings from it).
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if python_path:  # folders the children import from first (a user's model package)
+            self.env["PYTHONPATH"] = os.pathsep.join([*python_path, *filter(None, [self.env.get("PYTHONPATH")])])
         self.services: dict[str, Service] = {}
 
     @property

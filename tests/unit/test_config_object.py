@@ -40,8 +40,10 @@ from tidal.worker.main import WorkerNode, run_worker
 
 SERVICES = Path(tls.__file__).resolve().parents[1]  # services/tidal
 
-# Where the environment may be read: the CLI builds the configuration there.
-READERS = {"cli_common.py"}
+# Where the environment may be read: the CLI builds the configuration there, and so does the
+# Python API's `tidal.connect` (a script's entry point) for a client given no SecurityConfig, in
+# `security_from_env` only (checked below).
+READERS = {"cli_common.py", "api/sync_client.py"}
 # The program's start may set a default for its children (GRPC_ENABLE_FORK_SUPPORT).
 WRITERS = {"__main__.py"}
 
@@ -132,6 +134,12 @@ def test_only_the_cli_reads_the_environment() -> None:
             readers.add(str(path.relative_to(SERVICES)))
     # Exact: a reader that stopped reading must leave these sets too.
     assert readers - WRITERS == READERS
+
+
+def test_the_python_api_reads_the_environment_only_to_build_a_clients_security() -> None:
+    tree = ast.parse((SERVICES / "api" / "sync_client.py").read_text())
+    readers = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and _environment_uses(f)[0]}
+    assert readers == {"security_from_env"}
 
 
 def test_the_scan_tells_a_read_from_a_hand_over() -> None:
