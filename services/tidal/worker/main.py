@@ -141,8 +141,10 @@ class WorkerNode(worker_grpc.WorkerServicer):
         """Builds the job's data and model with this worker's code and reports the layout."""
         job = command.job
         slot = data_slot(self.session.member_id, command.rank, len(job.worker_ids), tuple(job.worker_ids))
-        modules = self.settings.model_modules
-        prepared = await in_daemon_thread("prepare job", lambda: prepare_job(job.job_id, job.spec, slot, modules))
+        modules, device = self.settings.model_modules, self.settings.device
+        prepared = await in_daemon_thread(
+            "prepare job", lambda: prepare_job(job.job_id, job.spec, slot, modules, device)
+        )
         self._prepared = prepared
         log.info(
             "job %s: prepared, %d parameters in %d tensors",
@@ -158,8 +160,8 @@ class WorkerNode(worker_grpc.WorkerServicer):
         if prepared is None:
             a = assignment
             slot = data_slot(a.worker_id, a.rank, a.world_size, a.worker_ids)
-            modules = self.settings.model_modules
-            prepared = await in_daemon_thread("prepare job", lambda: prepare_job(job_id, a.spec, slot, modules))
+            modules, device = self.settings.model_modules, self.settings.device
+            prepared = await in_daemon_thread("prepare job", lambda: prepare_job(job_id, a.spec, slot, modules, device))
         self.run = run = await asyncio.to_thread(
             TrainingRun, assignment, prepared, self.slowdown, metrics, self.settings
         )

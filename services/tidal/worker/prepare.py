@@ -17,10 +17,12 @@ from typing import TypeVar
 
 from torch import nn
 
+from tidal.core.devices import resolve_device
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.layout import Layout
 from tidal.core.model_size import meta_model
 from tidal.core.model_source import ModelModules
+from tidal.core.objectives import job_objective
 from tidal.core.plan import job_dataset, job_model, model_layout
 from tidal.core.shard_map import ShardMap
 from tidal.core.sources.job_data import JobData
@@ -65,10 +67,16 @@ class PreparedJob:
     layout: Layout
 
 
-def prepare_job(job_id: str, spec: JobSpec, slot: tuple[int, int], model_modules: ModelModules) -> PreparedJob:
+def prepare_job(
+    job_id: str, spec: JobSpec, slot: tuple[int, int], model_modules: ModelModules, device: str | None = None
+) -> PreparedJob:
     """Loads the slot's data and builds the job's model (raises InvalidArgumentError, naming
-    the field, for a spec this worker cannot run)."""
+    the field, for a spec this worker cannot run). Everything the worker will need is checked
+    here, before the coordinator plans the job: its objective and its device (`device`: the
+    worker's --device, which wins over the spec's) too."""
     dataset = job_dataset(spec, *slot, model_modules=model_modules)
+    job_objective(spec.objective, dataset.objective, model_modules)
+    resolve_device(device or spec.device, "--device" if device is not None else "device")
     info = dataset.info
     # Bounded before it is allocated: a factory is stopped part-way past the limits.
     meta_model(
