@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 
@@ -24,6 +25,10 @@ import torch
 from bench.procs import read_window
 from tidal.core.commands import AssignWorker
 from tidal.core.compression import params_wire_dtype
+from tidal.core.events import LayoutReport
+from tidal.core.layout import Layout
+from tidal.core.plan import job_layout
+from tidal.core.spec import parse_job_spec
 from tidal.transport.session import MemberSession
 from tidal.transport.session_convert import command_from_proto
 from tidal.transport.tls import SecurityConfig
@@ -36,6 +41,8 @@ from tidal.worker.links import ShardLink
 GRAD_SCALE = 1e-6
 # Bench clusters run on loopback without TLS (tidal.launcher), and so does the driver.
 PLAINTEXT = SecurityConfig()
+# What every driver announces as the digest of its initial parameters (all zeros, see `drive`).
+ZERO_PARAMETERS_DIGEST = hashlib.blake2b(b"tidal bench driver: zeros", digest_size=16).hexdigest()
 
 
 class _Member:
@@ -54,7 +61,13 @@ class _Member:
 
     async def _on_command(self, msg: coord_pb.SessionResponse) -> None:
         kind = msg.WhichOneof("kind")
-        if kind == "assign_worker" and not self.assigned.done():
+        if kind == "prepare_worker":
+            # The coordinator plans the job from the layout its workers announce. The driver
+            # computes nothing: its parameters start at zero, the same in every driver.
+            spec = parse_job_spec(msg.prepare_worker.spec_json)
+            layout = Layout(job_layout(spec).tensors, ZERO_PARAMETERS_DIGEST)
+            await self.session.send(LayoutReport(msg.prepare_worker.job_id, layout))
+        elif kind == "assign_worker" and not self.assigned.done():
             self.assigned.set_result(msg)
         elif kind == "release_job":
             self.released.set()

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import torch
 
+from tidal.core.events import LayoutReport
+from tidal.core.flat import FlatModel
 from tidal.core.plan import job_dataset, job_model, job_shard_map
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, parse_job_spec
@@ -28,6 +30,8 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
+from tidal.worker.links import ShardLink
+from tidal.worker.prepare import prepare_job
 
 JOB_TIMEOUT_S = 120.0
 # The local clusters of these tests run without TLS (launcher.py): so do their clients.
@@ -140,8 +144,10 @@ async def exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> li
 
 
 async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: Callable[[dict[str, Any]], Any]) -> Any:
-    """Registers as a worker, submits `spec` (one worker), waits for the assignment, runs `body`
-    with what the assignment says (job_id, worker_id, epoch, shard, shard_map), cancels the job."""
+    """Registers as a worker, submits `spec` (one worker), prepares the job as a worker does
+    (builds the model, reports its layout), waits for the assignment, gives the shard its initial
+    parameters, runs `body` with what the assignment says (job_id, worker_id, epoch, shard,
+    shard_map), cancels the job."""
     security = cluster.client_security()
     session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, security, name="test-worker")
     await session.register(10)
@@ -151,9 +157,21 @@ async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: 
         stub = coord_grpc.CoordinatorStub(channel)
         job = (await stub.SubmitJob(coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)), timeout=30)).job
         try:
+            prepared = None
             while (msg := await asyncio.wait_for(commands.get(), 30)).WhichOneof("kind") != "assign_worker":
-                pass
+                if msg.WhichOneof("kind") == "prepare_worker":
+                    prepared = prepare_job(job.job_id, parse_job_spec(spec), (0, 1), None)
+                    await session.send(LayoutReport(job.job_id, prepared.layout))
+            assert prepared is not None, "assigned before it was asked to prepare"
             assign = msg.assign_worker
+            shard_map = serde.shard_map_from_proto(assign.shard_map)
+            params = FlatModel(prepared.model).params
+            link = ShardLink(
+                assign.job_id, session.member_id, assign.membership_epoch, 0, assign.shard_addresses[0],
+                shard_map, params, 30.0, security=security, shared_memory=False,
+            )  # fmt: skip
+            await link.open()  # sends the shard its initial parameters, as the first worker does
+            await link.close()
             ctx = {
                 "job_id": assign.job_id,
                 "worker_id": session.member_id,
