@@ -92,6 +92,8 @@ class InProcessCluster:
         assign = commands.AssignShard("shard", job, 0)
         self.shard_map = shard_map
         state = build_state(assign)
+        # The shard's initial parameters, as the job's first worker sends them.
+        state.initialize(WORKER_ID, EPOCH, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
         self.runtime = ShardRuntime(JOB_ID, state, ShardMetrics(CollectorRegistry()).for_job(JOB_ID, "sync", 0))
         servicer = CoordinatorServicer(self.control)
         await self._serve(
