@@ -23,17 +23,14 @@ import time
 import torch
 
 from bench.procs import read_window
-from tidal.core.commands import AssignWorker
+from tidal.core import commands
 from tidal.core.compression import params_wire_dtype
 from tidal.core.events import LayoutReport
 from tidal.core.layout import Layout
 from tidal.core.plan import job_layout
-from tidal.core.spec import parse_job_spec
 from tidal.transport.session import MemberSession
-from tidal.transport.session_convert import command_from_proto
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
-from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.worker.convert import assignment_from_command
 from tidal.worker.links import ShardLink
 
@@ -50,27 +47,26 @@ class _Member:
 
     def __init__(self, coordinator: str) -> None:
         self.session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="bench-driver")
-        self.assigned: asyncio.Future[coord_pb.SessionResponse] = asyncio.get_running_loop().create_future()
+        self.assigned: asyncio.Future[commands.AssignWorker] = asyncio.get_running_loop().create_future()
         self.released = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
-    async def start(self, timeout_s: float) -> coord_pb.AssignWorker:
+    async def start(self, timeout_s: float) -> commands.AssignWorker:
         await self.session.register(timeout_s)
         self.task = asyncio.create_task(self.session.run(self._on_command))
         return await asyncio.wait_for(self.assigned, timeout_s)
 
-    async def _on_command(self, msg: coord_pb.SessionResponse) -> None:
-        kind = msg.WhichOneof("kind")
-        if kind == "prepare_worker":
-            # The coordinator plans the job from the layout its workers announce. The driver
-            # computes nothing: its parameters start at zero, the same in every driver.
-            spec = parse_job_spec(msg.prepare_worker.spec_json)
-            layout = Layout(job_layout(spec).tensors, ZERO_PARAMETERS_DIGEST)
-            await self.session.send(LayoutReport(msg.prepare_worker.job_id, layout))
-        elif kind == "assign_worker" and not self.assigned.done():
-            self.assigned.set_result(msg)
-        elif kind == "release_job":
-            self.released.set()
+    async def _on_command(self, command: commands.Command) -> None:
+        match command:
+            case commands.PrepareWorker():
+                # The coordinator plans the job from the layout its workers announce. The driver
+                # computes nothing: its parameters start at zero, the same in every driver.
+                layout = Layout(job_layout(command.job.spec).tensors, ZERO_PARAMETERS_DIGEST)
+                await self.session.send(LayoutReport(command.job.job_id, layout))
+            case commands.AssignWorker() if not self.assigned.done():
+                self.assigned.set_result(command)
+            case commands.Release():
+                self.released.set()
 
     async def close(self) -> None:
         if self.task is not None:
@@ -81,9 +77,7 @@ class _Member:
 async def drive(args: argparse.Namespace) -> None:
     member = _Member(args.coordinator)
     assigned = await member.start(args.timeout)
-    command = command_from_proto(member.session.member_id, assigned)
-    assert isinstance(command, AssignWorker), command
-    a = assignment_from_command(command)
+    a = assignment_from_command(assigned)
     total = a.shard_map.total_elements
     params = torch.zeros(total)
     grads = torch.randn(total, generator=torch.Generator().manual_seed(a.rank)) * GRAD_SCALE

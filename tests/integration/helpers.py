@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import torch
 
+from tidal.core import commands
 from tidal.core.events import LayoutReport
 from tidal.core.flat import FlatModel
 from tidal.core.plan import job_dataset, job_model, job_shard_map
@@ -151,33 +152,33 @@ async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: 
     security = cluster.client_security()
     session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, security, name="test-worker")
     await session.register(10)
-    commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
-    session_task = asyncio.create_task(session.run(commands.put))
+    received: asyncio.Queue[commands.Command] = asyncio.Queue()
+    session_task = asyncio.create_task(session.run(received.put))
     async with create_channel(cluster.coordinator_address, security) as channel:
         stub = coord_grpc.CoordinatorStub(channel)
         job = (await stub.SubmitJob(coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)), timeout=30)).job
         try:
             prepared = None
-            while (msg := await asyncio.wait_for(commands.get(), 30)).WhichOneof("kind") != "assign_worker":
-                if msg.WhichOneof("kind") == "prepare_worker":
-                    prepared = prepare_job(job.job_id, parse_job_spec(spec), (0, 1), None)
+            while not isinstance(command := await asyncio.wait_for(received.get(), 30), commands.AssignWorker):
+                if isinstance(command, commands.PrepareWorker):
+                    prepared = prepare_job(job.job_id, command.job.spec, (0, 1), None)
                     await session.send(LayoutReport(job.job_id, prepared.layout))
             assert prepared is not None, "assigned before it was asked to prepare"
-            assign = msg.assign_worker
-            shard_map = serde.shard_map_from_proto(assign.shard_map)
+            shard_map = command.job.shard_map
+            assert shard_map is not None
             params = FlatModel(prepared.model).params
             link = ShardLink(
-                assign.job_id, session.member_id, assign.membership_epoch, 0, assign.shard_addresses[0],
+                job.job_id, session.member_id, command.job.membership_epoch, 0, command.shard_addresses[0],
                 shard_map, params, 30.0, security=security, shared_memory=False,
             )  # fmt: skip
             await link.open()  # sends the shard its initial parameters, as the first worker does
             await link.close()
             ctx = {
-                "job_id": assign.job_id,
+                "job_id": job.job_id,
                 "worker_id": session.member_id,
-                "epoch": assign.membership_epoch,
-                "shard": assign.shard_addresses[0],
-                "shard_map": serde.shard_map_from_proto(assign.shard_map),
+                "epoch": command.job.membership_epoch,
+                "shard": command.shard_addresses[0],
+                "shard_map": shard_map,
             }
             return await body(ctx)
         finally:

@@ -98,9 +98,8 @@ def test_cancelling_senders_never_breaks_a_member_session(tmp_path: Path) -> Non
     async def scenario(coordinator: str) -> list[int]:
         session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="canceller")
         await session.register(10)
-        commands: asyncio.Queue[coord_pb.SessionResponse] = asyncio.Queue()
-        runner = asyncio.create_task(session.run(commands.put))
-        await asyncio.wait_for(commands.get(), 10)  # welcome
+        runner = asyncio.create_task(session.run(lambda command: asyncio.sleep(0)))
+        await asyncio.wait_for(session.opened.wait(), 10)  # the coordinator's welcome
         payload = Heartbeat(seq=0)
         for _ in range(200):
             senders = [asyncio.create_task(session.send(payload)) for _ in range(5)]

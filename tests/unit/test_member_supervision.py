@@ -4,6 +4,7 @@ the member logs the traceback, shuts down as on SIGTERM and exits with code 1.""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from prometheus_client import CollectorRegistry
 from tidal.coordinator.control import Control
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.servicer import CoordinatorServicer
+from tidal.core import commands
+from tidal.core.membership import Role
 from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
-from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
 PLAINTEXT = SecurityConfig()
@@ -31,9 +33,9 @@ class Node:
         self.broken = broken
         self.released = 0
 
-    async def on_command(self, msg: coord_pb.SessionResponse) -> None:
+    async def on_command(self, command: commands.Command) -> None:
         if self.broken:
-            raise RuntimeError(f"handling {msg.WhichOneof('kind')} failed")
+            raise RuntimeError(f"handling {type(command).__name__} failed")
 
     async def release(self) -> None:
         self.released += 1
@@ -48,6 +50,10 @@ async def _serve_member(node: Node, metrics_security: SecurityConfig = PLAINTEXT
     coordinator, coordinator_port = create_server("127.0.0.1:0", PLAINTEXT)
     coord_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(control), coordinator)
     await coordinator.start()
+    # A job waits for a worker: the member is asked to prepare it as soon as its session opens.
+    shard, _ = control.register(Role.SHARD, "127.0.0.1:1", "shard")
+    await control.open_session(shard.member_id)
+    await control.submit(json.dumps({"num_workers": 1, "num_shards": 1}))
     try:
         server, port = create_server("127.0.0.1:0", PLAINTEXT)
         session = MemberSession(f"127.0.0.1:{coordinator_port}", common_pb.ROLE_WORKER, PLAINTEXT, name="broken")
@@ -71,7 +77,7 @@ def test_a_crashed_session_ends_the_member_non_zero_with_its_traceback(caplog: p
     crashes = _crashes(caplog, "coordinator session")
     assert crashes, [r.getMessage() for r in caplog.records]
     assert crashes[0].exc_info is not None
-    assert str(crashes[0].exc_info[1]) == "handling welcome failed"
+    assert str(crashes[0].exc_info[1]) == "handling PrepareWorker failed"
     assert node.released >= 1  # it still shut down in order
 
 

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from tidal.coordinator.control import Control
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.servicer import CoordinatorServicer
+from tidal.core import commands
 from tidal.core.checkpoint import CheckpointStore
 from tidal.core.events import LayoutReport
 from tidal.core.layout import Layout
@@ -34,7 +35,6 @@ from tidal.transport.session import MemberSession
 from tidal.transport.supervise import Supervisor
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
-from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
 PLAINTEXT = SecurityConfig()
@@ -52,10 +52,10 @@ async def _idle_worker(coordinator: str) -> None:
     """A real worker session that reports a layout when asked to prepare and does nothing else:
     the job needs its worker's layout before its shard is assigned."""
 
-    async def ignore(msg: coord_pb.SessionResponse) -> None:
-        if msg.WhichOneof("kind") == "prepare_worker":
+    async def ignore(command: commands.Command) -> None:
+        if isinstance(command, commands.PrepareWorker):
             layout = Layout((TensorInfo("w", (4,), "float32"),), "0" * 32)
-            await session.send(LayoutReport(msg.prepare_worker.job_id, layout))
+            await session.send(LayoutReport(command.job.job_id, layout))
 
     session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="idle")
     try:

@@ -18,12 +18,13 @@ from tidal.coordinator.control import Control
 from tidal.coordinator.main import CRASH_CONTROL_LOOP, run_coordinator
 from tidal.coordinator.metrics import CoordinatorCounters
 from tidal.coordinator.servicer import CoordinatorServicer
+from tidal.core import commands
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.events import Event, WorkerProgressReport
+from tidal.core.job_records import Job
 from tidal.core.membership import MemberState, Role
 from tidal.core.plan import job_layout
 from tidal.core.spec import parse_job_spec
-from tidal.transport import serde
 from tidal.transport.server import create_channel, create_server
 from tidal.transport.session import MemberSession
 from tidal.transport.settings import ServiceSettings
@@ -162,19 +163,10 @@ def test_an_unknown_fault_is_refused() -> None:
 # --- the worker waits for the work it cancels --------------------------------------------
 
 
-def _assignment() -> coord_pb.SessionResponse:
+def _assignment() -> commands.AssignWorker:
     spec = parse_job_spec({"model": {"name": "mlp", "args": {"hidden": [4]}}, "num_workers": 1})
-    assign = coord_pb.AssignWorker(
-        job_id="job-1",
-        spec_json=spec.to_json(),
-        rank=0,
-        world_size=1,
-        membership_epoch=1,
-        shard_map=serde.shard_map_to_proto(job_layout(spec)),
-        shard_addresses=["127.0.0.1:1"],
-        worker_ids=["worker-0"],
-    )
-    return coord_pb.SessionResponse(assign_worker=assign)
+    job = Job("job-1", spec, job_layout(spec), created_at=0.0, membership_epoch=1, worker_ids=["worker-0"])
+    return commands.AssignWorker("worker-0", job, 0, shard_addresses=("127.0.0.1:1",))
 
 
 def test_worker_release_returns_only_once_the_cancelled_work_ended() -> None:

@@ -31,7 +31,6 @@ from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
-from tidal.transport.session_convert import command_from_proto
 from tidal.transport.settings import ServiceSettings
 from tidal.transport.supervise import Supervisor, cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
@@ -116,8 +115,7 @@ class ShardNode:
                 self.recovery.updates_lost,
             )
 
-    async def on_command(self, msg: coord_pb.SessionResponse) -> None:
-        command = command_from_proto(self.session.member_id, msg)
+    async def on_command(self, command: commands.Command) -> None:
         runtime = self.runtime
         match command:
             case commands.AssignShard():

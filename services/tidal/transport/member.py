@@ -26,6 +26,7 @@ from typing import Protocol
 import grpc
 from prometheus_client import CollectorRegistry
 
+from tidal.core import commands
 from tidal.core.errors import TidalError
 from tidal.core.training import warm_up
 from tidal.transport.limits import SHUTDOWN_GRACE_S
@@ -35,7 +36,6 @@ from tidal.transport.server import add_health_and_reflection, set_health
 from tidal.transport.session import MemberSession
 from tidal.transport.supervise import Supervisor
 from tidal.transport.tls import SecurityConfig
-from tidal.v1 import coordinator_pb2 as coord_pb
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class MemberPorts:
 
 
 class MemberNode(Protocol):
-    async def on_command(self, msg: coord_pb.SessionResponse) -> None: ...
+    async def on_command(self, command: commands.Command) -> None: ...
 
     async def release(self) -> None: ...
 
@@ -97,10 +97,10 @@ async def serve_member(
         write_ready_file(ready_file, info)
         log.info("%s %s serving on %s:%d (metrics :%d)", role, member_id, ports.host, ports.grpc_port, metrics_port)
 
-        async def on_command(msg: coord_pb.SessionResponse) -> None:
-            await node.on_command(msg)
-            if exit_after_job and msg.WhichOneof("kind") == "release_job":
-                log.info("job %s ended; %s exiting (--exit-after-job)", msg.release_job.job_id, role)
+        async def on_command(command: commands.Command) -> None:
+            await node.on_command(command)
+            if exit_after_job and isinstance(command, commands.Release):
+                log.info("job %s ended; %s exiting (--exit-after-job)", command.job_id, role)
                 stop.set()
 
         # A broken session is retried as long as registering at start-up is; a coordinator

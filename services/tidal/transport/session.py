@@ -24,17 +24,18 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from tidal.core import events
+from tidal.core import commands, events
 from tidal.core.errors import UnavailableError
 from tidal.transport.server import create_channel
-from tidal.transport.session_convert import event_to_proto
+from tidal.transport.session_convert import command_from_proto, event_to_proto
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[coord_pb.SessionResponse], Awaitable[None]]
+# Takes each command the coordinator sends (core/commands.py), decoded here.
+CommandHandler = Callable[[commands.Command], Awaitable[None]]
 # Called after the session was reopened: True if the member kept its id (and its job),
 # False if the coordinator made it a new member.
 ResumeHandler = Callable[[bool], Awaitable[None]]
@@ -68,6 +69,8 @@ class MemberSession:
         self.reconnect_timeout_s = reconnect_timeout_s
         self.resumed = False
         self._leaving = False
+        # Set while a session is open (the coordinator welcomed it), cleared when it breaks.
+        self.opened = asyncio.Event()
         # A message whose write failed when a session broke: the next session sends it first.
         self._unsent: coord_pb.SessionRequest | None = None
 
@@ -132,11 +135,16 @@ class MemberSession:
                 msg = await self._call.read()
                 if msg is grpc.aio.EOF:
                     raise UnavailableError(f"coordinator {self._coordinator_address}: session ended")
-                await on_command(msg)
+                command = command_from_proto(self.member_id, msg)
+                if command is None:  # the welcome commands nothing: the session is open
+                    self.opened.set()
+                else:
+                    await on_command(command)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             detail = f"{exc.code().name} {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             raise UnavailableError(f"coordinator {self._coordinator_address}: session lost: {detail}") from None
         finally:
+            self.opened.clear()
             for task in (heartbeat, writer):
                 if task is not None:
                     task.cancel()

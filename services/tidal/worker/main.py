@@ -19,11 +19,9 @@ from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
-from tidal.transport.session_convert import command_from_proto
 from tidal.transport.settings import ServiceSettings
 from tidal.transport.supervise import cancel_and_wait
 from tidal.v1 import common_pb2 as common_pb
-from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import worker_pb2 as worker_pb
 from tidal.v1 import worker_pb2_grpc as worker_grpc
 from tidal.worker.convert import assignment_from_command, worker_info_to_proto
@@ -60,8 +58,7 @@ class WorkerNode(worker_grpc.WorkerServicer):
     ) -> worker_pb.GetWorkerInfoResponse:
         return worker_info_to_proto(self.session.member_id, self.run, self.slowdown)
 
-    async def on_command(self, msg: coord_pb.SessionResponse) -> None:
-        command = command_from_proto(self.session.member_id, msg)
+    async def on_command(self, command: commands.Command) -> None:
         run = self.run
         match command:
             case commands.PrepareWorker() if command.job.job_id == self._preparing:
