@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import torch
 
+from tidal.core import events
 from tidal.core.plan import job_dataset, job_model, job_shard_map
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, parse_job_spec
@@ -28,6 +29,7 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
+from tidal.worker.prepare import prepare_job
 
 JOB_TIMEOUT_S = 120.0
 # The local clusters of these tests run without TLS (launcher.py): so do their clients.
@@ -139,9 +141,38 @@ async def exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> li
         return [reply async for reply in call]
 
 
-async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: Callable[[dict[str, Any]], Any]) -> Any:
-    """Registers as a worker, submits `spec` (one worker), waits for the assignment, runs `body`
-    with what the assignment says (job_id, worker_id, epoch, shard, shard_map), cancels the job."""
+def initial_slice(ctx: dict[str, Any]) -> list[common_pb.TensorChunk]:
+    """Shard 0's slice of the model's initial parameters, as chunks (what a worker's `init` carries)."""
+    shard_map: ShardMap = ctx["shard_map"]
+    start, end = shard_map.ranges[0]
+    return list(serde.slice_to_chunks(ctx["initial"][start:end], shard_map.segments(0), start))
+
+
+def init_request(ctx: dict[str, Any], chunks: list[common_pb.TensorChunk]) -> shard_pb.ExchangeRequest:
+    """An `init` (the shard's initial parameters) in one message, as worker/links.py sends it."""
+    init = shard_pb.PushChunk(push_id="init", base_version=-1, membership_epoch=ctx["epoch"], chunks=chunks, last=True)
+    return shard_pb.ExchangeRequest(init=init)
+
+
+def open_request(ctx: dict[str, Any]) -> shard_pb.ExchangeRequest:
+    fields = {"job_id": ctx["job_id"], "worker_id": ctx["worker_id"], "membership_epoch": ctx["epoch"]}
+    return shard_pb.ExchangeRequest(open=shard_pb.ExchangeOpen(**fields))
+
+
+async def _next_command(commands: asyncio.Queue[coord_pb.SessionResponse], kind: str) -> Any:
+    while (msg := await asyncio.wait_for(commands.get(), 30)).WhichOneof("kind") != kind:
+        pass
+    return getattr(msg, kind)
+
+
+async def as_assigned_worker(
+    cluster: LocalCluster, spec: dict[str, Any], body: Callable[[dict[str, Any]], Any], initialize: bool = True
+) -> Any:
+    """Registers as a worker and submits `spec` (one worker); prepares the job as a worker does
+    (worker/prepare.py: builds the model, reports its layout), waits for the assignment and,
+    with `initialize`, gives the shard its initial slice as the first worker to reach it does.
+    Runs `body` with what the assignment says (job_id, worker_id, epoch, shard, shard_map) and
+    the model's flat initial parameters (initial); cancels the job."""
     security = cluster.client_security()
     session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, security, name="test-worker")
     await session.register(10)
@@ -151,16 +182,20 @@ async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: 
         stub = coord_grpc.CoordinatorStub(channel)
         job = (await stub.SubmitJob(coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)), timeout=30)).job
         try:
-            while (msg := await asyncio.wait_for(commands.get(), 30)).WhichOneof("kind") != "assign_worker":
-                pass
-            assign = msg.assign_worker
+            prepare = await _next_command(commands, "prepare_worker")
+            prepared = prepare_job(prepare.job_id, parse_job_spec(json.loads(prepare.spec_json)), (0, 1), None)
+            await session.send(events.LayoutReport(prepare.job_id, prepared.layout))
+            assign = await _next_command(commands, "assign_worker")
             ctx = {
                 "job_id": assign.job_id,
                 "worker_id": session.member_id,
                 "epoch": assign.membership_epoch,
                 "shard": assign.shard_addresses[0],
                 "shard_map": serde.shard_map_from_proto(assign.shard_map),
+                "initial": torch.cat([p.detach().reshape(-1) for p in prepared.model.parameters()]),
             }
+            if initialize:
+                await exchange(ctx["shard"], [open_request(ctx), init_request(ctx, initial_slice(ctx))])
             return await body(ctx)
         finally:
             await stub.CancelJob(coord_pb.CancelJobRequest(job_id=job.job_id), timeout=10)
