@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -65,6 +66,8 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         start_timeout_s: float = 90.0,
         python_path: tuple[str, ...] = (),
+        worker_env: Mapping[str, str] | None = None,
+        worker_python_path: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.num_shards = num_shards
@@ -75,6 +78,12 @@ class LocalCluster:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         if python_path:  # folders the children import from first (a user's model package)
             self.env["PYTHONPATH"] = os.pathsep.join([*python_path, *filter(None, [self.env.get("PYTHONPATH")])])
+        # What the workers get on top: only workers run user code (a data source, a model), so
+        # a test can give the coordinator and the shards an environment that cannot import it.
+        self.worker_env = dict(worker_env or {})
+        if worker_python_path:
+            paths = [*worker_python_path, *filter(None, [self.env.get("PYTHONPATH")])]
+            self.worker_env["PYTHONPATH"] = os.pathsep.join(paths)
         self.services: dict[str, Service] = {}
 
     @property
@@ -138,12 +147,21 @@ class LocalCluster:
     def spawn_shard(self, name: str) -> Service:
         return self.spawn(name, ["shard", "--coordinator", self.coordinator_address, *EPHEMERAL])
 
-    def spawn_worker(self, name: str, slowdown: float = 1.0) -> Service:
+    def spawn_worker(
+        self, name: str, slowdown: float = 1.0, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Service:
+        """Starts a worker with the cluster's `worker_env`, then `env`, added to its environment;
+        `cwd`: its working folder (where relative data paths resolve), else this process's."""
         args = ["worker", "--coordinator", self.coordinator_address, *EPHEMERAL, "--slowdown", str(slowdown)]
-        return self.spawn(name, args)
+        return self.spawn(name, args, env={**self.worker_env, **(env or {})}, cwd=cwd)
 
     def spawn(
-        self, name: str, args: list[str], env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+        self,
+        name: str,
+        args: list[str],
+        env: Mapping[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+        cwd: Path | None = None,
     ) -> Service:
         """Starts `tidal ARGS` in the background; `env` adds to the cluster's environment;
         `prefix` wraps the command (e.g. `ip netns exec NS` to run it in a network namespace)."""
@@ -156,7 +174,7 @@ class LocalCluster:
         if not uses_tls(child_env):
             # Explicit, on loopback only; the service logs the loud warning (module docstring).
             child_env[SECURITY_ENV["allow_plaintext"]] = "1"
-        process = start_child(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT, new_session=True)
+        process = start_child(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, new_session=True)
         service = Service(name, args, process, ready_file, log_path, log)
         self.services[name] = service
         return service

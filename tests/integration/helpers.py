@@ -14,9 +14,7 @@ from typing import Any
 import grpc
 import torch
 
-from tidal.core import commands
-from tidal.core.events import LayoutReport
-from tidal.core.flat import FlatModel
+from tidal.core import commands, events
 from tidal.core.plan import job_dataset, job_model, job_shard_map
 from tidal.core.shard_map import ShardMap
 from tidal.core.spec import JobSpec, parse_job_spec
@@ -31,7 +29,6 @@ from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
-from tidal.worker.links import ShardLink
 from tidal.worker.prepare import prepare_job
 
 JOB_TIMEOUT_S = 120.0
@@ -144,11 +141,32 @@ async def exchange(address: str, requests: list[shard_pb.ExchangeRequest]) -> li
         return [reply async for reply in call]
 
 
-async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: Callable[[dict[str, Any]], Any]) -> Any:
-    """Registers as a worker, submits `spec` (one worker), prepares the job as a worker does
-    (builds the model, reports its layout), waits for the assignment, gives the shard its initial
-    parameters, runs `body` with what the assignment says (job_id, worker_id, epoch, shard,
-    shard_map), cancels the job."""
+def initial_slice(ctx: dict[str, Any]) -> list[common_pb.TensorChunk]:
+    """Shard 0's slice of the model's initial parameters, as chunks (what a worker's `init` carries)."""
+    shard_map: ShardMap = ctx["shard_map"]
+    start, end = shard_map.ranges[0]
+    return list(serde.slice_to_chunks(ctx["initial"][start:end], shard_map.segments(0), start))
+
+
+def init_request(ctx: dict[str, Any], chunks: list[common_pb.TensorChunk]) -> shard_pb.ExchangeRequest:
+    """An `init` (the shard's initial parameters) in one message, as worker/links.py sends it."""
+    init = shard_pb.PushChunk(push_id="init", base_version=-1, membership_epoch=ctx["epoch"], chunks=chunks, last=True)
+    return shard_pb.ExchangeRequest(init=init)
+
+
+def open_request(ctx: dict[str, Any]) -> shard_pb.ExchangeRequest:
+    fields = {"job_id": ctx["job_id"], "worker_id": ctx["worker_id"], "membership_epoch": ctx["epoch"]}
+    return shard_pb.ExchangeRequest(open=shard_pb.ExchangeOpen(**fields))
+
+
+async def as_assigned_worker(
+    cluster: LocalCluster, spec: dict[str, Any], body: Callable[[dict[str, Any]], Any], initialize: bool = True
+) -> Any:
+    """Registers as a worker and submits `spec` (one worker); prepares the job as a worker does
+    (worker/prepare.py: builds the model, reports its layout), waits for the assignment and,
+    with `initialize`, gives the shard its initial slice as the first worker to reach it does.
+    Runs `body` with what the assignment says (job_id, worker_id, epoch, shard, shard_map) and
+    the model's flat initial parameters (initial); cancels the job."""
     security = cluster.client_security()
     session = MemberSession(cluster.coordinator_address, common_pb.ROLE_WORKER, security, name="test-worker")
     await session.register(10)
@@ -162,24 +180,19 @@ async def as_assigned_worker(cluster: LocalCluster, spec: dict[str, Any], body: 
             while not isinstance(command := await asyncio.wait_for(received.get(), 30), commands.AssignWorker):
                 if isinstance(command, commands.PrepareWorker):
                     prepared = prepare_job(job.job_id, command.job.spec, (0, 1), None)
-                    await session.send(LayoutReport(job.job_id, prepared.layout))
+                    await session.send(events.LayoutReport(job.job_id, prepared.layout))
             assert prepared is not None, "assigned before it was asked to prepare"
-            shard_map = command.job.shard_map
-            assert shard_map is not None
-            params = FlatModel(prepared.model).params
-            link = ShardLink(
-                job.job_id, session.member_id, command.job.membership_epoch, 0, command.shard_addresses[0],
-                shard_map, params, 30.0, security=security, shared_memory=False,
-            )  # fmt: skip
-            await link.open()  # sends the shard its initial parameters, as the first worker does
-            await link.close()
+            assert command.job.shard_map is not None
             ctx = {
                 "job_id": job.job_id,
                 "worker_id": session.member_id,
                 "epoch": command.job.membership_epoch,
                 "shard": command.shard_addresses[0],
-                "shard_map": shard_map,
+                "shard_map": command.job.shard_map,
+                "initial": torch.cat([p.detach().reshape(-1) for p in prepared.model.parameters()]),
             }
+            if initialize:
+                await exchange(ctx["shard"], [open_request(ctx), init_request(ctx, initial_slice(ctx))])
             return await body(ctx)
         finally:
             await stub.CancelJob(coord_pb.CancelJobRequest(job_id=job.job_id), timeout=10)
