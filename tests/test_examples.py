@@ -17,6 +17,9 @@ EXAMPLES = sorted(
 )
 
 
+BYO = Path(__file__).resolve().parent.parent / "examples" / "byo"
+
+
 def test_there_are_examples() -> None:
     assert EXAMPLES
 
@@ -30,5 +33,12 @@ def test_example_spec_is_valid(path: Path, tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.chdir(tmp_path)
         (tmp_path / store).parent.mkdir(parents=True, exist_ok=True)
         write_field(str(tmp_path / store), SynthConfig(n_lat=16, n_lon=32, steps=40))
+    if BYO in path.parents:
+        # The bring-your-own specs: the user package on the path, the CSV make_data.py writes.
+        monkeypatch.syspath_prepend(str(BYO))
+        monkeypatch.chdir(tmp_path)
+        from make_data import write_csv  # examples/byo/make_data.py, on the path only now
+
+        write_csv(tmp_path / "examples" / "byo" / "data")
     shard_map = job_shard_map(spec, job_model(spec, job_dataset(spec, model_modules=None)))
     assert shard_map.num_shards == spec.num_shards

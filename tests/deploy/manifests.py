@@ -33,6 +33,10 @@ DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 MONITORING = K8S / "components" / "monitoring"
+# User code on the workers only (docs/bring-your-own.md): compose override, component, image.
+BYO_COMPOSE = ROOT / "deploy" / "compose" / "byo-workers.yml"
+BYO_COMPONENT = K8S / "components" / "byo-workers"
+BYO_DOCKERFILE = ROOT / "deploy" / "docker" / "byo-worker.Dockerfile"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
 

@@ -122,3 +122,11 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = tidal.nope  # type: ignore[attr-defined]
     assert "local_cluster" in dir(tidal)
+
+
+def test_statuses_name_their_metric() -> None:
+    proto = _proto_status()
+    assert JobStatus.from_proto(proto).val_metric == ""  # no evaluation yet
+    proto.val_accuracy, proto.val_metric = 0.31, "focal_loss"
+    status, result = JobStatus.from_proto(proto), JobResult.from_proto(proto)
+    assert (status.val_metric, status.val_accuracy) == (result.val_metric, result.val_accuracy) == ("focal_loss", 0.31)

@@ -38,7 +38,8 @@ class JobStatus:
     samples: int
     train_loss: float
     val_loss: float | None  # None until the first evaluation
-    val_accuracy: float | None
+    val_accuracy: float | None  # the value of the metric `val_metric` names
+    val_metric: str  # "accuracy", "rmse", a user objective's function name, ...; "" until the first evaluation
     staleness_mean: float
     staleness_max: int
     updates_applied: int
@@ -70,6 +71,7 @@ class JobStatus:
             train_loss=status.train_loss,
             val_loss=status.val_loss if status.HasField("val_loss") else None,
             val_accuracy=status.val_accuracy if status.HasField("val_accuracy") else None,
+            val_metric=status.val_metric,
             staleness_mean=status.staleness_mean,
             staleness_max=status.staleness_max,
             updates_applied=status.updates_applied,
@@ -93,7 +95,8 @@ class JobResult:
     samples: int
     train_loss: float
     val_loss: float | None
-    val_accuracy: float | None
+    val_accuracy: float | None  # the value of the metric `val_metric` names
+    val_metric: str
     duration_s: float  # from start to end of training (0 if it never started)
     message: str
     evals: tuple[EvalPoint, ...] = field(repr=False)
@@ -117,6 +120,7 @@ class JobResult:
             train_loss=status.train_loss,
             val_loss=status.val_loss if status.HasField("val_loss") else None,
             val_accuracy=status.val_accuracy if status.HasField("val_accuracy") else None,
+            val_metric=status.val_metric,
             duration_s=finished - started if started and finished else 0.0,
             message=status.message,
             evals=tuple(EvalPoint(e.elapsed_s, e.version, e.val_loss, e.val_accuracy) for e in status.evals),
