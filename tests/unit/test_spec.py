@@ -538,3 +538,29 @@ def test_spec_over_the_byte_limit_is_refused_before_parsing() -> None:
 def test_integer_past_pythons_digit_limit_is_invalid_json() -> None:
     with pytest.raises(InvalidArgumentError, match=r"spec: not valid JSON"):
         parse_job_spec('{"seed": ' + "9" * 5000 + "}")
+
+
+def test_the_built_in_names_the_coordinator_checks_are_the_registries() -> None:
+    # core/spec.py knows them without torch; the registries are what the workers build from.
+    from tidal.core.datasets import DATASETS, PARTITIONED
+    from tidal.core.models import MODELS
+    from tidal.core.sources.registry import SOURCES
+    from tidal.core.spec import BUILT_IN_DATASETS, BUILT_IN_MODELS
+
+    assert set(BUILT_IN_MODELS) == set(MODELS)
+    assert set(BUILT_IN_DATASETS) == {*DATASETS, *PARTITIONED, *SOURCES}
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"model": {"name": "transformer-xxl"}}, "spec.model.name"),
+        ({"model": {"name": "pkg.mod:"}}, "spec.model.name"),
+        ({"dataset": {"name": "nope"}}, "spec.dataset.name"),
+        ({"dataset": {"name": "a b:c"}}, "spec.dataset.name"),
+    ],
+)
+def test_a_name_that_is_neither_built_in_nor_user_code_is_refused_at_submit(spec: dict, field: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=rf"^{field}: must be one of"):
+        parse_job_spec(spec)
+    parse_job_spec({"model": {"name": "team.models:net"}, "dataset": {"name": "team.data:rows"}})

@@ -28,7 +28,7 @@ class Mode(StrEnum):
 
 # The objectives a worker knows (core/objectives.py); any other must be "package.module:fn".
 BUILT_IN_OBJECTIVES = ("cross_entropy", "mse", "mae", "bce_with_logits", "weighted_mse")
-_USER_OBJECTIVE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_USER_CODE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 # auto, cpu, cuda or cuda:N (core/devices.py resolves it on the worker).
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d{1,3})?)$")
 
@@ -37,10 +37,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# The built-in names, known here without torch (the coordinator checks a spec's names at submit;
+# tests/unit/test_spec.py holds them equal to the registries in core/models.py, core/datasets.py
+# and core/sources/registry.py). Anything else must name user code: "package.module:factory".
+BUILT_IN_MODELS = ("mlp", "cnn", "grid_forecaster", "station_mlp")
+BUILT_IN_DATASETS = ("seattle_weather", "synthetic", "climate_grid", "climate_stations", "tabular", "arrays")
+
+
+def _builtin_or_user_code(name: str, built_in: tuple[str, ...]) -> str:
+    if name in built_in or _USER_CODE.match(name):
+        return name
+    raise ValueError(f"must be one of {list(built_in)} or 'package.module:factory', got {name!r}")
+
+
 class ModelSpec(_Strict):
     # A built-in model ("mlp", "cnn") or "package.module:factory".
     name: str = "mlp"
     args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return _builtin_or_user_code(name, BUILT_IN_MODELS)
 
 
 class DatasetSpec(_Strict):
@@ -50,6 +68,11 @@ class DatasetSpec(_Strict):
     # "package.module:factory" in an allowed module (core/sources/api.py; TIDAL_MODEL_MODULES).
     name: str = "seattle_weather"
     args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        return _builtin_or_user_code(name, BUILT_IN_DATASETS)
 
 
 class ScheduleSpec(_Strict):
@@ -227,7 +250,7 @@ class JobSpec(_Strict):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, objective: str | None) -> str | None:
-        if objective is None or objective in BUILT_IN_OBJECTIVES or _USER_OBJECTIVE.match(objective):
+        if objective is None or objective in BUILT_IN_OBJECTIVES or _USER_CODE.match(objective):
             return objective
         raise ValueError(f"must be one of {list(BUILT_IN_OBJECTIVES)} or 'package.module:fn', got {objective!r}")
 
