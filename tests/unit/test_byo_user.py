@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tidal.core.errors import InvalidArgumentError
+from tidal.core.errors import InvalidArgumentError, PermissionDeniedError
 from tidal.core.models import build_model
 from tidal.core.objectives import CROSS_ENTROPY, ObjectiveKind, job_objective
 from tidal.core.sources.batches import is_stream
@@ -47,7 +47,7 @@ def test_the_data_factory_serves_the_rows_of_the_csv(tmp_path: Path) -> None:
 
 def test_the_data_factory_is_refused_outside_the_allow_list() -> None:
     with pytest.raises(
-        InvalidArgumentError, match=r"dataset.name: module 'byo_user.data' is not in TIDAL_MODEL_MODULES"
+        PermissionDeniedError, match=r"dataset.name: module 'byo_user.data' is not in TIDAL_MODEL_MODULES"
     ):
         load_job_data("byo_user.data:weather", {}, 0, model_modules=())
     with pytest.raises(InvalidArgumentError, match=r"dataset.args.rows is not an argument"):

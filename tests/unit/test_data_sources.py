@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tidal.core.data_types import DatasetInfo
-from tidal.core.errors import InvalidArgumentError
+from tidal.core.errors import InvalidArgumentError, PermissionDeniedError
 from tidal.core.plan import job_dataset, job_dataset_info, job_partition
 from tidal.core.sources.batches import TrainBatches, eval_batches, fetch
 from tidal.core.sources.job_data import SampleSpec
@@ -74,19 +74,20 @@ def test_bad_source_names_and_args_are_named(name: str, args: dict[str, Any], me
 
 
 def test_the_allow_list_is_checked_before_the_import() -> None:
+    # The same error as for a model or an objective outside the list (core/model_source.py).
     with pytest.raises(
-        InvalidArgumentError, match=r"dataset.name: module 'tests.no_such_module' is not in TIDAL_MODEL"
+        PermissionDeniedError, match=r"dataset.name: module 'tests.no_such_module' is not in TIDAL_MODEL"
     ):
         load("tests.no_such_module:f", {}, modules=("tidal",))
-    with pytest.raises(InvalidArgumentError, match=r"allowed: none"):
+    with pytest.raises(PermissionDeniedError, match=r"allowed: none"):
         load(f"{USER}:blobs", {}, modules=())
     assert load(f"{USER}:blobs", {}, modules=("tests",)).num_classes == 3
     # The worker's entry point takes the allow-list from its settings.
     spec = JobSpec.model_validate({"dataset": {"name": f"{USER}:blobs"}})
-    with pytest.raises(InvalidArgumentError, match="TIDAL_MODEL_MODULES"):
+    with pytest.raises(PermissionDeniedError, match="TIDAL_MODEL_MODULES"):
         job_dataset(spec, 0, 1, model_modules=("tidal",))
     # So does the (transitional) description that shards and the coordinator's planner use.
-    with pytest.raises(InvalidArgumentError, match="TIDAL_MODEL_MODULES"):
+    with pytest.raises(PermissionDeniedError, match="TIDAL_MODEL_MODULES"):
         job_dataset_info(spec, model_modules=("tidal",))
     assert job_dataset_info(spec, model_modules=("tests",)) == DatasetInfo((4,), 3)
 

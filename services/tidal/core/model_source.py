@@ -15,10 +15,12 @@ the coordinator and the shards never import user code (core/layout.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from tidal.config import SECURITY_ENV
-from tidal.core.errors import PermissionDeniedError
+from tidal.core.errors import InvalidArgumentError, PermissionDeniedError
 
 ENV_MODEL_MODULES = SECURITY_ENV["model_modules"]
 
@@ -44,3 +46,21 @@ def check_model_module(module_name: str, prefixes: ModelModules, field: str = "m
         raise PermissionDeniedError(
             f"{field}: module {module_name!r} is not in {ENV_MODEL_MODULES} (allowed: {allowed})"
         )
+
+
+def resolve_user_callable(name: str, field: str, prefixes: ModelModules, what: str = "factory") -> Callable[..., Any]:
+    """The callable that `name` ("package.module:attr") names, once its module is allowed: a
+    model factory, a data source factory or a loss function (`field` names the spec's field in
+    every error). The allow-list is checked before the import, which would run the module's code."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise InvalidArgumentError(f"{field} must look like 'package.module:{what}', got {name!r}")
+    check_model_module(module_name, prefixes, field)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidArgumentError(f"{field} {name!r}: cannot import module {module_name!r}: {exc}") from exc
+    found = getattr(module, attr, None)
+    if not callable(found):
+        raise InvalidArgumentError(f"{field} {name!r}: module {module_name!r} has no callable {attr!r}")
+    return found

@@ -7,7 +7,6 @@ relies on to agree with workers about the starting point.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from torch import nn
 
 from .climate.models import grid_forecaster, station_mlp
 from .errors import InvalidArgumentError
-from .model_source import ModelModules, check_model_module
+from .model_source import ModelModules, resolve_user_callable
 
 __all__ = ["MODELS", "build_model", "count_parameters"]
 
@@ -106,18 +105,7 @@ def _resolve_factory(name: str, model_modules: ModelModules) -> Callable[..., nn
         raise InvalidArgumentError(
             f"model.name must be one of {sorted(MODELS)} or 'package.module:factory', got {name!r}"
         )
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr:
-        raise InvalidArgumentError(f"model.name must look like 'package.module:factory', got {name!r}")
-    check_model_module(module_name, model_modules)  # before the import: its top-level code would already run
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgumentError(f"model.name {name!r}: cannot import module {module_name!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise InvalidArgumentError(f"model.name {name!r}: module {module_name!r} has no callable {attr!r}")
-    return factory
+    return resolve_user_callable(name, "model.name", model_modules)
 
 
 def _check_arg_keys(name: str, factory: Callable[..., nn.Module], args: Mapping[str, Any]) -> None:

@@ -28,7 +28,6 @@ validation loss itself, named after the function (lower is better).
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.model_source import ModelModules, check_model_module
+from tidal.core.model_source import ModelModules, resolve_user_callable
 from tidal.core.spec import BUILT_IN_OBJECTIVES
 
 __all__ = ["BUILT_IN_OBJECTIVES", "CROSS_ENTROPY", "Metric", "Objective", "ObjectiveKind", "job_objective"]
@@ -224,12 +223,4 @@ def _resolve_user_fn(name: str, model_modules: ModelModules) -> LossFn:
         raise InvalidArgumentError(
             f"objective: must be one of {list(BUILT_IN_OBJECTIVES)} or 'package.module:fn', got {name!r}"
         )
-    check_model_module(module_name, model_modules, field="objective")  # before its import-time code runs
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgumentError(f"objective {name!r}: cannot import module {module_name!r}: {exc}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise InvalidArgumentError(f"objective {name!r}: module {module_name!r} has no callable {attr!r}")
-    return fn
+    return resolve_user_callable(name, "objective", model_modules, what="fn")

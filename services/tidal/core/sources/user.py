@@ -7,15 +7,14 @@ Every failure is an InvalidArgumentError naming ``dataset.name`` or ``dataset.ar
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from tidal.core.errors import InvalidArgumentError, PermissionDeniedError
-from tidal.core.model_source import ModelModules, check_model_module
+from tidal.core.errors import InvalidArgumentError
+from tidal.core.model_source import ModelModules, resolve_user_callable
 from tidal.core.objectives import CROSS_ENTROPY, Objective, ObjectiveKind
 from tidal.core.sources.api import SourceData, Split
 from tidal.core.sources.batches import fetch, is_stream
@@ -28,21 +27,7 @@ _RESERVED = ("rank", "world_size", "seed")
 
 def resolve_factory(name: str, model_modules: ModelModules) -> Callable[..., Any]:
     """The callable ``name`` ("package.module:factory") names, if its module is allowed."""
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr:
-        raise InvalidArgumentError(f"dataset.name must look like 'package.module:factory', got {name!r}")
-    try:
-        check_model_module(module_name, model_modules, "dataset.name")  # before the import runs its code
-    except PermissionDeniedError as exc:
-        raise InvalidArgumentError(str(exc)) from exc
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgumentError(f"dataset.name {name!r}: cannot import module {module_name!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise InvalidArgumentError(f"dataset.name {name!r}: module {module_name!r} has no callable {attr!r}")
-    return factory
+    return resolve_user_callable(name, "dataset.name", model_modules)
 
 
 def _check_arg_keys(name: str, factory: Callable[..., Any], args: Mapping[str, Any]) -> None:
