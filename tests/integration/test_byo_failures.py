@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     wait_for_job,
     wait_until,
 )
+from tidal.core.digests import values_digest
 from tidal.launcher import LocalCluster
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -173,5 +174,17 @@ def test_an_initial_slice_that_does_not_match_the_layout_is_refused_by_the_shard
         assert replies[1].ack.outcome == shard_pb.PUSH_OUTCOME_DUPLICATE
         params, versions = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])
         assert versions == [0] and torch.equal(params, ctx["initial"])
+        # A worker that opens once the shard has parameters says what its initial slice was: one
+        # that started elsewhere is refused, so no worker chose the job's start alone.
+        start, end = ctx["shard_map"].ranges[0]
+        mine = values_digest([ctx["initial"][start:end]])
+        opening = open_request(ctx)
+        opening.open.init_digest = mine
+        assert (await exchange(ctx["shard"], [opening]))[0].opened.version == 0
+        opening.open.init_digest = values_digest([ctx["initial"][start:end] + 1.0])
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await exchange(ctx["shard"], [opening])
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "open.init_digest" in (failure.value.details() or "")
 
     run_async(as_assigned_worker(lone_shard, SHARD_SPEC, body, initialize=False))

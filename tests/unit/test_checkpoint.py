@@ -443,3 +443,20 @@ def test_a_checkpoint_of_the_unfused_optimizer_restores_into_the_fused_one(optim
     push_async(state, 3, 2)
     push_async(restored, 3, 2)
     assert torch.equal(restored.params.detach(), state.params.detach())
+
+
+def test_a_restored_shard_still_checks_workers_against_its_initial_slice(tmp_path: Path) -> None:
+    spec = parse_job_spec({"mode": "async", "num_workers": 2, "num_shards": 2})
+    shard_map = build_shard_map(TENSORS, 2)
+    start, end = shard_map.ranges[0]
+    values = torch.linspace(-1, 1, TOTAL)[start:end].clone()
+    original = ShardState(spec, 0, shard_map, None, membership_epoch=3, workers=["w0", "w1"])
+    original.initialize("w0", 3, values)
+    push_async(original, 0, 3)
+    store = CheckpointStore(tmp_path)
+    write(store, original)
+    restored = ShardState(spec, 0, shard_map, None, membership_epoch=3, workers=["w0", "w1"])
+    restore_shard(restored, store.load_latest(JOB, 0)[0])
+    assert restored.initialized and restored.initial_digest == original.initial_digest is not None
+    with pytest.raises(InvalidArgumentError, match=r"open\.init_digest"):
+        restored.check_initial_digest("w1", "0" * 32)

@@ -15,6 +15,7 @@ import torch
 
 # isort: split
 from tidal.core import shard_state as shard_state_module
+from tidal.core.digests import values_digest
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_optimizer
 from tidal.core.policy import ConsistencyPolicy
@@ -1048,3 +1049,14 @@ def test_only_members_of_the_job_may_send_initial_parameters() -> None:
     with pytest.raises(FailedPreconditionError, match="not a member"):
         state.initialize("intruder", EPOCH, torch.ones(TOTAL))
     assert not state.initialized
+
+
+def test_a_worker_whose_initial_slice_differs_from_the_one_the_shard_took_is_refused() -> None:
+    state = _uninitialized()
+    values = torch.randn(TOTAL, generator=torch.Generator().manual_seed(4))
+    state.check_initial_digest("w1", "f" * 32)  # nothing taken yet: nothing to check against
+    state.initialize("w0", EPOCH, values)
+    state.check_initial_digest("w1", values_digest([values]))
+    state.check_initial_digest("w1", "")  # a sender that says nothing is not checked
+    with pytest.raises(InvalidArgumentError, match=r"^open\.init_digest: w1's initial parameters differ"):
+        state.check_initial_digest("w1", values_digest([values + 1]))

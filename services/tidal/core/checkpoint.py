@@ -146,6 +146,7 @@ class CheckpointStore:
             "tensors_bytes": len(payload),
             "tensors_sha256": hashlib.sha256(payload).hexdigest(),
             "created_at": snapshot.created_at,
+            "initial_digest": snapshot.initial_digest,
         }  # fmt: skip
         manifest_path = folder / f"{stem}.json"
         kill = self._fault.fires(KILL_BEFORE_MANIFEST, self._writes)
@@ -224,6 +225,8 @@ class CheckpointStore:
                 counters=dict(manifest["counters"]),
                 recent_pushes=list(manifest["recent_pushes"]),
                 created_at=float(manifest["created_at"]),
+                # Absent in checkpoints written before shards kept it: then unchecked.
+                initial_digest=str(manifest.get("initial_digest", "")),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise DataLossError(f"{where}: manifest field missing or malformed ({exc!r})") from None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import nn
 
 from tidal.core.datasets import Dataset, DatasetInfo, partition_indices
+from tidal.core.digests import values_digest
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.layout import DIGEST_HEX_DIGITS, Layout
+from tidal.core.layout import Layout
 from tidal.core.model_size import meta_model
 from tidal.core.model_source import ModelModules
 from tidal.core.models import build_model
@@ -65,11 +64,7 @@ def model_layout(model: nn.Module) -> Layout:
     """What a worker announces of the model it built: its parameters' names, shapes and dtypes
     and a digest of their initial values (the coordinator checks every worker's agree)."""
     named = list(model.named_parameters())
-    digest = hashlib.blake2b(digest_size=DIGEST_HEX_DIGITS // 2)
-    for _, p in named:
-        # Little-endian raw bytes, as every supported platform holds them.
-        digest.update(p.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return Layout(tensor_infos(named), digest.hexdigest())
+    return Layout(tensor_infos(named), values_digest(p for _, p in named))
 
 
 def job_shard_map(spec: JobSpec, model: nn.Module) -> ShardMap:

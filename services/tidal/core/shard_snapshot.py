@@ -45,6 +45,8 @@ class ShardSnapshot:
     # The latest pushes of each member: worker, push id and result, each member's oldest first.
     recent_pushes: list[dict[str, Any]] = field(default_factory=list)
     created_at: float = 0.0
+    # The digest of the initial slice the shard started from (ShardState.initial_digest); "": unknown.
+    initial_digest: str = ""
 
 
 def _jsonable(value: Any) -> Any:
@@ -103,6 +105,7 @@ def snapshot_shard(job_id: str, state: ShardState, lost_by_worker: dict[str, int
         },
         recent_pushes=recent,
         created_at=time.time(),
+        initial_digest=state.initial_digest or "",
     )
 
 
@@ -156,6 +159,7 @@ def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
     state.optimizer.load_state_dict(current)
     # Membership and epoch stay as the coordinator assigned them now: it is the authority.
     state.version, state.initialized = snapshot.version, True
+    state.initial_digest = snapshot.initial_digest or None
     c = snapshot.counters
     s = c["staleness"]
     state.counters = ShardCounters(

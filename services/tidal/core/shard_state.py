@@ -18,6 +18,7 @@ from enum import Enum
 import torch
 
 from tidal.core.auto import AutoDecision
+from tidal.core.digests import values_digest
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_shard_optimizer
 from tidal.core.policy import ConsistencyPolicy, PushDecision, ShardView, policy_for
@@ -111,6 +112,9 @@ class ShardState:
         start, end = shard_map.ranges[shard_index]
         # False until the job's first parameters arrive: a new job's shard builds no model.
         self.initialized = initial is not None
+        # The digest of the initial slice a worker sent (core/digests.py): every worker that
+        # opens a stream later is checked against it. None: not known (given, or restored).
+        self.initial_digest: str | None = None
         if initial is None:
             initial = torch.zeros(end - start, dtype=torch_dtype(shard_map.tensors[0].dtype))
         elif initial.numel() != end - start or initial.dim() != 1:
@@ -169,7 +173,17 @@ class ShardState:
         with torch.no_grad():
             self.params.copy_(values)
         self.initialized, self.version = True, 0
+        self.initial_digest = values_digest([self.params])
         return True
+
+    def check_initial_digest(self, worker_id: str, digest: str) -> None:
+        """A worker that opens a stream says what its initial slice was: it must be the one this
+        shard started from (so no worker, first to arrive or not, chose the job's start alone)."""
+        if digest and self.initial_digest is not None and digest != self.initial_digest:
+            raise InvalidArgumentError(
+                f"open.init_digest: {worker_id}'s initial parameters differ from those this shard was "
+                "given by the first worker to reach it (do the workers build the model from the spec's seed alone?)"
+            )
 
     @property
     def numel(self) -> int:

@@ -139,6 +139,7 @@ class ExchangeSession:
         state = runtime.state
         await runtime.wait_for_epoch(opened.membership_epoch, state.spec.step_timeout_s)
         state.check_sender(opened.worker_id, opened.membership_epoch)
+        state.check_initial_digest(opened.worker_id, opened.init_digest)
         check_resume(state.spec, opened.last_version, opened.completed_pushes, "open")
         self.worker_id, self._runtime = opened.worker_id, runtime
         self._push_chunks = self._limits.push_chunks(state.segments, state.params.element_size())

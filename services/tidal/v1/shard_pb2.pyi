@@ -36,20 +36,22 @@ class ExchangeRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ..., init: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpen(_message.Message):
-    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory")
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory", "init_digest")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_PUSHES_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    INIT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     membership_epoch: int
     last_version: int
     completed_pushes: int
     shared_memory: SharedMemoryOffer
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ...) -> None: ...
+    init_digest: str
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ..., init_digest: _Optional[str] = ...) -> None: ...
 
 class SharedMemoryOffer(_message.Message):
     __slots__ = ("push_segment", "params_segment", "push_segment_bytes", "params_segment_bytes", "token")

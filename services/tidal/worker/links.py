@@ -46,6 +46,7 @@ class ShardLink:
         *,
         security: SecurityConfig,
         shared_memory: bool,
+        initial_digest: str = "",
     ) -> None:
         self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
         self.shard_index, self.address = shard_index, address
@@ -53,6 +54,9 @@ class ShardLink:
         self.segments = shard_map.segments(shard_index)
         # The worker's view of this shard's parameters: a slice of the model's flat buffer.
         self.params = params[self.start : self.end]
+        # The digest of this slice's initial values (core/digests.py), which the shard checks
+        # against the ones it started from (ExchangeOpen.init_digest); "": not checked.
+        self.initial_digest = initial_digest
         self.timeout_s = timeout_s
         # Parameters may arrive narrower than the model holds them (bf16 compression); they
         # are widened as they are copied into the model.
@@ -98,6 +102,7 @@ class ShardLink:
             membership_epoch=self.epoch,
             last_version=max(self.newest_version, 0),
             completed_pushes=self.completed_pushes,
+            init_digest=self.initial_digest,
         )
         if self.offer_shared_memory:
             # Off the event loop: allocating the pages of a large slice takes a while.

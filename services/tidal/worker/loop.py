@@ -12,6 +12,7 @@ import torch
 
 from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
 from tidal.core.devices import resolve_device
+from tidal.core.digests import values_digest
 from tidal.core.faults import kill_now
 from tidal.core.flat import FlatModel, build_flat_model
 from tidal.core.objectives import Objective, job_objective
@@ -99,6 +100,10 @@ class TrainingRun:
         self.device = resolve_device(settings.device or spec.device, field)
         model = prepared.model
         self.flat: FlatModel = build_flat_model(model, self.device)
+        # What each shard's initial slice was, to be checked by the shard (worker/links.py);
+        # hashed here, in the thread that builds the run, not on the event loop.
+        ranges = assignment.shard_map.ranges
+        self._initial_digests = [values_digest([self.flat.params[start:end]]) for start, end in ranges]
         self.precision = MixedPrecision(spec.precision, self.device, model) if spec.precision != "fp32" else None
         self._objective_of: tuple[JobData, Objective] | None = None
         self._objective()  # a bad objective fails the job here, before any step
@@ -197,6 +202,7 @@ class TrainingRun:
                 a.job_id, a.worker_id, self.epoch, i, address, a.shard_map, self.flat.params,
                 a.spec.step_timeout_s, params_wire_dtype(a.spec.compression),
                 security=self.settings.security, shared_memory=self.settings.shared_memory,
+                initial_digest=self._initial_digests[i],
             )
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
