@@ -242,3 +242,13 @@ def test_auto_section_is_empty_without_an_auto_run() -> None:
     from tidal.compare.report import auto_section
 
     assert auto_section([_run("sync", "sync", 9.0, 100.0)], 0.55) == []  # type: ignore[list-item]
+
+
+def test_the_report_names_the_jobs_metric_not_always_accuracy() -> None:
+    from tidal.compare.report import headers, metric_name
+
+    spec = parse_compare_spec(_spec())
+    skill = [_run("sync", "sync", 9.0, 100.0, val_metric="skill")]
+    assert "final val skill" in headers(spec, metric=metric_name(skill))  # type: ignore[arg-type]
+    assert "val skill" in headers(spec, compact=True, metric="skill")
+    assert "val acc" in headers(spec, compact=True) and "final val accuracy" in headers(spec)

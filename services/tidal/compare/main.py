@@ -102,7 +102,7 @@ def summary(spec: CompareSpec, baselines: list[RunResult], kills: dict[str, RunR
             else ""
         ),
     )
-    for i, column in enumerate(report.headers(spec, compact=True)):
+    for i, column in enumerate(report.headers(spec, compact=True, metric=report.metric_name(baselines))):
         table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i < 2)
     for row in report.rows(spec, baselines, kills, compact=True):
         table.add_row(*row)

@@ -48,9 +48,16 @@ COMPACT = ("mode", "state", "wall s", "samples", "p50 ms", "p99 ms", "samples/s"
            "val loss", "val acc", "stale", "wire MiB", "killed")  # fmt: skip
 
 
-def headers(spec: CompareSpec, compact: bool = False) -> list[str]:
+def metric_name(runs: list[RunResult]) -> str:
+    """What the runs' final metric is (the job's objective names it; every mode runs the same job)."""
+    return runs[0].val_metric if runs else "accuracy"
+
+
+def headers(spec: CompareSpec, compact: bool = False, metric: str = "accuracy") -> list[str]:
     if compact:
-        return list(COMPACT[: 14 if spec.kill is not None else 13])
+        short = "acc" if metric == "accuracy" else metric
+        titles = [f"val {short}" if title == "val acc" else title for title in COMPACT]
+        return titles[: 14 if spec.kill is not None else 13]
     columns = [
         "mode",
         "state",
@@ -62,7 +69,7 @@ def headers(spec: CompareSpec, compact: bool = False) -> list[str]:
         f"time to val loss ≤ {spec.target_val_loss:g} (s)",
         "versions to target",
         "final val loss",
-        "final val acc",
+        f"final val {metric}",
         "staleness mean / max",
         "bytes on the wire (MiB)",
     ]
@@ -163,7 +170,7 @@ def write_report(
         "",
         "## Results",
         "",
-        markdown_table(headers(spec), rows(spec, baselines, kills)),
+        markdown_table(headers(spec, metric=metric_name(baselines)), rows(spec, baselines, kills)),
         "",
         "- **wall**: job start to end as the coordinator saw it (includes the final evaluation).",
         "- **samples**: training samples the workers processed; the same in every mode by design, except where "

@@ -87,6 +87,8 @@ class RunResult:
     replaced_workers: list[str] = field(default_factory=list)
     kill_rank: int | None = None
     kill_at_step: int | None = None
+    # What final_val_accuracy measures: the objective's metric (accuracy, skill, a loss's name).
+    val_metric: str = "accuracy"
 
     @property
     def succeeded(self) -> bool:
@@ -149,6 +151,7 @@ def from_status(
         updates_rejected=status.updates_rejected,
         final_val_loss=status.val_loss if status.HasField("val_loss") else None,
         final_val_accuracy=status.val_accuracy if status.HasField("val_accuracy") else None,
+        val_metric=status.val_metric or "accuracy",
         evals=evals,
         target=first_reaching(evals, target_val_loss),
         workers=workers,
