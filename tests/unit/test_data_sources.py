@@ -86,7 +86,7 @@ def test_the_allow_list_is_checked_before_the_import() -> None:
     spec = JobSpec.model_validate({"dataset": {"name": f"{USER}:blobs"}})
     with pytest.raises(PermissionDeniedError, match="TIDAL_MODEL_MODULES"):
         job_dataset(spec, 0, 1, model_modules=("tidal",))
-    # So does the (transitional) description that shards and the coordinator's planner use.
+    # So does the description local tools use.
     with pytest.raises(PermissionDeniedError, match="TIDAL_MODEL_MODULES"):
         job_dataset_info(spec, model_modules=("tidal",))
     assert job_dataset_info(spec, model_modules=("tests",)) == DatasetInfo((4,), 3)

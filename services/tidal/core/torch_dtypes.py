@@ -1,7 +1,7 @@
 """The torch side of the shard map: dtype names to torch dtypes and back, and the tensor
 infos of a model's named parameters.
 
-Only the members that hold tensors (shards, workers, the planner child) import this; the
+Only the members that hold tensors (shards and workers) import this; the
 shard map itself names dtypes so that the coordinator runs without torch.
 """
 

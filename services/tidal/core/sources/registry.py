@@ -59,8 +59,8 @@ def load_job_data(
 
 
 def describe_job_data(name: str, args: Mapping[str, Any], seed: int, *, model_modules: ModelModules) -> DatasetInfo:
-    """What the model is built from. Transitional (only workers build models soon): a source
-    answers by being loaded as the single worker of one."""
+    """What the model is built from, for local tools (a worker builds the model from the data it
+    loaded): a source answers by being loaded as the single worker of one."""
     if not isinstance(name, str) or name in DATASETS or name in PARTITIONED:
         return describe_dataset(name, args, seed)  # partitioned sets answer from metadata
     return load_job_data(name, args, seed, model_modules=model_modules).info
