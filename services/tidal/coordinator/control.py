@@ -3,7 +3,7 @@
 Owns the membership and the job manager, applies the domain events members report
 (core/events.py), delivers the commands the domain returns (core/commands.py) to each member's
 outbox, and wakes watchers. It speaks no protobuf: the gRPC and REST edges convert
-(coordinator/convert.py).
+(transport/session_convert.py for the session, coordinator/convert.py for status).
 With a state store, every change of jobs or membership is saved before the commands it
 produced go out and before callers and watchers learn of it (progress reports are saved with
 the next tick), and a restarted coordinator adopts the saved state: members that come back
