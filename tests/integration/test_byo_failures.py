@@ -169,7 +169,7 @@ def test_an_initial_slice_that_does_not_match_the_layout_is_refused_by_the_shard
         replies = await exchange(ctx["shard"], [open_request(ctx), init_request(ctx, initial_slice(ctx))])
         assert replies[1].ack.outcome == shard_pb.PUSH_OUTCOME_APPLIED
         other = dict(ctx, initial=ctx["initial"] + 1.0)
-        await refused(ctx, initial_slice(other), "initial parameters differ from those this shard holds")
+        await refused(ctx, initial_slice(other), "initial parameters differ from those this shard started from")
         replies = await exchange(ctx["shard"], [open_request(ctx), init_request(ctx, initial_slice(ctx))])
         assert replies[1].ack.outcome == shard_pb.PUSH_OUTCOME_DUPLICATE
         params, versions = read_parameters([ctx["shard"]], ctx["job_id"], ctx["shard_map"])

@@ -11,11 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import torch
 
-from tests.integration.helpers import coordinator_stub, plan, read_parameters, run_job, shard_addresses
+from tests.integration.helpers import (
+    plan,
+    read_parameters,
+    run_job,
+    shard_addresses,
+    submit,
+    wait_for_job,
+)
 from tidal.climate.example import write_sidecar
 from tidal.core.climate.synth import SynthConfig, write_field
 from tidal.core.datasets import batch_indices, load_dataset
@@ -23,7 +29,7 @@ from tidal.core.models import build_model
 from tidal.core.objectives import Objective
 from tidal.core.training import evaluate, tensor_batches
 from tidal.launcher import LocalCluster
-from tidal.v1 import coordinator_pb2 as coord_pb
+from tidal.v1 import common_pb2 as common_pb
 
 pytestmark = pytest.mark.integration
 
@@ -132,14 +138,16 @@ def test_station_records_async(climate_cluster: LocalCluster) -> None:
     assert final.val_accuracy > 0.2, f"skill against persistence {final.val_accuracy:.3f}"
 
 
-def test_missing_store_is_invalid_argument(climate_cluster: LocalCluster, tmp_path: Path) -> None:
+def test_a_missing_store_fails_the_job_naming_the_worker_and_the_path(
+    climate_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # Only workers read data: the coordinator takes the job, and the workers' preparation fails
+    # it within seconds, naming the worker and the field.
     spec = grid_spec(tmp_path / "nope.nc")
-    with pytest.raises(grpc.RpcError) as exc:
-        coordinator_stub(climate_cluster.coordinator_address).SubmitJob(
-            coord_pb.SubmitJobRequest(spec_json=json.dumps(spec)), timeout=30
-        )
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "dataset.args.path" in (exc.value.details() or "")
+    job = submit(climate_cluster.coordinator_address, spec)
+    final = wait_for_job(climate_cluster.coordinator_address, job.job_id, timeout_s=60)
+    assert final.state == common_pb.JOB_STATE_FAILED
+    assert "worker-" in final.message and "dataset.args.path" in final.message, final.message
 
 
 # Loads one worker's part of a store in a fresh interpreter and prints the growth of its peak

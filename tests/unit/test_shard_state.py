@@ -1039,7 +1039,7 @@ def test_initial_parameters_that_differ_from_those_held_are_refused_and_change_n
     state = _uninitialized()
     values = torch.ones(TOTAL)
     state.initialize("w0", EPOCH, values)
-    with pytest.raises(InvalidArgumentError, match="w1's initial parameters differ"):
+    with pytest.raises(InvalidArgumentError, match="w1's initial parameters differ from those this shard started from"):
         state.initialize("w1", EPOCH, values * 2)
     assert torch.equal(state.params.detach(), values)
 
@@ -1060,3 +1060,16 @@ def test_a_worker_whose_initial_slice_differs_from_the_one_the_shard_took_is_ref
     state.check_initial_digest("w1", "")  # a sender that says nothing is not checked
     with pytest.raises(InvalidArgumentError, match=r"^open\.init_digest: w1's initial parameters differ"):
         state.check_initial_digest("w1", values_digest([values + 1]))
+
+
+def test_a_late_workers_initial_slice_is_checked_against_the_start_not_the_current_values() -> None:
+    # Async: a worker that saw no parameters when it opened sends its slice after another worker
+    # initialised the shard and pushed; equal initial values are a duplicate, not a conflict.
+    state = _uninitialized("async")
+    values = torch.randn(TOTAL, generator=torch.Generator().manual_seed(8))
+    state.initialize("w0", EPOCH, values)
+    state.push("w0", "w0:0", 0, EPOCH, torch.ones(TOTAL))
+    assert state.version == 1
+    assert state.initialize("w1", EPOCH, values.clone()) is False
+    with pytest.raises(InvalidArgumentError, match="differ from those this shard started from"):
+        state.initialize("w1", EPOCH, values + 1)

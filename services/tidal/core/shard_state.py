@@ -164,9 +164,11 @@ class ShardState:
         if not all_finite(values):
             raise InvalidArgumentError("init.chunks: the initial parameters hold NaN or Inf")
         if self.initialized:
-            if not torch.equal(values.to(self.params.dtype), self.params.detach()):
+            # Against the values the shard started from, not the ones it holds: a worker that saw
+            # no parameters when it opened may send its slice after others already pushed.
+            if self.initial_digest is not None and values_digest([values.to(self.params.dtype)]) != self.initial_digest:
                 raise InvalidArgumentError(
-                    f"init.chunks: {worker_id}'s initial parameters differ from those this shard holds "
+                    f"init.chunks: {worker_id}'s initial parameters differ from those this shard started from "
                     "(do the workers build the model from the spec's seed alone?)"
                 )
             return False
