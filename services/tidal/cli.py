@@ -52,6 +52,7 @@ from tidal.progress import stdout_console
 
 if TYPE_CHECKING:
     from tidal.coordinator.one_job import OneJob
+    from tidal.transport.metrics import PreferredPort
     from tidal.transport.settings import ServiceSettings
     from tidal.transport.tls import SecurityConfig
 
@@ -94,11 +95,18 @@ def _member_setup(
     return settings
 
 
+def _metrics_port(given: int | None, default: int) -> int | PreferredPort:
+    """--metrics-port as given, or the role's default, which yields to another service on the host."""
+    from tidal.transport.metrics import PreferredPort  # noqa: PLC0415  # grpc only once a command runs
+
+    return PreferredPort(default) if given is None else given
+
+
 @app.command()
 def coordinator(
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_GRPC_PORT,
-    metrics_port: MetricsPort = DEFAULT_COORDINATOR_METRICS_PORT,
+    metrics_port: MetricsPort = None,
     http_port: Annotated[
         int, typer.Option(envvar=ENV["http_port"], min=0, max=65535, help="REST port (0 = any).")
     ] = DEFAULT_HTTP_PORT,
@@ -157,7 +165,7 @@ def coordinator(
                 host,
                 port,
                 http_port,
-                metrics_port,
+                _metrics_port(metrics_port, DEFAULT_COORDINATOR_METRICS_PORT),
                 heartbeat_interval,
                 heartbeat_timeout,
                 ready_file,
@@ -206,7 +214,7 @@ def shard(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_SHARD_PORT,
-    metrics_port: MetricsPort = DEFAULT_SHARD_METRICS_PORT,
+    metrics_port: MetricsPort = None,
     advertise_host: Annotated[
         str,
         typer.Option(
@@ -243,7 +251,7 @@ def shard(
                 coordinator,
                 host,
                 port,
-                metrics_port,
+                _metrics_port(metrics_port, DEFAULT_SHARD_METRICS_PORT),
                 advertise,
                 ready_file,
                 register_timeout,
@@ -261,7 +269,7 @@ def worker(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_WORKER_PORT,
-    metrics_port: MetricsPort = DEFAULT_WORKER_METRICS_PORT,
+    metrics_port: MetricsPort = None,
     slowdown: Annotated[
         float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")
     ] = 1.0,
@@ -290,7 +298,7 @@ def worker(
                 coordinator,
                 host,
                 port,
-                metrics_port,
+                _metrics_port(metrics_port, DEFAULT_WORKER_METRICS_PORT),
                 slowdown,
                 ready_file,
                 register_timeout,
