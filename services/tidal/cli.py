@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -366,9 +366,34 @@ cli_client.register(app)
 cli_certs.register(app)
 
 
+def _plain_labels(command: Any) -> None:
+    """Help without typer's type labels: no `<bool>` beside a flag, and an argument shown as
+    SPEC_FILE, not `{spec_file}`. (Typer's parameter classes are its own: duck-typed here.)"""
+    for param in command.params:
+        if param.param_type_name == "option" and getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = label = (param.name or "").upper()
+            if param.required:  # typer writes {NAME} for a required argument; click's own style is NAME
+                param._usage_display_name = lambda label=label: label
+    own_help = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:  # --help is made per context, not one of the params
+        option = own_help(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_labels(sub)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    command = typer.main.get_command(app)
+    _plain_labels(command)
     try:
-        app()
+        command()
     except KeyboardInterrupt:
         sys.exit(130)
