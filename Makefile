@@ -17,9 +17,9 @@ demo: $(STAMP)
 	$(BIN)/tidal demo
 
 # The climate worked example (docs/climate.md): writes data/climate/t2m.nc if missing, trains the
-# region-partitioned sync and the async station jobs on a local cluster, plots into docs/climate/.
+# region-partitioned sync and the async station jobs on a local cluster, plots into climate-example/ (docs/climate/ holds the committed run).
 climate-example: $(STAMP)
-	$(BIN)/tidal climate example --out docs/climate
+	$(BIN)/tidal climate example --out climate-example  # docs/climate/ holds the committed run: not overwritten
 
 test: $(STAMP)
 	scripts/ensure-test-deps.sh

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -52,6 +52,7 @@ from tidal.progress import stdout_console
 
 if TYPE_CHECKING:
     from tidal.coordinator.one_job import OneJob
+    from tidal.transport.metrics import PreferredPort
     from tidal.transport.settings import ServiceSettings
     from tidal.transport.tls import SecurityConfig
 
@@ -94,11 +95,18 @@ def _member_setup(
     return settings
 
 
+def _metrics_port(given: int | None, default: int) -> int | PreferredPort:
+    """--metrics-port as given, or the role's default, which yields to another service on the host."""
+    from tidal.transport.metrics import PreferredPort  # noqa: PLC0415  # grpc only once a command runs
+
+    return PreferredPort(default) if given is None else given
+
+
 @app.command()
 def coordinator(
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_GRPC_PORT,
-    metrics_port: MetricsPort = DEFAULT_COORDINATOR_METRICS_PORT,
+    metrics_port: MetricsPort = None,
     http_port: Annotated[
         int, typer.Option(envvar=ENV["http_port"], min=0, max=65535, help="REST port (0 = any).")
     ] = DEFAULT_HTTP_PORT,
@@ -157,7 +165,7 @@ def coordinator(
                 host,
                 port,
                 http_port,
-                metrics_port,
+                _metrics_port(metrics_port, DEFAULT_COORDINATOR_METRICS_PORT),
                 heartbeat_interval,
                 heartbeat_timeout,
                 ready_file,
@@ -206,7 +214,7 @@ def shard(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_SHARD_PORT,
-    metrics_port: MetricsPort = DEFAULT_SHARD_METRICS_PORT,
+    metrics_port: MetricsPort = None,
     advertise_host: Annotated[
         str,
         typer.Option(
@@ -243,7 +251,7 @@ def shard(
                 coordinator,
                 host,
                 port,
-                metrics_port,
+                _metrics_port(metrics_port, DEFAULT_SHARD_METRICS_PORT),
                 advertise,
                 ready_file,
                 register_timeout,
@@ -261,7 +269,7 @@ def worker(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     host: Host = "0.0.0.0",
     port: Port = DEFAULT_WORKER_PORT,
-    metrics_port: MetricsPort = DEFAULT_WORKER_METRICS_PORT,
+    metrics_port: MetricsPort = None,
     slowdown: Annotated[
         float, typer.Option(envvar=ENV["slowdown"], min=1.0, help="Simulate a machine this many times slower.")
     ] = 1.0,
@@ -290,7 +298,7 @@ def worker(
                 coordinator,
                 host,
                 port,
-                metrics_port,
+                _metrics_port(metrics_port, DEFAULT_WORKER_METRICS_PORT),
                 slowdown,
                 ready_file,
                 register_timeout,
@@ -358,9 +366,34 @@ cli_client.register(app)
 cli_certs.register(app)
 
 
+def _plain_labels(command: Any) -> None:
+    """Help without typer's type labels: no `<bool>` beside a flag, and an argument shown as
+    SPEC_FILE, not `{spec_file}`. (Typer's parameter classes are its own: duck-typed here.)"""
+    for param in command.params:
+        if param.param_type_name == "option" and getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = label = (param.name or "").upper()
+            if param.required:  # typer writes {NAME} for a required argument; click's own style is NAME
+                param._usage_display_name = lambda label=label: label
+    own_help = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:  # --help is made per context, not one of the params
+        option = own_help(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_labels(sub)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    command = typer.main.get_command(app)
+    _plain_labels(command)
     try:
-        app()
+        command()
     except KeyboardInterrupt:
         sys.exit(130)

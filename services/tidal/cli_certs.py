@@ -62,9 +62,12 @@ def certs(
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     out_dir = out_dir.resolve()
-    if kept:
-        print(f"{out_dir} already holds a complete bundle: kept it")
-    print(f"wrote {len(written)} files to {out_dir}; every process then needs:")
+    if kept and not written:
+        print(f"{out_dir} already holds a complete bundle: kept it; every process then needs:")
+    elif kept:
+        print(f"{out_dir} already holds a complete bundle: kept it; wrote {len(written)} split files; every process needs:")
+    else:
+        print(f"wrote {len(written)} files to {out_dir}; every process then needs:")
     if split:
         print(f"  TIDAL_TLS_DIR={out_dir}/NAME TIDAL_TLS_NAME=NAME, NAME being coordinator, shard, worker or admin")
         print("  (the coordinator also TIDAL_TOKENS_FILE=.../coordinator/tokens.yaml, for REST); public/ has ca.crt only")

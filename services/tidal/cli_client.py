@@ -35,16 +35,27 @@ def submit(
     from tidal.progress import follow_job  # noqa: PLC0415
     from tidal.v1 import common_pb2 as common_pb  # noqa: PLC0415
 
+    submitted: list[str] = []
+
     async def go() -> int:
         async with TidalClient(coordinator, security) as client:
             job = await client.submit(load_spec_file(spec_file))
-            print(job.job_id)
+            submitted.append(job.job_id)
+            print(job.job_id, flush=True)
             if not wait:
                 return 0
             final = await follow_job(client, job.job_id, err)
             return 0 if final.state == common_pb.JOB_STATE_SUCCEEDED else 1
 
-    raise typer.Exit(run_async(go()))
+    try:
+        code = run_async(go())
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the job: say so, and how to stop it.
+        if submitted:
+            job_id = submitted[0]
+            err.print(f"stopped waiting; job {job_id} keeps running (tidal cancel {job_id} stops it)", highlight=False)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
 
 
 def status(

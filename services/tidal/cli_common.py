@@ -33,7 +33,15 @@ ReadyFile = Annotated[Path | None, typer.Option(help="Write the bound ports here
 LogLevel = Annotated[str, typer.Option(envvar=ENV["log_level"], help="DEBUG, INFO, WARNING or ERROR.")]
 Threads = Annotated[int, typer.Option(envvar=ENV["torch_threads"], min=1, help="torch intra-op threads.")]
 MetricsPort = Annotated[
-    int, typer.Option(envvar=ENV["metrics_port"], min=0, max=65535, help="Port of /metrics (0 = any).")
+    int | None,
+    typer.Option(
+        envvar=ENV["metrics_port"],
+        min=0,
+        max=65535,
+        show_default=False,
+        help="Port of /metrics (0 = any). Default: the role's port (9464 coordinator, 9465 shard, 9466 worker), "
+        "or any free port when another service on the host holds it.",
+    ),
 ]
 Port = Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port to bind (0 = any).")]
 ExitAfterJob = Annotated[

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tidal.client import TidalClient, job_state_name
+from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 
 
@@ -22,12 +23,16 @@ def metric_name(job: coord_pb.JobStatus) -> str:
 
 
 def describe(job: coord_pb.JobStatus) -> str:
+    state = job_state_name(job.state)
+    if state == "pending":
+        return f"{job.mode:>5} {state:>9}"  # what it waits for is printed above the bar (follow_job)
     metric = f" val {metric_name(job)} {job.val_accuracy:.3f}" if job.HasField("val_accuracy") else ""
-    return f"{job.mode:>5} {job_state_name(job.state):>9}  loss {job.train_loss:.4f}{metric}"
+    return f"{job.mode:>5} {state:>9}  loss {job.train_loss:.4f}{metric}"
 
 
 async def follow_job(client: TidalClient, job_id: str, console: Console) -> coord_pb.JobStatus:
-    """Shows the job's progress (versions applied) until it ends; returns its last status."""
+    """Shows the job's progress (versions applied) until it ends; returns its last status. While
+    the job is pending, what it waits for is printed, whole, each time that changes."""
     columns = (
         TextColumn("{task.fields[job]}"),
         BarColumn(),
@@ -38,7 +43,11 @@ async def follow_job(client: TidalClient, job_id: str, console: Console) -> coor
     last = await client.get(job_id)
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(describe(last), total=max(last.target_version, 1), job=job_id)
+        waiting = ""
         async for status in client.watch(job_id):
             last = status
+            if status.state == common_pb.JOB_STATE_PENDING and status.message and status.message != waiting:
+                waiting = status.message
+                progress.console.print(f"{job_id} pending: {waiting}", highlight=False, soft_wrap=True)
             progress.update(task, completed=min(status.version, status.target_version), description=describe(status))
     return last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from tidal.core.spec import parse_job_spec
+from tidal.security.bundle import create_bundle, environment
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +28,25 @@ JOB = {
 }
 
 
-def advise(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def advise(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(JOB))
     return subprocess.run(
         [sys.executable, "-m", "tidal", "advise", str(spec), "--workdir", str(tmp_path / "work"), *args],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True, text=True, timeout=240, check=False, env=env,
     )  # fmt: skip
+
+
+def test_advise_works_with_the_tls_settings_the_readme_exports(tmp_path: Path) -> None:
+    """`tidal certs pki && export TIDAL_TLS_DIR=... TIDAL_TOKENS_FILE=...`: the probe's services
+    run with mutual TLS and their HTTPS /metrics pages are read with the same settings."""
+    pki = tmp_path / "pki"
+    create_bundle(pki)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDAL_")} | environment(pki)
+    done = advise(tmp_path, "--probe-steps", "10", "--json", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    workers = json.loads(done.stdout)["workers"]
+    assert len(workers) == JOB["num_workers"] and all(w["busy_s"] > 0 for w in workers), workers
 
 
 def test_advise_finds_the_slow_machine_and_does_not_recommend_plain_sync(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -24,6 +25,8 @@ import httpx
 import pytest
 
 from tests.integration.helpers import run_async, wait_until
+from tidal.compare.metrics import scrape
+from tidal.core.errors import UnavailableError
 from tidal.launcher import HOST, LocalCluster
 from tidal.security.bundle import create_bundle, environment
 from tidal.security.certs import create_dev_pki, issue, load_ca, write_pair
@@ -328,3 +331,17 @@ def test_plaintext_asked_for_is_logged_loudly(tmp_path: Path) -> None:
         out, _ = process.communicate(timeout=30)
     text = out.decode(errors="replace")
     assert "SECURITY IS OFF" in text and "no TLS certificate" in text, text
+
+
+def test_tools_scrape_https_metrics_with_the_same_tls_settings(secure: Secure) -> None:
+    """`tidal compare` and `tidal advise` read /metrics with the cluster's CA and certificate;
+    a page they cannot read is an error naming the URL and the cause, never an empty number."""
+    url = secure.cluster.metrics_url("worker-0")
+    assert url.startswith("https://")
+    samples = scrape(url, secure.cluster.client_security().ssl_context())
+    assert any(s.name == "tidal_build_info" for s in samples)
+    with pytest.raises(UnavailableError, match=rf"cannot scrape {re.escape(url)}: it is HTTPS and no TLS settings"):
+        scrape(url)
+    untrusted = SecurityConfig(ca_path=secure.other / "ca.crt").ssl_context()
+    with pytest.raises(UnavailableError, match=rf"cannot scrape {re.escape(url)}: .*CERTIFICATE_VERIFY_FAILED"):
+        scrape(url, untrusted)

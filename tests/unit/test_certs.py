@@ -132,6 +132,10 @@ def test_cli_keep_existing_and_split(tmp_path: Path) -> None:
     key = (out / "shard" / "shard.key").read_bytes()
     again = runner.invoke(app, ["certs", str(out), "--keep-existing", "--split"])
     assert again.exit_code == 0 and "kept it" in again.output, again.output
+    assert f"wrote {len(list((out / 'shard').iterdir()))}" not in again.output.splitlines()[0]
+    plain = runner.invoke(app, ["certs", str(out), "--keep-existing"])
+    # Kept means nothing written: it does not also say "wrote N files".
+    assert plain.exit_code == 0 and "kept it" in plain.output and "wrote" not in plain.output, plain.output
     assert (out / "shard" / "shard.key").read_bytes() == key
     both = runner.invoke(app, ["certs", str(out), "--keep-existing", "--force"])
     assert both.exit_code != 0

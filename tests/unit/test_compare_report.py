@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tidal.compare.charts import bucket_labels
 from tidal.compare.metrics import bucket_counts, for_job, histogram_quantile, parse_metrics, sum_by, summed_buckets
@@ -252,3 +253,12 @@ def test_the_report_names_the_jobs_metric_not_always_accuracy() -> None:
     assert "final val skill" in headers(spec, metric=metric_name(skill))  # type: ignore[arg-type]
     assert "val skill" in headers(spec, compact=True, metric="skill")
     assert "val acc" in headers(spec, compact=True) and "final val accuracy" in headers(spec)
+
+
+def test_a_job_spec_given_to_compare_is_one_error_saying_a_compare_spec_is_needed() -> None:
+    job = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "seattle-sync.yaml").read_text())
+    with pytest.raises(InvalidArgumentError) as caught:
+        parse_compare_spec(job)
+    message = str(caught.value)
+    assert message.startswith("compare: this is a job spec; tidal compare needs a compare spec")
+    assert "Extra inputs" not in message and "Field required" not in message

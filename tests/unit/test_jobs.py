@@ -125,6 +125,39 @@ def test_job_stays_pending_until_enough_idle_shards_and_workers(shards: int, wor
     assert job.started_at == 3.0
 
 
+def test_a_pending_job_says_what_it_waits_for() -> None:
+    cluster = make_cluster(2, 1)
+    job = submit(cluster, make_spec(workers=3, shards=5))
+    behind = submit(cluster, make_spec(workers=1, shards=1))
+    cluster.jobs.schedule(2.0)
+    assert (
+        job.message == "waiting for shards: 5 wanted, 2 idle of 2 registered; workers: 3 wanted, 1 idle of 1 registered"
+    )
+    assert behind.state is JobState.PENDING
+    assert behind.message == f"waiting for job {job.job_id}, queued first, to start"
+    # Enough shards now: only the workers are still missing.
+    cluster.add(Role.SHARD, 3)
+    cluster.jobs.schedule(3.0)
+    assert job.message == "waiting for workers: 3 wanted, 1 idle of 1 registered"
+    cluster.add(Role.WORKER, 2)
+    cluster.jobs.schedule(4.0)
+    assert job.state is JobState.RUNNING and job.message == ""
+
+
+def test_a_job_not_placed_within_its_schedule_timeout_fails_saying_why() -> None:
+    cluster = make_cluster(1, 0)
+    spec = parse_job_spec({"num_workers": 2, "num_shards": 1, "schedule_timeout_s": 30})
+    job = submit(cluster, spec, now=100.0)
+    assert cluster.jobs.schedule(129.0) == []
+    assert job.state is JobState.PENDING
+    cluster.jobs.schedule(130.0)
+    assert job.state is JobState.FAILED
+    assert job.message == (
+        "not scheduled within schedule_timeout_s=30s, waiting for workers: 2 wanted, 0 idle of 0 registered"
+    )
+    assert cluster.state(cluster.shards[0]) is MemberState.IDLE
+
+
 def test_busy_members_do_not_count_as_idle() -> None:
     cluster = make_cluster(2, 2)
     first = submit(cluster)

@@ -8,6 +8,7 @@ agree with what the Grafana dashboard shows for the same buckets.
 from __future__ import annotations
 
 import math
+import ssl
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -36,13 +37,16 @@ def parse_metrics(text: str) -> list[Sample]:
     ]
 
 
-def scrape(url: str, timeout_s: float = 10.0) -> list[Sample]:
-    """Fetches and parses one /metrics page."""
+def scrape(url: str, context: ssl.SSLContext | None = None, timeout_s: float = 10.0) -> list[Sample]:
+    """Fetches and parses one /metrics page; HTTPS ones are checked against `context`
+    (SecurityConfig.ssl_context: the same CA and client certificate as everything else)."""
+    if url.startswith("https:") and context is None:
+        raise UnavailableError(f"cannot scrape {url}: it is HTTPS and no TLS settings (TIDAL_TLS_*) were given")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
             return parse_metrics(reply.read().decode())
     except OSError as exc:
-        raise UnavailableError(f"cannot scrape {url}: {exc}") from None
+        raise UnavailableError(f"cannot scrape {url}: {getattr(exc, 'reason', None) or exc}") from None
 
 
 def for_job(samples: Iterable[Sample], job_id: str) -> list[Sample]:

@@ -184,10 +184,14 @@ class CompareRunner:
         shards = [name for name in self.cluster.services if name.startswith("shard-")]
         pages: dict[str, list[Sample]] = {}
         missing = []
+        context = self.cluster.client_security().ssl_context()
         for name in [*self.workers, *shards]:
             try:
-                pages[name] = for_job(scrape(self.cluster.metrics_url(name)), job_id)
+                pages[name] = for_job(scrape(self.cluster.metrics_url(name), context), job_id)
             except TidalError:
+                # A live process whose page cannot be read is an error, not a missing number.
+                if self.cluster.services[name].alive():
+                    raise
                 missing.append(name)  # the process exited; its numbers are gone with it
         worker_samples = [s for name in self.workers for s in pages.get(name, [])]
         shard_samples = [s for name in shards for s in pages.get(name, [])]

@@ -97,6 +97,10 @@ class CompareSpec(_Strict):
         return self.kill is not None and (self.kill.labels is None or label in self.kill.labels)
 
 
+# Top-level keys of a job spec that a compare spec does not have.
+_JOB_SPEC_KEYS = frozenset(JobSpec.model_fields) - frozenset(CompareSpec.model_fields)
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One job to submit: which mode entry it belongs to and its validated spec."""
@@ -114,6 +118,12 @@ def load_compare_spec(path: Path) -> CompareSpec:
 
 
 def parse_compare_spec(data: dict[str, Any]) -> CompareSpec:
+    if "job" not in data and "modes" not in data and _JOB_SPEC_KEYS & set(data):
+        # The likeliest mistake: the job spec itself, given where a compare spec is expected.
+        raise InvalidArgumentError(
+            "compare: this is a job spec; tidal compare needs a compare spec (name, job, target_val_loss, "
+            "modes: see examples/compare/), whose `job` holds the job spec without its mode"
+        )
     try:
         spec = CompareSpec.model_validate(data)
     except ValidationError as exc:

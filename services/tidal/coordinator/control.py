@@ -153,7 +153,7 @@ class Control:
         self.membership.seen(member_id, time.monotonic())
         await self._deliver(self._resync(member))
         await self._deliver(self._reattach())
-        await self._deliver(self._schedule())
+        await self._place()
         return outbox
 
     def _resync(self, member: Member) -> list[Command]:
@@ -318,7 +318,7 @@ class Control:
             spec.num_workers,
             spec.num_shards,
         )
-        await self._deliver(self._schedule())
+        await self._place()
         await self._bump()
         return job
 
@@ -363,7 +363,7 @@ class Control:
         for member in self.membership.overdue(time.monotonic(), self.heartbeat_timeout_s):
             self.counters.missed_heartbeats.labels(member.role.value).inc()
             await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
-        await self._deliver(self._schedule())
+        await self._place()
         await self._deliver(self.jobs.expire_restarts(time.time()))
         forgotten = self._forget_ended()
         # A job that ended without a member to tell (so no command) is saved here too.
@@ -431,9 +431,27 @@ class Control:
             self._unsaved = False
             self._writer.close()
 
-    def _schedule(self) -> list[Command]:
+    async def _place(self) -> None:
+        """Places jobs; watchers also learn when what a pending job waits for changed."""
+        commands, changed = self._schedule()
+        await self._deliver(commands)
+        if changed and not commands:
+            await self._bump()
+
+    def _schedule(self) -> tuple[list[Command], bool]:
+        waiting = {job.job_id: job.message for job in self.jobs.all() if job.state is JobState.PENDING}
         # Only members with an open session can be told about a job they are placed in.
-        return self.jobs.schedule(time.time(), reachable=self._outboxes.__contains__)
+        commands = self.jobs.schedule(time.time(), reachable=self._outboxes.__contains__)
+        changed = [
+            self.jobs.get(job_id) for job_id, message in waiting.items() if self.jobs.get(job_id).message != message
+        ]
+        for job in changed:
+            # Once per change of what it waits for, not every tick.
+            if job.state is JobState.PENDING:
+                log.info("job %s is pending, %s", job.job_id, job.message)
+            elif job.state is JobState.FAILED:
+                log.warning("job %s failed: %s", job.job_id, job.message)
+        return commands, bool(changed)
 
     async def _deliver(self, commands: list[Command]) -> None:
         if commands:

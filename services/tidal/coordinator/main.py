@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from tidal.config import ENV
 from tidal.coordinator.control import TICK_S, Control
 from tidal.coordinator.metrics import ControlCollector, CoordinatorCounters
 from tidal.coordinator.one_job import OneJob, run_one_job
@@ -17,7 +18,7 @@ from tidal.coordinator.store import StateStore
 from tidal.core.faults import CRASH_CONTROL_LOOP, parse_coordinator_fault
 from tidal.transport.http import serve_asgi
 from tidal.transport.limits import SHUTDOWN_GRACE_S
-from tidal.transport.metrics import GrpcMetricsInterceptor, build_info, serve_metrics
+from tidal.transport.metrics import GrpcMetricsInterceptor, PreferredPort, build_info, port_in_use, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
 from tidal.transport.server import add_health_and_reflection, create_server, set_health
 from tidal.transport.supervise import Supervisor
@@ -38,7 +39,7 @@ async def run_coordinator(
     host: str,
     port: int,
     http_port: int,
-    metrics_port: int,
+    metrics_port: int | PreferredPort,
     heartbeat_interval_s: float,
     heartbeat_timeout_s: float,
     ready_file: Path | None,
@@ -66,9 +67,16 @@ async def run_coordinator(
     # A crash of any of these stops the coordinator, which then exits non-zero.
     supervisor = Supervisor(stop)
     supervisor.spawn("control loop", _crash_after_a_tick() if fault == CRASH_CONTROL_LOOP else control.run())
-    rest, rest_task, http_port = serve_asgi(create_app(control, security), host, http_port, security)
+    try:
+        try:
+            rest, rest_task, http_port = serve_asgi(create_app(control, security), host, http_port, security)
+        except OSError as exc:
+            raise port_in_use(exc, host, http_port, "--http-port", ENV["http_port"]) or exc from None
+        metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security)
+    except BaseException:
+        await server.stop(None)  # a port in use ends the process with one line, the gRPC server closed first
+        raise
     supervisor.watch("REST server", rest_task)
-    metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security)
     supervisor.watch("metrics server", metrics_task)
     job_task = supervisor.spawn("one-job", run_one_job(control, one_job, stop), may_end=True) if one_job else None
     if job_task is not None and one_job is not None and one_job.exit_when_done:
@@ -79,8 +87,8 @@ async def run_coordinator(
         ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
         write_ready_file(ready_file, {"role": "coordinator", **ports})
         log.info(
-            "coordinator serving gRPC on %s:%d, REST on http://%s:%d, metrics on http://%s:%d/metrics",
-            host, grpc_port, host, http_port, host, metrics_port,
+            "coordinator serving gRPC on %s:%d, REST on %s://%s:%d, metrics on %s://%s:%d/metrics",
+            host, grpc_port, security.http_scheme, host, http_port, security.http_scheme, host, metrics_port,
         )  # fmt: skip
         await stop.wait()
         if job_task is not None and one_job is not None and one_job.exit_when_done:

@@ -118,15 +118,20 @@ class JobManager:
 
     def _place_pending(self, now: float, idle: Callable[[Role], list[Member]]) -> list[Command]:
         commands: list[Command] = []
+        blocked_by: Job | None = None
         for job in self._jobs.values():
             if job.state is not JobState.PENDING:
                 continue
             shards = idle(Role.SHARD)[: job.spec.num_shards]
             workers = idle(Role.WORKER)[: job.spec.num_workers]
-            if len(shards) < job.spec.num_shards or len(workers) < job.spec.num_workers:
-                break  # first come, first served: later jobs wait behind this one
+            if blocked_by is not None or len(shards) < job.spec.num_shards or len(workers) < job.spec.num_workers:
+                # First come, first served: later jobs wait behind the first that cannot start.
+                commands += self._wait(job, now, blocked_by, len(shards), len(workers))
+                blocked_by = blocked_by or job
+                continue
             # Starting counts as progress, so a job that never reports any still trips the alert.
             job.state, job.started_at, job.last_progress_at = JobState.RUNNING, now, now
+            job.message = ""
             job.membership_epoch += 1
             job.shard_ids = [m.member_id for m in shards]
             job.worker_ids = [m.member_id for m in workers]
@@ -137,6 +142,31 @@ class JobManager:
                 self.membership.assign(member_id, job.job_id)
             commands += [PrepareWorker(m, job, job.workers[m].rank) for m in job.worker_ids]
         return commands
+
+    def _wait(self, job: Job, now: float, blocked_by: Job | None, shards: int, workers: int) -> list[Command]:
+        """Says in `job.message` what the pending job waits for; past its `schedule_timeout_s`
+        it fails with that message."""
+        if blocked_by is not None:
+            job.message = f"waiting for job {blocked_by.job_id}, queued first, to start"
+        else:
+            job.message = "waiting for " + self._lacking(job.spec.num_shards, shards, job.spec.num_workers, workers)
+        timeout_s = job.spec.schedule_timeout_s
+        if timeout_s is not None and now - job.created_at >= timeout_s:
+            reason = f"not scheduled within schedule_timeout_s={timeout_s:g}s, {job.message}"
+            return self._end(job, JobState.FAILED, reason, now)
+        return []
+
+    def _lacking(self, shards_wanted: int, shards_idle: int, workers_wanted: int, workers_idle: int) -> str:
+        """What a job that cannot start lacks, e.g. "idle workers: 2 wanted, 1 idle of 3 live"."""
+        lacking = []
+        for role, wanted, idle in (
+            (Role.SHARD, shards_wanted, shards_idle),
+            (Role.WORKER, workers_wanted, workers_idle),
+        ):
+            if idle < wanted:
+                live = sum(1 for m in self.membership.all() if m.role is role and m.live)
+                lacking.append(f"{role.value}s: {wanted} wanted, {idle} idle of {live} registered")
+        return "; ".join(lacking)
 
     def layout_report(self, member_id: str, job_id: str, layout: Layout, now: float) -> list[Command]:
         """A worker built the job's model and reports its layout. Once every live worker

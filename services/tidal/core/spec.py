@@ -235,6 +235,9 @@ class JobSpec(_Strict):
     eval_every: int = Field(0, ge=0)
     # Longest a worker waits for one shard reply before it declares the step failed.
     step_timeout_s: float = Field(120.0, gt=0, le=3600)
+    # Longest the job may wait, pending, for idle shards and workers before it fails with what
+    # it waited for (None: it waits until they come).
+    schedule_timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     stragglers: list[StragglerSpec] = Field(default_factory=list)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     # What the workers minimise and evaluate (core/objectives.py): one of BUILT_IN_OBJECTIVES

@@ -28,7 +28,7 @@ from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
 from tidal.transport.member import MemberPorts, serve_member
-from tidal.transport.metrics import GrpcMetricsInterceptor
+from tidal.transport.metrics import GrpcMetricsInterceptor, PreferredPort
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.transport.settings import ServiceSettings
@@ -227,7 +227,7 @@ async def run_shard(
     coordinator: str,
     host: str,
     port: int,
-    metrics_port: int,
+    metrics_port: int | PreferredPort,
     advertise_host: str,
     ready_file: Path | None,
     register_timeout_s: float,

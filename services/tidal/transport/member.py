@@ -30,7 +30,7 @@ from tidal.core import commands
 from tidal.core.errors import TidalError
 from tidal.core.training import warm_up
 from tidal.transport.limits import SHUTDOWN_GRACE_S
-from tidal.transport.metrics import build_info, serve_metrics
+from tidal.transport.metrics import PreferredPort, build_info, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
 from tidal.transport.server import add_health_and_reflection, set_health
 from tidal.transport.session import MemberSession
@@ -45,8 +45,8 @@ class MemberPorts:
     host: str
     # The bound gRPC port.
     grpc_port: int
-    # Port for /metrics; 0 picks a free one.
-    metrics_port: int
+    # Port for /metrics; 0 picks a free one, a PreferredPort any free one when it is taken.
+    metrics_port: int | PreferredPort
 
 
 class MemberNode(Protocol):
@@ -80,7 +80,11 @@ async def serve_member(
     await set_health(health, service_names, serving=False)
     await server.start()
     build_info(registry, role)
-    metrics, metrics_task, metrics_port = serve_metrics(registry, ports.host, ports.metrics_port, security)
+    try:
+        metrics, metrics_task, metrics_port = serve_metrics(registry, ports.host, ports.metrics_port, security)
+    except BaseException:
+        await server.stop(None)  # a port in use ends the process with one line, the gRPC server closed first
+        raise
     stop = stop_on_signals()
     supervisor = Supervisor(stop)
     supervisor.watch("metrics server", metrics_task)

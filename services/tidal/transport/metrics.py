@@ -8,14 +8,19 @@ collectors read service state without locks or torn snapshots.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
 from tidal import __version__
+from tidal.config import ENV
+from tidal.core.errors import FailedPreconditionError
 from tidal.transport.http import EmbeddedServer, serve_asgi
 from tidal.transport.tls import SecurityConfig
 
@@ -23,10 +28,48 @@ from tidal.transport.tls import SecurityConfig
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreferredPort:
+    """A role's default /metrics port, used when free; when another process holds it (a second
+    shard or worker on the host), any free port is used instead and logged."""
+
+    port: int
+
+
+def port_in_use(exc: OSError, host: str, port: int, flag: str, env: str) -> FailedPreconditionError | None:
+    """The one-line error for a port another process holds (None for any other OSError)."""
+    if exc.errno != errno.EADDRINUSE:
+        return None
+    return FailedPreconditionError(
+        f"{flag} / {env}: port {port} on {host} is already in use (another tidal service on this host?); "
+        f"choose another port, or 0 for any free one"
+    )
+
+
 def serve_metrics(
-    registry: CollectorRegistry, host: str, port: int, security: SecurityConfig
+    registry: CollectorRegistry, host: str, port: int | PreferredPort, security: SecurityConfig
 ) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
-    return serve_asgi(make_asgi_app(registry), host, port, security)
+    """Serves /metrics on `host:port`; a port held by another process is a one-line error
+    naming --metrics-port, or, for a PreferredPort, a free port instead."""
+    app = make_asgi_app(registry)
+    wanted = port.port if isinstance(port, PreferredPort) else port
+    try:
+        return serve_asgi(app, host, wanted, security)
+    except OSError as exc:
+        error = port_in_use(exc, host, wanted, "--metrics-port", ENV["metrics_port"])
+        if error is None:
+            raise
+        if not isinstance(port, PreferredPort):
+            raise error from None
+    served = serve_asgi(app, host, 0, security)
+    log.warning(
+        "metrics port %d is in use (another tidal service on this host?): /metrics is on port %d instead "
+        "(--metrics-port / %s chooses it)", wanted, served[2], ENV["metrics_port"],
+    )  # fmt: skip
+    return served
 
 
 def build_info(registry: CollectorRegistry, role: str) -> None:

@@ -8,7 +8,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tidal.core.errors import InvalidArgumentError
+from tidal.config import ENV
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.transport.guard import BearerTokenInterceptor, GuardInterceptor
 from tidal.transport.limits import (
     KEEPALIVE_TIME_MS,
@@ -52,12 +53,18 @@ def create_server(
     credentials, authorization: transport/guard.py) after `interceptors`, so metrics count
     refused calls with their status codes."""
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[*interceptors, GuardInterceptor(security)])
-    if security.tls:
-        port = server.add_secure_port(address, security.server_credentials())
-    elif security.ca_path is not None:
+    if security.ca_path is not None and not security.tls:
         raise InvalidArgumentError("TLS: a CA is configured but this server has no certificate (TIDAL_TLS_CERT)")
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if security.tls:
+            port = server.add_secure_port(address, security.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc says only "Failed to bind"; the likeliest cause is another process
+        raise FailedPreconditionError(
+            f"--port / {ENV['port']}: cannot bind {address} (already in use by another process?); "
+            "choose another port, or 0 for any free one"
+        ) from None
     warn_if_plaintext(security, f"gRPC {address} and its HTTP")
     if port == 0:
         raise OSError(f"could not bind {address}")

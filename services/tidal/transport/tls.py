@@ -27,6 +27,7 @@ Variables (named in tidal.config.SECURITY_ENV):
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,16 @@ class SecurityConfig:
             private_key=self._read(self.key_path),
             certificate_chain=self._read(self.cert_path),
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How an HTTPS client (a /metrics scrape) trusts our servers: our CA, and our own
+        certificate when we have one; None without TLS (plain HTTP)."""
+        if not self.tls and self.ca_path is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca_path) if self.ca_path else None)
+        if self.cert_path is not None and self.key_path is not None:
+            context.load_cert_chain(str(self.cert_path), str(self.key_path))
+        return context
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], default_name: str = "admin") -> SecurityConfig:

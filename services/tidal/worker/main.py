@@ -16,7 +16,7 @@ from tidal.core import commands, events
 from tidal.core.errors import TidalError
 from tidal.core.training import EvalResult
 from tidal.transport.member import MemberPorts, serve_member
-from tidal.transport.metrics import GrpcMetricsInterceptor
+from tidal.transport.metrics import GrpcMetricsInterceptor, PreferredPort
 from tidal.transport.server import create_server
 from tidal.transport.session import MemberSession
 from tidal.transport.settings import ServiceSettings
@@ -201,7 +201,7 @@ async def run_worker(
     coordinator: str,
     host: str,
     port: int,
-    metrics_port: int,
+    metrics_port: int | PreferredPort,
     slowdown: float,
     ready_file: Path | None,
     register_timeout_s: float,
