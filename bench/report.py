@@ -53,7 +53,7 @@ def environment(command: str, started: datetime, load_before: tuple[float, ...],
         f"{_memory_gib():.0f} GiB RAM",
         f"- **Load**: 1/5/15-min load average {'/'.join(f'{x:.1f}' for x in load_before)} before the run, "
         f"{'/'.join(f'{x:.1f}' for x in load_after)} after (CPUs are {os.cpu_count()}); each case's in the "
-        f"column `{LOAD_COLUMN}`",
+        f"column `{LOAD_COLUMN}` (the load after a case is mostly its own processes')",
         f"- **Versions**: Python {platform.python_version()}, {versions}; tidal at {_commit()}",
     ]
 
@@ -67,7 +67,7 @@ def policy_lines(policy: Policy, quick: bool, busy: Sequence[str], refused: Sequ
         then = "refuses it (a case whose steal was over the limit during it is kept, marked busy)"
     verdict = "every case ran on a quiet machine"
     if busy or refused:
-        verdict = "; ".join(
+        verdict = ". ".join(
             part for part in (
                 f"busy, figures marked: {'; '.join(busy)}" if busy else "",
                 f"refused: {'; '.join(refused)}" if refused else "",
@@ -78,8 +78,8 @@ def policy_lines(policy: Policy, quick: bool, busy: Sequence[str], refused: Sequ
         f"(--max-load) or more than {policy.max_steal * 100:g}% of the CPU time is stolen before or during it "
         f"(--max-steal); before each case the run waits up to {policy.settle_s:g} s (--settle-s) for a busy "
         f"machine to become quiet, then {then}. This run: {verdict}",
-        "- **Re-run**: `python -m bench` on a quiet machine rewrites this file (about 11 minutes of measuring on "
-        "2 idle CPUs, plus the waits); it refuses to start on a busy one and changes nothing",
+        "- **Re-run**: `python -m bench` on a quiet machine rewrites bench/RESULTS.md (about 11 minutes of "
+        "measuring on 2 idle CPUs, plus the waits); it refuses to start on a busy one and changes nothing",
     ]
 
 
