@@ -1,8 +1,15 @@
-"""`python -m bench [--quick] [--cases ...] [--reps N] [--out PATH]`: runs the suite, writes
-RESULTS.md (bench/RESULTS.md for a full run; a temporary folder for --quick unless --out).
+"""`python -m bench [--quick] [--cases ...] [--reps N] [--out PATH] [--max-load L] [--max-steal PCT]
+[--settle-s S] [--allow-busy]`: runs the suite, writes RESULTS.md (bench/RESULTS.md for a full
+run; a temporary folder for --quick unless --out).
 
-Full run: about 15-25 minutes on 2 idle cores. --quick: small sizes, one repetition, about 2
-minutes; it proves every case works end to end (what CI runs), its figures mean little.
+Full run: about 11 minutes of measuring on 2 idle cores, plus the waits for the load to settle
+before each case (up to --settle-s each). It refuses to start on a busy machine (exit 3, one line
+naming the load and the flag, RESULTS.md unchanged) and refuses a case whose machine stayed busy;
+--allow-busy measures anyway and marks those figures busy in RESULTS.md.
+
+--quick: small sizes, one repetition, about 2 minutes; it proves every case works end to end (what
+CI runs), its figures mean little, so it records the load and marks busy cases but never refuses
+or waits (CI machines are shared).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from bench import control, dataplane, e2e, memory, report, serde_case
+from bench import control, dataplane, e2e, machine_load, memory, report, serde_case
 from bench.cluster import BenchCluster
+from bench.machine_load import Guard, Policy
 from bench.procs import REPO, bench_env
 from bench.results import Row, Settings
 from bench.stats import Spread
@@ -29,6 +37,9 @@ from bench.stats import Spread
 # Hand-written analysis appended to RESULTS.md: what each change bought, what stands in the way.
 NOTES = Path(__file__).with_name("NOTES.md")
 CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "target", "control"]
+# Exit status when the machine was busy: the run refused to start, refused a case, or a case's
+# CPU steal went over the limit while it ran (its figures are kept, marked busy).
+BUSY_EXIT = 3
 
 
 @dataclass(frozen=True)
@@ -87,22 +98,41 @@ class Suite:
     """Runs the cases in order, rewriting RESULTS.md after each (a long run that is cut short
     keeps what it measured). A failing case is recorded as a row, and the run exits non-zero."""
 
-    def __init__(self, s: Settings, sizes: Sizes, out_path: Path, header: Callable[[], list[str]]) -> None:
-        self.s, self.sizes, self.out_path, self.header = s, sizes, out_path, header
+    def __init__(
+        self, s: Settings, sizes: Sizes, out_path: Path, header: Callable[[], list[str]], guard: Guard
+    ) -> None:
+        self.s, self.sizes, self.out_path, self.header, self.guard = s, sizes, out_path, header, guard
         self.sections: dict[str, list[Row]] = {
             "Data plane": [], "What the changes bought": [], "Memory": [], "End to end": [], "Control plane": []
         }  # fmt: skip
         self.failed: list[str] = []
+        self.busy: list[str] = []  # measured on a busy machine, figures marked
+        self.refused: list[str] = []
 
     def case(self, section: str, name: str, log: Callable[[str], None], measure: Callable[[], list[Row]]) -> None:
         log(name)
+        check = self.guard.check(log)
+        if check.reasons and not self.guard.policy.allow_busy:
+            log(machine_load.refusal(f"case '{name}'", check))
+            self.refused.append(name)
+            note = "; ".join(check.reasons)
+            self.sections[section].append(Row(name, "refused: the machine was busy", Spread.of([]), note=note))
+            self.write()
+            return
         try:
-            self.sections[section] += measure()
+            rows = measure()
         except Exception as exc:  # recorded in RESULTS.md and in the exit code, never hidden
             logging.getLogger(__name__).exception("bench case %s failed", name)
             log(f"{name} FAILED: {exc}")
             self.failed.append(name)
-            self.sections[section].append(Row(name, "FAILED", Spread.of([]), note=f"{type(exc).__name__}: {exc}"[:400]))
+            rows = [Row(name, "FAILED", Spread.of([]), note=f"{type(exc).__name__}: {exc}"[:400])]
+        load = self.guard.case_load(check)
+        for row in rows:
+            row.machine = load
+        if load.busy:
+            log(f"{name}: busy, figures marked: {'; '.join(load.reasons)}")
+            self.busy.append(f"{name} ({'; '.join(load.reasons)})")
+        self.sections[section] += rows
         self.write()
 
     def write(self) -> None:
@@ -143,37 +173,77 @@ def _run(suite: Suite, cases: list[str], log: Callable[[str], None]) -> None:
         suite.case("Control plane", "control plane", log, measure)
 
 
+def _policy(args: argparse.Namespace) -> Policy | str:
+    """The quiet-machine policy from the flags, or the one line that says which flag is wrong."""
+    cpus = os.cpu_count() or 1
+    max_load = args.max_load if args.max_load is not None else 0.5 * cpus
+    settle_s = args.settle_s if args.settle_s is not None else (0.0 if args.quick else 240.0)
+    if not max_load >= 0:  # also refuses NaN
+        return f"--max-load: {args.max_load} is not a load average (a number >= 0, e.g. {0.5 * cpus:g})"
+    if not 0 <= args.max_steal <= 100:
+        return f"--max-steal: {args.max_steal} is not a percentage between 0 and 100"
+    if not settle_s >= 0:
+        return f"--settle-s: {args.settle_s} is not a number of seconds >= 0"
+    # --quick proves the cases work on shared CI machines: it records and marks, never refuses.
+    return Policy(max_load, args.max_steal / 100, args.allow_busy or args.quick, settle_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (CI)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (CI); never refuses")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--reps", type=int, help="repetitions per case (default 3, quick 1)")
     parser.add_argument("--out", type=Path, help="where to write RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs of every process)")
+    parser.add_argument(
+        "--max-load", type=float, help="1-min load average at which a case counts as busy (default: half the CPUs)"
+    )
+    parser.add_argument(
+        "--max-steal", type=float, default=5.0, help="%% of CPU time stolen above which a case counts as busy (5)"
+    )
+    parser.add_argument(
+        "--settle-s", type=float, help="seconds to wait before a case for a busy machine to settle (240, quick 0)"
+    )
+    parser.add_argument(
+        "--allow-busy", action="store_true", help="measure on a busy machine anyway, figures marked busy"
+    )
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         parser.error(f"--cases: unknown {', '.join(unknown)} (known: {', '.join(CASES)})")
-    workdir = Path(tempfile.mkdtemp(prefix="tidal-bench-"))
-    reps = args.reps or (1 if args.quick else 3)
-    settings = Settings(quick=args.quick, reps=reps, workdir=workdir)
-    out_path = args.out or (workdir / "RESULTS.md" if args.quick else REPO / "bench" / "RESULTS.md")
-    started, t0, load = datetime.now(UTC), time.monotonic(), os.getloadavg()
-    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    policy = _policy(args)
+    if isinstance(policy, str):
+        print(f"python -m bench: {policy}", file=sys.stderr)
+        return 2
+    started, t0 = datetime.now(UTC), time.monotonic()
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    guard = Guard(policy)
+    if not policy.allow_busy:  # before anything is written: a busy machine leaves RESULTS.md as it was
+        check = guard.check(log)
+        if check.reasons:
+            print(machine_load.refusal("the run", check), file=sys.stderr)
+            return BUSY_EXIT
+    load = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="tidal-bench-"))
+    reps = args.reps or (1 if args.quick else 3)
+    settings = Settings(quick=args.quick, reps=reps, workdir=workdir)
+    out_path = args.out or (workdir / "RESULTS.md" if args.quick else REPO / "bench" / "RESULTS.md")
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+
     def header() -> list[str]:
         return [
             *report.environment(command.strip(), started, load, time.monotonic() - t0),
+            *report.policy_lines(policy, args.quick, suite.busy, suite.refused),
             f"- **Settings**: {reps} repetition(s) per case; every process 1 torch thread; glibc malloc "
             "thresholds raised in every process (tidal's services set them themselves, the baselines get the "
             "same as environment variables)",
         ]
 
-    suite = Suite(settings, QUICK if args.quick else FULL, out_path, header)
+    suite = Suite(settings, QUICK if args.quick else FULL, out_path, header, guard)
     _run(suite, cases, log)
     log(f"wrote {out_path}")
     if suite.failed:
@@ -181,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.keep and workdir not in out_path.parents:
         shutil.rmtree(workdir, ignore_errors=True)
+    if suite.refused or (suite.busy and not policy.allow_busy):
+        what = "; ".join(suite.refused + suite.busy)
+        print(
+            f"bench: the machine was busy for {what} (see {out_path}); re-run on a quiet machine, "
+            "or pass --allow-busy to keep busy figures",
+            file=sys.stderr,
+        )
+        return BUSY_EXIT
     return 0
 
 

@@ -6,6 +6,7 @@ import operator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.machine_load import CaseLoad
 from bench.stats import Spread
 
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
@@ -35,6 +36,8 @@ class Row:
     goal: Goal | None = None
     note: str = ""
     digits: int = 1
+    # The machine's load around the case that measured this row (None: not measured).
+    machine: CaseLoad | None = None
 
     @property
     def met(self) -> bool | None:
