@@ -37,6 +37,7 @@ from tidal.cli_common import (
 )
 from tidal.climate.cli import climate_app
 from tidal.config import (
+    DEFAULT_CHECKPOINT_RETENTION_S,
     DEFAULT_COORDINATOR,
     DEFAULT_COORDINATOR_METRICS_PORT,
     DEFAULT_GRPC_PORT,
@@ -231,6 +232,15 @@ def shard(
             "folder, the shard restores its job from the newest valid one (default: no checkpoints).",
         ),
     ] = None,
+    checkpoint_retention_s: Annotated[
+        float,
+        typer.Option(
+            envvar=ENV["checkpoint_retention"],
+            min=0.0,
+            help="Delete a job's checkpoints this many seconds after its last one was written, i.e. after the "
+            "job ended; checked at start and hourly (0: keep forever).",
+        ),
+    ] = DEFAULT_CHECKPOINT_RETENTION_S,
     checkpoint_fault: Annotated[
         str, typer.Option(envvar=ENV["checkpoint_fault"], hidden=True, help="Tests only: crash inside a write.")
     ] = "",
@@ -258,6 +268,7 @@ def shard(
                 exit_after_job,
                 checkpoint_dir,
                 checkpoint_fault,
+                checkpoint_retention_s=checkpoint_retention_s,
                 settings=settings,
             )
         )

@@ -392,6 +392,9 @@ class Control:
             self.counters.members_left.labels(member.role.value).inc()
         self.membership.fail(member.member_id, state)
         await self._deliver(self.jobs.member_lost(member, time.time()))
+        job = self.jobs.get(member.job_id) if member.job_id else None
+        if job is not None and job.state is JobState.RUNNING and any(r.recovering for r in job.restarts):
+            log.warning("job %s: %s", job.job_id, job.message)  # says which shard and what to do
         await self._deliver(self._reattach())
         self._save()
         outbox = self._outboxes.pop(member.member_id, None)
