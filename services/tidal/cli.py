@@ -23,6 +23,7 @@ from tidal.cli_common import (
     Host,
     LogLevel,
     MetricsPort,
+    Name,
     Port,
     ReadyFile,
     RegisterTimeout,
@@ -224,6 +225,17 @@ def shard(
     ] = "",
     register_timeout: RegisterTimeout = 60.0,
     exit_after_job: ExitAfterJob = False,
+    name: Name = "",
+    index: Annotated[
+        int | None,
+        typer.Option(
+            envvar=ENV["shard_index"],
+            min=0,
+            max=65535,
+            help="Always take this shard index, so --checkpoint-dir holds that index's checkpoints; two live "
+            "shards cannot ask for the same one (default: any index).",
+        ),
+    ] = None,
     checkpoint_dir: Annotated[
         Path | None,
         typer.Option(
@@ -269,6 +281,8 @@ def shard(
                 checkpoint_dir,
                 checkpoint_fault,
                 checkpoint_retention_s=checkpoint_retention_s,
+                name=name,
+                shard_index=index,
                 settings=settings,
             )
         )
@@ -286,6 +300,7 @@ def worker(
     ] = 1.0,
     register_timeout: RegisterTimeout = 60.0,
     exit_after_job: ExitAfterJob = False,
+    name: Name = "",
     shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
@@ -314,6 +329,7 @@ def worker(
                 ready_file,
                 register_timeout,
                 exit_after_job,
+                name=name,
                 settings=settings,
             )
         )

@@ -15,6 +15,11 @@ ENV = {
     "http_port": "TIDAL_HTTP_PORT",  # coordinator REST port
     "metrics_port": "TIDAL_METRICS_PORT",  # Prometheus /metrics port of any service
     "advertise_host": "TIDAL_ADVERTISE_HOST",  # host workers dial to reach a shard
+    # shard, worker: the member's name in status, logs and errors (default: the host name)
+    "name": "TIDAL_NAME",
+    # shard: the shard index it always takes, so its checkpoint folder holds that index's
+    # checkpoints (default: any index; two live shards cannot ask for the same one)
+    "shard_index": "TIDAL_SHARD_INDEX",
     "slowdown": "TIDAL_SLOWDOWN",  # worker compute-time multiplier (straggler simulation)
     "device": "TIDAL_DEVICE",  # worker: auto, cpu, cuda or cuda:N, overriding the job spec's device
     "heartbeat_interval": "TIDAL_HEARTBEAT_INTERVAL_S",

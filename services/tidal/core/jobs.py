@@ -122,11 +122,12 @@ class JobManager:
         for job in self._jobs.values():
             if job.state is not JobState.PENDING:
                 continue
-            shards = idle(Role.SHARD)[: job.spec.num_shards]
+            picked = pick_shards(idle(Role.SHARD), job.spec.num_shards)
+            shards = [m for m in picked if m is not None]
             workers = idle(Role.WORKER)[: job.spec.num_workers]
             if blocked_by is not None or len(shards) < job.spec.num_shards or len(workers) < job.spec.num_workers:
                 # First come, first served: later jobs wait behind the first that cannot start.
-                commands += self._wait(job, now, blocked_by, len(shards), len(workers))
+                commands += self._wait(job, now, blocked_by, picked, len(workers))
                 blocked_by = blocked_by or job
                 continue
             # Starting counts as progress, so a job that never reports any still trips the alert.
@@ -143,13 +144,19 @@ class JobManager:
             commands += [PrepareWorker(m, job, job.workers[m].rank) for m in job.worker_ids]
         return commands
 
-    def _wait(self, job: Job, now: float, blocked_by: Job | None, shards: int, workers: int) -> list[Command]:
+    def _wait(
+        self, job: Job, now: float, blocked_by: Job | None, shards: list[Member | None], workers: int
+    ) -> list[Command]:
         """Says in `job.message` what the pending job waits for; past its `schedule_timeout_s`
         it fails with that message."""
         if blocked_by is not None:
             job.message = f"waiting for job {blocked_by.job_id}, queued first, to start"
         else:
-            job.message = "waiting for " + self._lacking(job.spec.num_shards, shards, job.spec.num_workers, workers)
+            placed = sum(m is not None for m in shards)
+            job.message = "waiting for " + self._lacking(job.spec.num_shards, placed, job.spec.num_workers, workers)
+            if placed < job.spec.num_shards and any(m is not None and m.shard_index is not None for m in shards):
+                missing = ", ".join(str(i) for i, m in enumerate(shards) if m is None)
+                job.message += f" (no idle shard can take index {missing}: the others asked for theirs with --index)"
         timeout_s = job.spec.schedule_timeout_s
         if timeout_s is not None and now - job.created_at >= timeout_s:
             reason = f"not scheduled within schedule_timeout_s={timeout_s:g}s, {job.message}"
@@ -383,6 +390,8 @@ class JobManager:
             return []
         if member.role is not Role.SHARD or not 0 <= shard_index < len(job.shard_ids):
             return []
+        if member.shard_index is not None and member.shard_index != shard_index:
+            return []  # it asked for another index (--index)
         restart = job.pending_restart(shard_index)
         if restart is None or restart.member_id:
             return []
@@ -448,6 +457,15 @@ class JobManager:
                 self.membership.release(member_id)
                 commands.append(Release(member_id, job.job_id, state, reason))
         return commands
+
+
+def pick_shards(idle: list[Member], count: int) -> list[Member | None]:
+    """Idle shards for the indexes 0..count-1 (None where none fits): each index goes to the
+    shard that asked for it with --index, else to one that asked for none, so a shard keeps
+    its index, and its checkpoint folder holds that index's checkpoints, across jobs."""
+    asked = {m.shard_index: m for m in idle if m.shard_index is not None}
+    free = iter([m for m in idle if m.shard_index is None])
+    return [asked.get(i) or next(free, None) for i in range(count)]
 
 
 # What to do about a lost shard: deployment-neutral, because the coordinator cannot tell how

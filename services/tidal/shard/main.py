@@ -264,6 +264,8 @@ async def run_shard(
     checkpoint_fault: str = "",
     *,
     checkpoint_retention_s: float = 0.0,
+    name: str = "",
+    shard_index: int | None = None,
     settings: ServiceSettings,
 ) -> int:
     registry = CollectorRegistry()
@@ -280,8 +282,9 @@ async def run_shard(
         common_pb.ROLE_SHARD,
         security,
         address=f"{advertise_host}:{bound_port}",
-        name=socket.gethostname(),
+        name=name or socket.gethostname(),
         checkpoints=checkpoints,
+        shard_index=shard_index,
     )
     node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry), checkpoint_retention_s)
     # Before registering, so the checkpoints reported to the coordinator are the ones kept.

@@ -210,12 +210,13 @@ async def run_worker(
     register_timeout_s: float,
     exit_after_job: bool = False,
     *,
+    name: str = "",
     settings: ServiceSettings,
 ) -> int:
     registry = CollectorRegistry()
     security = settings.security
     server, bound_port = create_server(f"{host}:{port}", security, [GrpcMetricsInterceptor(registry)])
-    session = MemberSession(coordinator, common_pb.ROLE_WORKER, security, name=socket.gethostname())
+    session = MemberSession(coordinator, common_pb.ROLE_WORKER, security, name=name or socket.gethostname())
     node = WorkerNode(session, slowdown, WorkerMetrics(registry), settings)
     worker_grpc.add_WorkerServicer_to_server(node, server)
     ports = MemberPorts(host, bound_port, metrics_port)
