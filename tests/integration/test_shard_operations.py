@@ -24,7 +24,12 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import submit, wait_for_job, wait_until
-from tests.integration.test_shard_recovery import CheckpointingCluster, job_status, wait_for_version
+from tests.integration.test_shard_recovery import (
+    CheckpointingCluster,
+    checkpoint_versions,
+    job_status,
+    wait_for_version,
+)
 from tidal.launcher import EPHEMERAL, Service
 from tidal.v1 import common_pb2 as common_pb
 
@@ -94,6 +99,11 @@ def test_named_shards_keep_their_index_and_a_lost_one_fails_the_job_saying_what_
     for name, index in (("shard-0", 0), ("shard-1", 1)):
         held = sorted(p.name for p in (cluster.checkpoint_dir(name) / job.job_id).iterdir())
         assert held == [f"shard-{index}"], (name, held)
+    # One INFO line for the job's first checkpoint; the later ones (10, 20, ...) are DEBUG.
+    written = [line for line in cluster.services["shard-0"].log_path.read_text().splitlines()
+               if f"job {job.job_id}: checkpoint of version" in line]  # fmt: skip
+    assert len(written) == 1 and " INFO " in written[0], written
+    assert len(checkpoint_versions(cluster, "shard-0", job.job_id, 0)) == 2  # keep_last: 2 of 0, 10, 20
     # The straggler declared in the spec (rank 1, 2.5x) shows in the gauge, not the flag's 1.0.
     wait_until(lambda: slowdowns(cluster) == [1.0, 2.5], timeout_s=60, what="tidal_worker_slowdown 1.0 and 2.5")
 
