@@ -357,7 +357,8 @@ def _step_time() -> tuple[Panel, list[Panel]]:
         stat("Configured slowdown", [target(f"max by (worker) ({sel('tidal_worker_slowdown', extra=SELECTED_WORKER)})",
                                             "{{worker}}")],
              unit="suffix:x", width=6, height=8,
-             description="Straggler factor each worker process was started with (1 = full speed)."),
+             description="Straggler factor of each worker's current job: its --slowdown times the job "
+                         "spec's stragglers entry for its rank (1 = full speed)."),
     ])  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from tidal.cli_common import (
     Host,
     LogLevel,
     MetricsPort,
+    Name,
     Port,
     ReadyFile,
     RegisterTimeout,
@@ -37,6 +38,7 @@ from tidal.cli_common import (
 )
 from tidal.climate.cli import climate_app
 from tidal.config import (
+    DEFAULT_CHECKPOINT_RETENTION_S,
     DEFAULT_COORDINATOR,
     DEFAULT_COORDINATOR_METRICS_PORT,
     DEFAULT_GRPC_PORT,
@@ -223,6 +225,17 @@ def shard(
     ] = "",
     register_timeout: RegisterTimeout = 60.0,
     exit_after_job: ExitAfterJob = False,
+    name: Name = "",
+    index: Annotated[
+        int | None,
+        typer.Option(
+            envvar=ENV["shard_index"],
+            min=0,
+            max=65535,
+            help="Always take this shard index, so --checkpoint-dir holds that index's checkpoints; two live "
+            "shards cannot ask for the same one (default: any index).",
+        ),
+    ] = None,
     checkpoint_dir: Annotated[
         Path | None,
         typer.Option(
@@ -231,6 +244,15 @@ def shard(
             "folder, the shard restores its job from the newest valid one (default: no checkpoints).",
         ),
     ] = None,
+    checkpoint_retention_s: Annotated[
+        float,
+        typer.Option(
+            envvar=ENV["checkpoint_retention"],
+            min=0.0,
+            help="Delete a job's checkpoints this many seconds after its last one was written, i.e. after the "
+            "job ended; checked at start and hourly (0: keep forever).",
+        ),
+    ] = DEFAULT_CHECKPOINT_RETENTION_S,
     checkpoint_fault: Annotated[
         str, typer.Option(envvar=ENV["checkpoint_fault"], hidden=True, help="Tests only: crash inside a write.")
     ] = "",
@@ -258,6 +280,9 @@ def shard(
                 exit_after_job,
                 checkpoint_dir,
                 checkpoint_fault,
+                checkpoint_retention_s=checkpoint_retention_s,
+                name=name,
+                shard_index=index,
                 settings=settings,
             )
         )
@@ -275,6 +300,7 @@ def worker(
     ] = 1.0,
     register_timeout: RegisterTimeout = 60.0,
     exit_after_job: ExitAfterJob = False,
+    name: Name = "",
     shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
@@ -303,6 +329,7 @@ def worker(
                 ready_file,
                 register_timeout,
                 exit_after_job,
+                name=name,
                 settings=settings,
             )
         )

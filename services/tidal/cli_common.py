@@ -32,6 +32,10 @@ Host = Annotated[str, typer.Option(envvar=ENV["host"], help="Interface to bind."
 ReadyFile = Annotated[Path | None, typer.Option(help="Write the bound ports here as JSON once serving.")]
 LogLevel = Annotated[str, typer.Option(envvar=ENV["log_level"], help="DEBUG, INFO, WARNING or ERROR.")]
 Threads = Annotated[int, typer.Option(envvar=ENV["torch_threads"], min=1, help="torch intra-op threads.")]
+Name = Annotated[
+    str,
+    typer.Option(envvar=ENV["name"], help="This member's name in status, logs and errors (default: the host name)."),
+]
 MetricsPort = Annotated[
     int | None,
     typer.Option(

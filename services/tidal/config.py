@@ -15,6 +15,11 @@ ENV = {
     "http_port": "TIDAL_HTTP_PORT",  # coordinator REST port
     "metrics_port": "TIDAL_METRICS_PORT",  # Prometheus /metrics port of any service
     "advertise_host": "TIDAL_ADVERTISE_HOST",  # host workers dial to reach a shard
+    # shard, worker: the member's name in status, logs and errors (default: the host name)
+    "name": "TIDAL_NAME",
+    # shard: the shard index it always takes, so its checkpoint folder holds that index's
+    # checkpoints (default: any index; two live shards cannot ask for the same one)
+    "shard_index": "TIDAL_SHARD_INDEX",
     "slowdown": "TIDAL_SLOWDOWN",  # worker compute-time multiplier (straggler simulation)
     "device": "TIDAL_DEVICE",  # worker: auto, cpu, cuda or cuda:N, overriding the job spec's device
     "heartbeat_interval": "TIDAL_HEARTBEAT_INTERVAL_S",
@@ -25,6 +30,9 @@ ENV = {
     "torch_threads": "TIDAL_TORCH_THREADS",  # intra-op threads per service process
     "log_level": "TIDAL_LOG_LEVEL",
     "checkpoint_dir": "TIDAL_CHECKPOINT_DIR",  # shard: folder for its checkpoints (unset: none written)
+    # shard: delete a job's checkpoints this long after its last write, i.e. after the job
+    # ended (default 7 days; 0 keeps them forever)
+    "checkpoint_retention": "TIDAL_CHECKPOINT_RETENTION_S",
     # shard, tests only: "kill_before_rename:N" or "kill_before_manifest:N" SIGKILLs the shard
     # inside its N-th checkpoint write (core/checkpoint.py)
     "checkpoint_fault": "TIDAL_CHECKPOINT_FAULT",
@@ -65,6 +73,9 @@ SECURITY_ENV = {
     "model_modules": "TIDAL_MODEL_MODULES",
 }
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
+# A week: time to look at or copy a finished job's final checkpoint, and far longer than any
+# job waits for a lost shard (checkpoint.restart_timeout_s is at most a day).
+DEFAULT_CHECKPOINT_RETENTION_S = 7 * 86_400.0
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_SHARD_PORT = 50052

@@ -460,3 +460,43 @@ def test_a_restored_shard_still_checks_workers_against_its_initial_slice(tmp_pat
     assert restored.initialized and restored.initial_digest == original.initial_digest is not None
     with pytest.raises(InvalidArgumentError, match=r"open\.init_digest"):
         restored.check_initial_digest("w1", "0" * 32)
+
+
+def _age(folder: Path, mtime: float) -> None:
+    for path in folder.rglob("*"):
+        os.utime(path, (mtime, mtime))
+
+
+def test_sweep_deletes_ended_jobs_checkpoints_after_the_retention(tmp_path: Path) -> None:
+    """The clock is injected: file times are set, `now` is given."""
+    store = CheckpointStore(tmp_path)
+    state = make_state()
+    for job in ("old-1", "recent-2", "running-3"):
+        store.write(snapshot_shard(job, state))
+    _age(tmp_path / "old-1", 1_000.0)
+    _age(tmp_path / "recent-2", 5_000.0)
+    _age(tmp_path / "running-3", 0.0)
+    (tmp_path / "not-a-job.txt").write_text("left alone")
+    retention = 3_600.0
+
+    assert store.sweep(1_000.0 + retention - 1, retention, keep={"running-3"}) == []
+    assert store.sweep(1_000.0 + retention, retention, keep={"running-3"}) == ["old-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-job.txt", "recent-2", "running-3"]
+    assert {r.job_id for r in store.scan()} == {"recent-2", "running-3"}
+    # 0 keeps everything; the job a shard runs is kept whatever its age.
+    assert store.sweep(1e12, 0.0) == []
+    assert store.sweep(1e12, retention, keep={"running-3"}) == ["recent-2"]
+    assert store.versions("running-3", 0) == [0]
+
+
+def test_a_new_write_restarts_the_retention_clock(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    state = make_state()
+    store.write(snapshot_shard("job-1", state))
+    push_async(state, 0, 2)
+    newest = store.write(snapshot_shard("job-1", state))
+    _age(tmp_path / "job-1", 1_000.0)
+    for path in (newest, newest.with_suffix(".safetensors")):
+        os.utime(path, (9_000.0, 9_000.0))
+    assert store.sweep(9_000.0 + 10, 100.0) == []
+    assert store.sweep(9_000.0 + 100, 100.0) == ["job-1"]

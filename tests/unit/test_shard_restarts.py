@@ -96,13 +96,40 @@ def test_a_replacement_lost_before_it_was_ready_is_waited_for_again() -> None:
 
 def test_the_wait_is_bounded_by_the_restart_timeout() -> None:
     cluster, job = checkpointing_job()
+    cluster.membership.get(job.shard_ids[0]).name = "shard-0"  # --name (default: the host name)
     lose(cluster, job.shard_ids[0], now=4.0)
     timeout = job.spec.checkpoint.restart_timeout_s
     assert cluster.jobs.expire_restarts(4.0 + timeout - 1) == []
     commands = cluster.jobs.expire_restarts(4.0 + timeout + 1)
     assert job.state is JobState.FAILED
-    assert "shard 0 was lost at version 0 and not restored" in job.message
+    lost = cluster.membership.get(job.shard_ids[0])
+    assert job.message.startswith(
+        f"shard 0 (member {lost.member_id}, name shard-0, address {lost.address}) was lost at version 0 "
+        f"and did not come back within {timeout:g}s (checkpoint.restart_timeout_s); start it again"
+    ), job.message
+    assert "docker compose start SERVICE" in job.message and "submit the job again" in job.message
     assert {c.member_id for c in commands} == set(job.members) - {job.shard_ids[0]}
+
+
+def test_a_running_job_says_which_shard_it_waits_for_until_it_is_back() -> None:
+    cluster, job = checkpointing_job()
+    lose(cluster, job.shard_ids[1], now=4.0)
+    assert job.state is JobState.RUNNING
+    assert job.message.startswith("waiting up to 120s for shard 1 (member ") and "docker stop" in job.message
+    new = replacement(cluster)
+    cluster.jobs.shard_rejoin(cluster.membership.get(new), job.job_id, 1)
+    cluster.jobs.shard_ready(new, job.job_id, version=0, checkpointing=True, now=5.0)
+    assert job.message == ""
+
+
+def test_a_worker_giving_up_on_a_lost_shard_fails_the_job_with_what_to_do() -> None:
+    """The workers wait restart_timeout_s too, and often report first."""
+    cluster, job = checkpointing_job()
+    lose(cluster, job.shard_ids[1], now=4.0)
+    cluster.jobs.task_failed(job.worker_ids[0], job.job_id, "shard 1 at step 3: not back within 120s", now=125.0)
+    assert job.state is JobState.FAILED
+    assert job.message.startswith("shard 1 (member ") and "did not come back within 120s" in job.message
+    assert job.message.endswith("(shard 1 at step 3: not back within 120s)")
 
 
 def test_lost_updates_count_as_handled_and_are_reported_per_restart() -> None:

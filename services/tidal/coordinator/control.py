@@ -120,22 +120,27 @@ class Control:
         previous_id: str = "",
         identity: str = "",
         checkpoints: Sequence[tuple[str, int]] = (),
+        shard_index: int | None = None,
     ) -> tuple[Member, bool]:
         """Registers a member; one that asks for its previous id and is still live resumes it
         (True), keeping its job. Returns the member and whether it resumed. A shard names the
-        checkpoints (job id, shard index) it found at start-up: it may replace a lost shard."""
-        member, resumed = self._join(role, address, name, previous_id, identity)
+        checkpoints (job id, shard index) it found at start-up: it may replace a lost shard;
+        and it may ask for a fixed `shard_index` (--index)."""
+        member, resumed = self._join(role, address, name, previous_id, identity, shard_index)
         self.shard_checkpoints(member.member_id, list(checkpoints))
         return member, resumed
 
-    def _join(self, role: Role, address: str, name: str, previous_id: str, identity: str) -> tuple[Member, bool]:
+    def _join(
+        self, role: Role, address: str, name: str, previous_id: str, identity: str, shard_index: int | None
+    ) -> tuple[Member, bool]:
         now = time.monotonic()
         if previous_id and (member := self.membership.rejoin(previous_id, role, address, now)) is not None:
             log.info("%s %s (%s) resumed its session", role.value, member.member_id, member.name)
             self._save()
             return member, True
-        member = self.membership.register(role, address, name, now, identity)
-        log.info("registered %s %s (%s) %s", role.value, member.member_id, member.name, address)
+        member = self.membership.register(role, address, name, now, identity, shard_index)
+        index = "" if shard_index is None else f" for shard index {shard_index}"
+        log.info("registered %s %s (%s) %s%s", role.value, member.member_id, member.name, address, index)
         if previous_id:
             log.info("%s was %s before; it is a new member now", member.member_id, previous_id)
         self._save()
@@ -392,6 +397,9 @@ class Control:
             self.counters.members_left.labels(member.role.value).inc()
         self.membership.fail(member.member_id, state)
         await self._deliver(self.jobs.member_lost(member, time.time()))
+        job = self.jobs.get(member.job_id) if member.job_id else None
+        if job is not None and job.state is JobState.RUNNING and any(r.recovering for r in job.restarts):
+            log.warning("job %s: %s", job.job_id, job.message)  # says which shard and what to do
         await self._deliver(self._reattach())
         self._save()
         outbox = self._outboxes.pop(member.member_id, None)

@@ -41,8 +41,9 @@ class CoordinatorServicer(coord_grpc.CoordinatorServicer):
             require(authz.check_register(principal, common_pb.Role.Name(request.role), request.member_id))
         identity = identity_for_registration()
         checkpoints = [(c.job_id, c.shard_index) for c in request.checkpoints]
+        shard_index = request.shard_index if request.HasField("shard_index") else None
         member, resumed = self._control.register(
-            role, request.address, request.name, request.member_id, identity, checkpoints
+            role, request.address, request.name, request.member_id, identity, checkpoints, shard_index
         )
         return coord_pb.RegisterResponse(
             member_id=member.member_id,

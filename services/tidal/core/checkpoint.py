@@ -15,6 +15,9 @@ shard; a truncated or tampered file, a manifest that does not match, or a payloa
 not safetensors (a pickle, say) raises `DataLossError`, and `load_latest` falls back to the
 previous valid checkpoint. Nothing is ever unpickled: safetensors and json only.
 
+Only the newest `keep_last` checkpoints of a job's shard are kept, and `sweep` deletes the
+checkpoints of jobs that ended (no write for a retention period) so volumes do not fill up.
+
 The snapshot a checkpoint holds, and its restore into a shard, are in core/shard_snapshot.py;
 what a restore lost is counted in core/recovery.py.
 """
@@ -27,6 +30,8 @@ import json
 import logging
 import os
 import re
+import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +259,23 @@ class CheckpointStore:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
 
+    def sweep(self, now: float, retention_s: float, keep: Collection[str] = ()) -> list[str]:
+        """Deletes the checkpoints of every job not in `keep` whose newest file is at least
+        `retention_s` old at `now` (Unix seconds, as file times are); returns their job ids.
+        A finished job's final checkpoint is its newest, so its age counts from the job's end.
+        0 keeps everything."""
+        if retention_s <= 0 or not self.root.is_dir():
+            return []
+        removed = []
+        for job_dir in sorted(self.root.iterdir()):
+            if not job_dir.is_dir() or not _SAFE_ID.match(job_dir.name) or job_dir.name in keep:
+                continue
+            newest = max((p.stat().st_mtime for p in job_dir.rglob("*") if p.is_file()), default=0.0)
+            if now - newest >= retention_s:
+                shutil.rmtree(job_dir, ignore_errors=True)
+                removed.append(job_dir.name)
+        return removed
+
     def scan(self) -> list[CheckpointRef]:
         """The newest checkpoint per (job, shard) under the root, from the manifests' names
         (cheap; `load_latest` checks them in full when one is restored), newest first."""
@@ -270,4 +292,3 @@ class CheckpointStore:
                     version = int(manifests[0].stem[1:])
                     found.append((manifests[0].stat().st_mtime, CheckpointRef(job_dir.name, int(index), version)))
         return [ref for _, ref in sorted(found, key=lambda x: x[0], reverse=True)]
-

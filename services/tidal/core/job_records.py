@@ -71,6 +71,9 @@ class ShardRestart:
     lost_version: int
     # The replacement once one is assigned ("" while the job waits for one).
     member_id: str = ""
+    # The lost member's name and address, for the message if it does not come back.
+    lost_name: str = ""
+    lost_address: str = ""
     restored_version: int = -1
     # Unix time the replacement was ready (0: recovering).
     ready_at: float = 0.0

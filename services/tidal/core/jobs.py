@@ -122,11 +122,12 @@ class JobManager:
         for job in self._jobs.values():
             if job.state is not JobState.PENDING:
                 continue
-            shards = idle(Role.SHARD)[: job.spec.num_shards]
+            picked = pick_shards(idle(Role.SHARD), job.spec.num_shards)
+            shards = [m for m in picked if m is not None]
             workers = idle(Role.WORKER)[: job.spec.num_workers]
             if blocked_by is not None or len(shards) < job.spec.num_shards or len(workers) < job.spec.num_workers:
                 # First come, first served: later jobs wait behind the first that cannot start.
-                commands += self._wait(job, now, blocked_by, len(shards), len(workers))
+                commands += self._wait(job, now, blocked_by, picked, len(workers))
                 blocked_by = blocked_by or job
                 continue
             # Starting counts as progress, so a job that never reports any still trips the alert.
@@ -143,13 +144,19 @@ class JobManager:
             commands += [PrepareWorker(m, job, job.workers[m].rank) for m in job.worker_ids]
         return commands
 
-    def _wait(self, job: Job, now: float, blocked_by: Job | None, shards: int, workers: int) -> list[Command]:
+    def _wait(
+        self, job: Job, now: float, blocked_by: Job | None, shards: list[Member | None], workers: int
+    ) -> list[Command]:
         """Says in `job.message` what the pending job waits for; past its `schedule_timeout_s`
         it fails with that message."""
         if blocked_by is not None:
             job.message = f"waiting for job {blocked_by.job_id}, queued first, to start"
         else:
-            job.message = "waiting for " + self._lacking(job.spec.num_shards, shards, job.spec.num_workers, workers)
+            placed = sum(m is not None for m in shards)
+            job.message = "waiting for " + self._lacking(job.spec.num_shards, placed, job.spec.num_workers, workers)
+            if placed < job.spec.num_shards and any(m is not None and m.shard_index is not None for m in shards):
+                missing = ", ".join(str(i) for i, m in enumerate(shards) if m is None)
+                job.message += f" (no idle shard can take index {missing}: the others asked for theirs with --index)"
         timeout_s = job.spec.schedule_timeout_s
         if timeout_s is not None and now - job.created_at >= timeout_s:
             reason = f"not scheduled within schedule_timeout_s={timeout_s:g}s, {job.message}"
@@ -332,6 +339,11 @@ class JobManager:
         job = self.get(job_id)
         if member_id not in job.members:
             raise FailedPreconditionError(f"job_id: {member_id} is no longer a member of job {job_id}")
+        waiting = [r for r in job.restarts if r.recovering]
+        if waiting and member_id in job.worker_ids:
+            # A worker gives up on a lost shard after the same restart_timeout_s as the
+            # coordinator, often first: the job's message still says which shard and what to do.
+            reason = f"{not_restored(job, waiting[0])} ({reason})"
         return self.fail(job_id, reason, now)
 
     def member_lost(self, member: Member, now: float) -> list[Command]:
@@ -363,7 +375,11 @@ class JobManager:
             restart.member_id = ""  # the replacement itself was lost: wait for another
         else:
             lost_version = job.shards[member.member_id].version if member.member_id in job.shards else 0
-            job.restarts.append(ShardRestart(index, member.member_id, now, lost_version))
+            restart = ShardRestart(index, member.member_id, now, lost_version)
+            restart.lost_name, restart.lost_address = member.name, member.address
+            job.restarts.append(restart)
+        timeout = job.spec.checkpoint.restart_timeout_s
+        job.message = f"waiting up to {timeout:g}s for {_lost_shard(restart)} to come back; {START_IT_AGAIN}"
         return []
 
     def shard_rejoin(self, member: Member, job_id: str, shard_index: int) -> list[Command]:
@@ -374,6 +390,8 @@ class JobManager:
             return []
         if member.role is not Role.SHARD or not 0 <= shard_index < len(job.shard_ids):
             return []
+        if member.shard_index is not None and member.shard_index != shard_index:
+            return []  # it asked for another index (--index)
         restart = job.pending_restart(shard_index)
         if restart is None or restart.member_id:
             return []
@@ -391,6 +409,8 @@ class JobManager:
         job.shards[restart.member_id] = ShardProgress(version=version, checkpoint_version=version)
         # Workers report exactly what was lost once they reconnect; until then, the last report.
         restart.versions_lost = max(0, lost.version - version)
+        if not any(r.recovering for r in job.restarts):
+            job.message = ""  # no longer waiting for a shard
         return [MoveShard(w, job.job_id, restart.shard_index, restart.member_id, version) for w in job.worker_ids]
 
     def expire_restarts(self, now: float) -> list[Command]:
@@ -402,11 +422,7 @@ class JobManager:
             for r in job.restarts:
                 timeout = job.spec.checkpoint.restart_timeout_s
                 if r.recovering and now - r.lost_at > timeout:
-                    reason = (
-                        f"shard {r.shard_index} was lost at version {r.lost_version} and not restored from its "
-                        f"checkpoint within {timeout:.0f}s (checkpoint.restart_timeout_s)"
-                    )
-                    commands += self.fail(job.job_id, reason, now)
+                    commands += self.fail(job.job_id, not_restored(job, r), now)
                     break
         return commands
 
@@ -441,6 +457,44 @@ class JobManager:
                 self.membership.release(member_id)
                 commands.append(Release(member_id, job.job_id, state, reason))
         return commands
+
+
+def pick_shards(idle: list[Member], count: int) -> list[Member | None]:
+    """Idle shards for the indexes 0..count-1 (None where none fits): each index goes to the
+    shard that asked for it with --index, else to one that asked for none, so a shard keeps
+    its index, and its checkpoint folder holds that index's checkpoints, across jobs."""
+    asked = {m.shard_index: m for m in idle if m.shard_index is not None}
+    free = iter([m for m in idle if m.shard_index is None])
+    return [asked.get(i) or next(free, None) for i in range(count)]
+
+
+# What to do about a lost shard: deployment-neutral, because the coordinator cannot tell how
+# the shard was run. Docker's restart policies ignore `docker stop` and `docker kill`.
+START_IT_AGAIN = (
+    "start it again with the same checkpoint folder and it restores its newest checkpoint (a shard stopped by "
+    "hand, docker stop or docker kill, is not restarted by Docker's restart policies: docker compose start "
+    "SERVICE; on Kubernetes see kubectl get pods)"
+)
+
+
+def _lost_shard(restart: ShardRestart) -> str:
+    """E.g. "shard 1 (member shard-1-2-a1b2c3, name shard-1, address 10.0.0.5:50052)"."""
+    who = [f"member {restart.lost_member}"]
+    if restart.lost_name and restart.lost_name != restart.lost_member:
+        who.append(f"name {restart.lost_name}")
+    if restart.lost_address:
+        who.append(f"address {restart.lost_address}")
+    return f"shard {restart.shard_index} ({', '.join(who)})"
+
+
+def not_restored(job: Job, restart: ShardRestart) -> str:
+    """The failure of a job whose lost shard did not come back in time, with what to do."""
+    timeout = job.spec.checkpoint.restart_timeout_s
+    return (
+        f"{_lost_shard(restart)} was lost at version {restart.lost_version} and did not come back within "
+        f"{timeout:g}s (checkpoint.restart_timeout_s); {START_IT_AGAIN}, then submit the job again (a larger "
+        f"checkpoint.restart_timeout_s waits longer)"
+    )
 
 
 def _accounted(job: Job, shard: ShardProgress) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from tidal.core.authz import bind_member_id
-from tidal.core.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from tidal.core.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 
 
 class Role(Enum):
@@ -47,6 +47,8 @@ class Member:
     # Monotonic seconds of the last sign of life.
     last_seen: float
     job_id: str = ""
+    # Shards: the index this shard always takes (--index); None: any.
+    shard_index: int | None = None
 
     @property
     def live(self) -> bool:
@@ -66,19 +68,34 @@ class Membership:
         # Ended members no job needs: monotonic seconds since when (see `forget_ended`).
         self._unneeded_since: dict[str, float] = {}
 
-    def register(self, role: Role, address: str, name: str, now: float, identity: str = "") -> Member:
-        """A new member; with an authenticated `identity` its id is bound to it (core/authz.py)."""
+    def register(
+        self, role: Role, address: str, name: str, now: float, identity: str = "", shard_index: int | None = None
+    ) -> Member:
+        """A new member; with an authenticated `identity` its id is bound to it (core/authz.py).
+        A shard may ask for a fixed `shard_index`, which no other live shard holds."""
         if role is Role.SHARD and not address:
             raise InvalidArgumentError("address: a shard must give the host:port workers dial")
+        if shard_index is not None:
+            self._check_index(role, shard_index)
         if sum(m.live for m in self._members.values()) >= self._max_members:
             raise ResourceExhaustedError(f"members: the cluster already has {self._max_members} live members")
         member_id = bind_member_id(f"{role.value}-{self.next_id}-{secrets.token_hex(3)}", identity)
         self.next_id += 1
-        member = Member(member_id, role, address, name or member_id, MemberState.IDLE, now)
+        member = Member(member_id, role, address, name or member_id, MemberState.IDLE, now, shard_index=shard_index)
         self._members[member_id] = member
         self._changed.add(member_id)
         self.epoch += 1
         return member
+
+    def _check_index(self, role: Role, shard_index: int) -> None:
+        if role is not Role.SHARD:
+            raise InvalidArgumentError("shard_index: only a shard takes a shard index (--index)")
+        for m in self._members.values():
+            if m.live and m.role is Role.SHARD and m.shard_index == shard_index:
+                raise AlreadyExistsError(
+                    f"shard_index: shard index {shard_index} is taken by the live shard {m.member_id} ({m.name}, "
+                    f"{m.address}); give each shard its own --index (TIDAL_SHARD_INDEX)"
+                )
 
     def rejoin(self, member_id: str, role: Role, address: str, now: float) -> Member | None:
         """The member `member_id`, if it is still live with this role: its session broke (or

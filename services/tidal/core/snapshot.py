@@ -29,6 +29,7 @@ def member_to_dict(member: Member) -> dict[str, Any]:
         "name": member.name,
         "state": member.state.value,
         "job_id": member.job_id,
+        "shard_index": member.shard_index,
     }
 
 
@@ -44,6 +45,8 @@ def member_from_dict(data: dict[str, Any], last_seen: float) -> Member:
             state=MemberState(data["state"]),
             last_seen=last_seen,
             job_id=_str(data, "job_id"),
+            # Absent in state saved before shards could ask for an index.
+            shard_index=None if data.get("shard_index") is None else int(data["shard_index"]),
         )
 
 

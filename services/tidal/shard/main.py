@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["ParameterShard"].full_name]
 # Progress reports are sent at most this often, in seconds, and once more after the last change.
 PROGRESS_INTERVAL_S = 0.1
+# Checkpoint retention is applied at start and this often, in seconds.
+SWEEP_INTERVAL_S = 3600.0
 
 
 def restore_state(store: CheckpointStore, job_id: str, state: ShardState) -> RecoveryLedger:
@@ -72,8 +75,11 @@ class ShardNode:
         metrics: ShardMetrics,
         store: CheckpointStore | None = None,
         checkpoint_metrics: CheckpointMetrics | None = None,
+        retention_s: float = 0.0,
     ) -> None:
         self.session = session
+        # Ended jobs' checkpoints are deleted this long after their last write (0: never).
+        self.retention_s = retention_s
         self.metrics = metrics
         self.store = store
         self.checkpoint_metrics = checkpoint_metrics
@@ -181,6 +187,28 @@ class ShardNode:
         self.runtime = self._reporter = None  # last_runtime keeps the final parameters readable
         self._checkpointer = self._checkpoint_task = None
 
+    def sweep_checkpoints(self, now: float) -> list[str]:
+        """Deletes the checkpoints of ended jobs past the retention (CheckpointStore.sweep);
+        the job this shard runs is kept whatever its age. Runs in a thread."""
+        if self.store is None or self.retention_s <= 0:
+            return []
+        runtime = self.runtime
+        try:
+            removed = self.store.sweep(now, self.retention_s, {runtime.job_id} if runtime else ())
+        except OSError as exc:
+            log.warning("deleting old checkpoints failed (tried again in an hour): %s", exc)
+            return []
+        if removed:
+            log.info("deleted the checkpoints of %d jobs not written for %gs (--checkpoint-retention-s): %s",
+                     len(removed), self.retention_s, ", ".join(removed))  # fmt: skip
+        return removed
+
+    async def sweep_hourly(self) -> None:
+        """`sweep_checkpoints` every SWEEP_INTERVAL_S until cancelled (the first ran at start)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.to_thread(self.sweep_checkpoints, time.time())
+
     async def resume(self, resumed: bool) -> None:
         """After the coordinator session was reopened: a shard the coordinator no longer
         knows drops its job; one that resumed reports its progress again at once."""
@@ -235,6 +263,9 @@ async def run_shard(
     checkpoint_dir: Path | None = None,
     checkpoint_fault: str = "",
     *,
+    checkpoint_retention_s: float = 0.0,
+    name: str = "",
+    shard_index: int | None = None,
     settings: ServiceSettings,
 ) -> int:
     registry = CollectorRegistry()
@@ -251,14 +282,23 @@ async def run_shard(
         common_pb.ROLE_SHARD,
         security,
         address=f"{advertise_host}:{bound_port}",
-        name=socket.gethostname(),
+        name=name or socket.gethostname(),
         checkpoints=checkpoints,
+        shard_index=shard_index,
     )
-    node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry))
+    node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry), checkpoint_retention_s)
+    # Before registering, so the checkpoints reported to the coordinator are the ones kept.
+    node.sweep_checkpoints(time.time())
+    sweeper = None
+    if store is not None and checkpoint_retention_s > 0:
+        sweeper = node.supervisor.spawn("checkpoint retention", node.sweep_hourly())
     add_to_server(ShardServicer(node, settings.shared_memory), server)
     ports = MemberPorts(host, bound_port, metrics_port)
     member = serve_member(
         "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job,
         security=security,
     )  # fmt: skip
-    return await serve_shard(member, node)
+    try:
+        return await serve_shard(member, node)
+    finally:
+        await cancel_and_wait(sweeper)

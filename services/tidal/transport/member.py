@@ -89,6 +89,7 @@ async def serve_member(
     supervisor = Supervisor(stop)
     supervisor.watch("metrics server", metrics_task)
     code = 0
+    registered = False
     try:
         await asyncio.to_thread(warm_up)
         # Start-up objects (torch, protobuf, pandas) never die: keep them out of the garbage
@@ -96,6 +97,7 @@ async def serve_member(
         gc.collect()
         gc.freeze()
         member_id = await session.register(register_timeout_s)
+        registered = True
         await set_health(health, service_names, serving=True)
         info = {"role": role, "grpc_port": ports.grpc_port, "metrics_port": metrics_port, "member_id": member_id}
         write_ready_file(ready_file, info)
@@ -118,6 +120,8 @@ async def serve_member(
             await node.release()
             await session.leave("shutting down")
     except TidalError as exc:
+        if not registered:
+            raise  # refused or unreachable at start: one line from the command (cli_common.run_async)
         log.exception("%s", exc)
         code = 1
     finally:

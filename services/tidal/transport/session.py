@@ -55,11 +55,12 @@ class MemberSession:
         name: str = "",
         reconnect_timeout_s: float = 60.0,
         checkpoints: Callable[[], list[coord_pb.ShardCheckpoint]] | None = None,
+        shard_index: int | None = None,
     ) -> None:
         self._channel = create_channel(coordinator_address, security)
         self._stub = coord_grpc.CoordinatorStub(self._channel)
         self._coordinator_address = coordinator_address
-        self._request = coord_pb.RegisterRequest(role=role, address=address, name=name)
+        self._request = coord_pb.RegisterRequest(role=role, address=address, name=name, shard_index=shard_index)
         # Shards: what their checkpoint folder holds, read afresh at every registration.
         self._checkpoints = checkpoints
         self._outgoing: asyncio.Queue[coord_pb.SessionRequest] = asyncio.Queue()

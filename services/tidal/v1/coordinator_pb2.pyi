@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("role", "address", "name", "member_id", "checkpoints")
+    __slots__ = ("role", "address", "name", "member_id", "checkpoints", "shard_index")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     role: _common_pb2.Role
     address: str
     name: str
     member_id: str
     checkpoints: _containers.RepeatedCompositeFieldContainer[ShardCheckpoint]
-    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., member_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[ShardCheckpoint, _Mapping]]] = ...) -> None: ...
+    shard_index: int
+    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., address: _Optional[str] = ..., name: _Optional[str] = ..., member_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[ShardCheckpoint, _Mapping]]] = ..., shard_index: _Optional[int] = ...) -> None: ...
 
 class ShardCheckpoint(_message.Message):
     __slots__ = ("job_id", "shard_index", "version")

@@ -56,7 +56,8 @@ class WorkerNode(worker_grpc.WorkerServicer):
     async def GetWorkerInfo(
         self, request: worker_pb.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb.GetWorkerInfoResponse:
-        return worker_info_to_proto(self.session.member_id, self.run, self.slowdown)
+        slowdown = self.run.straggler.slowdown if self.run else self.slowdown
+        return worker_info_to_proto(self.session.member_id, self.run, slowdown)
 
     async def on_command(self, command: commands.Command) -> None:
         run = self.run
@@ -153,7 +154,6 @@ class WorkerNode(worker_grpc.WorkerServicer):
         assignment = assignment_from_command(assign)
         job_id = assignment.job_id
         metrics = self.metrics.for_job(job_id, assignment.spec.mode.value, self.session.member_id)
-        self.metrics.slowdown.labels(self.session.member_id).set(self.slowdown)
         if prepared is None:
             a = assignment
             slot = data_slot(a.worker_id, a.rank, a.world_size, a.worker_ids)
@@ -162,6 +162,9 @@ class WorkerNode(worker_grpc.WorkerServicer):
         self.run = run = await asyncio.to_thread(
             TrainingRun, assignment, prepared, self.slowdown, metrics, self.settings
         )
+        # The factor in force: --slowdown times the job spec's stragglers entry for this rank
+        # (the flag alone showed 1.0 for a straggler declared in the spec).
+        self.metrics.slowdown.labels(self.session.member_id).set(run.straggler.slowdown)
         self._apply_membership()  # a change that arrived while the run was being built
         log.info(
             "job %s: rank %d of %d, %d training samples",
@@ -207,12 +210,13 @@ async def run_worker(
     register_timeout_s: float,
     exit_after_job: bool = False,
     *,
+    name: str = "",
     settings: ServiceSettings,
 ) -> int:
     registry = CollectorRegistry()
     security = settings.security
     server, bound_port = create_server(f"{host}:{port}", security, [GrpcMetricsInterceptor(registry)])
-    session = MemberSession(coordinator, common_pb.ROLE_WORKER, security, name=socket.gethostname())
+    session = MemberSession(coordinator, common_pb.ROLE_WORKER, security, name=name or socket.gethostname())
     node = WorkerNode(session, slowdown, WorkerMetrics(registry), settings)
     worker_grpc.add_WorkerServicer_to_server(node, server)
     ports = MemberPorts(host, bound_port, metrics_port)

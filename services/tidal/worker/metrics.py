@@ -65,7 +65,10 @@ class WorkerMetrics:
             registry=registry,
         )  # fmt: skip
         self.slowdown = Gauge(
-            "tidal_worker_slowdown", "Configured straggler factor of this worker (1 = full speed).", ["worker"],
+            "tidal_worker_slowdown",
+            "Straggler factor of this worker's current job: --slowdown times the job spec's stragglers entry for "
+            "its rank (1 = full speed).",
+            ["worker"],
             registry=registry,
         )  # fmt: skip
         self._bound: JobWorkerMetrics | None = None
