@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -120,12 +121,28 @@ def _merge(base: Any, override: Any) -> Any:
     return override
 
 
-def compose_model(*files: Path) -> dict[str, Any]:
-    """The compose model of `files` (YAML anchors and merge keys resolved, later files win)."""
+# ${NAME:-default} as compose interpolates it; $${...} is compose's escape for a literal ${...}.
+_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+):-([^}]*)\}")
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """`value` with every ${NAME:-default} replaced as compose would with `env` (as .env)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(2), value)
+    return value
+
+
+def compose_model(*files: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The compose model of `files` (YAML anchors and merge keys resolved, later files win),
+    with the variables of `env` (default: none set, so every ${NAME:-default} is its default)."""
     model: dict[str, Any] = {}
     for path in files:
         model = _merge(model, yaml.safe_load(path.read_text()))
-    return model
+    return interpolate(model, env or {})
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:
