@@ -26,6 +26,7 @@ from tidal.cli_common import (
     Port,
     ReadyFile,
     RegisterTimeout,
+    ScrapeTargetDir,
     SharedMemory,
     Threads,
     build_cluster_env,
@@ -150,6 +151,7 @@ def coordinator(
         str, typer.Option(envvar=ENV["control_fault"], hidden=True, help="Tests only: crash the control loop.")
     ] = "",
     ready_file: ReadyFile = None,
+    scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
     allow_plaintext: AllowPlaintext = False,
 ) -> None:
@@ -173,6 +175,7 @@ def coordinator(
                 state_dir,
                 fault,
                 security=security,
+                scrape_target_dir=scrape_target_dir,
             )
         )
     )
@@ -236,6 +239,7 @@ def shard(
     ] = "",
     shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
+    scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
     allow_plaintext: AllowPlaintext = False,
@@ -259,6 +263,7 @@ def shard(
                 checkpoint_dir,
                 checkpoint_fault,
                 settings=settings,
+                scrape_target_dir=scrape_target_dir,
             )
         )
     )
@@ -277,6 +282,7 @@ def worker(
     exit_after_job: ExitAfterJob = False,
     shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
+    scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
     allow_plaintext: AllowPlaintext = False,
@@ -304,6 +310,7 @@ def worker(
                 register_timeout,
                 exit_after_job,
                 settings=settings,
+                scrape_target_dir=scrape_target_dir,
             )
         )
     )

@@ -111,13 +111,17 @@ def check_invocation(args: list[str], env: dict[str, str], where: str) -> tuple[
 
 
 # --- docker compose --------------------------------------------------------------------
-def _merge(base: Any, override: Any) -> Any:
-    """Compose's merge for what our files use: mappings merge key by key, the rest is replaced."""
+def _merge(base: Any, override: Any, key: str = "") -> Any:
+    """Compose's merge for what our files use: mappings merge key by key, a service's volumes by
+    the path they are mounted at, the rest is replaced."""
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
-        for key, value in override.items():
-            merged[key] = _merge(base.get(key), value) if key in base else value
+        for name, value in override.items():
+            merged[name] = _merge(base.get(name), value, name) if name in base else value
         return merged
+    if key == "volumes" and isinstance(base, list) and isinstance(override, list):
+        targets = {v.split(":")[1] for v in override}
+        return [v for v in base if v.split(":")[1] not in targets] + override
     return override
 
 
