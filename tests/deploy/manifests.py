@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_OVERRIDE = ROOT / "docker-compose.override.yml"
 HOST_NETWORK = ROOT / "deploy" / "compose" / "host-network.yml"
+# Every variable of the compose files, with the files' defaults (operators copy it to .env).
+ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -39,6 +41,7 @@ BYO_COMPOSE = ROOT / "deploy" / "compose" / "byo-workers.yml"
 BYO_COMPONENT = K8S / "components" / "byo-workers"
 BYO_DOCKERFILE = ROOT / "deploy" / "docker" / "byo-worker.Dockerfile"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+HOST_NETWORK_PROMETHEUS = ROOT / "deploy" / "prometheus" / "host-network.yml"
 
 
 def require_tool(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import yaml
 from tests.deploy.manifests import (
     COMPOSE_FILE,
     COMPOSE_OVERRIDE,
+    ENV_EXAMPLE,
     HOST_NETWORK,
+    HOST_NETWORK_PROMETHEUS,
     PROMETHEUS_CONFIG,
     ROOT,
     compose_model,
@@ -31,9 +34,10 @@ SERVICES = DEFAULT["services"]
 
 
 def host_path(service: dict, container_path: str) -> Path:
-    """The file of this repository that a bind mount puts at `container_path`."""
-    for volume in service.get("volumes", []):
-        source, target = volume.split(":")[:2]
+    """The file of this repository that a bind mount puts at `container_path` (the deepest
+    mount wins, as in the container)."""
+    binds = [volume.split(":")[:2] for volume in service.get("volumes", [])]
+    for source, target in sorted(binds, key=lambda b: len(b[1]), reverse=True):
         if source.startswith("./") and (container_path == target or container_path.startswith(target + "/")):
             return ROOT / source / Path(container_path).relative_to(target)
     raise AssertionError(f"nothing mounted at {container_path}")
@@ -44,20 +48,29 @@ def demo_spec() -> dict:
     return load_spec_file(host_path(SERVICES["submit"], args[1]))
 
 
-@pytest.mark.parametrize(
-    "files",
-    [[], [COMPOSE_FILE, HOST_NETWORK]],
-    ids=["default (with docker-compose.override.yml)", "host network"],
-)
-def test_docker_compose_1_29_accepts_the_files(files: list[Path]) -> None:
+def docker_compose(*args: str, env_file: Path = ENV_EXAMPLE) -> str:
+    """`docker-compose --env-file ENV_FILE ARGS` (1.29) in the repository, without this shell's
+    TIDAL_* and COMPOSE_* variables or a local .env: only `env_file` sets variables."""
     tool = require_tool("docker-compose")
     version = subprocess.run(
         [tool, "version", "--short"], check=False, capture_output=True, text=True, timeout=60
     ).stdout
     assert version.startswith("1.29"), f"expected docker-compose 1.29, got {version!r}"
-    args = [tool, *(a for f in files for a in ("-f", str(f))), "config", "-q"]
-    done = subprocess.run(args, check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIDAL_", "COMPOSE_"))}
+    done = subprocess.run(
+        [tool, "--env-file", str(env_file), *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+VARIANTS = {"default": [], "host network": [COMPOSE_FILE, HOST_NETWORK]}
+
+
+@pytest.mark.parametrize("files", VARIANTS.values(), ids=VARIANTS.keys())
+def test_docker_compose_1_29_accepts_the_files(files: list[Path]) -> None:
+    docker_compose(*(a for f in files for a in ("-f", str(f))), "--profile", "monitoring", "config", "-q")
 
 
 def test_no_version_or_name_key_so_compose_v1_and_v2_agree() -> None:
@@ -217,3 +230,40 @@ def test_host_network_variant_uses_loopback_and_distinct_fixed_ports() -> None:
             ports += [env[k] for k in ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT") if k in env]
     assert len(ports) == len(set(ports)), f"ports collide on the host network: {sorted(ports)}"
     assert env_of(services["worker"])["TIDAL_PORT"] == "0"
+
+
+def test_host_network_prometheus_reads_the_files_every_tidal_service_writes() -> None:
+    """deploy/prometheus/host-network.yml reads /etc/prometheus/targets: the volume every
+    coordinator, shard and worker writes its scrape target file into (TIDAL_SCRAPE_TARGET_DIR)."""
+    services = HOST["services"]
+    prometheus = services["prometheus"]
+    assert host_path(prometheus, "/etc/prometheus/prometheus.yml") == HOST_NETWORK_PROMETHEUS
+    (volume,) = [
+        v for t, (v, ro) in named_mounts(prometheus, HOST["volumes"]).items() if t == "/etc/prometheus/targets"
+    ]
+    assert named_mounts(prometheus, HOST["volumes"])["/etc/prometheus/targets"] == (volume, True)
+    writers = set()
+    for name, service in tidal_services(HOST).items():
+        directory = env_of(service).get("TIDAL_SCRAPE_TARGET_DIR")
+        if directory is not None:
+            assert named_mounts(service, HOST["volumes"])[directory] == (volume, False), name
+            writers.add(name)
+    assert writers == {"coordinator", "shard-0", "shard-1", "worker"}
+    assert not any("TIDAL_SCRAPE_TARGET_DIR" in env_of(s) for s in DEFAULT["services"].values())
+    # Memory only (nothing outlives the stack), writable by the image's user.
+    opts = HOST["volumes"][volume]["driver_opts"]
+    assert opts["type"] == "tmpfs" and "uid=10001" in opts["o"].split(",")
+
+
+def test_host_network_grafana_reads_the_host_network_prometheus() -> None:
+    grafana = HOST["services"]["grafana"]
+    datasource = host_path(grafana, "/etc/grafana/provisioning/datasources/prometheus.yaml")
+    ours, default = (
+        yaml.safe_load(p.read_text())
+        for p in (datasource, ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml")
+    )
+    (source,) = ours["datasources"]
+    url_var = source.pop("url").removeprefix("$")
+    assert ours == {**default, "datasources": [{k: v for k, v in default["datasources"][0].items() if k != "url"}]}
+    listen = [a for a in HOST["services"]["prometheus"]["command"] if a.startswith("--web.listen-address=")]
+    assert [f"--web.listen-address={env_of(grafana)[url_var].removeprefix('http://')}"] == listen
