@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.deploy.manifests import (
@@ -23,7 +24,7 @@ from tests.deploy.manifests import (
     env_of,
     tidal_services,
 )
-from tests.deploy.test_compose import docker_compose
+from tests.deploy.test_compose import COMPOSE_TOOLS, docker_compose
 
 FILES = (COMPOSE_FILE, COMPOSE_OVERRIDE, HOST_NETWORK)
 VARIABLE = re.compile(r"(?<!\$)\$\{(\w+):-([^}]*)\}")
@@ -77,30 +78,35 @@ def test_env_example_lists_every_port_variable_of_the_files_with_its_one_default
     assert commented_example("COMPOSE_PROFILES") == "monitoring"
 
 
-def rendered(env_file: Path, *files: Path) -> dict[str, Any]:
-    args = [a for f in files for a in ("-f", str(f))]
-    return yaml.safe_load(docker_compose(*args, "--profile", "monitoring", "config", env_file=env_file))
+def rendered(tool: str, env_file: Path, *files: Path, profile: bool = True) -> dict[str, Any]:
+    args = [a for f in files for a in ("-f", str(f))] + (["--profile", "monitoring"] if profile else [])
+    return yaml.safe_load(docker_compose(*args, "config", env_file=env_file, tool=tool))
 
 
 def published(service: dict[str, Any]) -> set[str]:
-    """Host ports of `ports:` entries as 1.29 renders them (127.0.0.1:HOST:CONTAINER/tcp)."""
+    """Host ports of `ports:` entries as 1.29 (127.0.0.1:HOST:CONTAINER/tcp) or v2 (a mapping)
+    renders them."""
     out = set()
     for entry in service.get("ports", []):
-        ip, host, _ = str(entry).split(":")
+        if isinstance(entry, dict):
+            ip, host = entry["host_ip"], str(entry["published"])
+        else:
+            ip, host, _ = str(entry).split(":")
         assert ip == "127.0.0.1", entry
         out.add(host)
     return out
 
 
-def test_one_env_file_moves_every_port_of_both_variants(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tool", COMPOSE_TOOLS)
+def test_one_env_file_moves_every_port_of_both_variants(tmp_path: Path, tool: str) -> None:
     """The issue's "done": with every variable of .env.example moved, no service binds or dials
-    a default port any more, in docker-compose 1.29's own rendering."""
+    a default port any more, in Compose's own rendering."""
     names = sorted(example())
     moved = {name: str(31000 + i) for i, name in enumerate(names)}
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in moved.items()))
 
-    default = rendered(env_file)["services"]
+    default = rendered(tool, env_file)["services"]
     assert {p for s in default.values() for p in published(s)} == {
         moved[n]
         for n in (
@@ -111,7 +117,7 @@ def test_one_env_file_moves_every_port_of_both_variants(tmp_path: Path) -> None:
         )
     }
 
-    host = rendered(env_file, COMPOSE_FILE, HOST_NETWORK)
+    host = rendered(tool, env_file, COMPOSE_FILE, HOST_NETWORK)
     services = host["services"]
     bound = set()
     for name, service in tidal_services(host).items():
@@ -134,10 +140,11 @@ def test_one_env_file_moves_every_port_of_both_variants(tmp_path: Path) -> None:
         assert env_of(service) == env_of(services[name]), name
 
 
-def test_compose_file_of_env_example_selects_the_host_network_variant_without_f(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tool", COMPOSE_TOOLS)
+def test_compose_file_of_env_example_selects_the_host_network_variant_without_f(tmp_path: Path, tool: str) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text(f"COMPOSE_FILE={commented_example('COMPOSE_FILE')}\n")
-    services = yaml.safe_load(docker_compose("config", env_file=env_file))["services"]
+    services = yaml.safe_load(docker_compose("config", env_file=env_file, tool=tool))["services"]
     assert {name: s.get("network_mode") for name, s in services.items()} == dict.fromkeys(services, "host")
 
 
@@ -220,3 +227,11 @@ def test_smoke_checks_every_fixed_port_of_the_host_network_services_before_build
     assert set(array.split()) == used
     check = script.index('scripts/compose-ports.py "${PORT_VARS[@]}"')
     assert check < script.index('step "tools"') < script.index("docker build"), "ports are checked first"
+
+
+def test_compose_v2_leaves_the_monitoring_profile_out_unless_asked(tmp_path: Path) -> None:
+    """What `docker compose up` starts (docker-compose 1.29's `config` ignores profiles)."""
+    for files in ((), (COMPOSE_FILE, HOST_NETWORK)):
+        services = set(rendered("v2", ENV_EXAMPLE, *files, profile=False)["services"])
+        assert services == {"certs", "coordinator", "shard-0", "shard-1", "worker", "submit"}, files
+        assert set(MONITORING) <= set(rendered("v2", ENV_EXAMPLE, *files)["services"])

@@ -1,4 +1,4 @@
-"""The README's docker compose commands hold for both variants: docker-compose 1.29 accepts each
+"""The README's docker compose commands hold for both variants: Compose (1.29, and v2 where found) accepts each
 one's files and profile (the default files, and the host-network ones through the COMPOSE_FILE
 line of .env.example), and the `tidal` command each `run` gives the `submit` service parses with
 that service's environment and dials the coordinator's port."""
@@ -21,7 +21,7 @@ from tests.deploy.manifests import (
     compose_model,
     env_of,
 )
-from tests.deploy.test_compose import docker_compose
+from tests.deploy.test_compose import COMPOSE_TOOLS, docker_compose
 
 VARIANTS = {"default": (COMPOSE_FILE, COMPOSE_OVERRIDE), "host network": (COMPOSE_FILE, HOST_NETWORK)}
 # `docker compose` options that come before the subcommand and take a value.
@@ -60,15 +60,16 @@ def test_the_readme_shows_up_with_and_without_monitoring_and_runs_through_submit
 
 @pytest.mark.parametrize("words", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("tool", COMPOSE_TOOLS)
 def test_docker_compose_accepts_each_readme_command_in_both_variants(
-    words: list[str], variant: str, tmp_path: Path
+    words: list[str], variant: str, tool: str, tmp_path: Path
 ) -> None:
     env_file = ENV_EXAMPLE
     if variant == "host network":  # as the README says: the COMPOSE_FILE line of .env.example, uncommented
         env_file = tmp_path / ".env"
         env_file.write_text(re.sub(r"^#(COMPOSE_FILE=)", r"\1", ENV_EXAMPLE.read_text(), flags=re.MULTILINE))
     global_options, _, _ = split_global(words)
-    rendered = docker_compose(*global_options, "config", env_file=env_file)
+    rendered = docker_compose(*global_options, "config", env_file=env_file, tool=tool)
     assert ("network_mode: host" in rendered) is (variant == "host network")
 
 
