@@ -150,6 +150,11 @@ for shard in shard-0 shard-1; do
   echo "$shard checkpoints (named volume): $("${COMPOSE[@]}" exec -T "$shard" sh -c 'ls -R /var/lib/tidal/checkpoints | tr "\n" " "')"
 done
 echo "networks: $(docker network ls --format '{{.Name}}/{{.Driver}}' | tr '\n' ' ')"
+# What Prometheus (profile monitoring, deploy/prometheus/host-network.yml) would read: one file
+# per service in the shared tmpfs volume, written by the image's user.
+targets=$("${COMPOSE[@]}" exec -T worker sh -c 'ls /var/lib/tidal/scrape-targets' | tr '\n' ' ')
+echo "scrape targets (volume scrape-targets): $targets"
+[ "$(wc -w <<<"$targets")" -eq 6 ] || fail "expected 6 scrape target files (coordinator, 2 shards, 3 workers)"
 
 step "down: SIGTERM, each service must stop gracefully within its stop_grace_period"
 "${COMPOSE[@]}" stop >/dev/null
