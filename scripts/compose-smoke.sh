@@ -9,9 +9,12 @@
 #                            missing and starts dockerd when none runs)
 #
 # Minutes (debootstrap, then a torch-sized image), so not part of CI; deploy/SMOKE.md records
-# the last run. Prometheus and Grafana are left out: their images cannot be pulled here.
+# the last run. Prometheus and Grafana (profile `monitoring`) are left out: their images cannot
+# be pulled here. Ports come from .env (.env.example), as for any `docker compose up`; they are
+# checked first, before minutes of building.
 # Environment: TORCH_WHEEL_DIR (default /opt/wheels) holds the CPU torch wheel of
-# constraints.txt; TIDAL_SMOKE_WORKDIR (default /tmp/tidal-compose-smoke); PYTHON.
+# constraints.txt; TIDAL_SMOKE_WORKDIR (default /tmp/tidal-compose-smoke); PYTHON; any variable
+# of .env.example.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,12 +26,20 @@ PYTHON=${PYTHON:-.venv/bin/python}
 WHEELS=deploy/docker/wheels
 COMPOSE=(docker-compose -p tidal-smoke -f docker-compose.yml -f deploy/compose/host-network.yml)
 SERVICES=(coordinator shard-0 shard-1 worker submit)
-# Every fixed port of deploy/compose/host-network.yml (workers bind free ones).
-PORTS=(50051 8080 9464 50052 9465 50062 9475)
+# The variables (.env) of every fixed port the tidal services of deploy/compose/host-network.yml
+# bind (workers bind free ones; tests/deploy checks this list against the file).
+PORT_VARS=(TIDAL_COORDINATOR_GRPC_PORT TIDAL_COORDINATOR_HTTP_PORT TIDAL_COORDINATOR_METRICS_PORT
+  TIDAL_SHARD0_GRPC_PORT TIDAL_SHARD0_METRICS_PORT TIDAL_SHARD1_GRPC_PORT TIDAL_SHARD1_METRICS_PORT)
 JOB_TIMEOUT_S=900
 
+# A variable's value as compose resolves it (the environment, .env, the default).
+port_of() { "$PYTHON" scripts/compose-ports.py --resolve-only "$1"; }
 step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 fail() { echo "compose-smoke: $*" >&2; exit 1; }
+
+step "ports on 127.0.0.1 (.env)"
+# One line per port taken, naming the variable to set in .env; nothing is built before.
+"$PYTHON" scripts/compose-ports.py "${PORT_VARS[@]}" || fail "ports taken (above)"
 
 [ "$(id -u)" -eq 0 ] || fail "needs root: it starts dockerd"
 mkdir -p "$WORK"
@@ -94,18 +105,8 @@ docker image inspect "$IMAGE" --format '{{.Id}} {{.Size}} bytes, user {{.Config.
 
 step "compose config (docker-compose.yml + deploy/compose/host-network.yml)"
 "${COMPOSE[@]}" config -q
-"$PYTHON" - "${PORTS[@]}" <<'EOF'
-import socket, sys
-busy = []
-for port in map(int, sys.argv[1:]):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            busy.append(port)
-if busy:
-    sys.exit(f"compose-smoke: ports already in use on 127.0.0.1: {busy}")
-EOF
+# Again: the build took minutes, in which another program may have taken one.
+"$PYTHON" scripts/compose-ports.py "${PORT_VARS[@]}" || fail "ports taken (above)"
 
 step "up: ${SERVICES[*]}"
 start=$(date +%s)
@@ -122,20 +123,22 @@ docker logs "$submit" 2>&1 | tail -5
 
 step "the cluster, as the CLI and the REST API see it (mutual TLS, the admin certificate of submit)"
 # `run` the submit service: its image, its admin share of the certificates, its environment.
+# Its TIDAL_COORDINATOR (127.0.0.1 and the port of .env) is the address: no --coordinator.
 RUN_ADMIN=("${COMPOSE[@]}" run --rm --no-deps -T)
-"${RUN_ADMIN[@]}" submit status --coordinator 127.0.0.1:50051
-"${RUN_ADMIN[@]}" submit cluster --coordinator 127.0.0.1:50051
-"${RUN_ADMIN[@]}" --entrypoint python3 submit - <<'EOF'
-import json, ssl, urllib.request
+"${RUN_ADMIN[@]}" submit status
+"${RUN_ADMIN[@]}" submit cluster
+"${RUN_ADMIN[@]}" -e HTTP_PORT="$(port_of TIDAL_COORDINATOR_HTTP_PORT)" --entrypoint python3 submit - <<'EOF'
+import json, os, ssl, urllib.request
 context = ssl.create_default_context(cafile="/etc/tidal/tls/ca.crt")
 token = open("/etc/tidal/tls/admin.token").read().strip()
-request = urllib.request.Request("https://127.0.0.1:8080/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+url = f"https://127.0.0.1:{os.environ['HTTP_PORT']}/v1/jobs"
+request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
 with urllib.request.urlopen(request, timeout=10, context=context) as r:
     jobs = json.load(r)["jobs"]
 for j in jobs:
     print("REST /v1/jobs:", j["job_id"], j["state"], "version", j.get("version"), "val_accuracy", j.get("val_accuracy"))
 EOF
-if "${RUN_ADMIN[@]}" -e TIDAL_TLS_DIR= -e TIDAL_ALLOW_PLAINTEXT=1 submit status --coordinator 127.0.0.1:50051; then
+if "${RUN_ADMIN[@]}" -e TIDAL_TLS_DIR= -e TIDAL_ALLOW_PLAINTEXT=1 submit status; then
   fail "a plaintext client was answered"
 fi
 echo "a plaintext client is refused (above), as it must be"
@@ -147,6 +150,11 @@ for shard in shard-0 shard-1; do
   echo "$shard checkpoints (named volume): $("${COMPOSE[@]}" exec -T "$shard" sh -c 'ls -R /var/lib/tidal/checkpoints | tr "\n" " "')"
 done
 echo "networks: $(docker network ls --format '{{.Name}}/{{.Driver}}' | tr '\n' ' ')"
+# What Prometheus (profile monitoring, deploy/prometheus/host-network.yml) would read: one file
+# per service in the shared tmpfs volume, written by the image's user.
+targets=$("${COMPOSE[@]}" exec -T worker sh -c 'ls /var/lib/tidal/scrape-targets' | tr '\n' ' ')
+echo "scrape targets (volume scrape-targets): $targets"
+[ "$(wc -w <<<"$targets")" -eq 6 ] || fail "expected 6 scrape target files (coordinator, 2 shards, 3 workers)"
 
 step "down: SIGTERM, each service must stop gracefully within its stop_grace_period"
 "${COMPOSE[@]}" stop >/dev/null

@@ -27,6 +27,7 @@ from tidal.cli_common import (
     Port,
     ReadyFile,
     RegisterTimeout,
+    ScrapeTargetDir,
     SharedMemory,
     Threads,
     build_cluster_env,
@@ -152,6 +153,7 @@ def coordinator(
         str, typer.Option(envvar=ENV["control_fault"], hidden=True, help="Tests only: crash the control loop.")
     ] = "",
     ready_file: ReadyFile = None,
+    scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
     allow_plaintext: AllowPlaintext = False,
 ) -> None:
@@ -175,6 +177,7 @@ def coordinator(
                 state_dir,
                 fault,
                 security=security,
+                scrape_target_dir=scrape_target_dir,
             )
         )
     )
@@ -258,6 +261,7 @@ def shard(
     ] = "",
     shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
+    scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
     allow_plaintext: AllowPlaintext = False,
@@ -284,6 +288,7 @@ def shard(
                 name=name,
                 shard_index=index,
                 settings=settings,
+                scrape_target_dir=scrape_target_dir,
             )
         )
     )
@@ -303,6 +308,7 @@ def worker(
     name: Name = "",
     shared_memory: SharedMemory = "auto",
     ready_file: ReadyFile = None,
+    scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
     torch_threads: Threads = 1,
     allow_plaintext: AllowPlaintext = False,
@@ -331,6 +337,7 @@ def worker(
                 exit_after_job,
                 name=name,
                 settings=settings,
+                scrape_target_dir=scrape_target_dir,
             )
         )
     )

@@ -47,6 +47,14 @@ MetricsPort = Annotated[
         "or any free port when another service on the host holds it.",
     ),
 ]
+ScrapeTargetDir = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=ENV["scrape_target_dir"],
+        help="Write ROLE-PORT.json here once serving: where /metrics is, for Prometheus' file_sd_configs "
+        "(deploy/prometheus/host-network.yml).",
+    ),
+]
 Port = Annotated[int, typer.Option(envvar=ENV["port"], min=0, max=65535, help="gRPC port to bind (0 = any).")]
 ExitAfterJob = Annotated[
     bool,

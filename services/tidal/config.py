@@ -39,6 +39,9 @@ ENV = {
     # coordinator, tests only: "crash_control_loop" makes its control loop raise after a tick
     # (core/faults.py), to show the crash ends the process non-zero
     "control_fault": "TIDAL_CONTROL_FAULT",
+    # coordinator, shard, worker: folder to write a Prometheus file_sd target file for /metrics
+    # into (transport/scrape_targets.py)
+    "scrape_target_dir": "TIDAL_SCRAPE_TARGET_DIR",
     "malloc_tuning": "TIDAL_MALLOC_TUNING",  # 0 leaves glibc malloc at its defaults (transport/process.py)
     # worker, shard: "auto" moves tensors through /dev/shm when both run on one host, "off" never
     # (transport/shm.py; the flag is --shared-memory)

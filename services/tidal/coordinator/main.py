@@ -20,6 +20,7 @@ from tidal.transport.http import serve_asgi
 from tidal.transport.limits import SHUTDOWN_GRACE_S
 from tidal.transport.metrics import GrpcMetricsInterceptor, PreferredPort, build_info, port_in_use, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
+from tidal.transport.scrape_targets import publish_metrics, withdraw
 from tidal.transport.server import add_health_and_reflection, create_server, set_health
 from tidal.transport.supervise import Supervisor
 from tidal.transport.tls import SecurityConfig
@@ -48,6 +49,7 @@ async def run_coordinator(
     fault: str = "",
     *,
     security: SecurityConfig,
+    scrape_target_dir: Path | None = None,
 ) -> int:
     """Serves until SIGTERM/SIGINT, or until a supervised task crashed; returns the exit code.
     Every server is secured by `security`; `fault` is for tests only (core/faults.py:
@@ -72,7 +74,9 @@ async def run_coordinator(
             rest, rest_task, http_port = serve_asgi(create_app(control, security), host, http_port, security)
         except OSError as exc:
             raise port_in_use(exc, host, http_port, "--http-port", ENV["http_port"]) or exc from None
+        requested_metrics_port = metrics_port
         metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security)
+        target = publish_metrics(scrape_target_dir, "coordinator", host, requested_metrics_port, metrics_port)
     except BaseException:
         await server.stop(None)  # a port in use ends the process with one line, the gRPC server closed first
         raise
@@ -101,6 +105,7 @@ async def run_coordinator(
         await set_health(health, SERVICE_NAMES, serving=False)
         control.begin_shutdown()
         rest.should_exit = metrics.should_exit = True
+        withdraw(target)
         await server.stop(SHUTDOWN_GRACE_S)
         await supervisor.close()
         control.close()

@@ -267,6 +267,7 @@ async def run_shard(
     name: str = "",
     shard_index: int | None = None,
     settings: ServiceSettings,
+    scrape_target_dir: Path | None = None,
 ) -> int:
     registry = CollectorRegistry()
     security = settings.security
@@ -296,7 +297,7 @@ async def run_shard(
     ports = MemberPorts(host, bound_port, metrics_port)
     member = serve_member(
         "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job,
-        security=security,
+        security=security, scrape_target_dir=scrape_target_dir,
     )  # fmt: skip
     try:
         return await serve_shard(member, node)

@@ -32,6 +32,7 @@ from tidal.core.training import warm_up
 from tidal.transport.limits import SHUTDOWN_GRACE_S
 from tidal.transport.metrics import PreferredPort, build_info, serve_metrics
 from tidal.transport.process import stop_on_signals, write_ready_file
+from tidal.transport.scrape_targets import publish_metrics, withdraw
 from tidal.transport.server import add_health_and_reflection, set_health
 from tidal.transport.session import MemberSession
 from tidal.transport.supervise import Supervisor
@@ -72,6 +73,7 @@ async def serve_member(
     exit_after_job: bool = False,
     *,
     security: SecurityConfig,
+    scrape_target_dir: Path | None = None,
 ) -> int:
     """Runs a member whose servicers are already added to `server`; returns the exit code.
     The /metrics server and the coordinator session are supervised: a crash of either logs
@@ -82,6 +84,7 @@ async def serve_member(
     build_info(registry, role)
     try:
         metrics, metrics_task, metrics_port = serve_metrics(registry, ports.host, ports.metrics_port, security)
+        target = publish_metrics(scrape_target_dir, role, ports.host, ports.metrics_port, metrics_port)
     except BaseException:
         await server.stop(None)  # a port in use ends the process with one line, the gRPC server closed first
         raise
@@ -129,6 +132,7 @@ async def serve_member(
         await node.release()
         await server.stop(SHUTDOWN_GRACE_S)
         metrics.should_exit = True
+        withdraw(target)
         await supervisor.close()
         await session.close()
     # A crash while the tasks stopped counts too.

@@ -212,6 +212,7 @@ async def run_worker(
     *,
     name: str = "",
     settings: ServiceSettings,
+    scrape_target_dir: Path | None = None,
 ) -> int:
     registry = CollectorRegistry()
     security = settings.security
@@ -222,5 +223,5 @@ async def run_worker(
     ports = MemberPorts(host, bound_port, metrics_port)
     return await serve_member(
         "worker", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job,
-        security=security,
+        security=security, scrape_target_dir=scrape_target_dir,
     )  # fmt: skip
