@@ -72,7 +72,7 @@ async def run_coordinator(
             rest, rest_task, http_port = serve_asgi(create_app(control, security), host, http_port, security)
         except OSError as exc:
             raise port_in_use(exc, host, http_port, "--http-port", ENV["http_port"]) or exc from None
-        metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security)
+        metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security, health=health)
     except BaseException:
         await server.stop(None)  # a port in use ends the process with one line, the gRPC server closed first
         raise
