@@ -7,9 +7,9 @@
 #
 # Removed: torch's C++ test binaries and test libraries, headers and CMake files (for building
 # extensions, which an image never does), protoc; every package's `tests` folders; pyarrow's
-# headers and Cython sources; pip, setuptools and wheel (nothing installs into the image at run
-# time: an image that needs more packages is built FROM this one with its own pip, as
-# deploy/docker/byo-worker.Dockerfile adds code with PYTHONPATH instead).
+# headers, Cython sources, C++ tests and Arrow Flight; pip, setuptools and wheel (nothing
+# installs into the image at run time; deploy/docker/byo-worker.Dockerfile adds user code with
+# PYTHONPATH, not pip).
 # Bytecode: compiling every module (`pip install` does) costs 250 MB, mostly for modules no
 # tidal process imports (sympy, torch._inductor, ...); without any, each process start
 # compiles what it imports again (2.5 s more CPU for a worker). So the modules imported by
@@ -31,6 +31,9 @@ rm -f "$torch"/lib/libjitbackend_test.so "$torch"/lib/libtorchbind_test.so \
   "$torch"/lib/libbackend_with_compiler.so "$torch"/lib/libaoti_custom_ops.so
 find "$site" -depth -type d -name tests -path "$site/*/*" -exec rm -rf {} +
 rm -rf "$site/pyarrow/include" "$site/pyarrow/src"
+# Arrow Flight (an RPC framework; only `import pyarrow.flight` loads it) and pyarrow's C++ tests.
+rm -f "$site"/pyarrow/_flight.*.so "$site"/pyarrow/flight.py "$site"/pyarrow/libarrow_flight.so* \
+  "$site"/pyarrow/libarrow_python_flight.so* "$site"/pyarrow/_pyarrow_cpp_tests.*.so
 find "$site/pyarrow" -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' -o -name '*.cc' \) \
   -delete
 find "$venv" -type d -name __pycache__ -prune -exec rm -rf {} +
