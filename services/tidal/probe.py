@@ -4,7 +4,8 @@
 about half a CPU second per check. This probe asks the service's /metrics server for
 GET /healthz (transport/health_http.py), which answers from the same gRPC health status
 (200 SERVING, 503 NOT_SERVING while starting or draining after SIGTERM), using the standard
-library only: it must never import the CLI, grpc, torch or anything outside `tidal.config`.
+library only: it must never import the CLI, grpc, torch or anything outside `tidal.config`
+(nor pathlib: each import is paid on every check).
 
   tidal-probe                          port from TIDAL_METRICS_PORT
   tidal-probe --port 9464
@@ -26,7 +27,6 @@ import socket
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from tidal.config import ENV, SECURITY_ENV
 
@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--port", type=int, help=f"the service's /metrics port (default: {ENV['metrics_port']})")
-    where.add_argument("--ready-file", type=Path, help="read metrics_port from the service's --ready-file")
+    where.add_argument("--ready-file", help="read metrics_port from the service's --ready-file")
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to connect, and for each read (default: 5)")
     parser.add_argument("--allow-plaintext", action="store_true", help="plain HTTP when no TLS variable is set")
@@ -63,7 +63,8 @@ def metrics_port(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         port, what = args.port, "--port"
     elif args.ready_file is not None:
         try:
-            port, what = json.loads(args.ready_file.read_text())["metrics_port"], f"--ready-file {args.ready_file}"
+            with open(args.ready_file, encoding="utf-8") as ready:
+                port, what = json.load(ready)["metrics_port"], f"--ready-file {args.ready_file}"
         except FileNotFoundError:
             raise NotServingError(f"not ready: {args.ready_file} does not exist (yet)") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -83,7 +84,7 @@ def tls_context(environ: Mapping[str, str], allow_plaintext: bool) -> tuple[ssl.
     """The context that verifies the service (None: plain HTTP), and the host name to verify."""
     ca, source = environ.get(SECURITY_ENV["tls_ca"], ""), SECURITY_ENV["tls_ca"]
     if not ca and (folder := environ.get(SECURITY_ENV["tls_dir"], "")):
-        ca, source = str(Path(folder) / "ca.crt"), SECURITY_ENV["tls_dir"]
+        ca, source = os.path.join(folder, "ca.crt"), SECURITY_ENV["tls_dir"]
     tls_vars = [SECURITY_ENV[k] for k in ("tls_dir", "tls_ca", "tls_cert", "tls_key")]
     if not ca:
         if any(environ.get(var, "") for var in tls_vars):

@@ -29,7 +29,19 @@ PROBE = Path(sys.executable).with_name("tidal-probe")
 SERVICES = ["tidal.v1.Coordinator"]
 # What the probe may import beyond the standard library.
 ALLOWED_TIDAL = {"tidal", "tidal.config", "tidal.probe"}
-FORBIDDEN = ("grpc", "google", "typer", "rich", "click", "torch", "numpy", "starlette", "uvicorn", "pydantic")
+FORBIDDEN = (
+    "grpc",
+    "google",
+    "typer",
+    "rich",
+    "click",
+    "torch",
+    "numpy",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "pathlib",
+)
 
 
 @pytest.fixture(scope="module")
