@@ -166,10 +166,10 @@ def tidal_services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def healthcheck_port_var(service: dict[str, Any]) -> str | None:
-    """The variable the `tidal health` healthcheck reads the port from, if it is that kind."""
+    """The variable the healthcheck reads the port from: TIDAL_METRICS_PORT for a plain
+    `tidal-probe` (services/tidal/probe.py), None for any other kind (a ready file's port)."""
     test = service.get("healthcheck", {}).get("test", [])
-    match = re.fullmatch(r"tidal health 127\.0\.0\.1:\$\$\{(\w+)\}", test[1]) if len(test) == 2 else None
-    return match.group(1) if match else None
+    return "TIDAL_METRICS_PORT" if test == ["CMD", "tidal-probe"] else None
 
 
 # --- Kubernetes ------------------------------------------------------------------------

@@ -120,17 +120,17 @@ def loopback_env(
     return out
 
 
-def wait_healthy(test: list[str], env: dict[str, str], grpc_port: int, where: str) -> None:
-    """Runs a compose CMD-SHELL healthcheck as compose would, until it passes (bounded)."""
-    assert test[0] == "CMD-SHELL", where
-    command = test[1].replace("$$", "$")  # compose's escape for a literal $
+def wait_healthy(test: list[str], env: dict[str, str], info: dict[str, Any], where: str) -> None:
+    """Runs a compose healthcheck (CMD or CMD-SHELL) as compose would, with the ports the service
+    bound (`info`, its ready file), until it passes (bounded)."""
+    assert test[0] in ("CMD", "CMD-SHELL"), where
+    command = ["sh", "-c", test[1].replace("$$", "$")] if test[0] == "CMD-SHELL" else test[1:]  # $$: a literal $
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     bin_dir = str(Path(sys.executable).parent)
-    shell_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **env, "TIDAL_PORT": str(grpc_port)}
+    ports = {"TIDAL_PORT": str(info["grpc_port"]), "TIDAL_METRICS_PORT": str(info["metrics_port"])}
+    shell_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **env, **ports}
     while True:
-        done = subprocess.run(
-            ["sh", "-c", command], check=False, env=shell_env, capture_output=True, text=True, timeout=30
-        )
+        done = subprocess.run(command, check=False, env=shell_env, capture_output=True, text=True, timeout=30)
         if done.returncode == 0:
             return
         assert time.monotonic() < deadline, f"{where}: healthcheck `{command}` never passed: {done.stdout}"
@@ -212,7 +212,7 @@ def test_compose_services_train_the_demo_job_as_local_processes(tmp_path: Path) 
             bound[name] = cluster.services[instances[0]].info
             for instance in instances:
                 info = cluster.services[instance].info
-                wait_healthy(service["healthcheck"]["test"], envs[instance], info["grpc_port"], instance)
+                wait_healthy(service["healthcheck"]["test"], envs[instance], info, instance)
 
         (job,) = coordinator_jobs(f"{LOOPBACK}:{bound['coordinator']['grpc_port']}", submit_env)
         assert job.state == common_pb.JOB_STATE_SUCCEEDED, job.message

@@ -125,8 +125,8 @@ def test_tidal_services_have_healthchecks_grace_periods_and_ordering() -> None:
         assert service["restart"] == ("no" if name in ONE_SHOT else "unless-stopped"), name
         if name in ONE_SHOT:
             continue
-        assert healthcheck_port_var(service) == "TIDAL_PORT", f"{name}: healthcheck is not `tidal health`"
-        assert "TIDAL_PORT" in env_of(service), name
+        assert healthcheck_port_var(service) == "TIDAL_METRICS_PORT", f"{name}: healthcheck is not `tidal-probe`"
+        assert "TIDAL_METRICS_PORT" in env_of(service), name
         assert service["stop_grace_period"], name
         assert service["depends_on"]["certs"]["condition"] == AFTER_CERTS["certs"], name
         if name != "coordinator":

@@ -43,7 +43,7 @@ SERVICES = Path(tls.__file__).resolve().parents[1]  # services/tidal
 # Where the environment may be read: the CLI builds the configuration there, and so does the
 # Python API's `tidal.connect` (a script's entry point) for a client given no SecurityConfig, in
 # `security_from_env` only (checked below).
-READERS = {"cli_common.py", "api/sync_client.py"}
+READERS = {"cli_common.py", "api/sync_client.py", "probe.py"}
 # The program's start may set a default for its children (GRPC_ENABLE_FORK_SUPPORT).
 WRITERS = {"__main__.py"}
 

@@ -75,7 +75,7 @@ async def run_coordinator(
         except OSError as exc:
             raise port_in_use(exc, host, http_port, "--http-port", ENV["http_port"]) or exc from None
         requested_metrics_port = metrics_port
-        metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security)
+        metrics, metrics_task, metrics_port = serve_metrics(registry, host, metrics_port, security, health=health)
         target = publish_metrics(scrape_target_dir, "coordinator", host, requested_metrics_port, metrics_port)
     except BaseException:
         await server.stop(None)  # a port in use ends the process with one line, the gRPC server closed first

@@ -83,7 +83,9 @@ async def serve_member(
     await server.start()
     build_info(registry, role)
     try:
-        metrics, metrics_task, metrics_port = serve_metrics(registry, ports.host, ports.metrics_port, security)
+        metrics, metrics_task, metrics_port = serve_metrics(
+            registry, ports.host, ports.metrics_port, security, health=health
+        )
         target = publish_metrics(scrape_target_dir, role, ports.host, ports.metrics_port, metrics_port)
     except BaseException:
         await server.stop(None)  # a port in use ends the process with one line, the gRPC server closed first

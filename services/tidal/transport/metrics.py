@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from tidal import __version__
 from tidal.config import ENV
 from tidal.core.errors import FailedPreconditionError
+from tidal.transport.health_http import Serving, with_health
 from tidal.transport.http import EmbeddedServer, serve_asgi
 from tidal.transport.tls import SecurityConfig
 
@@ -50,11 +51,19 @@ def port_in_use(exc: OSError, host: str, port: int, flag: str, env: str) -> Fail
 
 
 def serve_metrics(
-    registry: CollectorRegistry, host: str, port: int | PreferredPort, security: SecurityConfig
+    registry: CollectorRegistry,
+    host: str,
+    port: int | PreferredPort,
+    security: SecurityConfig,
+    *,
+    health: Serving | None,
 ) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
-    """Serves /metrics on `host:port`; a port held by another process is a one-line error
-    naming --metrics-port, or, for a PreferredPort, a free port instead."""
+    """Serves /metrics on `host:port`, and /healthz from `health` (transport/health_http.py) unless
+    None; a port held by another process is a one-line error naming --metrics-port, or, for a
+    PreferredPort, a free port instead."""
     app = make_asgi_app(registry)
+    if health is not None:
+        app = with_health(app, health)
     wanted = port.port if isinstance(port, PreferredPort) else port
     try:
         return serve_asgi(app, host, wanted, security)

@@ -82,9 +82,26 @@ def create_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, security.channel_credentials(), options=options, interceptors=interceptors)
 
 
-def add_health_and_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> health.aio.HealthServicer:
+class ServerHealth(health.aio.HealthServicer):
+    """grpc.health.v1 that also keeps whether the server as a whole ("") is SERVING, which the
+    /metrics server answers on GET /healthz (transport/health_http.py): probes that cannot
+    afford a gRPC client (container healthchecks, Kubernetes' httpGet) read the same status."""
+
+    serving = False
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        await super().set(service, status)
+        if service == "":
+            self.serving = status == health_pb2.HealthCheckResponse.SERVING
+
+    async def enter_graceful_shutdown(self) -> None:
+        self.serving = False
+        await super().enter_graceful_shutdown()
+
+
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> ServerHealth:
     """Adds grpc.health.v1 (every service NOT_SERVING until `set_serving`) and reflection."""
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = ServerHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
@@ -92,7 +109,7 @@ def add_health_and_reflection(server: grpc.aio.Server, service_names: Sequence[s
     return health_servicer
 
 
-async def set_health(health_servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool) -> None:
+async def set_health(health_servicer: ServerHealth, service_names: Sequence[str], serving: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *service_names):
         await health_servicer.set(name, status)
