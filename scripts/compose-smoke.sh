@@ -102,6 +102,10 @@ docker build --network host -f deploy/docker/Dockerfile \
   --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg OFFLINE=1 --build-arg TORCH_WHEEL="$(basename "$torch_wheel")" \
   -t "$IMAGE" . >"$WORK/build.log" 2>&1 || fail "docker build failed: $(tail -20 "$WORK/build.log")"
 docker image inspect "$IMAGE" --format '{{.Id}} {{.Size}} bytes, user {{.Config.User}}, entrypoint {{.Config.Entrypoint}}'
+# The legacy builder keeps the build stage as an untagged image; it carries this label.
+docker image prune --force --filter label=org.tidal.stage=build >/dev/null
+echo "image size: $(($(docker image inspect "$IMAGE" --format '{{.Size}}') / 1000000)) MB;" \
+  "dangling images left: $(docker images --filter dangling=true -q | wc -l)"
 
 step "compose config (docker-compose.yml + deploy/compose/host-network.yml)"
 "${COMPOSE[@]}" config -q
@@ -155,6 +159,22 @@ echo "networks: $(docker network ls --format '{{.Name}}/{{.Driver}}' | tr '\n' '
 targets=$("${COMPOSE[@]}" exec -T worker sh -c 'ls /var/lib/tidal/scrape-targets' | tr '\n' ' ')
 echo "scrape targets (volume scrape-targets): $targets"
 [ "$(wc -w <<<"$targets")" -eq 6 ] || fail "expected 6 scrape target files (coordinator, 2 shards, 3 workers)"
+
+step "healthcheck cost: tidal-probe in the coordinator's container, 10 runs"
+# CPU (user + system) of each probe process, measured by the container's own Python.
+"${COMPOSE[@]}" exec -T coordinator python3 - <<'EOF'
+import resource, statistics, subprocess, time
+cpu, wall = [], []
+for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(["tidal-probe"], check=True)
+    wall.append(time.perf_counter() - start)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+print(f"tidal-probe: CPU median {statistics.median(cpu):.3f} s (max {max(cpu):.3f}),"
+      f" wall median {statistics.median(wall):.3f} s (max {max(wall):.3f})")
+EOF
 
 step "down: SIGTERM, each service must stop gracefully within its stop_grace_period"
 "${COMPOSE[@]}" stop >/dev/null
