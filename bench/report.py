@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -28,6 +29,7 @@ def _memory_gib() -> float:
     return float("nan")
 
 
+@functools.cache  # read once, at the first write: later writes see RESULTS.md itself changed
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
