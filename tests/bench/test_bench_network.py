@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,44 @@ def test_rates_parse_as_tc_reads_them() -> None:
     assert [r.burst_bytes for r in rates] == [4_000_000, 1 << 20, 10_000_000, 1 << 20]
     assert netns.parse_rates("") == "'' is not a link rate (e.g. 1gbit, 10gbit, 25gbit, 500mbit)"
     assert netns.parse_rates("0gbit") == "'0gbit' is not a link rate (e.g. 1gbit, 10gbit, 25gbit, 500mbit)"
+
+
+def _namespaces() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in listed.splitlines() if line.strip()}
+
+
+def test_the_hosts_are_removed_when_a_case_fails() -> None:
+    _require_namespaces()
+    before = _ours()
+    with pytest.raises(RuntimeError, match="the case failed"), netns.emulated_hosts(netns.Rate("1gbit", 1e9)) as hosts:
+        assert set(hosts.namespaces) <= _namespaces()
+        raise RuntimeError("the case failed")
+    assert _ours() - before == set()
+
+
+@pytest.mark.timeout(120)
+def test_the_hosts_are_removed_on_sigterm_and_ctrl_c() -> None:
+    _require_namespaces()
+    script = (
+        "import sys, time\n"
+        "from bench import netns\n"
+        "with netns.emulated_hosts(netns.Rate('1gbit', 1e9)) as hosts:\n"
+        "    print(' '.join(hosts.namespaces), flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        before = _ours()
+        child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            made = set(child.stdout.readline().split())
+            assert made and made <= _namespaces(), made
+            child.send_signal(sig)
+            child.wait(60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert child.returncode != 0, sig
+        assert _ours() - before == set(), sig
