@@ -108,9 +108,9 @@ def _sync_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, rou
 
 def _async_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, window_s: float, where: str) -> list[Row]:
     drivers = [hosts.run_in(w) for w in hosts.workers]
-    tp_ranks = [
-        hosts.run_in(h, {"TP_SOCKET_IFNAME": h.ifname}) for h in (hosts.server, *hosts.workers)
-    ]  # rank 0 serves
+    # Rank 0 serves; init_rpc also builds a gloo group (its barriers): both on the host's link.
+    links = ({"TP_SOCKET_IFNAME": h.ifname, "GLOO_SOCKET_IFNAME": h.ifname} for h in (hosts.server, *hosts.workers))
+    tp_ranks = [hosts.run_in(h, env) for h, env in zip((hosts.server, *hosts.workers), links, strict=True)]
     figures: dict[str, list[float]] = {"none": [], "bf16": []}
     tp: list[float] = []
     for r in range(s.reps):
