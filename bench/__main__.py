@@ -2,12 +2,13 @@
 [--max-steal PCT] [--settle-s S] [--allow-busy]`: runs the suite, writes RESULTS.md (bench/RESULTS.md
 for a full run; a temporary folder for --quick unless --out).
 
-Full run: about 11 minutes of measuring on 2 idle cores, plus the waits for the load to settle
-before each case (up to --settle-s each). It refuses to start on a busy machine (exit 3, one line
-naming the load and the flag, RESULTS.md unchanged) and refuses a case whose machine stayed busy;
---allow-busy measures anyway and marks those figures busy in RESULTS.md.
+Full run: about 18 minutes of measuring on 2 idle cores (7 of them the network case, as root),
+plus the waits for the load to settle before each case (up to --settle-s each). It refuses to
+start on a busy machine (exit 3, one line naming the load and the flag, RESULTS.md unchanged) and
+refuses a case whose machine stayed busy; --allow-busy measures anyway and marks those figures
+busy in RESULTS.md.
 
---quick: small sizes, one repetition, about 2 minutes; it proves every case works end to end (what
+--quick: small sizes, one repetition, about 3 minutes; it proves every case works end to end (what
 CI runs), its figures mean little, so it records the load and marks busy cases but never refuses
 or waits (CI machines are shared).
 
