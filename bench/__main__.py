@@ -1,15 +1,20 @@
-"""`python -m bench [--quick] [--cases ...] [--reps N] [--out PATH] [--max-load L] [--max-steal PCT]
-[--settle-s S] [--allow-busy]`: runs the suite, writes RESULTS.md (bench/RESULTS.md for a full
-run; a temporary folder for --quick unless --out).
+"""`python -m bench [--quick] [--cases ...] [--network RATES] [--reps N] [--out PATH] [--max-load L]
+[--max-steal PCT] [--settle-s S] [--allow-busy]`: runs the suite, writes RESULTS.md (bench/RESULTS.md
+for a full run; a temporary folder for --quick unless --out).
 
-Full run: about 11 minutes of measuring on 2 idle cores, plus the waits for the load to settle
-before each case (up to --settle-s each). It refuses to start on a busy machine (exit 3, one line
-naming the load and the flag, RESULTS.md unchanged) and refuses a case whose machine stayed busy;
---allow-busy measures anyway and marks those figures busy in RESULTS.md.
+Full run: about 18 minutes of measuring on 2 idle cores (7 of them the network case, as root),
+plus the waits for the load to settle before each case (up to --settle-s each). It refuses to
+start on a busy machine (exit 3, one line naming the load and the flag, RESULTS.md unchanged) and
+refuses a case whose machine stayed busy; --allow-busy measures anyway and marks those figures
+busy in RESULTS.md.
 
---quick: small sizes, one repetition, about 2 minutes; it proves every case works end to end (what
+--quick: small sizes, one repetition, about 3 minutes; it proves every case works end to end (what
 CI runs), its figures mean little, so it records the load and marks busy cases but never refuses
 or waits (CI machines are shared).
+
+The `network` case (emulated hosts: network namespaces, veth pairs shaped by tc; bench/netns.py)
+needs root. Where namespaces cannot be made it is skipped with the reason printed, unless it was
+asked for by name (--cases network or --network), which then fails in one line.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from bench import control, dataplane, e2e, machine_load, memory, report, serde_case
+from bench import between_hosts, control, dataplane, e2e, machine_load, memory, netns, report, serde_case
 from bench.cluster import BenchCluster
 from bench.machine_load import Guard, Policy
 from bench.procs import REPO, bench_env
@@ -36,7 +41,10 @@ from bench.stats import Spread
 
 # Hand-written analysis appended to RESULTS.md: what each change bought, what stands in the way.
 NOTES = Path(__file__).with_name("NOTES.md")
-CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "target", "control"]
+CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "target", "control", "network"]
+# Link rates of the network case: the goals' (full run), one small one (quick).
+NETWORK_RATES = {False: "10gbit,1gbit", True: "1gbit"}
+NETWORK = "Between hosts (emulated)"
 # Exit status when the machine was busy: the run refused to start, refused a case, or a case's
 # CPU steal went over the limit while it ran (its figures are kept, marked busy).
 BUSY_EXIT = 3
@@ -86,6 +94,18 @@ INTROS = {
         "there; transport/shm.py). Each repetition runs tidal and the alternative back to back, alternating "
         "which goes first."
     ),
+    NETWORK: (
+        "Emulated hosts on this one machine (bench/netns.py): the coordinator and the shards in one network "
+        "namespace, each worker (bench driver, gloo rank, TensorPipe trainer) in its own, joined to it by a veth "
+        "pair shaped by tc tbf to the link rate in both directions; workers reach each other through the server's "
+        "namespace, so gloo crosses the same links. TCP only on both sides: tidal's shared memory off, "
+        "TensorPipe without its shm transport and cma channel. What this cannot show: propagation delay (netem "
+        "is not available here, tbf only limits the rate; a real network adds round-trip time to every "
+        "exchange) and separate machines (every emulated host shares the same CPUs, and the kernel's softirq "
+        "work for the links competes with them, so CPU-bound figures are pessimistic for every side). The server "
+        "namespace has one link per worker: the coordinator and shards together get a link per worker, as "
+        "shard hosts with their own NICs would."
+    ),
     "What the changes bought": (
         "The same tensor encoded to wire messages and decoded back, in one process: the generated "
         "protobuf classes (tidal's path before transport/frames.py) against the hand-framed path, "
@@ -103,7 +123,8 @@ class Suite:
     ) -> None:
         self.s, self.sizes, self.out_path, self.header, self.guard = s, sizes, out_path, header, guard
         self.sections: dict[str, list[Row]] = {
-            "Data plane": [], "What the changes bought": [], "Memory": [], "End to end": [], "Control plane": []
+            "Data plane": [], "What the changes bought": [], "Memory": [], "End to end": [], "Control plane": [],
+            NETWORK: [],
         }  # fmt: skip
         self.failed: list[str] = []
         self.busy: list[str] = []  # measured on a busy machine, figures marked
@@ -173,6 +194,29 @@ def _run(suite: Suite, cases: list[str], log: Callable[[str], None]) -> None:
         suite.case("Control plane", "control plane", log, measure)
 
 
+def _run_network(suite: Suite, rates: list[netns.Rate], log: Callable[[str], None]) -> None:
+    s, z, env = suite.s, suite.sizes, bench_env(tuned_malloc=True)
+    for rate in rates:
+        measure = partial(between_hosts.between_hosts, s, env, rate, z.sync_numel, z.sync_rounds, z.async_window_s, log)
+        suite.case(NETWORK, f"network {rate.label}", log, measure)
+
+
+def _network_rates(args: argparse.Namespace, cases: list[str], argv: list[str]) -> list[netns.Rate] | str:
+    """The network case's link rates; none where namespaces cannot be made and the case was not
+    asked for by name (the reason printed); the one line that says why, where it was."""
+    rates = netns.parse_rates(args.network or NETWORK_RATES[args.quick])
+    if isinstance(rates, str):
+        return f"--network: {rates}"
+    if "network" not in cases:
+        return []
+    if reason := netns.unavailable():
+        if args.network or any(a.startswith("--cases") for a in argv):
+            return f"the network case (--network / --cases network): {reason}"
+        print(f"python -m bench: skipping the network case: {reason}", file=sys.stderr)
+        return []
+    return rates
+
+
 def _policy(args: argparse.Namespace) -> Policy | str:
     """The quiet-machine policy from the flags, or the one line that says which flag is wrong."""
     cpus = os.cpu_count() or 1
@@ -192,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (CI); never refuses")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument(
+        "--network", help="link rates of the network case, e.g. 10gbit,1gbit,25gbit (default 10gbit,1gbit; quick 1gbit)"
+    )
     parser.add_argument("--reps", type=int, help="repetitions per case (default 3, quick 1)")
     parser.add_argument("--out", type=Path, help="where to write RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs of every process)")
@@ -215,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     policy = _policy(args)
     if isinstance(policy, str):
         print(f"python -m bench: {policy}", file=sys.stderr)
+        return 2
+    rates = _network_rates(args, cases, argv if argv is not None else sys.argv[1:])
+    if isinstance(rates, str):
+        print(f"python -m bench: {rates}", file=sys.stderr)
         return 2
     started, t0 = datetime.now(UTC), time.monotonic()
 
@@ -245,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
     suite = Suite(settings, QUICK if args.quick else FULL, out_path, header, guard)
     _run(suite, cases, log)
+    _run_network(suite, rates, log)
     log(f"wrote {out_path}")
     if suite.failed:
         print(f"bench: {', '.join(suite.failed)} failed; logs of every process are in {workdir}", file=sys.stderr)

@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,13 @@ class ShardStats:
 class BenchCluster:
     """Coordinator + shards (no workers: the bench brings drivers or spawns workers)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], num_shards: int, workers: int = 0) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str], num_shards: int, workers: int = 0, local: LocalCluster | None = None
+    ) -> None:
+        """`local`: a cluster of the caller's (services placed elsewhere, e.g. emulated hosts)."""
         self.workdir = workdir
         self.env = env
-        self.cluster = LocalCluster(workdir, num_shards=num_shards, worker_slowdowns=(1.0,) * workers, env=env)
+        self.cluster = local or LocalCluster(workdir, num_shards=num_shards, worker_slowdowns=(1.0,) * workers, env=env)
         self.logdir = workdir / "logs"
         # Optimizer steps of the last job `run_drivers` ran.
         self.last_apply = ShardStats(0.0, 0.0)
@@ -96,12 +100,19 @@ class BenchCluster:
         return self.cluster.services[name].process.pid
 
     def run_drivers(
-        self, spec: dict[str, Any], driver_args: list[list[object]], timeout_s: float, window_s: float = 0.0
+        self,
+        spec: dict[str, Any],
+        driver_args: list[list[object]],
+        timeout_s: float,
+        window_s: float = 0.0,
+        prefixes: Sequence[list[str]] = (),
     ) -> list[dict]:
         """Submits `spec`, starts one bench driver per entry of `driver_args` (with `window_s`,
         opens their common measuring window once all are ready), returns their results once
-        all reported, then cancels the job (which releases the drivers)."""
-        cmds = [module_cmd("bench.tidal_driver", "--coordinator", self.address, *args) for args in driver_args]
+        all reported, then cancels the job (which releases the drivers). `prefixes`: what each
+        driver's command runs behind (e.g. `ip netns exec` on emulated hosts)."""
+        driver = module_cmd("bench.tidal_driver", "--coordinator", self.address)
+        cmds = [[*(prefixes[i] if prefixes else []), *driver, *map(str, args)] for i, args in enumerate(driver_args)]
         with procs(cmds, self.env, self.logdir, f"driver-{spec['mode']}") as started:
             job_id = asyncio.run(self._submit(spec))
             try:

@@ -10,6 +10,7 @@ import json
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.cluster import BenchCluster, driver_spec, mlp_of
@@ -104,11 +105,14 @@ def wire(cluster: BenchCluster, s: Settings, sizes: list[int], rounds: int) -> l
     return rows
 
 
-def _gloo_round_s(env: dict[str, str], logdir: Path, numel: int, rounds: int) -> float:
+def _gloo_round_s(
+    env: dict[str, str], logdir: Path, numel: int, rounds: int, prefixes: Sequence[list[str]] = ([], [])
+) -> float:
+    """`prefixes`: what each rank's command runs behind (e.g. `ip netns exec` on emulated hosts)."""
     init = logdir / f"gloo-{uuid.uuid4().hex[:8]}"
     cmds = [
-        module_cmd("bench.gloo_allreduce", "--rank", r, "--world-size", 2, "--init-file", init, "--numel", numel,
-                   "--rounds", rounds)
+        [*prefixes[r], *module_cmd("bench.gloo_allreduce", "--rank", r, "--world-size", 2, "--init-file", init,
+                                   "--numel", numel, "--rounds", rounds)]
         for r in range(2)
     ]  # fmt: skip
     try:
@@ -148,12 +152,21 @@ def sync_step(cluster: BenchCluster, s: Settings, numel: int, shard_counts: list
     return rows
 
 
-def _tensorpipe_updates(env: dict[str, str], logdir: Path, numel: int, window_s: float) -> float:
+def _tensorpipe_updates(
+    env: dict[str, str],
+    logdir: Path,
+    numel: int,
+    window_s: float,
+    prefixes: Sequence[list[str]] = ([], [], []),
+    extra: Sequence[str] = (),
+) -> float:
+    """`prefixes`: what each rank's command runs behind (rank 0 serves); `extra`: more arguments."""
     init = logdir / f"tp-{uuid.uuid4().hex[:8]}"
     cmds = [
-        module_cmd("bench.tensorpipe_ps", "--rank", r, "--world-size", 3, "--init-file", init, "--numel", numel)
+        [*prefixes[r], *module_cmd("bench.tensorpipe_ps", "--rank", r, "--world-size", 3, "--init-file", init,
+                                   "--numel", numel, *extra)]
         for r in range(3)
-    ]
+    ]  # fmt: skip
     try:
         with procs(cmds, env, logdir, "tensorpipe") as started:
             trainers = started[1:]
