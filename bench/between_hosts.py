@@ -26,6 +26,11 @@ from tidal.launcher import HOST, LocalCluster, Service
 WORKERS = 2
 SHARDS = 2
 _TCP_PORT = 5201  # fresh namespaces: nothing else listens there
+# Issue 18's goals between hosts, the same at every link rate: a sync step within 1.2x gloo
+# all_reduce (float32, with bf16 as a second row); async 1.2x the TensorPipe parameter server
+# in float32 and 2x with bf16 on the wire.
+SYNC_GOAL = Goal("<=", 1.2)
+ASYNC_GOALS = {"none": Goal(">=", 1.2), "bf16": Goal(">=", 2.0)}
 
 
 class NetCluster(LocalCluster):
@@ -100,7 +105,7 @@ def _sync_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, rou
                 f"{where}: sync step W={WORKERS} {exact / 1e6:.1f}M params, {SHARDS} shards",
                 f"communication ms per step ({wire}, gRPC)", Spread.of([x * 1e3 for x in t]),
                 f"gloo all_reduce W={WORKERS}, float32", Spread.of([x * 1e3 for x in g]), ratios(t, g),
-                Goal("<=", 1.5),
+                SYNC_GOAL,
             )
         )  # fmt: skip
     return rows
@@ -131,7 +136,7 @@ def _async_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, wi
             Row(
                 f"{where}: async {WORKERS} trainers {exact / 1e6:.1f}M params, {SHARDS} shards",
                 f"updates/s ({wire}, gRPC)", Spread.of(figure), "TensorPipe PS, float32, TCP only",
-                Spread.of(tp), ratios(figure, tp), Goal(">=", 1.0 if codec == "none" else 1.8),
+                Spread.of(tp), ratios(figure, tp), ASYNC_GOALS[codec],
             )
         )  # fmt: skip
     return rows

@@ -19,6 +19,16 @@ from bench.results import Goal, Row, Settings
 from bench.stats import Spread, ratios
 
 MB = 1e6
+# Issue 18's goals on one host: through shared memory a sync step within 1.2x gloo, async 1.5x
+# the TensorPipe parameter server in float32 and 2x with bf16. Over gRPC on loopback (no
+# goal in the issue) the project's earlier ones stay: 1.5x gloo, 1x and 1.8x TensorPipe.
+SYNC_GOALS = {"shared_memory": Goal("<=", 1.2), "grpc": Goal("<=", 1.5)}
+ASYNC_GOALS = {
+    ("shared_memory", "none"): Goal(">=", 1.5),
+    ("shared_memory", "bf16"): Goal(">=", 2.0),
+    ("grpc", "none"): Goal(">=", 1.0),
+    ("grpc", "bf16"): Goal(">=", 1.8),
+}
 
 
 def _interleaved(reps: int, a, b) -> tuple[list, list]:
@@ -146,7 +156,7 @@ def sync_step(cluster: BenchCluster, s: Settings, numel: int, shard_counts: list
                 Row(
                     f"sync step W=2 {exact / 1e6:.1f}M params, {shards} shard{'s' * (shards > 1)}",
                     "communication ms per step" + wire, Spread.of([x * 1e3 for x in t]), "gloo all_reduce W=2",
-                    Spread.of([x * 1e3 for x in g]), ratios(t, g), Goal("<=", 1.5),
+                    Spread.of([x * 1e3 for x in g]), ratios(t, g), SYNC_GOALS[transport],
                 )
             )  # fmt: skip
     return rows
@@ -205,7 +215,7 @@ def async_updates(cluster: BenchCluster, s: Settings, numel: int, window_s: floa
             Row(
                 f"async 2 trainers {exact / 1e6:.1f}M params, 1 shard", f"updates/s ({wire})",
                 Spread.of(figure), "torch.distributed.rpc (TensorPipe) PS, float32", Spread.of(tp),
-                ratios(figure, tp), Goal(">=", 1.0 if codec == "none" else 1.8),
+                ratios(figure, tp), ASYNC_GOALS[transport, codec],
             )
         )  # fmt: skip
     return rows
