@@ -66,6 +66,8 @@ class Sizes:
     e2e_steps: int
     control_members: list[int]
     control_window_s: float
+    # Time to target between emulated hosts, at the network case's first link rate.
+    network_targets: list[e2e.TargetRun]
 
 
 FULL = Sizes(
@@ -75,6 +77,7 @@ FULL = Sizes(
     async_numel=10_000_000, async_window_s=4.0,
     e2e_workers=[1, 2, 4], e2e_steps=200,
     control_members=[64, 256, 512], control_window_s=8.0,
+    network_targets=[e2e.TargetRun(e2e.WIDE_MODEL, w, 2, e2e.WIDE_TARGET, lr=e2e.WIDE_LR) for w in (2, 4)],
 )  # fmt: skip
 QUICK = Sizes(
     serde_numel=1_000_000, memory_numel=1_000_000, memory_rounds=3,
@@ -83,6 +86,7 @@ QUICK = Sizes(
     async_numel=1_000_000, async_window_s=1.5,
     e2e_workers=[1], e2e_steps=60,
     control_members=[64], control_window_s=2.0,
+    network_targets=[e2e.TargetRun(workers=2, shards=2)],
 )  # fmt: skip
 
 INTROS = {
@@ -199,6 +203,10 @@ def _run_network(suite: Suite, rates: list[netns.Rate], log: Callable[[str], Non
     for rate in rates:
         measure = partial(between_hosts.between_hosts, s, env, rate, z.sync_numel, z.sync_rounds, z.async_window_s, log)
         suite.case(NETWORK, f"network {rate.label}", log, measure)
+    if rates:
+        rate = rates[0]
+        measure = partial(between_hosts.time_to_target_between_hosts, s, env, rate, z.network_targets, log)
+        suite.case(NETWORK, f"network {rate.label}: time to target", log, measure)
 
 
 def _network_rates(args: argparse.Namespace, cases: list[str], argv: list[str]) -> list[netns.Rate] | str:

@@ -7,6 +7,10 @@ Placement: coordinator and shards in the server namespace, each bench driver (a 
 own; gloo's two ranks in the two worker namespaces (GLOO_SOCKET_IFNAME: their link); TensorPipe's
 server in the server namespace, its trainers in the worker namespaces, TCP only (--no-shm).
 tidal's shards run with TIDAL_SHARED_MEMORY=off and the drivers with --transport grpc.
+
+Time to target (`time_to_target_between_hosts`): real tidal workers, one per worker namespace,
+train a model to a validation loss against DistributedDataParallel whose ranks sit in the same
+namespaces, so both cross the same links.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from bench.cluster import BenchCluster, driver_spec, mlp_of
 from bench.dataplane import _gloo_round_s, _interleaved, _tensorpipe_updates
+from bench.e2e import TargetRun, time_to_target
 from bench.netns import Hosts, Rate, emulated_hosts
 from bench.procs import module_cmd, run_all
 from bench.results import Goal, Row, Settings
@@ -34,25 +39,13 @@ ASYNC_GOALS = {"none": Goal(">=", 1.2), "bf16": Goal(">=", 2.0)}
 
 
 class NetCluster(LocalCluster):
-    """A LocalCluster whose services run in the server namespace and bind its address."""
+    """A LocalCluster whose coordinator and shards run in the server namespace and bind its
+    address; its real workers (end-to-end jobs) run one per worker namespace, in turn."""
 
     def __init__(self, workdir: Path, hosts: Hosts, env: dict[str, str], num_shards: int) -> None:
         super().__init__(workdir, num_shards=num_shards, worker_slowdowns=(), env=env)
         self.hosts = hosts
-
-    @property
-    def coordinator_address(self) -> str:
-        return self.address_of("coordinator")
-
-    @property
-    def rest_url(self) -> str:
-        return f"{self.scheme}://{self.hosts.server.address}:{self.services['coordinator'].info['http_port']}"
-
-    def address_of(self, name: str) -> str:
-        return f"{self.hosts.server.address}:{self.services[name].info['grpc_port']}"
-
-    def metrics_url(self, name: str) -> str:
-        return f"{self.scheme}://{self.hosts.server.address}:{self.services[name].info['metrics_port']}/metrics"
+        self.host = hosts.server.address
 
     def spawn(
         self,
@@ -62,9 +55,11 @@ class NetCluster(LocalCluster):
         prefix: tuple[str, ...] = (),
         cwd: Path | None = None,
     ) -> Service:
-        args = [self.hosts.server.address if a == HOST else a for a in args]
-        prefix = prefix or tuple(self.hosts.run_in(self.hosts.server))
-        return super().spawn(name, args, env, prefix, cwd)
+        host = self.hosts.server
+        if name.startswith("worker-"):
+            host = self.hosts.workers[int(name.removeprefix("worker-")) % len(self.hosts.workers)]
+        args = [host.address if a == HOST else a for a in args]
+        return super().spawn(name, args, env, prefix or tuple(self.hosts.run_in(host)), cwd)
 
 
 def _tcp_gbit_s(hosts: Hosts, env: dict[str, str], logdir: Path, seconds: float) -> tuple[float, float]:
@@ -173,3 +168,27 @@ def between_hosts(
             window_s *= min(3.0, max(1.0, 10e9 / rate.bits_per_s))
             rows += _async_rows(cluster, hosts, s, numel, window_s, where)
     return [check, *rows]
+
+
+def time_to_target_between_hosts(
+    s: Settings,
+    env: dict[str, str],
+    rate: Rate,
+    runs: list[TargetRun],
+    log: Callable[[str], None],
+) -> list[Row]:
+    """Time to a target validation loss, tidal sync and async against DDP over gloo, on emulated
+    hosts with as many worker namespaces as the largest run has workers."""
+    env = {**env, "TIDAL_SHARED_MEMORY": "off"}
+    workdir = s.workdir / f"network-target-{rate.text}"
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    workers = max(run.workers for run in runs)
+    rows = []
+    with emulated_hosts(rate, workers) as hosts:
+        log(f"{rate.label}: namespaces {', '.join(hosts.namespaces)}; time to target")
+        ranks = [hosts.run_in(w, {"GLOO_SOCKET_IFNAME": w.ifname}) for w in hosts.workers]
+        local = NetCluster(workdir, hosts, env, max(run.shards for run in runs))
+        with BenchCluster(workdir, env, local.num_shards, local=local) as cluster:
+            for run in runs:
+                rows += time_to_target(cluster, s, run, f"{rate.label} link: ", ranks[: run.workers])
+    return rows

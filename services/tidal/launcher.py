@@ -85,10 +85,12 @@ class LocalCluster:
             paths = [*worker_python_path, *filter(None, [self.env.get("PYTHONPATH")])]
             self.worker_env["PYTHONPATH"] = os.pathsep.join(paths)
         self.services: dict[str, Service] = {}
+        # The address the services bind and are reached at (a subclass may run them elsewhere).
+        self.host = HOST
 
     @property
     def coordinator_address(self) -> str:
-        return f"{HOST}:{self.services['coordinator'].info['grpc_port']}"
+        return self.address_of("coordinator")
 
     @property
     def tls(self) -> bool:
@@ -106,20 +108,20 @@ class LocalCluster:
 
     @property
     def rest_url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.services['coordinator'].info['http_port']}"
+        return f"{self.scheme}://{self.host}:{self.services['coordinator'].info['http_port']}"
 
     def address_of(self, name: str) -> str:
-        return f"{HOST}:{self.services[name].info['grpc_port']}"
+        return f"{self.host}:{self.services[name].info['grpc_port']}"
 
     def metrics_url(self, name: str) -> str:
-        return f"{self.scheme}://{HOST}:{self.services[name].info['metrics_port']}/metrics"
+        return f"{self.scheme}://{self.host}:{self.services[name].info['metrics_port']}/metrics"
 
     def scrape_configs(self) -> list[dict[str, Any]]:
         """Prometheus scrape jobs for this cluster, named as in deploy/prometheus/prometheus.yml."""
         targets: dict[str, list[str]] = {}
         for name, service in self.services.items():
             role = service.info.get("role", name)
-            targets.setdefault(f"tidal-{role}", []).append(f"{HOST}:{service.info['metrics_port']}")
+            targets.setdefault(f"tidal-{role}", []).append(f"{self.host}:{service.info['metrics_port']}")
         tls: dict[str, Any] = {}
         if self.tls and (ca := self._ca_file()):
             # /metrics is HTTPS with the service's certificate; no client certificate needed.
