@@ -27,6 +27,8 @@ from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.core.spec import Mode, parse_job_spec
 
 BUSY_PHASES = ("compute", "injected")
+# Probes run, each twice as long as the one before, until every worker made a step.
+PROBE_ATTEMPTS = 3
 COMM_PHASES = ("push", "barrier", "pull")
 
 
@@ -57,7 +59,10 @@ def timings_of(workers: list[WorkerResult]) -> list[WorkerTiming]:
     out = []
     for w in workers:
         if not w.phase_means:
-            raise FailedPreconditionError(f"probe: no step timings from worker {w.process} (its /metrics page)")
+            raise FailedPreconditionError(
+                f"probe: no step timings from worker {w.process} (its /metrics page) after {PROBE_ATTEMPTS} probes, "
+                "the last twice as long as the one before; try a larger --probe-steps"
+            )
         out.append(
             WorkerTiming(
                 f"rank {w.rank}",
@@ -81,12 +86,26 @@ async def run_advise(
 ) -> int:
     job = load_spec_file(spec_file)
     spec = parse_job_spec(job)
-    compare = probe_compare_spec(job, probe_steps, slowdowns)
-    # Progress goes to stderr so that --json prints nothing but the answer on stdout.
-    baselines, _, _ = await run_all(compare, plan_runs(compare), workdir, err)
-    probe = baselines[0]
-    if not probe.succeeded:
-        raise FailedPreconditionError(f"probe job {probe.job_id}: {probe.outcome()}")
+    steps = probe_steps
+    for attempt in range(PROBE_ATTEMPTS):
+        compare = probe_compare_spec(job, steps, slowdowns)
+        where = workdir / f"probe-{attempt + 1}" if workdir is not None and attempt else workdir
+        # Progress goes to stderr so that --json prints nothing but the answer on stdout.
+        baselines, _, _ = await run_all(compare, plan_runs(compare), where, err)
+        probe = baselines[0]
+        if not probe.succeeded:
+            raise FailedPreconditionError(f"probe job {probe.job_id}: {probe.outcome()}")
+        # An async job ends after steps x workers updates, whoever made them: a worker that
+        # started late on a loaded machine may have made none. Probe again for longer.
+        idle = [w.process for w in probe.workers if not w.phase_means]
+        if not idle or attempt == PROBE_ATTEMPTS - 1:
+            break
+        err.print(
+            f"probe: {', '.join(idle)} made no step before the others had made the job's {steps * spec.num_workers} "
+            f"updates; probing again with {2 * steps} steps per worker",
+            highlight=False,
+        )
+        steps *= 2
     timings = timings_of(probe.workers)
     advice = advise(timings, spec.batch_size)
     if as_json:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 # isort: split
+from tidal.advise import PROBE_ATTEMPTS, timings_of
+from tidal.compare.results import WorkerResult
 from tidal.core.advice import PREFER_FRESHER, WorkerTiming, advise
-from tidal.core.errors import InvalidArgumentError
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.core.spec import Mode, parse_job_spec
 
 
@@ -65,3 +67,13 @@ def test_every_recommendation_is_a_valid_job_spec() -> None:
 def test_a_probe_without_timings_is_refused(bad: list[WorkerTiming]) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^probe: "):
         advise(bad, batch_size=32)
+
+
+def test_a_worker_that_made_no_probe_step_is_named() -> None:
+    """An async probe ends after steps x workers updates, whoever made them; a worker that made
+    none has no timings, and the probe's answer names it rather than advising without it."""
+    made = WorkerResult(0, "w0", "worker-0", 1.0, 10, phase_means={"compute": 0.01, "push": 0.002})
+    idle = WorkerResult(1, "w1", "worker-1", 1.0, 0)
+    with pytest.raises(FailedPreconditionError, match=f"worker-1 .* after {PROBE_ATTEMPTS} probes"):
+        timings_of([made, idle])
+    assert [t.worker for t in timings_of([made])] == ["rank 0"]
