@@ -3,7 +3,9 @@
 for a full run; a temporary folder for --quick unless --out).
 
 Full run: about 18 minutes of measuring on 2 idle cores (7 of them the network case, as root),
-plus the waits for the load to settle before each case (up to --settle-s each). It refuses to
+plus the network case's time to target (12 minutes on this machine under a load of 8-10; not yet
+timed on an idle one), plus the waits for the load to settle before each case (up to --settle-s
+each). It refuses to
 start on a busy machine (exit 3, one line naming the load and the flag, RESULTS.md unchanged) and
 refuses a case whose machine stayed busy; --allow-busy measures anyway and marks those figures
 busy in RESULTS.md.
@@ -77,7 +79,7 @@ FULL = Sizes(
     async_numel=10_000_000, async_window_s=4.0,
     e2e_workers=[1, 2, 4], e2e_steps=200,
     control_members=[64, 256, 512], control_window_s=8.0,
-    network_targets=[e2e.TargetRun(e2e.WIDE_MODEL, w, 2, e2e.WIDE_TARGET, lr=e2e.WIDE_LR) for w in (2, 4)],
+    network_targets=[e2e.wide_run(2), e2e.wide_run(4)],
 )  # fmt: skip
 QUICK = Sizes(
     serde_numel=1_000_000, memory_numel=1_000_000, memory_rounds=3,
