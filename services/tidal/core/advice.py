@@ -113,7 +113,10 @@ def advise(timings: list[WorkerTiming], batch_size: int) -> Advice:
     pace = ", ".join(f"{w} {slowness[w]:.1f}x" for w in stragglers)
     candidates: list[_Candidate] = [
         _Candidate(
-            "sync", Mode.SYNC, {}, n * batch_size / sync_step,
+            "sync",
+            Mode.SYNC,
+            {},
+            n * batch_size / sync_step,
             f"The workers are uniform enough (slowest {busy[-1] / median_busy:.1f}x the median worker, step p90 "
             f"{jitter:.1f}x its median, communication {comm_ratio:.1f}x computation) that plain sync is hard to "
             "beat: every step uses every worker's gradient, no gradient is stale, and runs are reproducible.",
@@ -123,7 +126,9 @@ def advise(timings: list[WorkerTiming], batch_size: int) -> Advice:
         kept = n - backups
         candidates.append(
             _Candidate(
-                f"sync (backup_workers {backups})", Mode.SYNC, {"backup_workers": backups},
+                f"sync (backup_workers {backups})",
+                Mode.SYNC,
+                {"backup_workers": backups},
                 kept * batch_size / (busy[kept - 1] + comm),
                 f"{'Worker' if backups == 1 else 'Workers'} {pace} slower than the median worker "
                 f"({median_busy * 1000:.0f} ms of computation per step): plain sync would run every step at "
@@ -137,7 +142,9 @@ def advise(timings: list[WorkerTiming], batch_size: int) -> Advice:
     if jitter >= JITTER_RATIO and not stragglers:
         candidates.append(
             _Candidate(
-                f"ssp (staleness_bound {bound})", Mode.SSP, {"staleness_bound": bound},
+                f"ssp (staleness_bound {bound})",
+                Mode.SSP,
+                {"staleness_bound": bound},
                 n * batch_size / (statistics.mean(busy) + comm),
                 f"The workers are equally fast on average, but single steps jitter: the 90th percentile of a "
                 f"step is {jitter:.1f}x its median, and plain sync waits for the slowest worker of every step. "
@@ -149,7 +156,9 @@ def advise(timings: list[WorkerTiming], batch_size: int) -> Advice:
     if comm_ratio >= COMM_HEAVY_RATIO:
         candidates.append(
             _Candidate(
-                f"local_sgd (sync_every {sync_every})", Mode.LOCAL_SGD, {"sync_every": sync_every},
+                f"local_sgd (sync_every {sync_every})",
+                Mode.LOCAL_SGD,
+                {"sync_every": sync_every},
                 n * batch_size / (busy[-1] + comm / sync_every),
                 f"Communication dominates: a step spends {comm * 1000:.0f} ms exchanging parameters and "
                 f"gradients against {median_busy * 1000:.0f} ms of computation ({comm_ratio:.1f}x). Local SGD "
@@ -160,7 +169,9 @@ def advise(timings: list[WorkerTiming], batch_size: int) -> Advice:
         )
     candidates.append(
         _Candidate(
-            "async (staleness_lr inverse)", Mode.ASYNC, {"staleness_lr": "inverse"},
+            "async (staleness_lr inverse)",
+            Mode.ASYNC,
+            {"staleness_lr": "inverse"},
             sum(batch_size / (t.busy_s + t.comm_s) for t in timings),
             f"The fleet is uneven{f' ({pace} slower than the median worker)' if pace else ''} and no small set "
             "of backup workers hides it: async lets every worker push at its own pace, and dividing the "

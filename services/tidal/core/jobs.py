@@ -39,6 +39,7 @@ from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, Shar
 from tidal.core.layout import Layout
 from tidal.core.membership import Member, Membership, MemberState, Role
 from tidal.core.shard_map import build_shard_map
+from tidal.core.shard_restarts import START_IT_AGAIN, describe_lost_shard, not_restored
 from tidal.core.spec import JobSpec, Mode
 
 # Modes whose shards can be restored: their barriers key on the version a gradient was computed
@@ -379,7 +380,7 @@ class JobManager:
             restart.lost_name, restart.lost_address = member.name, member.address
             job.restarts.append(restart)
         timeout = job.spec.checkpoint.restart_timeout_s
-        job.message = f"waiting up to {timeout:g}s for {_lost_shard(restart)} to come back; {START_IT_AGAIN}"
+        job.message = f"waiting up to {timeout:g}s for {describe_lost_shard(restart)} to come back; {START_IT_AGAIN}"
         return []
 
     def shard_rejoin(self, member: Member, job_id: str, shard_index: int) -> list[Command]:
@@ -466,35 +467,6 @@ def pick_shards(idle: list[Member], count: int) -> list[Member | None]:
     asked = {m.shard_index: m for m in idle if m.shard_index is not None}
     free = iter([m for m in idle if m.shard_index is None])
     return [asked.get(i) or next(free, None) for i in range(count)]
-
-
-# What to do about a lost shard: deployment-neutral, because the coordinator cannot tell how
-# the shard was run. Docker's restart policies ignore `docker stop` and `docker kill`.
-START_IT_AGAIN = (
-    "start it again with the same checkpoint folder and it restores its newest checkpoint (a shard stopped by "
-    "hand, docker stop or docker kill, is not restarted by Docker's restart policies: docker compose start "
-    "SERVICE; on Kubernetes see kubectl get pods)"
-)
-
-
-def _lost_shard(restart: ShardRestart) -> str:
-    """E.g. "shard 1 (member shard-1-2-a1b2c3, name shard-1, address 10.0.0.5:50052)"."""
-    who = [f"member {restart.lost_member}"]
-    if restart.lost_name and restart.lost_name != restart.lost_member:
-        who.append(f"name {restart.lost_name}")
-    if restart.lost_address:
-        who.append(f"address {restart.lost_address}")
-    return f"shard {restart.shard_index} ({', '.join(who)})"
-
-
-def not_restored(job: Job, restart: ShardRestart) -> str:
-    """The failure of a job whose lost shard did not come back in time, with what to do."""
-    timeout = job.spec.checkpoint.restart_timeout_s
-    return (
-        f"{_lost_shard(restart)} was lost at version {restart.lost_version} and did not come back within "
-        f"{timeout:g}s (checkpoint.restart_timeout_s); {START_IT_AGAIN}, then submit the job again (a larger "
-        f"checkpoint.restart_timeout_s waits longer)"
-    )
 
 
 def _accounted(job: Job, shard: ShardProgress) -> bool:

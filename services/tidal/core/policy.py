@@ -54,9 +54,7 @@ class ShardView:
         finished that still pushes must still count."""
         arrived = self.arrived(clock)
         return frozenset(
-            m
-            for m in self.members
-            if self.joined.get(m, 0) <= clock and (m not in self.finished or m in arrived)
+            m for m in self.members if self.joined.get(m, 0) <= clock and (m not in self.finished or m in arrived)
         )
 
     def expected_unless_skipped(self, clock: int) -> frozenset[str]:
