@@ -17,6 +17,7 @@ from enum import Enum
 
 import torch
 
+from tidal.core import eager_optim
 from tidal.core.auto import AutoDecision
 from tidal.core.digests import values_digest
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
@@ -400,7 +401,7 @@ class ShardState:
         group = self.optimizer.param_groups[0]
         group["lr"] = self._base_lr * lr_scale * lr_factor(self._schedule, self.version, self.spec.target_version)
         self.params.grad = grad
-        self.optimizer.step()
+        eager_optim.step(self.optimizer)
         self.params.grad = None
         group["lr"] = self._base_lr
         self.version += 1
