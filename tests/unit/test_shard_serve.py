@@ -68,6 +68,9 @@ def test_a_serve_keeps_its_version_when_a_push_lands_in_between() -> None:
     assert not runtime._frozen  # nothing changed: no copy
     push(runtime, "w1", 0)  # another stream's push: the parameters change under the serve
     assert runtime.state.version == 1
+    # A copy of what the serve has not sent yet: all but the first message.
+    first_unsent, rest = runtime._frozen[0]
+    assert first_unsent == CHUNK_BYTES // 4 and rest.numel() == TOTAL - first_unsent
     versions, values = assemble(runtime, [first, *serve])
     assert versions == {0}
     assert torch.equal(values, before)

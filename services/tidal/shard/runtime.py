@@ -90,6 +90,15 @@ class SharedScratch:
             self._released.set()
 
 
+class _Progress:
+    """How far one inline serve got: the first element of the slice it has not sent."""
+
+    __slots__ = ("start",)
+
+    def __init__(self) -> None:
+        self.start = 0
+
+
 class ShardRuntime:
     def __init__(self, job_id: str, state: ShardState, metrics: JobShardMetrics) -> None:
         self.job_id = job_id
@@ -97,10 +106,12 @@ class ShardRuntime:
         self.metrics = metrics
         self.range_start = state.shard_map.ranges[state.shard_index][0]
         self._changed = asyncio.Condition()
-        # Inline serves still sending, by version; and copies of the versions that changed
-        # while serves of them were in flight (`_freeze`), dropped with their last serve.
-        self._sending: dict[int, int] = {}
-        self._frozen: dict[int, torch.Tensor] = {}
+        # Inline serves still sending, by version: for each, the first element of the slice
+        # it has not sent yet (messages go out in slice order). And of the versions that
+        # changed while serves of them were in flight (`_freeze`), the elements from the first
+        # one a serve still needs: (that element, a copy from it), dropped with the last serve.
+        self._sending: dict[int, list[_Progress]] = {}
+        self._frozen: dict[int, tuple[int, torch.Tensor]] = {}
         # The messages' chunk windows, by element size (serde.window_groups): built once.
         self._groups: dict[int, list[list[serde.Window]]] = {}
         state.before_change = self._freeze
@@ -266,30 +277,34 @@ class ShardRuntime:
             groups = self._groups[dtype.itemsize] = serde.window_groups(
                 dtype.itemsize, self.state.segments, self.range_start
             )
-        self._sending[version] = self._sending.get(version, 0) + 1
+        progress = _Progress()
+        serves = self._sending.setdefault(version, [])
+        serves.append(progress)
         try:
             for i, windows in enumerate(groups):
-                source = self._frozen.get(version)
-                if source is None:
-                    source = self.state.params.detach()
-                message = frames.encode_params(
-                    version, serde.encode_windows(source, windows, dtype), i == len(groups) - 1
-                )
+                source, base = self.state.params.detach(), 0
+                if version != self.state.version:  # changed since: `_freeze` kept the rest
+                    base, source = self._frozen[version]
+                chunks = serde.encode_windows(source, windows, dtype, base)
+                message = frames.encode_params(version, chunks, i == len(groups) - 1)
+                # Encoded (copied): the next message starts after it (windows are in slice order).
+                progress.start = windows[-1].start + windows[-1].length
                 self.metrics.sent.inc(len(message))
                 yield message
         finally:
-            if left := self._sending[version] - 1:
-                self._sending[version] = left
-            else:
+            serves.remove(progress)
+            if not serves:
                 del self._sending[version]
                 self._frozen.pop(version, None)
 
     def _freeze(self) -> None:
         """The state is about to change the parameters: serves of the current version still
-        sending finish from a copy of it."""
+        sending finish from a copy of what they have not sent yet."""
         version = self.state.version
-        if self._sending.get(version) and version not in self._frozen:
-            self._frozen[version] = self.state.params.detach().clone()
+        serves = self._sending.get(version)
+        if serves and version not in self._frozen:
+            first = min(progress.start for progress in serves)
+            self._frozen[version] = (first, self.state.params.detach()[first:].clone())
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -107,15 +107,16 @@ def window_groups(
 
 
 def encode_windows(
-    flat: torch.Tensor, windows: Sequence[Window], dtype: torch.dtype | None = None
+    flat: torch.Tensor, windows: Sequence[Window], dtype: torch.dtype | None = None, base: int = 0
 ) -> list[frames.Encoded]:
-    """The chunks of `windows` of the slice `flat`, in `dtype` (default: `flat`'s), encoded for
-    the fast path: payloads are views of `flat` (or of a converted copy of the window alone)."""
+    """The chunks of `windows` of a slice, `flat` holding its elements from `base` on, in
+    `dtype` (default: `flat`'s), encoded for the fast path: payloads are views of `flat` (or
+    of a converted copy of the window alone)."""
     dtype = dtype or flat.dtype
     code = dtype_to_proto(dtype)
     chunks = []
     for w in windows:
-        values = flat[w.start : w.start + w.length]
+        values = flat[w.start - base : w.start - base + w.length]
         chunks.append(frames.encode_chunk(w.name, code, w.shape, w.offset, _as_bytes(values.to(dtype))))
     return chunks
 
