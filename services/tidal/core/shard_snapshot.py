@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tidal.core import eager_optim
 from tidal.core.errors import DataLossError
 from tidal.core.optim import IMPLEMENTATION_OPTIONS
 from tidal.core.shard_state import PushOutcome, PushResult, ShardCounters, ShardState
@@ -60,7 +61,7 @@ def _jsonable(value: Any) -> Any:
 def snapshot_shard(job_id: str, state: ShardState, lost_by_worker: dict[str, int] | None = None) -> ShardSnapshot:
     """Copies the state; call it on the thread that applies pushes, between two of them.
     `lost_by_worker` is what earlier restores lost (RecoveryLedger), carried along."""
-    opt = state.optimizer.state_dict()
+    opt = eager_optim.state_dict(state.optimizer)
     group = {k: _jsonable(v) for k, v in opt["param_groups"][0].items() if k != "params"}
     tensor_state: dict[str, torch.Tensor] = {}
     scalar_state: dict[str, Any] = {}
@@ -139,7 +140,7 @@ def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
         raise DataLossError(
             f"{where}: params are {got}, the shard holds {tuple(state.params.shape)} {state.params.dtype}"
         )
-    current = state.optimizer.state_dict()
+    current = eager_optim.state_dict(state.optimizer)
     group = {k: _jsonable(v) for k, v in current["param_groups"][0].items() if k != "params"}
     saved = snapshot.optimizer
 
@@ -156,7 +157,7 @@ def restore_shard(state: ShardState, snapshot: ShardSnapshot) -> None:
     with torch.no_grad():
         state.params.copy_(params)
     current["state"] = {0: opt_state} if opt_state else {}
-    state.optimizer.load_state_dict(current)
+    eager_optim.load_state_dict(state.optimizer, current)
     # Membership and epoch stay as the coordinator assigned them now: it is the authority.
     state.version, state.initialized = snapshot.version, True
     state.initial_digest = snapshot.initial_digest or None

@@ -11,12 +11,13 @@ another member's pushes are handled.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
+from tidal.core import eager_optim
 from tidal.core.auto import AutoDecision
 from tidal.core.digests import values_digest
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
@@ -151,6 +152,9 @@ class ShardState:
         self.auto_decisions: list[AutoDecision] = []
         # Barrier modes: workers whose push of the job's last clock was folded in (ShardView).
         self._finished: set[str] = set()
+        # Called right before the parameters change (an optimizer step, the initial values):
+        # the runtime keeps a copy of the version for serves of it still in flight.
+        self.before_change: Callable[[], None] | None = None
 
     def initialize(self, worker_id: str, membership_epoch: int, values: torch.Tensor) -> bool:
         """A worker's initial parameters for this slice, as its model built them: they become
@@ -172,6 +176,8 @@ class ShardState:
                     "(do the workers build the model from the spec's seed alone?)"
                 )
             return False
+        if self.before_change is not None:
+            self.before_change()
         with torch.no_grad():
             self.params.copy_(values)
         self.initialized, self.version = True, 0
@@ -397,10 +403,12 @@ class ShardState:
         return tuple(folded)
 
     def _step(self, grad: torch.Tensor, lr_scale: float = 1.0) -> None:
+        if self.before_change is not None:
+            self.before_change()
         group = self.optimizer.param_groups[0]
         group["lr"] = self._base_lr * lr_scale * lr_factor(self._schedule, self.version, self.spec.target_version)
         self.params.grad = grad
-        self.optimizer.step()
+        eager_optim.step(self.optimizer)
         self.params.grad = None
         group["lr"] = self._base_lr
         self.version += 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tidal.core import eager_optim
 from tidal.core.flat import FlatModel
 from tidal.core.objectives import CROSS_ENTROPY, Metric, Objective
 from tidal.core.precision import MixedPrecision
@@ -93,5 +94,6 @@ def warm_up() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     flat = FlatModel(model)
     compute_gradient(flat, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
-    torch.optim.SGD([flat.params], lr=0.0).step()
+    # As shards and local-SGD workers step (core/eager_optim.py): no torch._dynamo import.
+    eager_optim.step(eager_optim.build(torch.optim.SGD, [flat.params], lr=0.0))
     evaluate(model, tensor_batches(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)))

@@ -15,6 +15,7 @@ middle of a push ends with an error, never with OK.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -164,8 +165,9 @@ class ExchangeSession:
         runtime.metrics.received.inc(frame.nbytes)
         if frame.kind == "pull":
             await self._wait_for_version(frame.body.min_version)
-            for params in runtime.serve(self.worker_id, self._shared):
-                yield params
+            with contextlib.closing(runtime.serve(self.worker_id, self._shared)) as messages:
+                for params in messages:
+                    yield params
         elif frame.kind == "push":
             grad = await self._assemble(frame.body, init=False)
             if grad is not None and self._pending is not None:
@@ -292,8 +294,9 @@ class ExchangeSession:
             )
         )
         await self._wait_for_version(result.serve_version)
-        for params in runtime.serve(self.worker_id, self._shared):
-            yield params
+        with contextlib.closing(runtime.serve(self.worker_id, self._shared)) as messages:
+            for params in messages:
+                yield params
 
     def _map_offer(self, opened: shard_pb.ExchangeOpen, runtime: ShardRuntime) -> shm.SharedStream | None:
         """The shared memory a worker on this host offered for the payloads (transport/shm.py),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Coroutine
@@ -25,6 +26,7 @@ from tidal.core.shard_snapshot import restore_shard
 from tidal.core.shard_state import ShardState
 from tidal.shard.checkpointing import CheckpointMetrics, ShardCheckpointer
 from tidal.shard.convert import build_state, checkpoints_to_proto, progress_report
+from tidal.shard.memory import MALLOC_ARENAS, STREAM_WINDOW_BYTES, limit_malloc_arenas
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
@@ -271,7 +273,11 @@ async def run_shard(
 ) -> int:
     registry = CollectorRegistry()
     security = settings.security
-    server, bound_port = create_server(f"{host}:{port}", security, [GrpcMetricsInterceptor(registry)])
+    limit_malloc_arenas(MALLOC_ARENAS, os.environ)  # before gRPC starts its threads (shard/memory.py)
+    interceptors = [GrpcMetricsInterceptor(registry)]
+    server, bound_port = create_server(
+        f"{host}:{port}", security, interceptors, stream_window_bytes=STREAM_WINDOW_BYTES
+    )
     fault = parse_checkpoint_fault(checkpoint_fault)
     store = CheckpointStore(checkpoint_dir, fault=fault) if checkpoint_dir else None
 

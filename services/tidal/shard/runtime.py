@@ -1,8 +1,11 @@
 """One job on one shard, seen from asyncio: version waits and serialized parameters.
 
 Wraps the pure `ShardState`: a condition wakes workers waiting for a version, and the
-serialized parameters of the current version are cached, so W workers waiting for the
-same version cost one serialization, not W.
+parameters are served to each stream one message at a time, encoded from the live
+parameters as gRPC takes each message, so serving holds no copy of the parameters. A serve
+still in flight when the parameters change (an async push from another worker) finishes from
+a copy of its version that the state's `before_change` hook took just before the change: one
+copy per version, and only while a serve of it is in flight.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -86,6 +90,15 @@ class SharedScratch:
             self._released.set()
 
 
+class _Progress:
+    """How far one inline serve got: the first element of the slice it has not sent."""
+
+    __slots__ = ("start",)
+
+    def __init__(self) -> None:
+        self.start = 0
+
+
 class ShardRuntime:
     def __init__(self, job_id: str, state: ShardState, metrics: JobShardMetrics) -> None:
         self.job_id = job_id
@@ -93,7 +106,15 @@ class ShardRuntime:
         self.metrics = metrics
         self.range_start = state.shard_map.ranges[state.shard_index][0]
         self._changed = asyncio.Condition()
-        self._cache: tuple[int, list[bytes], int] | None = None
+        # Inline serves still sending, by version: for each, the first element of the slice
+        # it has not sent yet (messages go out in slice order). And of the versions that
+        # changed while serves of them were in flight (`_freeze`), the elements from the first
+        # one a serve still needs: (that element, a copy from it), dropped with the last serve.
+        self._sending: dict[int, list[_Progress]] = {}
+        self._frozen: dict[int, tuple[int, torch.Tensor]] = {}
+        # The messages' chunk windows, by element size (serde.window_groups): built once.
+        self._groups: dict[int, list[list[serde.Window]]] = {}
+        state.before_change = self._freeze
         # Where pushes are assembled before they reach the parameters.
         self.scratch = SharedScratch(state.params, SCRATCH_WAIT_S if state.spec.mode == Mode.ASYNC else 0.0)
         # What parameters travel down to workers in (None: as held).
@@ -218,49 +239,72 @@ class ShardRuntime:
         if self.closed_reason:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
 
-    def serve(self, worker_id: str, shared: shm.SharedStream | None = None) -> list[bytes]:
+    def serve(self, worker_id: str, shared: shm.SharedStream | None = None) -> Iterator[bytes]:
         """The current parameters for `worker_id`, in the job's parameter wire dtype (bf16 when
-        the job compresses with bf16), noting what it will train on (DC-ASGD). Inline, they are
-        cached per version, so W workers waiting for the same version cost one encoding; on a
-        stream with shared memory they are copied into its segment and the message says where."""
+        the job compresses with bf16), noting what it will train on (DC-ASGD). Inline, each
+        message is encoded when it is asked for (`_messages`); on a stream with shared memory
+        they are copied into its segment and the messages say where. A generator: its first
+        message is taken at once; close it if the stream ends early."""
         self.state.served(worker_id, now=time.monotonic())
         version = self.state.version
-        if shared is not None:
-            flat = self.state.params.detach()
-            dtype = self._wire or flat.dtype
-            shared.params.tensor(dtype, flat.numel()).copy_(flat)
-            if self._shared_chunks is None:  # the same headers for every version: built once
-                self._shared_chunks = serde.shared_chunks(dtype, self.state.segments, self.range_start)
-            groups = self._shared_chunks
-            messages = [frames.encode_params(version, g, i == len(groups) - 1) for i, g in enumerate(groups)]
-            self.metrics.sent.inc(flat.numel() * dtype.itemsize + sum(len(m) for m in messages))
-            return messages
-        if self._cache is None or self._cache[0] != version:
-            # Dropped first: the previous version's messages are not kept alive by the cache
-            # while the new ones are encoded.
-            self._cache = None
-            messages = self._encode(self._wire)
-            self._cache = (version, messages, sum(len(m) for m in messages))
-        self.metrics.sent.inc(self._cache[2])
-        return self._cache[1]
+        if shared is None:
+            yield from self._messages(version, self._wire)
+            return
+        flat = self.state.params.detach()
+        dtype = self._wire or flat.dtype
+        shared.params.tensor(dtype, flat.numel()).copy_(flat)
+        if self._shared_chunks is None:  # the same headers for every version: built once
+            self._shared_chunks = serde.shared_chunks(dtype, self.state.segments, self.range_start)
+        groups = self._shared_chunks
+        messages = [frames.encode_params(version, g, i == len(groups) - 1) for i, g in enumerate(groups)]
+        self.metrics.sent.inc(flat.numel() * dtype.itemsize + sum(len(m) for m in messages))
+        yield from messages
 
-    def params(self) -> list[bytes]:
+    def params(self) -> Iterator[bytes]:
         """The current parameters as held (float32), encoded as ExchangeResponse messages
-        carrying Params (transport/frames.py): the job's result, read rarely, not cached."""
+        carrying Params (transport/frames.py): the job's result."""
         if not self.state.initialized:
             raise FailedPreconditionError(f"job_id: job {self.job_id} has no parameters yet (its workers send them)")
-        messages = self._encode(None)
-        self.metrics.sent.inc(sum(len(m) for m in messages))
-        return messages
+        return self._messages(self.state.version, None)
 
-    def _encode(self, wire: torch.dtype | None) -> list[bytes]:
-        flat = self.state.params.detach()
-        if wire is not None and wire != flat.dtype:
-            flat = flat.to(wire)
-        chunks = serde.encoded_chunks(flat, self.state.segments, self.range_start)
-        groups = list(serde.group_encoded(chunks))
+    def _messages(self, version: int, wire: torch.dtype | None) -> Iterator[bytes]:
+        """The parameters of `version` (the current one when called), one Params message at a
+        time, each encoded from the live parameters, or from the copy `_freeze` kept if they
+        changed since."""
+        dtype = wire or self.state.params.dtype
+        groups = self._groups.get(dtype.itemsize)
+        if groups is None:
+            groups = self._groups[dtype.itemsize] = serde.window_groups(
+                dtype.itemsize, self.state.segments, self.range_start
+            )
+        progress = _Progress()
+        serves = self._sending.setdefault(version, [])
+        serves.append(progress)
+        try:
+            for i, windows in enumerate(groups):
+                source, base = self.state.params.detach(), 0
+                if version != self.state.version:  # changed since: `_freeze` kept the rest
+                    base, source = self._frozen[version]
+                chunks = serde.encode_windows(source, windows, dtype, base)
+                message = frames.encode_params(version, chunks, i == len(groups) - 1)
+                # Encoded (copied): the next message starts after it (windows are in slice order).
+                progress.start = windows[-1].start + windows[-1].length
+                self.metrics.sent.inc(len(message))
+                yield message
+        finally:
+            serves.remove(progress)
+            if not serves:
+                del self._sending[version]
+                self._frozen.pop(version, None)
+
+    def _freeze(self) -> None:
+        """The state is about to change the parameters: serves of the current version still
+        sending finish from a copy of what they have not sent yet."""
         version = self.state.version
-        return [frames.encode_params(version, group, i == len(groups) - 1) for i, group in enumerate(groups)]
+        serves = self._sending.get(version)
+        if serves and version not in self._frozen:
+            first = min(progress.start for progress in serves)
+            self._frozen[version] = (first, self.state.params.detach()[first:].clone())
 
     async def _notify(self) -> None:
         async with self._changed:

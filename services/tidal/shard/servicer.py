@@ -3,6 +3,7 @@ Exchange stream's protocol) and the domain's errors to status codes."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -45,8 +46,9 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         self, request: shard_pb.ReadParametersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         runtime = find_runtime(self._runtimes, request.job_id, running=False)
-        for params in runtime.params():
-            yield frames.read_parameters_response(params)
+        with contextlib.closing(runtime.params()) as messages:
+            for params in messages:
+                yield frames.read_parameters_response(params)
 
     @translate_errors
     async def GetShardInfo(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -55,17 +56,69 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.detach().contiguous().view(torch.uint8).numpy())
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One dense chunk of a shard's slice: elements [start, start + length) of the slice, which
+    are elements [offset, offset + length) of tensor `name`."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    offset: int
+    length: int
+
+
 def _windows(
-    flat: torch.Tensor, segments: Sequence[Segment], range_start: int, chunk_bytes: int
+    element_size: int, segments: Sequence[Segment], range_start: int, chunk_bytes: int
 ) -> Iterator[tuple[Segment, int, int, int]]:
     """The chunk windows of a shard's slice: (segment, start in the slice, element offset in
     the tensor, length), each of at most `chunk_bytes` of dense payload. Dense and sparse
     chunks share them, so both tile the slice the same way."""
-    per_chunk = max(1, chunk_bytes // flat.element_size())
+    per_chunk = max(1, chunk_bytes // element_size)
     for seg in segments:
         base = seg.flat_start - range_start
         for lo in range(0, seg.length, per_chunk):
             yield seg, base + lo, seg.tensor_offset + lo, min(per_chunk, seg.length - lo)
+
+
+def window_groups(
+    element_size: int,
+    segments: Sequence[Segment],
+    range_start: int,
+    max_bytes: int = CHUNK_BYTES,
+    max_chunks: int = MAX_CHUNKS_PER_MESSAGE,
+) -> list[list[Window]]:
+    """The dense chunk windows of a shard's slice (those `encoded_chunks` cuts), packed into
+    messages of at most `max_bytes` of payload and `max_chunks` chunks: what a sender encodes
+    one message at a time (`encode_windows`)."""
+    groups: list[list[Window]] = []
+    group: list[Window] = []
+    size = 0
+    for seg, start, offset, length in _windows(element_size, segments, range_start, max_bytes):
+        nbytes = length * element_size
+        if group and (size + nbytes > max_bytes or len(group) >= max_chunks):
+            groups.append(group)
+            group, size = [], 0
+        group.append(Window(seg.name, tuple(seg.shape), start, offset, length))
+        size += nbytes
+    if group:
+        groups.append(group)
+    return groups
+
+
+def encode_windows(
+    flat: torch.Tensor, windows: Sequence[Window], dtype: torch.dtype | None = None, base: int = 0
+) -> list[frames.Encoded]:
+    """The chunks of `windows` of a slice, `flat` holding its elements from `base` on, in
+    `dtype` (default: `flat`'s), encoded for the fast path: payloads are views of `flat` (or
+    of a converted copy of the window alone)."""
+    dtype = dtype or flat.dtype
+    code = dtype_to_proto(dtype)
+    chunks = []
+    for w in windows:
+        values = flat[w.start - base : w.start - base + w.length]
+        chunks.append(frames.encode_chunk(w.name, code, w.shape, w.offset, _as_bytes(values.to(dtype))))
+    return chunks
 
 
 def slice_to_chunks(
@@ -74,7 +127,7 @@ def slice_to_chunks(
     """Cuts a shard's flat slice (`flat[0]` is element `range_start` of the model's flat
     vector) into chunks of at most `chunk_bytes` of payload."""
     dtype = dtype_to_proto(flat.dtype)
-    for seg, start, offset, length in _windows(flat, segments, range_start, chunk_bytes):
+    for seg, start, offset, length in _windows(flat.element_size(), segments, range_start, chunk_bytes):
         data = bytes(_as_bytes(flat[start : start + length]))
         yield common_pb.TensorChunk(name=seg.name, dtype=dtype, shape=seg.shape, offset=offset, data=data)
 
@@ -89,7 +142,7 @@ def slice_to_sparse_chunks(
     """Sends only `flat[indices]` (sorted positions within the slice), as sparse chunks whose
     spans tile the slice exactly like dense chunks do, so the receiver's coverage check holds."""
     dtype = dtype_to_proto(flat.dtype)
-    for seg, start, offset, length in _windows(flat, segments, range_start, chunk_bytes):
+    for seg, start, offset, length in _windows(flat.element_size(), segments, range_start, chunk_bytes):
         first, last = torch.searchsorted(indices, torch.tensor([start, start + length])).tolist()
         picked = indices[first:last]
         yield common_pb.TensorChunk(
@@ -114,7 +167,7 @@ def encoded_chunks(
     `slice_to_sparse_chunks`) encoded for the fast path; dense payloads are views of `flat`,
     copied only when their message is joined."""
     dtype = dtype_to_proto(flat.dtype)
-    for seg, start, offset, length in _windows(flat, segments, range_start, chunk_bytes):
+    for seg, start, offset, length in _windows(flat.element_size(), segments, range_start, chunk_bytes):
         if sparse is None:
             yield frames.encode_chunk(seg.name, dtype, seg.shape, offset, _as_bytes(flat[start : start + length]))
             continue

@@ -44,15 +44,30 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+def stream_window_options(window_bytes: int) -> list[tuple[str, int]]:
+    """Server options that hold each stream's receive window at `window_bytes`: without them
+    gRPC's bandwidth-delay probe grows it until a sender's whole burst is buffered in the
+    receiver's memory (a shard's: up to a full push per stream while it waits its turn,
+    bench/NOTES.md "Shard memory"); 0: gRPC's default."""
+    if window_bytes <= 0:
+        return []
+    return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window_bytes)]
+
+
 def create_server(
-    address: str, security: SecurityConfig, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    address: str,
+    security: SecurityConfig,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    *,
+    stream_window_bytes: int = 0,
 ) -> tuple[grpc.aio.Server, int]:
     """Creates a grpc.aio server bound to `address` ("host:port"; port 0 picks a free one)
     and returns it with the port actually bound. TLS, mutual TLS and authentication follow
     `security` (transport/tls.py); every call passes the guard (undecodable bytes,
     credentials, authorization: transport/guard.py) after `interceptors`, so metrics count
-    refused calls with their status codes."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[*interceptors, GuardInterceptor(security)])
+    refused calls with their status codes. `stream_window_bytes`: `stream_window_options`."""
+    options = SERVER_OPTIONS + stream_window_options(stream_window_bytes)
+    server = grpc.aio.server(options=options, interceptors=[*interceptors, GuardInterceptor(security)])
     if security.ca_path is not None and not security.tls:
         raise InvalidArgumentError("TLS: a CA is configured but this server has no certificate (TIDAL_TLS_CERT)")
     try:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tidal.core import eager_optim
 from tidal.core.compression import TopK, params_wire_dtype, wire_dtype
 from tidal.core.devices import resolve_device
 from tidal.core.digests import values_digest
@@ -310,7 +311,7 @@ class TrainingRun:
         progress = max(self.version, 0) * every + self.step % every
         self.inner.param_groups[0]["lr"] = spec.optimizer.lr * lr_factor(spec.optimizer.schedule, progress, spec.steps)
         self.flat.params.grad = self.flat.grads
-        self.inner.step()
+        eager_optim.step(self.inner)
         self.flat.params.grad = None
 
     def _pause_seconds(self) -> float:
