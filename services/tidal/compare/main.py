@@ -56,7 +56,16 @@ async def run_compare(
     started, t0 = report.now(), time.monotonic()
     code = code_version()
     if todo:
-        await _on_sigterm_cancel(run_planned(spec, todo, workdir, console, _saver(store, code)))
+        try:
+            await _on_sigterm_cancel(run_planned(spec, todo, workdir, console, _saver(store, code)))
+        except (asyncio.CancelledError, Terminated):
+            saved = len(store.load(planned)[0])
+            console.print(
+                f"[yellow]{saved} of {len(planned)} runs are saved in {store.folder}; run the same command "
+                "to resume[/yellow]",
+                highlight=False,
+            )
+            raise
     total_s = time.monotonic() - t0
     stored, _ = store.load(planned)
     missing = [run_key(p) for p in planned if run_key(p) not in stored]
@@ -103,17 +112,32 @@ def _saver(store: RunStore, code: str) -> Callable[[PlannedRun, RunResult, list[
     return save
 
 
+class Terminated(FailedPreconditionError):
+    """SIGTERM stopped the comparison (one line and exit code 1, like any TidalError)."""
+
+
 async def _on_sigterm_cancel(coro: Coroutine[Any, Any, T]) -> T:
     """Runs `coro` so that SIGTERM (`kill PID`) stops it like Ctrl-C: the cluster is stopped, the
     runs finished so far stay saved, and the same command resumes."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
     try:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
     except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
         return await task
     try:
         return await task
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated("compare: stopped by SIGTERM") from None
+        raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
