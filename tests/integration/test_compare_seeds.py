@@ -109,6 +109,7 @@ def test_sigterm_stops_the_study_and_keeps_the_runs_done(study: dict[str, Any]) 
     interrupted, before = study["interrupted"], study["before"]
     assert interrupted["rc"] == 1, interrupted["log"]
     assert "error: compare: stopped by SIGTERM" in interrupted["log"], interrupted["log"]
+    assert f"runs saved: {len(before)} of {len(RUNS)}" in interrupted["log"], interrupted["log"]
     assert "run the same command to resume" in interrupted["log"], interrupted["log"]
     assert not interrupted["report_written"], "an interrupted study must not write a report"
     assert not interrupted["left_behind"], f"the cluster was not stopped: {interrupted['left_behind']}"
@@ -135,7 +136,7 @@ def test_the_same_command_resumes_without_redoing_runs(study: dict[str, Any]) ->
     assert started == expected, second.stdout
     assert not processes_mentioning(str(study["workdir"])), "compare left processes behind"
     report = (out / "report.md").read_text()
-    assert f"{len(before)} of {len(RUNS)} runs {'was' if len(before) == 1 else 'were'} done by an earlier" in report
+    assert f"{len(before)} of {len(RUNS)} runs come from an earlier invocation of the same command" in report
 
 
 def _runs(out: Path) -> dict[tuple[str, int, bool], dict[str, Any]]:

@@ -61,7 +61,7 @@ async def run_compare(
         except (asyncio.CancelledError, Terminated):
             saved = len(store.load(planned)[0])
             console.print(
-                f"[yellow]{saved} of {len(planned)} runs are saved in {store.folder}; run the same command "
+                f"[yellow]runs saved: {saved} of {len(planned)}, in {store.folder}; run the same command "
                 "to resume[/yellow]",
                 highlight=False,
             )
