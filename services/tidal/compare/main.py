@@ -82,14 +82,10 @@ async def run_compare(
     write_charts(summaries, spec.target_val_loss, subtitle, out)
     console.print(summary(spec, summaries))
     console.print(f"Report: {path} (charts, results.json and runs.csv beside it). Total {total_s:.0f}s.")
-    failed = [(s, r) for s in summaries for seed, r in zip(s.seeds, s.runs, strict=True) if not r.succeeded]
-    for s, run in failed:
-        console.print(f"[red]{s.label} (seed {run_seed(s, run)}): {run.outcome()}[/red]", highlight=False)
+    failed = [(m.label, seed, r) for m in summaries for seed, r in zip(m.seeds, m.runs, strict=True) if not r.succeeded]
+    for label, seed, run in failed:
+        console.print(f"[red]{label} (seed {seed}): {run.outcome()}[/red]", highlight=False)
     return 1 if failed else 0
-
-
-def run_seed(summary: ModeSummary, run: RunResult) -> int:
-    return summary.seeds[summary.runs.index(run)]
 
 
 def _saver(store: RunStore, code: str) -> Callable[[PlannedRun, RunResult, list[dict[str, object]], float], None]:
