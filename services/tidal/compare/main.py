@@ -208,7 +208,7 @@ def summary(spec: CompareSpec, summaries: list[ModeSummary]) -> Table:
     seeds = spec.seed_list()
     table = Table(
         title=f"{spec.name}: same job and data in every mode, "
-        + (f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds: mean (min–max)"),
+        + (f"seed {seeds[0]}" if len(seeds) == 1 else f"means over {len(seeds)} seeds (spread: in the report)"),
         caption=f"to target: first evaluation with val loss ≤ {spec.target_val_loss:g}; versions: at that point / "
         "target; stale: mean / max versions"
         + (

@@ -100,7 +100,10 @@ def summarize_modes(spec: CompareSpec, runs: Sequence[StoredRun]) -> list[ModeSu
     return out
 
 
-def _cell(stat: Stat | None, fmt: str) -> str:
+def _cell(stat: Stat | None, fmt: str, spread: bool = True) -> str:
+    """The mean (min-max); `spread=False`: the mean alone (a terminal's narrow table)."""
+    if not spread and stat is not None:
+        return format(stat.mean, fmt)
     return cell(stat, fmt) or MISSING
 
 
@@ -112,10 +115,10 @@ def _state(summary: ModeSummary) -> str:
     return f"{summary.succeeded} of {len(summary.runs)} succeeded"
 
 
-def _to_target(summary: ModeSummary, key: str, fmt: str, never: str) -> str:
+def _to_target(summary: ModeSummary, key: str, fmt: str, never: str, spread: bool = True) -> str:
     if not summary.reached:
         return never
-    text = _cell(summary.stats[key], fmt)
+    text = _cell(summary.stats[key], fmt, spread)
     return text if summary.reached == len(summary.counted) else f"{text}, {summary.reached} of {len(summary.counted)}"
 
 
@@ -139,22 +142,27 @@ def rows(spec: CompareSpec, summaries: Sequence[ModeSummary], compact: bool = Fa
     never = "never" if compact else "not reached"
     out = []
     for m in summaries:
-        st = m.stats
         target_version = m.counted[0].target_version if m.counted else 0
+        spread = not compact  # a terminal shows the means; the report their spread too
+
+        def c(key: str, fmt: str, m: ModeSummary = m, spread: bool = spread) -> str:
+            return _cell(m.stats[key], fmt, spread)
+
+        versions = _to_target(m, "versions_to_target", ".0f", never, spread)
         row = [
             m.label,
             _state(m),
-            _cell(st["wall_s"], ".1f"),
-            _cell(st["samples"], ".0f"),
-            _cell(st["step_p50_ms"], ".0f"),
-            _cell(st["step_p99_ms"], ".0f"),
-            _cell(st["samples_per_s"], ".0f"),
-            _to_target(m, "time_to_target_s", ".1f", never),
-            never if not m.reached else f"{_to_target(m, 'versions_to_target', '.0f', never)} / {target_version}",
-            _cell(st["final_val_loss"], ".4f"),
-            _cell(st["final_val_metric"], ".3f"),
-            f"{_cell(st['staleness_mean'], '.2f')} / {_cell(st['staleness_max'], '.0f')}",
-            _cell(st["wire_mib"], ".1f"),
+            c("wall_s", ".1f"),
+            c("samples", ".0f"),
+            c("step_p50_ms", ".0f"),
+            c("step_p99_ms", ".0f"),
+            c("samples_per_s", ".0f"),
+            _to_target(m, "time_to_target_s", ".1f", never, spread),
+            never if not m.reached else f"{versions} / {target_version}",
+            c("final_val_loss", ".4f"),
+            c("final_val_metric", ".3f"),
+            f"{c('staleness_mean', '.2f')} / {c('staleness_max', '.0f')}",
+            c("wire_mib", ".1f"),
         ]
         if spec.kill is not None:
             row.append(_kill_cell(m, compact))
