@@ -155,11 +155,17 @@ class RowShard:
             )
 
     # --- requests ------------------------------------------------------------------------
-    def pull(self, name: str, ids: torch.Tensor, touch: bool = True) -> torch.Tensor:
+    def pull(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """The current rows `ids` of table `name`, float32 (len(ids), dim)."""
         table = self.table(name)
         self.check_ids(table, ids)
-        return table.read(ids, touch=touch)
+        return table.read(ids)[0]
+
+    def read(self, name: str, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `pull`, read-only (not a use for eviction), and which rows are held (bool)."""
+        table = self.table(name)
+        self.check_ids(table, ids)
+        return table.read(ids, touch=False)
 
     def push(
         self,

@@ -67,9 +67,10 @@ class RowTable:
         get = self._slot.get
         return torch.tensor([get(i, -1) for i in ids.tolist()], dtype=torch.int64)
 
-    def read(self, ids: torch.Tensor, touch: bool = True) -> torch.Tensor:
+    def read(self, ids: torch.Tensor, touch: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `ids` (checked by the caller): held ones as they are, others as they would be
-        created. `touch` counts it as a use for eviction (a pull; not a read-only look)."""
+        created; and which are held (bool). `touch` counts it as a use for eviction (a pull;
+        not a read-only look)."""
         slots = self._slots(ids)
         held = slots >= 0
         rows = torch.empty((len(ids), self.dim), dtype=torch.float32)
@@ -81,7 +82,7 @@ class RowTable:
             self._tick += 1
             self._last_used[slots[held]] = self._tick
             self.counters.rows_pulled += len(ids)
-        return rows
+        return rows, held
 
     # --- writing -------------------------------------------------------------------------
     def apply(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
