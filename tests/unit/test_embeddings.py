@@ -157,8 +157,9 @@ def test_a_repeated_push_id_is_a_duplicate_and_not_applied_again() -> None:
     again = shard.push("w", "items", "w:1", ids, torch.ones(1, 4), 0, ["w"])
     assert (first.outcome, again.outcome) == (RowPushOutcome.APPLIED, RowPushOutcome.DUPLICATE)
     assert torch.equal(shard.pull("items", ids), after)
-    # Another worker's push under the same id is its own.
+    # Another worker's push, or another table's, under the same id is its own.
     assert shard.push("v", "items", "w:1", ids, torch.ones(1, 4), 0, ["w", "v"]).outcome is RowPushOutcome.APPLIED
+    assert shard.push("w", "users", "w:1", ids, torch.ones(1, 3), 0, ["w"]).outcome is RowPushOutcome.APPLIED
 
 
 # --- sync tables ----------------------------------------------------------------------------

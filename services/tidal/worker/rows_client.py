@@ -77,6 +77,13 @@ class ShardRowClient:
         self.steps = {t.name: 0 for t in tables if t.mode == "sync"}
         self._pushes = {t.name: 0 for t in tables}
 
+    def set_channels(self, channels: Sequence[grpc.aio.Channel]) -> None:
+        """New channels, one per shard in the same order (a shard restarted on another
+        address). Push numbering goes on, so a retried push id stays a retry."""
+        if len(channels) != len(self._stubs):
+            raise InvalidArgumentError(f"channels: {len(channels)}, the job has {len(self._stubs)} shards")
+        self._stubs = [shard_grpc.ParameterShardStub(c) for c in channels]
+
     @property
     def num_shards(self) -> int:
         return len(self._stubs)

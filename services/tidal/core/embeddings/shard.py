@@ -4,7 +4,7 @@ Requests name a table and carry unique int64 ids (the worker's layer deduplicate
 ids and sums their gradients, so a repeated id in one request is a bug on the sender's side
 and is refused, not summed). Every check runs before anything changes.
 
-Pushes carry a push id; the last `PUSH_IDS_KEPT` of each worker are remembered (and
+Pushes carry a push id; the last `PUSH_IDS_KEPT` of each worker and table are remembered (and
 checkpointed), so a retried push is acknowledged as a duplicate instead of being applied
 twice.
 
@@ -90,8 +90,9 @@ class RowShard:
         self.refused_ids = {name: 0 for name in self.tables}
         self.applied_step = {t.name: -1 for t in spec.embeddings if t.mode == "sync"}
         self._pending: dict[str, OrderedDict[int, _SyncStep]] = {name: OrderedDict() for name in self.applied_step}
-        self._pushes: dict[str, deque[str]] = {}
-        self._push_results: dict[tuple[str, str], RowPushResult] = {}
+        # Per (worker, table): its last push ids, oldest first, and what each came to.
+        self._pushes: dict[tuple[str, str], deque[str]] = {}
+        self._push_results: dict[tuple[str, str, str], RowPushResult] = {}
 
     # --- checks --------------------------------------------------------------------------
     def table(self, name: str) -> RowTable:
@@ -181,7 +182,7 @@ class RowShard:
         table = self.table(name)
         if not push_id:
             raise InvalidArgumentError("push_id: must not be empty (it makes a retried push harmless)")
-        previous = self._push_results.get((worker_id, push_id))
+        previous = self._push_results.get((worker_id, name, push_id))
         if previous is not None:
             return RowPushResult(RowPushOutcome.DUPLICATE, 0, previous.applied_step)
         self.check_ids(table, ids)
@@ -191,15 +192,15 @@ class RowShard:
         else:
             table.apply(ids, grads)
             result = RowPushResult(RowPushOutcome.APPLIED, len(ids))
-        self._remember(worker_id, push_id, result)
+        self._remember(worker_id, name, push_id, result)
         return result
 
-    def _remember(self, worker_id: str, push_id: str, result: RowPushResult) -> None:
-        kept = self._pushes.setdefault(worker_id, deque())
+    def _remember(self, worker_id: str, table: str, push_id: str, result: RowPushResult) -> None:
+        kept = self._pushes.setdefault((worker_id, table), deque())
         kept.append(push_id)
-        self._push_results[(worker_id, push_id)] = result
+        self._push_results[(worker_id, table, push_id)] = result
         while len(kept) > PUSH_IDS_KEPT:
-            self._push_results.pop((worker_id, kept.popleft()), None)
+            self._push_results.pop((worker_id, table, kept.popleft()), None)
 
     def _push_sync(
         self, worker_id: str, table: RowTable, ids: torch.Tensor, grads: torch.Tensor, step: int, members: set[str]
@@ -261,11 +262,14 @@ class RowShard:
                 "rows": len(table),
                 "applied_step": self.applied_step.get(name, -1),
             }
-        pushes = [
-            {"worker": worker, "push_id": push_id, "outcome": self._push_results[(worker, push_id)].outcome.value,
-             "applied_step": self._push_results[(worker, push_id)].applied_step}
-            for worker, kept in self._pushes.items() for push_id in kept
-        ]  # fmt: skip
+        pushes = []
+        for (worker, table_name), kept in self._pushes.items():
+            for push_id in kept:
+                result = self._push_results[(worker, table_name, push_id)]
+                pushes.append({
+                    "worker": worker, "table": table_name, "push_id": push_id, "outcome": result.outcome.value,
+                    "applied_step": result.applied_step,
+                })  # fmt: skip
         return RowsSnapshot(tensors, {"shard_index": self.shard_index, "tables": tables, "recent_pushes": pushes})
 
     def restore(self, snapshot: RowsSnapshot, where: str) -> None:
@@ -288,4 +292,4 @@ class RowShard:
                 self.applied_step[name] = int(tables[name].get("applied_step", -1))
         for push in snapshot.meta.get("recent_pushes", []):
             result = RowPushResult(RowPushOutcome(push["outcome"]), 0, int(push["applied_step"]))
-            self._remember(str(push["worker"]), str(push["push_id"]), result)
+            self._remember(str(push["worker"]), str(push["table"]), str(push["push_id"]), result)
