@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tidal.core.embeddings.names import check_names
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.spec import MAX_EMBEDDING_TABLES, parse_job_spec
 
@@ -49,3 +50,10 @@ def test_defaults_and_round_trip() -> None:
 def test_errors_name_the_table_and_field(tables: list[dict[str, Any]], needle: str) -> None:
     with pytest.raises(InvalidArgumentError, match=re.escape(needle)):
         parse_job_spec({"embeddings": tables})
+
+
+def test_a_table_named_like_a_top_level_dense_parameter_is_refused() -> None:
+    spec = parse_job_spec({"embeddings": [GOOD, {**GOOD, "name": "bias"}]})
+    check_names(spec, ["encoder.0.weight", "encoder.0.bias", "items_scale"])
+    with pytest.raises(InvalidArgumentError, match=re.escape("spec.embeddings[1].name: 'bias' is also the name")):
+        check_names(spec, ["encoder.0.weight", "bias"])
