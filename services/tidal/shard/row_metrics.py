@@ -52,10 +52,15 @@ class RowMetrics:
 
     def for_job(self, job_id: str, shard: int, tables: list[str]) -> JobRowMetrics:
         """Binds a new job's labels and drops the previous job's series."""
-        if self._bound is not None:
-            self._bound.remove()
+        self.drop()
         self._bound = JobRowMetrics(self, job_id, str(shard), tables)
         return self._bound
+
+    def drop(self) -> None:
+        """Drops the previous job's series (a new job without tables)."""
+        if self._bound is not None:
+            self._bound.remove()
+            self._bound = None
 
 
 class JobRowMetrics:

@@ -73,6 +73,7 @@ def build_rows(job_id: str, state: ShardState, metrics: RowMetrics) -> JobRows |
     """The job's rows on this shard (None when its spec has no embedding tables)."""
     spec = state.spec
     if not spec.embeddings:
+        metrics.drop()
         return None
     num_shards = len(state.shard_map.ranges)
     if num_shards != spec.num_shards:

@@ -34,9 +34,10 @@ from tidal.core.spec import EmbeddingTableSpec, JobSpec
 
 # Push ids remembered per worker for deduplication.
 PUSH_IDS_KEPT = 64
-# Steps of a sync table that may wait for their last push at once; a push for a step further
-# ahead of the oldest waiting one is refused (a worker cannot run that far ahead in sync).
-MAX_PENDING_STEPS = 16
+# How far ahead of a sync table's last applied step a push may be. An honest worker is at most
+# one step ahead (it pulls step s + 1 only once step s was applied), so this bounds what a
+# table buffers to a few steps x members x one request each.
+MAX_PENDING_STEPS = 4
 # Ids named in an error message; the rest are counted.
 IDS_NAMED = 5
 
