@@ -63,6 +63,8 @@ SPEC: dict[str, Any] = {
         {"name": "items", "num_embeddings": 1000, "dim": 8, "optimizer": {"name": "adam", "lr": 0.01, "eps": 1e-12}},
         {"name": "users", "capacity": 64, "dim": 4, "optimizer": {"name": "sgd", "lr": 0.5}},
         {"name": "clicks", "num_embeddings": 100, "dim": 2, "mode": "sync", "optimizer": {"name": "sgd", "lr": 1.0}},
+        # Rows of 16 KiB: 768 ids fill a request, so a batch of a few thousand is sent in parts.
+        {"name": "wide", "num_embeddings": 4000, "dim": 4096, "mode": "sync", "optimizer": {"name": "sgd", "lr": 1.0}},
     ],
 }
 INVALID, PRECONDITION, DENIED = (
@@ -238,6 +240,23 @@ def test_sync_table_applies_the_sum_of_both_workers_once(cluster: RowCluster) ->
     expected[2:] -= 2.0
     torch.testing.assert_close(waiting.result(30), expected)
     assert w0.steps["clicks"] == w1.steps["clicks"] == 1
+
+
+def test_sync_step_in_parts_and_on_a_shard_a_workers_batch_missed(cluster: RowCluster) -> None:
+    w0, w1 = cluster.client(0), cluster.client(1)
+    many = torch.arange(0, 3400, 2, dtype=torch.int64)  # 1,700 ids: two parts per shard
+    few = _owned("wide", 0, 5)  # w1's batch: nothing on shard 1
+    start = w0.pull("wide", many)
+    acks = w0.push("wide", many, torch.ones(len(many), 4096))
+    assert sorted(a.shard for a in acks) == [0, 0, 1, 1] and {a.outcome for a in acks} == {"buffered"}
+    acks = w1.push("wide", few, torch.full((len(few), 4096), 2.0))
+    assert sorted(a.shard for a in acks) == [0, 1], "w1's step reaches shard 1 too, without ids"
+    assert {a.outcome for a in acks} == {"applied"}
+    expected = start - 1.0
+    expected[torch.isin(many, few)] -= 2.0
+    torch.testing.assert_close(w0.pull("wide", many), expected)
+    on_shard_1 = many[shard_of("wide", many, 2) == 1][:3]
+    torch.testing.assert_close(w1.pull("wide", on_shard_1), start[torch.isin(many, on_shard_1)] - 1.0)
 
 
 def _ids(*values: int) -> bytes:

@@ -187,6 +187,21 @@ def test_sync_step_completes_when_the_missing_worker_leaves_and_bounds_pending_s
         shard.push("w0", "ads", "z", torch.tensor([1]), torch.ones(1, 2), MAX_PENDING_STEPS + 1, ["w0", "w1"])
 
 
+def test_sync_step_waits_for_each_workers_last_part_and_takes_empty_pushes() -> None:
+    shard = RowShard(job_spec(), 0, 1)
+    start = shard.pull("ads", torch.tensor([1, 2]))
+    members = ["w0", "w1"]
+    first = shard.push("w0", "ads", "a0", torch.tensor([1]), torch.ones(1, 2), 0, members, more=True)
+    empty = shard.push("w1", "ads", "b0", torch.tensor([], dtype=torch.int64), torch.ones(0, 2), 0, members)
+    assert (first.outcome, empty.outcome) == (RowPushOutcome.BUFFERED, RowPushOutcome.BUFFERED)
+    last = shard.push("w0", "ads", "a1", torch.tensor([1, 2]), torch.ones(2, 2), 0, members)
+    assert (last.outcome, last.rows_applied) == (RowPushOutcome.APPLIED, 2)
+    torch.testing.assert_close(shard.pull("ads", torch.tensor([1, 2])), start - torch.tensor([[2.0, 2.0], [1.0, 1.0]]))
+    with pytest.raises(InvalidArgumentError, match="step: w0 pushed table 'ads' for step 1 already"):
+        shard.push("w0", "ads", "a2", torch.tensor([1]), torch.ones(1, 2), 1, members)
+        shard.push("w0", "ads", "a3", torch.tensor([1]), torch.ones(1, 2), 1, members)
+
+
 # --- snapshots and checkpoints --------------------------------------------------------------
 def _trained(num_shards: int = 1, index: int = 0) -> RowShard:
     shard = RowShard(job_spec(num_shards), index, num_shards)

@@ -144,12 +144,13 @@ class RowService:
         table = rows.shard.table(request.table)
         if request.dim != table.dim:
             raise InvalidArgumentError(f"dim: {request.dim}, but table {table.spec.name!r} has rows of dim {table.dim}")
-        ids = wire.decode_ids(request.ids)
+        ids = wire.decode_ids(request.ids, allow_empty=table.spec.mode == "sync")
         wire.check_payload(len(ids), table.dim)
         grads = wire.decode_rows(request.grads, len(ids), table.dim, "grads")
+        members = runtime.state.members
         try:
             result = rows.shard.push(
-                request.worker_id, request.table, request.push_id, ids, grads, request.step, runtime.state.members
+                request.worker_id, request.table, request.push_id, ids, grads, request.step, members, request.more
             )
         finally:
             rows.metrics.update(rows.shard, table.spec.name)

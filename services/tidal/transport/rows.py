@@ -22,12 +22,13 @@ def encode_rows(rows: torch.Tensor) -> bytes:
     return rows.detach().cpu().to(torch.float32).contiguous().numpy().astype(_ROWS, copy=False).tobytes()
 
 
-def decode_ids(data: bytes, field: str = "ids") -> torch.Tensor:
-    """1-D int64 ids from `data`: a whole number of 8-byte ids, at least one, at most MAX_ROW_IDS."""
+def decode_ids(data: bytes, field: str = "ids", allow_empty: bool = False) -> torch.Tensor:
+    """1-D int64 ids from `data`: a whole number of 8-byte ids, at most MAX_ROW_IDS, and at least
+    one unless `allow_empty` (a sync table's push with nothing for this shard)."""
     if len(data) % _IDS.itemsize:
         raise InvalidArgumentError(f"{field}: {len(data)} bytes is not a whole number of int64 ids (8 bytes each)")
     count = len(data) // _IDS.itemsize
-    if count == 0:
+    if count == 0 and not allow_empty:
         raise InvalidArgumentError(f"{field}: no ids")
     if count > MAX_ROW_IDS:
         raise InvalidArgumentError(f"{field}: {count} ids, more than the limit of {MAX_ROW_IDS} per request")

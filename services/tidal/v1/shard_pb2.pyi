@@ -50,7 +50,7 @@ class PullRowsResponse(_message.Message):
     def __init__(self, dim: _Optional[int] = ..., rows: _Optional[bytes] = ..., applied_step: _Optional[int] = ...) -> None: ...
 
 class PushRowsRequest(_message.Message):
-    __slots__ = ("job_id", "worker_id", "membership_epoch", "table", "push_id", "ids", "grads", "dim", "step")
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "table", "push_id", "ids", "grads", "dim", "step", "more")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class PushRowsRequest(_message.Message):
     GRADS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     membership_epoch: int
@@ -69,7 +70,8 @@ class PushRowsRequest(_message.Message):
     grads: bytes
     dim: int
     step: int
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., table: _Optional[str] = ..., push_id: _Optional[str] = ..., ids: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., dim: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+    more: bool
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., table: _Optional[str] = ..., push_id: _Optional[str] = ..., ids: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., dim: _Optional[int] = ..., step: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class PushRowsResponse(_message.Message):
     __slots__ = ("outcome", "rows_applied", "applied_step")

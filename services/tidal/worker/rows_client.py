@@ -10,8 +10,10 @@ and `push_async` there, `pull` and `push` from another thread (the worker comput
 
 Sync tables: the client counts its steps per table (pushes made). A pull for step s waits on
 the shard until step s - 1 was applied with every worker's gradients; a push says it is for
-step s. A worker that joins late learns the table's applied step from its first pull and
-continues from there; a push the shard dropped as late moves it on too.
+step s and goes to every shard, with no ids where the batch has none (each shard's step waits
+for every worker), its parts to one shard in order, all but the last marked `more`. A worker
+that joins late learns the table's applied step from its first pull and continues from there;
+a push the shard dropped as late moves it on too.
 """
 
 from __future__ import annotations
@@ -101,12 +103,18 @@ class ShardRowClient:
             raise InvalidArgumentError(f"ids: expected a 1-D int64 tensor, got {ids.dtype} {tuple(ids.shape)}")
         return ids.detach().cpu()
 
-    def _parts(self, table: EmbeddingTableSpec, ids: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        """(shard, positions in ids) for every request to send: each shard's ids, split to fit."""
+    def _parts(
+        self, table: EmbeddingTableSpec, ids: torch.Tensor, every_shard: bool
+    ) -> dict[int, list[torch.Tensor]]:
+        """Per shard, the positions in `ids` of each request to send it: its ids, split to fit.
+        `every_shard`: shards without ids get one empty request (a sync table's push)."""
         per_request = wire.rows_per_request(table.dim)
-        parts = []
+        parts = {}
         for shard, positions in enumerate(split_by_shard(table.name, ids, self.num_shards)):
-            parts.extend((shard, piece) for piece in torch.split(positions, per_request) if len(piece))
+            if len(positions):
+                parts[shard] = list(torch.split(positions, per_request))
+            elif every_shard:
+                parts[shard] = [positions]
         return parts
 
     # --- on the event loop ---------------------------------------------------------------
@@ -131,7 +139,8 @@ class ShardRowClient:
             if table in self.steps:  # a late joiner learns where the table is
                 self.steps[table] = max(self.steps[table], reply.applied_step + 1)
 
-        await asyncio.gather(*(one(shard, positions) for shard, positions in self._parts(spec, ids)))
+        parts = self._parts(spec, ids, every_shard=False)
+        await asyncio.gather(*(one(shard, p) for shard, pieces in parts.items() for p in pieces))
         return out
 
     async def push_async(self, table: str, ids: torch.Tensor, grads: torch.Tensor) -> list[RowPushAck]:
@@ -147,22 +156,29 @@ class ShardRowClient:
         number = self._pushes[table]
         self._pushes[table] += 1
         step = self.steps.get(table, 0)
-        parts = self._parts(spec, ids)
+        sync = table in self.steps
 
-        async def one(index: int, shard: int, positions: torch.Tensor) -> RowPushAck:
-            request = shard_pb.PushRowsRequest(
-                job_id=self.job_id, worker_id=self.worker_id, membership_epoch=self.membership_epoch, table=table,
-                push_id=f"{self.worker_id}:{table}:{number}:{index}", ids=wire.encode_ids(ids[positions]),
-                grads=wire.encode_rows(grads[positions]), dim=spec.dim, step=step,
-            )  # fmt: skip
-            reply = await self._call(self._stubs[shard].PushRows, request)
-            outcome = shard_pb.PushOutcome.Name(reply.outcome).removeprefix("PUSH_OUTCOME_").lower()
-            return RowPushAck(shard, outcome, reply.rows_applied, reply.applied_step)
+        async def to_shard(shard: int, pieces: list[torch.Tensor]) -> list[RowPushAck]:
+            # One shard's parts in order: a sync step completes with the part without `more`.
+            acks = []
+            for index, positions in enumerate(pieces):
+                request = shard_pb.PushRowsRequest(
+                    job_id=self.job_id, worker_id=self.worker_id, membership_epoch=self.membership_epoch,
+                    table=table, push_id=f"{self.worker_id}:{table}:{number}:{index}",
+                    ids=wire.encode_ids(ids[positions]), grads=wire.encode_rows(grads[positions]), dim=spec.dim,
+                    step=step, more=sync and index < len(pieces) - 1,
+                )  # fmt: skip
+                reply = await self._call(self._stubs[shard].PushRows, request)
+                outcome = shard_pb.PushOutcome.Name(reply.outcome).removeprefix("PUSH_OUTCOME_").lower()
+                acks.append(RowPushAck(shard, outcome, reply.rows_applied, reply.applied_step))
+            return acks
 
-        acks = await asyncio.gather(*(one(i, shard, pos) for i, (shard, pos) in enumerate(parts)))
-        if table in self.steps:
+        parts = self._parts(spec, ids, every_shard=sync)
+        replies = await asyncio.gather(*(to_shard(shard, pieces) for shard, pieces in parts.items()))
+        acks = [ack for shard_acks in replies for ack in shard_acks]
+        if sync:
             self.steps[table] = max([step + 1, *(a.applied_step + 1 for a in acks)])
-        return list(acks)
+        return acks
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:

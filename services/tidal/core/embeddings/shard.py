@@ -9,8 +9,10 @@ checkpointed), so a retried push is acknowledged as a duplicate instead of being
 twice.
 
 Tables in mode `sync`: a push names its step (the worker's step number, counted from 0, as
-its dense pushes do). The shard buffers the step's pushes per worker and, once every member
-of the job pushed for that step, sums them per id and applies them in one optimizer step
+its dense pushes do). Every worker pushes every step to every shard, with no ids when its
+batch has none there, and in several parts (`more`) when a batch exceeds the request limits.
+The shard buffers the step's parts and, once every member of the job sent its last part for
+that step, sums them per id and applies them in one optimizer step
 (`applied_step` then says so; a pull may wait for it). A member that leaves no longer holds a
 step up (`settle`). A push for a step already applied is dropped as late. Buffered gradients
 are not in a checkpoint: they are lost with the process, as a dense barrier's are.
@@ -68,7 +70,9 @@ class RowsSnapshot:
 
 @dataclass
 class _SyncStep:
-    pushes: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # Each worker's parts of this step, and the workers whose last part came.
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
 
 
 def name_ids(ids: Iterable[int], total: int) -> str:
@@ -178,8 +182,11 @@ class RowShard:
         grads: torch.Tensor,
         step: int,
         members: Iterable[str],
+        more: bool = False,
     ) -> RowPushResult:
-        """Applies (async) or buffers (sync) one worker's gradients for rows `ids`."""
+        """Applies (async) or buffers (sync) one worker's gradients for rows `ids`. Sync tables:
+        `more` says further parts of this worker's step follow (a batch split to fit the
+        limits); the step waits for each member's last part."""
         table = self.table(name)
         if not push_id:
             raise InvalidArgumentError("push_id: must not be empty (it makes a retried push harmless)")
@@ -189,9 +196,10 @@ class RowShard:
         self.check_ids(table, ids)
         self.check_grads(table, ids, grads)
         if table.spec.mode == "sync":
-            result = self._push_sync(worker_id, table, ids, grads, step, set(members))
+            result = self._push_sync(worker_id, table, ids, grads, step, set(members), more)
         else:
-            table.apply(ids, grads)
+            if len(ids):
+                table.apply(ids, grads)
             result = RowPushResult(RowPushOutcome.APPLIED, len(ids))
         self._remember(worker_id, name, push_id, result)
         return result
@@ -204,7 +212,14 @@ class RowShard:
             self._push_results.pop((worker_id, table, kept.popleft()), None)
 
     def _push_sync(
-        self, worker_id: str, table: RowTable, ids: torch.Tensor, grads: torch.Tensor, step: int, members: set[str]
+        self,
+        worker_id: str,
+        table: RowTable,
+        ids: torch.Tensor,
+        grads: torch.Tensor,
+        step: int,
+        members: set[str],
+        more: bool,
     ) -> RowPushResult:
         name = table.spec.name
         applied = self.applied_step[name]
@@ -216,10 +231,13 @@ class RowShard:
                 f"step: {step} is more than {MAX_PENDING_STEPS} steps ahead of table {name!r}'s last applied "
                 f"step {applied}"
             )
-        entry = pending.setdefault(step, _SyncStep())
-        if worker_id in entry.pushes:
+        entry = pending.get(step) or _SyncStep()
+        if worker_id in entry.done:
             raise InvalidArgumentError(f"step: {worker_id} pushed table {name!r} for step {step} already")
-        entry.pushes[worker_id] = (ids, grads)
+        pending[step] = entry
+        entry.parts.append((ids, grads))
+        if not more:
+            entry.done.add(worker_id)
         rows = self.settle(members, only=name)
         if self.applied_step[name] >= step:
             return RowPushResult(RowPushOutcome.APPLIED, rows, self.applied_step[name])
@@ -235,10 +253,10 @@ class RowShard:
                 continue
             while pending:
                 step, entry = next(iter(pending.items()))
-                if not members <= entry.pushes.keys():
+                if not members <= entry.done:
                     break
                 pending.popitem(last=False)
-                changed += self._apply_summed(self.tables[name], list(entry.pushes.values()))
+                changed += self._apply_summed(self.tables[name], entry.parts)
                 self.applied_step[name] = step
         return changed
 
@@ -246,6 +264,8 @@ class RowShard:
     def _apply_summed(table: RowTable, pushes: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         ids = torch.cat([i for i, _ in pushes])
         grads = torch.cat([g for _, g in pushes])
+        if not len(ids):
+            return 0
         unique, inverse = torch.unique(ids, return_inverse=True)
         summed = torch.zeros((len(unique), table.dim), dtype=torch.float32).index_add_(0, inverse, grads)
         table.apply(unique, summed)
