@@ -42,6 +42,14 @@ class CtrMLP(nn.Module):
         # Per table (in first-use order), the input columns that read it.
         self.columns = [[i for i, f in enumerate(fields) if f == name] for name in self.table_names]
         self.table_rows = table_rows
+        # The MLP first: its initial weights are then the same with sharded or dense tables.
+        width = sum(dims[f] for f in fields) + num_dense
+        mlp: list[nn.Module] = []
+        for h in hidden:
+            mlp += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
+            width = h
+        mlp.append(nn.Linear(width, outputs))
+        self.mlp = nn.Sequential(*mlp)
         layers: list[nn.Module] = []
         for name in self.table_names:
             if table_rows is None:
@@ -51,13 +59,6 @@ class CtrMLP(nn.Module):
                 nn.init.normal_(emb.weight, std=_INIT_STD)
                 layers.append(emb)
         self.tables = nn.ModuleList(layers)
-        width = sum(dims[f] for f in fields) + num_dense
-        mlp: list[nn.Module] = []
-        for h in hidden:
-            mlp += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
-            width = h
-        mlp.append(nn.Linear(width, outputs))
-        self.mlp = nn.Sequential(*mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = x[:, : self.num_fields].to(torch.int64)

@@ -182,7 +182,7 @@ def _metrics(split: CtrSplit) -> PlantedMetrics:
 def planted_config(seed: int, raw: dict[str, Any]) -> tuple[CtrConfig, int, int]:
     """(the planted model's configuration, training samples, validation samples) of ``dataset.args``."""
     args = Args(raw, CTR_SYNTHETIC_ARGS, NAME)
-    vocab = args.int_list("vocab_sizes") or [1000, 10_000, 100_000]
+    vocab = args.int_list("vocab_sizes") if args.has("vocab_sizes") else [1000, 10_000, 100_000]
     if not vocab or not all(2 <= v <= MAX_VOCAB for v in vocab):
         raise InvalidArgumentError(
             f"dataset.args.vocab_sizes must be a non-empty list of integers in [2, {MAX_VOCAB}], got {vocab!r}"

@@ -1,5 +1,6 @@
 """``dataset.name`` -> a worker's `JobData`: built-in data sets (``core/datasets.py``), the file
-sources ``tabular`` and ``arrays``, or a user factory ``"package.module:factory"``."""
+sources ``tabular`` and ``arrays``, the generated click-through source ``ctr_synthetic``
+(``core/ctr/``), or a user factory ``"package.module:factory"``."""
 
 from __future__ import annotations
 
