@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tidal.core.auc import binary_auc
+from tidal.core.ctr.flights import FIELDS
 from tidal.core.ctr.reference import train_reference
 from tidal.core.ctr.synthetic import ctr_synthetic
 from tidal.core.errors import InvalidArgumentError
@@ -210,3 +211,47 @@ def test_single_process_reference_learns_the_planted_model() -> None:
     assert sum(run.losses[-50:]) < sum(run.losses[:50])
     # The evaluation path the workers use scores the same AUC from the validation batches.
     assert len(list(eval_batches(load_job_data("ctr_synthetic", SMALL, 0, model_modules=None)))) == 1
+
+
+def test_flights_are_real_categorical_data_with_known_vocabularies() -> None:
+    data = load_job_data("ctr_flights", {}, 0, model_modules=None)
+    vocab = data.train.vocab_sizes
+    assert list(vocab) == list(FIELDS) and vocab["carrier"] == 16 and vocab["origin"] == 3
+    assert vocab["route"] > 5000 and vocab["tailnum"] > 4000 and vocab["weekday"] == 7
+    assert len(data.train) + len(data.val) == 327_346 and len(data.val) == 32_735
+    x, y = data.train.x, data.train.y
+    ids = x[:, : len(FIELDS)]
+    assert torch.equal(ids, ids.round()) and bool((ids >= 0).all())
+    assert all(int(ids[:, i].max()) == vocab[f] - 1 for i, f in enumerate(FIELDS))
+    assert float(y.mean()) == pytest.approx(0.237, abs=0.005)  # BTS: late is > 15 minutes
+    dense = x[:, len(FIELDS) :]
+    assert torch.allclose(dense.mean(dim=0), torch.zeros(3), atol=1e-3)  # standardised on train
+    assert data.objective.metric.name == "auc"
+    other = load_job_data("ctr_flights", {}, 1, model_modules=None)
+    assert not torch.equal(other.val.x[:100], data.val.x[:100])  # the split follows the seed
+    with pytest.raises(InvalidArgumentError, match=r"dataset\.args\.val_fraction"):
+        load_job_data("ctr_flights", {"val_fraction": 1.5}, 0, model_modules=None)
+
+
+def test_flight_delays_are_learnable_with_sharded_tables() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_job_data("ctr_flights", {}, 3, model_modules=None)
+        run = train_reference(
+            dataset="ctr_flights",
+            data_args={},
+            model_args={"fields": list(FIELDS), "dim": 8, "hidden": [64, 32]},
+            table_rows=data.train.vocab_sizes,
+            seed=3,
+            steps=300,
+            batch_size=512,
+            row_lr=50.0,
+            dense_lr=0.003,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    rate = float(data.val.y.mean())
+    base_rate_loss = -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+    assert run.final.accuracy > 0.66 and run.final.accuracy > run.initial.accuracy + 0.03
+    assert run.final.loss < base_rate_loss - 0.03
