@@ -5,6 +5,7 @@ single-process reference showing the planted model is learnable with row-wise SG
 from __future__ import annotations
 
 import itertools
+import math
 import tracemalloc
 
 import numpy as np
@@ -85,9 +86,11 @@ def test_ids_follow_the_zipf_exponent() -> None:
         counts = torch.bincount(ids, minlength=1000).sort(descending=True).values
         return float(counts[:10].sum()) / 20_000
 
-    uniform, mild, steep = top_share(0.0), top_share(1.0), top_share(1.5)
-    assert uniform < 0.02 < mild < steep  # 10 of 1000 ids: 1% if uniform
-    assert steep > 0.5
+    # The ten most frequent of 1000 ids: 1% of draws if uniform; otherwise the power law's mass
+    # on its first ten ranks, ln(11)/ln(1001) for exponent 1, (1 - 11^-0.5)/(1 - 1001^-0.5) for 1.5.
+    assert top_share(0.0) < 0.025
+    assert top_share(1.0) == pytest.approx(math.log(11) / math.log(1001), abs=0.02)
+    assert top_share(1.5) == pytest.approx((1 - 11**-0.5) / (1 - 1001**-0.5), abs=0.02)
 
 
 def test_the_planted_model_is_calibrated_and_beats_chance() -> None:
