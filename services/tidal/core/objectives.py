@@ -16,7 +16,7 @@ package.module:fn   fn(output, target), a scalar tensor        fn's name   no
 
 bce_with_logits' accuracy is the fraction of entries whose logit sign matches the 0/1 target.
 A data set may ask for the exact ROC AUC instead (``Objective(BCE_WITH_LOGITS, auc=True)``, as
-the click-through sources ``ctr_synthetic`` and ``ctr_census`` do): metric ``auc``, higher is
+the click-through sources ``ctr_synthetic`` and ``ctr_flights`` do): metric ``auc``, higher is
 better, computed from the ranks of every validation output (``core/auc.py``), not per batch; it
 is reported whenever the job trains with the data set's own bce_with_logits objective.
 Regression data sets (the climate forecasters) use a weighted mean squared error: the weights

@@ -40,8 +40,17 @@ class _Strict(BaseModel):
 # The built-in names, known here without torch (the coordinator checks a spec's names at submit;
 # tests/unit/test_spec.py holds them equal to the registries in core/models.py, core/datasets.py
 # and core/sources/registry.py). Anything else must name user code: "package.module:factory".
-BUILT_IN_MODELS = ("mlp", "cnn", "grid_forecaster", "station_mlp")
-BUILT_IN_DATASETS = ("seattle_weather", "synthetic", "climate_grid", "climate_stations", "tabular", "arrays")
+BUILT_IN_MODELS = ("mlp", "cnn", "grid_forecaster", "station_mlp", "ctr_mlp")
+BUILT_IN_DATASETS = (
+    "seattle_weather",
+    "synthetic",
+    "climate_grid",
+    "climate_stations",
+    "tabular",
+    "arrays",
+    "ctr_synthetic",
+    "ctr_flights",
+)
 
 
 def _builtin_or_user_code(name: str, built_in: tuple[str, ...]) -> str:
