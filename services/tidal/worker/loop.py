@@ -32,6 +32,7 @@ from tidal.worker.fanout import fan_out
 from tidal.worker.links import ShardLink
 from tidal.worker.metrics import JobWorkerMetrics, PhaseTimes
 from tidal.worker.prepare import PreparedJob, check_layout
+from tidal.worker.rows import StepRows, WorkerRows
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class TrainingRun:
         # Channels belong to the event loop, so links are made in `train`, not here
         # (this constructor runs in a thread: building the model and data takes a while).
         self.links: list[ShardLink] = []
+        # The job's embedding tables (made in `train` too); None: the job has none.
+        self.rows: WorkerRows | None = None
         # Local SGD: the workers' own optimizer and the parameters each round started from.
         self.inner = build_optimizer(spec.optimizer, [self.flat.params]) if spec.mode == Mode.LOCAL_SGD else None
         self._round_start = self.flat.params.clone()
@@ -154,6 +157,8 @@ class TrainingRun:
         self.epoch, self.worker_ids = epoch, worker_ids
         for link in self.links:
             link.epoch = epoch
+        if self.rows is not None:
+            self.rows.set_epoch(epoch)
         self.partition = self._partition()
         here = "a stream of" if self.partition is None else len(self.partition)
         log.info("job %s: membership epoch %d, %d workers, %s training samples here",
@@ -207,6 +212,12 @@ class TrainingRun:
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
         await fan_out(*(link.connect(a.spec.step_timeout_s) for link in self.links))
+        if a.spec.embeddings:
+            # The model's ShardedEmbedding layers read their rows from the shards from now on.
+            self.rows = WorkerRows(
+                a.spec, a.job_id, a.worker_id, self.epoch, a.shard_addresses, self.flat.model,
+                self.settings.security, self.metrics,
+            )  # fmt: skip
         if a.spec.mode != Mode.ASYNC:
             # Shards complete a barrier one after the other, so a worker joining mid-run can find
             # them a version apart; it waits until all serve the newest, or it would train on
@@ -239,16 +250,22 @@ class TrainingRun:
         started = time.perf_counter()
         assert self._batches is not None
         x, y = await asyncio.wrap_future(self._batches.get(self.step))
-        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self._objective(), self.precision)
-        if self.inner is not None:
-            await asyncio.to_thread(self._inner_step)
+        loss, step_rows = await asyncio.to_thread(self._compute, x, y)
         compute_s = time.perf_counter() - started
         injected_s = self.straggler.extra_seconds(compute_s + self._last_exchange_s) + self._pause_seconds()
-        if injected_s > 0:
-            await asyncio.sleep(injected_s)
-        exchange = PhaseTimes()
-        if self.inner is None or self._round_ends():
-            exchange = await self._exchange(len(y))
+
+        async def straggle_and_exchange() -> PhaseTimes:
+            if injected_s > 0:
+                await asyncio.sleep(injected_s)
+            if self.inner is None or self._round_ends():
+                return await self._exchange(len(y))
+            return PhaseTimes()
+
+        if step_rows is not None:
+            # The rows' gradients go as soon as the backward is done, beside the dense exchange.
+            exchange, _ = await fan_out(straggle_and_exchange(), self._push_rows(step_rows))
+        else:
+            exchange = await straggle_and_exchange()
         done = time.perf_counter()
         self.step += 1
         self.samples += len(y)
@@ -256,6 +273,23 @@ class TrainingRun:
         self.metrics.param_version.set(self.version)
         self._count_bytes()
         return loss, done - started
+
+    def _compute(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[StepRows] | None]:
+        """In the compute thread: the step's forward and backward (the embedding layers pull
+        their rows meanwhile), the local SGD step, and the step's row gradients."""
+        try:
+            loss = compute_gradient(self.flat, x, y, self._objective(), self.precision)
+        except Exception:
+            if self.rows is not None:
+                self.rows.forget_step()
+            raise
+        if self.inner is not None:
+            self._inner_step()
+        return loss, self.rows.take_step() if self.rows is not None else None
+
+    async def _push_rows(self, step_rows: list[StepRows]) -> None:
+        assert self.rows is not None
+        await self.rows.push(step_rows)
 
     async def _exchange(self, num_samples: int) -> PhaseTimes:
         """Pushes the gradient (or, in local SGD, the round's delta) to every shard and receives
@@ -335,6 +369,8 @@ class TrainingRun:
         """A shard was restored from its checkpoint at `address`: reconnect there."""
         if 0 <= shard_index < len(self.links):
             self.links[shard_index].retarget(address)
+        if self.rows is not None:
+            self.rows.retarget(shard_index, address)
 
     async def evaluate_latest(self) -> tuple[int, EvalResult]:
         """Pulls the shards' current parameters and evaluates them on the validation split."""
@@ -348,6 +384,8 @@ class TrainingRun:
             self._batches.close()
         # Not fan_out: every link must be closed (its channel, its shared memory) whatever
         # another's close raised, so all of them run to the end and failures are only logged.
+        if self.rows is not None:
+            await self.rows.close()
         results = await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)
         for link, result in zip(self.links, results, strict=True):
             if isinstance(result, Exception):

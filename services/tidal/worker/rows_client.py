@@ -19,6 +19,8 @@ a push the shard dropped as late moves it on too.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,7 +29,7 @@ import grpc
 import torch
 
 from tidal.core.embeddings.routing import split_by_shard
-from tidal.core.errors import InvalidArgumentError
+from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.core.spec import EmbeddingTableSpec
 from tidal.transport import rows as wire
 from tidal.transport.errors import error_from_rpc
@@ -37,7 +39,11 @@ from tidal.v1 import shard_pb2_grpc as shard_grpc
 # A reply is waited for this much longer than the shard's own waits (step_timeout_s), so the
 # shard's DEADLINE_EXCEEDED, which says what it waits for, arrives first.
 REPLY_GRACE_S = 5.0
+# Retrying a shard that went away (restart_s > 0): jittered exponential backoff, in seconds.
+RETRY_FIRST_DELAY_S = 0.1
+RETRY_MAX_DELAY_S = 2.0
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class ShardRowClient:
         tables: Sequence[EmbeddingTableSpec],
         timeout_s: float,
         loop: asyncio.AbstractEventLoop | None = None,
+        restart_s: float = 0.0,
     ) -> None:
         if not channels:
             raise InvalidArgumentError("channels: a row client needs one channel per shard, got none")
@@ -72,6 +79,8 @@ class ShardRowClient:
         self.membership_epoch = membership_epoch
         self.tables = {t.name: t for t in tables}
         self.timeout_s = timeout_s + REPLY_GRACE_S
+        # How long a shard may be away (restarting) before a call fails; 0: fail at once.
+        self.restart_s = restart_s
         # The loop the channels belong to (for calls from other threads); None: the running one.
         self._loop = loop
         # Sync tables: the step this worker is at, per table (pushes made, or the table's
@@ -103,9 +112,7 @@ class ShardRowClient:
             raise InvalidArgumentError(f"ids: expected a 1-D int64 tensor, got {ids.dtype} {tuple(ids.shape)}")
         return ids.detach().cpu()
 
-    def _parts(
-        self, table: EmbeddingTableSpec, ids: torch.Tensor, every_shard: bool
-    ) -> dict[int, list[torch.Tensor]]:
+    def _parts(self, table: EmbeddingTableSpec, ids: torch.Tensor, every_shard: bool) -> dict[int, list[torch.Tensor]]:
         """Per shard, the positions in `ids` of each request to send it: its ids, split to fit.
         `every_shard`: shards without ids get one empty request (a sync table's push)."""
         per_request = wire.rows_per_request(table.dim)
@@ -130,7 +137,7 @@ class ShardRowClient:
                 job_id=self.job_id, worker_id=self.worker_id, membership_epoch=self.membership_epoch, table=table,
                 ids=wire.encode_ids(ids[positions]), min_step=step,
             )  # fmt: skip
-            reply = await self._call(self._stubs[shard].PullRows, request)
+            reply = await self._call(shard, "PullRows", request)
             if reply.dim != spec.dim:
                 raise InvalidArgumentError(
                     f"dim: shard {shard} serves table {table!r} with dim {reply.dim}, not {spec.dim}"
@@ -168,7 +175,7 @@ class ShardRowClient:
                     ids=wire.encode_ids(ids[positions]), grads=wire.encode_rows(grads[positions]), dim=spec.dim,
                     step=step, more=sync and index < len(pieces) - 1,
                 )  # fmt: skip
-                reply = await self._call(self._stubs[shard].PushRows, request)
+                reply = await self._call(shard, "PushRows", request)
                 outcome = shard_pb.PushOutcome.Name(reply.outcome).removeprefix("PUSH_OUTCOME_").lower()
                 acks.append(RowPushAck(shard, outcome, reply.rows_applied, reply.applied_step))
             return acks
@@ -180,11 +187,25 @@ class ShardRowClient:
             self.steps[table] = max([step + 1, *(a.applied_step + 1 for a in acks)])
         return acks
 
-    async def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from None
+    async def _call(self, shard: int, method: str, request: Any) -> Any:
+        """One RPC to `shard`. Within `restart_s` (the job's checkpoint.restart_timeout_s) a
+        shard that went away or does not hold the job yet (restarting from its checkpoint) is
+        retried with backoff, on the stub of the moment (`set_channels` swaps it), with the same
+        request: a push id seen before is answered DUPLICATE, so a retry is never applied twice."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.restart_s
+        delay = RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                return await getattr(self._stubs[shard], method)(request, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc(exc)
+                if not isinstance(error, (UnavailableError, FailedPreconditionError)) or loop.time() + delay > give_up:
+                    raise error from None
+                log.warning("%s to shard %d: %s; retrying for up to %.0fs", method, shard, error,
+                            give_up - loop.time())  # fmt: skip
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, RETRY_MAX_DELAY_S)
 
     # --- from another thread -------------------------------------------------------------
     def pull(self, table: str, ids: torch.Tensor) -> torch.Tensor:
