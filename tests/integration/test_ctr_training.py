@@ -50,8 +50,8 @@ JOB_TIMEOUT_S = 300.0
 FAIL_WITHIN_S = 60.0
 
 
-def example(name: str, **changes: Any) -> dict[str, Any]:
-    return {**load_spec_file(EXAMPLES / f"{name}.yaml"), **changes}
+def example(file: str, **changes: Any) -> dict[str, Any]:
+    return {**load_spec_file(EXAMPLES / f"{file}.yaml"), **changes}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_hybrid_trains_to_an_auc_near_the_planted_one_with_rows_on_both_shards(c
 @pytest.mark.parametrize("name", ["all-sync", "all-async"])
 def test_all_sync_and_all_async_run_to_completion(cluster: LocalCluster, name: str) -> None:
     final = run(cluster, example(name))
-    print(f"\n{name}: validation AUC {final.val_accuracy:.3f}")
+    print(f"\n{name}: validation AUC {final.val_accuracy:.4f}")
     assert final.val_accuracy > 0.6
 
 
