@@ -12,7 +12,9 @@ its tables on the shards (issue 20, docs/embeddings.md "The worker's step").
 
 from __future__ import annotations
 
+import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,26 @@ def test_hybrid_trains_to_an_auc_near_the_planted_one_with_rows_on_both_shards(c
         ]
         assert sorted(index for index, _ in held) == [0, 1], held
         assert all(rows > 0 for _, rows in held), (table["name"], held)
+    # The workers' row metrics: what each step pulled and pushed, per table.
+    for worker in ("worker-0", "worker-1"):
+        for table in ("ads", "sites"):
+            pulled = worker_metric(cluster, worker, "tidal_worker_embedding_rows_pulled_total", final.job_id, table)
+            pushed = worker_metric(cluster, worker, "tidal_worker_embedding_rows_pushed_total", final.job_id, table)
+            ratio = worker_metric(cluster, worker, "tidal_worker_embedding_unique_ratio", final.job_id, table)
+            sent = worker_metric(cluster, worker, "tidal_worker_embedding_bytes_total", final.job_id, table)
+            # Every id a step pulled gets a gradient row; a batch of 128 repeats the 100 sites.
+            assert pulled == pushed > 0 and 0 < ratio <= 1 and sent > 0, (worker, table, pulled, pushed, ratio)
+            if table == "sites":
+                assert ratio < 1
+
+
+def worker_metric(cluster: LocalCluster, worker: str, name: str, job_id: str, table: str) -> float:
+    with urllib.request.urlopen(cluster.metrics_url(worker), timeout=10) as reply:
+        text = reply.read().decode()
+    found = re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.MULTILINE)
+    values = [float(v) for labels, v in found if f'tidal_job="{job_id}"' in labels and f'table="{table}"' in labels]
+    assert len(values) == 1, (name, found)
+    return values[0]
 
 
 @pytest.mark.parametrize("name", ["all-sync", "all-async"])
