@@ -79,3 +79,26 @@ def test_a_table_named_like_a_top_level_dense_parameter() -> None:
     spec, _ = _model(SPEC)
     with pytest.raises(InvalidArgumentError, match=r"^spec.embeddings\[0\].name: 'ads' is also the name"):
         check_tables(spec, Clash())
+
+
+@pytest.mark.parametrize(
+    ("init", "check"),
+    [
+        (None, lambda w: abs(float(w.std()) - 0.01) < 0.002),
+        ({"distribution": "uniform", "scale": 0.5}, lambda w: float(w.abs().max()) <= 0.5 < 4 * float(w.std())),
+        ({"distribution": "zeros"}, lambda w: not w.any()),
+    ],
+)
+def test_the_dense_baseline_starts_from_the_spec_init_distribution(init: Any, check: Any) -> None:
+    args = {"fields": ["ads"], "dim": 8, "hidden": [4], "dense_tables": True, "table_rows": {"ads": 1000}}
+    if init is not None:
+        args["table_init"] = init
+    _, model = _model({**SPEC, "model": {"name": "ctr_mlp", "args": args}, "embeddings": []})
+    weight = dict(model.named_parameters())["tables.0.weight"].detach()
+    assert check(weight), weight
+
+
+def test_table_init_is_checked() -> None:
+    args = {"fields": ["ads"], "dense_tables": True, "table_rows": {"ads": 10}, "table_init": {"scale": -1}}
+    with pytest.raises(InvalidArgumentError, match=r"^model.args.table_init.scale: Input should be greater"):
+        _model({**SPEC, "model": {"name": "ctr_mlp", "args": args}, "embeddings": []})

@@ -77,6 +77,8 @@ class TrainingRun:
 
     # Prepares the next training batch while a step runs (set with the partition).
     _batches: Prefetcher[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The job's embedding tables, made in `train` with the links; None: the job has none.
+    rows: WorkerRows | None = None
 
     def __init__(
         self,
@@ -122,8 +124,6 @@ class TrainingRun:
         # Channels belong to the event loop, so links are made in `train`, not here
         # (this constructor runs in a thread: building the model and data takes a while).
         self.links: list[ShardLink] = []
-        # The job's embedding tables (made in `train` too); None: the job has none.
-        self.rows: WorkerRows | None = None
         # Local SGD: the workers' own optimizer and the parameters each round started from.
         self.inner = build_optimizer(spec.optimizer, [self.flat.params]) if spec.mode == Mode.LOCAL_SGD else None
         self._round_start = self.flat.params.clone()

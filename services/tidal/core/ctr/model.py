@@ -10,8 +10,12 @@ exact up to 2^24), ``F = len(fields)``. ``model.args``:
 * ``hidden`` (default [64, 32]): the MLP's hidden widths; ``activation``: relu, gelu or tanh.
 * ``dense_tables`` (default false): the tables become ordinary ``nn.Embedding`` parameters of the
   model (the dense baseline, served by the parameter shards like any weight) instead of
-  `tidal.nn.ShardedEmbedding` layers; then ``table_rows`` (table -> rows) is required. Dense
-  rows start as N(0, 0.01²), as `tidal.nn.LocalRows` does.
+  `tidal.nn.ShardedEmbedding` layers; then ``table_rows`` (table -> rows) is required.
+* ``table_init`` (dense tables only; default ``{distribution: normal, scale: 0.01}``): how the
+  dense rows start, in the job spec's ``embeddings[].init`` terms (normal: std ``scale``;
+  uniform: in [-scale, scale); zeros), so the baseline starts from the distribution the shards
+  draw sharded rows from. The values differ: the shards hash (job seed, table, id), the dense
+  table takes torch's generator seeded with the job seed (a model factory is not given the seed).
 """
 
 from __future__ import annotations
@@ -20,21 +24,22 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from tidal.core.errors import InvalidArgumentError
+from tidal.core.spec import RowInitSpec
 from tidal.nn import ShardedEmbedding
 
 __all__ = ["CtrMLP", "ctr_mlp"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
-_INIT_STD = 0.01
 
 
 class CtrMLP(nn.Module):
     def __init__(
         self, fields: list[str], dims: dict[str, int], num_dense: int, hidden: list[int], outputs: int,
-        activation: str, table_rows: dict[str, int] | None,
+        activation: str, table_rows: dict[str, int] | None, table_init: RowInitSpec | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.num_fields, self.num_dense = len(fields), num_dense
@@ -56,7 +61,7 @@ class CtrMLP(nn.Module):
                 layers.append(ShardedEmbedding(name, dims[name]))
             else:
                 emb = nn.Embedding(table_rows[name], dims[name])
-                nn.init.normal_(emb.weight, std=_INIT_STD)
+                _init_rows(emb.weight, table_init or RowInitSpec())
                 layers.append(emb)
         self.tables = nn.ModuleList(layers)
 
@@ -73,6 +78,17 @@ class CtrMLP(nn.Module):
             parts.append(table(table_ids).reshape(len(x), -1))  # one lookup per table
         parts.append(x[:, self.num_fields :])
         return self.mlp(torch.cat(parts, dim=1))
+
+
+def _init_rows(weight: torch.Tensor, init: RowInitSpec) -> None:
+    """A dense table's rows from the distribution a shard draws the same table's rows from."""
+    with torch.no_grad():
+        if init.distribution == "zeros" or init.scale == 0:
+            weight.zero_()
+        elif init.distribution == "uniform":
+            weight.uniform_(-init.scale, init.scale)
+        else:
+            weight.normal_(0.0, init.scale)
 
 
 def _names(value: Any) -> list[str]:
@@ -106,6 +122,7 @@ def ctr_mlp(
     activation: str = "relu",
     dense_tables: bool = False,
     table_rows: Mapping[str, int] | None = None,
+    table_init: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The ``ctr_mlp`` model (see the module docstring)."""
     names = _names(fields)
@@ -129,5 +146,15 @@ def ctr_mlp(
         rows = _per_table("table_rows", table_rows, tables, None)
     elif table_rows is not None:
         raise InvalidArgumentError("model.args.table_rows is for dense_tables: true (sharded tables live on shards)")
+    init = None
+    if table_init is not None:
+        if not dense_tables:
+            raise InvalidArgumentError("model.args.table_init is for dense_tables: true (sharded rows: spec init)")
+        try:
+            init = RowInitSpec.model_validate(table_init)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            raise InvalidArgumentError(f"model.args.table_init.{where}: {problem['msg']}") from None
     num_dense = input_shape[0] - len(names)
-    return CtrMLP(names, dims, num_dense, list(hidden), num_classes, activation, rows)
+    return CtrMLP(names, dims, num_dense, list(hidden), num_classes, activation, rows, init)
