@@ -12,8 +12,11 @@ its tables on the shards (issue 20, docs/embeddings.md "The worker's step").
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +49,9 @@ from tidal.v1 import shard_pb2_grpc as shard_grpc
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ctr"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "ctr"
+README_COMMAND = "tidal submit examples/ctr/hybrid.yaml --wait"
 JOB_TIMEOUT_S = 300.0
 # The hang guard of a job that must fail, not a timing assertion: it fails within seconds.
 FAIL_WITHIN_S = 60.0
@@ -83,8 +88,24 @@ async def _held(address: str, job_id: str, table: str, num_embeddings: int) -> t
 
 
 def test_hybrid_trains_to_an_auc_near_the_planted_one_with_rows_on_both_shards(cluster: LocalCluster) -> None:
+    # Submitted as the README's "Sparse embedding tables" section says, through bash.
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TIDAL_COORDINATOR": cluster.coordinator_address,
+        "TIDAL_ALLOW_PLAINTEXT": "1",
+    }
+    command = ["bash", "-c", README_COMMAND]
+    timeout = JOB_TIMEOUT_S
+    done = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert README_COMMAND in (ROOT / "README.md").read_text()
+    job_id = done.stdout.splitlines()[0].strip()
+    final = job_status(cluster, job_id)
+    assert final.state == common_pb.JOB_STATE_SUCCEEDED and final.val_metric == "auc", final
+    assert f"val auc {final.val_accuracy:.3f}" in done.stdout + done.stderr, (done.stdout, done.stderr)
+    print(done.stdout.splitlines()[-1])
     spec = example("hybrid")
-    final = run(cluster, spec)
     args = spec["dataset"]["args"]
     planted = ctr_synthetic(rank=0, world_size=1, seed=spec["seed"], **args).val.planted
     assert planted is not None
