@@ -12,7 +12,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -52,6 +52,8 @@ class ModeRun(_Strict):
     mode: Mode
     consistency: dict[str, Any] = Field(default_factory=dict)
     compression: dict[str, Any] = Field(default_factory=dict)
+    # The mode of every embedding table of the job (docs/embeddings.md); None: as `job` sets them.
+    embeddings_mode: Literal["sync", "async"] | None = None
 
 
 class KillSpec(_Strict):
@@ -231,6 +233,15 @@ def _planned(spec: CompareSpec, index: int, entry: ModeRun, kill: bool, seed: in
         data["consistency"] = copy.deepcopy(entry.consistency)
     if entry.compression:
         data["compression"] = copy.deepcopy(entry.compression)
+    if entry.embeddings_mode is not None:
+        tables = data.get("embeddings")
+        if not isinstance(tables, list) or not tables:
+            raise InvalidArgumentError(
+                f"compare.modes[{index}].embeddings_mode: compare.job has no embeddings (tables) to set the mode of"
+            )
+        data["embeddings"] = [
+            {**t, "mode": entry.embeddings_mode} if isinstance(t, dict) else t for t in tables
+        ]  # a table that is not a mapping is reported by parse_job_spec
     if kill and spec.kill is not None:
         data["stragglers"] = _with_kill(data.get("stragglers"), spec.kill)
     try:
