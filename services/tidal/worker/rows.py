@@ -23,6 +23,7 @@ from tidal.core.spec import JobSpec
 from tidal.nn import RowGradient, bind_rows, reset_rows, row_gradients, row_stats
 from tidal.transport.server import create_channel
 from tidal.transport.tls import SecurityConfig
+from tidal.worker.fanout import fan_out
 from tidal.worker.metrics import JobWorkerMetrics
 from tidal.worker.rows_client import ShardRowClient
 
@@ -106,7 +107,7 @@ class WorkerRows:
                 empty = torch.zeros(0, dtype=torch.int64)
                 await self.client.push_async(rows.table, empty, torch.zeros(0, self.dims[rows.table]))
 
-        await asyncio.gather(*(one(rows) for rows in step))
+        await fan_out(*(one(rows) for rows in step))  # one table failing cancels the others
         for rows in step:
             dim = self.dims[rows.table]
             pushed = len(rows.grad.ids) if rows.grad is not None else 0
