@@ -382,10 +382,10 @@ class TrainingRun:
     async def close(self) -> None:
         if self._batches is not None:
             self._batches.close()
+        if self.rows is not None:
+            await self.rows.close()  # logs, never raises: the links below are closed whatever happens
         # Not fan_out: every link must be closed (its channel, its shared memory) whatever
         # another's close raised, so all of them run to the end and failures are only logged.
-        if self.rows is not None:
-            await self.rows.close()
         results = await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)
         for link, result in zip(self.links, results, strict=True):
             if isinstance(result, Exception):
