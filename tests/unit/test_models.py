@@ -58,7 +58,7 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 
 def test_registry_names() -> None:
-    assert set(MODELS) == {"mlp", "cnn", "grid_forecaster", "station_mlp"}
+    assert set(MODELS) == {"mlp", "cnn", "grid_forecaster", "station_mlp", "ctr_mlp"}
 
 
 @pytest.mark.parametrize(

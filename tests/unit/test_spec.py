@@ -123,13 +123,13 @@ FIELD_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("name empty", {"name": ""}, r"spec\.name"),
     ("timeout", {"step_timeout_s": 0}, r"spec\.step_timeout_s"),
     ("stragglers not a list", {"stragglers": 3}, r"spec\.stragglers"),
-    ("straggler rank negative", {"stragglers": [{"rank": -1}]}, r"spec\.stragglers\.0\.rank"),
-    ("straggler rank missing", {"stragglers": [{}]}, r"spec\.stragglers\.0\.rank"),
-    ("straggler slowdown", {"stragglers": [{"rank": 0, "slowdown": 0.5}]}, r"spec\.stragglers\.0\.slowdown"),
+    ("straggler rank negative", {"stragglers": [{"rank": -1}]}, r"spec\.stragglers\[0\]\.rank"),
+    ("straggler rank missing", {"stragglers": [{}]}, r"spec\.stragglers\[0\]\.rank"),
+    ("straggler slowdown", {"stragglers": [{"rank": 0, "slowdown": 0.5}]}, r"spec\.stragglers\[0\]\.slowdown"),
     (
         "straggler distribution",
         {"stragglers": [{"rank": 0, "delay": {"distribution": "pareto"}}]},
-        r"spec\.stragglers\.0\.delay\.distribution",
+        r"spec\.stragglers\[0\]\.delay\.distribution",
     ),
     ("unknown top-level field", {"epochs": 3}, r"spec\.epochs: Extra inputs"),
     ("unknown nested field", {"optimizer": {"lr": 0.1, "rho": 0.9}}, r"spec\.optimizer\.rho"),
@@ -156,13 +156,13 @@ FIELD_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("codec not a string", {"compression": {"codec": 16}}, r"spec\.compression\.codec"),
     ("compression unknown field", {"compression": {"level": 3}}, r"spec\.compression\.level"),
     # straggler pauses and kills
-    ("pause every negative", {"stragglers": [{"rank": 0, "pause_every": -1}]}, r"spec\.stragglers\.0\.pause_every"),
-    ("pause every fractional", {"stragglers": [{"rank": 0, "pause_every": 2.5}]}, r"spec\.stragglers\.0\.pause_every"),
-    ("pause s negative", {"stragglers": [{"rank": 0, "pause_s": -1}]}, r"spec\.stragglers\.0\.pause_s"),
-    ("pause s too long", {"stragglers": [{"rank": 0, "pause_s": 3601}]}, r"spec\.stragglers\.0\.pause_s"),
-    ("pause s infinite", {"stragglers": [{"rank": 0, "pause_s": float("inf")}]}, r"spec\.stragglers\.0\.pause_s"),
-    ("kill negative", {"stragglers": [{"rank": 0, "kill_at_step": -1}]}, r"spec\.stragglers\.0\.kill_at_step"),
-    ("kill not a step", {"stragglers": [{"rank": 0, "kill_at_step": "soon"}]}, r"spec\.stragglers\.0\.kill_at_step"),
+    ("pause every negative", {"stragglers": [{"rank": 0, "pause_every": -1}]}, r"spec\.stragglers\[0\]\.pause_every"),
+    ("pause every fractional", {"stragglers": [{"rank": 0, "pause_every": 2.5}]}, r"stragglers\[0\]\.pause_every"),
+    ("pause s negative", {"stragglers": [{"rank": 0, "pause_s": -1}]}, r"spec\.stragglers\[0\]\.pause_s"),
+    ("pause s too long", {"stragglers": [{"rank": 0, "pause_s": 3601}]}, r"spec\.stragglers\[0\]\.pause_s"),
+    ("pause s infinite", {"stragglers": [{"rank": 0, "pause_s": float("inf")}]}, r"spec\.stragglers\[0\]\.pause_s"),
+    ("kill negative", {"stragglers": [{"rank": 0, "kill_at_step": -1}]}, r"spec\.stragglers\[0\]\.kill_at_step"),
+    ("kill not a step", {"stragglers": [{"rank": 0, "kill_at_step": "soon"}]}, r"spec\.stragglers\[0\]\.kill_at_step"),
 ]
 
 

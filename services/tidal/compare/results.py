@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tidal.client import job_state_name
 from tidal.compare.metrics import Sample, bucket_counts, histogram_quantile, sum_by, summed_buckets, total
@@ -218,3 +219,18 @@ def phase_means(samples: list[Sample]) -> dict[str, float]:
     sums = sum_by(samples, f"{PHASE_HISTOGRAM}_sum", "phase")
     counts = sum_by(samples, f"{PHASE_HISTOGRAM}_count", "phase")
     return {phase: sums[phase] / counts[phase] for phase in sums if counts.get(phase)}
+
+
+def from_jsonable(value: object) -> object:
+    """The inverse of `to_jsonable` for bucket bounds: "+Inf" back to infinity."""
+    return float("inf") if value == "+Inf" else value
+
+
+def result_from_dict(data: dict[str, Any]) -> RunResult:
+    """A RunResult back from `asdict` output read from JSON (a run file of an earlier invocation)."""
+    fields = dict(data)
+    fields["evals"] = [Eval(**e) for e in data["evals"]]
+    fields["target"] = Target(**data["target"]) if data["target"] is not None else None
+    fields["workers"] = [WorkerResult(**w) for w in data["workers"]]
+    fields["staleness_buckets"] = [(float(from_jsonable(le)), float(n)) for le, n in data["staleness_buckets"]]  # type: ignore[arg-type]
+    return RunResult(**fields)

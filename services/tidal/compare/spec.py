@@ -1,4 +1,4 @@
-"""The compare spec: one job, the modes to run it in, the machines to run it on.
+"""The compare spec: one job, the modes to run it in, the seeds, the machines to run it on.
 
 The shared job fields are validated by `tidal.core.spec.parse_job_spec` once per mode, after
 the mode's own fields are merged in, so a compare run accepts exactly what `tidal submit`
@@ -12,7 +12,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -25,6 +25,10 @@ MODE_FIELDS = ("mode", "consistency", "compression")
 # Set by the compare run itself.
 RESERVED_JOB_FIELDS = (*MODE_FIELDS, "name")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# Repeat runs: every mode (and every run with a kill) runs once per seed.
+MAX_SEEDS = 32
+# The job spec's own range for `seed`.
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Strict(BaseModel):
@@ -48,6 +52,8 @@ class ModeRun(_Strict):
     mode: Mode
     consistency: dict[str, Any] = Field(default_factory=dict)
     compression: dict[str, Any] = Field(default_factory=dict)
+    # The mode of every embedding table of the job (docs/embeddings.md); None: as `job` sets them.
+    embeddings_mode: Literal["sync", "async"] | None = None
 
 
 class KillSpec(_Strict):
@@ -68,6 +74,8 @@ class CompareSpec(_Strict):
     target_val_loss: float = Field(gt=0)
     modes: list[ModeRun] = Field(min_length=1, max_length=32)
     kill: KillSpec | None = None
+    # Every run is repeated once per seed (the job's `seed`); default: the job's single seed.
+    seeds: list[Seed] | None = Field(None, min_length=1, max_length=MAX_SEEDS)
     # Longest wait for one job, in seconds; a job still running then is cancelled.
     job_timeout_s: float = Field(300.0, gt=0, le=3600)
     # Steps of the sync warm-up job that fresh worker processes run first, not reported
@@ -92,6 +100,13 @@ class CompareSpec(_Strict):
                 raise ValueError(f"labels: {label!r} is not the label of any entry of compare.modes")
         return kill
 
+    def seed_list(self) -> list[int]:
+        """The seeds every run is repeated with: `seeds`, else the job's own seed (default 0)."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        seed = self.job.get("seed", 0)
+        return [seed if isinstance(seed, int) else 0]  # a bad job seed is reported by parse_job_spec
+
     def kills(self, label: str) -> bool:
         """Whether the mode with this label gets a second run with a worker killed."""
         return self.kill is not None and (self.kill.labels is None or label in self.kill.labels)
@@ -108,6 +123,7 @@ class PlannedRun:
     index: int  # position in compare.modes
     label: str
     kill: bool  # the run with a worker killed
+    seed: int
     spec: JobSpec
     spec_dict: dict[str, Any]
 
@@ -133,13 +149,30 @@ def parse_compare_spec(data: dict[str, Any]) -> CompareSpec:
 
 
 def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
-    """Every job of the comparison, baselines first (in `modes` order), then the runs with a kill."""
+    """Every job of the comparison, seed by seed (in `seeds` order): for each seed the baselines
+    first (in `modes` order), then the runs with a kill. A whole comparison per seed comes first,
+    so an interrupted study has complete seeds, and slow drift of the machine spreads over modes."""
     for field in RESERVED_JOB_FIELDS:
         if field in spec.job:
             where = "set per entry of compare.modes" if field in MODE_FIELDS else "set from compare.name"
             raise InvalidArgumentError(f"compare.job.{field}: not allowed here ({where})")
+    if spec.seeds is not None:
+        if "seed" in spec.job:
+            raise InvalidArgumentError(
+                "compare.job.seed: not allowed together with compare.seeds (each run's seed comes from compare.seeds)"
+            )
+        for i, seed in enumerate(spec.seeds):
+            if seed in spec.seeds[:i]:
+                raise InvalidArgumentError(
+                    f"compare.seeds[{i}]: seed {seed} appears twice (also entry {spec.seeds.index(seed)})"
+                )
+    seeds = spec.seed_list()
+    return [run for seed in seeds for run in _plan_seed(spec, seed, multi=len(seeds) > 1)]
+
+
+def _plan_seed(spec: CompareSpec, seed: int, multi: bool) -> list[PlannedRun]:
     workers = len(spec.cluster.worker_slowdowns)
-    baselines = [_planned(spec, i, m, kill=False) for i, m in enumerate(spec.modes)]
+    baselines = [_planned(spec, i, m, kill=False, seed=seed, multi=multi) for i, m in enumerate(spec.modes)]
     first = baselines[0].spec
     if first.num_workers != workers:
         raise InvalidArgumentError(
@@ -159,7 +192,10 @@ def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
         raise InvalidArgumentError(
             f"compare.kill.at_step: {spec.kill.at_step} >= steps {first.steps}; the worker would never be killed"
         )
-    return baselines + [_planned(spec, i, m, kill=True) for i, m in enumerate(spec.modes) if spec.kills(m.label)]
+    kills = [
+        _planned(spec, i, m, kill=True, seed=seed, multi=multi) for i, m in enumerate(spec.modes) if spec.kills(m.label)
+    ]
+    return baselines + kills
 
 
 # Before runs with a kill only their outcome is reported, so a short warm-up does.
@@ -177,27 +213,42 @@ def warm_up_spec(spec: CompareSpec, short: bool = False) -> dict[str, Any]:
     return data
 
 
-def job_name(label: str, kill: bool) -> str:
-    """A valid job name from a label: "sync+1 backup" -> "sync-1-backup"."""
-    slug = re.sub(r"[^A-Za-z0-9._]+", "-", label).strip("-._") or "mode"
-    return f"{slug[:56]}{'-kill' if kill else ''}"
+def job_name(label: str, kill: bool, seed: int | None = None) -> str:
+    """A valid job name from a label: "sync+1 backup" -> "sync-1-backup"; with several seeds the
+    seed too: "sync-1-backup-s3" (labels have at most 40 characters: the name fits in 63)."""
+    return f"{slug(label)[:40]}{'-kill' if kill else ''}{'' if seed is None else f'-s{seed}'}"
 
 
-def _planned(spec: CompareSpec, index: int, entry: ModeRun, kill: bool) -> PlannedRun:
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", label).strip("-._") or "mode"
+
+
+def _planned(spec: CompareSpec, index: int, entry: ModeRun, kill: bool, seed: int, multi: bool) -> PlannedRun:
     data = copy.deepcopy(spec.job)
-    data["name"] = job_name(entry.label, kill)
+    data["name"] = job_name(entry.label, kill, seed if multi else None)
+    if spec.seeds is not None:
+        data["seed"] = seed
     data["mode"] = entry.mode.value
     if entry.consistency:
         data["consistency"] = copy.deepcopy(entry.consistency)
     if entry.compression:
         data["compression"] = copy.deepcopy(entry.compression)
+    if entry.embeddings_mode is not None:
+        tables = data.get("embeddings")
+        if not isinstance(tables, list) or not tables:
+            raise InvalidArgumentError(
+                f"compare.modes[{index}].embeddings_mode: compare.job has no embeddings (tables) to set the mode of"
+            )
+        data["embeddings"] = [
+            {**t, "mode": entry.embeddings_mode} if isinstance(t, dict) else t for t in tables
+        ]  # a table that is not a mapping is reported by parse_job_spec
     if kill and spec.kill is not None:
         data["stragglers"] = _with_kill(data.get("stragglers"), spec.kill)
     try:
         job = parse_job_spec(data)
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(_relocate(str(exc), index)) from None
-    return PlannedRun(index, entry.label, kill, job, data)
+    return PlannedRun(index, entry.label, kill, job.seed, job, data)
 
 
 def _with_kill(stragglers: Any, kill: KillSpec) -> Any:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .climate.models import grid_forecaster, station_mlp
+from .ctr.model import ctr_mlp
 from .errors import InvalidArgumentError
 from .model_source import ModelModules, resolve_user_callable
 
@@ -93,6 +94,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": _cnn,
     "grid_forecaster": grid_forecaster,
     "station_mlp": station_mlp,
+    "ctr_mlp": ctr_mlp,
 }
 
 

@@ -15,6 +15,10 @@ package.module:fn   fn(output, target), a scalar tensor        fn's name   no
 ==================  =========================================  ==========  ===============
 
 bce_with_logits' accuracy is the fraction of entries whose logit sign matches the 0/1 target.
+A data set may ask for the exact ROC AUC instead (``Objective(BCE_WITH_LOGITS, auc=True)``, as
+the click-through sources ``ctr_synthetic`` and ``ctr_flights`` do): metric ``auc``, higher is
+better, computed from the ranks of every validation output (``core/auc.py``), not per batch; it
+is reported whenever the job trains with the data set's own bce_with_logits objective.
 Regression data sets (the climate forecasters) use a weighted mean squared error: the weights
 say how much each output element counts (for a global field, the area of its grid cell, i.e.
 cos(latitude); zero on halo cells a worker reads only as context). Their metric is the MSE skill
@@ -105,6 +109,8 @@ class Objective:
     # User objective: the loss function and the metric's name (the function's).
     user_fn: LossFn | None = None
     user_name: str = ""
+    # bce_with_logits: report the exact ROC AUC of the validation outputs instead of accuracy.
+    auc: bool = False
 
     def on(self, device: torch.device) -> Objective:
         """This objective with its weights on `device` (itself when they are there already)."""
@@ -118,7 +124,14 @@ class Objective:
     def metric(self) -> Metric:
         if self.kind == ObjectiveKind.USER:
             return Metric(self.user_name, False)
+        if self.ranks_outputs:
+            return Metric("auc", True)
         return _METRICS[self.kind]
+
+    @property
+    def ranks_outputs(self) -> bool:
+        """Whether the metric needs every validation output at once (AUC), not running sums."""
+        return self.auc and self.kind == ObjectiveKind.BCE_WITH_LOGITS
 
     def loss(self, out: torch.Tensor, target: torch.Tensor, train: bool = True) -> torch.Tensor:
         """Mean loss of a batch (a scalar tensor that can be differentiated)."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tidal.core import eager_optim
+from tidal.core.embeddings.shard import RowsSnapshot
 from tidal.core.errors import DataLossError
 from tidal.core.optim import IMPLEMENTATION_OPTIONS
 from tidal.core.shard_state import PushOutcome, PushResult, ShardCounters, ShardState
@@ -48,6 +49,8 @@ class ShardSnapshot:
     created_at: float = 0.0
     # The digest of the initial slice the shard started from (ShardState.initial_digest); "": unknown.
     initial_digest: str = ""
+    # The job's embedding rows on this shard (core/embeddings/shard.py); None: no tables.
+    rows: RowsSnapshot | None = None
 
 
 def _jsonable(value: Any) -> Any:

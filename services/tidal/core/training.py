@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tidal.core import eager_optim
+from tidal.core.auc import binary_auc
 from tidal.core.flat import FlatModel
 from tidal.core.objectives import CROSS_ENTROPY, Metric, Objective
 from tidal.core.precision import MixedPrecision
@@ -79,12 +80,21 @@ def evaluate(
     model.eval()
     device = _device_of(model)
     total_loss, correct, count = 0.0, 0.0, 0
+    # A ranking metric (AUC) needs every output at once: one float per entry, kept on the CPU.
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     for x, y in batches:
         out, target = model(x.to(device)), y.to(device)
         total_loss += float(objective.sum_loss(out, target))
         correct += objective.score(out, target)
         count += len(target)
+        if objective.ranks_outputs:
+            outputs.append(out.detach().float().reshape(-1).cpu())
+            targets.append(target.detach().float().reshape(-1).cpu())
     n = max(count, 1)
+    if objective.ranks_outputs:
+        value = binary_auc(torch.cat(outputs), torch.cat(targets)) if outputs else 0.5
+        return EvalResult(total_loss / n, value, objective.metric)
     return EvalResult(total_loss / n, objective.accuracy(correct, total_loss / n, count), objective.metric)
 
 

@@ -12,11 +12,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tidal.core.checkpoint import CheckpointSchedule, CheckpointStore
+from tidal.core.embeddings.shard import RowsSnapshot
 from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_snapshot import ShardSnapshot, snapshot_shard
 from tidal.core.shard_state import ShardState
@@ -77,6 +79,7 @@ class ShardCheckpointer:
         ledger: RecoveryLedger | None = None,
         *,
         supervisor: Supervisor,
+        rows: Callable[[], RowsSnapshot] | None = None,
     ) -> None:
         self.store = store
         self.supervisor = supervisor
@@ -88,6 +91,8 @@ class ShardCheckpointer:
         self.metrics = metrics
         # What restores lost so far: every checkpoint carries it to the next restore.
         self.ledger = ledger or RecoveryLedger()
+        # A copy of the job's embedding rows, taken with the snapshot (None: no tables).
+        self._rows = rows
         # Version of the newest checkpoint on disk (-1: none yet).
         self.written_version = written
         self._last_at = time.monotonic()
@@ -106,8 +111,13 @@ class ShardCheckpointer:
         if first:
             due = self.state.version > self.written_version
         if self._writing is None and due:
-            snapshot = snapshot_shard(self.job_id, self.state, self.ledger.lost_by_worker)
+            snapshot = self._snapshot()
             self._writing = self.supervisor.spawn("shard checkpoint writer", self._write(snapshot), may_end=True)
+
+    def _snapshot(self) -> ShardSnapshot:
+        """The shard's state, rows included, on the event loop between two pushes."""
+        snapshot = snapshot_shard(self.job_id, self.state, self.ledger.lost_by_worker)
+        return snapshot if self._rows is None else replace(snapshot, rows=self._rows())
 
     async def run(self) -> None:
         """Checks the time-based schedule until cancelled (and catches up after a slow write)."""
@@ -122,7 +132,7 @@ class ShardCheckpointer:
             # Its errors stay with the task: the supervisor has reported them.
             await asyncio.wait({self._writing})
         if self.state.version != self.written_version:
-            await self._write(snapshot_shard(self.job_id, self.state, self.ledger.lost_by_worker), final=True)
+            await self._write(self._snapshot(), final=True)
 
     async def close(self) -> None:
         """Cancels the scheduled write in progress, if any, and returns once it ended: no

@@ -28,6 +28,8 @@ from tidal.shard.checkpointing import CheckpointMetrics, ShardCheckpointer
 from tidal.shard.convert import build_state, checkpoints_to_proto, progress_report
 from tidal.shard.memory import MALLOC_ARENAS, STREAM_WINDOW_BYTES, limit_malloc_arenas
 from tidal.shard.metrics import ShardMetrics
+from tidal.shard.row_metrics import RowMetrics
+from tidal.shard.rows import JobRows, build_rows, restore_rows
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
 from tidal.transport.member import MemberPorts, serve_member
@@ -48,10 +50,15 @@ PROGRESS_INTERVAL_S = 0.1
 SWEEP_INTERVAL_S = 3600.0
 
 
-def restore_state(store: CheckpointStore, job_id: str, state: ShardState) -> RecoveryLedger:
-    """Loads the newest valid checkpoint of the job's shard into `state` (DataLossError if none)."""
+def restore_state(
+    store: CheckpointStore, job_id: str, state: ShardState, rows: JobRows | None = None
+) -> RecoveryLedger:
+    """Loads the newest valid checkpoint of the job's shard into `state` and `rows` (DataLossError
+    if none)."""
     snapshot, refused = store.load_latest(job_id, state.shard_index)
     restore_shard(state, snapshot)
+    if rows is not None:
+        restore_rows(rows, snapshot)
     log.warning(
         "job %s: shard %d restored from its checkpoint of version %d%s",
         job_id,
@@ -78,8 +85,12 @@ class ShardNode:
         store: CheckpointStore | None = None,
         checkpoint_metrics: CheckpointMetrics | None = None,
         retention_s: float = 0.0,
+        row_metrics: RowMetrics | None = None,
     ) -> None:
         self.session = session
+        self.row_metrics = row_metrics or RowMetrics(CollectorRegistry())
+        # The running job's embedding rows or, after it ended, the last job's (shard/rows.py).
+        self.rows: JobRows | None = None
         # Ended jobs' checkpoints are deleted this long after their last write (0: never).
         self.retention_s = retention_s
         self.metrics = metrics
@@ -130,6 +141,8 @@ class ShardNode:
                 await self._assign(command)
             case commands.ChangeMembership() if runtime and runtime.job_id == command.job_id:
                 await runtime.set_membership(command.membership_epoch, list(command.worker_ids))
+                if self.rows is not None and self.rows.job_id == command.job_id:
+                    await self.rows.membership_changed(command.worker_ids)
             case commands.Release() if runtime and runtime.job_id == command.job_id:
                 await self.release(command.reason or "released")
 
@@ -139,20 +152,22 @@ class ShardNode:
         job_id = assign.job.job_id
         try:
             state = await asyncio.to_thread(build_state, assign)
+            rows = build_rows(job_id, state, self.row_metrics)
             recovery = RecoveryLedger()
             if assign.restore:
                 if self.store is None:
                     raise TidalError("restore: this shard was started without --checkpoint-dir")
-                recovery = await asyncio.to_thread(restore_state, self.store, job_id, state)
+                recovery = await asyncio.to_thread(restore_state, self.store, job_id, state, rows)
             checkpointer = None
             if self.store is not None and self.checkpoint_metrics is not None:
                 checkpointer = ShardCheckpointer(
                     self.store, job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery,
-                    supervisor=self.supervisor,
+                    supervisor=self.supervisor, rows=rows.snapshot if rows is not None else None,
                 )  # fmt: skip
                 await checkpointer.write()  # a restored shard's version (a new job's shard has none yet)
             metrics = self.metrics.for_job(job_id, state.spec.mode.value, assign.shard_index)
             self.runtime = self.last_runtime = ShardRuntime(job_id, state, metrics)
+            self.rows = rows
         except (TidalError, OSError) as exc:
             # An expected failure (bad spec, disk): its message says it all, no traceback.
             log.exception("job %s: cannot set up shard %d: %s", job_id, assign.shard_index, exc)
@@ -293,7 +308,10 @@ async def run_shard(
         checkpoints=checkpoints,
         shard_index=shard_index,
     )
-    node = ShardNode(session, ShardMetrics(registry), store, CheckpointMetrics(registry), checkpoint_retention_s)
+    node = ShardNode(
+        session, ShardMetrics(registry), store, CheckpointMetrics(registry), checkpoint_retention_s,
+        RowMetrics(registry),
+    )  # fmt: skip
     # Before registering, so the checkpoints reported to the coordinator are the ones kept.
     node.sweep_checkpoints(time.time())
     sweeper = None

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tidal.shard.convert import shard_info_to_proto
-from tidal.shard.exchange import ExchangeSession, Runtimes, find_runtime
+from tidal.shard.exchange import ExchangeSession, find_runtime
+from tidal.shard.rows import RowHost, RowService
 from tidal.transport import frames
 from tidal.transport.errors import translate_errors
 from tidal.transport.guard import require_member
@@ -20,8 +21,10 @@ SERVICE_NAME = shard_pb.DESCRIPTOR.services_by_name["ParameterShard"].full_name
 
 
 class ShardServicer(shard_grpc.ParameterShardServicer):
-    def __init__(self, runtimes: Runtimes, shared_memory: bool) -> None:
+    def __init__(self, runtimes: RowHost, shared_memory: bool) -> None:
         self._runtimes = runtimes
+        # PullRows, PushRows, ReadRows (embedding tables: shard/rows.py).
+        self._rows = RowService(runtimes)
         # Accept workers' offers of shared memory (the process's setting: transport/settings.py).
         self._shared_memory = shared_memory
 
@@ -57,6 +60,25 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
         return shard_info_to_proto(self._runtimes.last_runtime)
 
 
+    @translate_errors
+    async def PullRows(
+        self, request: shard_pb.PullRowsRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb.PullRowsResponse:
+        return await self._rows.pull(request)
+
+    @translate_errors
+    async def PushRows(
+        self, request: shard_pb.PushRowsRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb.PushRowsResponse:
+        return await self._rows.push(request)
+
+    @translate_errors
+    async def ReadRows(
+        self, request: shard_pb.ReadRowsRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb.ReadRowsResponse:
+        return await self._rows.read(request)
+
+
 def add_to_server(servicer: ShardServicer, server: grpc.aio.Server) -> None:
     """The generated `add_ParameterShardServicer_to_server`, with the tensor-carrying
     messages framed by transport/frames.py (still valid protobuf for any client)."""
@@ -74,6 +96,14 @@ def add_to_server(servicer: ShardServicer, server: grpc.aio.Server) -> None:
             request_deserializer=shard_pb.GetShardInfoRequest.FromString,
             response_serializer=shard_pb.GetShardInfoResponse.SerializeToString,
         ),
+        **{
+            name: grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, name),
+                request_deserializer=getattr(shard_pb, f"{name}Request").FromString,
+                response_serializer=getattr(shard_pb, f"{name}Response").SerializeToString,
+            )
+            for name in ("PullRows", "PushRows", "ReadRows")
+        },
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

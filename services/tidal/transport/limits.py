@@ -25,3 +25,8 @@ MAX_RECONNECT_BACKOFF_MS = 1_000
 MIN_CONNECT_TIMEOUT_MS = 10_000
 # How long a server lets in-flight calls finish on shutdown, in seconds.
 SHUTDOWN_GRACE_S = 5.0
+# Sparse parameters (PullRows, PushRows, ReadRows): most ids in one request, and most bytes of
+# rows (ids x dim x 4) in one request or reply, well inside MAX_MESSAGE_BYTES. A worker's batch
+# beyond either is split into several requests (worker/rows_client.py).
+MAX_ROW_IDS = 65_536
+MAX_ROW_PAYLOAD_BYTES = 12 << 20

@@ -23,6 +23,86 @@ PUSH_OUTCOME_DUPLICATE: PushOutcome
 PUSH_OUTCOME_DROPPED_LATE: PushOutcome
 PUSH_OUTCOME_REJECTED_STALE: PushOutcome
 
+class PullRowsRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "table", "ids", "min_step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    membership_epoch: int
+    table: str
+    ids: bytes
+    min_step: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., table: _Optional[str] = ..., ids: _Optional[bytes] = ..., min_step: _Optional[int] = ...) -> None: ...
+
+class PullRowsResponse(_message.Message):
+    __slots__ = ("dim", "rows", "applied_step")
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_STEP_FIELD_NUMBER: _ClassVar[int]
+    dim: int
+    rows: bytes
+    applied_step: int
+    def __init__(self, dim: _Optional[int] = ..., rows: _Optional[bytes] = ..., applied_step: _Optional[int] = ...) -> None: ...
+
+class PushRowsRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "table", "push_id", "ids", "grads", "dim", "step", "more")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    GRADS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    membership_epoch: int
+    table: str
+    push_id: str
+    ids: bytes
+    grads: bytes
+    dim: int
+    step: int
+    more: bool
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., table: _Optional[str] = ..., push_id: _Optional[str] = ..., ids: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., dim: _Optional[int] = ..., step: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class PushRowsResponse(_message.Message):
+    __slots__ = ("outcome", "rows_applied", "applied_step")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ROWS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_STEP_FIELD_NUMBER: _ClassVar[int]
+    outcome: PushOutcome
+    rows_applied: int
+    applied_step: int
+    def __init__(self, outcome: _Optional[_Union[PushOutcome, str]] = ..., rows_applied: _Optional[int] = ..., applied_step: _Optional[int] = ...) -> None: ...
+
+class ReadRowsRequest(_message.Message):
+    __slots__ = ("job_id", "table", "ids")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    table: str
+    ids: bytes
+    def __init__(self, job_id: _Optional[str] = ..., table: _Optional[str] = ..., ids: _Optional[bytes] = ...) -> None: ...
+
+class ReadRowsResponse(_message.Message):
+    __slots__ = ("dim", "rows", "held")
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    dim: int
+    rows: bytes
+    held: bytes
+    def __init__(self, dim: _Optional[int] = ..., rows: _Optional[bytes] = ..., held: _Optional[bytes] = ...) -> None: ...
+
 class ExchangeRequest(_message.Message):
     __slots__ = ("open", "pull", "push", "init")
     OPEN_FIELD_NUMBER: _ClassVar[int]

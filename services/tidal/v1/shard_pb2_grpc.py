@@ -49,6 +49,21 @@ class ParameterShardStub:
                 request_serializer=tidal_dot_v1_dot_shard__pb2.GetShardInfoRequest.SerializeToString,
                 response_deserializer=tidal_dot_v1_dot_shard__pb2.GetShardInfoResponse.FromString,
                 _registered_method=True)
+        self.PullRows = channel.unary_unary(
+                '/tidal.v1.ParameterShard/PullRows',
+                request_serializer=tidal_dot_v1_dot_shard__pb2.PullRowsRequest.SerializeToString,
+                response_deserializer=tidal_dot_v1_dot_shard__pb2.PullRowsResponse.FromString,
+                _registered_method=True)
+        self.PushRows = channel.unary_unary(
+                '/tidal.v1.ParameterShard/PushRows',
+                request_serializer=tidal_dot_v1_dot_shard__pb2.PushRowsRequest.SerializeToString,
+                response_deserializer=tidal_dot_v1_dot_shard__pb2.PushRowsResponse.FromString,
+                _registered_method=True)
+        self.ReadRows = channel.unary_unary(
+                '/tidal.v1.ParameterShard/ReadRows',
+                request_serializer=tidal_dot_v1_dot_shard__pb2.ReadRowsRequest.SerializeToString,
+                response_deserializer=tidal_dot_v1_dot_shard__pb2.ReadRowsResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterShardServicer:
@@ -80,6 +95,35 @@ class ParameterShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullRows(self, request, context):
+        """Sparse parameters (docs/embeddings.md): rows of one embedding table, by id. A worker
+        makes one PullRows and one PushRows per shard per table per step (ids routed by
+        tidal.core.embeddings.routing.shard_of), more only when a batch exceeds the limits
+        below. Same caller checks as Exchange: the worker may speak only for its own worker_id
+        (PERMISSION_DENIED), which must be a member of the job at membership_epoch
+        (FAILED_PRECONDITION, as is a job this shard does not run). Bad ids, shapes or values
+        are refused with INVALID_ARGUMENT naming the field and a few of the ids, before
+        anything changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushRows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadRows(self, request, context):
+        """The rows of a table by id, read-only (evaluation tools, tests, export): no membership
+        needed, nothing created, the rows' last use untouched. Allowed to the roles that may
+        call ReadParameters; also after the job ended, as ReadParameters is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +141,21 @@ def add_ParameterShardServicer_to_server(servicer, server):
                     servicer.GetShardInfo,
                     request_deserializer=tidal_dot_v1_dot_shard__pb2.GetShardInfoRequest.FromString,
                     response_serializer=tidal_dot_v1_dot_shard__pb2.GetShardInfoResponse.SerializeToString,
+            ),
+            'PullRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullRows,
+                    request_deserializer=tidal_dot_v1_dot_shard__pb2.PullRowsRequest.FromString,
+                    response_serializer=tidal_dot_v1_dot_shard__pb2.PullRowsResponse.SerializeToString,
+            ),
+            'PushRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushRows,
+                    request_deserializer=tidal_dot_v1_dot_shard__pb2.PushRowsRequest.FromString,
+                    response_serializer=tidal_dot_v1_dot_shard__pb2.PushRowsResponse.SerializeToString,
+            ),
+            'ReadRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadRows,
+                    request_deserializer=tidal_dot_v1_dot_shard__pb2.ReadRowsRequest.FromString,
+                    response_serializer=tidal_dot_v1_dot_shard__pb2.ReadRowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +239,87 @@ class ParameterShard:
             '/tidal.v1.ParameterShard/GetShardInfo',
             tidal_dot_v1_dot_shard__pb2.GetShardInfoRequest.SerializeToString,
             tidal_dot_v1_dot_shard__pb2.GetShardInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidal.v1.ParameterShard/PullRows',
+            tidal_dot_v1_dot_shard__pb2.PullRowsRequest.SerializeToString,
+            tidal_dot_v1_dot_shard__pb2.PullRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidal.v1.ParameterShard/PushRows',
+            tidal_dot_v1_dot_shard__pb2.PushRowsRequest.SerializeToString,
+            tidal_dot_v1_dot_shard__pb2.PushRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidal.v1.ParameterShard/ReadRows',
+            tidal_dot_v1_dot_shard__pb2.ReadRowsRequest.SerializeToString,
+            tidal_dot_v1_dot_shard__pb2.ReadRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,7 @@ from tidal.worker.fanout import fan_out
 from tidal.worker.links import ShardLink
 from tidal.worker.metrics import JobWorkerMetrics, PhaseTimes
 from tidal.worker.prepare import PreparedJob, check_layout
+from tidal.worker.rows import StepRows, WorkerRows
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class TrainingRun:
 
     # Prepares the next training batch while a step runs (set with the partition).
     _batches: Prefetcher[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The job's embedding tables, made in `train` with the links; None: the job has none.
+    rows: WorkerRows | None = None
 
     def __init__(
         self,
@@ -155,6 +158,8 @@ class TrainingRun:
         self.epoch, self.worker_ids = epoch, worker_ids
         for link in self.links:
             link.epoch = epoch
+        if self.rows is not None:
+            self.rows.set_epoch(epoch)
         self.partition = self._partition()
         here = "a stream of" if self.partition is None else len(self.partition)
         log.info("job %s: membership epoch %d, %d workers, %s training samples here",
@@ -208,6 +213,12 @@ class TrainingRun:
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
         await fan_out(*(link.connect(a.spec.step_timeout_s) for link in self.links))
+        if a.spec.embeddings:
+            # The model's ShardedEmbedding layers read their rows from the shards from now on.
+            self.rows = WorkerRows(
+                a.spec, a.job_id, a.worker_id, self.epoch, a.shard_addresses, self.flat.model,
+                self.settings.security, self.metrics,
+            )  # fmt: skip
         if a.spec.mode != Mode.ASYNC:
             # Shards complete a barrier one after the other, so a worker joining mid-run can find
             # them a version apart; it waits until all serve the newest, or it would train on
@@ -240,16 +251,22 @@ class TrainingRun:
         started = time.perf_counter()
         assert self._batches is not None
         x, y = await asyncio.wrap_future(self._batches.get(self.step))
-        loss = await asyncio.to_thread(compute_gradient, self.flat, x, y, self._objective(), self.precision)
-        if self.inner is not None:
-            await asyncio.to_thread(self._inner_step)
+        loss, step_rows = await asyncio.to_thread(self._compute, x, y)
         compute_s = time.perf_counter() - started
         injected_s = self.straggler.extra_seconds(compute_s + self._last_exchange_s) + self._pause_seconds()
-        if injected_s > 0:
-            await asyncio.sleep(injected_s)
-        exchange = PhaseTimes()
-        if self.inner is None or self._round_ends():
-            exchange = await self._exchange(len(y))
+
+        async def straggle_and_exchange() -> PhaseTimes:
+            if injected_s > 0:
+                await asyncio.sleep(injected_s)
+            if self.inner is None or self._round_ends():
+                return await self._exchange(len(y))
+            return PhaseTimes()
+
+        if step_rows is not None:
+            # The rows' gradients go as soon as the backward is done, beside the dense exchange.
+            exchange, _ = await fan_out(straggle_and_exchange(), self._push_rows(step_rows))
+        else:
+            exchange = await straggle_and_exchange()
         done = time.perf_counter()
         self.step += 1
         self.samples += len(y)
@@ -257,6 +274,23 @@ class TrainingRun:
         self.metrics.param_version.set(self.version)
         self._count_bytes()
         return loss, done - started
+
+    def _compute(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[StepRows] | None]:
+        """In the compute thread: the step's forward and backward (the embedding layers pull
+        their rows meanwhile), the local SGD step, and the step's row gradients."""
+        try:
+            loss = compute_gradient(self.flat, x, y, self._objective(), self.precision)
+        except Exception:
+            if self.rows is not None:
+                self.rows.forget_step()
+            raise
+        if self.inner is not None:
+            self._inner_step()
+        return loss, self.rows.take_step() if self.rows is not None else None
+
+    async def _push_rows(self, step_rows: list[StepRows]) -> None:
+        assert self.rows is not None
+        await self.rows.push(step_rows)
 
     async def _exchange(self, num_samples: int) -> PhaseTimes:
         """Pushes the gradient (or, in local SGD, the round's delta) to every shard and receives
@@ -336,6 +370,8 @@ class TrainingRun:
         """A shard was restored from its checkpoint at `address`: reconnect there."""
         if 0 <= shard_index < len(self.links):
             self.links[shard_index].retarget(address)
+        if self.rows is not None:
+            self.rows.retarget(shard_index, address)
 
     async def evaluate_latest(self) -> tuple[int, EvalResult]:
         """Pulls the shards' current parameters and evaluates them on the validation split."""
@@ -347,6 +383,8 @@ class TrainingRun:
     async def close(self) -> None:
         if self._batches is not None:
             self._batches.close()
+        if self.rows is not None:
+            await self.rows.close()  # logs, never raises: the links below are closed whatever happens
         # Not fan_out: every link must be closed (its channel, its shared memory) whatever
         # another's close raised, so all of them run to the end and failures are only logged.
         results = await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -71,6 +72,27 @@ class WorkerMetrics:
             ["worker"],
             registry=registry,
         )  # fmt: skip
+        # Embedding tables (docs/embeddings.md): per table, what each training step read and wrote.
+        table_labels = [*LABELS, "table"]
+        self.rows_pulled = Counter(
+            "tidal_worker_embedding_rows_pulled_total",
+            "Embedding rows pulled for training steps (the unique ids of each step's batch).", table_labels,
+            registry=registry,
+        )  # fmt: skip
+        self.rows_pushed = Counter(
+            "tidal_worker_embedding_rows_pushed_total",
+            "Embedding row gradients pushed (one per unique id a step read).", table_labels, registry=registry,
+        )  # fmt: skip
+        self.rows_unique_ratio = Gauge(
+            "tidal_worker_embedding_unique_ratio",
+            "Unique ids over ids read in the latest step (1: no id repeated in the batch).", table_labels,
+            registry=registry,
+        )  # fmt: skip
+        self.rows_bytes = Counter(
+            "tidal_worker_embedding_bytes_total",
+            "Embedding row payload bytes of training steps: ids and rows pulled, ids and gradients pushed.",
+            table_labels, registry=registry,
+        )  # fmt: skip
         self._bound: JobWorkerMetrics | None = None
 
     def for_job(self, job_id: str, mode: str, worker_id: str) -> JobWorkerMetrics:
@@ -97,6 +119,7 @@ class JobWorkerMetrics:
         self.received = f.received.labels(*labels)
         self.injected = f.injected.labels(*labels)
         self.saved = f.saved.labels(*labels)
+        self._tables: set[str] = set()
 
     def record_step(
         self, compute_s: float, injected_s: float, exchange: PhaseTimes, total_s: float, samples: int, loss: float
@@ -113,8 +136,22 @@ class JobWorkerMetrics:
         self.step.inc()
         self.loss.set(loss)
 
+    def record_rows(self, table: str, pulled: int, pushed: int, seen: int, payload_bytes: int) -> None:
+        """One training step's reads and writes of one embedding table."""
+        f, labels = self.families, (*self.labels, table)
+        self._tables.add(table)
+        f.rows_pulled.labels(*labels).inc(pulled)
+        f.rows_pushed.labels(*labels).inc(pushed)
+        f.rows_bytes.labels(*labels).inc(payload_bytes)
+        if seen:
+            f.rows_unique_ratio.labels(*labels).set(pulled / seen)
+
     def remove(self) -> None:
         f = self.families
+        for table in self._tables:
+            for family in (f.rows_pulled, f.rows_pushed, f.rows_unique_ratio, f.rows_bytes):
+                with contextlib.suppress(KeyError):  # a table whose ratio was never set
+                    family.remove(*self.labels, table)
         for phase in PHASES:
             f.phase.remove(*self.labels, phase)
         families = (f.duration, f.samples, f.steps, f.loss, f.step, f.param_version, f.sent, f.received, f.injected)

@@ -18,6 +18,7 @@ from typing import TypeVar
 from torch import nn
 
 from tidal.core.devices import resolve_device
+from tidal.core.embeddings.names import check_names
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.layout import Layout
 from tidal.core.model_size import meta_model
@@ -27,6 +28,7 @@ from tidal.core.plan import job_dataset, job_model, model_layout
 from tidal.core.shard_map import ShardMap
 from tidal.core.sources.job_data import JobData
 from tidal.core.spec import JobSpec
+from tidal.nn import embedding_tables
 
 T = TypeVar("T")
 
@@ -83,7 +85,36 @@ def prepare_job(
         spec.model.name, spec.model.args, info.input_shape, info.num_classes, spec.seed, model_modules=model_modules
     )
     model = job_model(spec, dataset, model_modules=model_modules)
+    check_tables(spec, model)
     return PreparedJob(job_id, dataset, model, model_layout(model))
+
+
+def check_tables(spec: JobSpec, model: nn.Module) -> None:
+    """The embedding tables the model reads (its `ShardedEmbedding` layers) must be tables of the
+    job spec with the same row width; a spec table the model does not read is allowed (unused).
+    The coordinator names the worker in the job's failure."""
+    check_names(spec, (name for name, _ in model.named_parameters()))
+    try:
+        read = embedding_tables(model)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"model: {exc}") from None
+    declared = {t.name: (i, t.dim) for i, t in enumerate(spec.embeddings)}
+    for name, dim in read.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise InvalidArgumentError(
+                f"embeddings: the model reads embedding table {name!r} (dim {dim}), which the job spec does not "
+                f"declare (spec.embeddings: {known})"
+            )
+        index, spec_dim = declared[name]
+        if dim != spec_dim:
+            raise InvalidArgumentError(
+                f"spec.embeddings[{index}].dim: the model reads embedding table {name!r} with dim {dim}, "
+                f"the job spec declares dim {spec_dim}"
+            )
+    if read and spec.precision == "fp16":
+        # fp16's loss scaling (core/precision.py) reaches the dense gradient only, not the rows'.
+        raise InvalidArgumentError("precision: fp16 is not supported with embedding tables; use bf16 or fp32")
 
 
 def check_layout(layout: Layout, shard_map: ShardMap) -> None:

@@ -18,6 +18,8 @@ A job's ``dataset.name`` may be ``"package.module:factory"``. Every worker then 
   built for. Give ``num_classes`` for classification (``y``: an integer class id in
   ``[0, num_classes)``) or ``output_shape`` for regression (``y``: a float tensor of that shape;
   the model is built with ``output_shape[0]`` outputs and trained on the mean squared error).
+  ``objective`` may name another default (a `tidal.core.objectives.Objective`, e.g.
+  bce_with_logits with ``auc=True`` for 0/1 targets); the job's ``objective`` still overrides it.
 
 Every ``x`` is converted to float32; a sample or batch with NaN or infinity, or of another
 shape than declared, is refused with an InvalidArgumentError naming ``dataset.name``.
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import IterableDataset
+
+from tidal.core.objectives import Objective
 
 __all__ = ["MapSource", "SourceData", "SourceFactory", "Split"]
 
@@ -61,6 +65,8 @@ class SourceData:
     output_shape: tuple[int, ...] | None = None
     # A map-style train split that holds only this worker's part (the factory read only that).
     own_part: bool = False
+    # The objective jobs train with unless their spec names one (None: cross-entropy or MSE).
+    objective: Objective | None = None
 
 
 class SourceFactory(Protocol):

