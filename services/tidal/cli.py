@@ -30,6 +30,7 @@ from tidal.cli_common import (
     ScrapeTargetDir,
     SharedMemory,
     Threads,
+    build_arena_limit,
     build_cluster_env,
     build_malloc_tuning,
     build_security,
@@ -289,6 +290,7 @@ def shard(
                 shard_index=index,
                 settings=settings,
                 scrape_target_dir=scrape_target_dir,
+                limit_arenas=build_arena_limit(),
             )
         )
     )

@@ -146,6 +146,14 @@ def build_malloc_tuning() -> bool:
     return malloc_tuning_wanted(os.environ)
 
 
+def build_arena_limit() -> bool:
+    """Whether a shard caps glibc's malloc arenas (shard/memory.py): TIDAL_MALLOC_TUNING and
+    MALLOC_ARENA_MAX decide."""
+    from tidal.shard.memory import arena_limit_wanted  # noqa: PLC0415
+
+    return arena_limit_wanted(os.environ)
+
+
 def build_cluster_env() -> dict[str, str]:
     """The pod's Kubernetes variables (k8s_scale.CLUSTER_ENV), for a one-job coordinator's scale-down."""
     from tidal.k8s_scale import CLUSTER_ENV  # noqa: PLC0415

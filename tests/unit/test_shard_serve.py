@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
-from tidal.shard.memory import limit_malloc_arenas
+from tidal.shard.memory import arena_limit_wanted, limit_malloc_arenas
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 from tidal.transport import frames, serde
@@ -129,9 +129,11 @@ def test_window_groups_encode_what_encoded_chunks_do() -> None:
 
 
 def test_malloc_arenas_are_capped_unless_the_environment_decides() -> None:
-    assert not limit_malloc_arenas(1, {"MALLOC_ARENA_MAX": "4"})
-    assert not limit_malloc_arenas(1, {"TIDAL_MALLOC_TUNING": "0"})
+    assert not arena_limit_wanted({"MALLOC_ARENA_MAX": "4"})
+    assert not arena_limit_wanted({"TIDAL_MALLOC_TUNING": "0"})
+    assert arena_limit_wanted({}) and arena_limit_wanted({"TIDAL_MALLOC_TUNING": "1"})
+    assert not limit_malloc_arenas(1, wanted=False)
     # In a child: the cap applies to the whole process.
-    code = "from tidal.shard.memory import limit_malloc_arenas; print(limit_malloc_arenas(1, {}))"
+    code = "from tidal.shard.memory import limit_malloc_arenas; print(limit_malloc_arenas(1, wanted=True))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections.abc import Coroutine
@@ -285,10 +284,11 @@ async def run_shard(
     shard_index: int | None = None,
     settings: ServiceSettings,
     scrape_target_dir: Path | None = None,
+    limit_arenas: bool = False,
 ) -> int:
     registry = CollectorRegistry()
     security = settings.security
-    limit_malloc_arenas(MALLOC_ARENAS, os.environ)  # before gRPC starts its threads (shard/memory.py)
+    limit_malloc_arenas(MALLOC_ARENAS, limit_arenas)  # before gRPC starts its threads (shard/memory.py)
     interceptors = [GrpcMetricsInterceptor(registry)]
     server, bound_port = create_server(
         f"{host}:{port}", security, interceptors, stream_window_bytes=STREAM_WINDOW_BYTES

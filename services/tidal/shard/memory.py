@@ -23,12 +23,18 @@ STREAM_WINDOW_BYTES = 4 << 20
 _M_ARENA_MAX = -8
 
 
-def limit_malloc_arenas(arenas: int, environ: Mapping[str, str]) -> bool:
+def arena_limit_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether to cap the arenas: not when the environment sets MALLOC_ARENA_MAX (glibc read it
+    at start: it wins) or TIDAL_MALLOC_TUNING is 0. Decided where the process builds its
+    configuration (cli_common.py)."""
+    return environ.get(ENV["malloc_tuning"], "1") != "0" and "MALLOC_ARENA_MAX" not in environ
+
+
+def limit_malloc_arenas(arenas: int, wanted: bool) -> bool:
     """Caps glibc's malloc arenas at `arenas` for the threads started from now on (call it
-    before the gRPC server starts its threads). Not when the environment sets MALLOC_ARENA_MAX
-    (glibc read it at start: it wins) or TIDAL_MALLOC_TUNING is 0, nor without glibc.
-    Returns whether the cap is in force."""
-    if environ.get(ENV["malloc_tuning"], "1") == "0" or "MALLOC_ARENA_MAX" in environ:
+    before the gRPC server starts its threads) if `wanted` (`arena_limit_wanted`); not without
+    glibc. Returns whether the cap is in force."""
+    if not wanted:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
