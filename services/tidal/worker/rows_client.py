@@ -35,6 +35,7 @@ from tidal.transport import rows as wire
 from tidal.transport.errors import error_from_rpc
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.v1 import shard_pb2_grpc as shard_grpc
+from tidal.worker.fanout import fan_out
 
 # A reply is waited for this much longer than the shard's own waits (step_timeout_s), so the
 # shard's DEADLINE_EXCEEDED, which says what it waits for, arrives first.
@@ -147,7 +148,8 @@ class ShardRowClient:
                 self.steps[table] = max(self.steps[table], reply.applied_step + 1)
 
         parts = self._parts(spec, ids, every_shard=False)
-        await asyncio.gather(*(one(shard, p) for shard, pieces in parts.items() for p in pieces))
+        # One shard's failure cancels the other shards' requests (worker/fanout.py).
+        await fan_out(*(one(shard, p) for shard, pieces in parts.items() for p in pieces))
         return out
 
     async def push_async(self, table: str, ids: torch.Tensor, grads: torch.Tensor) -> list[RowPushAck]:
@@ -181,7 +183,7 @@ class ShardRowClient:
             return acks
 
         parts = self._parts(spec, ids, every_shard=sync)
-        replies = await asyncio.gather(*(to_shard(shard, pieces) for shard, pieces in parts.items()))
+        replies = await fan_out(*(to_shard(shard, pieces) for shard, pieces in parts.items()))
         acks = [ack for shard_acks in replies for ack in shard_acks]
         if sync:
             self.steps[table] = max([step + 1, *(a.applied_step + 1 for a in acks)])
