@@ -5,6 +5,8 @@ copies forced, against the plain views), and bf16 / fp16 gradient steps."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -232,3 +234,23 @@ def test_low_precision_training_lowers_the_loss(precision: str) -> None:
 def test_an_unknown_precision_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match=r"^precision: must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"):
         MixedPrecision("fp8", CPU, tiny_model())
+
+
+FP16_STEP = """
+import sys, torch
+from tidal.core.precision import MixedPrecision
+model = torch.nn.Linear(4, 2)
+precision = MixedPrecision("fp16", torch.device("cpu"), model)
+with precision.autocast():
+    loss = model(torch.randn(8, 4)).float().pow(2).mean()
+assert precision.backward(loss, model.weight.grad if model.weight.grad is not None else torch.zeros(1))
+print(sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
+"""
+
+
+def test_an_fp16_worker_imports_no_torch_dynamo() -> None:
+    # torch.optim's compile wrappers import torch._dynamo on first use: seconds at each fp16 job's
+    # start (5 s on the GPU check's workers) for an optimizer that only hands GradScaler the parameters.
+    out = subprocess.run([sys.executable, "-c", FP16_STEP], check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
+from tidal.core import eager_optim
 from tidal.core.errors import InvalidArgumentError
 
 __all__ = ["AUTOCAST_DTYPES", "MixedPrecision"]
@@ -45,7 +46,8 @@ class MixedPrecision:
         self.device_type = device.type
         fp16 = precision == "fp16"
         self.scaler = torch.amp.GradScaler(device.type, init_scale=init_scale) if fp16 else None
-        self._holder = _Unscaled(model.parameters()) if fp16 else None
+        # Built unwrapped: torch.optim's compile wrappers would import torch._dynamo (seconds) here.
+        self._holder = eager_optim.build(_Unscaled, list(model.parameters())) if fp16 else None
         # Steps whose fp16 gradients overflowed and were pushed as zeros.
         self.skipped = 0
 
