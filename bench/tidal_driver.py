@@ -95,12 +95,15 @@ async def drive(args: argparse.Namespace) -> None:
             params_wire_dtype(a.spec.compression),
             security=PLAINTEXT,
             shared_memory=args.transport == "shared_memory",
+            bulk_channel=args.transport == "bulk",
         )
         for i, addr in enumerate(a.shard_addresses)
     ]
     await asyncio.gather(*(link.open() for link in links))
     if args.transport == "shared_memory" and not all(link.shared_memory for link in links):
         raise SystemExit("bench driver: a shard declined shared memory (TIDAL_SHARED_MEMORY=off there?)")
+    if args.transport == "bulk" and not all(link.transport == "on a bulk channel" for link in links):
+        raise SystemExit("bench driver: a shard offered no bulk channel (TIDAL_BULK_CHANNEL=off there?)")
     await asyncio.gather(*(link.pull(0) for link in links))
     clock = 0
 
@@ -156,8 +159,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--wire", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument(
-        "--transport", choices=["grpc", "shared_memory"], default="grpc",
-        help="how tensors travel: inline in the gRPC messages, or through /dev/shm (transport/shm.py)",
+        "--transport", choices=["grpc", "shared_memory", "bulk"], default="grpc",
+        help="how tensors travel: inline in the gRPC messages, through /dev/shm (transport/shm.py), or on a "
+        "bulk channel beside the stream (transport/bulk.py)",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()

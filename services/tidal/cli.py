@@ -18,6 +18,8 @@ import typer
 from tidal import cli_certs, cli_client
 from tidal.cli_common import (
     AllowPlaintext,
+    BulkChannel,
+    BulkPort,
     Coordinator,
     ExitAfterJob,
     Host,
@@ -89,11 +91,17 @@ def _coordinator_setup(log_level: str, allow_plaintext: bool) -> SecurityConfig:
 
 
 def _member_setup(
-    role: str, log_level: str, threads: int, allow_plaintext: bool, shared_memory: str, device: str | None = None
+    role: str,
+    log_level: str,
+    threads: int,
+    allow_plaintext: bool,
+    shared_memory: str,
+    device: str | None = None,
+    bulk: tuple[str, int] = ("off", 0),
 ) -> ServiceSettings:
     import torch  # noqa: PLC0415  # the client commands and the coordinator run without torch
 
-    settings = build_service_settings(role, allow_plaintext, shared_memory, device)
+    settings = build_service_settings(role, allow_plaintext, shared_memory, device, *bulk)
     _process_setup(role, log_level)
     torch.set_num_threads(threads)
     return settings
@@ -261,6 +269,8 @@ def shard(
         str, typer.Option(envvar=ENV["checkpoint_fault"], hidden=True, help="Tests only: crash inside a write.")
     ] = "",
     shared_memory: SharedMemory = "auto",
+    bulk_channel: BulkChannel = "on",
+    bulk_port: BulkPort = 0,
     ready_file: ReadyFile = None,
     scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
@@ -270,7 +280,8 @@ def shard(
     """Run a parameter shard."""
     from tidal.shard.main import run_shard  # noqa: PLC0415
 
-    settings = _member_setup("shard", log_level, torch_threads, allow_plaintext, shared_memory)
+    bulk = (bulk_channel, bulk_port)
+    settings = _member_setup("shard", log_level, torch_threads, allow_plaintext, shared_memory, bulk=bulk)
     advertise = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     raise typer.Exit(
         run_async(
@@ -309,6 +320,7 @@ def worker(
     exit_after_job: ExitAfterJob = False,
     name: Name = "",
     shared_memory: SharedMemory = "auto",
+    bulk_channel: BulkChannel = "off",
     ready_file: ReadyFile = None,
     scrape_target_dir: ScrapeTargetDir = None,
     log_level: LogLevel = "INFO",
@@ -325,7 +337,8 @@ def worker(
     """Run a worker."""
     from tidal.worker.main import run_worker  # noqa: PLC0415
 
-    settings = _member_setup("worker", log_level, torch_threads, allow_plaintext, shared_memory, device)
+    bulk = (bulk_channel, 0)
+    settings = _member_setup("worker", log_level, torch_threads, allow_plaintext, shared_memory, device, bulk)
     raise typer.Exit(
         run_async(
             run_worker(

@@ -77,6 +77,22 @@ SharedMemory = Annotated[
         help="auto: tensors move through /dev/shm between a worker and a shard on one host; off: never.",
     ),
 ]
+BulkChannel = Annotated[
+    str,
+    typer.Option(
+        "--bulk-channel",
+        envvar=ENV["bulk_channel"],
+        help="on: tensors between a worker and a shard on another host travel on a socket of their own beside "
+        "the gRPC stream (a worker asks, a shard offers; TLS as gRPC); off: inline in the gRPC messages.",
+    ),
+]
+BulkPort = Annotated[
+    int,
+    typer.Option(
+        "--bulk-port", envvar=ENV["bulk_port"], min=0, max=65535,
+        help="Port of the shard's bulk channel (0: any free one).",
+    ),
+]  # fmt: skip
 RegisterTimeout = Annotated[
     float,
     typer.Option(
@@ -118,15 +134,23 @@ def build_security(role: str, allow_plaintext: bool, server: bool, command: str 
 
 
 def build_service_settings(
-    role: str, allow_plaintext: bool, shared_memory: str, device: str | None = None
+    role: str,
+    allow_plaintext: bool,
+    shared_memory: str,
+    device: str | None = None,
+    bulk_channel: str = "off",
+    bulk_port: int = 0,
 ) -> ServiceSettings:
     """A shard's or worker's settings (transport/settings.py); a bad one is one line, exit 2."""
-    from tidal.transport import shm  # noqa: PLC0415  # torch only for the services
+    from tidal.transport import bulk, shm  # noqa: PLC0415  # torch only for the services
     from tidal.transport.settings import ServiceSettings  # noqa: PLC0415
 
     security = build_security(role, allow_plaintext, server=True)
     try:
-        return ServiceSettings(security, shm.parse_setting(shared_memory), build_model_modules(), device)
+        return ServiceSettings(
+            security, shm.parse_setting(shared_memory), build_model_modules(), device,
+            bulk.parse_setting(bulk_channel), bulk_port,
+        )  # fmt: skip
     except TidalError as exc:
         raise _fail_setup(exc) from None
 

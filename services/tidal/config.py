@@ -46,6 +46,10 @@ ENV = {
     # worker, shard: "auto" moves tensors through /dev/shm when both run on one host, "off" never
     # (transport/shm.py; the flag is --shared-memory)
     "shared_memory": "TIDAL_SHARED_MEMORY",
+    # worker: "on" asks each shard for a bulk channel (a socket beside the Exchange stream for the
+    # tensor payloads, transport/bulk.py); shard: "on" offers one, "off" never (--bulk-channel)
+    "bulk_channel": "TIDAL_BULK_CHANNEL",
+    "bulk_port": "TIDAL_BULK_PORT",  # shard: the bulk channel's port (0: any free one; --bulk-port)
     # One-job deployments (Kubernetes, smoke runs): see coordinator/one_job.py.
     "job_file": "TIDAL_JOB_FILE",  # coordinator: job spec to submit at start
     "exit_when_done": "TIDAL_EXIT_WHEN_DONE",  # coordinator: exit once that job ended and its members left

@@ -2,8 +2,9 @@
 
 `ExchangeSession` is handed decoded frames (transport/frames.py) and returns the responses to
 send; the servicer only adapts it to gRPC. It holds one stream's state: the push being
-assembled (its scratch buffer and assembler), the shared-memory mapping, the worker it speaks
-for. The shard's `ShardRuntime` is the single writer that carries out what the policies decide.
+assembled (its scratch buffer and assembler), how its payloads travel (shard/payloads.py:
+inline, shared memory or a bulk channel), the worker it speaks for. The shard's
+`ShardRuntime` is the single writer that carries out what the policies decide.
 
 Whatever a member sends, the work it causes is bounded: a message holds at most
 `MAX_CHUNKS_PER_MESSAGE` chunks (checked while decoding), a push at most a small multiple of
@@ -27,8 +28,9 @@ from tidal.core.compression import wire_dtype
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.core.recovery import check_resume
 from tidal.core.shard_map import Segment
+from tidal.shard.payloads import BulkPort, StreamPayloads
 from tidal.shard.runtime import ShardRuntime
-from tidal.transport import frames, shm
+from tidal.transport import frames
 from tidal.transport.limits import CHUNK_BYTES
 from tidal.transport.serde import SliceAssembler
 from tidal.v1 import common_pb2 as common_pb
@@ -105,6 +107,8 @@ class _PendingPush:
     chunks: int = 0
     # The shard's initial parameters (an `init`), not a gradient.
     init: bool = False
+    # On a bulk channel: the push's block was read off the socket.
+    block_read: bool = False
 
 
 class ExchangeSession:
@@ -117,21 +121,24 @@ class ExchangeSession:
         accept_shared_memory: bool,
         authorize: Callable[[str, str], None],
         limits: ExchangeLimits | None = None,
+        bulk_port: BulkPort | None = None,
     ) -> None:
         self._runtimes = runtimes
         self._accept_shared_memory = accept_shared_memory
+        # Offered to a worker that asks for a bulk channel (transport/bulk.py); None: never.
+        self._bulk_port = bulk_port
         # Raises unless the caller may speak for the worker named in the open (transport/guard.py).
         self._authorize = authorize
         self._limits = limits or ExchangeLimits()
         self.worker_id = ""
         self._runtime: ShardRuntime | None = None
-        self._shared: shm.SharedStream | None = None
+        self._payloads: StreamPayloads | None = None
         self._pending: _PendingPush | None = None
         self._push_chunks = 0
 
     async def open(self, frame: frames.Frame | None) -> Response:
-        """Checks the worker's open (identity, job, membership, resume counters), maps its
-        shared-memory offer and answers `opened`."""
+        """Checks the worker's open (identity, job, membership, resume counters), agrees on how
+        payloads travel (shared memory, a bulk channel, inline) and answers `opened`."""
         if frame is None or frame.kind != "open":
             raise InvalidArgumentError("open: the first message of an Exchange stream must be 'open'")
         opened: shard_pb.ExchangeOpen = frame.body
@@ -146,14 +153,16 @@ class ExchangeSession:
         self._push_chunks = self._limits.push_chunks(state.segments, state.params.element_size())
         if opened.last_version or opened.completed_pushes:
             self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
-        self._shared = self._map_offer(opened, runtime)
+        self._payloads = StreamPayloads(runtime, self._accept_shared_memory, self._bulk_port)
+        shared_memory, bulk = self._payloads.agree(opened)
         start, end = state.shard_map.ranges[state.shard_index]
         return shard_pb.ExchangeResponse(
             opened=shard_pb.ExchangeOpened(
                 shard_index=state.shard_index,
                 version=state.version,
                 range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
-                shared_memory=self._shared is not None,
+                shared_memory=shared_memory,
+                bulk=bulk,
             )
         )
 
@@ -165,9 +174,8 @@ class ExchangeSession:
         runtime.metrics.received.inc(frame.nbytes)
         if frame.kind == "pull":
             await self._wait_for_version(frame.body.min_version)
-            with contextlib.closing(runtime.serve(self.worker_id, self._shared)) as messages:
-                for params in messages:
-                    yield params
+            async for params in self._serve():
+                yield params
         elif frame.kind == "push":
             grad = await self._assemble(frame.body, init=False)
             if grad is not None and self._pending is not None:
@@ -190,13 +198,23 @@ class ExchangeSession:
             )
 
     def close(self) -> None:
-        """Frees the push buffer and the shared memory, however the stream ended."""
+        """Frees the push buffer, the shared memory and the bulk channel, however the stream ended."""
         if self._pending is not None and self._runtime is not None:
             self._runtime.scratch.give_back(self._pending.scratch)
         self._pending = None
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
+        if self._payloads is not None:
+            self._payloads.close()
+            self._payloads = None
+
+    async def _serve(self) -> AsyncIterator[Response]:
+        """The current parameters: their messages, then (on a bulk channel) their block."""
+        runtime, payloads = self._opened(), self._payloads
+        target = await payloads.target() if payloads is not None else None
+        with contextlib.closing(runtime.serve(self.worker_id, target)) as messages:
+            for params in messages:
+                yield params
+        if payloads is not None:
+            await payloads.served()
 
     def _opened(self) -> ShardRuntime:
         if self._runtime is None:
@@ -222,8 +240,9 @@ class ExchangeSession:
                     f"{'init' if pending.init else 'push'} {pending.header.push_id!r} (no message with last=true came)"
                 )
             self._check_continuation(push, pending)
-            in_shared = shm.resolve(push.chunks, self._shared.push if self._shared else None, "push.chunks")
-            runtime.metrics.received.inc(in_shared)
+            assert self._payloads is not None  # opened
+            found, pending.block_read = await self._payloads.inbound(push.chunks, pending.block_read, "push.chunks")
+            runtime.metrics.received.inc(found)
             step = self._limits.chunks_per_turn
             for first in range(0, len(push.chunks), step):
                 if first:
@@ -294,20 +313,8 @@ class ExchangeSession:
             )
         )
         await self._wait_for_version(result.serve_version)
-        with contextlib.closing(runtime.serve(self.worker_id, self._shared)) as messages:
-            for params in messages:
-                yield params
-
-    def _map_offer(self, opened: shard_pb.ExchangeOpen, runtime: ShardRuntime) -> shm.SharedStream | None:
-        """The shared memory a worker on this host offered for the payloads (transport/shm.py),
-        mapped; None if there was no offer, this shard refuses them, or it cannot map it."""
-        shared = None
-        if opened.HasField("shared_memory") and self._accept_shared_memory:
-            params = runtime.state.params
-            payload_bytes = params.numel() * params.element_size()
-            shared = shm.SharedStream.accept(opened.shared_memory, payload_bytes, "open.shared_memory")
-        runtime.metrics.streams["shared_memory" if shared else "grpc"].inc()
-        return shared
+        async for params in self._serve():
+            yield params
 
     async def _wait_for_version(self, version: int) -> None:
         runtime = self._opened()

@@ -31,6 +31,7 @@ from tidal.shard.row_metrics import RowMetrics
 from tidal.shard.rows import JobRows, build_rows, restore_rows
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
+from tidal.transport.bulk import BulkListener
 from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor, PreferredPort
 from tidal.transport.server import create_server
@@ -317,7 +318,12 @@ async def run_shard(
     sweeper = None
     if store is not None and checkpoint_retention_s > 0:
         sweeper = node.supervisor.spawn("checkpoint retention", node.sweep_hourly())
-    add_to_server(ShardServicer(node, settings.shared_memory), server)
+    bulk_port = None
+    if settings.bulk_channel:
+        bulk_port = BulkListener.open(host, settings.bulk_port, security)
+        bulk_port.start()
+        log.info("bulk channel: port %d", bulk_port.port)
+    add_to_server(ShardServicer(node, settings.shared_memory, bulk_port), server)
     ports = MemberPorts(host, bound_port, metrics_port)
     member = serve_member(
         "shard", server, ports, registry, session, node, SERVICE_NAMES, ready_file, register_timeout_s, exit_after_job,
@@ -327,3 +333,5 @@ async def run_shard(
         return await serve_shard(member, node)
     finally:
         await cancel_and_wait(sweeper)
+        if bulk_port is not None:
+            await bulk_port.close()

@@ -12,7 +12,7 @@ LABELS = ["tidal_job", "mode", "shard"]
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 CONSISTENCY_SETTINGS = ("backup_workers", "staleness_bound")
 # How an Exchange stream's tensors travel (transport/shm.py).
-TRANSPORTS = ("shared_memory", "grpc")
+TRANSPORTS = ("shared_memory", "bulk", "grpc")
 REJECT_REASONS = ("stale", "late", "duplicate", "non_finite", "bad_input")
 REASON_FOR_OUTCOME = {
     PushOutcome.DUPLICATE: "duplicate",
@@ -70,7 +70,7 @@ class ShardMetrics:
         self.streams = Counter(
             "tidal_shard_exchange_streams_total",
             "Exchange streams opened by workers, by how their tensors travel "
-            "(transport: shared_memory on one host, grpc inline in the messages).",
+            "(transport: shared_memory on one host, bulk on a socket beside the stream, grpc inline in the messages).",
             [*LABELS, "transport"],
             registry=registry,
         )

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
@@ -29,7 +30,14 @@ from tidal.core.errors import (
 from tidal.core.shard_state import PushOutcome, PushResult, ShardState
 from tidal.core.spec import Mode
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
-from tidal.transport import frames, serde, shm
+from tidal.transport import frames, serde
+
+
+class PayloadTarget(Protocol):
+    """Where served parameters are copied when they do not travel inline: a shared-memory
+    segment (transport/shm.py) or a bulk channel's outbound block (transport/bulk.py)."""
+
+    def tensor(self, dtype: torch.dtype, numel: int) -> torch.Tensor: ...
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +127,7 @@ class ShardRuntime:
         self.scratch = SharedScratch(state.params, SCRATCH_WAIT_S if state.spec.mode == Mode.ASYNC else 0.0)
         # What parameters travel down to workers in (None: as held).
         self._wire = params_wire_dtype(state.spec.compression)
-        # Chunk headers of parameters sent through shared memory (transport/shm.py).
+        # Chunk headers of parameters sent through shared memory or a bulk channel.
         self._shared_chunks: list[list[frames.Encoded]] | None = None
         self._barrier_started: float | None = None
         # Mode auto: every decision of the tuner, oldest first.
@@ -239,26 +247,32 @@ class ShardRuntime:
         if self.closed_reason:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
 
-    def serve(self, worker_id: str, shared: shm.SharedStream | None = None) -> Iterator[bytes]:
+    def serve(self, worker_id: str, target: PayloadTarget | None = None) -> Iterator[bytes]:
         """The current parameters for `worker_id`, in the job's parameter wire dtype (bf16 when
         the job compresses with bf16), noting what it will train on (DC-ASGD). Inline, each
         message is encoded when it is asked for (`_messages`); on a stream with shared memory
-        they are copied into its segment and the messages say where. A generator: its first
-        message is taken at once; close it if the stream ends early."""
+        or a bulk channel they are copied into `target` (the segment, or the block to send)
+        and the messages say where. A generator: its first message is taken at once; close it
+        if the stream ends early."""
         self.state.served(worker_id, now=time.monotonic())
         version = self.state.version
-        if shared is None:
+        if target is None:
             yield from self._messages(version, self._wire)
             return
         flat = self.state.params.detach()
         dtype = self._wire or flat.dtype
-        shared.params.tensor(dtype, flat.numel()).copy_(flat)
+        target.tensor(dtype, flat.numel()).copy_(flat)
         if self._shared_chunks is None:  # the same headers for every version: built once
             self._shared_chunks = serde.shared_chunks(dtype, self.state.segments, self.range_start)
         groups = self._shared_chunks
         messages = [frames.encode_params(version, g, i == len(groups) - 1) for i, g in enumerate(groups)]
         self.metrics.sent.inc(flat.numel() * dtype.itemsize + sum(len(m) for m in messages))
         yield from messages
+
+    def served_bytes(self) -> int:
+        """Payload bytes of one parameters reply (the slice in the parameter wire dtype)."""
+        params = self.state.params
+        return params.numel() * (self._wire or params.dtype).itemsize
 
     def params(self) -> Iterator[bytes]:
         """The current parameters as held (float32), encoded as ExchangeResponse messages

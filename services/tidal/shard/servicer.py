@@ -10,6 +10,7 @@ import grpc
 
 from tidal.shard.convert import shard_info_to_proto
 from tidal.shard.exchange import ExchangeSession, find_runtime
+from tidal.shard.payloads import BulkPort
 from tidal.shard.rows import RowHost, RowService
 from tidal.transport import frames
 from tidal.transport.errors import translate_errors
@@ -21,12 +22,14 @@ SERVICE_NAME = shard_pb.DESCRIPTOR.services_by_name["ParameterShard"].full_name
 
 
 class ShardServicer(shard_grpc.ParameterShardServicer):
-    def __init__(self, runtimes: RowHost, shared_memory: bool) -> None:
+    def __init__(self, runtimes: RowHost, shared_memory: bool, bulk_port: BulkPort | None = None) -> None:
         self._runtimes = runtimes
         # PullRows, PushRows, ReadRows (embedding tables: shard/rows.py).
         self._rows = RowService(runtimes)
         # Accept workers' offers of shared memory (the process's setting: transport/settings.py).
         self._shared_memory = shared_memory
+        # Offered to workers that ask for a bulk channel (transport/bulk.py); None: not offered.
+        self._bulk_port = bulk_port
 
     @translate_errors
     async def Exchange(
@@ -34,7 +37,7 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
     ) -> AsyncIterator[shard_pb.ExchangeResponse | bytes]:
         # Requests arrive decoded by transport/frames.py (see `add_to_server`); parameters
         # leave pre-encoded.
-        session = ExchangeSession(self._runtimes, self._shared_memory, require_member)
+        session = ExchangeSession(self._runtimes, self._shared_memory, require_member, bulk_port=self._bulk_port)
         try:
             yield await session.open(await anext(request_iterator, None))
             async for frame in request_iterator:

@@ -24,6 +24,10 @@ class ServiceSettings:
     # Worker: the device to compute on (auto, cpu, cuda, cuda:N; the --device flag), overriding
     # the job spec's `device`; None: the spec decides.
     device: str | None = None
+    # Ask for (worker) or offer (shard) a bulk channel for the tensor payloads (transport/bulk.py).
+    bulk_channel: bool = False
+    # Shard: the port its bulk channel listens on, beside the gRPC port (0: any free one).
+    bulk_port: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.security, SecurityConfig):
@@ -33,5 +37,9 @@ class ServiceSettings:
         modules = self.model_modules
         if modules is not None and not (isinstance(modules, tuple) and all(isinstance(m, str) for m in modules)):
             raise InvalidArgumentError(f"model_modules: expected None or a tuple of str, got {modules!r}")
+        if not isinstance(self.bulk_channel, bool):
+            raise InvalidArgumentError(f"bulk_channel: expected a bool, got {self.bulk_channel!r}")
+        if not isinstance(self.bulk_port, int) or not 0 <= self.bulk_port < 65536:
+            raise InvalidArgumentError(f"bulk_port: expected a port number (0: any free one), got {self.bulk_port!r}")
         if self.device is not None and not (isinstance(self.device, str) and DEVICE_PATTERN.match(self.device)):
             raise InvalidArgumentError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")

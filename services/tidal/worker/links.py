@@ -14,7 +14,7 @@ import torch
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, TidalError, UnavailableError
 from tidal.core.policy import next_clock
 from tidal.core.shard_map import ShardMap
-from tidal.transport import frames, serde, shm
+from tidal.transport import bulk, frames, serde, shm
 from tidal.transport.errors import error_for_status, error_from_rpc
 from tidal.transport.server import create_channel
 from tidal.transport.tls import SecurityConfig
@@ -46,6 +46,7 @@ class ShardLink:
         *,
         security: SecurityConfig,
         shared_memory: bool,
+        bulk_channel: bool = False,
         initial_digest: str = "",
     ) -> None:
         self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
@@ -65,7 +66,11 @@ class ShardLink:
         self.offer_shared_memory = shared_memory
         self._security = security
         self._shared: shm.SharedStream | None = None
-        # The chunk headers of a shared-memory push depend only on the dtype: built once.
+        # Ask the shard for a bulk channel for the payloads (transport/bulk.py); turned off for
+        # good once connecting to one failed (a firewall between the hosts): inline then.
+        self.ask_bulk_channel = bulk_channel
+        self._bulk: bulk.BulkStream | None = None
+        # The chunk headers of a shared-memory (or bulk) push depend only on the dtype: built once.
         self._shared_chunks: dict[torch.dtype, list[list[frames.Encoded]]] = {}
         self.version = -1
         # The clock of the last push that completed here: each shard has its own (next_clock).
@@ -103,6 +108,7 @@ class ShardLink:
             last_version=max(self.newest_version, 0),
             completed_pushes=self.completed_pushes,
             init_digest=self.initial_digest,
+            bulk=self.ask_bulk_channel,
         )
         if self.offer_shared_memory:
             # Off the event loop: allocating the pages of a large slice takes a while.
@@ -121,7 +127,9 @@ class ShardLink:
             raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.kind}")
         if not reply.body.shared_memory:
             self._drop_shared()
-        log.info("%s: tensors travel %s", self._where(), "through shared memory" if self._shared else "inline (gRPC)")
+        if self._shared is None and reply.body.HasField("bulk"):
+            await self._connect_bulk(reply.body.bulk)
+        log.info("%s: tensors travel %s", self._where(), self.transport)
         if reply.body.version < 0:
             await self._send_initial()
 
@@ -149,11 +157,34 @@ class ShardLink:
         """Whether payloads on the current stream travel through shared memory."""
         return self._shared is not None
 
+    @property
+    def transport(self) -> str:
+        """How payloads on the current stream travel, in words."""
+        if self._shared is not None:
+            return "through shared memory"
+        return "on a bulk channel" if self._bulk is not None else "inline (gRPC)"
+
+    async def _connect_bulk(self, offer: shard_pb.BulkChannel) -> None:
+        """Connects to the bulk channel the shard offered. The shard now expects every payload
+        of this stream there: if the connection fails, the stream is given up and the link
+        reconnects without asking again (payloads inline)."""
+        host = self.address.rsplit(":", 1)[0].strip("[]")
+        payload_bytes = self.params.numel() * self.params.element_size()
+        try:
+            self._bulk = await bulk.connect(host, offer, self._security, payload_bytes, self.timeout_s)
+        except UnavailableError as exc:
+            self.ask_bulk_channel = False
+            log.warning("%s: %s; payloads travel inline from now on", self._where(), exc)
+            raise UnavailableError(f"{self._where()}: {exc}") from None
+
     def _drop_shared(self) -> None:
         if self._shared is not None:
             self._shared.unlink()
             self._shared.close()
             self._shared = None
+        if self._bulk is not None:
+            self._bulk.close()
+            self._bulk = None
 
     async def connect(self, deadline_s: float) -> None:
         """Opens the stream and pulls the first parameters. A shard that does not answer the
@@ -189,10 +220,11 @@ class ShardLink:
         clock = self.next_clock() if clock is None else clock
         started = time.perf_counter()
         grad_slice = grads[self.start : self.end]
-        if self._shared is not None and sparse is None:
-            # One copy (narrowing on the way under compression) into the segment the shard reads.
+        if (self._shared is not None or self._bulk is not None) and sparse is None:
             dtype = wire or grad_slice.dtype
-            self._shared.push.tensor(dtype, grad_slice.numel()).copy_(grad_slice)
+            if self._shared is not None:
+                # One copy (narrowing on the way under compression) into the segment the shard reads.
+                self._shared.push.tensor(dtype, grad_slice.numel()).copy_(grad_slice)
             groups = self._shared_chunks.get(dtype) or self._shared_chunks.setdefault(
                 dtype, serde.shared_chunks(dtype, self.segments, self.start)
             )
@@ -201,7 +233,11 @@ class ShardLink:
                 await self._write(
                     frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last)
                 )
-            self.bytes_sent += grad_slice.numel() * dtype.itemsize
+            if self._bulk is not None:
+                # After the messages that point into it: the shard reads it once the first arrived.
+                self.bytes_sent += await self._bulk.send(grad_slice.to(dtype) if wire is not None else grad_slice)
+            else:
+                self.bytes_sent += grad_slice.numel() * dtype.itemsize
         else:
             if wire is not None:
                 grad_slice = grad_slice.to(wire)
@@ -227,13 +263,21 @@ class ShardLink:
         """Reads one version's parameters into the model; returns when its first message came."""
         assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks", self.params_wire)
         first: float | None = None
+        block_read = False  # on a bulk channel: this reply's block was read off the socket
         while True:
             reply = await self._read(step)
             first = first or time.perf_counter()
             if reply.kind != "params":
                 raise UnavailableError(f"{self._where(step)}: expected params, got {reply.kind}")
-            segment = self._shared.params if self._shared is not None else None
-            self.bytes_received += shm.resolve(reply.body.chunks, segment, "params.chunks")
+            segment: shm.Segment | bulk.Block | None = self._shared.params if self._shared is not None else None
+            if self._bulk is not None:
+                if not block_read and any(chunk.shared is not None for chunk in reply.body.chunks):
+                    self.bytes_received += await self._bulk.receive("params")
+                    block_read = True
+                segment = self._bulk.inbound
+            found = shm.resolve(reply.body.chunks, segment, "params.chunks")  # type: ignore[arg-type]
+            if self._bulk is None:
+                self.bytes_received += found
             assembler.add(reply.body.chunks)
             if reply.body.last:
                 assembler.finish()

@@ -208,7 +208,7 @@ class TrainingRun:
                 a.job_id, a.worker_id, self.epoch, i, address, a.shard_map, self.flat.params,
                 a.spec.step_timeout_s, params_wire_dtype(a.spec.compression),
                 security=self.settings.security, shared_memory=self.settings.shared_memory,
-                initial_digest=self._initial_digests[i],
+                bulk_channel=self.settings.bulk_channel, initial_digest=self._initial_digests[i],
             )
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip

@@ -1,0 +1,344 @@
+"""A bulk channel beside an Exchange stream: the tensor payloads on a socket of their own.
+
+Between hosts, inline gRPC costs more than the wire: in Python every payload byte passes
+through gRPC's buffers, HTTP/2 framing and Python `bytes` on both sides (bench/NOTES.md,
+"What stands in the way"). A worker that asks for it (ExchangeOpen.bulk) gets a port and a
+token from the shard (ExchangeOpened.bulk), connects, sends the token and reads one byte back.
+From then on the stream's messages carry only chunk headers whose `shared` regions point into
+a block, and each push or parameters reply sends its payload on the socket as that block: an
+8-byte little-endian length, then the bytes, written after the message that refers to it. The
+receiver reads the block into a buffer laid out like a shared-memory segment (transport/shm.py)
+straight from the socket (`recv_into`), so the checks and the assembly are those of shared
+memory. The stream still orders everything: a block is read when the first message of its push
+or reply arrives, and the two directions take turns (push, then parameters).
+
+Blocking socket calls run in threads, which release the GIL while the kernel or OpenSSL copies;
+the socket is TLS (mutual where the gRPC servers are) whenever the process has certificates.
+What one peer can cost the other is bounded: a block longer than the receiver's buffer is
+refused before a byte of it is read, every call on the socket times out, and a listener
+handshake that does not send its token in time is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import ssl
+import struct
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+import torch
+
+from tidal.config import ENV
+from tidal.core.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
+from tidal.transport.shm import HEADER_BYTES
+from tidal.transport.tls import SecurityConfig
+from tidal.v1 import shard_pb2 as shard_pb
+
+log = logging.getLogger(__name__)
+
+TOKEN_BYTES = 16
+_LENGTH = struct.Struct("<Q")
+_ACCEPTED = b"\x01"
+# A connection must send its token within this long, and at most this many may be doing so at
+# once: a peer that connects and says nothing holds a thread for no longer than that.
+HANDSHAKE_TIMEOUT_S = 10.0
+MAX_HANDSHAKES = 16
+# Socket buffers: a shaped 10 Gbit/s link needs several megabytes in flight to stay full.
+SOCKET_BUFFER_BYTES = 8 << 20
+# The shard's threads for blocking socket calls: each stream uses one at a time.
+LISTENER_THREADS = 64
+
+
+_SETTINGS = {"on": True, "1": True, "off": False, "0": False}
+
+
+def parse_setting(value: str, source: str = ENV["bulk_channel"]) -> bool:
+    """Whether a worker asks for (a shard offers) bulk channels, from `--bulk-channel` or
+    TIDAL_BULK_CHANNEL (named by `source`): "on" or "off"."""
+    try:
+        return _SETTINGS[value.strip().lower()]
+    except KeyError:
+        raise InvalidArgumentError(f"{source}: expected on or off, got {value.strip()!r}") from None
+
+
+class Block:
+    """Where one direction's payloads land: a header's worth of room, then the block last
+    received (regions are counted from the start, as in a shared-memory segment)."""
+
+    def __init__(self, payload_bytes: int) -> None:
+        self.capacity = payload_bytes
+        self._buffer = torch.empty(HEADER_BYTES + payload_bytes, dtype=torch.uint8)
+        self._view = memoryview(self._buffer.numpy())
+        # Bytes that hold the current block: region() refuses anything past them.
+        self.size = HEADER_BYTES
+
+    def tensor(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        """The first `numel` payload elements as a tensor over the buffer (what a sender fills)."""
+        return self._buffer[HEADER_BYTES : HEADER_BYTES + numel * dtype.itemsize].view(dtype)
+
+    def payload(self, length: int) -> memoryview:
+        return self._view[HEADER_BYTES : HEADER_BYTES + length]
+
+    def filled(self, length: int) -> None:
+        self.size = HEADER_BYTES + length
+
+    def region(self, offset: int, length: int, where: str) -> memoryview:
+        """Bytes [offset, offset + length) of the current block, checked."""
+        if length <= 0 or offset < HEADER_BYTES or offset + length > self.size:
+            raise InvalidArgumentError(
+                f"{where}.shared: bytes [{offset}, {offset + length}) are not inside the block "
+                f"[{HEADER_BYTES}, {self.size}) this stream's bulk channel carried"
+            )
+        return self._view[offset : offset + length]
+
+
+def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    while view:
+        got = sock.recv_into(view)
+        if got == 0:
+            raise ConnectionError("the peer closed the bulk channel")
+        view = view[got:]
+
+
+class BulkStream:
+    """One Exchange stream's bulk socket: blocks out, blocks into `inbound`. `outbound` is a
+    buffer the side that must snapshot what it sends (the shard's parameters) copies into."""
+
+    def __init__(
+        self, sock: socket.socket, payload_bytes: int, timeout_s: float, executor: Executor | None = None
+    ) -> None:
+        sock.settimeout(timeout_s)
+        self._sock = sock
+        self._executor = executor
+        self.inbound = Block(payload_bytes)
+        self._outbound: Block | None = None
+        self._payload_bytes = payload_bytes
+        self.closed = False
+
+    @property
+    def outbound(self) -> Block:
+        if self._outbound is None:  # only the shard sends from a copy: allocated on first use
+            self._outbound = Block(self._payload_bytes)
+        return self._outbound
+
+    async def _call(self, fn: object, *args: object) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise DeadlineExceededError("bulk channel: the peer did not keep up within the step timeout") from None
+        except (OSError, ConnectionError) as exc:
+            raise UnavailableError(f"bulk channel: {exc}") from None
+
+    async def send(self, payload: memoryview | torch.Tensor) -> int:
+        """Sends one block: the bytes of `payload` (a contiguous tensor, or bytes) after their length."""
+        if isinstance(payload, torch.Tensor):
+            payload = memoryview(payload.contiguous().view(torch.uint8).numpy())
+        await self._call(self._sock.sendall, _LENGTH.pack(len(payload)))
+        await self._call(self._sock.sendall, payload)
+        return _LENGTH.size + len(payload)
+
+    async def send_outbound(self, length: int) -> int:
+        """Sends the first `length` bytes of `outbound` as one block."""
+        return await self.send(self.outbound.payload(length))
+
+    async def receive(self, field: str) -> int:
+        """Reads one block into `inbound`; its length, refused unless it fits."""
+        header = bytearray(_LENGTH.size)
+        await self._call(_recv_exactly, self._sock, memoryview(header))
+        (length,) = _LENGTH.unpack(header)
+        if length > self.inbound.capacity:
+            raise InvalidArgumentError(
+                f"{field}: a bulk block of {length} bytes, more than the {self.inbound.capacity} this slice can hold"
+            )
+        await self._call(_recv_exactly, self._sock, self.inbound.payload(length))
+        self.inbound.filled(length)
+        return _LENGTH.size + length
+
+    def close(self) -> None:
+        """Ends the socket; a thread blocked on it returns at once."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+
+
+def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
+    """The shard's TLS for the bulk port: its gRPC certificate, and client certificates
+    required where its gRPC server requires them; None in plaintext."""
+    if security.cert_path is None or security.key_path is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(security.cert_path), str(security.key_path))
+    if security.ca_path is not None:
+        context.load_verify_locations(cafile=str(security.ca_path))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(security: SecurityConfig) -> ssl.SSLContext | None:
+    """The worker's TLS to a bulk port: the CA it trusts the shards by, its own certificate for
+    mutual TLS; None where it dials the shards' gRPC in plaintext."""
+    if security.ca_path is None and not security.tls:
+        return None
+    context = ssl.create_default_context(cafile=str(security.ca_path) if security.ca_path else None)
+    if security.cert_path is not None and security.key_path is not None:
+        context.load_cert_chain(str(security.cert_path), str(security.key_path))
+    return context
+
+
+def _dial(host: str, port: int, token: bytes, context: ssl.SSLContext | None, server_name: str, timeout_s: float):
+    sock = socket.create_connection((host, port), timeout=timeout_s)
+    try:
+        _tune(sock)
+        if context is not None:
+            sock = context.wrap_socket(sock, server_hostname=server_name or host)
+        sock.sendall(token)
+        answer = bytearray(1)
+        _recv_exactly(sock, memoryview(answer))
+        if bytes(answer) != _ACCEPTED:
+            raise ConnectionError("the shard did not accept the bulk channel's token")
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def connect(
+    host: str,
+    offer: shard_pb.BulkChannel,
+    security: SecurityConfig,
+    payload_bytes: int,
+    timeout_s: float,
+    connect_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+) -> BulkStream:
+    """The worker's side: connects to the shard's bulk port and presents the token; raises
+    UnavailableError if that fails (a firewall between the hosts, say)."""
+    if len(offer.token) != TOKEN_BYTES or not 0 < offer.port < 65536:
+        raise UnavailableError(f"bulk channel: the shard's offer is malformed (port {offer.port})")
+    context = client_context(security)
+    try:
+        sock = await asyncio.to_thread(
+            _dial, host, offer.port, offer.token, context, security.server_name, connect_timeout_s
+        )
+    except (OSError, ConnectionError) as exc:
+        raise UnavailableError(f"bulk channel to {host}:{offer.port}: {exc}") from None
+    return BulkStream(sock, payload_bytes, timeout_s)
+
+
+class BulkListener:
+    """The shard's bulk port: accepts connections, matches each one's token to the stream that
+    offered it (`expect`), and hands the socket over."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+        self._sock = sock
+        self._context = context
+        # Streams' socket calls and handshakes run here, not on the loop's default executor.
+        self.executor = ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="bulk")
+        self.port: int = sock.getsockname()[1]
+        self._waiting: dict[bytes, asyncio.Future[socket.socket]] = {}
+        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, host: str, port: int, security: SecurityConfig) -> BulkListener:
+        """Binds `host:port` (0: any free port; read `port` back)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, server_context(security))
+
+    def start(self) -> None:
+        self._accepting = asyncio.ensure_future(self._accept_forever())
+
+    def expect(self, token: bytes | None = None) -> tuple[bytes, asyncio.Future[socket.socket]]:
+        """A fresh token for one stream and the future its connection will complete."""
+        token = token or secrets.token_bytes(TOKEN_BYTES)
+        waiter: asyncio.Future[socket.socket] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = waiter
+        return token, waiter
+
+    def forget(self, token: bytes) -> None:
+        waiter = self._waiting.pop(token, None)
+        if waiter is not None and waiter.done() and not waiter.cancelled():
+            waiter.result().close()  # connected, but the stream ended before it used it
+        elif waiter is not None:
+            waiter.cancel()
+
+    async def _accept_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self._sock)
+            if self._handshakes.locked():
+                conn.close()  # too many silent connections already: this one waits for nothing
+                continue
+            task = asyncio.ensure_future(self._handshake(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        async with self._handshakes:
+            loop = asyncio.get_running_loop()
+            try:
+                sock = await loop.run_in_executor(self.executor, self._read_token, conn)
+            except (OSError, ConnectionError, ValueError) as exc:
+                log.debug("bulk channel: dropped a connection (%s)", exc)
+                conn.close()
+                return
+            token, sock = sock
+            waiter = self._waiting.get(token)
+            if waiter is None or waiter.done():
+                sock.close()
+                return
+            try:
+                await loop.run_in_executor(self.executor, sock.sendall, _ACCEPTED)
+            except OSError:
+                sock.close()
+                return
+            if waiter.done():  # the stream ended meanwhile
+                sock.close()
+                return
+            sock.settimeout(None)
+            waiter.set_result(sock)
+
+    def _read_token(self, conn: socket.socket) -> tuple[bytes, socket.socket]:
+        conn.setblocking(True)
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        _tune(conn)
+        sock = self._context.wrap_socket(conn, server_side=True) if self._context is not None else conn
+        token = bytearray(TOKEN_BYTES)
+        _recv_exactly(sock, memoryview(token))
+        return bytes(token), sock
+
+    async def close(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        for task in list(self._tasks):
+            task.cancel()
+        for token in list(self._waiting):
+            self.forget(token)
+        self._sock.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
