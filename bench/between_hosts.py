@@ -6,7 +6,9 @@ same-host cases use, each run in its own namespace.
 Placement: coordinator and shards in the server namespace, each bench driver (a worker) in its
 own; gloo's two ranks in the two worker namespaces (GLOO_SOCKET_IFNAME: their link); TensorPipe's
 server in the server namespace, its trainers in the worker namespaces, TCP only (--no-shm).
-tidal's shards run with TIDAL_SHARED_MEMORY=off and the drivers with --transport grpc.
+tidal's shards run with TIDAL_SHARED_MEMORY=off; the drivers run once with --transport grpc
+(payloads inline in the gRPC messages, the interoperable default) and once with --transport bulk
+(payloads on the bulk channel beside the stream, transport/bulk.py).
 
 Time to target (`time_to_target_between_hosts`): real tidal workers, one per worker namespace,
 train a model to a validation loss against DistributedDataParallel whose ranks sit in the same
@@ -35,6 +37,8 @@ _TCP_PORT = 5201  # fresh namespaces: nothing else listens there
 # all_reduce (float32, with bf16 as a second row); async 1.2x the TensorPipe parameter server
 # in float32 and 2x with bf16 on the wire.
 SYNC_GOAL = Goal("<=", 1.2)
+# How tidal's payloads travel, each measured: inline gRPC, then the bulk channel.
+TRANSPORTS = {"grpc": "gRPC", "bulk": "bulk channel"}
 ASYNC_GOALS = {"none": Goal(">=", 1.2), "bf16": Goal(">=", 2.0)}
 
 
@@ -82,11 +86,11 @@ def _sync_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, rou
     drivers = [hosts.run_in(w) for w in hosts.workers]
     gloo_ranks = [hosts.run_in(w, {"GLOO_SOCKET_IFNAME": w.ifname}) for w in hosts.workers]
     rows = []
-    for codec in ("none", "bf16"):
+    for transport, codec in ((t, c) for t in TRANSPORTS for c in ("none", "bf16")):
         spec, exact = driver_spec(numel, "sync", WORKERS, SHARDS, codec)
 
-        def tidal(spec=spec, codec=codec) -> float:
-            args = ["--rounds", rounds, "--wire", codec, "--transport", "grpc"]
+        def tidal(spec=spec, codec=codec, transport=transport) -> float:
+            args = ["--rounds", rounds, "--wire", codec, "--transport", transport]
             results = cluster.run_drivers(spec, [args] * WORKERS, 300, prefixes=drivers)
             return statistics.median(results[0]["round_s"] + results[1]["round_s"])
 
@@ -98,7 +102,7 @@ def _sync_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, rou
         rows.append(
             Row(
                 f"{where}: sync step W={WORKERS} {exact / 1e6:.1f}M params, {SHARDS} shards",
-                f"communication ms per step ({wire}, gRPC)", Spread.of([x * 1e3 for x in t]),
+                f"communication ms per step ({wire}, {TRANSPORTS[transport]})", Spread.of([x * 1e3 for x in t]),
                 f"gloo all_reduce W={WORKERS}, float32", Spread.of([x * 1e3 for x in g]), ratios(t, g),
                 SYNC_GOAL,
             )
@@ -111,26 +115,26 @@ def _async_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, wi
     # Rank 0 serves; init_rpc also builds a gloo group (its barriers): both on the host's link.
     links = ({"TP_SOCKET_IFNAME": h.ifname, "GLOO_SOCKET_IFNAME": h.ifname} for h in (hosts.server, *hosts.workers))
     tp_ranks = [hosts.run_in(h, env) for h, env in zip((hosts.server, *hosts.workers), links, strict=True)]
-    figures: dict[str, list[float]] = {"none": [], "bf16": []}
+    figures: dict[tuple[str, str], list[float]] = {(t, c): [] for t in TRANSPORTS for c in ("none", "bf16")}
     tp: list[float] = []
     for r in range(s.reps):
         for side in ("tidal", "tp") if r % 2 == 0 else ("tp", "tidal"):
             if side == "tp":
                 tp.append(_tensorpipe_updates(cluster.env, cluster.logdir, numel, window_s, tp_ranks, ["--no-shm"]))
                 continue
-            for codec, figure in figures.items():
+            for (transport, codec), figure in figures.items():
                 spec, _ = driver_spec(numel, "async", WORKERS, SHARDS, codec)
-                args = ["--window", "--wire", codec, "--transport", "grpc"]
+                args = ["--window", "--wire", codec, "--transport", transport]
                 results = cluster.run_drivers(spec, [args] * WORKERS, window_s + 180, window_s, drivers)
                 figure.append(sum(x["rounds_in_window"] for x in results) / window_s)
     _, _, exact = mlp_of(numel)
     rows = []
-    for codec, figure in figures.items():
+    for (transport, codec), figure in figures.items():
         wire = "float32" if codec == "none" else "bf16 both ways: gradients up, parameters down"
         rows.append(
             Row(
                 f"{where}: async {WORKERS} trainers {exact / 1e6:.1f}M params, {SHARDS} shards",
-                f"updates/s ({wire}, gRPC)", Spread.of(figure), "TensorPipe PS, float32, TCP only",
+                f"updates/s ({wire}, {TRANSPORTS[transport]})", Spread.of(figure), "TensorPipe PS, float32, TCP only",
                 Spread.of(tp), ratios(figure, tp), ASYNC_GOALS[codec],
             )
         )  # fmt: skip

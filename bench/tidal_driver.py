@@ -82,6 +82,7 @@ async def drive(args: argparse.Namespace) -> None:
     params = torch.zeros(total)
     grads = torch.randn(total, generator=torch.Generator().manual_seed(a.rank)) * GRAD_SCALE
     wire = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.wire]
+    upload_turns = asyncio.Lock()
     links = [
         ShardLink(
             a.job_id,
@@ -96,6 +97,7 @@ async def drive(args: argparse.Namespace) -> None:
             security=PLAINTEXT,
             shared_memory=args.transport == "shared_memory",
             bulk_channel=args.transport == "bulk",
+            upload_turns=upload_turns,
         )
         for i, addr in enumerate(a.shard_addresses)
     ]

@@ -243,9 +243,12 @@ class BulkListener:
     """The shard's bulk port: accepts connections, matches each one's token to the stream that
     offered it (`expect`), and hands the socket over."""
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, sock: socket.socket, context: ssl.SSLContext | None, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    ) -> None:
         self._sock = sock
         self._context = context
+        self._handshake_timeout_s = handshake_timeout_s
         # Streams' socket calls and handshakes run here, not on the loop's default executor.
         self.executor = ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="bulk")
         self.port: int = sock.getsockname()[1]
@@ -255,7 +258,9 @@ class BulkListener:
         self._accepting: asyncio.Task[None] | None = None
 
     @classmethod
-    def open(cls, host: str, port: int, security: SecurityConfig) -> BulkListener:
+    def open(
+        cls, host: str, port: int, security: SecurityConfig, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    ) -> BulkListener:
         """Binds `host:port` (0: any free port; read `port` back)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -267,7 +272,7 @@ class BulkListener:
         except OSError:
             sock.close()
             raise
-        return cls(sock, server_context(security))
+        return cls(sock, server_context(security), handshake_timeout_s)
 
     def start(self) -> None:
         self._accepting = asyncio.ensure_future(self._accept_forever())
@@ -324,7 +329,7 @@ class BulkListener:
 
     def _read_token(self, conn: socket.socket) -> tuple[bytes, socket.socket]:
         conn.setblocking(True)
-        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        conn.settimeout(self._handshake_timeout_s)
         _tune(conn)
         sock = self._context.wrap_socket(conn, server_side=True) if self._context is not None else conn
         token = bytearray(TOKEN_BYTES)

@@ -47,6 +47,7 @@ class ShardLink:
         security: SecurityConfig,
         shared_memory: bool,
         bulk_channel: bool = False,
+        upload_turns: asyncio.Lock | None = None,
         initial_digest: str = "",
     ) -> None:
         self.job_id, self.worker_id, self.epoch = job_id, worker_id, epoch
@@ -70,6 +71,10 @@ class ShardLink:
         # good once connecting to one failed (a firewall between the hosts): inline then.
         self.ask_bulk_channel = bulk_channel
         self._bulk: bulk.BulkStream | None = None
+        # Shared by a worker's links: one push uploads at a time, in shard order, so the first
+        # shard has every worker's slice (and sends its parameters down) while the next slice
+        # still goes up. Over one link the bytes take as long either way; the way down overlaps.
+        self._upload_turns = upload_turns or asyncio.Lock()
         # The chunk headers of a shared-memory (or bulk) push depend only on the dtype: built once.
         self._shared_chunks: dict[torch.dtype, list[list[frames.Encoded]]] = {}
         self.version = -1
@@ -219,6 +224,29 @@ class ShardLink:
         shard's next clock (`next_clock`)."""
         clock = self.next_clock() if clock is None else clock
         started = time.perf_counter()
+        async with self._upload_turns:
+            await self._upload(push_id, clock, grads, num_samples, wire, sparse)
+        reply = await self._read(clock)
+        if reply.kind != "ack":
+            raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.kind}")
+        acked = time.perf_counter()
+        first_params = await self._receive_params(clock)
+        done = time.perf_counter()
+        self.completed_pushes += 1
+        self.clock = clock
+        self.newest_version = max(self.newest_version, reply.body.version)
+        return reply.body, PhaseTimes(acked - started, first_params - acked, done - first_params)
+
+    async def _upload(
+        self,
+        push_id: str,
+        clock: int,
+        grads: torch.Tensor,
+        num_samples: int,
+        wire: torch.dtype | None,
+        sparse: torch.Tensor | None,
+    ) -> None:
+        """Sends this shard's slice of the gradient: the push's messages and, on a bulk channel, its block."""
         grad_slice = grads[self.start : self.end]
         if (self._shared is not None or self._bulk is not None) and sparse is None:
             dtype = wire or grad_slice.dtype
@@ -248,16 +276,6 @@ class ShardLink:
                 await self._write(
                     frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last)
                 )
-        reply = await self._read(clock)
-        if reply.kind != "ack":
-            raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.kind}")
-        acked = time.perf_counter()
-        first_params = await self._receive_params(clock)
-        done = time.perf_counter()
-        self.completed_pushes += 1
-        self.clock = clock
-        self.newest_version = max(self.newest_version, reply.body.version)
-        return reply.body, PhaseTimes(acked - started, first_params - acked, done - first_params)
 
     async def _receive_params(self, step: int | None) -> float:
         """Reads one version's parameters into the model; returns when its first message came."""

@@ -203,12 +203,14 @@ class TrainingRun:
         report_eval: Callable[[int, EvalResult], Awaitable[None]],
     ) -> None:
         a = self.a
+        upload_turns = asyncio.Lock()  # one push uploads at a time, in shard order (ShardLink)
         self.links = [
             ShardLink(
                 a.job_id, a.worker_id, self.epoch, i, address, a.shard_map, self.flat.params,
                 a.spec.step_timeout_s, params_wire_dtype(a.spec.compression),
                 security=self.settings.security, shared_memory=self.settings.shared_memory,
-                bulk_channel=self.settings.bulk_channel, initial_digest=self._initial_digests[i],
+                bulk_channel=self.settings.bulk_channel, upload_turns=upload_turns,
+                initial_digest=self._initial_digests[i],
             )
             for i, address in enumerate(a.shard_addresses)
         ]  # fmt: skip
