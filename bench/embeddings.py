@@ -9,7 +9,9 @@ would.
   with the table: bytes per unique id at the largest table within 10% of the smallest's.
 - **Speed**: samples/s of `ctr_mlp` with a 10^6-row table on the shards (rows pulled and pushed
   by id) against the same model with the table as a dense parameter (`dense_tables`: pulled and
-  pushed whole every step, as any weight). Goal: >= 10x.
+  pushed whole every step, as any weight). Goal: >= 10x. Measured with the dense tensors through
+  shared memory (tidal's default on one host, which favours the dense baseline) and, in a full
+  run, on a second cluster with shared memory off (every tensor inline in gRPC, as between hosts).
 - **Accuracy**: examples/ctr/hybrid.yaml (sync dense, async tables) against all-sync.yaml on
   the generated data: validation AUC (goal: hybrid within 0.005 of all-sync) and samples/s
   (goal: hybrid higher).
@@ -35,6 +37,7 @@ from bench.cluster import BenchCluster
 from bench.results import Goal, Row, Settings
 from bench.stats import Spread, ratios
 from tidal.client import TERMINAL_STATES, TidalClient, load_spec_file
+from tidal.config import ENV
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -61,6 +64,8 @@ class EmbeddingSizes:
     dense_steps: int
     # Steps of the examples' accuracy jobs (None: the examples' own).
     accuracy_steps: int | None
+    # Also measure the speed with shared memory off (a second cluster: about 15 s to start).
+    speed_over_grpc: bool = False
 
 
 def ctr_job(name: str, rows: int, steps: int, dense: bool, seed: int) -> dict[str, Any]:
@@ -204,7 +209,8 @@ def traffic_rows(cluster: BenchCluster, s: Settings, sizes: EmbeddingSizes) -> l
     return out
 
 
-def speed_rows(cluster: BenchCluster, s: Settings, sizes: EmbeddingSizes) -> list[Row]:
+def speed_rows(cluster: BenchCluster, s: Settings, sizes: EmbeddingSizes, transport: str) -> list[Row]:
+    """`transport`: how the cluster moves dense tensors, for the row's name."""
     rows = sizes.speed_rows
     hybrid: list[float] = []
     dense: list[float] = []
@@ -215,7 +221,8 @@ def speed_rows(cluster: BenchCluster, s: Settings, sizes: EmbeddingSizes) -> lis
             (hybrid if side == "hybrid" else dense).append(run_job(cluster, spec).samples_per_s)
     return [
         Row(
-            f"embeddings speed, {_power(rows)}-row table", "samples/s, table on the shards by id", Spread.of(hybrid),
+            f"embeddings speed, {_power(rows)}-row table, {transport}", "samples/s, table on the shards by id",
+            Spread.of(hybrid),
             "the table as a dense parameter", Spread.of(dense), ratios(hybrid, dense), goal=SPEED_GOAL, digits=0,
             note=f"ctr_mlp, dim {DIM}, hidden [32, 16], batch {BATCH_SIZE}, SGD, sync dense parameters, "
             f"{WORKERS} workers, {SHARDS} shards; the table async on the shards ({sizes.hybrid_steps} steps) or a "
@@ -259,7 +266,13 @@ def embeddings(s: Settings, env: dict[str, str], sizes: EmbeddingSizes, log: Cal
         log("embeddings: traffic")
         rows = traffic_rows(cluster, s, sizes)
         log("embeddings: speed")
-        rows += speed_rows(cluster, s, sizes)
+        rows += speed_rows(cluster, s, sizes, "dense tensors through shared memory")
         log("embeddings: accuracy")
         rows += accuracy_rows(cluster, s, sizes)
+    if sizes.speed_over_grpc:
+        grpc_env = {**env, ENV["shared_memory"]: "off"}
+        with BenchCluster(s.workdir / "embeddings-grpc", grpc_env, num_shards=SHARDS) as cluster:
+            cluster.ensure_workers(WORKERS)
+            log("embeddings: speed, shared memory off")
+            rows += speed_rows(cluster, s, sizes, "every tensor inline in gRPC")
     return rows

@@ -37,7 +37,10 @@ def test_quick_embeddings_case_measures_traffic_speed_and_accuracy(tmp_path: Pat
         ("embeddings traffic, 10^4 rows", "row bytes per step (pull + push)"),
         ("embeddings traffic, 10^5 rows", "row bytes per step (pull + push)"),
         ("embeddings traffic, 10^5 against 10^4 rows", "bytes per unique id"),
-        ("embeddings speed, 10^5-row table", "samples/s, table on the shards by id"),
+        (
+            "embeddings speed, 10^5-row table, dense tensors through shared memory",
+            "samples/s, table on the shards by id",
+        ),
         ("embeddings accuracy, examples/ctr hybrid against all-sync", "validation AUC"),
         ("embeddings accuracy, examples/ctr hybrid against all-sync", "AUC shortfall (all-sync - hybrid, per seed)"),
         ("embeddings accuracy, examples/ctr hybrid against all-sync", "samples/s"),
