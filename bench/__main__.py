@@ -3,16 +3,18 @@
 for a full run; a temporary folder for --quick unless --out).
 
 Full run: about 18 minutes of measuring on 2 idle cores (7 of them the network case, as root),
-plus the network case's time to target (12 minutes on this machine under a load of 8-10; not yet
-timed on an idle one), plus the waits for the load to settle before each case (up to --settle-s
-each). It refuses to
-start on a busy machine (exit 3, one line naming the load and the flag, RESULTS.md unchanged) and
-refuses a case whose machine stayed busy; --allow-busy measures anyway and marks those figures
-busy in RESULTS.md.
+plus about 4 for the embeddings case (estimated, not timed: one repetition of its full sizes but
+two of its four traffic tables took 82 s on a loaded machine, starting its two clusters
+included; a repetition without the starts is about 65 s), plus the network case's time to
+target (12 minutes on this machine under a load of 8-10; not yet timed on an idle one), plus the
+waits for the load to settle before each case (up to --settle-s each). It refuses to start on a
+busy machine (exit 3, one line naming the load and the flag, RESULTS.md unchanged) and refuses a
+case whose machine stayed busy; --allow-busy measures anyway and marks those figures busy in
+RESULTS.md.
 
---quick: small sizes, one repetition, about 3 minutes; it proves every case works end to end (what
-CI runs), its figures mean little, so it records the load and marks busy cases but never refuses
-or waits (CI machines are shared).
+--quick: small sizes, one repetition, about 3 minutes (the embeddings case 30-45 s of it); it
+proves every case works end to end (what CI runs), its figures mean little, so it records the
+load and marks busy cases but never refuses or waits (CI machines are shared).
 
 The `network` case (emulated hosts: network namespaces, veth pairs shaped by tc; bench/netns.py)
 needs root. Where namespaces cannot be made it is skipped with the reason printed, unless it was
@@ -34,7 +36,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from bench import between_hosts, control, dataplane, e2e, machine_load, memory, netns, report, serde_case
+from bench import between_hosts, control, dataplane, e2e, embeddings, machine_load, memory, netns, report, serde_case
 from bench.cluster import BenchCluster
 from bench.machine_load import Guard, Policy
 from bench.procs import REPO, bench_env
@@ -43,10 +45,11 @@ from bench.stats import Spread
 
 # Hand-written analysis appended to RESULTS.md: what each change bought, what stands in the way.
 NOTES = Path(__file__).with_name("NOTES.md")
-CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "target", "control", "network"]
+CASES = ["serde", "memory", "wire", "sync", "async", "e2e", "target", "control", "embeddings", "network"]
 # Link rates of the network case: the goals' (full run), one small one (quick).
 NETWORK_RATES = {False: "10gbit,1gbit", True: "1gbit"}
 NETWORK = "Between hosts (emulated)"
+EMBEDDINGS = "Embedding tables"
 # Exit status when the machine was busy: the run refused to start, refused a case, or a case's
 # CPU steal went over the limit while it ran (its figures are kept, marked busy).
 BUSY_EXIT = 3
@@ -70,6 +73,7 @@ class Sizes:
     control_window_s: float
     # Time to target between emulated hosts, at the network case's first link rate.
     network_targets: list[e2e.TargetRun]
+    embeddings: embeddings.EmbeddingSizes
 
 
 FULL = Sizes(
@@ -80,6 +84,10 @@ FULL = Sizes(
     e2e_workers=[1, 2, 4], e2e_steps=200,
     control_members=[64, 256, 512], control_window_s=8.0,
     network_targets=[e2e.wide_run(2), e2e.wide_run(4)],
+    embeddings=embeddings.EmbeddingSizes(
+        traffic_rows=[10**4, 10**5, 10**6, 10**7], traffic_steps=30, speed_rows=10**6, hybrid_steps=300,
+        dense_steps=40, accuracy_steps=None, speed_over_grpc=True,
+    ),
 )  # fmt: skip
 QUICK = Sizes(
     serde_numel=1_000_000, memory_numel=1_000_000, memory_rounds=3,
@@ -89,6 +97,10 @@ QUICK = Sizes(
     e2e_workers=[1], e2e_steps=60,
     control_members=[64], control_window_s=2.0,
     network_targets=[e2e.TargetRun(workers=2, shards=2)],
+    embeddings=embeddings.EmbeddingSizes(
+        traffic_rows=[10**4, 10**5], traffic_steps=8, speed_rows=10**5, hybrid_steps=40, dense_steps=8,
+        accuracy_steps=40,
+    ),
 )  # fmt: skip
 
 INTROS = {
@@ -130,6 +142,7 @@ class Suite:
         self.s, self.sizes, self.out_path, self.header, self.guard = s, sizes, out_path, header, guard
         self.sections: dict[str, list[Row]] = {
             "Data plane": [], "What the changes bought": [], "Memory": [], "End to end": [], "Control plane": [],
+            EMBEDDINGS: [],
             NETWORK: [],
         }  # fmt: skip
         self.failed: list[str] = []
@@ -198,6 +211,9 @@ def _run(suite: Suite, cases: list[str], log: Callable[[str], None]) -> None:
     if "control" in cases:
         measure = partial(control.control_plane, s, env, z.control_members, z.control_window_s, log)
         suite.case("Control plane", "control plane", log, measure)
+    if "embeddings" in cases:  # a cluster of its own, with real workers
+        measure = partial(embeddings.embeddings, s, env, z.embeddings, log)
+        suite.case(EMBEDDINGS, "embeddings", log, measure)
 
 
 def _run_network(suite: Suite, rates: list[netns.Rate], log: Callable[[str], None]) -> None:

@@ -80,7 +80,7 @@ def policy_lines(policy: Policy, quick: bool, busy: Sequence[str], refused: Sequ
         f"(--max-load) or more than {policy.max_steal * 100:g}% of the CPU time is stolen before or during it "
         f"(--max-steal); before each case the run waits up to {policy.settle_s:g} s (--settle-s) for a busy "
         f"machine to become quiet, then {then}. This run: {verdict}",
-        "- **Re-run**: `python -m bench` on a quiet machine rewrites bench/RESULTS.md (about 18 minutes of "
+        "- **Re-run**: `python -m bench` on a quiet machine rewrites bench/RESULTS.md (about 22 minutes of "
         "measuring on 2 idle CPUs, plus the waits); it refuses to start on a busy one and changes nothing",
     ]
 
@@ -116,9 +116,10 @@ def goals(rows: Sequence[Row]) -> list[str]:
             continue
         figure = row.ratio if row.ratio is not None else row.tidal
         what = " ratio" if row.ratio is not None else ""
+        digits = 2 if row.ratio is not None else max(2, row.digits)  # an AUC difference needs 3
         load = row.machine.cell() if row.machine is not None else ""
         lines.append(
-            f"| {row.case}: {row.metric}{what} {row.goal} | {figure.fmt(2)} | "
+            f"| {row.case}: {row.metric}{what} {row.goal} | {figure.fmt(digits)} | "
             f"{'**met**' if row.met else 'not met'} | {load} |"
         )
     return lines

@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.machine_load import CaseLoad
 from bench.stats import Spread
 
-_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, ">": operator.gt}
 
 
 @dataclass(frozen=True)

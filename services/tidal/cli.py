@@ -268,6 +268,15 @@ def shard(
     checkpoint_fault: Annotated[
         str, typer.Option(envvar=ENV["checkpoint_fault"], hidden=True, help="Tests only: crash inside a write.")
     ] = "",
+    max_embedding_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar=ENV["max_embedding_bytes"],
+            min=0,
+            help="Most bytes of embedding rows (values, optimizer state, bookkeeping) this shard holds for a job, "
+            "over all its tables; a job whose share of its tables may need more is refused (0: no bound).",
+        ),
+    ] = 0,
     shared_memory: SharedMemory = "auto",
     bulk_channel: BulkChannel = "on",
     bulk_port: BulkPort = 0,
@@ -302,6 +311,7 @@ def shard(
                 settings=settings,
                 scrape_target_dir=scrape_target_dir,
                 limit_arenas=build_arena_limit(),
+                max_embedding_bytes=max_embedding_bytes,
             )
         )
     )

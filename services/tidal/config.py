@@ -36,6 +36,9 @@ ENV = {
     # shard, tests only: "kill_before_rename:N" or "kill_before_manifest:N" SIGKILLs the shard
     # inside its N-th checkpoint write (core/checkpoint.py)
     "checkpoint_fault": "TIDAL_CHECKPOINT_FAULT",
+    # shard: the most bytes of embedding rows it holds for a job, over all the job's tables; a job
+    # whose share may need more is refused (0, the default: no bound; docs/embeddings.md)
+    "max_embedding_bytes": "TIDAL_SHARD_MAX_EMBEDDING_BYTES",
     # coordinator, tests only: "crash_control_loop" makes its control loop raise after a tick
     # (core/faults.py), to show the crash ends the process non-zero
     "control_fault": "TIDAL_CONTROL_FAULT",

@@ -129,13 +129,25 @@ def test_hybrid_trains_to_an_auc_near_the_planted_one_with_rows_on_both_shards(c
             assert pulled == pushed > 0 and 0 < ratio <= 1 and sent > 0, (worker, table, pulled, pushed, ratio)
             if table == "sites":
                 assert ratio < 1
+    # Evaluations (every 40 versions, and the final one) pull rows too, counted apart.
+    for table in ("ads", "sites"):
+        evaluated = sum(
+            worker_metric(cluster, worker, "tidal_worker_embedding_eval_rows_pulled_total", final.job_id, table, 0.0)
+            for worker in ("worker-0", "worker-1")
+        )
+        assert evaluated > 0, table
 
 
-def worker_metric(cluster: LocalCluster, worker: str, name: str, job_id: str, table: str) -> float:
+def worker_metric(
+    cluster: LocalCluster, worker: str, name: str, job_id: str, table: str, absent: float | None = None
+) -> float:
+    """The worker's series of `name` for the job and table; `absent` where it has none (None: it must)."""
     with urllib.request.urlopen(cluster.metrics_url(worker), timeout=10) as reply:
         text = reply.read().decode()
     found = re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.MULTILINE)
     values = [float(v) for labels, v in found if f'tidal_job="{job_id}"' in labels and f'table="{table}"' in labels]
+    if not values and absent is not None:
+        return absent
     assert len(values) == 1, (name, found)
     return values[0]
 

@@ -210,6 +210,13 @@ def test_pull_push_and_read_through_the_rpcs(cluster: RowCluster) -> None:
     assert (held_total, pushed_total) == (len(ids), len(ids))
     sent = sum(cluster.metric(s, "tidal_shard_embedding_bytes_total", "items", direction="sent") for s in range(2))
     assert sent >= 2 * len(ids) * 8 * 4
+    # The client counts the messages it sent and received: the ids and rows (or gradients),
+    # plus the requests' other fields (job, worker, table, push id), a few dozen bytes each.
+    payload = len(ids) * (8 + 8 * 4)
+    pulled = client.pull_counted("items", ids)
+    assert payload < pulled.wire_bytes < payload + 2 * 200, pulled.wire_bytes
+    pushed = sum(a.wire_bytes for a in client.push("items", ids, grads))
+    assert payload < pushed < payload + 2 * 200, pushed
 
 
 def test_hashed_table_takes_any_int64_id_and_evicts_within_capacity(cluster: RowCluster) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tidal.core.checkpoint import CheckpointStore
+from tidal.core.embeddings.budget import INDEX_BYTES_PER_ROW
 from tidal.core.embeddings.init import initial_rows
 from tidal.core.embeddings.routing import shard_of, split_by_shard
 from tidal.core.embeddings.shard import MAX_PENDING_STEPS, RowPushOutcome, RowShard
@@ -107,7 +108,7 @@ def test_hashed_table_evicts_the_least_recently_used_rows_and_stays_bounded() ->
     held = table.read(torch.tensor([1, 2, 3, 4, 10, 11]), touch=False)[1]
     assert held.tolist() == [True, False, False, True, True, True]
     assert len(table) == 4 and table.counters.evictions == 2
-    assert table.held_bytes == 4 * (4 * 2 + 3 * 8), "never more slots than the capacity"
+    assert table.held_bytes == 4 * (4 * 2 + 3 * 8 + INDEX_BYTES_PER_ROW), "never more slots than the capacity"
     # An evicted id starts over from its initial value.
     again = table.read(torch.tensor([2]), touch=False)[0]
     assert torch.equal(again, initial_rows(0, "users", torch.tensor([2]), 2, spec.init))
@@ -115,7 +116,7 @@ def test_hashed_table_evicts_the_least_recently_used_rows_and_stays_bounded() ->
         table.apply(torch.arange(5), torch.ones(5, 2))
     for start in range(0, 400, 4):  # many more ids than the capacity
         table.apply(torch.arange(start, start + 4) + 100, torch.ones(4, 2))
-    assert len(table) == 4 and table.held_bytes == 4 * (4 * 2 + 3 * 8)
+    assert len(table) == 4 and table.held_bytes == 4 * (4 * 2 + 3 * 8 + INDEX_BYTES_PER_ROW)
 
 
 # --- checks ---------------------------------------------------------------------------------

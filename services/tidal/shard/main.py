@@ -86,8 +86,11 @@ class ShardNode:
         checkpoint_metrics: CheckpointMetrics | None = None,
         retention_s: float = 0.0,
         row_metrics: RowMetrics | None = None,
+        max_embedding_bytes: int = 0,
     ) -> None:
         self.session = session
+        # The most bytes of embedding rows this shard holds for a job (0: no bound; budget.py).
+        self.max_embedding_bytes = max_embedding_bytes
         self.row_metrics = row_metrics or RowMetrics(CollectorRegistry())
         # The running job's embedding rows or, after it ended, the last job's (shard/rows.py).
         self.rows: JobRows | None = None
@@ -152,7 +155,7 @@ class ShardNode:
         job_id = assign.job.job_id
         try:
             state = await asyncio.to_thread(build_state, assign)
-            rows = build_rows(job_id, state, self.row_metrics)
+            rows = build_rows(job_id, state, self.row_metrics, self.max_embedding_bytes)
             recovery = RecoveryLedger()
             if assign.restore:
                 if self.store is None:
@@ -286,6 +289,7 @@ async def run_shard(
     settings: ServiceSettings,
     scrape_target_dir: Path | None = None,
     limit_arenas: bool = False,
+    max_embedding_bytes: int = 0,
 ) -> int:
     registry = CollectorRegistry()
     security = settings.security
@@ -311,7 +315,7 @@ async def run_shard(
     )
     node = ShardNode(
         session, ShardMetrics(registry), store, CheckpointMetrics(registry), checkpoint_retention_s,
-        RowMetrics(registry),
+        RowMetrics(registry), max_embedding_bytes,
     )  # fmt: skip
     # Before registering, so the checkpoints reported to the coordinator are the ones kept.
     node.sweep_checkpoints(time.time())

@@ -69,8 +69,10 @@ class JobRows:
         return self.shard.snapshot()
 
 
-def build_rows(job_id: str, state: ShardState, metrics: RowMetrics) -> JobRows | None:
-    """The job's rows on this shard (None when its spec has no embedding tables)."""
+def build_rows(job_id: str, state: ShardState, metrics: RowMetrics, max_bytes: int = 0) -> JobRows | None:
+    """The job's rows on this shard (None when its spec has no embedding tables). `max_bytes`:
+    the shard's bound on the bytes of rows it holds (0: none); a job whose share of its tables
+    may not fit is refused (InvalidArgumentError naming `embeddings`)."""
     spec = state.spec
     if not spec.embeddings:
         metrics.drop()
@@ -81,7 +83,7 @@ def build_rows(job_id: str, state: ShardState, metrics: RowMetrics) -> JobRows |
             f"num_shards: the job's shard map has {num_shards} shards, its spec {spec.num_shards}; embedding ids "
             "are routed over spec.num_shards"
         )
-    shard = RowShard(spec, state.shard_index, num_shards)
+    shard = RowShard(spec, state.shard_index, num_shards, max_bytes)
     return JobRows(job_id, shard, metrics.for_job(job_id, state.shard_index, list(shard.tables)))
 
 

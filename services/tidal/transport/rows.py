@@ -39,7 +39,7 @@ def check_payload(count: int, dim: int, field: str = "ids") -> None:
     """`count` rows of `dim` floats fit one request or reply."""
     if count * dim * _ROWS.itemsize > MAX_ROW_PAYLOAD_BYTES:
         raise InvalidArgumentError(
-            f"{field}: {count} rows of dim {dim} are {count * dim * 4} bytes, more than the limit of "
+            f"{field}: {count} rows of dim {dim} are {count * dim * _ROWS.itemsize} bytes, more than the limit of "
             f"{MAX_ROW_PAYLOAD_BYTES} per request (split the ids)"
         )
 

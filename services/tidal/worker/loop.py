@@ -264,9 +264,9 @@ class TrainingRun:
                 return await self._exchange(len(y))
             return PhaseTimes()
 
-        if step_rows is not None:
+        if step_rows is not None and self.rows is not None:
             # The rows' gradients go as soon as the backward is done, beside the dense exchange.
-            exchange, _ = await fan_out(straggle_and_exchange(), self._push_rows(step_rows))
+            exchange, _ = await fan_out(straggle_and_exchange(), self.rows.push(step_rows))
         else:
             exchange = await straggle_and_exchange()
         done = time.perf_counter()
@@ -289,10 +289,6 @@ class TrainingRun:
         if self.inner is not None:
             self._inner_step()
         return loss, self.rows.take_step() if self.rows is not None else None
-
-    async def _push_rows(self, step_rows: list[StepRows]) -> None:
-        assert self.rows is not None
-        await self.rows.push(step_rows)
 
     async def _exchange(self, num_samples: int) -> PhaseTimes:
         """Pushes the gradient (or, in local SGD, the round's delta) to every shard and receives

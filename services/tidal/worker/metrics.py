@@ -90,8 +90,20 @@ class WorkerMetrics:
         )  # fmt: skip
         self.rows_bytes = Counter(
             "tidal_worker_embedding_bytes_total",
-            "Embedding row payload bytes of training steps: ids and rows pulled, ids and gradients pushed.",
+            "gRPC message bytes of training steps' row pulls and pushes (requests and replies: ids, rows, "
+            "gradients).",
             table_labels, registry=registry,
+        )  # fmt: skip
+        # Evaluation's pulls (forwards under no_grad), apart from the training steps'.
+        self.eval_rows_pulled = Counter(
+            "tidal_worker_embedding_eval_rows_pulled_total",
+            "Embedding rows pulled by evaluations (not counted in the training steps' rows).", table_labels,
+            registry=registry,
+        )  # fmt: skip
+        self.eval_rows_bytes = Counter(
+            "tidal_worker_embedding_eval_bytes_total",
+            "gRPC message bytes of evaluations' row pulls (requests and replies).", table_labels,
+            registry=registry,
         )  # fmt: skip
         self._bound: JobWorkerMetrics | None = None
 
@@ -136,21 +148,29 @@ class JobWorkerMetrics:
         self.step.inc()
         self.loss.set(loss)
 
-    def record_rows(self, table: str, pulled: int, pushed: int, seen: int, payload_bytes: int) -> None:
+    def record_rows(self, table: str, pulled: int, pushed: int, seen: int, wire_bytes: int) -> None:
         """One training step's reads and writes of one embedding table."""
         f, labels = self.families, (*self.labels, table)
         self._tables.add(table)
         f.rows_pulled.labels(*labels).inc(pulled)
         f.rows_pushed.labels(*labels).inc(pushed)
-        f.rows_bytes.labels(*labels).inc(payload_bytes)
+        f.rows_bytes.labels(*labels).inc(wire_bytes)
         if seen:
             f.rows_unique_ratio.labels(*labels).set(pulled / seen)
+
+    def record_eval_rows(self, table: str, pulled: int, wire_bytes: int) -> None:
+        """One evaluation pull of one embedding table."""
+        f, labels = self.families, (*self.labels, table)
+        self._tables.add(table)
+        f.eval_rows_pulled.labels(*labels).inc(pulled)
+        f.eval_rows_bytes.labels(*labels).inc(wire_bytes)
 
     def remove(self) -> None:
         f = self.families
         for table in self._tables:
-            for family in (f.rows_pulled, f.rows_pushed, f.rows_unique_ratio, f.rows_bytes):
-                with contextlib.suppress(KeyError):  # a table whose ratio was never set
+            for family in (f.rows_pulled, f.rows_pushed, f.rows_unique_ratio, f.rows_bytes, f.eval_rows_pulled,
+                           f.eval_rows_bytes):  # fmt: skip
+                with contextlib.suppress(KeyError):  # a series never set (a ratio, an evaluation's)
                     family.remove(*self.labels, table)
         for phase in PHASES:
             f.phase.remove(*self.labels, phase)

@@ -6,6 +6,10 @@ The layers pull from the thread the worker computes in (the client's blocking `p
 the worker's event loop while that thread waits); the pushes go from the event loop
 (`push_async`), right after the step's backward. Sync tables: the client's per-step protocol,
 one push per sync table per step to every shard, empty where the batch read none of it.
+
+Metrics: the bytes are the gRPC messages the client sent and received (counted by the client,
+not computed from sizes); a training step's pulls and pushes are recorded with the step, an
+evaluation's pulls (a forward under `torch.no_grad()`) apart from them.
 """
 
 from __future__ import annotations
@@ -28,18 +32,41 @@ from tidal.worker.metrics import JobWorkerMetrics
 from tidal.worker.rows_client import ShardRowClient
 
 log = logging.getLogger(__name__)
-ID_BYTES = 8  # an id on the wire: little-endian int64
-FLOAT_BYTES = 4  # a row element on the wire: little-endian float32
 
 
 @dataclass(frozen=True)
 class StepRows:
-    """One step's reads of one table: ids with repeats, the unique ids pulled, and their gradients."""
+    """One step's reads of one table: ids with repeats, the unique ids pulled, their gradients,
+    and the message bytes of the step's pulls."""
 
     table: str
     seen: int
     unique: int
     grad: RowGradient | None
+    pulled_bytes: int = 0
+
+
+class _MeteredSource:
+    """The model's row source: the client's pulls, their bytes kept for the step (training) or
+    recorded as an evaluation's (a forward under no_grad, where the layers record nothing)."""
+
+    def __init__(self, client: ShardRowClient, metrics: JobWorkerMetrics) -> None:
+        self.client = client
+        self.metrics = metrics
+        # This step's pull bytes per table, until `take` (only the compute thread touches it).
+        self.step_bytes: dict[str, int] = {}
+
+    def pull(self, table: str, ids: torch.Tensor) -> torch.Tensor:
+        pulled = self.client.pull_counted(table, ids)
+        if torch.is_grad_enabled():
+            self.step_bytes[table] = self.step_bytes.get(table, 0) + pulled.wire_bytes
+        else:
+            self.metrics.record_eval_rows(table, len(ids), pulled.wire_bytes)
+        return pulled.rows
+
+    def take(self) -> dict[str, int]:
+        taken, self.step_bytes = self.step_bytes, {}
+        return taken
 
 
 class WorkerRows:
@@ -67,7 +94,8 @@ class WorkerRows:
         self.dims = {t.name: t.dim for t in spec.embeddings}
         self.sync_tables = [t.name for t in spec.embeddings if t.mode == "sync"]
         self.metrics = metrics
-        bind_rows(model, self.client)
+        self._source = _MeteredSource(self.client, metrics)
+        bind_rows(model, self._source)
 
     def set_epoch(self, epoch: int) -> None:
         self.client.membership_epoch = epoch
@@ -87,33 +115,39 @@ class WorkerRows:
         sync tables the batch did not read included (they are pushed empty)."""
         stats = row_stats(self.model)
         grads = {g.table: g for g in row_gradients(self.model)}
+        pulled = self._source.take()
         tables = sorted(set(stats) | set(grads) | set(self.sync_tables))
         return [
-            StepRows(t, stats[t].seen if t in stats else 0, stats[t].unique if t in stats else 0, grads.get(t))
+            StepRows(
+                t, stats[t].seen if t in stats else 0, stats[t].unique if t in stats else 0, grads.get(t),
+                pulled.get(t, 0),
+            )
             for t in tables
-        ]
+        ]  # fmt: skip
 
     def forget_step(self) -> None:
         """A step that failed before its rows were taken: drop its pulls."""
         reset_rows(self.model)
+        self._source.take()
 
     async def push(self, step: list[StepRows]) -> None:
         """Pushes one step's row gradients to the shards (every table at once) and records them."""
 
-        async def one(rows: StepRows) -> None:
+        async def one(rows: StepRows) -> int:
+            """The message bytes of the table's push."""
             if rows.grad is not None:
-                await self.client.push_async(rows.table, rows.grad.ids, rows.grad.grad)
+                acks = await self.client.push_async(rows.table, rows.grad.ids, rows.grad.grad)
             elif rows.table in self.sync_tables:
                 empty = torch.zeros(0, dtype=torch.int64)
-                await self.client.push_async(rows.table, empty, torch.zeros(0, self.dims[rows.table]))
+                acks = await self.client.push_async(rows.table, empty, torch.zeros(0, self.dims[rows.table]))
+            else:
+                acks = []
+            return sum(ack.wire_bytes for ack in acks)
 
-        await fan_out(*(one(rows) for rows in step))  # one table failing cancels the others
-        for rows in step:
-            dim = self.dims[rows.table]
+        pushed_bytes = await fan_out(*(one(rows) for rows in step))  # one table failing cancels the others
+        for rows, push_bytes in zip(step, pushed_bytes, strict=True):
             pushed = len(rows.grad.ids) if rows.grad is not None else 0
-            # Pulled: the unique ids of the step's forwards (ids out, rows back); pushed: ids and gradients.
-            payload = (rows.unique + pushed) * (ID_BYTES + dim * FLOAT_BYTES)
-            self.metrics.record_rows(rows.table, rows.unique, pushed, rows.seen, payload)
+            self.metrics.record_rows(rows.table, rows.unique, pushed, rows.seen, rows.pulled_bytes + push_bytes)
 
     async def close(self) -> None:
         bind_rows(self.model, None)

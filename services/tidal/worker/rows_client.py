@@ -55,6 +55,16 @@ class RowPushAck:
     outcome: str
     rows_applied: int
     applied_step: int
+    # gRPC message bytes of the request and its reply (serialized; HTTP/2 framing not counted).
+    wire_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RowPull:
+    """The rows of a pull and the gRPC message bytes its requests and replies took."""
+
+    rows: torch.Tensor
+    wire_bytes: int
 
 
 class ShardRowClient:
@@ -128,17 +138,24 @@ class ShardRowClient:
     # --- on the event loop ---------------------------------------------------------------
     async def pull_async(self, table: str, ids: torch.Tensor) -> torch.Tensor:
         """The rows `ids` (1-D int64, unique) of `table`: float32 (len(ids), dim)."""
+        return (await self.pull_counted_async(table, ids)).rows
+
+    async def pull_counted_async(self, table: str, ids: torch.Tensor) -> RowPull:
+        """`pull_async`, with the message bytes its requests and replies took (the metrics')."""
         spec = self._table(table)
         ids = self._check_ids(ids)
         out = torch.empty((len(ids), spec.dim), dtype=torch.float32)
         step = self.steps.get(table, 0)
+        wire_bytes = 0
 
         async def one(shard: int, positions: torch.Tensor) -> None:
+            nonlocal wire_bytes
             request = shard_pb.PullRowsRequest(
                 job_id=self.job_id, worker_id=self.worker_id, membership_epoch=self.membership_epoch, table=table,
                 ids=wire.encode_ids(ids[positions]), min_step=step,
             )  # fmt: skip
             reply = await self._call(shard, "PullRows", request)
+            wire_bytes += request.ByteSize() + reply.ByteSize()
             if reply.dim != spec.dim:
                 raise InvalidArgumentError(
                     f"dim: shard {shard} serves table {table!r} with dim {reply.dim}, not {spec.dim}"
@@ -150,7 +167,7 @@ class ShardRowClient:
         parts = self._parts(spec, ids, every_shard=False)
         # One shard's failure cancels the other shards' requests (worker/fanout.py).
         await fan_out(*(one(shard, p) for shard, pieces in parts.items() for p in pieces))
-        return out
+        return RowPull(out, wire_bytes)
 
     async def push_async(self, table: str, ids: torch.Tensor, grads: torch.Tensor) -> list[RowPushAck]:
         """Pushes the gradients `grads` (float32 (len(ids), dim)) of rows `ids` (unique)."""
@@ -179,7 +196,8 @@ class ShardRowClient:
                 )  # fmt: skip
                 reply = await self._call(shard, "PushRows", request)
                 outcome = shard_pb.PushOutcome.Name(reply.outcome).removeprefix("PUSH_OUTCOME_").lower()
-                acks.append(RowPushAck(shard, outcome, reply.rows_applied, reply.applied_step))
+                size = request.ByteSize() + reply.ByteSize()
+                acks.append(RowPushAck(shard, outcome, reply.rows_applied, reply.applied_step, size))
             return acks
 
         parts = self._parts(spec, ids, every_shard=sync)
@@ -213,6 +231,10 @@ class ShardRowClient:
     def pull(self, table: str, ids: torch.Tensor) -> torch.Tensor:
         """`pull_async` from a thread other than the event loop's (the `RowSource` call)."""
         return self._run(self.pull_async(table, ids))
+
+    def pull_counted(self, table: str, ids: torch.Tensor) -> RowPull:
+        """`pull_counted_async` from a thread other than the event loop's."""
+        return self._run(self.pull_counted_async(table, ids))
 
     def push(self, table: str, ids: torch.Tensor, grads: torch.Tensor) -> list[RowPushAck]:
         """`push_async` from a thread other than the event loop's."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from tidal.core.embeddings.budget import check_fits
 from tidal.core.embeddings.routing import shard_of
 from tidal.core.embeddings.table import RowTable
 from tidal.core.errors import DataLossError, InvalidArgumentError, NonFiniteGradientError
@@ -83,21 +84,29 @@ def name_ids(ids: Iterable[int], total: int) -> str:
 
 
 class RowShard:
-    def __init__(self, spec: JobSpec, shard_index: int, num_shards: int) -> None:
+    def __init__(self, spec: JobSpec, shard_index: int, num_shards: int, max_bytes: int = 0) -> None:
+        """`max_bytes`: the most bytes of rows this shard holds over all the job's tables (0: no
+        bound; core/embeddings/budget.py). A job whose share may not fit is refused here."""
+        check_fits(spec, shard_index, num_shards, max_bytes)
         self.spec = spec
         self.shard_index = shard_index
         self.num_shards = num_shards
+        self.max_bytes = max_bytes
         self.tables: dict[str, RowTable] = {}
         for table in spec.embeddings:
             # A hashed table's capacity is spread over the shards, each holding its share.
             limit = table.num_embeddings if table.bounded else math.ceil((table.capacity or 1) / num_shards)
-            self.tables[table.name] = RowTable(table, spec.seed, int(limit or 1))
+            self.tables[table.name] = RowTable(table, spec.seed, int(limit or 1), self.room if max_bytes else None)
         self.refused_ids = {name: 0 for name in self.tables}
         self.applied_step = {t.name: -1 for t in spec.embeddings if t.mode == "sync"}
         self._pending: dict[str, OrderedDict[int, _SyncStep]] = {name: OrderedDict() for name in self.applied_step}
         # Per (worker, table): its last push ids, oldest first, and what each came to.
         self._pushes: dict[tuple[str, str], deque[str]] = {}
         self._push_results: dict[tuple[str, str, str], RowPushResult] = {}
+
+    def room(self) -> int:
+        """Bytes the tables may still allocate under the shard's bound."""
+        return self.max_bytes - sum(t.held_bytes for t in self.tables.values())
 
     # --- checks --------------------------------------------------------------------------
     def table(self, name: str) -> RowTable:

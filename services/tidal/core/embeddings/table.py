@@ -8,18 +8,22 @@ without storing them, so reads never grow the table; a push creates the rows it 
 Memory is bounded: a bounded table holds at most `num_embeddings` rows, a hashed one at most
 `max_rows`. When a push needs slots and none is free, the least recently used rows (pull or
 push) not in that push are evicted: their values and optimizer state are dropped, and the id,
-pulled again, starts over from its initial values.
+pulled again, starts over from its initial values. With a shard's bound in bytes
+(core/embeddings/budget.py), `room` says what the shard's tables may still allocate: slots
+grow no further, and a push that needs more is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from tidal.core.embeddings.budget import row_bytes
 from tidal.core.embeddings.init import initial_rows
 from tidal.core.embeddings.optim import STATE_NAMES, initial_state, step_rows
-from tidal.core.errors import DataLossError, InvalidArgumentError
+from tidal.core.errors import DataLossError, InvalidArgumentError, ResourceExhaustedError
 from tidal.core.spec import EmbeddingTableSpec
 
 # Slots allocated when a table first grows (then doubled as needed, up to its limit).
@@ -35,12 +39,17 @@ class TableCounters:
 
 
 class RowTable:
-    def __init__(self, spec: EmbeddingTableSpec, seed: int, max_rows: int) -> None:
+    def __init__(
+        self, spec: EmbeddingTableSpec, seed: int, max_rows: int, room: Callable[[], int | None] | None = None
+    ) -> None:
         self.spec = spec
         self.seed = seed
         self.dim = spec.dim
         # Most rows this table holds on this shard.
         self.max_rows = max_rows
+        # Bytes the shard's tables may still allocate under its bound (None: no bound).
+        self.room = room or (lambda: None)
+        self.row_bytes = row_bytes(spec)
         self.counters = TableCounters()
         self._slot: dict[int, int] = {}
         self._ids = torch.empty(0, dtype=torch.int64)
@@ -57,9 +66,9 @@ class RowTable:
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of the slots allocated (values, optimizer state, bookkeeping)."""
-        per_slot = 4 * self.dim * (1 + len(self._state)) + 3 * 8
-        return per_slot * len(self._ids)
+        """Bytes of the slots allocated (values, optimizer state, bookkeeping), each with the
+        id -> slot index entry of the row it holds or will hold (an estimate, budget.py)."""
+        return self.row_bytes * len(self._ids)
 
     # --- reading -------------------------------------------------------------------------
     def _slots(self, ids: torch.Tensor) -> torch.Tensor:
@@ -130,6 +139,16 @@ class RowTable:
     def _grow(self, needed: int) -> None:
         old = len(self._ids)
         new = min(self.max_rows, max(FIRST_SLOTS, 2 * old, needed))
+        room = self.room()
+        if room is not None:
+            affordable = old + max(0, room) // self.row_bytes
+            if min(needed, self.max_rows) > affordable:
+                raise ResourceExhaustedError(
+                    f"ids: table {self.spec.name!r} needs {needed - len(self._slot)} more rows on this shard, "
+                    f"which has {room:,} bytes left of its bound (--max-embedding-bytes; {self.row_bytes} bytes "
+                    "a row): spread the table over more shards (num_shards) or raise the bound"
+                )
+            new = min(new, affordable)
         extra = new - old
         self._ids = torch.cat([self._ids, torch.full((extra,), -1, dtype=torch.int64)])
         self._values = torch.cat([self._values, torch.zeros((extra, self.dim))])
