@@ -30,9 +30,10 @@ from typing import Any
 import torch
 
 from tidal.core.embeddings.routing import shard_of
+from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.embeddings.table import RowTable
 from tidal.core.errors import DataLossError, InvalidArgumentError, NonFiniteGradientError
-from tidal.core.spec import EmbeddingTableSpec, JobSpec
+from tidal.core.spec import JobSpec
 
 # Push ids remembered per worker for deduplication.
 PUSH_IDS_KEPT = 64
