@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tidal.core.shard_state import PushOutcome, ShardState
+from tidal.core.push_outcomes import PushOutcome
+from tidal.core.shard_state import ShardState
 from tidal.transport.metrics import LATENCY_BUCKETS
 
 LABELS = ["tidal_job", "mode", "shard"]
