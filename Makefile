@@ -24,11 +24,13 @@ climate-example: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-test-deps.sh
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 # Builds the image with no registry and runs docker-compose.yml on the host network (root,

@@ -3,14 +3,12 @@
 for a full run; a temporary folder for --quick unless --out).
 
 Full run: about 18 minutes of measuring on 2 idle cores (7 of them the network case, as root),
-plus about 4 for the embeddings case (estimated, not timed: one repetition of its full sizes but
-two of its four traffic tables took 82 s on a loaded machine, starting its two clusters
-included; a repetition without the starts is about 65 s), plus the network case's time to
-target (12 minutes on this machine under a load of 8-10; not yet timed on an idle one), plus the
-waits for the load to settle before each case (up to --settle-s each). It refuses to start on a
-busy machine (exit 3, one line naming the load and the flag, RESULTS.md unchanged) and refuses a
-case whose machine stayed busy; --allow-busy measures anyway and marks those figures busy in
-RESULTS.md.
+plus about 4 for the embeddings case (estimated from one repetition on a loaded machine), plus
+the network case's time to target between hosts (14 minutes on this machine, measured quiet),
+plus the waits for the load to settle before each case (up to --settle-s each). It refuses to
+start on a busy machine (exit 3, one line naming the load and the flag, RESULTS.md unchanged) and
+refuses a case whose machine stayed busy; --allow-busy measures anyway and marks those figures
+busy in RESULTS.md.
 
 --quick: small sizes, one repetition, about 3 minutes (the embeddings case 30-45 s of it); it
 proves every case works end to end (what CI runs), its figures mean little, so it records the

@@ -1,8 +1,8 @@
-"""The `tidal` command: the typer app, the services (coordinator, shard, worker) and the runs on a
-local cluster (demo, compare, advise).
+"""The `tidal` command: the typer app and the services (coordinator, shard, worker).
 
-The client commands (cli_client.py) and `certs` (cli_certs.py) are registered on the same app
-here, after the others, in the order `tidal --help` lists them.
+The runs on a local cluster (cli_local.py: demo, compare, advise), the client commands
+(cli_client.py) and `certs` (cli_certs.py) are registered on the same app here, after the
+services, in the order `tidal --help` lists them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tidal import cli_certs, cli_client
+from tidal import cli_certs, cli_client, cli_local
 from tidal.cli_common import (
     AllowPlaintext,
     BulkChannel,
@@ -37,7 +37,6 @@ from tidal.cli_common import (
     build_malloc_tuning,
     build_security,
     build_service_settings,
-    err,
     run_async,
 )
 from tidal.climate.cli import climate_app
@@ -54,7 +53,6 @@ from tidal.config import (
     ENV,
 )
 from tidal.core.errors import TidalError
-from tidal.progress import stdout_console
 
 if TYPE_CHECKING:
     from tidal.coordinator.one_job import OneJob
@@ -368,63 +366,7 @@ def worker(
     )
 
 
-@app.command()
-def demo(
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per job.")] = 150,
-    workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
-    prometheus: Annotated[
-        bool, typer.Option(help="Also start a local Prometheus (needs the binary) and keep everything up until Ctrl-C.")
-    ] = False,
-) -> None:
-    """Train on a local cluster (1 coordinator, 2 shards, 3 workers, one 3x slower) in sync then async mode."""
-    from tidal.demo import run_demo  # noqa: PLC0415
-
-    raise typer.Exit(run_demo(steps, workdir, prometheus))
-
-
-@app.command()
-def compare(
-    spec_file: Annotated[Path, typer.Argument(help="Compare spec, YAML or JSON (see examples/compare/).")],
-    out: Annotated[Path | None, typer.Option(help="Report folder (default: compare-<name>).")] = None,
-    workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Discard the runs already in --out and run every one again.")
-    ] = False,
-) -> None:
-    """Run the same job once per mode and seed on a local cluster; write report.md, PNG charts, results.json
-    and runs.csv. Run again with the same --out, it resumes: runs already done there are kept."""
-    from tidal.compare.main import run_compare  # noqa: PLC0415  # matplotlib and torch only when comparing
-
-    raise typer.Exit(run_async(run_compare(spec_file, out, workdir, stdout_console(), restart)))
-
-
-@app.command()
-def advise(
-    spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON: the job to advise on.")],
-    probe_steps: Annotated[int, typer.Option(min=5, max=10_000, help="Steps per worker of the async probe.")] = 30,
-    slowdowns: Annotated[
-        str | None,
-        typer.Option(help="How many times slower each worker's machine is, by rank, e.g. 1,1,4 (default: all 1)."),
-    ] = None,
-    workdir: Annotated[Path | None, typer.Option(help="Where logs go (default: a temporary folder).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON on stdout.")] = False,
-) -> None:
-    """Probe a job on a local cluster and recommend a mode and its parameters, with the reason."""
-    from tidal.advise import run_advise  # noqa: PLC0415  # torch and matplotlib only when advising
-
-    factors = None
-    if slowdowns is not None:
-        try:
-            factors = [float(x) for x in slowdowns.split(",")]
-        except ValueError:
-            err.print(f"[red]error:[/red] --slowdowns: expected numbers separated by commas, got {slowdowns!r}")
-            raise typer.Exit(2) from None
-        if any(not 1.0 <= f <= 1000.0 for f in factors):
-            err.print(f"[red]error:[/red] --slowdowns: every factor must lie in [1, 1000], got {slowdowns!r}")
-            raise typer.Exit(2)
-    raise typer.Exit(run_async(run_advise(spec_file, probe_steps, factors, workdir, as_json, stdout_console(), err)))
-
-
+cli_local.register(app)
 cli_client.register(app)
 cli_certs.register(app)
 

@@ -65,12 +65,16 @@ def certs(
     if kept and not written:
         print(f"{out_dir} already holds a complete bundle: kept it; every process then needs:")
     elif kept:
-        print(f"{out_dir} already holds a complete bundle: kept it; wrote {len(written)} split files; every process needs:")
+        print(
+            f"{out_dir} already holds a complete bundle: kept it; wrote {len(written)} split files; every process needs:"
+        )
     else:
         print(f"wrote {len(written)} files to {out_dir}; every process then needs:")
     if split:
         print(f"  TIDAL_TLS_DIR={out_dir}/NAME TIDAL_TLS_NAME=NAME, NAME being coordinator, shard, worker or admin")
-        print("  (the coordinator also TIDAL_TOKENS_FILE=.../coordinator/tokens.yaml, for REST); public/ has ca.crt only")
+        print(
+            "  (the coordinator also TIDAL_TOKENS_FILE=.../coordinator/tokens.yaml, for REST); public/ has ca.crt only"
+        )
         return
     print(f"  TIDAL_TLS_DIR={out_dir} TIDAL_TOKENS_FILE={out_dir / 'tokens.yaml'}")
     print("  TIDAL_TLS_NAME=<its certificate: coordinator|shard|worker|admin> (default: the command's role; admin")

@@ -1,7 +1,7 @@
 """The click-through pieces on a real cluster of processes (coordinator, a shard, two workers):
 ``ctr_mlp`` with its tables as dense parameters (the baseline of issue 20's speed goal) trains
 on ``ctr_synthetic`` and the job reports the source's validation AUC by name, near the planted
-model's. Named as user code here until core/spec.py lists ``ctr_mlp`` and ``ctr_synthetic``."""
+model's. Named as user code here until core/builtin_names.py lists ``ctr_mlp`` and ``ctr_synthetic``."""
 
 from __future__ import annotations
 

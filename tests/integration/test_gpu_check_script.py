@@ -28,4 +28,3 @@ def test_the_gpu_check_runs_and_judges_every_job(tmp_path: Path) -> None:
     # CPU against CPU: sync is the same computation, so the same parameters.
     assert report["checks"][0]["detail"].startswith("relative L2 distance 0.00e+00")
     assert all(check["passed"] for check in report["checks"]) and len(report["checks"]) == 4 + 8
-

@@ -62,9 +62,7 @@ def _is_error_body(response: Any) -> bool:
     return isinstance(body, dict) and bool(body.get("error", {}).get("code")) and bool(body["error"].get("message"))
 
 
-@pytest.mark.parametrize(
-    ("operation", "mode"), CASES, ids=[f"{o.method.upper()} {o.path}-{m.value}" for o, m in CASES]
-)
+@pytest.mark.parametrize(("operation", "mode"), CASES, ids=[f"{o.method.upper()} {o.path}-{m.value}" for o, m in CASES])
 def test_openapi_operations(operation: Any, mode: schemathesis.GenerationMode) -> None:
     @settings(max_examples=examples(150), **SETTINGS)
     @given(operation.as_strategy(mode))

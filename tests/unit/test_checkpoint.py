@@ -25,10 +25,11 @@ import torch
 
 from tidal.core.checkpoint import CheckpointSchedule, CheckpointStore
 from tidal.core.errors import DataLossError, InvalidArgumentError
+from tidal.core.push_outcomes import PushOutcome
 from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.core.shard_snapshot import restore_shard, snapshot_shard
-from tidal.core.shard_state import PushOutcome, ShardState
+from tidal.core.shard_state import ShardState
 from tidal.core.spec import parse_job_spec
 
 TENSORS = (TensorInfo("a.weight", (4, 5), "float32"), TensorInfo("a.bias", (4,), "float32"))

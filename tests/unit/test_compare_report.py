@@ -10,9 +10,9 @@ import yaml
 
 from tidal.compare.charts import bucket_labels
 from tidal.compare.metrics import bucket_counts, for_job, histogram_quantile, parse_metrics, sum_by, summed_buckets
-from tidal.compare.report import markdown_table
 from tidal.compare.results import Eval, Target, first_reaching
 from tidal.compare.spec import load_compare_spec, parse_compare_spec, plan_runs, warm_up_spec
+from tidal.compare.tables import markdown_table
 from tidal.core.errors import InvalidArgumentError
 
 INF = math.inf
@@ -226,7 +226,7 @@ def _run(label: str, mode: str, to_target_s: float | None, rate: float, **extra:
 
 
 def test_auto_section_places_auto_among_the_fixed_modes() -> None:
-    from tidal.compare.report import auto_section
+    from tidal.compare.auto_section import auto_section
 
     runs = [
         _run("sync", "sync", 9.0, 100.0),
@@ -240,13 +240,13 @@ def test_auto_section_places_auto_among_the_fixed_modes() -> None:
 
 
 def test_auto_section_is_empty_without_an_auto_run() -> None:
-    from tidal.compare.report import auto_section
+    from tidal.compare.auto_section import auto_section
 
     assert auto_section([_run("sync", "sync", 9.0, 100.0)], 0.55) == []  # type: ignore[list-item]
 
 
 def test_the_report_names_the_jobs_metric_not_always_accuracy() -> None:
-    from tidal.compare.report import headers, metric_name
+    from tidal.compare.tables import headers, metric_name
 
     spec = parse_compare_spec(_spec())
     skill = [_run("sync", "sync", 9.0, 100.0, val_metric="skill")]

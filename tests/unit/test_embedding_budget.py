@@ -12,9 +12,10 @@ import torch
 from tidal.core.embeddings.budget import check_fits, planned_bytes, row_bytes, share_rows
 from tidal.core.embeddings.routing import split_by_shard
 from tidal.core.embeddings.shard import RowShard
+from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.embeddings.table import RowTable
 from tidal.core.errors import InvalidArgumentError, ResourceExhaustedError
-from tidal.core.spec import EmbeddingTableSpec, parse_job_spec
+from tidal.core.spec import parse_job_spec
 
 ROWS = 20_000
 TABLE: dict[str, Any] = {"name": "items", "num_embeddings": ROWS, "dim": 8, "optimizer": {"name": "adagrad", "lr": 0.1}}

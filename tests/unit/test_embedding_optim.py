@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tidal.core.embeddings.init import initial_rows
+from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.embeddings.table import RowTable
-from tidal.core.spec import EmbeddingTableSpec
 
 NUM, DIM, STEPS = 12, 5, 30
 

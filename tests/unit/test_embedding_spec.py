@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from tidal.core.embeddings.names import check_names
+from tidal.core.embeddings.spec import MAX_EMBEDDING_TABLES
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.spec import MAX_EMBEDDING_TABLES, parse_job_spec
+from tidal.core.spec import parse_job_spec
 
 GOOD = {"name": "items", "num_embeddings": 1000, "dim": 16}
 

@@ -16,12 +16,13 @@ from tidal.core.embeddings.budget import INDEX_BYTES_PER_ROW
 from tidal.core.embeddings.init import initial_rows
 from tidal.core.embeddings.routing import shard_of, split_by_shard
 from tidal.core.embeddings.shard import MAX_PENDING_STEPS, RowPushOutcome, RowShard
+from tidal.core.embeddings.spec import EmbeddingTableSpec, RowInitSpec
 from tidal.core.embeddings.table import RowTable
 from tidal.core.errors import DataLossError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.core.shard_snapshot import snapshot_shard
 from tidal.core.shard_state import ShardState
-from tidal.core.spec import EmbeddingTableSpec, RowInitSpec, parse_job_spec
+from tidal.core.spec import parse_job_spec
 
 TABLES: list[dict[str, Any]] = [
     {"name": "items", "num_embeddings": 1000, "dim": 4, "optimizer": {"name": "adagrad", "lr": 0.1}},

@@ -19,7 +19,8 @@ from tests.unit.test_shard_state import EPOCH, Reference, bits_equal, grad_like,
 from tidal.core.errors import DeadlineExceededError
 from tidal.core.optim import build_optimizer
 from tidal.core.policy import StaleSynchronousPolicy, SyncPolicy
-from tidal.core.shard_state import PushOutcome, ShardState
+from tidal.core.push_outcomes import PushOutcome
+from tidal.core.shard_state import ShardState
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
 

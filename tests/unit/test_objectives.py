@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # isort: split
+from tidal.core.builtin_names import BUILT_IN_OBJECTIVES
 from tidal.core.errors import InvalidArgumentError, PermissionDeniedError
 from tidal.core.objectives import CROSS_ENTROPY, Metric, Objective, ObjectiveKind, job_objective
-from tidal.core.spec import BUILT_IN_OBJECTIVES
 from tidal.core.training import evaluate, tensor_batches
 
 _LOSS_MODULE = "tidal_test_user_losses"

@@ -38,6 +38,7 @@ def auto(backups: int, bound: int) -> AutoPolicy:
     tuner.settings = AutoSettings(backups, bound)
     return AutoPolicy(tuner)
 
+
 # Every policy, by factory, in every configuration the contract must hold for.
 POLICY_CASES: list[tuple[str, Callable[[], ConsistencyPolicy]]] = [
     ("SyncPolicy(0)", partial(SyncPolicy, 0)),

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 # isort: split
-from tidal.core import shard_state as shard_state_module
+from tidal.core import push_memory as push_memory_module
 from tidal.core.digests import values_digest
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_optimizer
 from tidal.core.policy import ConsistencyPolicy
+from tidal.core.push_outcomes import PushOutcome
 from tidal.core.shard_map import ShardMap, TensorInfo, build_shard_map
-from tidal.core.shard_state import PushOutcome, ShardState
+from tidal.core.shard_state import ShardState
 from tidal.core.spec import Mode, parse_job_spec
 
 TENSORS = (
@@ -420,7 +421,7 @@ def test_duplicate_push_id_is_reported_and_leaves_params_unchanged(mode: str) ->
 
 
 def test_push_id_memory_is_bounded_oldest_first_per_member(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shard_state_module, "PUSH_IDS_PER_MEMBER", 2)
+    monkeypatch.setattr(push_memory_module, "PUSH_IDS_PER_MEMBER", 2)
     state, _ = make_state(mode="async", workers=["w0", "w1"])
     state.push("w1", "kept", 0, EPOCH, grad_like(state, 0))
     for i, pid in enumerate(["a", "b", "c"]):

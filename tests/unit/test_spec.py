@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 # isort: split
 from tidal.core.errors import InvalidArgumentError
+from tidal.core.json_depth import json_depth_exceeds
 from tidal.core.spec import (
     APPLIES_TO,
     MAX_SPEC_BYTES,
@@ -17,7 +18,6 @@ from tidal.core.spec import (
     ConsistencySpec,
     JobSpec,
     Mode,
-    json_depth_exceeds,
     parse_job_spec,
 )
 
@@ -541,11 +541,11 @@ def test_integer_past_pythons_digit_limit_is_invalid_json() -> None:
 
 
 def test_the_built_in_names_the_coordinator_checks_are_the_registries() -> None:
-    # core/spec.py knows them without torch; the registries are what the workers build from.
+    # core/builtin_names.py knows them without torch; the registries are what the workers build from.
+    from tidal.core.builtin_names import BUILT_IN_DATASETS, BUILT_IN_MODELS
     from tidal.core.datasets import DATASETS, PARTITIONED
     from tidal.core.models import MODELS
     from tidal.core.sources.registry import SOURCES
-    from tidal.core.spec import BUILT_IN_DATASETS, BUILT_IN_MODELS
 
     assert set(BUILT_IN_MODELS) == set(MODELS)
     assert set(BUILT_IN_DATASETS) == {*DATASETS, *PARTITIONED, *SOURCES}

@@ -17,7 +17,7 @@ from tidal.core.errors import FailedPreconditionError
 from tidal.core.job_records import JobState, ShardProgress
 from tidal.core.membership import Membership, MemberState, Role
 from tidal.core.policy import ShardView, StaleSynchronousPolicy, SyncPolicy
-from tidal.core.shard_state import PushOutcome
+from tidal.core.push_outcomes import PushOutcome
 from tidal.core.spec import parse_job_spec
 from tidal.worker.loop import data_slot
 

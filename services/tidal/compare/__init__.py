@@ -8,5 +8,7 @@
 - `aggregate`: each metric over the seeds (mean, min-max, t-interval), the loss curves' bands;
 - `provenance`: the command and the code version a report comes from;
 - `report`, `charts`: report.md, results.json, runs.csv and the PNG charts;
+- `tables`, `seed_text`, `sections`, `auto_section`: report.md's tables, its text on the seeds,
+  its other prose (column notes, chart captions, kills), its section on mode auto;
 - `main`: the command itself.
 """

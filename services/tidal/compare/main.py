@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
-from tidal.compare import report
+from tidal.compare import report, tables
 from tidal.compare.aggregate import ModeSummary
 from tidal.compare.charts import write_charts
 from tidal.compare.provenance import code_version, command_line
@@ -218,9 +218,9 @@ def summary(spec: CompareSpec, summaries: list[ModeSummary]) -> Table:
             else ""
         ),
     )
-    metric = report.metric_name([r for m in summaries for r in m.runs])
-    for i, column in enumerate(report.headers(spec, compact=True, metric=metric)):
+    metric = tables.metric_name([r for m in summaries for r in m.runs])
+    for i, column in enumerate(tables.headers(spec, compact=True, metric=metric)):
         table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i < 2)
-    for row in report.rows(spec, summaries, compact=True):
+    for row in tables.rows(spec, summaries, compact=True):
         table.add_row(*row)
     return table

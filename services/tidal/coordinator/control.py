@@ -1,14 +1,16 @@
 """The coordinator's state and its one loop, shared by the gRPC and REST front ends.
 
 Owns the membership and the job manager, applies the domain events members report
-(core/events.py), delivers the commands the domain returns (core/commands.py) to each member's
-outbox, and wakes watchers. It speaks no protobuf: the gRPC and REST edges convert
-(transport/session_convert.py for the session, coordinator/convert.py for status).
+(core/events.py; one handler each in coordinator/event_handlers.py), delivers the commands
+the domain returns (core/commands.py) to each member's outbox, and wakes watchers. It speaks
+no protobuf: the gRPC and REST edges convert (transport/session_convert.py for the session,
+coordinator/convert.py for status).
 With a state store, every change of jobs or membership is saved before the commands it
 produced go out and before callers and watchers learn of it (progress reports are saved with
 the next tick), and a restarted coordinator adopts the saved state: members that come back
-under their ids within the resume grace keep their jobs. Saves are incremental and run in
-one writer thread (coordinator/writer.py), never on the event loop.
+under their ids within the resume grace keep their jobs. Saves are incremental
+(coordinator/saving.py) and run in one writer thread (coordinator/writer.py), never on the
+event loop.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
+from tidal.coordinator.event_handlers import EventHandlers
 from tidal.coordinator.metrics import CoordinatorCounters
-from tidal.coordinator.store import Changes, StateStore
-from tidal.coordinator.writer import StateWriter
+from tidal.coordinator.saving import Saving
+from tidal.coordinator.store import StateStore
 from tidal.core.commands import (
     AssignShard,
     AssignWorker,
@@ -36,15 +38,8 @@ from tidal.core.commands import (
 )
 from tidal.core.errors import FailedPreconditionError, NotFoundError, TidalError
 from tidal.core.events import (
-    EvalReport,
     Event,
-    Goodbye,
-    Heartbeat,
-    LayoutReport,
     ShardProgressReport,
-    ShardReady,
-    TaskFailed,
-    WorkerFinished,
     WorkerProgressReport,
 )
 from tidal.core.job_records import Job, JobState
@@ -89,27 +84,12 @@ class Control:
         # Shards that registered with checkpoints: member id -> [(job id, shard index)].
         self._checkpoints: dict[str, list[tuple[str, int]]] = {}
         self._store = store
-        self._writer = StateWriter(store, self._changes, self.counters.state_save_seconds.observe) if store else None
-        # Progress reported since the last save, saved with the next tick.
-        self._unsaved = False
+        self._saving = Saving(store, self.membership, self.jobs, self.counters.state_save_seconds.observe)
+        self._events = EventHandlers(self.jobs, self.counters, self._lose)
         # Set while the coordinator shuts down: sessions it closes itself are no member's failure.
         self._stopping = False
-        # Ended jobs already handed to the writer: they never change again, so saves skip them.
-        self._saved_ended: set[str] = set()
         if store is not None:
-            self._adopt(store)
-
-    def _adopt(self, store: StateStore) -> None:
-        saved = store.load(time.monotonic() + RESUME_GRACE_S)
-        self.membership.restore(saved.members, saved.membership_epoch, saved.next_member_id)
-        self.jobs.restore(saved.jobs)
-        self._saved_ended = {j.job_id for j in saved.jobs if j.state.terminal}
-        live = [m for m in saved.members if m.live]
-        running = [j.job_id for j in saved.jobs if not j.state.terminal]
-        log.info(
-            "adopted state from %s: %d live members (waiting %.0fs for them to resume), jobs in progress: %s",
-            store.path, len(live), RESUME_GRACE_S + self.heartbeat_timeout_s, ", ".join(running) or "none",
-        )  # fmt: skip
+            self._saving.adopt(store, RESUME_GRACE_S, self.heartbeat_timeout_s)
 
     # --- members -------------------------------------------------------------------
     def register(
@@ -193,7 +173,7 @@ class Control:
         member = self.membership.get(member_id)
         member.last_seen = time.monotonic()
         try:
-            commands = await self._apply(event, member, time.time())
+            commands = await self._events.apply(event, member, time.time())
         except TidalError as exc:
             # Late reports for a job that already ended, or from a member the job dropped,
             # are expected; never drop the session for them.
@@ -203,74 +183,10 @@ class Control:
             return  # nothing changed that needs saving, telling or watching
         progress_only = type(event) in _SAVED_WITH_TICK
         if progress_only:
-            self._unsaved = True
+            self._saving.unsaved = True
         await self._deliver(commands)
         # Progress alone waits for the tick's save; any other change is saved before it returns.
         await (self._notify() if progress_only else self._bump())
-
-    # One handler per event type; each returns the commands to deliver, or None when the
-    # event needs nothing more (it handled its own saving and waking).
-    @functools.singledispatchmethod
-    async def _apply(self, event: object, member: Member, now: float) -> list[Command] | None:
-        raise TypeError(f"no handler for the event {type(event).__name__}")
-
-    @_apply.register
-    async def _heartbeat(self, event: Heartbeat, member: Member, now: float) -> list[Command] | None:
-        self.counters.heartbeats.labels(member.role.value).inc()
-        return None
-
-    @_apply.register
-    async def _goodbye(self, event: Goodbye, member: Member, now: float) -> list[Command] | None:
-        await self._lose(member, f"it left ({event.reason or 'no reason given'})", "", MemberState.LEFT)
-        return None
-
-    @_apply.register
-    async def _worker_progress(self, event: WorkerProgressReport, member: Member, now: float) -> list[Command] | None:
-        e = event
-        self.jobs.worker_progress(
-            member.member_id, e.job_id, e.step, e.samples, e.loss, e.step_time_s, now, pushes=e.pushes
-        )
-        return []
-
-    @_apply.register
-    async def _shard_progress(self, event: ShardProgressReport, member: Member, now: float) -> list[Command] | None:
-        return self.jobs.shard_progress(member.member_id, event.job_id, event.progress, now)
-
-    @_apply.register
-    async def _shard_ready(self, event: ShardReady, member: Member, now: float) -> list[Command] | None:
-        commands = self.jobs.shard_ready(member.member_id, event.job_id, event.version, event.checkpointing, now)
-        if commands and isinstance(commands[0], MoveShard):
-            self._restored(commands[0])
-        return commands
-
-    @_apply.register
-    async def _worker_finished(self, event: WorkerFinished, member: Member, now: float) -> list[Command] | None:
-        return self.jobs.worker_finished(member.member_id, event.job_id, event.steps, event.samples, event.pushes)
-
-    @_apply.register
-    async def _eval_report(self, event: EvalReport, member: Member, now: float) -> list[Command] | None:
-        e = event
-        return self.jobs.eval_report(
-            member.member_id, e.job_id, e.version, e.val_loss, e.val_accuracy, e.final, now,
-            e.metric, e.higher_is_better,
-        )  # fmt: skip
-
-    @_apply.register
-    async def _layout_report(self, event: LayoutReport, member: Member, now: float) -> list[Command] | None:
-        commands = self.jobs.layout_report(member.member_id, event.job_id, event.layout, now)
-        job = self.jobs.get(event.job_id)
-        if job.shard_map is not None and any(isinstance(c, AssignShard) for c in commands):
-            log.info(
-                "job %s: the workers' model has %d parameters in %d tensors; shards assigned",
-                job.job_id, job.shard_map.total_elements, len(job.shard_map.tensors),
-            )  # fmt: skip
-        return commands
-
-    @_apply.register
-    async def _task_failed(self, event: TaskFailed, member: Member, now: float) -> list[Command] | None:
-        reason = f"{member.member_id}: {event.message}"
-        log.error("job %s failed: %s", event.job_id, reason)
-        return self.jobs.task_failed(member.member_id, event.job_id, reason, now)
 
     # --- shard restarts (docs/fault-tolerance.md) ----------------------------------------
     def shard_checkpoints(self, member_id: str, refs: list[tuple[str, int]]) -> None:
@@ -293,20 +209,6 @@ class Control:
                         commands += found
                         break
         return commands
-
-    def _restored(self, move: MoveShard) -> None:
-        job = self.jobs.get(move.job_id)
-        restart = next(r for r in reversed(job.restarts) if r.member_id == move.shard_member_id)
-        self.counters.shard_restarts.inc()
-        log.warning(
-            "job %s: shard %d restored on %s at version %d (lost at version %d) after %.1fs",
-            job.job_id,
-            move.shard_index,
-            move.shard_member_id,
-            move.version,
-            restart.lost_version,
-            restart.ready_at - restart.lost_at,
-        )
 
     # --- jobs ----------------------------------------------------------------------
     async def submit(self, spec_json: str) -> Job:
@@ -370,10 +272,7 @@ class Control:
             await self._lose(member, f"no heartbeat for {self.heartbeat_timeout_s:.1f}s", "heartbeat_timeout")
         await self._place()
         await self._deliver(self.jobs.expire_restarts(time.time()))
-        forgotten = self._forget_ended()
-        # A job that ended without a member to tell (so no command) is saved here too.
-        ended = any(j.state.terminal and j.job_id not in self._saved_ended for j in self.jobs.all())
-        if forgotten or ended or self._unsaved or (self._writer is not None and self._writer.retry_due):
+        if self._forget_ended() or self._saving.due():
             self._save()
 
     def _forget_ended(self) -> list[str]:
@@ -408,25 +307,11 @@ class Control:
         await self._bump()
 
     def _save(self) -> None:
-        """Asks the writer thread to save every change so far, if there is a store; await
-        `flush` where the change must be on disk before anything goes out."""
-        self._unsaved = False
-        if self._writer is not None:
-            self._writer.request()
+        self._saving.save()
 
     async def flush(self) -> None:
         """Returns once every save asked for so far is on disk."""
-        if self._writer is not None:
-            await self._writer.flushed()
-
-    def _changes(self) -> Changes:
-        """What changed since the last write, taken on the loop for the writer thread: members
-        changed or forgotten, and every job not yet saved as ended (the store skips the ones
-        whose data did not change)."""
-        members, forgotten = self.membership.take_changes()
-        jobs = [j for j in self.jobs.all() if j.job_id not in self._saved_ended]
-        self._saved_ended.update(j.job_id for j in jobs if j.state.terminal)
-        return Changes.of(members, jobs, self.membership.epoch, self.membership.next_id, forgotten)
+        await self._saving.flush()
 
     def begin_shutdown(self) -> None:
         """From now on a closing session does not fail its member: the coordinator itself is
@@ -435,9 +320,7 @@ class Control:
 
     def close(self) -> None:
         """Saves what is left and closes the store (blocks: for shutdown)."""
-        if self._writer is not None:
-            self._unsaved = False
-            self._writer.close()
+        self._saving.close()
 
     async def _place(self) -> None:
         """Places jobs; watchers also learn when what a pending job waits for changed."""

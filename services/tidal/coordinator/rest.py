@@ -42,9 +42,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse(status_code=status, content=error_content(code, message), headers=headers)
 
 
-def create_app(
-    control: Control, security: SecurityConfig, max_body_bytes: int = MAX_BODY_BYTES
-) -> FastAPI:
+def create_app(control: Control, security: SecurityConfig, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The REST app; with authentication on (transport/tls.py) every route needs a bearer token.
     A body over `max_body_bytes` is refused with 413 before more of it is read."""
     checked_body_limit(max_body_bytes)
@@ -56,9 +54,7 @@ def create_app(
         docs_url=None,  # install_docs serves Swagger UI without a CDN
         redoc_url=None,
     )
-    app.add_middleware(
-        RequestGate, routes=app.router.routes, security=security, max_body_bytes=max_body_bytes
-    )
+    app.add_middleware(RequestGate, routes=app.router.routes, security=security, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(errors.TidalError)
     async def _domain_error(request: Request, exc: errors.TidalError) -> JSONResponse:

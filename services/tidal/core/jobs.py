@@ -16,7 +16,9 @@ worker list (see docs/fault-tolerance.md).
 
 `JobManager` never sends anything: each event returns the commands (core/commands.py) the
 coordinator must deliver to members, so the whole lifecycle is testable without sockets. The
-records it keeps per job are in core/job_records.py.
+records it keeps per job are in core/job_records.py; which idle shards take which index and
+what a pending job waits for, in core/placement.py; a lost shard's recovery, in
+core/shard_recovery.py; when a job has succeeded, in core/completion.py.
 """
 
 from __future__ import annotations
@@ -30,22 +32,19 @@ from tidal.core.commands import (
     ChangeMembership,
     Command,
     Evaluate,
-    MoveShard,
     PrepareWorker,
     Release,
 )
+from tidal.core.completion import complete
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, ShardRestart, WorkerProgress
+from tidal.core.job_records import EvalPoint, Job, JobState, ShardProgress, WorkerProgress
 from tidal.core.layout import Layout
-from tidal.core.membership import Member, Membership, MemberState, Role
+from tidal.core.membership import Member, Membership, Role
+from tidal.core.placement import pick_shards, waiting_for
 from tidal.core.shard_map import build_shard_map
-from tidal.core.shard_restarts import START_IT_AGAIN, describe_lost_shard, not_restored
-from tidal.core.spec import JobSpec, Mode
-
-# Modes whose shards can be restored: their barriers key on the version a gradient was computed
-# from, which workers re-pull from the restored shard. SSP and auto key on the workers' clocks,
-# which a restored shard cannot replay.
-RESTARTABLE_MODES = frozenset({Mode.SYNC, Mode.ASYNC, Mode.LOCAL_SGD})
+from tidal.core.shard_recovery import overdue_restart, rejoinable, shard_lost, shard_restored
+from tidal.core.shard_restarts import not_restored
+from tidal.core.spec import JobSpec
 
 
 class JobManager:
@@ -150,31 +149,12 @@ class JobManager:
     ) -> list[Command]:
         """Says in `job.message` what the pending job waits for; past its `schedule_timeout_s`
         it fails with that message."""
-        if blocked_by is not None:
-            job.message = f"waiting for job {blocked_by.job_id}, queued first, to start"
-        else:
-            placed = sum(m is not None for m in shards)
-            job.message = "waiting for " + self._lacking(job.spec.num_shards, placed, job.spec.num_workers, workers)
-            if placed < job.spec.num_shards and any(m is not None and m.shard_index is not None for m in shards):
-                missing = ", ".join(str(i) for i, m in enumerate(shards) if m is None)
-                job.message += f" (no idle shard can take index {missing}: the others asked for theirs with --index)"
+        job.message = waiting_for(self.membership, job, blocked_by, shards, workers)
         timeout_s = job.spec.schedule_timeout_s
         if timeout_s is not None and now - job.created_at >= timeout_s:
             reason = f"not scheduled within schedule_timeout_s={timeout_s:g}s, {job.message}"
             return self._end(job, JobState.FAILED, reason, now)
         return []
-
-    def _lacking(self, shards_wanted: int, shards_idle: int, workers_wanted: int, workers_idle: int) -> str:
-        """What a job that cannot start lacks, e.g. "idle workers: 2 wanted, 1 idle of 3 live"."""
-        lacking = []
-        for role, wanted, idle in (
-            (Role.SHARD, shards_wanted, shards_idle),
-            (Role.WORKER, workers_wanted, workers_idle),
-        ):
-            if idle < wanted:
-                live = sum(1 for m in self.membership.all() if m.role is role and m.live)
-                lacking.append(f"{role.value}s: {wanted} wanted, {idle} idle of {live} registered")
-        return "; ".join(lacking)
 
     def layout_report(self, member_id: str, job_id: str, layout: Layout, now: float) -> list[Command]:
         """A worker built the job's model and reports its layout. Once every live worker
@@ -226,7 +206,7 @@ class JobManager:
             job.checkpointing.add(index)
         restart = job.pending_restart(index)
         if restart is not None and restart.member_id == member_id:
-            return self._shard_restored(job, restart, version, now)
+            return shard_restored(job, restart, version, now)
         job.shards_ready.add(member_id)
         if job.shards_ready != set(job.shard_ids):
             return []
@@ -304,25 +284,8 @@ class JobManager:
         return self._finish_if_complete(job, now)
 
     def _finish_if_complete(self, job: Job, now: float) -> list[Command]:
-        """Succeeds once the final evaluation is in and every shard has reported handling
-        every push the workers made (lost workers included: every acknowledged push), so the
-        job's final figures are complete."""
-        if not job.final_eval_done:
-            return []
-        # Each shard's last report must be at least as new as the parameters the final
-        # evaluation read. The counts below alone are not enough: a member's refused pushes
-        # count as handled too, so a report one version old could already meet them.
-        final_version = job.evals[-1].version if job.evals else 0
-        if any(s.version < final_version for s in job.shards.values()):
-            return []
-        pushes = sum(w.pushes for w in job.workers.values())
-        if any(s.updates_applied + s.updates_rejected + s.updates_lost < pushes for s in job.shards.values()):
-            return []
-        if any(r.recovering for r in job.restarts):
-            return []
-        if not all(_accounted(job, s) for s in job.shards.values()):
-            return []
-        return self._end(job, JobState.SUCCEEDED, "", now)
+        """Succeeds once the job's final figures are complete (core/completion.py)."""
+        return self._end(job, JobState.SUCCEEDED, "", now) if complete(job) else []
 
     def fail(self, job_id: str, reason: str, now: float) -> list[Command]:
         job = self.get(job_id)
@@ -364,67 +327,26 @@ class JobManager:
         shard's loss fails the job."""
         if member.member_id not in job.shard_ids:
             return []
-        index = job.shard_ids.index(member.member_id)
-        reason = f"shard {index} {member.member_id} ({member.name}) was lost at version {job.version}"
-        if index not in job.checkpointing:
-            return self.fail(job.job_id, f"{reason}; it wrote no checkpoints (start shards with --checkpoint-dir)", now)
-        if job.spec.mode not in RESTARTABLE_MODES:
-            return self.fail(job.job_id, f"{reason}; mode {job.spec.mode.value} cannot restore a shard", now)
-        job.shards_ready.discard(member.member_id)
-        restart = job.pending_restart(index)
-        if restart is not None:
-            restart.member_id = ""  # the replacement itself was lost: wait for another
-        else:
-            lost_version = job.shards[member.member_id].version if member.member_id in job.shards else 0
-            restart = ShardRestart(index, member.member_id, now, lost_version)
-            restart.lost_name, restart.lost_address = member.name, member.address
-            job.restarts.append(restart)
-        timeout = job.spec.checkpoint.restart_timeout_s
-        job.message = f"waiting up to {timeout:g}s for {describe_lost_shard(restart)} to come back; {START_IT_AGAIN}"
-        return []
+        reason = shard_lost(job, member, now)
+        return [] if reason is None else self.fail(job.job_id, reason, now)
 
     def shard_rejoin(self, member: Member, job_id: str, shard_index: int) -> list[Command]:
         """An idle shard holding a checkpoint of (job, shard_index) replaces the lost shard if
         the job waits for one; otherwise nothing happens and it stays idle."""
         job = self._jobs.get(job_id)
-        if job is None or job.state is not JobState.RUNNING or member.state is not MemberState.IDLE:
-            return []
-        if member.role is not Role.SHARD or not 0 <= shard_index < len(job.shard_ids):
-            return []
-        if member.shard_index is not None and member.shard_index != shard_index:
-            return []  # it asked for another index (--index)
-        restart = job.pending_restart(shard_index)
-        if restart is None or restart.member_id:
+        if job is None or (restart := rejoinable(job, member, shard_index)) is None:
             return []
         restart.member_id = member.member_id
         job.shard_ids[shard_index] = member.member_id
         self.membership.assign(member.member_id, job.job_id)
         return [AssignShard(member.member_id, job, shard_index, restore=True)]
 
-    def _shard_restored(self, job: Job, restart: ShardRestart, version: int, now: float) -> list[Command]:
-        """The replacement restored its checkpoint: it takes the lost shard's place and the
-        workers learn where to reconnect."""
-        restart.restored_version, restart.ready_at = version, now
-        job.shards_ready.add(restart.member_id)
-        lost = job.shards.pop(restart.lost_member, ShardProgress())
-        job.shards[restart.member_id] = ShardProgress(version=version, checkpoint_version=version)
-        # Workers report exactly what was lost once they reconnect; until then, the last report.
-        restart.versions_lost = max(0, lost.version - version)
-        if not any(r.recovering for r in job.restarts):
-            job.message = ""  # no longer waiting for a shard
-        return [MoveShard(w, job.job_id, restart.shard_index, restart.member_id, version) for w in job.worker_ids]
-
     def expire_restarts(self, now: float) -> list[Command]:
         """Fails the jobs whose lost shard was not restored within the spec's restart timeout."""
         commands: list[Command] = []
         for job in self._jobs.values():
-            if job.state is not JobState.RUNNING:
-                continue
-            for r in job.restarts:
-                timeout = job.spec.checkpoint.restart_timeout_s
-                if r.recovering and now - r.lost_at > timeout:
-                    commands += self.fail(job.job_id, not_restored(job, r), now)
-                    break
+            if (restart := overdue_restart(job, now)) is not None:
+                commands += self.fail(job.job_id, not_restored(job, restart), now)
         return commands
 
     def _worker_lost(self, job: Job, member: Member, now: float) -> list[Command]:
@@ -458,26 +380,3 @@ class JobManager:
                 self.membership.release(member_id)
                 commands.append(Release(member_id, job.job_id, state, reason))
         return commands
-
-
-def pick_shards(idle: list[Member], count: int) -> list[Member | None]:
-    """Idle shards for the indexes 0..count-1 (None where none fits): each index goes to the
-    shard that asked for it with --index, else to one that asked for none, so a shard keeps
-    its index, and its checkpoint folder holds that index's checkpoints, across jobs."""
-    asked = {m.shard_index: m for m in idle if m.shard_index is not None}
-    free = iter([m for m in idle if m.shard_index is None])
-    return [asked.get(i) or next(free, None) for i in range(count)]
-
-
-def _accounted(job: Job, shard: ShardProgress) -> bool:
-    """Exact accounting, where the shard counts pushes per worker: it handled every push each
-    finished worker saw acknowledged (less what a checkpoint restore lost), and every push it
-    acknowledged is applied or refused, none still waiting in a barrier buffer. So a lost
-    worker's acknowledged pushes are all in the parameters too, however stale its last
-    progress report was."""
-    by_worker = shard.pushes_by_worker
-    if not by_worker:
-        return True  # the shard does not count per worker
-    missing = sum(max(0, w.pushes - by_worker.get(m, 0)) for m, w in job.workers.items() if w.finished)
-    handled = shard.updates_applied + shard.updates_rejected
-    return missing <= shard.updates_lost and handled >= sum(by_worker.values())

@@ -40,9 +40,9 @@ from enum import StrEnum
 import torch
 import torch.nn.functional as F
 
+from tidal.core.builtin_names import BUILT_IN_OBJECTIVES
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.model_source import ModelModules, resolve_user_callable
-from tidal.core.spec import BUILT_IN_OBJECTIVES
 
 __all__ = ["BUILT_IN_OBJECTIVES", "CROSS_ENTROPY", "Metric", "Objective", "ObjectiveKind", "job_objective"]
 

@@ -1,7 +1,7 @@
 """What a lost shard's job says: which shard it waits for or lost, and what to do about it.
 
 Deployment-neutral text, because the coordinator cannot tell how the shard was run (a process,
-a compose service, a pod). `core/jobs.py` decides when a job waits for a shard and when it
+a compose service, a pod). `core/shard_recovery.py` decides when a job waits for a shard and when it
 fails; the words come from here."""
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from tidal.core import eager_optim
 from tidal.core.embeddings.shard import RowsSnapshot
 from tidal.core.errors import DataLossError
 from tidal.core.optim import IMPLEMENTATION_OPTIONS
-from tidal.core.shard_state import PushOutcome, PushResult, ShardCounters, ShardState
+from tidal.core.push_outcomes import PushOutcome, PushResult, ShardCounters
+from tidal.core.shard_state import ShardState
 from tidal.core.staleness import StalenessStats
 
 PARAMS = "params"

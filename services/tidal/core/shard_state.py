@@ -4,16 +4,15 @@ Holds the shard's flat parameter slice and its torch.optim optimizer, checks who
 deduplicates each member's pushes by id, asks the consistency policy what to do with each
 gradient and carries the decision out. A rejected push never touches the parameters: every
 check runs before the first write. Push ids are a member's own: dedup is keyed by (member,
-push id) with a bounded memory per member, so no member's ids, valid or not, can change how
-another member's pushes are handled.
+push id) with a bounded memory per member (core/push_memory.py), so no member's ids, valid or
+not, can change how another member's pushes are handled. What a push comes to, and the
+shard's counts of them, are core/push_outcomes.py's.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 
 import torch
 
@@ -23,15 +22,13 @@ from tidal.core.digests import values_digest
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_shard_optimizer
 from tidal.core.policy import ConsistencyPolicy, PushDecision, ShardView, policy_for
+from tidal.core.push_memory import PUSH_IDS_PER_MEMBER, PushMemory
+from tidal.core.push_outcomes import PushOutcome, PushResult, ShardCounters
 from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import Segment, ShardMap
 from tidal.core.spec import JobSpec, Mode
-from tidal.core.staleness import StalenessStats
 from tidal.core.torch_dtypes import torch_dtype
 
-# Push ids remembered per member for deduplication: a worker retries only its latest push (after
-# a reconnect), so this is ample; per member, so one member's pushes cannot evict another's.
-PUSH_IDS_PER_MEMBER = 1024
 # Longest push id accepted, in characters (tidal's are "worker-id:step").
 MAX_PUSH_ID_CHARS = 256
 
@@ -43,47 +40,8 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-class PushOutcome(Enum):
-    APPLIED = "applied"
-    BUFFERED = "buffered"
-    DUPLICATE = "duplicate"
-    DROPPED_LATE = "dropped_late"
-    REJECTED_STALE = "rejected_stale"
-
-
 # Outcomes whose gradient is in the parameters or in a barrier's sum: a repeat is a duplicate.
 _TAKEN = frozenset({PushOutcome.APPLIED, PushOutcome.BUFFERED})
-
-
-@dataclass(frozen=True)
-class PushResult:
-    outcome: PushOutcome
-    # Shard version right after the push was handled.
-    version: int
-    # Versions between the gradient's base and the version it was applied to.
-    staleness: int
-    # Lowest version the worker may train on next.
-    serve_version: int
-    # Staleness of every gradient this push folded into the parameters (several when it
-    # completed a barrier, none when it was buffered or refused).
-    folded: tuple[int, ...] = ()
-
-
-@dataclass
-class ShardCounters:
-    updates_applied: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    staleness: StalenessStats = field(default_factory=StalenessStats)
-    # worker -> distinct pushes handled (duplicates not counted); a restored shard compares it
-    # with what each worker saw acknowledged to count the pushes its checkpoint lost.
-    by_worker: dict[str, int] = field(default_factory=dict)
-
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-    @property
-    def updates_rejected(self) -> int:
-        return sum(self.rejected.values())
 
 
 @dataclass
@@ -144,8 +102,8 @@ class ShardState:
         self._not_started: set[str] = set()
         self.counters = ShardCounters()
         self._buffers: dict[int, _Buffer] = {}
-        # member -> its latest push ids and what became of each, oldest first.
-        self._push_ids: dict[str, OrderedDict[str, PushResult]] = {}
+        # Each member's latest push ids and what became of each (deduplication).
+        self._pushes = PushMemory()
         # DC-ASGD: the parameters each worker was last served (one slice per worker).
         self._served: dict[str, torch.Tensor] = {}
         # auto: the tuner's decisions so far, oldest first.
@@ -274,7 +232,7 @@ class ShardState:
             raise FailedPreconditionError("push: this shard has no parameters yet (a worker sends them with 'init')")
         # Validation first: a repeated id never lets an invalid gradient through as a duplicate.
         self._check_push(push_id, base_version, grad)
-        if (previous := self._push_ids.get(worker_id, {}).get(push_id)) is not None:
+        if (previous := self._pushes.get(worker_id, push_id)) is not None:
             return self._repeat(previous)
         clock = base_version if clock is None else clock
         view = self.view()
@@ -320,7 +278,7 @@ class ShardState:
             # Only a taken gradient is remembered: a push that was refused or dropped is judged
             # again if it comes back (versions only grow, so a late one stays late), and an id
             # used by a forged late push stays free for the real one.
-            self._remember(worker_id, push_id, result)
+            self._pushes.remember(worker_id, push_id, result)
         self.counters.by_worker[worker_id] = self.counters.by_worker.get(worker_id, 0) + 1
         return result
 
@@ -420,19 +378,8 @@ class ShardState:
     def recent_pushes(self, per_member: int = PUSH_IDS_PER_MEMBER) -> list[tuple[str, str, PushResult]]:
         """The latest `per_member` remembered pushes of each member as (member, push id,
         result), each member's oldest first: a checkpoint keeps a few."""
-        return [
-            (worker, push_id, result)
-            for worker, remembered in self._push_ids.items()
-            for push_id, result in list(remembered.items())[-per_member:]
-        ]
+        return self._pushes.recent(per_member)
 
     def remember_pushes(self, pushes: Iterable[tuple[str, str, PushResult]]) -> None:
         """Restores remembered pushes, so a push retried after a restore is not applied twice."""
-        for worker, push_id, result in pushes:
-            self._remember(worker, push_id, result)
-
-    def _remember(self, worker_id: str, push_id: str, result: PushResult) -> None:
-        remembered = self._push_ids.setdefault(worker_id, OrderedDict())
-        remembered[push_id] = result
-        if len(remembered) > PUSH_IDS_PER_MEMBER:
-            remembered.popitem(last=False)
+        self._pushes.restore(pushes)

@@ -11,9 +11,19 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from tidal.core.builtin_names import (
+    BUILT_IN_DATASETS,
+    BUILT_IN_MODELS,
+    BUILT_IN_OBJECTIVES,
+    USER_CODE,
+    builtin_or_user_code,
+)
+from tidal.core.embeddings.spec import MAX_EMBEDDING_TABLES, EmbeddingTableSpec, unique_table_names
 from tidal.core.errors import InvalidArgumentError
+from tidal.core.json_depth import json_depth_exceeds, value_depth
+from tidal.core.strict_model import StrictModel
 
 
 class Mode(StrEnum):
@@ -26,40 +36,11 @@ class Mode(StrEnum):
     AUTO = "auto"  # bounded staleness plus backup workers, both tuned during training from measured timings
 
 
-# The objectives a worker knows (core/objectives.py); any other must be "package.module:fn".
-BUILT_IN_OBJECTIVES = ("cross_entropy", "mse", "mae", "bce_with_logits", "weighted_mse")
-_USER_CODE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 # auto, cpu, cuda or cuda:N (core/devices.py resolves it on the worker).
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d{1,3})?)$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-# The built-in names, known here without torch (the coordinator checks a spec's names at submit;
-# tests/unit/test_spec.py holds them equal to the registries in core/models.py, core/datasets.py
-# and core/sources/registry.py). Anything else must name user code: "package.module:factory".
-BUILT_IN_MODELS = ("mlp", "cnn", "grid_forecaster", "station_mlp", "ctr_mlp")
-BUILT_IN_DATASETS = (
-    "seattle_weather",
-    "synthetic",
-    "climate_grid",
-    "climate_stations",
-    "tabular",
-    "arrays",
-    "ctr_synthetic",
-    "ctr_flights",
-)
-
-
-def _builtin_or_user_code(name: str, built_in: tuple[str, ...]) -> str:
-    if name in built_in or _USER_CODE.match(name):
-        return name
-    raise ValueError(f"must be one of {list(built_in)} or 'package.module:factory', got {name!r}")
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     # A built-in model ("mlp", "cnn") or "package.module:factory".
     name: str = "mlp"
     args: dict[str, Any] = Field(default_factory=dict)
@@ -67,10 +48,10 @@ class ModelSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        return _builtin_or_user_code(name, BUILT_IN_MODELS)
+        return builtin_or_user_code(name, BUILT_IN_MODELS)
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(StrictModel):
     # A built-in data set: "seattle_weather", "synthetic", the partitioned climate readers
     # "climate_grid" and "climate_stations" (docs/climate.md), the file sources "tabular"
     # (CSV/Parquet) and "arrays" (NPY/NPZ/safetensors), or a user factory
@@ -81,10 +62,10 @@ class DatasetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        return _builtin_or_user_code(name, BUILT_IN_DATASETS)
+        return builtin_or_user_code(name, BUILT_IN_DATASETS)
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(StrictModel):
     """A learning-rate schedule keyed off the job's progress (core/schedule.py): parameter
     versions on the shards, or the inner steps of the rounds in local SGD."""
 
@@ -98,7 +79,7 @@ class ScheduleSpec(_Strict):
     gamma: float = Field(0.1, gt=0, le=1)
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(StrictModel):
     """A torch.optim optimizer that the shards run on their slice."""
 
     name: Literal["sgd", "adam", "adamw", "adagrad"] = "sgd"
@@ -122,7 +103,7 @@ class OptimizerSpec(_Strict):
         return self
 
 
-class DelaySpec(_Strict):
+class DelaySpec(StrictModel):
     """Extra time added to every step of a worker, drawn from a distribution."""
 
     distribution: Literal["constant", "exponential", "lognormal"] = "constant"
@@ -132,7 +113,7 @@ class DelaySpec(_Strict):
     sigma: float = Field(1.0, gt=0, le=5)
 
 
-class ConsistencySpec(_Strict):
+class ConsistencySpec(StrictModel):
     """The parameters of the consistency modes; each applies to one mode (`APPLIES_TO`)."""
 
     # sync: apply a step once the first num_workers - backup_workers gradients arrived; drop the rest.
@@ -177,7 +158,7 @@ APPLIES_TO: dict[str, Mode] = {
 }
 
 
-class CompressionSpec(_Strict):
+class CompressionSpec(StrictModel):
     """How gradients (and local-SGD deltas) travel from workers to shards."""
 
     # fp16 / bf16 halve the bytes on the wire; topk sends the largest `topk_ratio` of each
@@ -187,7 +168,7 @@ class CompressionSpec(_Strict):
     topk_ratio: float = Field(0.01, gt=0, le=1)
 
 
-class CheckpointSpec(_Strict):
+class CheckpointSpec(StrictModel):
     """How shards started with `--checkpoint-dir` checkpoint this job, and how long the job
     waits for a lost shard to come back from its checkpoint (docs/fault-tolerance.md)."""
 
@@ -202,7 +183,7 @@ class CheckpointSpec(_Strict):
     restart_timeout_s: float = Field(120.0, gt=0, le=86_400)
 
 
-class StragglerSpec(_Strict):
+class StragglerSpec(StrictModel):
     """Makes one worker slow on purpose, for experiments."""
 
     rank: int = Field(ge=0)
@@ -217,88 +198,7 @@ class StragglerSpec(_Strict):
     kill_at_step: int | None = Field(None, ge=0)
 
 
-# Sparse parameters (issue 20, docs/embeddings.md): embedding tables held row by row on the
-# shards. Bounds: tables per job, row width, and elements per table (rows x dim, over all the
-# job's shards; optimizer state comes on top: x2 for adagrad, x3 for adam).
-MAX_EMBEDDING_TABLES = 64
-MAX_EMBEDDING_DIM = 4096
-MAX_EMBEDDING_ELEMENTS = 1 << 31
-# A table's name: an identifier without dots. Dense parameter names are module paths, dotted
-# for every parameter of a submodule, so a table can only meet a dense name that is a model's
-# own top-level parameter: the worker's layer checks that one (docs/embeddings.md).
-EMBEDDING_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
-
-
-class RowOptimizerSpec(_Strict):
-    """The row-wise optimizer of one table, run by the shards on each pushed row alone
-    (core/embeddings/optim.py): a row that no gradient touched does not move."""
-
-    name: Literal["sgd", "adagrad", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0, le=100)
-    # adam: decay rates of the first and second moment.
-    betas: tuple[float, float] = (0.9, 0.999)
-    # adagrad, adam: added to the denominator (torch's defaults: 1e-10 for Adagrad, 1e-8 for Adam).
-    eps: float = Field(1e-8, gt=0, le=1)
-    # adagrad: the accumulator's starting value.
-    initial_accumulator_value: float = Field(0.0, ge=0, le=1e6)
-
-    @model_validator(mode="after")
-    def _options_of_the_optimizer(self) -> RowOptimizerSpec:
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
-        if self.name != "adam" and self.betas != (0.9, 0.999):
-            raise ValueError(f"betas apply to adam only, not {self.name}")
-        if self.name != "adagrad" and self.initial_accumulator_value:
-            raise ValueError(f"initial_accumulator_value applies to adagrad only, not {self.name}")
-        return self
-
-
-class RowInitSpec(_Strict):
-    """A row's initial values, drawn from (job seed, table, id) alone: the same on any shard,
-    at any time, after any restart or eviction (core/embeddings/init.py)."""
-
-    distribution: Literal["normal", "uniform", "zeros"] = "normal"
-    # normal: the standard deviation; uniform: the half-width (values in [-scale, scale)).
-    scale: float = Field(0.01, ge=0, le=10)
-
-
-class EmbeddingTableSpec(_Strict):
-    """One embedding table: `num_embeddings` rows with ids in [0, num_embeddings) (bounded), or
-    hashed int64 ids of which at most `capacity` rows are held, the least recently used evicted
-    first (exactly one of the two)."""
-
-    name: str = Field(pattern=EMBEDDING_NAME_PATTERN)
-    num_embeddings: int | None = Field(None, ge=1, le=MAX_EMBEDDING_ELEMENTS)
-    capacity: int | None = Field(None, ge=1, le=MAX_EMBEDDING_ELEMENTS)
-    dim: int = Field(ge=1, le=MAX_EMBEDDING_DIM)
-    optimizer: RowOptimizerSpec = Field(default_factory=RowOptimizerSpec)
-    init: RowInitSpec = Field(default_factory=RowInitSpec)
-    # async: each push is applied on arrival; sync: the pushes of one step from every worker are
-    # summed and applied once, when the last of them arrived.
-    mode: Literal["async", "sync"] = "async"
-
-    @model_validator(mode="after")
-    def _bounded_or_hashed(self) -> EmbeddingTableSpec:
-        if (self.num_embeddings is None) == (self.capacity is None):
-            raise ValueError("give exactly one of num_embeddings (a bounded table) and capacity (hashed ids)")
-        if self.rows * self.dim > MAX_EMBEDDING_ELEMENTS:
-            raise ValueError(
-                f"{self.rows} rows x dim {self.dim} = {self.rows * self.dim} elements, more than the limit of "
-                f"{MAX_EMBEDDING_ELEMENTS}"
-            )
-        return self
-
-    @property
-    def bounded(self) -> bool:
-        return self.num_embeddings is not None
-
-    @property
-    def rows(self) -> int:
-        """Most rows the table holds over all shards."""
-        return self.num_embeddings if self.num_embeddings is not None else int(self.capacity or 0)
-
-
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """Everything a job needs. Units: seconds for times, samples for batch size."""
 
     name: str = Field("job", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -345,7 +245,7 @@ class JobSpec(_Strict):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, objective: str | None) -> str | None:
-        if objective is None or objective in BUILT_IN_OBJECTIVES or _USER_CODE.match(objective):
+        if objective is None or objective in BUILT_IN_OBJECTIVES or USER_CODE.match(objective):
             return objective
         raise ValueError(f"must be one of {list(BUILT_IN_OBJECTIVES)} or 'package.module:fn', got {objective!r}")
 
@@ -383,12 +283,7 @@ class JobSpec(_Strict):
     @field_validator("embeddings")
     @classmethod
     def _unique_table_names(cls, tables: list[EmbeddingTableSpec]) -> list[EmbeddingTableSpec]:
-        seen: dict[str, int] = {}
-        for i, table in enumerate(tables):
-            if table.name in seen:
-                raise ValueError(f"embeddings[{i}].name {table.name!r} repeats embeddings[{seen[table.name]}].name")
-            seen[table.name] = i
-        return tables
+        return unique_table_names(tables)
 
     def embedding(self, name: str) -> EmbeddingTableSpec | None:
         return next((t for t in self.embeddings if t.name == name), None)
@@ -447,40 +342,6 @@ MAX_SPEC_BYTES = 256 << 10
 # RecursionError near 1,000, so the depth is checked before either runs.
 MAX_SPEC_DEPTH = 32
 
-# A JSON string, escapes included (possessive: linear time even on an unterminated one).
-_JSON_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
-_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
-
-
-def json_depth_exceeds(text: str, limit: int) -> bool:
-    """Whether the JSON `text` nests objects and arrays deeper than `limit`, found without
-    parsing it: each pass drops the innermost empty pairs (one level: re.sub does not rescan
-    what it produced), in C. A text that is not JSON (unbalanced brackets) answers False and
-    is left to the parser to report."""
-    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
-    for _ in range(limit):
-        shorter = _EMPTY_PAIR.sub("", brackets)
-        if shorter == brackets:
-            return False
-        brackets = shorter
-    # Anything still removable after `limit` passes was nested deeper than `limit`.
-    return _EMPTY_PAIR.search(brackets) is not None
-
-
-def _value_depth(value: Any, limit: int) -> int:
-    """Nesting depth of a decoded value, counted without recursion and at most limit + 1."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, depth = todo.pop()
-        if isinstance(item, (dict, list, tuple)):
-            deepest = max(deepest, depth)
-            if depth > limit:
-                return depth
-            children = item.values() if isinstance(item, dict) else item
-            todo.extend((child, depth + 1) for child in children)
-    return deepest
-
 
 def parse_job_spec(data: str | bytes | dict[str, Any]) -> JobSpec:
     """Validates a spec given as a JSON text or a mapping.
@@ -491,7 +352,7 @@ def parse_job_spec(data: str | bytes | dict[str, Any]) -> JobSpec:
     """
     if isinstance(data, (str, bytes)):
         data = _decode(data)
-    elif _value_depth(data, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:
+    elif value_depth(data, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:
         raise InvalidArgumentError(f"spec: nested deeper than {MAX_SPEC_DEPTH} levels of objects and arrays")
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"spec: expected a JSON object, got {type(data).__name__}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tidal.core.shard_state import PushOutcome, ShardState
+from tidal.core.push_outcomes import PushOutcome
+from tidal.core.shard_state import ShardState
 from tidal.transport.metrics import LATENCY_BUCKETS
 
 LABELS = ["tidal_job", "mode", "shard"]
@@ -76,13 +77,14 @@ class ShardMetrics:
         )
         self.consistency = Gauge(
             "tidal_shard_consistency_setting",
-            "The consistency settings in force (mode auto tunes them), by setting "
-            "(backup_workers, staleness_bound).",
+            "The consistency settings in force (mode auto tunes them), by setting (backup_workers, staleness_bound).",
             [*LABELS, "setting"],
             registry=registry,
         )
         self.decisions = Counter(
-            "tidal_shard_auto_decisions_total", "Mode auto: times the tuner changed the settings.", LABELS,
+            "tidal_shard_auto_decisions_total",
+            "Mode auto: times the tuner changed the settings.",
+            LABELS,
             registry=registry,
         )
         self._bound: JobShardMetrics | None = None
@@ -135,7 +137,15 @@ class JobShardMetrics:
     def remove(self) -> None:
         f = self.families
         for family in (
-            f.applied, f.staleness, f.barrier_wait, f.apply, f.version, f.parameters, f.received, f.sent, f.decisions,
+            f.applied,
+            f.staleness,
+            f.barrier_wait,
+            f.apply,
+            f.version,
+            f.parameters,
+            f.received,
+            f.sent,
+            f.decisions,
         ):
             family.remove(*self.labels)
         for name in CONSISTENCY_SETTINGS:

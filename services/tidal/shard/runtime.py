@@ -27,7 +27,8 @@ from tidal.core.errors import (
     InvalidArgumentError,
     NonFiniteGradientError,
 )
-from tidal.core.shard_state import PushOutcome, PushResult, ShardState
+from tidal.core.push_outcomes import PushOutcome, PushResult
+from tidal.core.shard_state import ShardState
 from tidal.core.spec import Mode
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
 from tidal.transport import frames, serde
@@ -38,6 +39,7 @@ class PayloadTarget(Protocol):
     segment (transport/shm.py) or a bulk channel's outbound block (transport/bulk.py)."""
 
     def tensor(self, dtype: torch.dtype, numel: int) -> torch.Tensor: ...
+
 
 log = logging.getLogger(__name__)
 

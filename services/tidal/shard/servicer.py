@@ -62,7 +62,6 @@ class ShardServicer(shard_grpc.ParameterShardServicer):
     ) -> shard_pb.GetShardInfoResponse:
         return shard_info_to_proto(self._runtimes.last_runtime)
 
-
     @translate_errors
     async def PullRows(
         self, request: shard_pb.PullRowsRequest, context: grpc.aio.ServicerContext

@@ -29,8 +29,8 @@ import grpc
 import torch
 
 from tidal.core.embeddings.routing import split_by_shard
+from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
-from tidal.core.spec import EmbeddingTableSpec
 from tidal.transport import rows as wire
 from tidal.transport.errors import error_from_rpc
 from tidal.v1 import shard_pb2 as shard_pb

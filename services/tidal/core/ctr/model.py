@@ -27,8 +27,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from tidal.core.embeddings.spec import RowInitSpec
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.spec import RowInitSpec
 from tidal.nn import ShardedEmbedding
 
 __all__ = ["CtrMLP", "ctr_mlp"]

@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 
 from tidal.core.embeddings.optim import STATE_NAMES
+from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.errors import InvalidArgumentError
-from tidal.core.spec import EmbeddingTableSpec, JobSpec
+from tidal.core.spec import JobSpec
 
 # Bytes of a row's bookkeeping in its slot: id, per-row step count, last use (int64 each).
 SLOT_BOOKKEEPING_BYTES = 3 * 8

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tidal.core.embeddings.hashing import GOLDEN, as_uint64, mix64, name_key
-from tidal.core.spec import RowInitSpec
+from tidal.core.embeddings.spec import RowInitSpec
 
 
 def _bits(seed: int, table: str, ids: np.ndarray, dim: int) -> np.ndarray:

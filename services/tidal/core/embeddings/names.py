@@ -1,6 +1,6 @@
 """Table names against the model's dense parameter names.
 
-A table's name has no dots (core/spec.py), and dense names are module paths, dotted for every
+A table's name has no dots (core/embeddings/spec.py), and dense names are module paths, dotted for every
 parameter of a submodule: the two can only meet when a model has a top-level parameter of the table's
 name. The worker side calls `check_names` with
 the model's parameter names when it builds the model.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from tidal.core.spec import RowOptimizerSpec
+from tidal.core.embeddings.spec import RowOptimizerSpec
 
 # Per-row state tensors of each optimizer, each as wide as a row.
 STATE_NAMES: dict[str, tuple[str, ...]] = {"sgd": (), "adagrad": ("sum",), "adam": ("exp_avg", "exp_avg_sq")}

@@ -31,9 +31,10 @@ import torch
 
 from tidal.core.embeddings.budget import check_fits
 from tidal.core.embeddings.routing import shard_of
+from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.embeddings.table import RowTable
 from tidal.core.errors import DataLossError, InvalidArgumentError, NonFiniteGradientError
-from tidal.core.spec import EmbeddingTableSpec, JobSpec
+from tidal.core.spec import JobSpec
 
 # Push ids remembered per worker for deduplication.
 PUSH_IDS_KEPT = 64

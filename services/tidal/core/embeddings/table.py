@@ -23,8 +23,8 @@ import torch
 from tidal.core.embeddings.budget import row_bytes
 from tidal.core.embeddings.init import initial_rows
 from tidal.core.embeddings.optim import STATE_NAMES, initial_state, step_rows
+from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.errors import DataLossError, InvalidArgumentError, ResourceExhaustedError
-from tidal.core.spec import EmbeddingTableSpec
 
 # Slots allocated when a table first grows (then doubled as needed, up to its limit).
 FIRST_SLOTS = 1024
