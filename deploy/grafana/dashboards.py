@@ -422,8 +422,9 @@ def _bytes() -> tuple[Panel, list[Panel]]:
             target(sum_by("transport", sel("tidal_shard_exchange_streams_total", JOB)), "{{transport}}"),
         ], unit="none", width=8,
            description="Worker streams opened on the shards, by how their tensors travel: shared_memory (worker "
-                       "and shard on one host, through /dev/shm) or grpc (inline in the messages). A worker on its "
-                       "shard's host that shows up under grpc has TIDAL_SHARED_MEMORY=off, or no room in /dev/shm."),
+                       "and shard on one host, through /dev/shm), bulk (a socket beside the stream, workers with "
+                       "TIDAL_BULK_CHANNEL=on) or grpc (inline in the messages). A worker on its shard's host that "
+                       "shows up under grpc has TIDAL_SHARED_MEMORY=off, or no room in /dev/shm."),
     ])  # fmt: skip
 
 

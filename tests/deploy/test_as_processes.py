@@ -52,7 +52,7 @@ from tidal.v1 import coordinator_pb2_grpc as coord_grpc
 
 pytestmark = pytest.mark.integration
 LOOPBACK = "127.0.0.1"
-PORT_VARS = ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT")
+PORT_VARS = ("TIDAL_PORT", "TIDAL_HTTP_PORT", "TIDAL_METRICS_PORT", "TIDAL_BULK_PORT")
 # Where the image keeps state (volumes in compose and Kubernetes).
 DATA_ROOT = "/var/lib/tidal/"
 # Steps for the test's copy of the deployment's job: enough to see it train, quick on 2 cores.

@@ -42,7 +42,9 @@ COMPOSE_VARIANTS = {
     "host-network": compose_model(COMPOSE_FILE, HOST_NETWORK),
 }
 # The port variable behind each named container port.
-PORT_VARS = {"grpc": "TIDAL_PORT", "http": "TIDAL_HTTP_PORT", "metrics": "TIDAL_METRICS_PORT"}
+PORT_VARS = {
+    "grpc": "TIDAL_PORT", "http": "TIDAL_HTTP_PORT", "metrics": "TIDAL_METRICS_PORT", "bulk": "TIDAL_BULK_PORT",
+}  # fmt: skip
 
 
 def dockerfile() -> str:

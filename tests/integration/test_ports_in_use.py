@@ -59,3 +59,17 @@ def test_a_worker_given_a_metrics_port_in_use_stops_with_one_line(held_port: int
         f"error: --metrics-port / TIDAL_METRICS_PORT: port {held_port} on 127.0.0.1 is already in use (another tidal "
         "service on this host?); choose another port, or 0 for any free one"
     ], done.stderr
+
+
+def test_a_shard_given_a_bulk_port_in_use_stops_with_one_line(held_port: int) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDAL_")}
+    command = [sys.executable, "-m", "tidal", "shard", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    command += ["--allow-plaintext", "--coordinator", "127.0.0.1:1", "--bulk-port", str(held_port)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: --bulk-port / TIDAL_BULK_PORT: cannot bind port {held_port} on 127.0.0.1 (Address already in use; "
+        "another tidal shard on this host?); choose another port, or 0 for any free one"
+    ], done.stderr

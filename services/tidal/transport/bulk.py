@@ -33,7 +33,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import torch
 
 from tidal.config import ENV
-from tidal.core.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
+from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.transport.shm import HEADER_BYTES
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
@@ -269,9 +269,12 @@ class BulkListener:
             sock.bind((host, port))
             sock.listen(64)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise FailedPreconditionError(
+                f"--bulk-port / {ENV['bulk_port']}: cannot bind port {port} on {host} ({exc.strerror}; another "
+                "tidal shard on this host?); choose another port, or 0 for any free one"
+            ) from None
         return cls(sock, server_context(security), handshake_timeout_s)
 
     def start(self) -> None:
