@@ -297,7 +297,12 @@ class BulkListener:
     async def _accept_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self._sock)
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:  # out of file descriptors, say: keep the port, try again shortly
+                log.warning("bulk channel: accepting a connection failed (%s)", exc)
+                await asyncio.sleep(0.5)
+                continue
             if self._handshakes.locked():
                 conn.close()  # too many silent connections already: this one waits for nothing
                 continue
@@ -309,12 +314,11 @@ class BulkListener:
         async with self._handshakes:
             loop = asyncio.get_running_loop()
             try:
-                sock = await loop.run_in_executor(self.executor, self._read_token, conn)
+                token, sock = await loop.run_in_executor(self.executor, self._read_token, conn)
             except (OSError, ConnectionError, ValueError) as exc:
                 log.debug("bulk channel: dropped a connection (%s)", exc)
                 conn.close()
                 return
-            token, sock = sock
             waiter = self._waiting.get(token)
             if waiter is None or waiter.done():
                 sock.close()
