@@ -95,6 +95,18 @@ def read_parameters(shards: list[str], job_id: str, shard_map: ShardMap) -> tupl
     return flat, [versions[i] for i in sorted(versions)]
 
 
+def wait_for_running_version(address: str, job_id: str, version: int, timeout_s: float = JOB_TIMEOUT_S) -> None:
+    """Waits until the running job reached `version`. PENDING is a step on the way (a worker that
+    just registered may not have reported itself idle yet); any other state fails at once."""
+
+    def reached() -> bool:
+        status = coordinator_stub(address).GetJob(coord_pb.GetJobRequest(job_id=job_id), timeout=10).job
+        assert status.state in (common_pb.JOB_STATE_PENDING, common_pb.JOB_STATE_RUNNING), status.message
+        return status.state == common_pb.JOB_STATE_RUNNING and status.version >= version
+
+    wait_until(reached, timeout_s=timeout_s, what=f"job version {version}")
+
+
 def wait_until(predicate: Any, timeout_s: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

@@ -33,6 +33,7 @@ from tests.integration.helpers import (
     shard_addresses,
     submit,
     wait_for_job,
+    wait_for_running_version,
     wait_until,
 )
 from tests.integration.test_shard_recovery import CheckpointingCluster, job_status
@@ -205,12 +206,7 @@ def test_a_shard_killed_and_restarted_mid_job(checkpointing: CheckpointingCluste
     address = checkpointing.coordinator_address
     job = submit(address, spec)
 
-    def reached() -> bool:
-        status = job_status(checkpointing, job.job_id)
-        assert status.state == common_pb.JOB_STATE_RUNNING, status.message
-        return status.version >= 60
-
-    wait_until(reached, timeout_s=JOB_TIMEOUT_S, what="job version 60")
+    wait_for_running_version(address, job.job_id, 60)
     checkpointing.kill("shard-1", signal.SIGKILL)
     checkpointing.restart_shard("shard-1")
     final = wait_for_job(address, job.job_id, timeout_s=JOB_TIMEOUT_S)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import coordinator_stub, submit, wait_for_job, wait_until
+from tests.integration.helpers import coordinator_stub, submit, wait_for_job, wait_for_running_version
 from tidal.launcher import EPHEMERAL, LocalCluster, Service
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
@@ -82,12 +82,7 @@ def job_status(cluster: LocalCluster, job_id: str) -> coord_pb.JobStatus:
 
 
 def wait_for_version(cluster: LocalCluster, job_id: str, version: int) -> None:
-    def reached() -> bool:
-        status = job_status(cluster, job_id)
-        assert status.state == common_pb.JOB_STATE_RUNNING, status.message
-        return status.version >= version
-
-    wait_until(reached, timeout_s=120, what=f"job version {version}")
+    wait_for_running_version(cluster.coordinator_address, job_id, version, timeout_s=120)
 
 
 def checkpoint_versions(cluster: CheckpointingCluster, name: str, job_id: str, index: int) -> list[int]:
