@@ -27,7 +27,6 @@ from tidal.transport import frames, shm
 from tidal.transport.errors import translate_errors
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
-from tidal.worker import links
 from tidal.worker.fanout import fan_out
 from tidal.worker.links import ShardLink
 from tidal.worker.loop import TrainingRun
@@ -278,7 +277,7 @@ def test_shared_memory_made_for_a_cancelled_open_is_removed(monkeypatch: pytest.
     monkeypatch.setattr(shm.SharedStream, "create", staticmethod(create))
 
     async def scenario() -> None:
-        task = asyncio.create_task(links._create_shared(40))
+        task = asyncio.create_task(shm.create_off_loop(40))
         await asyncio.to_thread(entered.wait)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -75,15 +75,11 @@ class StreamPayloads:
         """Points the chunks that name `shared` regions at their bytes (reading the push's block
         off the bulk channel first, unless `block_read`); the payload bytes found and whether
         the push's block has been read."""
-        segment: shm.Segment | bulk.Block | None = self._shared.push if self._shared else None
         in_block = any(chunk.shared is not None for chunk in chunks)
         channel = await self._channel() if in_block or block_read else None
-        if channel is not None:
-            if not block_read:
-                await channel.receive(field)
-                block_read = True
-            segment = channel.inbound
-        return shm.resolve(chunks, segment, field), block_read  # type: ignore[arg-type]
+        if channel is None:
+            return shm.resolve(chunks, self._shared.push if self._shared else None, field), block_read
+        return await channel.resolve(chunks, block_read, field)
 
     async def target(self) -> PayloadTarget | None:
         """Where `ShardRuntime.serve` writes the parameters it serves; None: inline."""

@@ -28,12 +28,14 @@ import secrets
 import socket
 import ssl
 import struct
+from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import torch
 
 from tidal.config import ENV
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
+from tidal.transport import frames, shm
 from tidal.transport.shm import HEADER_BYTES
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
@@ -158,6 +160,15 @@ class BulkStream:
         await self._call(_recv_exactly, self._sock, self.inbound.payload(length))
         self.inbound.filled(length)
         return _LENGTH.size + length
+
+    async def resolve(self, chunks: Sequence[frames.ChunkView], block_read: bool, field: str) -> tuple[int, bool]:
+        """Points the chunks' `shared` regions into this stream's block, reading the block off
+        the socket first if the message is the first of its push or reply to name one (not
+        `block_read`); the payload bytes found (as `shm.resolve`) and whether the block was read."""
+        if not block_read and any(chunk.shared is not None for chunk in chunks):
+            await self.receive(field)
+            block_read = True
+        return shm.resolve(chunks, self.inbound, field), block_read  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Ends the socket; a thread blocked on it returns at once."""

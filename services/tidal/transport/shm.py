@@ -21,6 +21,7 @@ the file, or finds one without the offer's token: it declines, and payloads trav
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import mmap
@@ -212,3 +213,22 @@ def resolve(chunks: Iterable[frames.ChunkView], segment: Segment | None, field: 
         chunk.data = segment.region(*chunk.shared, where)
         found += len(chunk.data)
     return found
+
+
+async def create_off_loop(payload_bytes: int) -> SharedStream | None:
+    """`SharedStream.create` off the event loop (allocating a large slice's pages takes a
+    while). Cancelled meanwhile (a sibling link failed), the thread still finishes: what it
+    made is removed then, or its files would stay in /dev/shm."""
+    creating = asyncio.ensure_future(asyncio.to_thread(SharedStream.create, payload_bytes))
+    try:
+        return await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        creating.add_done_callback(_drop_created)
+        raise
+
+
+def _drop_created(creating: asyncio.Future[SharedStream | None]) -> None:
+    shared = None if creating.cancelled() or creating.exception() else creating.result()
+    if shared is not None:
+        shared.unlink()
+        shared.close()

@@ -118,7 +118,7 @@ class ShardLink:
         if self.offer_shared_memory:
             # Off the event loop: allocating the pages of a large slice takes a while.
             payload_bytes = self.params.numel() * self.params.element_size()
-            self._shared = await _create_shared(payload_bytes)
+            self._shared = await shm.create_off_loop(payload_bytes)
             if self._shared is not None:
                 opening.shared_memory.CopyFrom(self._shared.offer())
         try:
@@ -287,15 +287,12 @@ class ShardLink:
             first = first or time.perf_counter()
             if reply.kind != "params":
                 raise UnavailableError(f"{self._where(step)}: expected params, got {reply.kind}")
-            segment: shm.Segment | bulk.Block | None = self._shared.params if self._shared is not None else None
             if self._bulk is not None:
-                if not block_read and any(chunk.shared is not None for chunk in reply.body.chunks):
-                    self.bytes_received += await self._bulk.receive("params")
-                    block_read = True
-                segment = self._bulk.inbound
-            found = shm.resolve(reply.body.chunks, segment, "params.chunks")  # type: ignore[arg-type]
-            if self._bulk is None:
+                found, block_read = await self._bulk.resolve(reply.body.chunks, block_read, "params.chunks")
                 self.bytes_received += found
+            else:
+                segment = self._shared.params if self._shared is not None else None
+                self.bytes_received += shm.resolve(reply.body.chunks, segment, "params.chunks")
             assembler.add(reply.body.chunks)
             if reply.body.last:
                 assembler.finish()
@@ -415,22 +412,3 @@ class ShardLink:
             self._call.cancel()
         await self._channel.close()
         self._drop_shared()
-
-
-async def _create_shared(payload_bytes: int) -> shm.SharedStream | None:
-    """`SharedStream.create` off the event loop (allocating a large slice's pages takes a
-    while). Cancelled meanwhile (a sibling link failed), the thread still finishes: what it
-    made is removed then, or its files would stay in /dev/shm."""
-    creating = asyncio.ensure_future(asyncio.to_thread(shm.SharedStream.create, payload_bytes))
-    try:
-        return await asyncio.shield(creating)
-    except asyncio.CancelledError:
-        creating.add_done_callback(_drop_created)
-        raise
-
-
-def _drop_created(creating: asyncio.Future[shm.SharedStream | None]) -> None:
-    shared = None if creating.cancelled() or creating.exception() else creating.result()
-    if shared is not None:
-        shared.unlink()
-        shared.close()
