@@ -19,6 +19,7 @@ from tidal.core.errors import TidalError
 
 if TYPE_CHECKING:
     from tidal.core.model_source import ModelModules
+    from tidal.transport.metrics import PreferredPort
     from tidal.transport.settings import ServiceSettings
     from tidal.transport.tls import SecurityConfig
 
@@ -183,3 +184,22 @@ def build_cluster_env() -> dict[str, str]:
     from tidal.k8s_scale import CLUSTER_ENV  # noqa: PLC0415
 
     return {name: os.environ[name] for name in CLUSTER_ENV if name in os.environ}
+
+
+def process_setup(role: str, log_level: str) -> None:
+    """Logging and malloc: what every service process sets up before it serves."""
+    from prometheus_client import disable_created_metrics  # noqa: PLC0415
+
+    from tidal.transport.process import setup_logging, tune_malloc  # noqa: PLC0415
+
+    setup_logging(role, log_level)
+    tune_malloc(build_malloc_tuning())
+    # `_created` series double every counter's cardinality and no dashboard uses them.
+    disable_created_metrics()
+
+
+def metrics_port_or_default(given: int | None, default: int) -> int | PreferredPort:
+    """--metrics-port as given, or the role's default, which yields to another service on the host."""
+    from tidal.transport.metrics import PreferredPort  # noqa: PLC0415  # grpc only once a command runs
+
+    return PreferredPort(default) if given is None else given
