@@ -45,3 +45,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output
+
+
+def test_synth_makes_the_output_folder_or_says_why_it_cannot(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "folder" / "t.nc"
+    result = runner.invoke(app, ["climate", "synth", str(out), "--steps", "20", "--lat", "4", "--lon", "8"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and (out.parent / "t.nc.stats.json").exists()
+    # Under a regular file no folder can be made: one line naming OUT, exit 2, no traceback.
+    (tmp_path / "a-file").write_text("")
+    result = runner.invoke(app, ["climate", "synth", str(tmp_path / "a-file" / "t.nc"), "--steps", "20"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "OUT" in lines[0] and "a-file" in lines[0], result.output

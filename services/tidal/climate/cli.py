@@ -19,7 +19,7 @@ err = Console(stderr=True)
 
 
 def _fail(exc: TidalError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, however long the path
     return typer.Exit(2)
 
 
@@ -49,10 +49,15 @@ def synth(
             cfg = SynthConfig(n_lat=lat, n_lon=lon, steps=int(steps or 0), step_hours=step_hours, seed=seed)
         if val_steps >= cfg.steps - 1:
             raise TidalError(f"--val-steps {val_steps} leaves no training steps out of {cfg.steps}")
+        # Like --out elsewhere: a folder that is not there yet is made.
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_field(str(out), cfg)
         sidecar = write_sidecar(str(out), None, val_steps, 64)
     except TidalError as exc:
         raise _fail(exc) from None
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise _fail(TidalError(f"OUT {out}: cannot write there ({exc.strerror or exc}{where})")) from None
     mb = cfg.steps * cfg.n_lat * cfg.n_lon * 4 / 1e6
     print(f"wrote {out}: t2m, {cfg.steps} steps x {cfg.n_lat} x {cfg.n_lon} ({mb:.1f} MB of data); stats {sidecar}")
 

@@ -1,0 +1,170 @@
+"""The sync-vs-async study behind docs/evidence.md: every compare spec in examples/evidence/,
+run with `tidal compare` into docs/evidence/<spec>/, then one summary of all of them.
+
+    python scripts/evidence.py                     # everything: data, every study, the summary
+    python scripts/evidence.py --only ssp,faults   # some studies (the summary covers all found)
+    python scripts/evidence.py --summary-only      # rewrite docs/evidence/summary.md from the runs
+    python scripts/evidence.py --quick --out DIR   # a few steps, two seeds: proves the pipeline only
+
+Each study resumes where it stopped (tidal compare keeps every finished run), so the command can
+be interrupted and run again. The data set is generated once, deterministically, if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "examples" / "evidence"
+DATA = Path("data/evidence/t2m.nc")  # relative: the specs name it so, run from the repository root
+SYNTH_ARGS = ["--steps", "2000", "--val-steps", "64"]
+# --quick: enough steps for a few evaluations and a kill, two seeds, a shorter field of its own.
+QUICK_STEPS, QUICK_EVAL_EVERY, QUICK_KILL_AT = 12, 4, 6
+QUICK_SYNTH_ARGS = ["--steps", "200", "--val-steps", "64"]
+# The share of a run's versions, at the end, over which "tail loss" averages the evaluations:
+# one evaluation is noisy under async, the mean of the last quarter much less so.
+TAIL_SHARE = 0.25
+
+
+def tidal(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "tidal", *args], cwd=ROOT, check=True)
+
+
+def quick_spec(spec: dict[str, Any], data: Path) -> dict[str, Any]:
+    """The same study, a few steps long, with (at most) two seeds, on the field at `data`."""
+    spec = dict(spec, seeds=(spec.get("seeds") or [0, 1])[:2], warm_up_steps=0)
+    dataset = dict(spec["job"]["dataset"], args=dict(spec["job"]["dataset"]["args"], path=str(data)))
+    spec["job"] = dict(spec["job"], steps=QUICK_STEPS, eval_every=QUICK_EVAL_EVERY, dataset=dataset)
+    if spec.get("kill"):
+        spec["kill"] = dict(spec["kill"], at_step=QUICK_KILL_AT)
+    return spec
+
+
+def run_studies(names: list[str], out: Path, quick: bool) -> None:
+    data = (out / "t2m.nc").resolve() if quick else ROOT / DATA
+    if not data.exists():
+        tidal("climate", "synth", str(data), *(QUICK_SYNTH_ARGS if quick else SYNTH_ARGS))
+    for name in names:
+        spec_path = SPECS / f"{name}.yaml"
+        if quick:
+            spec_path = out / "specs" / f"{name}.yaml"
+            spec_path.parent.mkdir(parents=True, exist_ok=True)
+            spec = quick_spec(yaml.safe_load((SPECS / f"{name}.yaml").read_text()), data)
+            spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        tidal("compare", str(spec_path), "--out", str(out / name))
+
+
+# --- the summary -------------------------------------------------------------------------
+
+
+def _spread(values: list[float], fmt: str, scale: float = 1.0) -> str:
+    if not values:
+        return "-"
+    values = [v * scale for v in values]
+    mean = format(statistics.fmean(values), fmt)
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def tail_loss(run: dict[str, Any]) -> float | None:
+    """Mean validation loss of the evaluations in the last quarter of the run's versions."""
+    evals = run.get("evals") or []
+    if not evals:
+        return None
+    last = max(e["version"] for e in evals)
+    tail = [e["val_loss"] for e in evals if e["version"] >= (1 - TAIL_SHARE) * last]
+    return statistics.fmean(tail)
+
+
+def study_rows(results: dict[str, Any]) -> list[str]:
+    """One markdown row per mode: means over the seeds, (min-max) when there are several."""
+    rows = []
+    for mode in results["modes"]:
+        runs = [r["baseline"] for r in mode["runs"] if r.get("baseline") and r["baseline"]["state"] == "succeeded"]
+        kills = [r["kill"] for r in mode["runs"] if r.get("kill")]
+        times = [r["target"]["elapsed_s"] for r in runs if r.get("target")]
+        reached = f"{len(times)} of {len(runs)}"
+        cells = [
+            mode["label"],
+            str(len(runs)),
+            f"{_spread(times, '.1f')} [{reached}]",
+            _spread([r["final_val_loss"] for r in runs if r.get("final_val_loss") is not None], ".3f", 1e4),
+            _spread([t for r in runs if (t := tail_loss(r)) is not None], ".3f", 1e4),
+            _spread([r["samples_per_s"] for r in runs if r.get("samples_per_s")], ".0f"),
+            _spread([r["wall_s"] for r in runs], ".1f"),
+            _spread([r["staleness_mean"] for r in runs if r.get("staleness_mean") is not None], ".2f"),
+            _spread([r["wire_bytes"] / 2**20 for r in runs if r.get("wire_bytes") is not None], ".0f"),
+        ]
+        if kills:
+            lost = [k["wall_s"] - b["wall_s"] for k, b in zip(kills, runs, strict=False)]
+            final = [k["final_val_loss"] for k in kills if k.get("final_val_loss") is not None]
+            cells.append(f"{_spread(lost, '+.1f')} s; {_spread(final, '.3f', 1e4)}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+HEADER = (
+    "| mode | runs | time to target (s) [reached] | final val loss (1e-4) | tail val loss (1e-4) "
+    "| samples/s | wall (s) | staleness mean | MiB on the wire |"
+)
+
+
+def summary(out: Path) -> str:
+    parts = [
+        "# The study's figures, one table per study",
+        "",
+        "Written by `python scripts/evidence.py --summary-only` from docs/evidence/*/results.json;"
+        " read docs/evidence.md for what they show. Means over the seeds, (min-max) with two or more;"
+        " *tail val loss* is the mean of the evaluations in the last quarter of a run's versions"
+        " (one evaluation is noisy under async); times to target count the runs that reached it.",
+        "",
+    ]
+    for results_path in sorted(out.glob("*/results.json")):
+        results = json.loads(results_path.read_text())
+        name = results_path.parent.name
+        kill = any(r.get("kill") for m in results["modes"] for r in m["runs"])
+        header = HEADER + (" with rank killed: time lost; final val loss (1e-4) |" if kill else "")
+        cols = header.count("|") - 1
+        parts += [
+            f"## {name}",
+            "",
+            f"`{results['command']}` at {results['code']}, {results['generated_at']}, seeds {results['seeds']},"
+            f" target val loss {results['target_val_loss']}. Report: [{name}/report.md]({name}/report.md).",
+            "",
+            header,
+            "|" + " :-- |" + " --: |" * (cols - 1),
+            *study_rows(results),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated study names (spec file stems)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence")
+    parser.add_argument("--quick", action="store_true", help="a few steps and two seeds per study")
+    parser.add_argument("--summary-only", action="store_true")
+    args = parser.parse_args()
+    known = sorted(p.stem for p in SPECS.glob("*.yaml"))
+    names = args.only.split(",") if args.only else known
+    for name in names:
+        if name not in known:
+            parser.error(f"--only: no study {name!r} (known: {', '.join(known)})")
+    if not args.summary_only:
+        run_studies(names, args.out, args.quick)
+    (args.out / "summary.md").write_text(summary(args.out))
+    print(f"wrote {args.out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
