@@ -428,6 +428,63 @@ def _bytes() -> tuple[Panel, list[Panel]]:
     ])  # fmt: skip
 
 
+def _embedding_tables() -> tuple[Panel, list[Panel]]:
+    """Sparse parameters (docs/embeddings.md "Metrics"): rows held on the shards, rows and bytes
+    moved by the workers' row RPCs. Empty for a job without embedding tables."""
+    shard_table = "tidal_job, shard, table"
+    shard_legend = "{{tidal_job}} shard {{shard}} {{table}}"
+    worker_table = "tidal_job, worker, table"
+    worker_legend = "{{worker}} {{table}}"
+    return row("Embedding tables", [
+        timeseries("Rows held per shard", [
+            target(sum_by(shard_table, sel("tidal_shard_embedding_rows", JOB)), shard_legend),
+        ], unit="short", description="Embedding rows each shard holds, per table (created on first use, at most "
+                                     "a hashed table's share of its capacity)."),
+        timeseries("Row memory per shard", [
+            target(sum_by(shard_table, sel("tidal_shard_embedding_held_bytes", JOB)), shard_legend),
+        ], stacked=True, unit="bytes",
+           description="Bytes allocated for each table's rows on each shard: values, row-wise optimizer state, "
+                       "bookkeeping and index (an estimate)."),
+        timeseries("Unique-id ratio", [
+            target(f"max by ({worker_table}) ({sel('tidal_worker_embedding_unique_ratio', WORKER)})",
+                   worker_legend),
+        ], unit="percentunit", description="Unique ids over ids read in each worker's latest step, per table "
+                                           "(1: no id repeated in the batch; low: the batch deduplicates well)."),
+        timeseries("Rows pulled / pushed per second (workers)", [
+            target(sum_by(worker_table, rate("tidal_worker_embedding_rows_pulled_total", WORKER)),
+                   f"{worker_legend} pulled"),
+            target(sum_by(worker_table, rate("tidal_worker_embedding_rows_pushed_total", WORKER)),
+                   f"{worker_legend} pushed"),
+        ], unit="short", description="Rows the training steps of each worker pulled (the unique ids of each "
+                                     "batch) and gradient rows they pushed, per table."),
+        timeseries("Rows served / updated per second (shards)", [
+            target(sum_by(shard_table, rate("tidal_shard_embedding_rows_pulled_total", JOB)),
+                   f"{shard_legend} served"),
+            target(sum_by(shard_table, rate("tidal_shard_embedding_rows_pushed_total", JOB)),
+                   f"{shard_legend} updated"),
+        ], unit="short", description="Rows each shard served to PullRows and rows an optimizer step was applied "
+                                     "to (a sync table's step counts its summed rows once), per table."),
+        timeseries("Row bytes per second", [
+            target(sum_by(worker_table, rate("tidal_worker_embedding_bytes_total", WORKER)),
+                   f"{worker_legend} worker"),
+            target(sum_by("tidal_job, shard, direction", rate("tidal_shard_embedding_bytes_total", JOB)),
+                   "{{tidal_job}} shard {{shard}} {{direction}}"),
+        ], unit="Bps", description="Row RPC bytes: each worker's gRPC messages of training pulls and pushes "
+                                   "(requests and replies), and each shard's payload bytes (ids, rows, "
+                                   "gradients) received and sent. Not in Bytes on the wire (the Exchange "
+                                   "streams)."),
+        timeseries("Evictions and refused ids per second", [
+            target(sum_by(shard_table, rate("tidal_shard_embedding_evictions_total", JOB)),
+                   f"{shard_legend} evicted"),
+            target(sum_by(shard_table, rate("tidal_shard_embedding_refused_ids_total", JOB)),
+                   f"{shard_legend} refused"),
+        ], unit="short", width=24,
+           description="Rows evicted (least recently used) to keep a hashed table within its capacity, and ids "
+                       "refused in row requests (out of range, repeated, another shard's, non-finite gradient): "
+                       "refused ids are a sender's bug or an attack."),
+    ])  # fmt: skip
+
+
 def _membership() -> tuple[Panel, list[Panel]]:
     handled = "grpc_server_handled_total"
     by = "job, grpc_method"
@@ -469,12 +526,21 @@ def training_dashboard() -> dict[str, Any]:
         variable("mode", "mode", 'label_values(tidal_job_info{tidal_job=~"$tidal_job"}, mode)'),
         variable("worker", "worker", 'label_values(tidal_worker_steps_total{tidal_job=~"$tidal_job"}, worker)'),
     ]
-    rows = [_job_progress(), _throughput(), _step_time(), _staleness(), _barrier(), _bytes(), _membership()]
+    rows = [
+        _job_progress(),
+        _throughput(),
+        _step_time(),
+        _staleness(),
+        _barrier(),
+        _bytes(),
+        _embedding_tables(),
+        _membership(),
+    ]
     return dashboard(
         "tidal-training",
         "tidal / training",
         "Training jobs on a tidal parameter-server cluster: progress, throughput, step time and "
-        "stragglers, staleness, barrier wait, bytes on the wire, membership and failures.",
+        "stragglers, staleness, barrier wait, bytes on the wire, embedding tables, membership and failures.",
         variables,
         rows,
     )

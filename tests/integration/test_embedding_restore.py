@@ -2,7 +2,9 @@
 
 A coordinator and one shard (started with --checkpoint-dir) run as processes on loopback; the
 test registers as the job's worker. It pushes rows (Adagrad, so optimizer state matters),
-moves the dense version so the shard checkpoints, reads the rows, kills the shard with
+moves the dense version so the shard checkpoints, pushes rows again and moves the version
+again, so the newest checkpoint's rows are a chain with deltas (only the rows changed since
+the previous checkpoint, docs/embeddings.md "Checkpoints"), reads the rows, kills the shard with
 SIGKILL and starts it again on the same folder. The coordinator reassigns the job with a
 restore; the restarted shard must serve the same rows, refuse a retried push id as a
 duplicate, and apply the next push as the shard that was never lost would have.
@@ -11,6 +13,7 @@ duplicate, and apply the next push as the shard that was never lost would have.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -110,13 +113,14 @@ def _client(address: str, ctx: dict[str, Any], epoch: int) -> ShardRowClient:
     return ShardRowClient([channel], ctx["job_id"], ctx["worker_id"], epoch, spec.embeddings, spec.step_timeout_s)
 
 
-async def _dense_push(ctx: dict[str, Any]) -> None:
-    """One zero gradient on the dense parameters: the version moves to 1, a checkpoint is due."""
+async def _dense_push(ctx: dict[str, Any], version: int) -> None:
+    """One zero gradient on the dense parameters at `version`: the version moves on by one and
+    a checkpoint is due."""
     start, end = ctx["shard_map"].ranges[0]
     chunks = list(serde.slice_to_chunks(torch.zeros(end - start), ctx["shard_map"].segments(0), start))
     push = shard_pb.PushChunk(
-        push_id=f"{ctx['worker_id']}:0", base_version=0, membership_epoch=ctx["epoch"], clock=0, num_samples=1,
-        chunks=chunks, last=True,
+        push_id=f"{ctx['worker_id']}:{version}", base_version=version, membership_epoch=ctx["epoch"], clock=version,
+        num_samples=1, chunks=chunks, last=True,
     )  # fmt: skip
     replies = await exchange(ctx["shard"], [open_request(ctx), shard_pb.ExchangeRequest(push=push)])
     assert any(r.HasField("ack") and r.ack.outcome == shard_pb.PUSH_OUTCOME_APPLIED for r in replies), replies
@@ -129,18 +133,22 @@ def test_restarted_shard_serves_the_rows_of_its_checkpoint(cluster: Checkpointin
 
     async def body(ctx: dict[str, Any]) -> None:
         client = _client(ctx["shard"], ctx, ctx["epoch"])
-        for seed in range(2):
-            for table, ids in IDS.items():
-                await client.pull_async(table, ids)
-                await client.push_async(table, ids, _grads(table, seed))
-                reference.push(ctx["worker_id"], table, f"r{seed}", ids, _grads(table, seed), 0, ["x"])
-        await _dense_push(ctx)
         folder = cluster.checkpoint_dir() / ctx["job_id"] / "shard-0"
-        deadline = time.monotonic() + WAIT_S
-        while not (folder / f"v{1:012d}.json").exists():
-            assert time.monotonic() < deadline, f"no checkpoint of version 1 in {folder}"
-            await asyncio.sleep(0.1)
-        assert (folder / f"v{1:012d}.rows.safetensors").exists()
+        for version, seeds in enumerate(([0, 1], [2])):
+            for seed in seeds:
+                for table, ids in IDS.items():
+                    await client.pull_async(table, ids)
+                    await client.push_async(table, ids, _grads(table, seed))
+                    reference.push(ctx["worker_id"], table, f"r{seed}", ids, _grads(table, seed), 0, ["x"])
+            await _dense_push(ctx, version)
+            deadline = time.monotonic() + WAIT_S
+            while not (folder / f"v{version + 1:012d}.json").exists():
+                assert time.monotonic() < deadline, f"no checkpoint of version {version + 1} in {folder}"
+                await asyncio.sleep(0.1)
+        # The checkpoint the shard restores from: a full rows file and deltas after it.
+        chain = json.loads((folder / f"v{2:012d}.json").read_text())["rows"]["chain"]
+        assert chain[-1] == {**chain[-1], "kind": "delta", "file": f"v{2:012d}.rows-delta.safetensors"}, chain
+        assert chain[0]["kind"] == "full" and all((folder / link["file"]).exists() for link in chain), chain
         before = {table: await _read(ctx["shard"], ctx["job_id"], table) for table in IDS}
         for table, ids in IDS.items():
             torch.testing.assert_close(before[table][0], reference.pull(table, ids), rtol=1e-6, atol=1e-7)

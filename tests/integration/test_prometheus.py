@@ -26,6 +26,20 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBSTITUTIONS = {"$__rate_interval": "5s", "$tidal_job": ".*", "$mode": ".*", "$worker": ".*"}
 
 
+# A sync job with embedding tables (examples/ctr/hybrid.yaml, smaller): a bounded async table and
+# a hashed one whose capacity (200 rows, 100 a shard) is below the ids its 60 steps of 64 read.
+TABLES_SPEC = {
+    "name": "observed-tables", "mode": "sync", "num_workers": 2, "num_shards": 2, "steps": 60, "eval_every": 30,
+    "batch_size": 64, "seed": 7,
+    "model": {"name": "ctr_mlp", "args": {"fields": ["ads", "sites"], "dim": 8, "hidden": [16]}},
+    "dataset": {"name": "ctr_synthetic", "args": {"vocab_sizes": [1000, 100], "num_samples": 4000, "num_val": 500}},
+    "embeddings": [
+        {"name": "ads", "capacity": 200, "dim": 8, "optimizer": {"name": "adagrad", "lr": 0.1}},
+        {"name": "sites", "num_embeddings": 100, "dim": 8, "optimizer": {"name": "adagrad", "lr": 0.1}},
+    ],
+}  # fmt: skip
+
+
 def _dashboards() -> ModuleType:
     spec = importlib.util.spec_from_file_location("tidal_dashboards", ROOT / "deploy" / "grafana" / "dashboards.py")
     assert spec and spec.loader, "deploy/grafana/dashboards.py is missing"
@@ -36,7 +50,8 @@ def _dashboards() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Prometheus, float, float]]:
-    """A cluster (one worker 3x slower) scraped every second while a sync and an async job train."""
+    """A cluster (one worker 3x slower) scraped every second while a sync and an async job train,
+    then a sync job with embedding tables."""
     require_binary("prometheus")
     workdir = tmp_path_factory.mktemp("observed")
     with LocalCluster(workdir / "cluster", num_shards=2, worker_slowdowns=(1.0, 3.0)) as cluster:
@@ -51,6 +66,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCl
                         "eval_every": 20, "model": {"name": "mlp", "args": {"hidden": [32]}}}  # fmt: skip
                 run_job(cluster.coordinator_address, spec)
                 time.sleep(3)  # a few scrapes of the job's last state
+            run_job(cluster.coordinator_address, TABLES_SPEC)  # the "Embedding tables" row's series
+            time.sleep(3)
             yield cluster, prometheus, started, time.time()
         finally:
             prometheus.stop()
@@ -99,3 +116,8 @@ def test_key_series_reflect_the_training(observed: tuple[LocalCluster, Prometheu
     by_mode = {r["metric"]["mode"]: float(r["values"][-1][1]) for r in stale}
     assert by_mode.get("sync", 0.0) == 0.0
     assert by_mode["async"] > 0.0
+    # The job with tables held rows and evicted some from its hashed table.
+    held = prometheus.query_range("sum(tidal_shard_embedding_rows)", started, ended)
+    assert max(float(v) for _, v in held[0]["values"]) > 0
+    evicted = prometheus.query_range('sum(tidal_shard_embedding_evictions_total{table="ads"})', started, ended)
+    assert max(float(v) for _, v in evicted[0]["values"]) > 0

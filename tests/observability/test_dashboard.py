@@ -30,8 +30,23 @@ REQUIRED_ROWS = [
     "Staleness",
     "Barrier wait",
     "Bytes on the wire",
+    "Embedding tables",
     "Membership and failures",
 ]
+# docs/embeddings.md "Metrics": every row metric of the shards and the training steps' of the workers.
+EMBEDDING_METRICS = {
+    "tidal_shard_embedding_rows",
+    "tidal_shard_embedding_held_bytes",
+    "tidal_shard_embedding_rows_pulled_total",
+    "tidal_shard_embedding_rows_pushed_total",
+    "tidal_shard_embedding_evictions_total",
+    "tidal_shard_embedding_refused_ids_total",
+    "tidal_shard_embedding_bytes_total",
+    "tidal_worker_embedding_rows_pulled_total",
+    "tidal_worker_embedding_rows_pushed_total",
+    "tidal_worker_embedding_unique_ratio",
+    "tidal_worker_embedding_bytes_total",
+}
 VARIABLES = {"tidal_job", "mode", "worker"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__all"}
 # Series labelled with a tidal job and its mode; worker series also with the worker.
@@ -219,6 +234,16 @@ def test_training_dashboard_panels() -> None:
     straggler = next(p for title, p in panels.items() if title.startswith("Straggler"))
     assert "quantile by (tidal_job) (0.5," in straggler["targets"][0]["expr"]
     assert any('grpc_code!="OK"' in t["expr"] for t in _targets(board))
+
+
+def test_embedding_tables_row_shows_every_row_metric() -> None:
+    board = json.loads((DASHBOARD_DIR / "tidal-training.json").read_text())
+    top = board["panels"]
+    start = next(i for i, p in enumerate(top) if p["type"] == "row" and p["title"] == "Embedding tables")
+    end = next((i for i in range(start + 1, len(top)) if top[i]["type"] == "row"), len(top))
+    exprs = " ".join(t["expr"] for p in top[start + 1 : end] for t in p["targets"])
+    shown = set(re.findall(r"\btidal_(?:shard|worker)_embedding_[a-z_]+", exprs))
+    assert shown == EMBEDDING_METRICS
 
 
 def test_layout_has_no_overlaps(board: dict[str, Any]) -> None:

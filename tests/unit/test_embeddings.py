@@ -217,7 +217,8 @@ def _trained(num_shards: int = 1, index: int = 0) -> RowShard:
 def test_snapshot_restores_rows_state_and_push_ids_exactly() -> None:
     shard = _trained()
     copy = RowShard(job_spec(), 0, 1)
-    copy.restore(shard.snapshot(), "test")
+    full = shard.snapshot()
+    copy.restore(full, "test")
     for table, dim in (("items", 4), ("users", 3)):
         ids = torch.tensor([0, 1, 2, 10, 11, 12, 20, 21, 22])
         if table == "users":
@@ -231,7 +232,7 @@ def test_snapshot_restores_rows_state_and_push_ids_exactly() -> None:
     assert repeated.outcome is RowPushOutcome.DUPLICATE, "push ids survive a restore"
     other = RowShard(job_spec(tables=[{**TABLES[0], "dim": 5}, *TABLES[1:]]), 0, 1)
     with pytest.raises(DataLossError, match="table 'items' was"):
-        other.restore(shard.snapshot(), "test")
+        other.restore(full, "test")
 
 
 def test_checkpoint_files_hold_the_rows_and_refuse_a_tampered_rows_file(tmp_path: Path) -> None:
@@ -256,5 +257,10 @@ def test_checkpoint_files_hold_the_rows_and_refuse_a_tampered_rows_file(tmp_path
         store.load(manifest, "job-1", 0)
     state.version = 1
     newer = store.write(replace(snapshot_shard("job-1", state), rows=rows.snapshot()))
-    assert not rows_file.exists(), "keep_last removes old rows files too"
-    assert newer.with_suffix(".rows.safetensors").exists()
+    assert rows_file.exists(), "the newer checkpoint is a delta on this full file: kept"
+    assert not newer.with_suffix(".rows.safetensors").exists() and not manifest.exists()
+    state.version = 2
+    rows.force_full()
+    newest = store.write(replace(snapshot_shard("job-1", state), rows=rows.snapshot()))
+    assert not rows_file.exists(), "keep_last removes old rows files once no kept checkpoint names them"
+    assert sorted(p.name for p in newest.parent.glob("*.rows*")) == ["v000000000002.rows.safetensors"]

@@ -4,9 +4,11 @@ One checkpoint is two files in `<root>/<job_id>/shard-<index>/`:
 
 - `v<version>.safetensors`: the parameter slice (`params`) and the optimizer's tensor state
   (`optimizer.<key>`, e.g. `optimizer.exp_avg`), flat, under stable names;
-- `v<version>.rows.safetensors`, only for a job with embedding tables: every row the shard
-  holds, per table its ids, values, per-row steps, last use and optimizer state
-  (`<table>/<key>`; core/embeddings/shard.py), in full (not incremental);
+- only for a job with embedding tables, `v<version>.rows.safetensors` (every row the shard
+  holds, per table its ids, values, per-row steps, last use and optimizer state,
+  `<table>/<key>`; core/embeddings/shard.py) or `v<version>.rows-delta.safetensors` (only the
+  rows changed since the previous checkpoint); the manifest names the chain of rows files it
+  needs (core/rows_checkpoint.py);
 - `v<version>.json`: the manifest (format version, job, shard index and range, version,
   membership epoch, optimizer hyperparameters and scalar state, counters, the last pushes
   seen, the size and sha256 of the tensor file, creation time).
@@ -18,7 +20,8 @@ shard; a truncated or tampered file, a manifest that does not match, or a payloa
 not safetensors (a pickle, say) raises `DataLossError`, and `load_latest` falls back to the
 previous valid checkpoint. Nothing is ever unpickled: safetensors and json only.
 
-Only the newest `keep_last` checkpoints of a job's shard are kept, and `sweep` deletes the
+Only the newest `keep_last` checkpoints of a job's shard are kept (with every rows file their
+chains name, however old), and `sweep` deletes the
 checkpoints of jobs that ended (no write for a retention period) so volumes do not fill up.
 
 The snapshot a checkpoint holds, and its restore into a shard, are in core/shard_snapshot.py;
@@ -38,14 +41,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from tidal.core.embeddings.shard import RowsSnapshot
 from tidal.core.errors import DataLossError, InvalidArgumentError
 from tidal.core.faults import KILL_BEFORE_MANIFEST, KILL_BEFORE_RENAME, NO_CHECKPOINT_FAULT, CheckpointFault, kill_now
+from tidal.core.rows_checkpoint import chain_of, load_rows, prune_rows, write_rows
 from tidal.core.shard_snapshot import PARAMS, ShardSnapshot
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,8 @@ class CheckpointStore:
         self.keep_last = keep_last
         self._fault = CheckpointFault(*fault)
         self._writes = 0
+        # Per shard folder: the rows chain of the last checkpoint written, which a delta extends.
+        self._rows_chains: dict[Path, list[dict[str, object]]] = {}
 
     def folder(self, job_id: str, shard_index: int) -> Path:
         if not _SAFE_ID.match(job_id):
@@ -159,20 +163,27 @@ class CheckpointStore:
             "initial_digest": snapshot.initial_digest,
         }  # fmt: skip
         if snapshot.rows is not None:
-            manifest["rows"] = _write_rows(folder / f"{stem}.rows.safetensors", snapshot)
+            previous = self._rows_chains.pop(folder, None)  # gone unless this write completes
+            manifest["rows"] = write_rows(
+                folder, stem, snapshot.version, snapshot.job_id, snapshot.rows, previous, _write_atomically
+            )
         manifest_path = folder / f"{stem}.json"
         kill = self._fault.fires(KILL_BEFORE_MANIFEST, self._writes)
         manifest_bytes = json.dumps(manifest, indent=1).encode()
         _write_atomically(manifest_path, manifest_bytes, "before writing its manifest" if kill else "")
         _fsync_dir(folder)
+        if snapshot.rows is not None:
+            self._rows_chains[folder] = chain_of(manifest["rows"], str(manifest_path))
         self._prune(folder, self.keep_last if keep_last is None else max(1, keep_last))
         return manifest_path
 
     def _prune(self, folder: Path, keep_last: int) -> None:
-        for manifest in self._manifests(folder)[keep_last:]:
+        manifests = self._manifests(folder)
+        for manifest in manifests[keep_last:]:
             manifest.unlink(missing_ok=True)
             manifest.with_suffix(".safetensors").unlink(missing_ok=True)
-            manifest.with_suffix(".rows.safetensors").unlink(missing_ok=True)
+        # Rows files are shared along a chain: only those no kept checkpoint names go.
+        prune_rows(folder, manifests[:keep_last])
 
     # --- reading -------------------------------------------------------------------------
     @staticmethod
@@ -224,7 +235,7 @@ class CheckpointStore:
         found = {n: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for n, t in tensors.items()}
         if declared != found or PARAMS not in found:
             raise DataLossError(f"{where}: tensors {found} do not match the manifest's {declared}")
-        rows = _load_rows(manifest_path, manifest["rows"], where) if "rows" in manifest else None
+        rows = load_rows(manifest_path, manifest["rows"], where) if "rows" in manifest else None
         try:
             return ShardSnapshot(
                 job_id=job_id,
@@ -302,45 +313,3 @@ class CheckpointStore:
                     version = int(manifests[0].stem[1:])
                     found.append((manifests[0].stat().st_mtime, CheckpointRef(job_dir.name, int(index), version)))
         return [ref for _, ref in sorted(found, key=lambda x: x[0], reverse=True)]
-
-
-def _describe(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, object]]:
-    return {n: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for n, t in tensors.items()}
-
-
-def _write_rows(path: Path, snapshot: ShardSnapshot) -> dict[str, object]:
-    """Writes the rows file (atomically, before the manifest that commits it); returns its entry
-    in the manifest."""
-    rows = snapshot.rows
-    assert rows is not None
-    payload = save_tensors(rows.tensors, metadata={"format": "pt", "job_id": snapshot.job_id})
-    _write_atomically(path, payload)
-    return {
-        "file": path.name,
-        "bytes": len(payload),
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "tensors": _describe(rows.tensors),
-        "meta": rows.meta,
-    }
-
-
-def _load_rows(manifest_path: Path, entry: object, where: str) -> RowsSnapshot:
-    """The rows file a manifest names, checked as the tensor file is."""
-    if not isinstance(entry, dict):
-        raise DataLossError(f"{where}: rows entry is not an object")
-    path = manifest_path.with_name(str(entry.get("file", "")))
-    if path.parent != manifest_path.parent or not path.name.endswith(".rows.safetensors"):
-        raise DataLossError(f"{where}: rows file {entry.get('file')!r} is not beside the manifest")
-    try:
-        payload = path.read_bytes()
-    except OSError as exc:
-        raise DataLossError(f"{where}: rows file unreadable ({exc})") from None
-    if len(payload) != entry.get("bytes") or hashlib.sha256(payload).hexdigest() != entry.get("sha256"):
-        raise DataLossError(f"{where}: rows file {path.name} does not match the manifest's size and sha256")
-    try:
-        tensors = load_tensors(payload)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise DataLossError(f"{where}: rows file is not safetensors ({exc})") from None
-    if _describe(tensors) != entry.get("tensors") or not isinstance(entry.get("meta"), dict):
-        raise DataLossError(f"{where}: rows tensors {_describe(tensors)} do not match the manifest's")
-    return RowsSnapshot(tensors, dict(entry["meta"]))

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 # How often the time-based schedule is checked, in seconds.
 POLL_S = 0.05
 LABELS = ["tidal_job", "shard"]
+
+
+class RowsSource(Protocol):
+    """A job's embedding rows as the checkpointer sees them (shard/rows.py `JobRows`)."""
+
+    def snapshot(self) -> RowsSnapshot:
+        """A copy of the rows (a delta of those changed since the previous one, or all)."""
+
+    def force_full(self) -> None:
+        """The previous snapshot was not written: the next one must hold every row."""
 
 
 class CheckpointMetrics:
@@ -79,7 +89,7 @@ class ShardCheckpointer:
         ledger: RecoveryLedger | None = None,
         *,
         supervisor: Supervisor,
-        rows: Callable[[], RowsSnapshot] | None = None,
+        rows: RowsSource | None = None,
     ) -> None:
         self.store = store
         self.supervisor = supervisor
@@ -117,7 +127,7 @@ class ShardCheckpointer:
     def _snapshot(self) -> ShardSnapshot:
         """The shard's state, rows included, on the event loop between two pushes."""
         snapshot = snapshot_shard(self.job_id, self.state, self.ledger.lost_by_worker)
-        return snapshot if self._rows is None else replace(snapshot, rows=self._rows())
+        return snapshot if self._rows is None else replace(snapshot, rows=self._rows.snapshot())
 
     async def run(self) -> None:
         """Checks the time-based schedule until cancelled (and catches up after a slow write)."""
@@ -141,8 +151,10 @@ class ShardCheckpointer:
 
     async def _write(self, snapshot: ShardSnapshot, final: bool = False) -> None:
         started = time.perf_counter()
+        written = False
         try:
             await _in_thread_to_the_end(self.store.write, snapshot, self.state.spec.checkpoint.keep_last)
+            written = True
         except OSError as exc:
             if final:
                 raise
@@ -153,6 +165,10 @@ class ShardCheckpointer:
         finally:
             if not final:
                 self._writing = None
+            if not written and self._rows is not None:
+                # A delta of rows extends the previous write; after one that failed (or was
+                # cancelled) only a full snapshot of the rows is sound.
+                self._rows.force_full()
         took = time.perf_counter() - started
         self.written_version, self._last_at = snapshot.version, time.monotonic()
         self.metrics.written.labels(*self.labels).inc()

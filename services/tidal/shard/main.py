@@ -165,7 +165,7 @@ class ShardNode:
             if self.store is not None and self.checkpoint_metrics is not None:
                 checkpointer = ShardCheckpointer(
                     self.store, job_id, state, self.checkpoint_metrics, recovery.restored_version, recovery,
-                    supervisor=self.supervisor, rows=rows.snapshot if rows is not None else None,
+                    supervisor=self.supervisor, rows=rows,
                 )  # fmt: skip
                 await checkpointer.write()  # a restored shard's version (a new job's shard has none yet)
             metrics = self.metrics.for_job(job_id, state.spec.mode.value, assign.shard_index)

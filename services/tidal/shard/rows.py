@@ -68,6 +68,9 @@ class JobRows:
     def snapshot(self) -> RowsSnapshot:
         return self.shard.snapshot()
 
+    def force_full(self) -> None:
+        self.shard.force_full()
+
 
 def build_rows(job_id: str, state: ShardState, metrics: RowMetrics, max_bytes: int = 0) -> JobRows | None:
     """The job's rows on this shard (None when its spec has no embedding tables). `max_bytes`:

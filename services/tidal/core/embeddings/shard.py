@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from tidal.core.embeddings.budget import check_fits
+from tidal.core.embeddings.delta import DELTA, DELTAS_PER_FULL, FULL
 from tidal.core.embeddings.routing import shard_of
 from tidal.core.embeddings.spec import EmbeddingTableSpec
 from tidal.core.embeddings.table import RowTable
@@ -64,10 +65,13 @@ class RowPushResult:
 
 @dataclass
 class RowsSnapshot:
-    """A copy of a shard's rows: tensors named `<table>/<key>` and JSON-ready metadata."""
+    """A copy of a shard's rows: tensors named `<table>/<key>` and JSON-ready metadata.
+    `kind` "delta": only the rows changed since the previous snapshot, plus `<table>/deleted`
+    (core/embeddings/delta.py); the metadata is always whole."""
 
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    kind: str = FULL
 
 
 @dataclass
@@ -104,6 +108,8 @@ class RowShard:
         # Per (worker, table): its last push ids, oldest first, and what each came to.
         self._pushes: dict[tuple[str, str], deque[str]] = {}
         self._push_results: dict[tuple[str, str, str], RowPushResult] = {}
+        # Delta snapshots taken since the last full one (None: the next one is full).
+        self._deltas: int | None = None
 
     def room(self) -> int:
         """Bytes the tables may still allocate under the shard's bound."""
@@ -282,12 +288,21 @@ class RowShard:
         return len(unique)
 
     # --- snapshots -----------------------------------------------------------------------
+    def force_full(self) -> None:
+        """The next snapshot is full: the previous one was not written (a failed checkpoint),
+        so a delta would miss its changes."""
+        self._deltas = None
+
     def snapshot(self) -> RowsSnapshot:
-        """A copy of every table's rows and the push ids remembered (between two pushes)."""
+        """A copy of the push ids remembered and of every table's rows (between two pushes):
+        the rows changed since the previous snapshot (a delta), or all of them (full) for the
+        first snapshot, after `force_full`, and after `DELTAS_PER_FULL` deltas."""
+        delta = self._deltas is not None and self._deltas < DELTAS_PER_FULL
+        self._deltas = self._deltas + 1 if delta and self._deltas is not None else 0
         tensors: dict[str, torch.Tensor] = {}
         tables: dict[str, Any] = {}
         for name, table in self.tables.items():
-            tensors.update({f"{name}/{key}": t for key, t in table.snapshot().items()})
+            tensors.update({f"{name}/{key}": t for key, t in table.snapshot(delta).items()})
             tables[name] = {
                 "spec": table.spec.model_dump(mode="json"),
                 "rows": len(table),
@@ -301,10 +316,14 @@ class RowShard:
                     "worker": worker, "table": table_name, "push_id": push_id, "outcome": result.outcome.value,
                     "applied_step": result.applied_step,
                 })  # fmt: skip
-        return RowsSnapshot(tensors, {"shard_index": self.shard_index, "tables": tables, "recent_pushes": pushes})
+        meta = {"shard_index": self.shard_index, "tables": tables, "recent_pushes": pushes}
+        return RowsSnapshot(tensors, meta, DELTA if delta else FULL)
 
     def restore(self, snapshot: RowsSnapshot, where: str) -> None:
-        """Loads a snapshot of this job's shard into this fresh one (checks each table's spec)."""
+        """Loads a full snapshot of this job's shard into this fresh one (checks each table's
+        spec); a chain of files is merged into one first (core/embeddings/delta.py)."""
+        if snapshot.kind != FULL:
+            raise DataLossError(f"{where}: a {snapshot.kind} snapshot of rows cannot be restored alone")
         tables = snapshot.meta.get("tables", {})
         if set(tables) != set(self.tables) or snapshot.meta.get("shard_index") != self.shard_index:
             raise DataLossError(

@@ -11,6 +11,10 @@ push) not in that push are evicted: their values and optimizer state are dropped
 pulled again, starts over from its initial values. With a shard's bound in bytes
 (core/embeddings/budget.py), `room` says what the shard's tables may still allocate: slots
 grow no further, and a push that needs more is refused.
+
+For incremental checkpoints (core/embeddings/delta.py) the table remembers the ids it changed
+since its last snapshot: created or updated by a push, or evicted. A set of ids, not of slots:
+an evicted row's slot is reused by another id, and the delete must still be recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from tidal.core.errors import DataLossError, InvalidArgumentError, ResourceExhau
 # Slots allocated when a table first grows (then doubled as needed, up to its limit).
 FIRST_SLOTS = 1024
 IDS, VALUES, STEPS, LAST_USED = "ids", "values", "steps", "last_used"
+# In a delta snapshot: ids held at the previous snapshot (or created since) that are gone now.
+DELETED = "deleted"
 
 
 @dataclass
@@ -60,6 +66,8 @@ class RowTable:
         self._free: list[int] = []
         # Bumped by every pull and push: a row's last use is the tick it was last touched at.
         self._tick = 0
+        # Ids created, updated or evicted since the last snapshot (incremental checkpoints).
+        self._changed: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -103,7 +111,10 @@ class RowTable:
                 f"({self.max_rows})"
             )
         self._tick += 1
-        slots = self._slots(ids)
+        id_list = ids.tolist()
+        self._changed.update(id_list)
+        get = self._slot.get
+        slots = torch.tensor([get(i, -1) for i in id_list], dtype=torch.int64)
         held = slots >= 0
         self._last_used[slots[held]] = self._tick  # before eviction: this push's rows stay
         absent = torch.nonzero(~held, as_tuple=True)[0]
@@ -161,20 +172,32 @@ class RowTable:
     def _evict(self, count: int) -> None:
         """Drops the `count` least recently used rows (the current push's are the most recent)."""
         victims = torch.topk(self._last_used, count, largest=False).indices
-        for victim_id in self._ids[victims].tolist():
+        victim_ids = self._ids[victims].tolist()
+        for victim_id in victim_ids:
             del self._slot[victim_id]
+        self._changed.update(victim_ids)
         self._ids[victims] = -1
         self._last_used[victims] = torch.iinfo(torch.int64).max
         self._free.extend(victims.tolist())
         self.counters.evictions += count
 
     # --- snapshots -----------------------------------------------------------------------
-    def snapshot(self) -> dict[str, torch.Tensor]:
+    def snapshot(self, delta: bool = False) -> dict[str, torch.Tensor]:
         """Copies of the held rows: ids, values, per-row steps and last use (as ranks, oldest
-        first), and the optimizer state, in slot order."""
-        slots = torch.tensor(sorted(self._slot.values()), dtype=torch.int64)
-        # Ticks restart from 0 after a restore; ranks keep the order.
-        ranks = torch.argsort(torch.argsort(self._last_used[slots]))
+        first), and the optimizer state, in slot order. `delta`: only the rows changed since
+        the previous snapshot, with the ids deleted since (`deleted`, ascending); their ranks
+        order the changed rows among themselves. Either way the changes are forgotten."""
+        if delta:
+            changed = sorted(self._changed)
+            get = self._slot.get
+            slots = torch.tensor(sorted(s for i in changed if (s := get(i)) is not None), dtype=torch.int64)
+            deleted = torch.tensor([i for i in changed if i not in self._slot], dtype=torch.int64)
+        else:
+            slots = torch.tensor(sorted(self._slot.values()), dtype=torch.int64)
+        self._changed = set()
+        # Ticks restart from 0 after a restore; ranks keep the order (rows used by one push tie:
+        # by slot, so a full snapshot and a chain of deltas rank them alike).
+        ranks = torch.argsort(torch.argsort(self._last_used[slots], stable=True))
         tensors = {
             IDS: self._ids[slots].clone(),
             VALUES: self._values[slots].clone(),
@@ -182,6 +205,8 @@ class RowTable:
             LAST_USED: ranks,
         }
         tensors.update({f"optimizer.{n}": t[slots].clone() for n, t in self._state.items()})
+        if delta:
+            tensors[DELETED] = deleted
         return tensors
 
     def restore(self, tensors: dict[str, torch.Tensor], where: str) -> None:
@@ -210,3 +235,4 @@ class RowTable:
                 self._state[name][slots] = tensors[f"optimizer.{name}"].to(torch.float32)
             self._slot = dict(zip(ids.tolist(), range(n), strict=True))
             self._tick = n
+        self._changed = set()
