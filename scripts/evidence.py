@@ -62,6 +62,38 @@ def run_studies(names: list[str], out: Path, quick: bool) -> None:
         tidal("compare", str(spec_path), "--out", str(out / name))
 
 
+# --- tidal advise, checked against the studies ------------------------------------------
+
+# Each scenario of issue 19's check, and the study whose job (workers, stragglers) it probes.
+ADVISE_SCENARIOS = {
+    "uniform workers": "scale-4",
+    "one persistent straggler": "backup-workers",
+    "transient jitter": "ssp",
+    "a worker killed": "faults",
+}
+ADVISE_PROBE_STEPS = "30"
+
+
+def study_spec(name: str, out: Path, quick: bool) -> dict[str, Any]:
+    path = out / "specs" / f"{name}.yaml" if quick else SPECS / f"{name}.yaml"
+    return yaml.safe_load(path.read_text())
+
+
+def run_advice(out: Path, quick: bool) -> None:
+    """`tidal advise --json` on each scenario's job, saved as out/advise/<study>.json."""
+    folder = out / "advise"
+    folder.mkdir(parents=True, exist_ok=True)
+    for study in ADVISE_SCENARIOS.values():
+        spec = study_spec(study, out, quick)
+        job_file = folder / f"{study}.job.yaml"
+        job_file.write_text(yaml.safe_dump(dict(spec["job"], name=f"advise-{study}", mode="sync"), sort_keys=False))
+        slowdowns = ",".join(str(s) for s in spec["cluster"]["worker_slowdowns"])
+        steps = "5" if quick else ADVISE_PROBE_STEPS
+        cmd = [sys.executable, "-m", "tidal", "advise", str(job_file), "--slowdowns", slowdowns, "--json"]
+        answer = subprocess.run([*cmd, "--probe-steps", steps], cwd=ROOT, check=True, capture_output=True, text=True)
+        (folder / f"{study}.json").write_text(answer.stdout)
+
+
 # --- the summary -------------------------------------------------------------------------
 
 
@@ -118,6 +150,53 @@ HEADER = (
 )
 
 
+def fastest(results: dict[str, Any], kill: bool) -> tuple[float, dict[str, Any]] | None:
+    """The mode entry with the lowest mean time to target among those that reached it with
+    every seed (in the runs with the kill, if `kill`), and that mean."""
+    best = None
+    for mode in results["modes"]:
+        runs = [r["kill" if kill else "baseline"] for r in mode["runs"] if r.get("kill" if kill else "baseline")]
+        times = [r["target"]["elapsed_s"] for r in runs if r.get("target")]
+        if runs and len(times) == len(runs) and (best is None or statistics.fmean(times) < best[0]):
+            best = (statistics.fmean(times), mode)
+    return best
+
+
+def _settings(mode: str, consistency: dict[str, Any]) -> str:
+    return mode + "".join(f", {k}={v}" for k, v in sorted(consistency.items()))
+
+
+def advice_rows(out: Path) -> list[str]:
+    rows = []
+    for scenario, study in ADVISE_SCENARIOS.items():
+        answer_path, results_path = out / "advise" / f"{study}.json", out / study / "results.json"
+        if not answer_path.exists() or not results_path.exists():
+            continue
+        recommended = json.loads(answer_path.read_text())["recommendation"]
+        best = fastest(json.loads(results_path.read_text()), kill=study == "faults")
+        if best is None:
+            measured, agrees = "no mode reached the target with every seed", "-"
+        else:
+            seconds, mode = best
+            spec = mode["job_spec"]
+            measured = f"{mode['label']} ({_settings(spec['mode'], _varied(spec))}), {seconds:.1f} s"
+            agrees = "yes" if recommended["mode"] == spec["mode"] else "**no**"
+        advice = _settings(recommended["mode"], recommended.get("consistency", {}))
+        links = f"[{study}]({study}/report.md) | {advice} ([json](advise/{study}.json))"
+        rows.append(f"| {scenario} | {links} | {measured} | {agrees} |")
+    return rows
+
+
+def _varied(job_spec: dict[str, Any]) -> dict[str, Any]:
+    """The consistency fields a study's mode entry sets for its own mode (the rest are defaults)."""
+    keys = {"sync": ("backup_workers",), "ssp": ("staleness_bound",), "async": ("compensation", "dc_lambda"),
+            "local_sgd": ("sync_every",)}.get(job_spec["mode"], ())  # fmt: skip
+    consistency = dict(job_spec.get("consistency") or {})
+    if consistency.get("compensation") == "none":
+        consistency.pop("dc_lambda", None)  # lambda means nothing without the compensation
+    return {k: consistency[k] for k in keys if k in consistency}
+
+
 def summary(out: Path) -> str:
     parts = [
         "# The study's figures, one table per study",
@@ -145,6 +224,20 @@ def summary(out: Path) -> str:
             *study_rows(results),
             "",
         ]
+    advice = advice_rows(out)
+    if advice:
+        parts += [
+            "## tidal advise against the measurements",
+            "",
+            "`tidal advise` (a 30-step async probe) on each scenario's job, against the mode entry"
+            " that reached the target fastest on average with every seed (in the runs with the kill,"
+            " for a worker killed). *agrees*: the same mode.",
+            "",
+            "| scenario | study | advise recommends | fastest to target, measured | agrees |",
+            "| :-- | :-- | :-- | :-- | :-- |",
+            *advice,
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -154,6 +247,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence")
     parser.add_argument("--quick", action="store_true", help="a few steps and two seeds per study")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--advise", action="store_true", help="with --only: run the advise check too")
     args = parser.parse_args()
     known = sorted(p.stem for p in SPECS.glob("*.yaml"))
     names = args.only.split(",") if args.only else known
@@ -162,6 +256,8 @@ def main() -> None:
             parser.error(f"--only: no study {name!r} (known: {', '.join(known)})")
     if not args.summary_only:
         run_studies(names, args.out, args.quick)
+        if not args.only or args.advise:
+            run_advice(args.out, args.quick)
     (args.out / "summary.md").write_text(summary(args.out))
     print(f"wrote {args.out / 'summary.md'}")
 

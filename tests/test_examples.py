@@ -11,9 +11,13 @@ from tidal.core.climate.synth import SynthConfig, write_field
 from tidal.core.plan import job_dataset, job_model, job_shard_map
 from tidal.core.spec import parse_job_spec
 
-# Job specs only: examples/compare/ holds compare specs, checked in tests/unit/test_compare_report.py.
+# Job specs only: examples/compare/ and examples/evidence/ hold compare specs, checked in
+# tests/unit/test_compare_report.py and tests/integration/test_evidence_study.py.
+COMPARE_SPEC_FOLDERS = {"compare", "evidence"}
 EXAMPLES = sorted(
-    p for p in (Path(__file__).resolve().parent.parent / "examples").rglob("*.yaml") if "compare" not in p.parts
+    p
+    for p in (Path(__file__).resolve().parent.parent / "examples").rglob("*.yaml")
+    if not COMPARE_SPEC_FOLDERS & set(p.parts)
 )
 
 
