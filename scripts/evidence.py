@@ -38,6 +38,11 @@ def tidal(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "tidal", *args], cwd=ROOT, check=True)
 
 
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def quick_spec(spec: dict[str, Any], data: Path) -> dict[str, Any]:
     """The same study, a few steps long, with (at most) two seeds, on the field at `data`."""
     spec = dict(spec, seeds=(spec.get("seeds") or [0, 1])[:2], warm_up_steps=0)
@@ -59,7 +64,8 @@ def run_studies(names: list[str], out: Path, quick: bool) -> None:
             spec_path.parent.mkdir(parents=True, exist_ok=True)
             spec = quick_spec(yaml.safe_load((SPECS / f"{name}.yaml").read_text()), data)
             spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        tidal("compare", str(spec_path), "--out", str(out / name))
+        # Paths as the report will print them: relative to the repository when inside it.
+        tidal("compare", _shown(spec_path), "--out", _shown(out / name))
 
 
 # --- tidal advise, checked against the studies ------------------------------------------
