@@ -185,8 +185,9 @@ def test_a_link_that_cannot_reach_the_offered_channel_stops_asking_and_goes_inli
             security=PLAINTEXT, shared_memory=False, bulk_channel=True,
         )  # fmt: skip
         with pytest.raises(UnavailableError, match=rf"shard 0 \(127\.0\.0\.1:1\): bulk channel to 127\.0\.0\.1:{port}"):
-            await link._connect_bulk(shard_pb.BulkChannel(port=port, token=b"\x01" * 16))
-        assert link.ask_bulk_channel is False
+            offer = shard_pb.BulkChannel(port=port, token=b"\x01" * 16)
+            await link.payloads.agree(shard_pb.ExchangeOpened(bulk=offer), "127.0.0.1", "shard 0 (127.0.0.1:1)")
+        assert link.payloads.ask_bulk_channel is False
         assert link.transport == "inline (gRPC)"
         await link.close()
 

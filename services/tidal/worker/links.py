@@ -14,12 +14,13 @@ import torch
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, TidalError, UnavailableError
 from tidal.core.policy import next_clock
 from tidal.core.shard_map import ShardMap
-from tidal.transport import bulk, frames, serde, shm
+from tidal.transport import frames, serde
 from tidal.transport.errors import error_for_status, error_from_rpc
 from tidal.transport.server import create_channel
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.worker.metrics import PhaseTimes
+from tidal.worker.payloads import LinkPayloads
 
 log = logging.getLogger(__name__)
 # Reconnecting to a shard that went away: jittered exponential backoff between these bounds,
@@ -63,20 +64,16 @@ class ShardLink:
         # Parameters may arrive narrower than the model holds them (bf16 compression); they
         # are widened as they are copied into the model.
         self.params_wire = params_wire
-        # Offer the shard shared memory for the payloads (it accepts when on the same host).
-        self.offer_shared_memory = shared_memory
         self._security = security
-        self._shared: shm.SharedStream | None = None
-        # Ask the shard for a bulk channel for the payloads (transport/bulk.py); turned off for
-        # good once connecting to one failed (a firewall between the hosts): inline then.
-        self.ask_bulk_channel = bulk_channel
-        self._bulk: bulk.BulkStream | None = None
+        # How the payloads travel: shared memory, a bulk channel or inline (worker/payloads.py).
+        self.payloads = LinkPayloads(
+            self.params, self.segments, self.start, security, timeout_s,
+            shared_memory=shared_memory, bulk_channel=bulk_channel,
+        )  # fmt: skip
         # Shared by a worker's links: one push uploads at a time, in shard order, so the first
         # shard has every worker's slice (and sends its parameters down) while the next slice
         # still goes up. Over one link the bytes take as long either way; the way down overlaps.
         self._upload_turns = upload_turns or asyncio.Lock()
-        # The chunk headers of a shared-memory (or bulk) push depend only on the dtype: built once.
-        self._shared_chunks: dict[torch.dtype, list[list[frames.Encoded]]] = {}
         self.version = -1
         # The clock of the last push that completed here: each shard has its own (next_clock).
         # It carries on over a shard restored from an older checkpoint: in sync the clock is
@@ -105,7 +102,6 @@ class ShardLink:
         self._call = self._channel.stream_stream(
             frames.EXCHANGE_METHOD, request_serializer=frames.serialize, response_deserializer=frames.decode_response
         )()
-        self._drop_shared()
         opening = shard_pb.ExchangeOpen(
             job_id=self.job_id,
             worker_id=self.worker_id,
@@ -113,27 +109,16 @@ class ShardLink:
             last_version=max(self.newest_version, 0),
             completed_pushes=self.completed_pushes,
             init_digest=self.initial_digest,
-            bulk=self.ask_bulk_channel,
         )
-        if self.offer_shared_memory:
-            # Off the event loop: allocating the pages of a large slice takes a while.
-            payload_bytes = self.params.numel() * self.params.element_size()
-            self._shared = await shm.create_off_loop(payload_bytes)
-            if self._shared is not None:
-                opening.shared_memory.CopyFrom(self._shared.offer())
+        await self.payloads.offer(opening)
         try:
             await self._write(shard_pb.ExchangeRequest(open=opening))
             reply = await self._read(None)
         finally:
-            # Answered or not, the names go: the shard mapped the files by now or never will.
-            if self._shared is not None:
-                self._shared.unlink()
+            self.payloads.offered()
         if reply.kind != "opened":
             raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.kind}")
-        if not reply.body.shared_memory:
-            self._drop_shared()
-        if self._shared is None and reply.body.HasField("bulk"):
-            await self._connect_bulk(reply.body.bulk)
+        await self.payloads.agree(reply.body, self.address.rsplit(":", 1)[0].strip("[]"), self._where())
         log.info("%s: tensors travel %s", self._where(), self.transport)
         if reply.body.version < 0:
             await self._send_initial()
@@ -160,36 +145,12 @@ class ShardLink:
     @property
     def shared_memory(self) -> bool:
         """Whether payloads on the current stream travel through shared memory."""
-        return self._shared is not None
+        return self.payloads.shared_memory
 
     @property
     def transport(self) -> str:
         """How payloads on the current stream travel, in words."""
-        if self._shared is not None:
-            return "through shared memory"
-        return "on a bulk channel" if self._bulk is not None else "inline (gRPC)"
-
-    async def _connect_bulk(self, offer: shard_pb.BulkChannel) -> None:
-        """Connects to the bulk channel the shard offered. The shard now expects every payload
-        of this stream there: if the connection fails, the stream is given up and the link
-        reconnects without asking again (payloads inline)."""
-        host = self.address.rsplit(":", 1)[0].strip("[]")
-        payload_bytes = self.params.numel() * self.params.element_size()
-        try:
-            self._bulk = await bulk.connect(host, offer, self._security, payload_bytes, self.timeout_s)
-        except UnavailableError as exc:
-            self.ask_bulk_channel = False
-            log.warning("%s: %s; payloads travel inline from now on", self._where(), exc)
-            raise UnavailableError(f"{self._where()}: {exc}") from None
-
-    def _drop_shared(self) -> None:
-        if self._shared is not None:
-            self._shared.unlink()
-            self._shared.close()
-            self._shared = None
-        if self._bulk is not None:
-            self._bulk.close()
-            self._bulk = None
+        return self.payloads.transport
 
     async def connect(self, deadline_s: float) -> None:
         """Opens the stream and pulls the first parameters. A shard that does not answer the
@@ -248,24 +209,16 @@ class ShardLink:
     ) -> None:
         """Sends this shard's slice of the gradient: the push's messages and, on a bulk channel, its block."""
         grad_slice = grads[self.start : self.end]
-        if (self._shared is not None or self._bulk is not None) and sparse is None:
+        if self.payloads.carries(sparse):
             dtype = wire or grad_slice.dtype
-            if self._shared is not None:
-                # One copy (narrowing on the way under compression) into the segment the shard reads.
-                self._shared.push.tensor(dtype, grad_slice.numel()).copy_(grad_slice)
-            groups = self._shared_chunks.get(dtype) or self._shared_chunks.setdefault(
-                dtype, serde.shared_chunks(dtype, self.segments, self.start)
-            )
+            self.payloads.stage(grad_slice, dtype)
+            groups = self.payloads.push_headers(dtype)
             for i, group in enumerate(groups):
                 last = i == len(groups) - 1
                 await self._write(
                     frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last)
                 )
-            if self._bulk is not None:
-                # After the messages that point into it: the shard reads it once the first arrived.
-                self.bytes_sent += await self._bulk.send(grad_slice.to(dtype) if wire is not None else grad_slice)
-            else:
-                self.bytes_sent += grad_slice.numel() * dtype.itemsize
+            self.bytes_sent += await self.payloads.send(grad_slice, dtype)
         else:
             if wire is not None:
                 grad_slice = grad_slice.to(wire)
@@ -287,12 +240,8 @@ class ShardLink:
             first = first or time.perf_counter()
             if reply.kind != "params":
                 raise UnavailableError(f"{self._where(step)}: expected params, got {reply.kind}")
-            if self._bulk is not None:
-                found, block_read = await self._bulk.resolve(reply.body.chunks, block_read, "params.chunks")
-                self.bytes_received += found
-            else:
-                segment = self._shared.params if self._shared is not None else None
-                self.bytes_received += shm.resolve(reply.body.chunks, segment, "params.chunks")
+            found, block_read = await self.payloads.resolve(reply.body.chunks, block_read, "params.chunks")
+            self.bytes_received += found
             assembler.add(reply.body.chunks)
             if reply.body.last:
                 assembler.finish()
@@ -411,4 +360,4 @@ class ShardLink:
         if self._call is not None:
             self._call.cancel()
         await self._channel.close()
-        self._drop_shared()
+        self.payloads.drop()
