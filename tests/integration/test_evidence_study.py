@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "examples" / "evidence").glob("*.yaml"))
 # Follow-up studies, and the job fields in which each departs from the others on purpose.
-FOLLOW_UPS = {"dc-asgd-low-lr": {"optimizer"}}
+FOLLOW_UPS = {"dc-asgd-low-lr": {"optimizer"}, "ssp-low-lr": {"optimizer"}}
 STUDY_TIMEOUT_S = 900  # generous for a loaded machine; a passing run takes about a minute
 
 
