@@ -107,10 +107,11 @@ def _spread(values: list[float], fmt: str, scale: float = 1.0) -> str:
     if not values:
         return "-"
     values = [v * scale for v in values]
-    mean = format(statistics.fmean(values), fmt)
+    # The median: a run that diverged would make a mean say nothing of the others.
+    middle = format(statistics.median(values), fmt)
     if len(values) == 1:
-        return mean
-    return f"{mean} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+        return middle
+    return f"{middle} ({format(min(values), fmt)} to {format(max(values), fmt)})"
 
 
 def tail_loss(run: dict[str, Any]) -> float | None:
@@ -135,15 +136,16 @@ def study_rows(results: dict[str, Any]) -> list[str]:
             mode["label"],
             str(len(runs)),
             f"{_spread(times, '.1f')} [{reached}]",
-            _spread([r["final_val_loss"] for r in runs if r.get("final_val_loss") is not None], ".3f", 1e4),
-            _spread([t for r in runs if (t := tail_loss(r)) is not None], ".3f", 1e4),
+            _spread([r["final_val_loss"] for r in runs if r.get("final_val_loss") is not None], ".3g", 1e4),
+            _spread([t for r in runs if (t := tail_loss(r)) is not None], ".3g", 1e4),
             _spread([r["samples_per_s"] for r in runs if r.get("samples_per_s")], ".0f"),
             _spread([r["wall_s"] for r in runs], ".1f"),
             _spread([r["staleness_mean"] for r in runs if r.get("staleness_mean") is not None], ".2f"),
             _spread([r["wire_bytes"] / 2**20 for r in runs if r.get("wire_bytes") is not None], ".0f"),
         ]
         if kills:
-            lost = [k["wall_s"] - b["wall_s"] for k, b in zip(kills, runs, strict=False)]
+            pairs = [(r["kill"], r["baseline"]) for r in mode["runs"] if r.get("kill") and r.get("baseline")]
+            lost = [k["wall_s"] - b["wall_s"] for k, b in pairs]  # the same seed with and without
             final = [k["final_val_loss"] for k in kills if k.get("final_val_loss") is not None]
             cells.append(f"{_spread(lost, '+.1f')} s; {_spread(final, '.3f', 1e4)}")
         rows.append("| " + " | ".join(cells) + " |")
@@ -208,7 +210,8 @@ def summary(out: Path) -> str:
         "# The study's figures, one table per study",
         "",
         "Written by `python scripts/evidence.py --summary-only` from docs/evidence/*/results.json;"
-        " read docs/evidence.md for what they show. Means over the seeds, (min-max) with two or more;"
+        " read docs/evidence.md for what they show. Medians over the seeds (a diverged run would make"
+        " a mean say nothing of the others), (min to max) with two or more; losses in units of 1e-4;"
         " *tail val loss* is the mean of the evaluations in the last quarter of a run's versions"
         " (one evaluation is noisy under async); times to target count the runs that reached it.",
         "",
