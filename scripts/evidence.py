@@ -147,7 +147,7 @@ def study_rows(results: dict[str, Any]) -> list[str]:
             pairs = [(r["kill"], r["baseline"]) for r in mode["runs"] if r.get("kill") and r.get("baseline")]
             lost = [k["wall_s"] - b["wall_s"] for k, b in pairs]  # the same seed with and without
             final = [k["final_val_loss"] for k in kills if k.get("final_val_loss") is not None]
-            cells.append(f"{_spread(lost, '+.1f')} s; {_spread(final, '.3f', 1e4)}")
+            cells.append(f"{_spread(lost, '+.1f')} s; {_spread(final, '.3g', 1e4)}")
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
