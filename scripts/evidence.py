@@ -4,6 +4,7 @@ run with `tidal compare` into docs/evidence/<spec>/, then one summary of all of 
     python scripts/evidence.py                     # everything: data, every study, the summary
     python scripts/evidence.py --only ssp,faults   # some studies (the summary covers all found)
     python scripts/evidence.py --summary-only      # rewrite docs/evidence/summary.md from the runs
+    python scripts/evidence.py --advise-only       # the tidal advise check again, then the summary
     python scripts/evidence.py --quick --out DIR   # a few steps, two seeds: proves the pipeline only
 
 Each study resumes where it stopped (tidal compare keeps every finished run), so the command can
@@ -271,13 +272,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps and two seeds per study")
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument("--advise", action="store_true", help="with --only: run the advise check too")
+    parser.add_argument("--advise-only", action="store_true", help="only the advise check (and the summary)")
     args = parser.parse_args()
     known = sorted(p.stem for p in SPECS.glob("*.yaml"))
     names = args.only.split(",") if args.only else known
     for name in names:
         if name not in known:
             parser.error(f"--only: no study {name!r} (known: {', '.join(known)})")
-    if not args.summary_only:
+    if args.advise_only:
+        run_advice(args.out, args.quick)
+    elif not args.summary_only:
         run_studies(names, args.out, args.quick)
         if not args.only or args.advise:
             run_advice(args.out, args.quick)

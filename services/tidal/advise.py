@@ -3,9 +3,10 @@
 The probe is the job itself (same model, data, batch size, shards, compression and
 straggler profile) run asynchronously for a few steps, so that no worker waits for another
 and each one's own pace shows in its metrics: computation (with any straggler delay) and
-communication per step, and the spread of its step times. `tidal.core.advice` turns those
-into the recommendation. The probe reuses the compare runner: the same warm-up, process
-handling and bounded waits.
+communication per step, and the spread of its step times. Then the same steps in sync: the
+two validation losses after the same samples say whether stale gradients hurt this job
+(`ConvergenceProbe`). `tidal.core.advice` turns those into the recommendation. The probes
+reuse the compare runner: the same warm-up, process handling and bounded waits.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from rich.table import Table
 
 from tidal.client import load_spec_file
 from tidal.compare.main import run_all
-from tidal.compare.results import WorkerResult
+from tidal.compare.results import RunResult, WorkerResult
 from tidal.compare.spec import ClusterSpec, CompareSpec, ModeRun, plan_runs
-from tidal.core.advice import Advice, WorkerTiming, advise
+from tidal.core.advice import Advice, ConvergenceProbe, WorkerTiming, advise
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.core.spec import Mode, parse_job_spec
 
@@ -33,10 +34,13 @@ COMM_PHASES = ("push", "barrier", "pull")
 
 
 def probe_compare_spec(job: dict[str, Any], probe_steps: int, slowdowns: list[float] | None) -> CompareSpec:
-    """The job as a one-mode compare run: async, `probe_steps` steps, no evaluation, no kill."""
+    """The job as a two-mode compare run of `probe_steps` steps, no kill: async (the timings),
+    then sync (the convergence check), each evaluated once at its end."""
     spec = parse_job_spec(job)
     shared = {k: copy.deepcopy(v) for k, v in job.items() if k not in ("name", "mode", "consistency", "compression")}
-    shared.update(steps=probe_steps, eval_every=0)
+    # One evaluation per probe_steps versions: sync's comes at its end; async (as many
+    # versions per worker) evaluates a few times, its last at the end too.
+    shared.update(steps=probe_steps, eval_every=probe_steps)
     shared["stragglers"] = [
         {k: v for k, v in s.items() if k != "kill_at_step"} for s in shared.get("stragglers", []) if isinstance(s, dict)
     ]
@@ -50,7 +54,10 @@ def probe_compare_spec(job: dict[str, Any], probe_steps: int, slowdowns: list[fl
         job=shared,
         cluster=ClusterSpec(num_shards=spec.num_shards, worker_slowdowns=machines),
         target_val_loss=1e9,  # not used: the probe only times steps
-        modes=[ModeRun(label="probe", mode=Mode.ASYNC, compression=spec.compression.model_dump())],
+        modes=[
+            ModeRun(label="probe", mode=Mode.ASYNC, compression=spec.compression.model_dump()),
+            ModeRun(label="convergence", mode=Mode.SYNC, compression=spec.compression.model_dump()),
+        ],
         warm_up_steps=min(probe_steps, 10),
     )
 
@@ -107,7 +114,9 @@ async def run_advise(
         )
         steps *= 2
     timings = timings_of(probe.workers)
-    advice = advise(timings, spec.batch_size)
+    advice = advise(
+        timings, spec.batch_size, convergence_of(probe, baselines[1], steps * spec.num_workers * spec.batch_size)
+    )
     if as_json:
         console.print_json(json.dumps(as_dict(advice, timings)))
     else:
@@ -116,6 +125,14 @@ async def run_advise(
         console.print(f"[bold]Recommendation:[/bold] {describe(advice)}", highlight=False)
         console.print(advice.reason, highlight=False)
     return 0
+
+
+def convergence_of(async_probe: RunResult, sync_probe: RunResult, samples: int) -> ConvergenceProbe | None:
+    """The two probes' validation losses after the same samples; None where either is missing
+    (a job without validation data, a sync probe that failed): the check is then skipped."""
+    if not sync_probe.succeeded or async_probe.final_val_loss is None or sync_probe.final_val_loss is None:
+        return None
+    return ConvergenceProbe(samples, sync_probe.final_val_loss, async_probe.final_val_loss)
 
 
 def describe(advice: Advice) -> str:

@@ -62,6 +62,9 @@ def test_advise_finds_the_slow_machine_and_does_not_recommend_plain_sync(tmp_pat
     parse_job_spec({**JOB, **recommendation})  # a spec the user can submit as it is
     assert "sync (backup_workers 1)" in answer["estimated_samples_per_s"]
     assert answer["reason"].strip()
+    # The convergence check ran: the sync probe after as many samples as the async one.
+    assert answer["figures"]["probe_sync_val_loss"] > 0 and answer["figures"]["probe_async_val_loss"] > 0
+    assert "After the same 1920 samples" in answer["reason"]  # 20 steps x 3 workers x 32
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 # isort: split
 from tidal.advise import PROBE_ATTEMPTS, timings_of
 from tidal.compare.results import WorkerResult
-from tidal.core.advice import PREFER_FRESHER, WorkerTiming, advise
+from tidal.core.advice import PREFER_FRESHER, STALE_LOSS_RATIO, ConvergenceProbe, WorkerTiming, advise
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
 from tidal.core.spec import Mode, parse_job_spec
 
@@ -39,6 +39,33 @@ def test_jittery_but_equal_workers_get_a_staleness_bound_covering_the_jitter() -
     advice = advise(timings([0.02, 0.02, 0.02, 0.02], tail=3.4), batch_size=32)
     assert advice.mode is Mode.SSP
     assert advice.consistency == {"staleness_bound": 3}
+
+
+def test_when_stale_gradients_hurt_the_stale_modes_are_left_out() -> None:
+    """docs/evidence.md: at the lr tuned for sync, async and every SSP bound failed to train
+    while the timings favoured them. The probe's sync run at equal samples tells."""
+    jittery = timings([0.02, 0.02, 0.02, 0.02], tail=3.4)
+    hurt = ConvergenceProbe(samples=960, sync_val_loss=4.4e-4, async_val_loss=5.9e-4)
+    advice = advise(jittery, batch_size=8, convergence=hurt)
+    assert (advice.mode, advice.consistency) == (Mode.SYNC, {})
+    assert "ssp (staleness_bound 3), async (staleness_lr inverse) were left out" in advice.reason
+    assert "After the same 960 samples" in advice.reason and "1.34x" in advice.reason
+    assert advice.figures["probe_async_val_loss"] == 5.9e-4
+    # Estimates are still reported for every candidate, the left-out ones too.
+    assert set(advice.estimates) == {"sync", "ssp (staleness_bound 3)", "async (staleness_lr inverse)"}
+    # Backup workers train on fresh gradients: still chosen for a straggler.
+    straggler = advise(timings([0.02, 0.02, 0.08]), batch_size=8, convergence=hurt)
+    assert (straggler.mode, straggler.consistency) == (Mode.SYNC, {"backup_workers": 1})
+    # A slow majority, where async wins on throughput: sync then.
+    majority = advise(timings([0.01, 0.05, 0.09]), batch_size=8, convergence=hurt)
+    assert majority.mode is Mode.SYNC
+
+
+def test_when_stale_gradients_cost_little_the_timings_decide() -> None:
+    close = ConvergenceProbe(samples=960, sync_val_loss=4.4e-4, async_val_loss=4.4e-4 * STALE_LOSS_RATIO)
+    advice = advise(timings([0.02, 0.02, 0.02, 0.02], tail=3.4), batch_size=8, convergence=close)
+    assert (advice.mode, advice.consistency) == (Mode.SSP, {"staleness_bound": 3})
+    assert "stale gradients cost this job little" in advice.reason
 
 
 def test_communication_heavy_jobs_get_local_sgd() -> None:

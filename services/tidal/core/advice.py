@@ -18,7 +18,14 @@ Candidates, in order of freshness (how synchronous their updates are):
 
 Each gets a throughput estimate (samples/s) from the same timings; the freshest candidate
 within `PREFER_FRESHER` of the fastest estimate wins, because staleness and dropped
-gradients cost convergence per sample, which the estimates do not model:
+gradients cost convergence per sample, which the estimates do not model.
+
+How much staleness costs depends on the job (its learning rate above all: docs/evidence.md
+measured async failing to train at the lr tuned for sync, while one worker taking the same
+steps without staleness trained well). So the probe also runs the job in sync for as many
+samples (`ConvergenceProbe`): when async's validation loss after them is more than
+`STALE_LOSS_RATIO` times sync's, the candidates that train on stale gradients (ssp, async)
+are left out, whatever their throughput. The estimates:
 sync = N·B / max(slowest busy + comm, the expected slowest of N jittery steps);
 b backups = (N-b)·B / ((N-b)-th fastest busy + comm); ssp = N·B / (mean busy + comm);
 async = Σ B / (busy_w + comm_w); local SGD = N·B / (slowest busy + comm / H).
@@ -45,6 +52,9 @@ PREFER_FRESHER = 1.5
 # Largest sync_every and staleness bound the advice proposes.
 MAX_SYNC_EVERY = 64
 MAX_BOUND = 8
+# Async's validation loss over sync's, after the same samples, beyond which stale gradients
+# are judged to cost this job more than waiting does.
+STALE_LOSS_RATIO = 1.1
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,26 @@ class WorkerTiming:
     comm_s: float  # push + barrier + pull
     step_p50_s: float | None = None
     step_p90_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ConvergenceProbe:
+    """Validation loss after the same samples, trained in sync and asynchronously."""
+
+    samples: int
+    sync_val_loss: float
+    async_val_loss: float
+
+    @property
+    def stale_gradients_hurt(self) -> bool:
+        return self.async_val_loss > self.sync_val_loss * STALE_LOSS_RATIO
+
+    def sentence(self) -> str:
+        ratio = self.async_val_loss / self.sync_val_loss
+        return (
+            f"After the same {self.samples} samples, the async probe's validation loss was {self.async_val_loss:.4g} "
+            f"against {self.sync_val_loss:.4g} in sync ({ratio:.2f}x)"
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +106,7 @@ class Advice:
         return fields
 
 
-def advise(timings: list[WorkerTiming], batch_size: int) -> Advice:
+def advise(timings: list[WorkerTiming], batch_size: int, convergence: ConvergenceProbe | None = None) -> Advice:
     if not timings:
         raise InvalidArgumentError("probe: no worker timings; the probe job measured nothing")
     if any(t.busy_s <= 0 for t in timings):
@@ -179,16 +209,35 @@ def advise(timings: list[WorkerTiming], batch_size: int) -> Advice:
             "hurting convergence.",
         )
     )
+    estimates = {c.label: c.samples_per_s for c in candidates}
+    stale_note = ""
+    if convergence is not None:
+        figures["probe_sync_val_loss"] = convergence.sync_val_loss
+        figures["probe_async_val_loss"] = convergence.async_val_loss
+        if convergence.stale_gradients_hurt:
+            left_out = [c.label for c in candidates if c.mode in STALE_MODES]
+            candidates = [c for c in candidates if c.mode not in STALE_MODES]
+            stale_note = (
+                f" {convergence.sentence()}: at this learning rate stale gradients cost more than waiting "
+                f"does, so {', '.join(left_out)} {'was' if len(left_out) == 1 else 'were'} left out whatever "
+                "the throughput (lower the learning rate to make them usable; docs/evidence.md)."
+            )
+        else:
+            stale_note = f" {convergence.sentence()}: stale gradients cost this job little."
     best = max(c.samples_per_s for c in candidates)
     # Candidates are in order of freshness: the first within reach of the fastest wins.
     chosen = next(c for c in candidates if c.samples_per_s * PREFER_FRESHER >= best)
-    estimates = {c.label: c.samples_per_s for c in candidates}
-    others = "; ".join(f"{c.label} {c.samples_per_s:.0f}" for c in candidates if c is not chosen)
+    others = "; ".join(f"{label} {rate:.0f}" for label, rate in estimates.items() if label != chosen.label)
     reason = (
         f"{chosen.why} Estimated throughput {chosen.samples_per_s:.0f} samples/s (others: {others}); a more "
         f"synchronous mode is preferred unless a less synchronous one is estimated {PREFER_FRESHER:g}x faster."
+        f"{stale_note}"
     )
     return Advice(chosen.mode, chosen.consistency, reason, figures, estimates)
+
+
+# Modes whose updates train on stale gradients: the convergence check can rule them out.
+STALE_MODES = frozenset({Mode.SSP, Mode.ASYNC})
 
 
 @dataclass(frozen=True)
