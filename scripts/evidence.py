@@ -54,17 +54,21 @@ def quick_spec(spec: dict[str, Any], data: Path) -> dict[str, Any]:
     return spec
 
 
-def run_studies(names: list[str], out: Path, quick: bool) -> None:
-    data = (out / "t2m.nc").resolve() if quick else ROOT / DATA
+def ensure_data(out: Path, quick: bool) -> None:
+    """The field the studies train on (--quick: a shorter one of its own), written if missing."""
+    data = quick_data(out) if quick else ROOT / DATA
     if not data.exists():
         tidal("climate", "synth", str(data), *(QUICK_SYNTH_ARGS if quick else SYNTH_ARGS))
+
+
+def run_studies(names: list[str], out: Path, quick: bool) -> None:
+    ensure_data(out, quick)
     for name in names:
         spec_path = SPECS / f"{name}.yaml"
         if quick:
             spec_path = out / "specs" / f"{name}.yaml"
             spec_path.parent.mkdir(parents=True, exist_ok=True)
-            spec = quick_spec(yaml.safe_load((SPECS / f"{name}.yaml").read_text()), data)
-            spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+            spec_path.write_text(yaml.safe_dump(study_spec(name, out, quick), sort_keys=False))
         # Paths as the report will print them: relative to the repository when inside it.
         tidal("compare", _shown(spec_path), "--out", _shown(out / name))
 
@@ -82,12 +86,18 @@ ADVISE_PROBE_STEPS = "30"
 
 
 def study_spec(name: str, out: Path, quick: bool) -> dict[str, Any]:
-    path = out / "specs" / f"{name}.yaml" if quick else SPECS / f"{name}.yaml"
-    return yaml.safe_load(path.read_text())
+    """A study's compare spec, as --quick runs it when `quick`."""
+    spec = yaml.safe_load((SPECS / f"{name}.yaml").read_text())
+    return quick_spec(spec, quick_data(out)) if quick else spec
+
+
+def quick_data(out: Path) -> Path:
+    return (out / "t2m.nc").resolve()
 
 
 def run_advice(out: Path, quick: bool) -> None:
     """`tidal advise --json` on each scenario's job, saved as out/advise/<study>.json."""
+    ensure_data(out, quick)
     folder = out / "advise"
     folder.mkdir(parents=True, exist_ok=True)
     for study in ADVISE_SCENARIOS.values():

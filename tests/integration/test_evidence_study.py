@@ -1,6 +1,7 @@
 """The evidence study (docs/evidence.md) as CI runs it: `python scripts/evidence.py --quick`,
-two studies, a few steps, real processes. It proves the pipeline (specs, the field generated,
-every mode and seed run, a kill, the summary), not the modes: docs/evidence.md holds the figures.
+two studies and the advise check, a few steps, real processes. It proves the pipeline (specs,
+the field generated, every mode and seed run, a kill, advise on every scenario, the summary),
+not the modes: docs/evidence.md holds the figures.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def test_every_study_spec_plans_and_shares_one_job() -> None:
 
 def test_quick_study_runs_two_studies_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "evidence"
-    cmd = [sys.executable, "scripts/evidence.py", "--quick", "--only", "backup-workers,faults", "--out", str(out)]
+    cmd = [sys.executable, "scripts/evidence.py", "--quick", "--only", "backup-workers,faults", "--advise"]
+    cmd += ["--out", str(out)]
     done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=STUDY_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -63,3 +65,11 @@ def test_quick_study_runs_two_studies_end_to_end(tmp_path: Path) -> None:
     rows = [line for line in summary.splitlines() if line.startswith("| sync+1 backup |")]
     assert len(rows) == 1 and rows[0].split("|")[2].strip() == "2"  # two seeds counted
     assert "time lost" in summary  # the faults study's kill column
+
+    # The advise check, on every scenario's job; its table covers the studies that ran.
+    for study in ("scale-4", "backup-workers", "ssp", "faults"):
+        answer = json.loads((out / "advise" / f"{study}.json").read_text())
+        assert answer["recommendation"]["mode"] in {"sync", "ssp", "async", "local_sgd"}, study
+        assert answer["figures"]["probe_sync_val_loss"] > 0, study  # the convergence check ran
+    advice = [line for line in summary.splitlines() if line.startswith("| one persistent straggler |")]
+    assert len(advice) == 1 and advice[0].rstrip().endswith(("| yes |", "| **no** |")), advice
