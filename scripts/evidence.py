@@ -263,7 +263,7 @@ def summary(out: Path) -> str:
         parts += [
             "## tidal advise against the measurements",
             "",
-            "`tidal advise` (a 30-step async probe) on each scenario's job, against the mode entry"
+            "`tidal advise` (30 steps async, then the same in sync) on each scenario's job, against the mode entry"
             " that reached the target fastest on average with every seed (in the runs with the kill,"
             " for a worker killed). *agrees*: the same mode.",
             "",
