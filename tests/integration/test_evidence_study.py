@@ -72,4 +72,5 @@ def test_quick_study_runs_two_studies_end_to_end(tmp_path: Path) -> None:
         assert answer["recommendation"]["mode"] in {"sync", "ssp", "async", "local_sgd"}, study
         assert answer["figures"]["probe_sync_val_loss"] > 0, study  # the convergence check ran
     advice = [line for line in summary.splitlines() if line.startswith("| one persistent straggler |")]
-    assert len(advice) == 1 and advice[0].rstrip().endswith(("| yes |", "| **no** |")), advice
+    # 12 steps reach no target: the row says so ("-") rather than agreeing or not.
+    assert len(advice) == 1 and advice[0].rstrip().endswith(("| yes |", "| **no** |", "| - |")), advice
