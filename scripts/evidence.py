@@ -250,7 +250,8 @@ def summary(out: Path) -> str:
         parts += [
             f"## {name}",
             "",
-            f"`{results['command']}` at {results['code']}, {results['generated_at']}, seeds {results['seeds']},"
+            f"`{results['command']}`, runs at {', '.join(results.get('run_codes') or [results['code']])},"
+            f" {results['generated_at'][:16]} UTC, seeds {results['seeds']},"
             f" target val loss {results['target_val_loss']}. Report: [{name}/report.md]({name}/report.md).",
             "",
             header,

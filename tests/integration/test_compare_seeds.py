@@ -157,6 +157,8 @@ def test_every_mode_and_kill_ran_once_per_seed_with_that_seed(study: dict[str, A
         assert data["result"]["state"] == "succeeded", data["result"]
         assert data["result"]["job_id"].startswith(f"{label}{'-kill' if kill else ''}-s{seed}-")
         assert data["code"].startswith(("git ", "tidal "))
+    results = json.loads((study["out"] / "results.json").read_text())
+    assert results["run_codes"] == sorted({data["code"] for data in runs.values()})
     # The seed reaches the job: sync is deterministic per seed, so two seeds give two models.
     assert runs[("sync", 3, False)]["result"]["final_val_loss"] != runs[("sync", 4, False)]["result"]["final_val_loss"]
     assert all(runs[("sync", seed, True)]["result"]["killed"] is True for seed in SEEDS)

@@ -250,3 +250,17 @@ def test_one_seed_report_says_there_is_no_spread(tmp_path: Path) -> None:
     assert "| sync | succeeded | 14.0 | 640 |" in report, report
     assert "confidence interval" not in report and "14.0 (" not in report and "min–max over seeds" not in report
     assert "succeeded at version 20" in report
+
+
+def test_the_loss_chart_turns_logarithmic_when_a_run_diverged() -> None:
+    """A diverged run's losses lie orders of magnitude above the others': on a linear axis the
+    other curves would be flat on the floor (docs/evidence.md's async runs)."""
+    from tidal.compare.charts import LOG_LOSS_SPAN, val_loss_vs_time
+
+    spec = parse_compare_spec(_spec(seeds=[1]))
+    calm = [_stored("sync", 1, evals=[(1.0, 0.7), (2.0, 0.5)])]
+    axis = val_loss_vs_time(summarize_modes(spec, calm), 0.6, "t").axes[0]
+    assert axis.get_yscale() == "linear" and axis.get_ylabel() == "validation loss (the job's objective)"
+    diverged = [_stored("sync", 1, evals=[(1.0, 0.7), (2.0, 0.5 * LOG_LOSS_SPAN * 10)])]
+    axis = val_loss_vs_time(summarize_modes(spec, diverged), 0.6, "t").axes[0]
+    assert axis.get_yscale() == "log" and axis.get_ylabel().endswith("log scale)")

@@ -81,7 +81,12 @@ def val_loss_vs_time(modes: Sequence[ModeSummary], target_val_loss: float, subti
         [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= _max_time(modes) * 1.5]
     )
     ax.set_xlabel("wall-clock time since the job started (s, log scale)")
-    ax.set_ylabel("validation loss (cross-entropy, nats)")
+    # A run that diverged reaches losses orders of magnitude above the rest: on a linear axis
+    # every other curve would lie flat on the floor.
+    log_loss = _loss_span(modes, target_val_loss) > LOG_LOSS_SPAN
+    if log_loss:
+        ax.set_yscale("log")
+    ax.set_ylabel("validation loss (the job's objective" + (", log scale)" if log_loss else ")"))
     ax.grid(alpha=0.3)
     legend = (
         "mode (★ on the target line: mean time to target, bar: min–max; band: min–max over seeds)"
@@ -140,6 +145,16 @@ def _band_curve(ax: object, m: ModeSummary, target_val_loss: float) -> None:
             capsize=3,
             zorder=5,
         )
+
+
+# Highest over lowest validation loss on the chart from which its axis is logarithmic.
+LOG_LOSS_SPAN = 20.0
+
+
+def _loss_span(modes: Sequence[ModeSummary], target_val_loss: float) -> float:
+    losses = [e.val_loss for m in modes for r in m.runs for e in r.evals if e.val_loss > 0]
+    losses.append(target_val_loss)
+    return max(losses) / min(losses)
 
 
 def _max_time(modes: Sequence[ModeSummary]) -> float:

@@ -141,6 +141,8 @@ def write_report(
         "name": spec.name,
         "command": prov.command,
         "code": prov.code,
+        # The code each run ran with: a resumed study's runs may predate this invocation's.
+        "run_codes": sorted({run.code for run in runs}),
         "generated_at": prov.started.isoformat(),
         "total_s": prov.total_s,
         "resumed_runs": prov.resumed,
