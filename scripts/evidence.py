@@ -251,7 +251,7 @@ def summary(out: Path) -> str:
             f"## {name}",
             "",
             f"`{results['command']}`, runs at {', '.join(results.get('run_codes') or [results['code']])},"
-            f" {results['generated_at'][:16]} UTC, seeds {results['seeds']},"
+            f" report written {results['generated_at'][:16]} UTC, seeds {results['seeds']},"
             f" target val loss {results['target_val_loss']}. Report: [{name}/report.md]({name}/report.md).",
             "",
             header,
