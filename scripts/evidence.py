@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from tidal.core.spec import APPLIES_TO, ConsistencySpec
+
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "examples" / "evidence"
 DATA = Path("data/evidence/t2m.nc")  # relative: the specs name it so, run from the repository root
@@ -221,13 +223,11 @@ def _family(mode: str, consistency: dict[str, Any]) -> str:
 
 
 def _varied(job_spec: dict[str, Any]) -> dict[str, Any]:
-    """The consistency fields a study's mode entry sets for its own mode (the rest are defaults)."""
-    keys = {"sync": ("backup_workers",), "ssp": ("staleness_bound",), "async": ("compensation", "dc_lambda"),
-            "local_sgd": ("sync_every",)}.get(job_spec["mode"], ())  # fmt: skip
-    consistency = dict(job_spec.get("consistency") or {})
-    if consistency.get("compensation") == "none":
-        consistency.pop("dc_lambda", None)  # lambda means nothing without the compensation
-    return {k: consistency[k] for k in keys if k in consistency}
+    """The consistency fields of the entry's own mode that differ from their defaults: what
+    the study's mode entry set (the job spec in results.json holds every field)."""
+    defaults = ConsistencySpec().model_dump()
+    consistency = job_spec.get("consistency") or {}
+    return {k: v for k, v in consistency.items() if APPLIES_TO.get(k) == job_spec["mode"] and v != defaults.get(k)}
 
 
 def summary(out: Path) -> str:

@@ -55,6 +55,8 @@ MAX_BOUND = 8
 # Async's validation loss over sync's, after the same samples, beyond which stale gradients
 # are judged to cost this job more than waiting does.
 STALE_LOSS_RATIO = 1.1
+# Modes whose updates train on stale gradients: the convergence check can rule them out.
+STALE_MODES = frozenset({Mode.SSP, Mode.ASYNC})
 
 
 @dataclass(frozen=True)
@@ -234,10 +236,6 @@ def advise(timings: list[WorkerTiming], batch_size: int, convergence: Convergenc
         f"{stale_note}"
     )
     return Advice(chosen.mode, chosen.consistency, reason, figures, estimates)
-
-
-# Modes whose updates train on stale gradients: the convergence check can rule them out.
-STALE_MODES = frozenset({Mode.SSP, Mode.ASYNC})
 
 
 @dataclass(frozen=True)
