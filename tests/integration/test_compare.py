@@ -20,6 +20,8 @@ from tidal.compare.spec import parse_compare_spec, plan_runs
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JOB = {
     "model": {"name": "mlp", "args": {"hidden": [16]}},
@@ -146,3 +148,23 @@ def test_bad_compare_spec_is_one_readable_line(tmp_path: Path, change: dict[str,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), result.stderr
     assert not (tmp_path / "out").exists(), "a bad spec must not start anything"
+
+
+def test_bytes_on_the_wire_count_the_embedding_rows(tmp_path: Path) -> None:
+    """The ctr-tables example, shortened: a job with tables counts its row RPCs in the bytes on
+    the wire and shows their part in the report (hybrid: sync dense, async tables)."""
+    spec = yaml.safe_load((ROOT / "examples" / "compare" / "ctr-tables.yaml").read_text())
+    spec["job"] = {**spec["job"], "steps": 12, "eval_every": 6}
+    spec["modes"] = spec["modes"][:1]
+    spec_file = tmp_path / "ctr.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "report"
+    result = _compare(spec_file, "--out", str(out), "--workdir", str(tmp_path / "work"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = json.loads((out / "results.json").read_text())["modes"][0]["runs"][0]["baseline"]
+    assert run["state"] == "succeeded", run
+    # Each step pulls and pushes rows of both tables: far more than the messages' overhead.
+    assert run["row_bytes"] > 12 * 2 * 128 * 8 * 4, run
+    assert run["wire_bytes"] > run["row_bytes"], "the dense Exchange bytes are counted too"
+    row_mib = format(run["row_bytes"] / 2**20, ".1f")
+    assert f", rows {row_mib} |" in (out / "report.md").read_text()

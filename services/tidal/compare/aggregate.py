@@ -82,6 +82,12 @@ METRICS = (
     Metric(
         "wire_mib", "bytes on the wire (MiB)", lambda r: None if r.wire_bytes is None else r.wire_bytes / 2**20, ".1f"
     ),
+    Metric(
+        "row_mib",
+        "of which embedding rows (MiB)",
+        lambda r: None if r.row_bytes is None else r.row_bytes / 2**20,
+        ".1f",
+    ),
 )
 BY_KEY = {m.key: m for m in METRICS}
 

@@ -73,7 +73,10 @@ class RunResult:
     step_p50_s: float | None = None
     step_p99_s: float | None = None
     samples_per_s: float | None = None
+    # Everything the workers sent and received: the Exchange streams plus the embedding rows'
+    # RPCs (training steps' and evaluations'); row_bytes is the rows' part of it.
     wire_bytes: float | None = None
+    row_bytes: float | None = None
     # Observations per staleness bucket: (upper bound in versions, count), summed over shards.
     staleness_buckets: list[tuple[float, float]] = field(default_factory=list)
     # Consistency settings in force at the end (max over shards; mode auto tunes them) and how
@@ -185,8 +188,13 @@ def add_metrics(result: RunResult, worker_samples: list[Sample], shard_samples: 
             )
         )
     result.samples_per_s = sum(per_worker.values()) / wall if per_worker and wall > 0 else None
-    result.wire_bytes = total(worker_samples, "tidal_worker_sent_bytes_total") + total(
-        worker_samples, "tidal_worker_received_bytes_total"
+    row_series = ("tidal_worker_embedding_bytes_total", "tidal_worker_embedding_eval_bytes_total")
+    if any(s.name in row_series for s in worker_samples):  # a job without tables has no row series
+        result.row_bytes = sum(total(worker_samples, name) for name in row_series)
+    result.wire_bytes = (
+        total(worker_samples, "tidal_worker_sent_bytes_total")
+        + total(worker_samples, "tidal_worker_received_bytes_total")
+        + (result.row_bytes or 0.0)
     )
     result.staleness_buckets = bucket_counts(summed_buckets(shard_samples, STALENESS_HISTOGRAM))
     settings: dict[str, float] = {}

@@ -50,7 +50,9 @@ def column_notes(spec: CompareSpec, job_specs: dict[str, dict[str, Any]]) -> lis
         "- **staleness**: versions between a gradient's base and the version it was applied to, over all "
         "applied updates (coordinator's job status).",
         "- **bytes on the wire**: data-plane bytes the workers sent and received "
-        "(`tidal_worker_sent_bytes_total` + `tidal_worker_received_bytes_total`).",
+        "(`tidal_worker_sent_bytes_total` + `tidal_worker_received_bytes_total`), plus the embedding rows' "
+        "pulls and pushes, of training steps and of evaluations (`tidal_worker_embedding_bytes_total` + "
+        "`tidal_worker_embedding_eval_bytes_total`; a job with tables shows that part as `rows`).",
     ]
     if kill is not None:
         lines += [

@@ -84,6 +84,15 @@ def _kill_cell(summary: ModeSummary, compact: bool) -> str:
     return f"{ok}/{len(kills)} succeeded" if compact else f"{ok} of {len(kills)} seeds succeeded"
 
 
+def _wire_cell(summary: ModeSummary, compact: bool, spread: bool) -> str:
+    """The bytes on the wire; in a report, with the embedding rows' part when the job has tables."""
+    wire = stat_cell(summary.stats["wire_mib"], ".1f", spread)
+    rows_stat = summary.stats.get("row_mib")
+    if compact or rows_stat is None:
+        return wire
+    return f"{wire}, rows {stat_cell(rows_stat, '.1f', spread)}"
+
+
 def rows(spec: CompareSpec, summaries: Sequence[ModeSummary], compact: bool = False) -> list[list[str]]:
     """One row per mode, in the order of `headers`; `compact` shortens text cells for a terminal.
 
@@ -113,7 +122,7 @@ def rows(spec: CompareSpec, summaries: Sequence[ModeSummary], compact: bool = Fa
             c("final_val_loss", ".4f"),
             c("final_val_metric", ".3f"),
             f"{c('staleness_mean', '.2f')} / {c('staleness_max', '.0f')}",
-            c("wire_mib", ".1f"),
+            _wire_cell(m, compact, spread),
         ]
         if spec.kill is not None:
             row.append(_kill_cell(m, compact))
