@@ -192,3 +192,24 @@ def test_a_link_that_cannot_reach_the_offered_channel_stops_asking_and_goes_inli
         await link.close()
 
     asyncio.run(main())
+
+
+def test_a_drained_send_waits_until_the_peer_took_the_bytes() -> None:
+    """A worker's upload counts as done once the peer acknowledged it, not once it is queued
+    in this host's send buffer (the next shard's upload must not share the link with its tail)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # the accepted socket's
+        with socket.create_connection(server.getsockname()) as sender:
+            receiver, _ = server.accept()
+            with receiver:
+                sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+                sender.sendall(b"\x01" * (2 << 20))  # queued here: the peer reads nothing yet
+                queued = bulk._unacknowledged_bytes(sender)
+                assert queued is not None and queued > bulk.DRAINED_BYTES, queued
+                with pytest.raises(TimeoutError):
+                    bulk._wait_drained(sender, bulk.DRAINED_BYTES, timeout_s=0.2)
+                received = 0
+                while received < 2 << 20:
+                    received += len(receiver.recv(1 << 20))
+                bulk._wait_drained(sender, 0, timeout_s=30)
+                assert bulk._unacknowledged_bytes(sender) == 0

@@ -10,7 +10,9 @@ a block, and each push or parameters reply sends its payload on the socket as th
 receiver reads the block into a buffer laid out like a shared-memory segment (transport/shm.py)
 straight from the socket (`recv_into`), so the checks and the assembly are those of shared
 memory. The stream still orders everything: a block is read when the first message of its push
-or reply arrives, and the two directions take turns (push, then parameters).
+or reply arrives, and the two directions take turns (push, then parameters). A worker's push
+returns once its peer acknowledged the block (`send(..., drained=True)`), not once the block sits
+in the send buffer, so its links' one-at-a-time uploads really take turns on the link.
 
 Blocking socket calls run in threads, which release the GIL while the kernel or OpenSSL copies;
 the socket is TLS (mutual where the gRPC servers are) whenever the process has certificates.
@@ -23,11 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import secrets
 import socket
 import ssl
 import struct
+import termios
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
@@ -53,6 +58,12 @@ MAX_HANDSHAKES = 16
 SOCKET_BUFFER_BYTES = 8 << 20
 # The shard's threads for blocking socket calls: each stream uses one at a time.
 LISTENER_THREADS = 64
+# A worker's upload is done once the peer's kernel acknowledged all but this many bytes, not
+# when its last byte is queued in the (megabytes of) send buffer: its links upload one shard's
+# slice at a time so that the first shard sends its parameters down while the next slice goes
+# up, and an upload that still drains its buffer would share the link with the next one.
+DRAINED_BYTES = 256 << 10
+_DRAIN_POLL_S = 0.0005
 
 
 _SETTINGS = {"on": True, "1": True, "off": False, "0": False}
@@ -98,6 +109,25 @@ class Block:
         return self._view[offset : offset + length]
 
 
+def _unacknowledged_bytes(sock: socket.socket) -> int | None:
+    """Bytes sent on the socket that its peer has not acknowledged yet, queued ones included
+    (Linux's SIOCOUTQ); None where the platform cannot say."""
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int(struct.unpack("i", answer)[0])
+
+
+def _wait_drained(sock: socket.socket, below: int, timeout_s: float) -> None:
+    """Blocks until the peer acknowledged all but `below` bytes of what was sent."""
+    give_up = time.monotonic() + timeout_s
+    while (queued := _unacknowledged_bytes(sock)) is not None and queued > below:
+        if time.monotonic() > give_up:
+            raise TimeoutError
+        time.sleep(_DRAIN_POLL_S)
+
+
 def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
     while view:
         got = sock.recv_into(view)
@@ -114,6 +144,7 @@ class BulkStream:
         self, sock: socket.socket, payload_bytes: int, timeout_s: float, executor: Executor | None = None
     ) -> None:
         sock.settimeout(timeout_s)
+        self._timeout_s = timeout_s
         self._sock = sock
         self._executor = executor
         self.inbound = Block(payload_bytes)
@@ -136,12 +167,15 @@ class BulkStream:
         except (OSError, ConnectionError) as exc:
             raise UnavailableError(f"bulk channel: {exc}") from None
 
-    async def send(self, payload: memoryview | torch.Tensor) -> int:
-        """Sends one block: the bytes of `payload` (a contiguous tensor, or bytes) after their length."""
+    async def send(self, payload: memoryview | torch.Tensor, drained: bool = False) -> int:
+        """Sends one block: the bytes of `payload` (a contiguous tensor, or bytes) after their
+        length; `drained`: returns once the peer acknowledged nearly all of it (DRAINED_BYTES)."""
         if isinstance(payload, torch.Tensor):
             payload = memoryview(payload.contiguous().view(torch.uint8).numpy())
         await self._call(self._sock.sendall, _LENGTH.pack(len(payload)))
         await self._call(self._sock.sendall, payload)
+        if drained:
+            await self._call(_wait_drained, self._sock, DRAINED_BYTES, self._timeout_s)
         return _LENGTH.size + len(payload)
 
     async def send_outbound(self, length: int) -> int:

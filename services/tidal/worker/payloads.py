@@ -112,9 +112,11 @@ class LinkPayloads:
 
     async def send(self, grad_slice: torch.Tensor, dtype: torch.dtype) -> int:
         """After the messages: on a bulk channel, the payload as one block (the shard reads it
-        once the first message arrived). The payload bytes sent either way."""
+        once the first message arrived), returning once it has left this host, so that the next
+        shard's upload gets the link to itself. The payload bytes sent either way."""
         if self._bulk is not None:
-            return await self._bulk.send(grad_slice.to(dtype) if dtype != grad_slice.dtype else grad_slice)
+            payload = grad_slice.to(dtype) if dtype != grad_slice.dtype else grad_slice
+            return await self._bulk.send(payload, drained=True)
         return grad_slice.numel() * dtype.itemsize
 
     async def resolve(self, chunks: Sequence[frames.ChunkView], block_read: bool, field: str) -> tuple[int, bool]:
