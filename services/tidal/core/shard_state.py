@@ -259,8 +259,11 @@ class ShardState:
         elif decision is PushDecision.BUFFER:
             buffer = self._buffers.get(key)
             if buffer is None:
-                buffer = self._buffers[key] = _Buffer(torch.zeros_like(self.params, requires_grad=False))
-            buffer.total.add_(grad)
+                # The clock's first gradient starts the sum as a copy: one pass over the slice
+                # instead of zeroing a buffer and adding to it (`grad` is scratch, reused later).
+                buffer = self._buffers[key] = _Buffer(grad.detach().clone())
+            else:
+                buffer.total.add_(grad)
             buffer.bases[worker_id] = base_version
             if clock >= last_clock:
                 buffer.finals.add(worker_id)
