@@ -15,7 +15,7 @@ import torch
 from tidal.core.errors import InvalidArgumentError, UnavailableError
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.security.bundle import create_bundle, environment
-from tidal.transport import bulk
+from tidal.transport import bulk, socket_io
 from tidal.transport.shm import HEADER_BYTES
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
@@ -204,12 +204,12 @@ def test_a_drained_send_waits_until_the_peer_took_the_bytes() -> None:
             with receiver:
                 sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
                 sender.sendall(b"\x01" * (2 << 20))  # queued here: the peer reads nothing yet
-                queued = bulk._unacknowledged_bytes(sender)
+                queued = socket_io.unacknowledged_bytes(sender)
                 assert queued is not None and queued > bulk.DRAINED_BYTES, queued
                 with pytest.raises(TimeoutError):
-                    bulk._wait_drained(sender, bulk.DRAINED_BYTES, timeout_s=0.2)
+                    socket_io.wait_drained(sender, bulk.DRAINED_BYTES, timeout_s=0.2)
                 received = 0
                 while received < 2 << 20:
                     received += len(receiver.recv(1 << 20))
-                bulk._wait_drained(sender, 0, timeout_s=30)
-                assert bulk._unacknowledged_bytes(sender) == 0
+                socket_io.wait_drained(sender, 0, timeout_s=30)
+                assert socket_io.unacknowledged_bytes(sender) == 0

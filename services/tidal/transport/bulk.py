@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import secrets
 import socket
 import ssl
 import struct
-import termios
-import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
@@ -42,6 +39,7 @@ from tidal.config import ENV
 from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from tidal.transport import frames, shm
 from tidal.transport.shm import HEADER_BYTES
+from tidal.transport.socket_io import recv_exactly, wait_drained
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 
@@ -63,7 +61,6 @@ LISTENER_THREADS = 64
 # slice at a time so that the first shard sends its parameters down while the next slice goes
 # up, and an upload that still drains its buffer would share the link with the next one.
 DRAINED_BYTES = 256 << 10
-_DRAIN_POLL_S = 0.0005
 
 
 _SETTINGS = {"on": True, "1": True, "off": False, "0": False}
@@ -109,33 +106,6 @@ class Block:
         return self._view[offset : offset + length]
 
 
-def _unacknowledged_bytes(sock: socket.socket) -> int | None:
-    """Bytes sent on the socket that its peer has not acknowledged yet, queued ones included
-    (Linux's SIOCOUTQ); None where the platform cannot say."""
-    try:
-        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except OSError:
-        return None
-    return int(struct.unpack("i", answer)[0])
-
-
-def _wait_drained(sock: socket.socket, below: int, timeout_s: float) -> None:
-    """Blocks until the peer acknowledged all but `below` bytes of what was sent."""
-    give_up = time.monotonic() + timeout_s
-    while (queued := _unacknowledged_bytes(sock)) is not None and queued > below:
-        if time.monotonic() > give_up:
-            raise TimeoutError
-        time.sleep(_DRAIN_POLL_S)
-
-
-def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
-    while view:
-        got = sock.recv_into(view)
-        if got == 0:
-            raise ConnectionError("the peer closed the bulk channel")
-        view = view[got:]
-
-
 class BulkStream:
     """One Exchange stream's bulk socket: blocks out, blocks into `inbound`. `outbound` is a
     buffer the side that must snapshot what it sends (the shard's parameters) copies into."""
@@ -175,7 +145,7 @@ class BulkStream:
         await self._call(self._sock.sendall, _LENGTH.pack(len(payload)))
         await self._call(self._sock.sendall, payload)
         if drained:
-            await self._call(_wait_drained, self._sock, DRAINED_BYTES, self._timeout_s)
+            await self._call(wait_drained, self._sock, DRAINED_BYTES, self._timeout_s)
         return _LENGTH.size + len(payload)
 
     async def send_outbound(self, length: int) -> int:
@@ -185,13 +155,13 @@ class BulkStream:
     async def receive(self, field: str) -> int:
         """Reads one block into `inbound`; its length, refused unless it fits."""
         header = bytearray(_LENGTH.size)
-        await self._call(_recv_exactly, self._sock, memoryview(header))
+        await self._call(recv_exactly, self._sock, memoryview(header))
         (length,) = _LENGTH.unpack(header)
         if length > self.inbound.capacity:
             raise InvalidArgumentError(
                 f"{field}: a bulk block of {length} bytes, more than the {self.inbound.capacity} this slice can hold"
             )
-        await self._call(_recv_exactly, self._sock, self.inbound.payload(length))
+        await self._call(recv_exactly, self._sock, self.inbound.payload(length))
         self.inbound.filled(length)
         return _LENGTH.size + length
 
@@ -253,7 +223,7 @@ def _dial(host: str, port: int, token: bytes, context: ssl.SSLContext | None, se
             sock = context.wrap_socket(sock, server_hostname=server_name or host)
         sock.sendall(token)
         answer = bytearray(1)
-        _recv_exactly(sock, memoryview(answer))
+        recv_exactly(sock, memoryview(answer))
         if bytes(answer) != _ACCEPTED:
             raise ConnectionError("the shard did not accept the bulk channel's token")
         return sock
@@ -385,7 +355,7 @@ class BulkListener:
         _tune(conn)
         sock = self._context.wrap_socket(conn, server_side=True) if self._context is not None else conn
         token = bytearray(TOKEN_BYTES)
-        _recv_exactly(sock, memoryview(token))
+        recv_exactly(sock, memoryview(token))
         return bytes(token), sock
 
     async def close(self) -> None:
