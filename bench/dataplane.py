@@ -7,6 +7,7 @@ Every case runs tidal and its alternative back to back in each repetition (A B, 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 import uuid
@@ -29,6 +30,12 @@ ASYNC_GOALS = {
     ("grpc", "none"): Goal(">=", 1.0),
     ("grpc", "bf16"): Goal(">=", 1.8),
 }
+
+
+# TensorPipe's worker threads, each tried: its default, and one per core.
+TP_THREADS = sorted({16, max(2, os.cpu_count() or 2)})
+# How the rows name it.
+TENSORPIPE = f"torch.distributed.rpc (TensorPipe) PS, float32, best of {' and '.join(map(str, TP_THREADS))} threads"
 
 
 def _interleaved(reps: int, a, b) -> tuple[list, list]:
@@ -170,7 +177,21 @@ def _tensorpipe_updates(
     prefixes: Sequence[list[str]] = ([], [], []),
     extra: Sequence[str] = (),
 ) -> float:
-    """`prefixes`: what each rank's command runs behind (rank 0 serves); `extra`: more arguments."""
+    """The TensorPipe parameter server's updates/s at its best: the better of its default
+    worker threads and one per core, each measured (on 2 cores, 2 threads made it up to 1.6x
+    faster than its default 16; bench/NOTES.md). `prefixes`: what each rank's command runs
+    behind (rank 0 serves); `extra`: more arguments."""
+    return max(_tensorpipe_run(env, logdir, numel, window_s, prefixes, [*extra, "--threads", t]) for t in TP_THREADS)
+
+
+def _tensorpipe_run(
+    env: dict[str, str],
+    logdir: Path,
+    numel: int,
+    window_s: float,
+    prefixes: Sequence[list[str]],
+    extra: Sequence[str | int],
+) -> float:
     init = logdir / f"tp-{uuid.uuid4().hex[:8]}"
     cmds = [
         [*prefixes[r], *module_cmd("bench.tensorpipe_ps", "--rank", r, "--world-size", 3, "--init-file", init,
@@ -214,7 +235,7 @@ def async_updates(cluster: BenchCluster, s: Settings, numel: int, window_s: floa
         rows.append(
             Row(
                 f"async 2 trainers {exact / 1e6:.1f}M params, 1 shard", f"updates/s ({wire})",
-                Spread.of(figure), "torch.distributed.rpc (TensorPipe) PS, float32", Spread.of(tp),
+                Spread.of(figure), TENSORPIPE, Spread.of(tp),
                 ratios(figure, tp), ASYNC_GOALS[transport, codec],
             )
         )  # fmt: skip

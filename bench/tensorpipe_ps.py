@@ -2,7 +2,7 @@
 async mode is compared with: rank 0 holds the parameters, trainers pull them and push a
 gradient that the server applies (SGD) under a lock, as in PyTorch's parameter-server tutorial.
 
-    python -m bench.tensorpipe_ps --rank R --world-size W --init-file F --numel N [--no-shm]
+    python -m bench.tensorpipe_ps --rank R --world-size W --init-file F --numel N [--no-shm] [--threads T]
 
 Rank 0 serves; every other rank warms up, prints READY, reads the measuring window from stdin
 (bench.procs.open_window) and prints one JSON line (rounds completed inside the window).
@@ -62,12 +62,15 @@ def main() -> None:
     parser.add_argument("--numel", type=int, required=True)
     parser.add_argument("--wire", choices=["none", "bf16"], default="none")
     parser.add_argument("--no-shm", action="store_true", help="TCP only: no shared-memory transport or channel")
+    parser.add_argument("--threads", type=int, default=16, help="TensorPipe's worker threads (its default: 16)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # Between emulated hosts nothing may bypass the links: TCP (uv) only, tensors on the same
     # connection (basic), neither the shm transport nor the cma channel (reads another process's memory).
     no_shm = {"_transports": ["uv"], "_channels": ["basic"]} if args.no_shm else {}
-    options = rpc.TensorPipeRpcBackendOptions(init_method=f"file://{args.init_file}", rpc_timeout=120, **no_shm)
+    options = rpc.TensorPipeRpcBackendOptions(
+        init_method=f"file://{args.init_file}", rpc_timeout=120, num_worker_threads=args.threads, **no_shm
+    )
     name = "ps" if args.rank == 0 else f"trainer{args.rank}"
     if args.rank == 0:
         _state["params"] = torch.zeros(args.numel)

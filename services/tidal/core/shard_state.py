@@ -18,12 +18,15 @@ import torch
 
 from tidal.core import eager_optim
 from tidal.core.auto import AutoDecision
+from tidal.core.clock_sums import ClockSums, WholeSum
 from tidal.core.digests import values_digest
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.optim import build_shard_optimizer
 from tidal.core.policy import ConsistencyPolicy, PushDecision, ShardView, policy_for
 from tidal.core.push_memory import PUSH_IDS_PER_MEMBER, PushMemory
 from tidal.core.push_outcomes import PushOutcome, PushResult, ShardCounters
+from tidal.core.range_barrier import RangeBuffer
+from tidal.core.range_step import RangeStepper
 from tidal.core.schedule import lr_factor
 from tidal.core.shard_map import Segment, ShardMap
 from tidal.core.spec import JobSpec, Mode
@@ -55,7 +58,7 @@ class _Buffer:
     finals: set[str] = field(default_factory=set)
 
 
-class ShardState:
+class ShardState(ClockSums):
     def __init__(
         self,
         spec: JobSpec,
@@ -101,7 +104,9 @@ class ShardState:
         self._joined: dict[str, int] = {}
         self._not_started: set[str] = set()
         self.counters = ShardCounters()
-        self._buffers: dict[int, _Buffer] = {}
+        self._buffers: dict[int, WholeSum | RangeBuffer] = {}
+        # Applies a plain sync step range by range (core/range_barrier.py).
+        self._ranges = RangeStepper(self.optimizer, self.params)
         # Each member's latest push ids and what became of each (deduplication).
         self._pushes = PushMemory()
         # DC-ASGD: the parameters each worker was last served (one slice per worker).
@@ -188,6 +193,9 @@ class ShardState:
         current clock's contributors and missing members, and the later clocks buffered."""
         view = self.view()
         arrived = view.arrived(self.version)
+        ranged = self._buffers.get(self.version)
+        if isinstance(ranged, RangeBuffer):  # a gradient on its way counts once all of it came
+            arrived = frozenset(w for w, have in ranged.prefix.items() if have == self.numel)
         missing = sorted(view.expected(self.version) - arrived)
         parts = [f"at version {self.version}"]
         if self.policy.aggregates:
@@ -195,6 +203,8 @@ class ShardState:
                 f"clock {self.version} has gradients from {', '.join(sorted(arrived)) or 'nobody'}"
                 f" and waits for {', '.join(missing) or 'nobody'}"
             )
+            if isinstance(ranged, RangeBuffer) and (coming := ranged.coming()):
+                parts.append(f"on their way: {coming}")
             later = [f"{c} ({', '.join(sorted(w))})" for c, w in sorted(view.buffered.items()) if c > self.version]
             if later:
                 parts.append(f"later clocks buffered: {'; '.join(later)}")
@@ -242,7 +252,7 @@ class ShardState:
         # another shard pushes on to this one too: counted, never applied, served at once.
         last_clock = self.spec.target_version - 1
         past_end = decision is PushDecision.BUFFER and key > last_clock
-        if past_end:
+        if past_end or (decision is PushDecision.BUFFER and self._missed_start(worker_id, key)):
             decision = PushDecision.DROP_LATE
         if now is not None:
             self.policy.on_arrival(worker_id, now)
@@ -251,22 +261,14 @@ class ShardState:
             # A joiner's first push here: barriers wait for it from the clock it pushed for
             # (buffered), else from the current one, which it is served next.
             self._not_started.discard(worker_id)
-            self._joined[worker_id] = key if decision is PushDecision.BUFFER else self.version
+            # (its next version when the current one is half applied: it is served that next)
+            self._joined[worker_id] = key if decision is PushDecision.BUFFER else self.version + self.partial
         folded: tuple[int, ...] = ()
         if decision is PushDecision.APPLY:
             self._apply_alone(worker_id, grad, staleness)
             folded, outcome = (staleness,), PushOutcome.APPLIED
         elif decision is PushDecision.BUFFER:
-            buffer = self._buffers.get(key)
-            if buffer is None:
-                # The clock's first gradient starts the sum as a copy: one pass over the slice
-                # instead of zeroing a buffer and adding to it (`grad` is scratch, reused later).
-                buffer = self._buffers[key] = _Buffer(grad.detach().clone())
-            else:
-                buffer.total.add_(grad)
-            buffer.bases[worker_id] = base_version
-            if clock >= last_clock:
-                buffer.finals.add(worker_id)
+            self._add_to_buffer(key, worker_id, push_id, base_version, grad, clock >= last_clock)
             folded = self._apply_complete_buffers()
             outcome = PushOutcome.APPLIED if folded else PushOutcome.BUFFERED
         elif decision is PushDecision.DROP_LATE:
@@ -285,13 +287,16 @@ class ShardState:
         self.counters.by_worker[worker_id] = self.counters.by_worker.get(worker_id, 0) + 1
         return result
 
-    def _check_push(self, push_id: str, base_version: int, grad: torch.Tensor) -> None:
+    def _check_header(self, push_id: str, base_version: int) -> None:
         if not push_id:
             raise InvalidArgumentError("push.push_id: must not be empty")
         if len(push_id) > MAX_PUSH_ID_CHARS:
             raise InvalidArgumentError(f"push.push_id: {len(push_id)} characters, at most {MAX_PUSH_ID_CHARS}")
         if base_version < 0:
             raise InvalidArgumentError(f"push.base_version: must be >= 0, got {base_version}")
+
+    def _check_push(self, push_id: str, base_version: int, grad: torch.Tensor) -> None:
+        self._check_header(push_id, base_version)
         if grad.shape != self.params.shape or grad.dtype != self.params.dtype:
             raise InvalidArgumentError(
                 f"push.chunks: gradient has {grad.numel()} {grad.dtype} elements, "
@@ -345,24 +350,6 @@ class ShardState:
         self.counters.updates_applied += 1
         self.counters.staleness.record(staleness)
 
-    def _apply_complete_buffers(self) -> tuple[int, ...]:
-        """Applies, in clock order, every buffer that is complete; returns the staleness of
-        each gradient folded in."""
-        folded: list[int] = []
-        while (buffer := self._buffers.get(self.version)) is not None and buffer.bases:
-            if not self.policy.complete(self.version, self.view()):
-                break
-            del self._buffers[self.version]
-            self._finished |= buffer.finals
-            folded += [self.version - base for base in buffer.bases.values()]
-            self._step(buffer.total.div_(len(buffer.bases)))
-            self.counters.updates_applied += len(buffer.bases)
-            if decision := self.policy.on_clock_applied(self.members):
-                self.auto_decisions.append(decision)
-        for staleness in folded:
-            self.counters.staleness.record(staleness)
-        return tuple(folded)
-
     def _step(self, grad: torch.Tensor, lr_scale: float = 1.0) -> None:
         if self.before_change is not None:
             self.before_change()
@@ -372,6 +359,9 @@ class ShardState:
         eager_optim.step(self.optimizer)
         self.params.grad = None
         group["lr"] = self._base_lr
+        self._next_version()
+
+    def _next_version(self) -> None:
         self.version += 1
         # A buffer for a clock the shard has passed can never complete: its gradients were late.
         for stale in [c for c in self._buffers if c < self.version]:

@@ -117,6 +117,8 @@ class ShardCheckpointer:
         """Starts a checkpoint of the current version if one is due and none is being written.
         Called right after every push, so a count-based checkpoint lands on its exact version,
         by `run` for the time-based one, and (`first`) when the initial parameters arrive."""
+        if self.state.partial:
+            return  # mid-way through applying a version: the next push's poke takes it whole
         due = self.schedule.due(self.state.version, self.written_version, time.monotonic(), self._last_at)
         if first:
             due = self.state.version > self.written_version

@@ -24,12 +24,14 @@ from typing import Protocol
 
 import torch
 
+from tidal.core.clock_sums import RangedPush
 from tidal.core.compression import wire_dtype
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from tidal.core.push_outcomes import PushResult
 from tidal.core.recovery import check_resume
 from tidal.core.shard_map import Segment
 from tidal.shard.payloads import BulkPort, StreamPayloads
-from tidal.shard.runtime import ShardRuntime
+from tidal.shard.runtime import RangedServe, ShardRuntime
 from tidal.transport import frames
 from tidal.transport.limits import CHUNK_BYTES
 from tidal.transport.serde import SliceAssembler
@@ -111,6 +113,18 @@ class _PendingPush:
     block_read: bool = False
 
 
+@dataclass
+class _RangedPending:
+    """A push taken range by range (core/range_barrier.py): its first message's header, the
+    shard's handle on it, where its chunks are checked, and the parameters it is sent back."""
+
+    header: frames.PushView
+    push: RangedPush
+    checker: SliceAssembler
+    serve: RangedServe
+    chunks: int = 0
+
+
 class ExchangeSession:
     """The protocol of one Exchange stream: `open` with the first frame, `handle` every frame
     after it, `end` when the worker half-closed, `close` always (it frees what the stream held)."""
@@ -134,6 +148,9 @@ class ExchangeSession:
         self._runtime: ShardRuntime | None = None
         self._payloads: StreamPayloads | None = None
         self._pending: _PendingPush | None = None
+        self._ranged: _RangedPending | None = None
+        # Agreed at open: this stream's pushes may be answered range by range.
+        self._range_replies = False
         self._push_chunks = 0
 
     async def open(self, frame: frames.Frame | None) -> Response:
@@ -155,6 +172,7 @@ class ExchangeSession:
             self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
         self._payloads = StreamPayloads(runtime, self._accept_shared_memory, self._bulk_port)
         shared_memory, bulk = self._payloads.agree(opened)
+        self._range_replies = opened.range_replies and not shared_memory and bulk is None
         start, end = state.shard_map.ranges[state.shard_index]
         return shard_pb.ExchangeResponse(
             opened=shard_pb.ExchangeOpened(
@@ -163,6 +181,7 @@ class ExchangeSession:
                 range=common_pb.ShardRange(shard=state.shard_index, start=start, end=end),
                 shared_memory=shared_memory,
                 bulk=bulk,
+                range_replies=self._range_replies,
             )
         )
 
@@ -176,6 +195,9 @@ class ExchangeSession:
             await self._wait_for_version(frame.body.min_version)
             async for params in self._serve():
                 yield params
+        elif frame.kind == "push" and (self._ranged is not None or await self._open_ranged(frame.body)):
+            async for response in self._take_ranged(frame.body):
+                yield response
         elif frame.kind == "push":
             grad = await self._assemble(frame.body, init=False)
             if grad is not None and self._pending is not None:
@@ -190,11 +212,11 @@ class ExchangeSession:
 
     def end(self) -> None:
         """The worker half-closed the stream: fine between pushes, an error inside one."""
-        if self._pending is not None:
+        if self._pending is not None or self._ranged is not None:
             self._opened().reject_bad_input()
+            header = self._pending.header if self._pending is not None else self._ranged.header  # type: ignore[union-attr]
             raise InvalidArgumentError(
-                f"push: the stream ended inside push {self._pending.header.push_id!r} (no message with "
-                "last=true came); nothing of it was applied"
+                f"push: the stream ended inside push {header.push_id!r} (no message with last=true came)"
             )
 
     def close(self) -> None:
@@ -202,6 +224,9 @@ class ExchangeSession:
         if self._pending is not None and self._runtime is not None:
             self._runtime.scratch.give_back(self._pending.scratch)
         self._pending = None
+        if self._ranged is not None:
+            self._ranged.serve.close()
+            self._ranged = None
         if self._payloads is not None:
             self._payloads.close()
             self._payloads = None
@@ -210,6 +235,8 @@ class ExchangeSession:
         """The current parameters: their messages, then (on a bulk channel) their block."""
         runtime, payloads = self._opened(), self._payloads
         target = await payloads.target() if payloads is not None else None
+        while runtime.state.partial:  # another stream's push began the next version meanwhile
+            await runtime.wait_for_version(runtime.state.version, runtime.state.spec.step_timeout_s)
         with contextlib.closing(runtime.serve(self.worker_id, target)) as messages:
             for params in messages:
                 yield params
@@ -253,7 +280,7 @@ class ExchangeSession:
             runtime.reject_bad_input()
             raise
 
-    def _check_continuation(self, push: frames.PushView, pending: _PendingPush) -> None:
+    def _check_continuation(self, push: frames.PushView, pending: _PendingPush | _RangedPending) -> None:
         """A push keeps one id over its messages, each message carries chunks, and the whole
         push no more than the slice needs."""
         if push.push_id != pending.header.push_id:
@@ -268,6 +295,54 @@ class ExchangeSession:
                 f"push.chunks: more than {self._push_chunks} chunks in push {pending.header.push_id!r}; "
                 "this shard's slice needs fewer"
             )
+
+    async def _open_ranged(self, push: frames.PushView) -> bool:
+        """At a push's first message: whether the shard takes it range by range (a plain sync
+        job's current clock, on a stream that agreed to range replies)."""
+        if not self._range_replies or self._pending is not None:
+            return False
+        runtime = self._opened()
+        self._check_not_draining(push.push_id)
+        await runtime.wait_for_epoch(push.membership_epoch, runtime.state.spec.step_timeout_s)
+        taken = runtime.open_ranged(self.worker_id, push.push_id, push.base_version, push.membership_epoch, push.clock)
+        if taken is None:
+            return False
+        state = runtime.state
+        wire = wire_dtype(state.spec.compression)
+        checker = SliceAssembler(state.segments, runtime.range_start, state.params.detach(), "push.chunks", wire)
+        self._ranged = _RangedPending(push, taken, checker, runtime.serve_ranged(self.worker_id, taken.clock))
+        return True
+
+    async def _take_ranged(self, push: frames.PushView) -> AsyncIterator[Response]:
+        """One message of a ranged push: its chunks go into the clock's sum as they come, and
+        the parameters of every range that completed go back at once. After the last message
+        its ack, then the rest of the parameters as their ranges complete."""
+        runtime, ranged = self._opened(), self._ranged
+        assert ranged is not None  # _open_ranged
+        try:
+            self._check_continuation(push, ranged)
+            for i, chunk in enumerate(push.chunks):
+                if i and i % self._limits.chunks_per_turn == 0:
+                    await asyncio.sleep(0)  # the loop's turn: other streams, heartbeats, health
+                start, values = ranged.checker.check(chunk)
+                await runtime.add_ranged(ranged.push, start, values, f"push.chunks[{ranged.checker.seen - 1}]")
+        except InvalidArgumentError:
+            runtime.reject_bad_input()
+            raise
+        for params in ranged.serve.ready():
+            yield params
+        if not push.last:
+            return
+        result = runtime.state.finish_ranged(ranged.push)
+        self._runtimes.pushed()
+        yield self._ack(push.push_id, result)
+        timeout_s = runtime.state.spec.step_timeout_s
+        while not ranged.serve.done:
+            await runtime.wait_for_applied(ranged.push.clock, ranged.serve.next_end, timeout_s)
+            for params in ranged.serve.ready():
+                yield params
+        ranged.serve.close()
+        self._ranged = None
 
     async def _initialize(self, pending: _PendingPush, values: torch.Tensor) -> Response:
         """Sets the shard's initial parameters from a worker's (the first to send them), or
@@ -291,11 +366,7 @@ class ExchangeSession:
         runtime = self._opened()
         header = pending.header
         timeout_s = runtime.state.spec.step_timeout_s
-        if self._runtimes.draining:
-            raise UnavailableError(
-                f"shard {runtime.state.shard_index}: shutting down; push {header.push_id} was not applied, "
-                "push it again once the shard restarted"
-            )
+        self._check_not_draining(header.push_id)
         await runtime.wait_for_epoch(header.membership_epoch, timeout_s)
         result = await runtime.push(
             self.worker_id, header.push_id, header.base_version, header.membership_epoch, grad, header.clock
@@ -304,17 +375,28 @@ class ExchangeSession:
         runtime.scratch.give_back(pending.scratch)
         self._pending = None
         self._runtimes.pushed()
-        yield shard_pb.ExchangeResponse(
+        yield self._ack(header.push_id, result)
+        await self._wait_for_version(result.serve_version)
+        async for params in self._serve():
+            yield params
+
+    def _check_not_draining(self, push_id: str) -> None:
+        if self._runtimes.draining:
+            raise UnavailableError(
+                f"shard {self._opened().state.shard_index}: shutting down; push {push_id} was not applied, "
+                "push it again once the shard restarted"
+            )
+
+    @staticmethod
+    def _ack(push_id: str, result: PushResult) -> shard_pb.ExchangeResponse:
+        return shard_pb.ExchangeResponse(
             ack=shard_pb.PushAck(
-                push_id=header.push_id,
+                push_id=push_id,
                 outcome=_OUTCOME_TO_PROTO[result.outcome.value],
                 version=result.version,
                 staleness=result.staleness,
             )
         )
-        await self._wait_for_version(result.serve_version)
-        async for params in self._serve():
-            yield params
 
     async def _wait_for_version(self, version: int) -> None:
         runtime = self._opened()

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Protocol
 
 import torch
 
 from tidal.core.auto import AutoDecision
+from tidal.core.clock_sums import RangedPush
 from tidal.core.compression import params_wire_dtype
 from tidal.core.errors import (
     DeadlineExceededError,
@@ -28,7 +29,7 @@ from tidal.core.errors import (
     NonFiniteGradientError,
 )
 from tidal.core.push_outcomes import PushOutcome, PushResult
-from tidal.core.shard_state import ShardState
+from tidal.core.shard_state import ShardState, all_finite
 from tidal.core.spec import Mode
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
 from tidal.transport import frames, serde
@@ -166,6 +167,61 @@ class ShardRuntime:
             await self._folded(result.folded, time.perf_counter() - started)
         return result
 
+    def open_ranged(
+        self, worker_id: str, push_id: str, base_version: int, membership_epoch: int, clock: int | None
+    ) -> RangedPush | None:
+        """`ShardState.open_ranged`, counting a refusal as bad input."""
+        try:
+            return self.state.open_ranged(worker_id, push_id, base_version, membership_epoch, clock, time.monotonic())
+        except InvalidArgumentError:
+            self.reject_bad_input()
+            raise
+
+    async def add_ranged(self, push: RangedPush, start: int, values: torch.Tensor, where: str) -> None:
+        """Adds part of a ranged push's gradient (refused if not finite) and, when that
+        completed ranges, wakes the streams waiting to send them."""
+        if not all_finite(values):
+            self.state.counters.reject("non_finite")
+            self.metrics.rejected["non_finite"].inc()
+            raise NonFiniteGradientError(f"{where}: gradient contains NaN or Inf")
+        started, before = time.perf_counter(), self.state.applied_to(push.clock)
+        if self._barrier_started is None:
+            self._barrier_started = started
+        try:
+            folded = self.state.add_ranged(push, start, values, where)
+        except InvalidArgumentError:
+            self.reject_bad_input()
+            raise
+        if folded:
+            await self._folded(folded, time.perf_counter() - started)
+        elif self.state.applied_to(push.clock) != before:
+            await self._notify()
+
+    def serve_ranged(self, worker_id: str, clock: int) -> RangedServe:
+        """The parameters of version `clock + 1` for `worker_id`, message by message as their
+        ranges are applied: a ranged push's stream sends them while the push goes on."""
+        self.state.served(worker_id, now=time.monotonic())
+        dtype = self._wire or self.state.params.dtype
+        ends = [g[-1].start + g[-1].length for g in self._window_groups(dtype)]
+        return RangedServe(self, clock, ends, self._messages(clock + 1, self._wire))
+
+    async def wait_for_applied(self, clock: int, elements: int, timeout_s: float) -> None:
+        """Returns once `elements` of the slice hold version `clock + 1` (or the job ended)."""
+
+        def ready() -> bool:
+            return bool(self.closed_reason) or self.state.applied_to(clock) >= elements
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"shard {self.state.shard_index}: version {clock + 1} not reached within {timeout_s:.0f}s "
+                    f"({self.state.barrier_report()})"
+                ) from None
+        if self.closed_reason:
+            raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
+
     async def initialize(self, worker_id: str, membership_epoch: int, values: torch.Tensor) -> bool:
         """A worker's initial parameters (ShardState.initialize); wakes the workers waiting
         for version 0 when they are set."""
@@ -236,7 +292,8 @@ class ShardRuntime:
         """Returns once the shard's version is at least `version`."""
 
         def ready() -> bool:
-            return bool(self.closed_reason) or self.state.version >= version
+            # Not while the next version is applied in part: the parameters are of no one version.
+            return bool(self.closed_reason) or (self.state.version >= version and not self.state.partial)
 
         async with self._changed:
             try:
@@ -288,19 +345,15 @@ class ShardRuntime:
         time, each encoded from the live parameters, or from the copy `_freeze` kept if they
         changed since."""
         dtype = wire or self.state.params.dtype
-        groups = self._groups.get(dtype.itemsize)
-        if groups is None:
-            groups = self._groups[dtype.itemsize] = serde.window_groups(
-                dtype.itemsize, self.state.segments, self.range_start
-            )
+        groups = self._window_groups(dtype)
         progress = _Progress()
         serves = self._sending.setdefault(version, [])
         serves.append(progress)
         try:
             for i, windows in enumerate(groups):
                 source, base = self.state.params.detach(), 0
-                if version != self.state.version:  # changed since: `_freeze` kept the rest
-                    base, source = self._frozen[version]
+                if (frozen := self._frozen.get(version)) is not None:  # changed since: `_freeze` kept the rest
+                    base, source = frozen
                 chunks = serde.encode_windows(source, windows, dtype, base)
                 message = frames.encode_params(version, chunks, i == len(groups) - 1)
                 # Encoded (copied): the next message starts after it (windows are in slice order).
@@ -312,6 +365,14 @@ class ShardRuntime:
             if not serves:
                 del self._sending[version]
                 self._frozen.pop(version, None)
+
+    def _window_groups(self, dtype: torch.dtype) -> list[list[serde.Window]]:
+        groups = self._groups.get(dtype.itemsize)
+        if groups is None:
+            groups = self._groups[dtype.itemsize] = serde.window_groups(
+                dtype.itemsize, self.state.segments, self.range_start
+            )
+        return groups
 
     def _freeze(self) -> None:
         """The state is about to change the parameters: serves of the current version still
@@ -325,3 +386,39 @@ class ShardRuntime:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+
+class RangedServe:
+    """One worker's parameters of the version its ranged push makes, handed out message by
+    message as far as that version is applied (`ShardRuntime.serve_ranged`)."""
+
+    def __init__(self, runtime: ShardRuntime, clock: int, ends: list[int], messages: Iterator[bytes]) -> None:
+        self._runtime = runtime
+        self._clock = clock
+        # The slice element each message's windows end at, in order.
+        self._ends = ends
+        self._messages = messages
+        self._sent = 0
+
+    @property
+    def done(self) -> bool:
+        return self._sent == len(self._ends)
+
+    @property
+    def next_end(self) -> int:
+        """Elements that must be applied before the next message can go."""
+        return self._ends[self._sent]
+
+    def ready(self) -> list[bytes]:
+        """The messages whose ranges are applied and were not handed out yet."""
+        applied = self._runtime.state.applied_to(self._clock)
+        out = []
+        while not self.done and self._ends[self._sent] <= applied:
+            out.append(next(self._messages))
+            self._sent += 1
+        return out
+
+    def close(self) -> None:
+        """Ends the serve (its copy of a version that changed since, if any, is dropped)."""
+        if isinstance(self._messages, Generator):
+            self._messages.close()

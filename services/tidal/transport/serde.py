@@ -248,45 +248,55 @@ class SliceAssembler:
         self._written: list[tuple[int, int]] = []
         self._chunks_seen = 0
 
+    @property
+    def seen(self) -> int:
+        """Chunks checked so far."""
+        return self._chunks_seen
+
     def add(self, chunks: Iterable[common_pb.TensorChunk | frames.ChunkView]) -> None:
         for chunk in chunks:
-            # Position among all chunks of this push or pull, so an error points at the chunk.
-            where = f"{self._field}[{self._chunks_seen}]"
-            self._chunks_seen += 1
-            seg = self._by_name.get(chunk.name)
-            if seg is None:
-                raise InvalidArgumentError(f"{where}.name: unknown tensor {chunk.name!r} for this shard")
-            dtype = dtype_from_proto(chunk.dtype, f"{where}.dtype")
-            if dtype not in self._accepted:
-                accepted = " or ".join(sorted(str(d) for d in self._accepted))
-                raise InvalidArgumentError(f"{where}.dtype: {chunk.name} travels as {accepted}, got {dtype}")
-            if tuple(chunk.shape) != seg.shape:
-                raise InvalidArgumentError(
-                    f"{where}.shape: {chunk.name} has shape {list(seg.shape)}, got {list(chunk.shape)}"
-                )
-            size = dtype.itemsize
-            sparse = chunk.span > 0 or bool(chunk.indices)
-            if not chunk.data and not sparse:
-                raise InvalidArgumentError(f"{where}.data: empty")
-            if len(chunk.data) % size:
-                raise InvalidArgumentError(f"{where}.data: {len(chunk.data)} bytes is not a multiple of {size}")
-            count = len(chunk.data) // size
-            span = chunk.span if sparse else count
-            if span <= 0 or chunk.offset < seg.tensor_offset or chunk.offset + span > seg.tensor_offset + seg.length:
-                raise InvalidArgumentError(
-                    f"{where}.offset: elements [{chunk.offset}, {chunk.offset + span}) of {chunk.name} "
-                    f"are outside this shard's [{seg.tensor_offset}, {seg.tensor_offset + seg.length})"
-                )
-            start = seg.flat_start - self._range_start + (chunk.offset - seg.tensor_offset)
-            values = _frombuffer(chunk.data, dtype) if chunk.data else torch.empty(0, dtype=dtype)
-            if sparse:
-                positions = _sparse_positions(chunk.indices, count, span, where)
-                window = self._out[start : start + span]
-                window.zero_()
-                window[positions] = values.to(window.dtype)
-            else:
-                self._out[start : start + count].copy_(values)
-            self._written.append((start, start + span))
+            start, values = self.check(chunk)
+            self._out[start : start + values.numel()].copy_(values)
+            self._written.append((start, start + values.numel()))
+
+    def check(self, chunk: common_pb.TensorChunk | frames.ChunkView) -> tuple[int, torch.Tensor]:
+        """Validates one chunk without writing it: where it starts in the slice and its values,
+        dense (a sparse chunk's zeros filled in), in the dtype it travelled in."""
+        # Position among all chunks of this push or pull, so an error points at the chunk.
+        where = f"{self._field}[{self._chunks_seen}]"
+        self._chunks_seen += 1
+        seg = self._by_name.get(chunk.name)
+        if seg is None:
+            raise InvalidArgumentError(f"{where}.name: unknown tensor {chunk.name!r} for this shard")
+        dtype = dtype_from_proto(chunk.dtype, f"{where}.dtype")
+        if dtype not in self._accepted:
+            accepted = " or ".join(sorted(str(d) for d in self._accepted))
+            raise InvalidArgumentError(f"{where}.dtype: {chunk.name} travels as {accepted}, got {dtype}")
+        if tuple(chunk.shape) != seg.shape:
+            raise InvalidArgumentError(
+                f"{where}.shape: {chunk.name} has shape {list(seg.shape)}, got {list(chunk.shape)}"
+            )
+        size = dtype.itemsize
+        sparse = chunk.span > 0 or bool(chunk.indices)
+        if not chunk.data and not sparse:
+            raise InvalidArgumentError(f"{where}.data: empty")
+        if len(chunk.data) % size:
+            raise InvalidArgumentError(f"{where}.data: {len(chunk.data)} bytes is not a multiple of {size}")
+        count = len(chunk.data) // size
+        span = chunk.span if sparse else count
+        if span <= 0 or chunk.offset < seg.tensor_offset or chunk.offset + span > seg.tensor_offset + seg.length:
+            raise InvalidArgumentError(
+                f"{where}.offset: elements [{chunk.offset}, {chunk.offset + span}) of {chunk.name} "
+                f"are outside this shard's [{seg.tensor_offset}, {seg.tensor_offset + seg.length})"
+            )
+        start = seg.flat_start - self._range_start + (chunk.offset - seg.tensor_offset)
+        values = _frombuffer(chunk.data, dtype) if chunk.data else torch.empty(0, dtype=dtype)
+        if sparse:
+            positions = _sparse_positions(chunk.indices, count, span, where)
+            dense = torch.zeros(span, dtype=dtype)
+            dense[positions] = values
+            values = dense
+        return start, values
 
     def finish(self) -> torch.Tensor:
         expected = 0

@@ -116,7 +116,7 @@ class ExchangeRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ..., init: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpen(_message.Message):
-    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory", "init_digest", "bulk")
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory", "init_digest", "bulk", "range_replies")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class ExchangeOpen(_message.Message):
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     INIT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     BULK_FIELD_NUMBER: _ClassVar[int]
+    RANGE_REPLIES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     membership_epoch: int
@@ -133,7 +134,8 @@ class ExchangeOpen(_message.Message):
     shared_memory: SharedMemoryOffer
     init_digest: str
     bulk: bool
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ..., init_digest: _Optional[str] = ..., bulk: _Optional[bool] = ...) -> None: ...
+    range_replies: bool
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ..., init_digest: _Optional[str] = ..., bulk: _Optional[bool] = ..., range_replies: _Optional[bool] = ...) -> None: ...
 
 class SharedMemoryOffer(_message.Message):
     __slots__ = ("push_segment", "params_segment", "push_segment_bytes", "params_segment_bytes", "token")
@@ -184,18 +186,20 @@ class ExchangeResponse(_message.Message):
     def __init__(self, opened: _Optional[_Union[ExchangeOpened, _Mapping]] = ..., ack: _Optional[_Union[PushAck, _Mapping]] = ..., params: _Optional[_Union[Params, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpened(_message.Message):
-    __slots__ = ("shard_index", "version", "range", "shared_memory", "bulk")
+    __slots__ = ("shard_index", "version", "range", "shared_memory", "bulk", "range_replies")
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RANGE_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     BULK_FIELD_NUMBER: _ClassVar[int]
+    RANGE_REPLIES_FIELD_NUMBER: _ClassVar[int]
     shard_index: int
     version: int
     range: _common_pb2.ShardRange
     shared_memory: bool
     bulk: BulkChannel
-    def __init__(self, shard_index: _Optional[int] = ..., version: _Optional[int] = ..., range: _Optional[_Union[_common_pb2.ShardRange, _Mapping]] = ..., shared_memory: _Optional[bool] = ..., bulk: _Optional[_Union[BulkChannel, _Mapping]] = ...) -> None: ...
+    range_replies: bool
+    def __init__(self, shard_index: _Optional[int] = ..., version: _Optional[int] = ..., range: _Optional[_Union[_common_pb2.ShardRange, _Mapping]] = ..., shared_memory: _Optional[bool] = ..., bulk: _Optional[_Union[BulkChannel, _Mapping]] = ..., range_replies: _Optional[bool] = ...) -> None: ...
 
 class BulkChannel(_message.Message):
     __slots__ = ("port", "token")

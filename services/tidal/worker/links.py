@@ -92,6 +92,7 @@ class ShardLink:
         self.bytes_received = 0
         self._channel = create_channel(address, security)
         self._call: grpc.aio.StreamStreamCall | None = None
+        self._range_replies = False
 
     def _where(self, step: int | None = None) -> str:
         at = f" at step {step}" if step is not None else ""
@@ -109,6 +110,7 @@ class ShardLink:
             last_version=max(self.newest_version, 0),
             completed_pushes=self.completed_pushes,
             init_digest=self.initial_digest,
+            range_replies=True,
         )
         await self.payloads.offer(opening)
         try:
@@ -119,6 +121,8 @@ class ShardLink:
         if reply.kind != "opened":
             raise UnavailableError(f"{self._where()}: expected 'opened', got {reply.kind}")
         await self.payloads.agree(reply.body, self.address.rsplit(":", 1)[0].strip("[]"), self._where())
+        # The shard may send a push's parameters range by range, before its ack.
+        self._range_replies = reply.body.range_replies
         log.info("%s: tensors travel %s", self._where(), self.transport)
         if reply.body.version < 0:
             await self._send_initial()
@@ -185,18 +189,77 @@ class ShardLink:
         shard's next clock (`next_clock`)."""
         clock = self.next_clock() if clock is None else clock
         started = time.perf_counter()
-        async with self._upload_turns:
-            await self._upload(push_id, clock, grads, num_samples, wire, sparse)
-        reply = await self._read(clock)
-        if reply.kind != "ack":
-            raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.kind}")
-        acked = time.perf_counter()
-        first_params = await self._receive_params(clock)
-        done = time.perf_counter()
+        if self._range_replies:
+            ack, times = await self._push_ranged(push_id, clock, grads, num_samples, wire, sparse, started)
+        else:
+            async with self._upload_turns:
+                await self._upload(push_id, clock, grads, num_samples, wire, sparse)
+            reply = await self._read(clock)
+            if reply.kind != "ack":
+                raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.kind}")
+            acked = time.perf_counter()
+            first_params = await self._receive_params(clock)
+            ack, times = (
+                reply.body,
+                PhaseTimes(acked - started, first_params - acked, time.perf_counter() - first_params),
+            )
         self.completed_pushes += 1
         self.clock = clock
-        self.newest_version = max(self.newest_version, reply.body.version)
-        return reply.body, PhaseTimes(acked - started, first_params - acked, done - first_params)
+        self.newest_version = max(self.newest_version, ack.version)
+        return ack, times
+
+    async def _push_ranged(
+        self,
+        push_id: str,
+        clock: int,
+        grads: torch.Tensor,
+        num_samples: int,
+        wire: torch.dtype | None,
+        sparse: torch.Tensor | None,
+        started: float,
+    ) -> tuple[shard_pb.PushAck, PhaseTimes]:
+        """`push` on a stream with range replies: the parameters are read while the gradient
+        still goes up, so the way down overlaps the way up."""
+        reply = asyncio.create_task(self._receive_reply(clock))
+        try:
+            async with self._upload_turns:
+                await self._upload(push_id, clock, grads, num_samples, wire, sparse)
+        except BaseException:
+            reply.cancel()
+            with contextlib.suppress(BaseException):
+                await reply
+            raise
+        uploaded = time.perf_counter()
+        ack, first_params = await reply
+        waited = max(first_params, uploaded)
+        return ack, PhaseTimes(uploaded - started, waited - uploaded, time.perf_counter() - waited)
+
+    async def _receive_reply(self, step: int) -> tuple[shard_pb.PushAck, float]:
+        """Reads a push's ack and the parameters that follow, in whatever order they come (a
+        ranged push's parameters may come before its ack); returns the ack and when the first
+        parameters came."""
+        assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks", self.params_wire)
+        ack: shard_pb.PushAck | None = None
+        first: float | None = None
+        version: int | None = None
+        block_read = False
+        while ack is None or version is None:
+            reply = await self._read(step)
+            if reply.kind == "ack" and ack is None:
+                ack = reply.body
+                continue
+            if reply.kind != "params" or version is not None:
+                raise UnavailableError(f"{self._where(step)}: unexpected {reply.kind} in the reply to a push")
+            first = first or time.perf_counter()
+            found, block_read = await self.payloads.resolve(reply.body.chunks, block_read, "params.chunks")
+            self.bytes_received += found
+            assembler.add(reply.body.chunks)
+            if reply.body.last:
+                assembler.finish()
+                version = self.version = reply.body.version
+                self.newest_version = max(self.newest_version, version)
+        assert first is not None
+        return ack, first
 
     async def _upload(
         self,
