@@ -3,6 +3,8 @@ parameters and optimizer state as the whole step, bit for bit on aligned ranges.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def test_aligned_ranges_give_the_whole_step_bit_for_bit(name: str) -> None:
             eager_optim.step(ranged_opt)
             ranged.grad = None
             continue
-        for lo, hi in zip(cuts, cuts[1:], strict=False):
+        for lo, hi in itertools.pairwise(cuts):
             stepper.step(lo, hi, g[lo:hi].clone())
         stepper.finish_version()
     assert torch.equal(whole.detach(), ranged.detach())

@@ -214,7 +214,9 @@ def _push_messages(worker: str, clock: int, g: torch.Tensor) -> list[frames.Fram
     segments = build_shard_map(TENSORS, 1).segments(0)
     groups = list(serde.group_encoded(serde.encoded_chunks(g, segments, 0)))
     return [
-        frames.decode_request(frames.encode_push(f"{worker}:{clock}", clock, EPOCH, clock, 1, group, i == len(groups) - 1))
+        frames.decode_request(
+            frames.encode_push(f"{worker}:{clock}", clock, EPOCH, clock, 1, group, i == len(groups) - 1)
+        )
         for i, group in enumerate(groups)
     ]
 
@@ -278,3 +280,24 @@ def test_a_non_finite_range_is_refused_naming_its_chunk() -> None:
         assert runtime.metrics.rejected["non_finite"]._value.get() == 1
 
     asyncio.run(main())
+
+
+def test_a_step_begun_by_workers_that_all_left_is_completed_by_their_replacements() -> None:
+    state = make_state()
+    whole_clock(state, 0)
+    for w in WORKERS:
+        taken = state.open_ranged(w, f"{w}:1", 1, EPOCH)
+        assert taken is not None
+        state.add_ranged(taken, 0, grad(w, 1)[: MIN_RANGE_ELEMENTS + 64], "push.chunks")
+    state.set_membership(EPOCH + 1, ["new0", "new1"])  # both were lost mid-push
+    assert state.partial
+    # The first replacement joins the clock for the ranges still to come; once it is in, the
+    # second is late for it, as for any clock begun without it, and counts from the next one.
+    new0 = state.open_ranged("new0", "new0:1", 1, EPOCH + 1)
+    assert new0 is not None
+    assert state.open_ranged("new1", "new1:1", 1, EPOCH + 1) is None
+    assert state.push("new1", "new1:1", 1, EPOCH + 1, grad("new1", 1)).outcome is PushOutcome.DROPPED_LATE
+    state.add_ranged(new0, 0, grad("new0", 1), "push.chunks")
+    state.finish_ranged(new0)
+    assert state.version == 2 and not state.partial
+    assert state.view().expected(2) == {"new0", "new1"}

@@ -1,4 +1,4 @@
-"""The shard's one scratch buffer for pushes (shard/runtime.SharedScratch): streams take turns,
+"""The shard's one scratch buffer for pushes (shard/scratch.SharedScratch): streams take turns,
 and a holder that stalls does not hold up the others."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import torch
 
-from tidal.shard.runtime import SharedScratch
+from tidal.shard.scratch import SharedScratch
 
 
 def test_streams_take_turns_with_one_buffer() -> None:

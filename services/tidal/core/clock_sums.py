@@ -126,9 +126,13 @@ class ClockSums:
         return result
 
     def _missed_start(self: ShardState, worker_id: str, clock: int) -> bool:
-        """A new contributor to a clock already applied in part: it is late for it."""
+        """A new contributor to a clock already applied in part is late for it, unless nobody
+        else is left to complete it (every worker that began it is gone): then it joins for
+        the ranges still to come, or the clock would never complete."""
         buffer = self._buffers.get(clock)
-        return isinstance(buffer, RangeBuffer) and buffer.applied > 0 and worker_id not in buffer.prefix
+        if not isinstance(buffer, RangeBuffer) or buffer.applied == 0 or worker_id in buffer.prefix:
+            return False
+        return bool(self.view().expected(clock) - {worker_id})
 
     def _apply_ranges(self: ShardState, buffer: RangeBuffer) -> bool:
         """Applies what became complete of the current clock's ranged buffer; True when that

@@ -68,6 +68,8 @@ class RangeBuffer:
             return
         if start < have:
             values, start = values[have - start :], have
+        if values.dtype != self.total.dtype:
+            values = values.to(self.total.dtype)  # bf16 on the wire: widening first halves the add's time
         # Below `filled` another worker's gradient is there to add to; above, this one starts the sum.
         split = min(max(self.filled, start), end)
         if split > start:

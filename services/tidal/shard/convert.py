@@ -12,12 +12,33 @@ from tidal.core import commands, events
 from tidal.core.checkpoint import CheckpointRef
 from tidal.core.errors import TidalError
 from tidal.core.job_records import ShardProgress
+from tidal.core.push_outcomes import PushResult
 from tidal.core.recovery import RecoveryLedger
 from tidal.core.shard_state import ShardState
 from tidal.shard.runtime import ShardRuntime
 from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import coordinator_pb2 as coord_pb
 from tidal.v1 import shard_pb2 as shard_pb
+
+_OUTCOME_TO_PROTO = {
+    "applied": shard_pb.PUSH_OUTCOME_APPLIED,
+    "buffered": shard_pb.PUSH_OUTCOME_BUFFERED,
+    "duplicate": shard_pb.PUSH_OUTCOME_DUPLICATE,
+    "dropped_late": shard_pb.PUSH_OUTCOME_DROPPED_LATE,
+    "rejected_stale": shard_pb.PUSH_OUTCOME_REJECTED_STALE,
+}
+
+
+def push_ack(push_id: str, result: PushResult) -> shard_pb.ExchangeResponse:
+    """The ack of a push, as the Exchange stream sends it."""
+    return shard_pb.ExchangeResponse(
+        ack=shard_pb.PushAck(
+            push_id=push_id,
+            outcome=_OUTCOME_TO_PROTO[result.outcome.value],
+            version=result.version,
+            staleness=result.staleness,
+        )
+    )
 
 
 def shard_info_to_proto(runtime: ShardRuntime | None) -> shard_pb.GetShardInfoResponse:

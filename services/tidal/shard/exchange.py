@@ -27,9 +27,9 @@ import torch
 from tidal.core.clock_sums import RangedPush
 from tidal.core.compression import wire_dtype
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
-from tidal.core.push_outcomes import PushResult
 from tidal.core.recovery import check_resume
 from tidal.core.shard_map import Segment
+from tidal.shard.convert import push_ack
 from tidal.shard.payloads import BulkPort, StreamPayloads
 from tidal.shard.runtime import RangedServe, ShardRuntime
 from tidal.transport import frames
@@ -39,14 +39,6 @@ from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import shard_pb2 as shard_pb
 
 Response = shard_pb.ExchangeResponse | bytes
-
-_OUTCOME_TO_PROTO = {
-    "applied": shard_pb.PUSH_OUTCOME_APPLIED,
-    "buffered": shard_pb.PUSH_OUTCOME_BUFFERED,
-    "duplicate": shard_pb.PUSH_OUTCOME_DUPLICATE,
-    "dropped_late": shard_pb.PUSH_OUTCOME_DROPPED_LATE,
-    "rejected_stale": shard_pb.PUSH_OUTCOME_REJECTED_STALE,
-}
 
 
 class Runtimes(Protocol):
@@ -335,7 +327,7 @@ class ExchangeSession:
             return
         result = runtime.state.finish_ranged(ranged.push)
         self._runtimes.pushed()
-        yield self._ack(push.push_id, result)
+        yield push_ack(push.push_id, result)
         timeout_s = runtime.state.spec.step_timeout_s
         while not ranged.serve.done:
             await runtime.wait_for_applied(ranged.push.clock, ranged.serve.next_end, timeout_s)
@@ -375,7 +367,7 @@ class ExchangeSession:
         runtime.scratch.give_back(pending.scratch)
         self._pending = None
         self._runtimes.pushed()
-        yield self._ack(header.push_id, result)
+        yield push_ack(header.push_id, result)
         await self._wait_for_version(result.serve_version)
         async for params in self._serve():
             yield params
@@ -386,17 +378,6 @@ class ExchangeSession:
                 f"shard {self._opened().state.shard_index}: shutting down; push {push_id} was not applied, "
                 "push it again once the shard restarted"
             )
-
-    @staticmethod
-    def _ack(push_id: str, result: PushResult) -> shard_pb.ExchangeResponse:
-        return shard_pb.ExchangeResponse(
-            ack=shard_pb.PushAck(
-                push_id=push_id,
-                outcome=_OUTCOME_TO_PROTO[result.outcome.value],
-                version=result.version,
-                staleness=result.staleness,
-            )
-        )
 
     async def _wait_for_version(self, version: int) -> None:
         runtime = self._opened()

@@ -169,7 +169,7 @@ class ShardLink:
 
     async def pull(self, min_version: int, step: int | None = None) -> int:
         await self._write(shard_pb.ExchangeRequest(pull=shard_pb.Pull(min_version=min_version)))
-        await self._receive_params(step)
+        await self._receive(step)
         return self.version
 
     def next_clock(self) -> int:
@@ -189,77 +189,27 @@ class ShardLink:
         shard's next clock (`next_clock`)."""
         clock = self.next_clock() if clock is None else clock
         started = time.perf_counter()
-        if self._range_replies:
-            ack, times = await self._push_ranged(push_id, clock, grads, num_samples, wire, sparse, started)
-        else:
-            async with self._upload_turns:
-                await self._upload(push_id, clock, grads, num_samples, wire, sparse)
-            reply = await self._read(clock)
-            if reply.kind != "ack":
-                raise UnavailableError(f"{self._where(clock)}: expected an ack, got {reply.kind}")
-            acked = time.perf_counter()
-            first_params = await self._receive_params(clock)
-            ack, times = (
-                reply.body,
-                PhaseTimes(acked - started, first_params - acked, time.perf_counter() - first_params),
-            )
-        self.completed_pushes += 1
-        self.clock = clock
-        self.newest_version = max(self.newest_version, ack.version)
-        return ack, times
-
-    async def _push_ranged(
-        self,
-        push_id: str,
-        clock: int,
-        grads: torch.Tensor,
-        num_samples: int,
-        wire: torch.dtype | None,
-        sparse: torch.Tensor | None,
-        started: float,
-    ) -> tuple[shard_pb.PushAck, PhaseTimes]:
-        """`push` on a stream with range replies: the parameters are read while the gradient
-        still goes up, so the way down overlaps the way up."""
-        reply = asyncio.create_task(self._receive_reply(clock))
+        # With range replies the parameters come while the gradient still goes up: read them at once.
+        reading = asyncio.create_task(self._receive(clock, with_ack=True)) if self._range_replies else None
         try:
             async with self._upload_turns:
                 await self._upload(push_id, clock, grads, num_samples, wire, sparse)
         except BaseException:
-            reply.cancel()
-            with contextlib.suppress(BaseException):
-                await reply
+            if reading is not None:
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
             raise
         uploaded = time.perf_counter()
-        ack, first_params = await reply
-        waited = max(first_params, uploaded)
-        return ack, PhaseTimes(uploaded - started, waited - uploaded, time.perf_counter() - waited)
-
-    async def _receive_reply(self, step: int) -> tuple[shard_pb.PushAck, float]:
-        """Reads a push's ack and the parameters that follow, in whatever order they come (a
-        ranged push's parameters may come before its ack); returns the ack and when the first
-        parameters came."""
-        assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks", self.params_wire)
-        ack: shard_pb.PushAck | None = None
-        first: float | None = None
-        version: int | None = None
-        block_read = False
-        while ack is None or version is None:
-            reply = await self._read(step)
-            if reply.kind == "ack" and ack is None:
-                ack = reply.body
-                continue
-            if reply.kind != "params" or version is not None:
-                raise UnavailableError(f"{self._where(step)}: unexpected {reply.kind} in the reply to a push")
-            first = first or time.perf_counter()
-            found, block_read = await self.payloads.resolve(reply.body.chunks, block_read, "params.chunks")
-            self.bytes_received += found
-            assembler.add(reply.body.chunks)
-            if reply.body.last:
-                assembler.finish()
-                version = self.version = reply.body.version
-                self.newest_version = max(self.newest_version, version)
-        assert first is not None
-        return ack, first
+        ack, acked, first = await (reading or self._receive(clock, with_ack=True))
+        assert ack is not None and acked is not None  # with_ack
+        done = time.perf_counter()
+        pushed = uploaded if reading is not None else acked
+        first = max(first, pushed)
+        self.completed_pushes += 1
+        self.clock = clock
+        self.newest_version = max(self.newest_version, ack.version)
+        return ack, PhaseTimes(pushed - started, first - pushed, done - first)
 
     async def _upload(
         self,
@@ -271,6 +221,7 @@ class ShardLink:
         sparse: torch.Tensor | None,
     ) -> None:
         """Sends this shard's slice of the gradient: the push's messages and, on a bulk channel, its block."""
+        base = self.version  # the parameters the gradient came from (a range reply may update it meanwhile)
         grad_slice = grads[self.start : self.end]
         if self.payloads.carries(sparse):
             dtype = wire or grad_slice.dtype
@@ -278,9 +229,7 @@ class ShardLink:
             groups = self.payloads.push_headers(dtype)
             for i, group in enumerate(groups):
                 last = i == len(groups) - 1
-                await self._write(
-                    frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last)
-                )
+                await self._write(frames.encode_push(push_id, base, self.epoch, clock, num_samples, group, last))
             self.bytes_sent += await self.payloads.send(grad_slice, dtype)
         else:
             if wire is not None:
@@ -289,28 +238,35 @@ class ShardLink:
             groups = list(serde.group_encoded(chunks))
             for i, group in enumerate(groups):
                 last = i == len(groups) - 1
-                await self._write(
-                    frames.encode_push(push_id, self.version, self.epoch, clock, num_samples, group, last)
-                )
+                await self._write(frames.encode_push(push_id, base, self.epoch, clock, num_samples, group, last))
 
-    async def _receive_params(self, step: int | None) -> float:
-        """Reads one version's parameters into the model; returns when its first message came."""
+    async def _receive(
+        self, step: int | None, with_ack: bool = False
+    ) -> tuple[shard_pb.PushAck | None, float | None, float]:
+        """Reads one version's parameters into the model and, `with_ack`, a push's ack, which
+        may come before them or (range replies) among them. Returns the ack, when it came and
+        when the first parameters came."""
         assembler = serde.SliceAssembler(self.segments, self.start, self.params, "params.chunks", self.params_wire)
-        first: float | None = None
+        ack, acked, first = None, None, None
         block_read = False  # on a bulk channel: this reply's block was read off the socket
-        while True:
+        done = False
+        while not done or (with_ack and ack is None):
             reply = await self._read(step)
-            first = first or time.perf_counter()
-            if reply.kind != "params":
+            if reply.kind == "ack" and with_ack and ack is None:
+                ack, acked = reply.body, time.perf_counter()
+                continue
+            if reply.kind != "params" or done:
                 raise UnavailableError(f"{self._where(step)}: expected params, got {reply.kind}")
+            first = first or time.perf_counter()
             found, block_read = await self.payloads.resolve(reply.body.chunks, block_read, "params.chunks")
             self.bytes_received += found
             assembler.add(reply.body.chunks)
-            if reply.body.last:
+            if done := reply.body.last:
                 assembler.finish()
                 self.version = reply.body.version
                 self.newest_version = max(self.newest_version, self.version)
-                return first
+        assert first is not None
+        return ack, acked, first
 
     async def push_recovering(
         self,
