@@ -40,7 +40,7 @@ SYNC_GOAL = Goal("<=", 1.2)
 # How tidal's payloads travel, each measured: inline gRPC, then the bulk channel.
 TRANSPORTS = {"grpc": "gRPC", "bulk": "bulk channel"}
 # The parameter server between hosts: TCP only (no shm transport, no cma channel).
-TENSORPIPE_TCP = TENSORPIPE.replace("PS, float32", "PS, float32, TCP only")
+TENSORPIPE_TCP = f"TensorPipe PS, float32, TCP only, {TENSORPIPE.rsplit(', ', 1)[1]}"
 ASYNC_GOALS = {"none": Goal(">=", 1.2), "bf16": Goal(">=", 2.0)}
 
 
