@@ -301,3 +301,53 @@ def test_a_step_begun_by_workers_that_all_left_is_completed_by_their_replacement
     state.finish_ranged(new0)
     assert state.version == 2 and not state.partial
     assert state.view().expected(2) == {"new0", "new1"}
+
+
+@pytest.mark.parametrize("order", ["swapped", "repeated"])
+def test_a_ranged_push_whose_chunks_leave_slice_order_is_refused_naming_the_chunk(order: str) -> None:
+    async def main() -> None:
+        runtime = _runtime()
+        whole_clock(runtime.state, 0)
+        session = ExchangeSession(_Node(runtime), False, lambda *_: None)
+        await session.open(_open("w0"))
+        messages = _push_messages("w0", 1, grad("w0", 1))
+        [r async for r in session.handle(messages[0])]
+        bad = messages[2] if order == "swapped" else messages[0]
+        with pytest.raises(
+            InvalidArgumentError, match=r"push.chunks\[\d+\].offset: starts at element \d+ .* slice order"
+        ):
+            [r async for r in session.handle(bad)]
+        assert runtime.metrics.rejected["bad_input"]._value.get() == 1
+        assert runtime.state.version == 1 and not runtime.state.partial
+
+    asyncio.run(main())
+
+
+def test_a_push_resent_on_a_new_stream_resumes_and_changes_nothing_twice() -> None:
+    async def main() -> None:
+        runtime = _runtime()
+        whole_clock(runtime.state, 0)
+        node = _Node(runtime)
+        first = ExchangeSession(node, False, lambda *_: None)
+        await first.open(_open("w0"))
+        messages = {w: _push_messages(w, 1, grad(w, 1)) for w in WORKERS}
+        for m in messages["w0"][:3]:
+            [r async for r in first.handle(m)]
+        first.close()  # the stream broke; the worker reconnects and sends the push again
+        sessions = {w: ExchangeSession(node, False, lambda *_: None) for w in WORKERS}
+        for w, session in sessions.items():
+            await session.open(_open(w))
+
+        async def send(w: str) -> list[Any]:
+            out: list[Any] = []
+            for m in messages[w]:
+                out += [r async for r in sessions[w].handle(m)]
+            return out
+
+        await asyncio.gather(*(send(w) for w in WORKERS))
+        reference = make_state()
+        whole_clock(reference, 0)
+        whole_clock(reference, 1)
+        assert torch.equal(runtime.state.params.detach(), reference.params.detach())
+
+    asyncio.run(main())

@@ -2,9 +2,8 @@
 
 `ExchangeSession` is handed decoded frames (transport/frames.py) and returns the responses to
 send; the servicer only adapts it to gRPC. It holds one stream's state: the push being
-assembled (its scratch buffer and assembler), how its payloads travel (shard/payloads.py:
-inline, shared memory or a bulk channel), the worker it speaks for. The shard's
-`ShardRuntime` is the single writer that carries out what the policies decide.
+assembled, or in plain sync taken range by range (core/range_barrier.py), how its payloads
+travel (shard/payloads.py), the worker it speaks for. `ShardRuntime` is the single writer.
 
 Whatever a member sends, the work it causes is bounded: a message holds at most
 `MAX_CHUNKS_PER_MESSAGE` chunks (checked while decoding), a push at most a small multiple of
@@ -107,14 +106,15 @@ class _PendingPush:
 
 @dataclass
 class _RangedPending:
-    """A push taken range by range (core/range_barrier.py): its first message's header, the
-    shard's handle on it, where its chunks are checked, and the parameters it is sent back."""
+    """A push taken range by range (core/range_barrier.py) and the parameters it is sent back."""
 
     header: frames.PushView
     push: RangedPush
     checker: SliceAssembler
     serve: RangedServe
     chunks: int = 0
+    # Where the next chunk must start: chunks travel in slice order (a resent push's repeats are skipped).
+    next_start: int = 0
 
 
 class ExchangeSession:
@@ -141,8 +141,7 @@ class ExchangeSession:
         self._payloads: StreamPayloads | None = None
         self._pending: _PendingPush | None = None
         self._ranged: _RangedPending | None = None
-        # Agreed at open: this stream's pushes may be answered range by range.
-        self._range_replies = False
+        self._range_replies = False  # agreed at open: pushes may be answered range by range
         self._push_chunks = 0
 
     async def open(self, frame: frames.Frame | None) -> Response:
@@ -206,9 +205,11 @@ class ExchangeSession:
         """The worker half-closed the stream: fine between pushes, an error inside one."""
         if self._pending is not None or self._ranged is not None:
             self._opened().reject_bad_input()
-            header = self._pending.header if self._pending is not None else self._ranged.header  # type: ignore[union-attr]
+            whole = self._pending is not None
+            header = self._pending.header if whole else self._ranged.header  # type: ignore[union-attr]
+            kept = "nothing of it was applied" if whole else "what came stays in the step's sum till it is resent"
             raise InvalidArgumentError(
-                f"push: the stream ended inside push {header.push_id!r} (no message with last=true came)"
+                f"push: the stream ended inside push {header.push_id!r} (no message with last=true came); {kept}"
             )
 
     def close(self) -> None:
@@ -317,7 +318,14 @@ class ExchangeSession:
                 if i and i % self._limits.chunks_per_turn == 0:
                     await asyncio.sleep(0)  # the loop's turn: other streams, heartbeats, health
                 start, values = ranged.checker.check(chunk)
-                await runtime.add_ranged(ranged.push, start, values, f"push.chunks[{ranged.checker.seen - 1}]")
+                where = f"push.chunks[{ranged.checker.seen - 1}]"
+                if start != ranged.next_start:
+                    raise InvalidArgumentError(
+                        f"{where}.offset: starts at element {start} of the slice, not right after the chunk "
+                        f"before it (element {ranged.next_start}): a push's chunks travel in slice order"
+                    )
+                ranged.next_start = start + values.numel()
+                await runtime.add_ranged(ranged.push, start, values, where)
         except InvalidArgumentError:
             runtime.reject_bad_input()
             raise

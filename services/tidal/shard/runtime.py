@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Protocol
 
 import torch
@@ -152,20 +152,7 @@ class ShardRuntime:
 
     async def wait_for_applied(self, clock: int, elements: int, timeout_s: float) -> None:
         """Returns once `elements` of the slice hold version `clock + 1` (or the job ended)."""
-
-        def ready() -> bool:
-            return bool(self.closed_reason) or self.state.applied_to(clock) >= elements
-
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
-            except TimeoutError:
-                raise DeadlineExceededError(
-                    f"shard {self.state.shard_index}: version {clock + 1} not reached within {timeout_s:.0f}s "
-                    f"({self.state.barrier_report()})"
-                ) from None
-        if self.closed_reason:
-            raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
+        await self._wait_until(lambda: self.state.applied_to(clock) >= elements, clock + 1, timeout_s)
 
     async def initialize(self, worker_id: str, membership_epoch: int, values: torch.Tensor) -> bool:
         """A worker's initial parameters (ShardState.initialize); wakes the workers waiting
@@ -234,15 +221,15 @@ class ShardRuntime:
         await self._notify()
 
     async def wait_for_version(self, version: int, timeout_s: float) -> None:
-        """Returns once the shard's version is at least `version`."""
+        """Returns once the shard's version is at least `version`; not while the next version
+        is applied in part (the parameters are then of no one version)."""
+        await self._wait_until(lambda: self.state.version >= version and not self.state.partial, version, timeout_s)
 
-        def ready() -> bool:
-            # Not while the next version is applied in part: the parameters are of no one version.
-            return bool(self.closed_reason) or (self.state.version >= version and not self.state.partial)
-
+    async def _wait_until(self, reached: Callable[[], bool], version: int, timeout_s: float) -> None:
+        """Waits until `reached` (or the job ended); a timeout names `version` and the barrier."""
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
+                await asyncio.wait_for(self._changed.wait_for(lambda: bool(self.closed_reason) or reached()), timeout_s)
             except TimeoutError:
                 raise DeadlineExceededError(
                     f"shard {self.state.shard_index}: version {version} not reached within {timeout_s:.0f}s "
