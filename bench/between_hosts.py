@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bench.cluster import BenchCluster, driver_spec, mlp_of
-from bench.dataplane import TENSORPIPE, _gloo_round_s, _interleaved, _tensorpipe_updates
+from bench.dataplane import _gloo_round_s, _interleaved, _tensorpipe_updates, tensorpipe_label
 from bench.e2e import TargetRun, time_to_target
 from bench.netns import Hosts, Rate, emulated_hosts
 from bench.procs import module_cmd, run_all
@@ -39,8 +39,6 @@ _TCP_PORT = 5201  # fresh namespaces: nothing else listens there
 SYNC_GOAL = Goal("<=", 1.2)
 # How tidal's payloads travel, each measured: inline gRPC, then the bulk channel.
 TRANSPORTS = {"grpc": "gRPC", "bulk": "bulk channel"}
-# The parameter server between hosts: TCP only (no shm transport, no cma channel).
-TENSORPIPE_TCP = f"TensorPipe PS, float32, TCP only, {TENSORPIPE.rsplit(', ', 1)[1]}"
 ASYNC_GOALS = {"none": Goal(">=", 1.2), "bf16": Goal(">=", 2.0)}
 
 
@@ -122,7 +120,9 @@ def _async_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, wi
     for r in range(s.reps):
         for side in ("tidal", "tp") if r % 2 == 0 else ("tp", "tidal"):
             if side == "tp":
-                tp.append(_tensorpipe_updates(cluster.env, cluster.logdir, numel, window_s, tp_ranks, ["--no-shm"]))
+                tp.append(
+                    _tensorpipe_updates(cluster.env, cluster.logdir, numel, window_s, tp_ranks, ["--no-shm"], s.quick)
+                )
                 continue
             for (transport, codec), figure in figures.items():
                 spec, _ = driver_spec(numel, "async", WORKERS, SHARDS, codec)
@@ -136,8 +136,8 @@ def _async_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, wi
         rows.append(
             Row(
                 f"{where}: async {WORKERS} trainers {exact / 1e6:.1f}M params, {SHARDS} shards",
-                f"updates/s ({wire}, {TRANSPORTS[transport]})", Spread.of(figure), TENSORPIPE_TCP,
-                Spread.of(tp), ratios(figure, tp), ASYNC_GOALS[codec],
+                f"updates/s ({wire}, {TRANSPORTS[transport]})", Spread.of(figure),
+                tensorpipe_label(s.quick, tcp_only=True), Spread.of(tp), ratios(figure, tp), ASYNC_GOALS[codec],
             )
         )  # fmt: skip
     return rows

@@ -34,8 +34,22 @@ ASYNC_GOALS = {
 
 # TensorPipe's worker threads, each tried: its default, and one per core.
 TP_THREADS = sorted({16, max(2, os.cpu_count() or 2)})
-# How the rows name it.
-TENSORPIPE = f"torch.distributed.rpc (TensorPipe) PS, float32, best of {' and '.join(map(str, TP_THREADS))} threads"
+
+
+def tp_threads(quick: bool) -> list[int]:
+    """The counts tried: --quick (a smoke run, no figure to keep) tries one per core alone."""
+    return [max(2, os.cpu_count() or 2)] if quick else TP_THREADS
+
+
+def tensorpipe_label(quick: bool, tcp_only: bool = False) -> str:
+    """How the rows name the TensorPipe parameter server, with the thread counts tried."""
+    counts = tp_threads(quick)
+    how = f"best of {' and '.join(map(str, counts))} threads" if len(counts) > 1 else f"{counts[0]} threads"
+    return (
+        f"TensorPipe PS, float32, TCP only, {how}"
+        if tcp_only
+        else f"torch.distributed.rpc (TensorPipe) PS, float32, {how}"
+    )
 
 
 def _interleaved(reps: int, a, b) -> tuple[list, list]:
@@ -176,12 +190,16 @@ def _tensorpipe_updates(
     window_s: float,
     prefixes: Sequence[list[str]] = ([], [], []),
     extra: Sequence[str] = (),
+    quick: bool = False,
 ) -> float:
     """The TensorPipe parameter server's updates/s at its best: the better of its default
     worker threads and one per core, each measured (on 2 cores, 2 threads made it up to 1.6x
     faster than its default 16; bench/NOTES.md). `prefixes`: what each rank's command runs
     behind (rank 0 serves); `extra`: more arguments."""
-    return max(_tensorpipe_run(env, logdir, numel, window_s, prefixes, [*extra, "--threads", t]) for t in TP_THREADS)
+    runs = (
+        _tensorpipe_run(env, logdir, numel, window_s, prefixes, [*extra, "--threads", t]) for t in tp_threads(quick)
+    )
+    return max(runs)
 
 
 def _tensorpipe_run(
@@ -220,7 +238,7 @@ def async_updates(cluster: BenchCluster, s: Settings, numel: int, window_s: floa
     for r in range(s.reps):
         for side in ("tidal", "tp") if r % 2 == 0 else ("tp", "tidal"):
             if side == "tp":
-                tp.append(_tensorpipe_updates(cluster.env, cluster.logdir, numel, window_s))
+                tp.append(_tensorpipe_updates(cluster.env, cluster.logdir, numel, window_s, quick=s.quick))
                 continue
             for transport, codec in variants:
                 spec, _ = driver_spec(numel, "async", 2, 1, codec)
@@ -235,7 +253,7 @@ def async_updates(cluster: BenchCluster, s: Settings, numel: int, window_s: floa
         rows.append(
             Row(
                 f"async 2 trainers {exact / 1e6:.1f}M params, 1 shard", f"updates/s ({wire})",
-                Spread.of(figure), TENSORPIPE, Spread.of(tp),
+                Spread.of(figure), tensorpipe_label(s.quick), Spread.of(tp),
                 ratios(figure, tp), ASYNC_GOALS[transport, codec],
             )
         )  # fmt: skip
