@@ -12,6 +12,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from tidal.core.clock_sums import RangedPush
 from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, NonFiniteGradientError
 from tidal.core.push_outcomes import PushOutcome
 from tidal.core.range_barrier import MIN_RANGE_ELEMENTS
@@ -59,6 +60,19 @@ def whole_clock(state: ShardState, clock: int, workers: Sequence[str] = WORKERS)
         state.push(w, f"{w}:{clock}", clock, EPOCH, grad(w, clock))
 
 
+def start_pushes(
+    state: ShardState, workers: Sequence[str], clock: int, elements: int, epoch: int = EPOCH
+) -> list[RangedPush]:
+    """Each worker's push for `clock` taken range by range, its first `elements` sent."""
+    pushes = []
+    for w in workers:
+        taken = state.open_ranged(w, f"{w}:{clock}", clock, epoch)
+        assert taken is not None
+        state.add_ranged(taken, 0, grad(w, clock)[:elements], "push.chunks")
+        pushes.append(taken)
+    return pushes
+
+
 def ranged_clock(state: ShardState, clock: int, piece: int = 300_000) -> list[int]:
     """Both workers' gradients for `clock`, taken range by range and interleaved; how much of
     the slice held the next version after each piece."""
@@ -95,11 +109,8 @@ def test_a_step_taken_range_by_range_equals_the_whole_step_bit_for_bit() -> None
 def test_while_a_step_is_applied_in_part_the_shard_says_so() -> None:
     state = make_state()
     whole_clock(state, 0)
-    pushes = [state.open_ranged(w, f"{w}:1", 1, EPOCH) for w in WORKERS]
     first = MIN_RANGE_ELEMENTS + 64
-    for w, taken in zip(WORKERS, pushes, strict=True):
-        assert taken is not None
-        state.add_ranged(taken, 0, grad(w, 1)[:first], "push.chunks")
+    start_pushes(state, WORKERS, 1, first)
     assert state.partial and state.version == 1 and state.applied_to(1) == first
     assert state.applied_to(0) == TOTAL
 
@@ -140,10 +151,7 @@ def test_a_newcomer_to_a_step_already_applied_in_part_is_late_for_it() -> None:
     state = make_state(workers=("w0", "w1", "w2"))
     whole_clock(state, 0, ["w0", "w1", "w2"])
     state.set_membership(EPOCH + 1, ["w0", "w1", "w2", "late"])
-    for w in ("w0", "w1", "w2"):
-        taken = state.open_ranged(w, f"{w}:1", 1, EPOCH + 1)
-        assert taken is not None
-        state.add_ranged(taken, 0, grad(w, 1)[: MIN_RANGE_ELEMENTS + 64], "push.chunks")
+    start_pushes(state, ["w0", "w1", "w2"], 1, MIN_RANGE_ELEMENTS + 64, epoch=EPOCH + 1)
     assert state.partial
     assert state.open_ranged("late", "late:1", 1, EPOCH + 1) is None
     result = state.push("late", "late:1", 1, EPOCH + 1, grad("late", 1))
@@ -157,13 +165,8 @@ def test_a_worker_that_leaves_mid_push_counts_where_its_gradient_came() -> None:
     whole_clock(state, 0, ["w0", "w1", "gone"])
     before = state.params.detach().clone()
     cut = 200_000
-    gone = state.open_ranged("gone", "gone:1", 1, EPOCH)
-    assert gone is not None
-    state.add_ranged(gone, 0, grad("gone", 1)[:cut], "push.chunks")
-    for w in ("w0", "w1"):
-        taken = state.open_ranged(w, f"{w}:1", 1, EPOCH)
-        assert taken is not None
-        state.add_ranged(taken, 0, grad(w, 1), "push.chunks")
+    start_pushes(state, ["gone"], 1, cut)
+    start_pushes(state, ["w0", "w1"], 1, TOTAL)
     assert state.version == 1  # still waiting for "gone"
     state.set_membership(EPOCH + 1, ["w0", "w1"])
     assert state.version == 2
@@ -188,9 +191,9 @@ def test_only_plain_sync_is_taken_range_by_range(mode: str, consistency: dict[st
 # --- the Exchange session --------------------------------------------------------------
 
 
-def _runtime() -> ShardRuntime:
-    state = make_state()
-    return ShardRuntime("job", state, ShardMetrics(CollectorRegistry()).for_job("job", "sync", 0))
+def _runtime(mode: str = "sync", **consistency: Any) -> ShardRuntime:
+    state = make_state(mode=mode, **consistency)
+    return ShardRuntime("job", state, ShardMetrics(CollectorRegistry()).for_job("job", mode, 0))
 
 
 class _Node:
@@ -210,9 +213,10 @@ def _open(worker: str) -> frames.Frame:
     return frames.decode_request(shard_pb.ExchangeRequest(open=opening).SerializeToString())
 
 
-def _push_messages(worker: str, clock: int, g: torch.Tensor) -> list[frames.Frame]:
+def _push_messages(worker: str, clock: int, g: torch.Tensor, messages: int | None = None) -> list[frames.Frame]:
+    """The push's messages; `messages` cuts it short, its last one marked last."""
     segments = build_shard_map(TENSORS, 1).segments(0)
-    groups = list(serde.group_encoded(serde.encoded_chunks(g, segments, 0)))
+    groups = list(serde.group_encoded(serde.encoded_chunks(g, segments, 0)))[:messages]
     return [
         frames.decode_request(
             frames.encode_push(f"{worker}:{clock}", clock, EPOCH, clock, 1, group, i == len(groups) - 1)
@@ -277,7 +281,44 @@ def test_a_non_finite_range_is_refused_naming_its_chunk() -> None:
             [r async for r in session.handle(m)]
         with pytest.raises(NonFiniteGradientError, match=r"push.chunks\[\d+\]: gradient contains NaN"):
             [r async for r in session.handle(messages[-1])]
+        # Counted once, as non-finite: not as bad input too.
         assert runtime.metrics.rejected["non_finite"]._value.get() == 1
+        assert runtime.metrics.rejected["bad_input"]._value.get() == 0
+
+    asyncio.run(main())
+
+
+def test_a_ranged_push_that_ends_short_of_its_slice_is_refused_and_counted_once() -> None:
+    async def main() -> None:
+        runtime = _runtime()
+        whole_clock(runtime.state, 0)
+        session = ExchangeSession(_Node(runtime), False, lambda *_: None)
+        await session.open(_open("w0"))
+        messages = _push_messages("w0", 1, grad("w0", 1), messages=2)
+        [r async for r in session.handle(messages[0])]
+        with pytest.raises(InvalidArgumentError, match=rf"push.chunks: chunks cover \d+ of {TOTAL} elements"):
+            [r async for r in session.handle(messages[1])]
+        assert runtime.metrics.rejected["bad_input"]._value.get() == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("mode", "consistency", "agreed"),
+    [
+        ("sync", {}, True),
+        ("sync", {"backup_workers": 1}, False),
+        ("ssp", {"staleness_bound": 2}, False),
+        ("async", {}, False),
+    ],
+)
+def test_a_shard_agrees_to_range_replies_only_for_plain_sync(
+    mode: str, consistency: dict[str, Any], agreed: bool
+) -> None:
+    async def main() -> None:
+        session = ExchangeSession(_Node(_runtime(mode, **consistency)), False, lambda *_: None)
+        opened = await session.open(_open("w0"))
+        assert opened.opened.range_replies is agreed
 
     asyncio.run(main())
 
@@ -285,10 +326,7 @@ def test_a_non_finite_range_is_refused_naming_its_chunk() -> None:
 def test_a_step_begun_by_workers_that_all_left_is_completed_by_their_replacements() -> None:
     state = make_state()
     whole_clock(state, 0)
-    for w in WORKERS:
-        taken = state.open_ranged(w, f"{w}:1", 1, EPOCH)
-        assert taken is not None
-        state.add_ranged(taken, 0, grad(w, 1)[: MIN_RANGE_ELEMENTS + 64], "push.chunks")
+    start_pushes(state, WORKERS, 1, MIN_RANGE_ELEMENTS + 64)
     state.set_membership(EPOCH + 1, ["new0", "new1"])  # both were lost mid-push
     assert state.partial
     # The first replacement joins the clock for the ranges still to come; once it is in, the

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tidal.core.errors import FailedPreconditionError, InvalidArgumentError
+from tidal.core.errors import InvalidArgumentError
 from tidal.core.policy import PushDecision, SyncPolicy
 from tidal.core.push_outcomes import PushOutcome, PushResult
 from tidal.core.range_barrier import RangeBuffer
-from tidal.core.schedule import lr_factor
 
 if TYPE_CHECKING:
     from tidal.core.shard_state import ShardState
@@ -57,6 +56,12 @@ class ClockSums:
         buffer = self._buffers.get(self.version)
         return isinstance(buffer, RangeBuffer) and buffer.applied > 0
 
+    @property
+    def takes_ranges(self: ShardState) -> bool:
+        """True when a push may be taken range by range: the job is plain sync (no backup
+        workers, whose barrier may complete without a worker's whole gradient)."""
+        return isinstance(self.policy, SyncPolicy) and self.policy.backup_workers == 0
+
     def applied_to(self: ShardState, clock: int) -> int:
         """How many elements of the slice (from its start) hold version `clock + 1` or later."""
         if self.version > clock:
@@ -77,10 +82,7 @@ class ClockSums:
         job is plain sync and the push is one of the current clock's; None otherwise (and for a
         push already taken, or late): the caller assembles it whole and calls `push`. A push
         resent after a reconnect resumes where its chunks stopped."""
-        self.check_sender(worker_id, membership_epoch)
-        if not self.initialized:
-            raise FailedPreconditionError("push: this shard has no parameters yet (a worker sends them with 'init')")
-        self._check_header(push_id, base_version)
+        self._check_entry(worker_id, membership_epoch, push_id, base_version)
         clock = base_version if clock is None else clock
         if self._pushes.get(worker_id, push_id) is not None or clock != base_version:
             return None
@@ -121,9 +123,7 @@ class ClockSums:
             raise InvalidArgumentError(f"push.chunks: chunks cover {have} of {self.numel} elements")
         outcome = PushOutcome.APPLIED if self.version > push.clock else PushOutcome.BUFFERED
         result = PushResult(outcome, self.version, push.staleness, push.clock + 1, ())
-        self._pushes.remember(push.worker_id, push.push_id, result)
-        self.counters.by_worker[push.worker_id] = self.counters.by_worker.get(push.worker_id, 0) + 1
-        return result
+        return self._record(push.worker_id, push.push_id, result)
 
     def _missed_start(self: ShardState, worker_id: str, clock: int) -> bool:
         """A new contributor to a clock already applied in part is late for it, unless nobody
@@ -146,11 +146,9 @@ class ClockSums:
             return True
         if buffer.applied == 0 and self.before_change is not None:
             self.before_change()
-        group = self.optimizer.param_groups[0]
-        group["lr"] = self._base_lr * lr_factor(self._schedule, self.version, self.spec.target_version)
-        for lo, hi, contributors in buffer.pieces(buffer.applied, ready):
-            self._ranges.step(lo, hi, buffer.total[lo:hi].div_(contributors))
-        group["lr"] = self._base_lr
+        with self._scheduled_lr():
+            for lo, hi, contributors in buffer.pieces(buffer.applied, ready):
+                self._ranges.step(lo, hi, buffer.total[lo:hi].div_(contributors))
         buffer.applied = ready
         if ready < self.numel:
             return False
@@ -182,8 +180,7 @@ class ClockSums:
         """The buffer of `clock`: a new plain sync clock's is a RangeBuffer, once the optimizer
         has its state (its first step creates it from a whole gradient)."""
         buffer = self._buffers.get(clock)
-        plain_sync = isinstance(self.policy, SyncPolicy) and self.policy.backup_workers == 0
-        if buffer is None and clock == self.version and plain_sync and self._ranges.ready():
+        if buffer is None and clock == self.version and self.takes_ranges and self._ranges.ready():
             buffer = self._buffers[clock] = RangeBuffer(torch.empty_like(self.params.detach()))
         return buffer
 

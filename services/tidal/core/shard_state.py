@@ -11,8 +11,8 @@ shard's counts of them, are core/push_outcomes.py's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -45,17 +45,6 @@ def all_finite(t: torch.Tensor) -> bool:
 
 # Outcomes whose gradient is in the parameters or in a barrier's sum: a repeat is a duplicate.
 _TAKEN = frozenset({PushOutcome.APPLIED, PushOutcome.BUFFERED})
-
-
-@dataclass
-class _Buffer:
-    """Gradients waiting for their clock to complete: a running sum and who contributed."""
-
-    total: torch.Tensor
-    # worker -> base version of its gradient
-    bases: dict[str, int] = field(default_factory=dict)
-    # Contributors whose gradient is of the job's last clock.
-    finals: set[str] = field(default_factory=set)
 
 
 class ShardState(ClockSums):
@@ -237,11 +226,9 @@ class ShardState(ClockSums):
         """Handles one complete gradient push. Raises before any write if it is invalid.
         `clock` is the worker's clock (SSP, auto); it defaults to the base version. `now`
         (monotonic seconds) is when it arrived, for `mode: auto`."""
-        self.check_sender(worker_id, membership_epoch)
-        if not self.initialized:
-            raise FailedPreconditionError("push: this shard has no parameters yet (a worker sends them with 'init')")
         # Validation first: a repeated id never lets an invalid gradient through as a duplicate.
-        self._check_push(push_id, base_version, grad)
+        self._check_entry(worker_id, membership_epoch, push_id, base_version)
+        self._check_gradient(grad)
         if (previous := self._pushes.get(worker_id, push_id)) is not None:
             return self._repeat(previous)
         clock = base_version if clock is None else clock
@@ -278,16 +265,24 @@ class ShardState(ClockSums):
             self.counters.reject("stale")
             outcome = PushOutcome.REJECTED_STALE
         serve = self.version if past_end else self.policy.serve_after_push(base_version, clock, self.view())
-        result = PushResult(outcome, self.version, staleness, serve, folded)
-        if outcome in _TAKEN:
-            # Only a taken gradient is remembered: a push that was refused or dropped is judged
-            # again if it comes back (versions only grow, so a late one stays late), and an id
-            # used by a forged late push stays free for the real one.
+        return self._record(worker_id, push_id, PushResult(outcome, self.version, staleness, serve, folded))
+
+    def _record(self, worker_id: str, push_id: str, result: PushResult) -> PushResult:
+        """Counts a push as its member's, and remembers it if its gradient was taken. Only a
+        taken gradient is remembered: a push that was refused or dropped is judged again if it
+        comes back (versions only grow, so a late one stays late), and an id used by a forged
+        late push stays free for the real one."""
+        if result.outcome in _TAKEN:
             self._pushes.remember(worker_id, push_id, result)
         self.counters.by_worker[worker_id] = self.counters.by_worker.get(worker_id, 0) + 1
         return result
 
-    def _check_header(self, push_id: str, base_version: int) -> None:
+    def _check_entry(self, worker_id: str, membership_epoch: int, push_id: str, base_version: int) -> None:
+        """What every push must pass before anything else: a member's, in its epoch, to an
+        initialized shard, with a valid id and base version."""
+        self.check_sender(worker_id, membership_epoch)
+        if not self.initialized:
+            raise FailedPreconditionError("push: this shard has no parameters yet (a worker sends them with 'init')")
         if not push_id:
             raise InvalidArgumentError("push.push_id: must not be empty")
         if len(push_id) > MAX_PUSH_ID_CHARS:
@@ -295,8 +290,7 @@ class ShardState(ClockSums):
         if base_version < 0:
             raise InvalidArgumentError(f"push.base_version: must be >= 0, got {base_version}")
 
-    def _check_push(self, push_id: str, base_version: int, grad: torch.Tensor) -> None:
-        self._check_header(push_id, base_version)
+    def _check_gradient(self, grad: torch.Tensor) -> None:
         if grad.shape != self.params.shape or grad.dtype != self.params.dtype:
             raise InvalidArgumentError(
                 f"push.chunks: gradient has {grad.numel()} {grad.dtype} elements, "
@@ -353,13 +347,22 @@ class ShardState(ClockSums):
     def _step(self, grad: torch.Tensor, lr_scale: float = 1.0) -> None:
         if self.before_change is not None:
             self.before_change()
-        group = self.optimizer.param_groups[0]
-        group["lr"] = self._base_lr * lr_scale * lr_factor(self._schedule, self.version, self.spec.target_version)
-        self.params.grad = grad
-        eager_optim.step(self.optimizer)
-        self.params.grad = None
-        group["lr"] = self._base_lr
+        with self._scheduled_lr(lr_scale):
+            self.params.grad = grad
+            eager_optim.step(self.optimizer)
+            self.params.grad = None
         self._next_version()
+
+    @contextmanager
+    def _scheduled_lr(self, scale: float = 1.0) -> Iterator[None]:
+        """The optimizer's learning rate for a step of the current version: the base rate times
+        the schedule's factor (and `scale`), restored after."""
+        group = self.optimizer.param_groups[0]
+        group["lr"] = self._base_lr * scale * lr_factor(self._schedule, self.version, self.spec.target_version)
+        try:
+            yield
+        finally:
+            group["lr"] = self._base_lr
 
     def _next_version(self) -> None:
         self.version += 1

@@ -19,18 +19,23 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from tidal.core.clock_sums import RangedPush
 from tidal.core.compression import wire_dtype
-from tidal.core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from tidal.core.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NonFiniteGradientError,
+    UnavailableError,
+)
 from tidal.core.recovery import check_resume
 from tidal.core.shard_map import Segment
 from tidal.shard.convert import push_ack
 from tidal.shard.payloads import BulkPort, StreamPayloads
 from tidal.shard.runtime import RangedServe, ShardRuntime
+from tidal.shard.runtimes import Runtimes, find_runtime
 from tidal.transport import frames
 from tidal.transport.limits import CHUNK_BYTES
 from tidal.transport.serde import SliceAssembler
@@ -38,39 +43,6 @@ from tidal.v1 import common_pb2 as common_pb
 from tidal.v1 import shard_pb2 as shard_pb
 
 Response = shard_pb.ExchangeResponse | bytes
-
-
-class Runtimes(Protocol):
-    # The running job, if any.
-    runtime: ShardRuntime | None
-    # The running job or, after it ended, the last one (its final parameters stay readable).
-    last_runtime: ShardRuntime | None
-    # True while the process shuts down: pushes are refused with UNAVAILABLE.
-    draining: bool
-
-    def worker_resumed(self, worker_id: str, last_version: int, completed_pushes: int) -> None:
-        """A worker reconnected and said what it saw of this shard index before."""
-        ...
-
-    def pushed(self) -> None:
-        """A push was handled (a checkpoint may be due)."""
-        ...
-
-    def initialized(self) -> None:
-        """A worker's initial parameters were set (the first checkpoint is due)."""
-        ...
-
-
-def find_runtime(runtimes: Runtimes, job_id: str, running: bool = True) -> ShardRuntime:
-    """The job's runtime: the running one, or (`running` False) the last one, finished or not."""
-    if running and runtimes.draining:
-        raise UnavailableError("shard: shutting down; reconnect once it restarted")
-    runtime = runtimes.runtime if running else runtimes.last_runtime
-    if runtime is None:
-        raise FailedPreconditionError(f"job_id: this shard has no running job (asked for {job_id!r})")
-    if runtime.job_id != job_id:
-        raise FailedPreconditionError(f"job_id: this shard serves job {runtime.job_id!r}, not {job_id!r}")
-    return runtime
 
 
 @dataclass(frozen=True)
@@ -163,7 +135,8 @@ class ExchangeSession:
             self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
         self._payloads = StreamPayloads(runtime, self._accept_shared_memory, self._bulk_port)
         shared_memory, bulk = self._payloads.agree(opened)
-        self._range_replies = opened.range_replies and not shared_memory and bulk is None
+        # Only a plain sync job takes pushes range by range: other workers need no reply reader.
+        self._range_replies = opened.range_replies and state.takes_ranges and not shared_memory and bulk is None
         start, end = state.shard_map.ranges[state.shard_index]
         return shard_pb.ExchangeResponse(
             opened=shard_pb.ExchangeOpened(
@@ -326,14 +299,16 @@ class ExchangeSession:
                     )
                 ranged.next_start = start + values.numel()
                 await runtime.add_ranged(ranged.push, start, values, where)
+            result = runtime.state.finish_ranged(ranged.push) if push.last else None
+        except NonFiniteGradientError:
+            raise  # counted as non-finite by add_ranged
         except InvalidArgumentError:
             runtime.reject_bad_input()
             raise
         for params in ranged.serve.ready():
             yield params
-        if not push.last:
+        if result is None:
             return
-        result = runtime.state.finish_ranged(ranged.push)
         self._runtimes.pushed()
         yield push_ack(push.push_id, result)
         timeout_s = runtime.state.spec.step_timeout_s

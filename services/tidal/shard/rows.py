@@ -17,9 +17,9 @@ from tidal.core.embeddings.shard import RowPushOutcome, RowShard, RowsSnapshot
 from tidal.core.errors import DataLossError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
 from tidal.core.shard_snapshot import ShardSnapshot
 from tidal.core.shard_state import ShardState
-from tidal.shard.exchange import Runtimes, find_runtime
 from tidal.shard.row_metrics import JobRowMetrics, RowMetrics
 from tidal.shard.runtime import ShardRuntime
+from tidal.shard.runtimes import Runtimes, find_runtime
 from tidal.transport import rows as wire
 from tidal.transport.guard import require_member
 from tidal.v1 import shard_pb2 as shard_pb

@@ -132,11 +132,7 @@ class ShardRuntime:
         started, before = time.perf_counter(), self.state.applied_to(push.clock)
         if self._barrier_started is None:
             self._barrier_started = started
-        try:
-            folded = self.state.add_ranged(push, start, values, where)
-        except InvalidArgumentError:
-            self.reject_bad_input()
-            raise
+        folded = self.state.add_ranged(push, start, values, where)  # its caller counts bad input
         if folded:
             await self._folded(folded, time.perf_counter() - started)
         elif self.state.applied_to(push.clock) != before:

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tidal.shard.convert import shard_info_to_proto
-from tidal.shard.exchange import ExchangeSession, find_runtime
+from tidal.shard.exchange import ExchangeSession
 from tidal.shard.payloads import BulkPort
 from tidal.shard.rows import RowHost, RowService
+from tidal.shard.runtimes import find_runtime
 from tidal.transport import frames
 from tidal.transport.errors import translate_errors
 from tidal.transport.guard import require_member
