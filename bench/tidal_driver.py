@@ -104,7 +104,7 @@ async def drive(args: argparse.Namespace) -> None:
     await asyncio.gather(*(link.open() for link in links))
     if args.transport == "shared_memory" and not all(link.shared_memory for link in links):
         raise SystemExit("bench driver: a shard declined shared memory (TIDAL_SHARED_MEMORY=off there?)")
-    if args.transport == "bulk" and not all(link.transport == "on a bulk channel" for link in links):
+    if args.transport == "bulk" and not all(link.transport.startswith("on a bulk channel") for link in links):
         raise SystemExit("bench driver: a shard offered no bulk channel (TIDAL_BULK_CHANNEL=off there?)")
     await asyncio.gather(*(link.pull(0) for link in links))
     clock = 0

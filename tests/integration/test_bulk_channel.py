@@ -67,10 +67,31 @@ def streams_by_transport(cluster: LocalCluster, security: SecurityConfig) -> dic
     return found
 
 
-def test_bulk_channel_over_mutual_tls_trains_what_inline_grpc_trains(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def inline_sync(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
+    """The sync job's final parameters with every tensor inline: what a bulk channel must train."""
     inline_env = {"TIDAL_SHARED_MEMORY": "off", "TIDAL_BULK_CHANNEL": "off"}
-    with LocalCluster(tmp_path / "inline", num_shards=2, worker_slowdowns=(1.0, 1.0), env=inline_env) as cluster:
-        inline = asyncio.run(train(cluster, cluster.client_security(), spec("inline", "sync")))
+    root = tmp_path_factory.mktemp("inline")
+    with LocalCluster(root, num_shards=2, worker_slowdowns=(1.0, 1.0), env=inline_env) as cluster:
+        return asyncio.run(train(cluster, cluster.client_security(), spec("inline", "sync")))
+
+
+def test_bulk_channel_in_plaintext_goes_message_by_message_and_trains_what_inline_grpc_trains(
+    tmp_path: Path, inline_sync: torch.Tensor
+) -> None:
+    env = {"TIDAL_SHARED_MEMORY": "off", "TIDAL_BULK_CHANNEL": "on"}
+    root = tmp_path / "bulk"
+    with LocalCluster(root, num_shards=2, worker_slowdowns=(1.0, 1.0), env=env) as cluster:
+        over_bulk = asyncio.run(train(cluster, cluster.client_security(), spec("bulk", "sync")))
+        streams = streams_by_transport(cluster, cluster.client_security())
+    assert torch.equal(over_bulk, inline_sync)
+    assert streams.get("bulk") == 4 and streams.get("grpc") == 0, streams
+    logs = "".join(path.read_text() for path in (root / "logs").glob("worker-*.log"))
+    assert logs.count("tensors travel on a bulk channel, message by message") >= 4
+
+
+def test_bulk_channel_over_mutual_tls_trains_what_inline_grpc_trains(tmp_path: Path, inline_sync: torch.Tensor) -> None:
+    inline = inline_sync
 
     pki = tmp_path / "pki"
     create_bundle(pki)
@@ -88,4 +109,5 @@ def test_bulk_channel_over_mutual_tls_trains_what_inline_grpc_trains(tmp_path: P
     assert streams.get("bulk") == 4 and streams.get("grpc") == 0, streams
     logs = "".join(path.read_text() for path in (root / "logs").glob("worker-*.log"))
     assert logs.count("tensors travel on a bulk channel") >= 8
+    assert "message by message" not in logs  # TLS: one block per push or reply
     assert "payloads travel inline from now on" not in logs

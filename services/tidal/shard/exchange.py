@@ -87,6 +87,8 @@ class _RangedPending:
     chunks: int = 0
     # Where the next chunk must start: chunks travel in slice order (a resent push's repeats are skipped).
     next_start: int = 0
+    # On a bulk channel: a block of the push was read off the socket.
+    block_read: bool = False
 
 
 class ExchangeSession:
@@ -136,7 +138,8 @@ class ExchangeSession:
         self._payloads = StreamPayloads(runtime, self._accept_shared_memory, self._bulk_port)
         shared_memory, bulk = self._payloads.agree(opened)
         # Only a plain sync job takes pushes range by range: other workers need no reply reader.
-        self._range_replies = opened.range_replies and state.takes_ranges and not shared_memory and bulk is None
+        self._range_replies = opened.range_replies and state.takes_ranges and self._payloads.can_flow_both_ways
+        self._payloads.piecewise = self._range_replies and bulk is not None
         start, end = state.shard_map.ranges[state.shard_index]
         return shard_pb.ExchangeResponse(
             opened=shard_pb.ExchangeOpened(
@@ -203,9 +206,13 @@ class ExchangeSession:
         target = await payloads.target() if payloads is not None else None
         while runtime.state.partial:  # another stream's push began the next version meanwhile
             await runtime.wait_for_version(runtime.state.version, runtime.state.spec.step_timeout_s)
-        with contextlib.closing(runtime.serve(self.worker_id, target)) as messages:
-            for params in messages:
+        piecewise = payloads is not None and payloads.piecewise
+        elements = runtime.reply_elements(piecewise=True) if piecewise else []
+        with contextlib.closing(runtime.serve(self.worker_id, target, piecewise)) as messages:
+            for i, params in enumerate(messages):
                 yield params
+                if piecewise:
+                    await payloads.sent_message(elements[i])  # type: ignore[union-attr]
         if payloads is not None:
             await payloads.served()
 
@@ -273,20 +280,23 @@ class ExchangeSession:
         taken = runtime.open_ranged(self.worker_id, push.push_id, push.base_version, push.membership_epoch, push.clock)
         if taken is None:
             return False
-        state = runtime.state
+        state, payloads = runtime.state, self._payloads
         wire = wire_dtype(state.spec.compression)
         checker = SliceAssembler(state.segments, runtime.range_start, state.params.detach(), "push.chunks", wire)
-        self._ranged = _RangedPending(push, taken, checker, runtime.serve_ranged(self.worker_id, taken.clock))
+        target = await payloads.target() if payloads is not None and payloads.piecewise else None
+        self._ranged = _RangedPending(push, taken, checker, runtime.serve_ranged(self.worker_id, taken.clock, target))
         return True
 
     async def _take_ranged(self, push: frames.PushView) -> AsyncIterator[Response]:
         """One message of a ranged push: its chunks go into the clock's sum as they come, and
         the parameters of every range that completed go back at once. After the last message
         its ack, then the rest of the parameters as their ranges complete."""
-        runtime, ranged = self._opened(), self._ranged
-        assert ranged is not None  # _open_ranged
+        runtime, ranged, payloads = self._opened(), self._ranged, self._payloads
+        assert ranged is not None and payloads is not None  # _open_ranged
         try:
             self._check_continuation(push, ranged)
+            found, ranged.block_read = await payloads.inbound(push.chunks, ranged.block_read, "push.chunks")
+            runtime.metrics.received.inc(found)
             for i, chunk in enumerate(push.chunks):
                 if i and i % self._limits.chunks_per_turn == 0:
                     await asyncio.sleep(0)  # the loop's turn: other streams, heartbeats, health
@@ -305,7 +315,7 @@ class ExchangeSession:
         except InvalidArgumentError:
             runtime.reject_bad_input()
             raise
-        for params in ranged.serve.ready():
+        async for params in self._ranged_replies(ranged):
             yield params
         if result is None:
             return
@@ -314,10 +324,17 @@ class ExchangeSession:
         timeout_s = runtime.state.spec.step_timeout_s
         while not ranged.serve.done:
             await runtime.wait_for_applied(ranged.push.clock, ranged.serve.next_end, timeout_s)
-            for params in ranged.serve.ready():
+            async for params in self._ranged_replies(ranged):
                 yield params
         ranged.serve.close()
         self._ranged = None
+
+    async def _ranged_replies(self, ranged: _RangedPending) -> AsyncIterator[Response]:
+        """The parameters messages whose ranges are applied, each (piecewise) with its payload after it."""
+        assert self._payloads is not None  # opened
+        for elements, params in ranged.serve.ready():
+            yield params
+            await self._payloads.sent_message(elements)
 
     async def _initialize(self, pending: _PendingPush, values: torch.Tensor) -> Response:
         """Sets the shard's initial parameters from a worker's (the first to send them), or

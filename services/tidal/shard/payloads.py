@@ -21,6 +21,8 @@ class BulkPort(Protocol):
 
     port: int
     executor: Executor | None
+    # Its connections are TLS: they cannot carry both directions at once (not piecewise).
+    tls: bool
 
     def expect(self) -> tuple[bytes, asyncio.Future]: ...
 
@@ -38,6 +40,8 @@ class StreamPayloads:
         self._token: bytes | None = None
         self._connecting: asyncio.Future | None = None
         self._bulk: bulk.BulkStream | None = None
+        # Each message's payload follows it (set by the session where range replies were agreed).
+        self.piecewise = False
 
     def agree(self, opened: shard_pb.ExchangeOpen) -> tuple[bool, shard_pb.BulkChannel | None]:
         """Maps the worker's shared memory if it offered some this process can see; else, if it
@@ -56,6 +60,14 @@ class StreamPayloads:
         runtime.metrics.streams[kind].inc()
         return self._shared is not None, offer
 
+    @property
+    def can_flow_both_ways(self) -> bool:
+        """Whether the agreed path can carry a push and its parameters at once (range
+        replies): inline, or a bulk channel in plaintext; never shared memory."""
+        if self._shared is not None:
+            return False
+        return self._token is None or (self._bulk_port is not None and not self._bulk_port.tls)
+
     async def _channel(self) -> bulk.BulkStream | None:
         """The bulk channel once the worker connected (waited for on first use)."""
         if self._bulk is None and self._connecting is not None:
@@ -69,6 +81,7 @@ class StreamPayloads:
             params = self._runtime.state.params
             executor = self._bulk_port.executor if self._bulk_port else None
             self._bulk = bulk.BulkStream(sock, params.numel() * params.element_size(), timeout_s, executor)
+            self._bulk.piecewise = self.piecewise
         return self._bulk
 
     async def inbound(self, chunks: Sequence[frames.ChunkView], block_read: bool, field: str) -> tuple[int, bool]:
@@ -89,9 +102,17 @@ class StreamPayloads:
         return channel.outbound if channel is not None else None
 
     async def served(self) -> None:
-        """The messages of one parameters reply were sent: on a bulk channel, now its block."""
-        if self._bulk is not None:
+        """The messages of one parameters reply were sent: on a bulk channel, now its block
+        (piecewise: each message's went after it, `sent_message`)."""
+        if self._bulk is not None and not self.piecewise:
             await self._bulk.send_outbound(self._runtime.served_bytes())
+
+    async def sent_message(self, elements: tuple[int, int]) -> None:
+        """A parameters message was sent whose payload is those elements of the slice: on a
+        piecewise bulk channel, now their bytes."""
+        if self._bulk is not None and self.piecewise:
+            size = self._runtime.served_itemsize()
+            await self._bulk.send(self._bulk.outbound.payload((elements[1] - elements[0]) * size, elements[0] * size))
 
     def close(self) -> None:
         if self._shared is not None:

@@ -34,6 +34,7 @@ from tidal.core.spec import Mode
 from tidal.shard.metrics import REASON_FOR_OUTCOME, JobShardMetrics
 from tidal.shard.scratch import SCRATCH_WAIT_S, SharedScratch
 from tidal.transport import frames, serde
+from tidal.transport.limits import CHUNK_BYTES, PIECE_BYTES
 
 
 class PayloadTarget(Protocol):
@@ -69,14 +70,16 @@ class ShardRuntime:
         self._sending: dict[int, list[_Progress]] = {}
         self._frozen: dict[int, tuple[int, torch.Tensor]] = {}
         # The messages' chunk windows, by element size (serde.window_groups): built once.
-        self._groups: dict[int, list[list[serde.Window]]] = {}
+        self._groups: dict[tuple[int, int], list[list[serde.Window]]] = {}
         state.before_change = self._freeze
         # Where pushes are assembled before they reach the parameters.
         self.scratch = SharedScratch(state.params, SCRATCH_WAIT_S if state.spec.mode == Mode.ASYNC else 0.0)
         # What parameters travel down to workers in (None: as held).
         self._wire = params_wire_dtype(state.spec.compression)
-        # Chunk headers of parameters sent through shared memory or a bulk channel.
+        # Chunk headers of parameters sent through shared memory or a bulk channel, and of
+        # those sent piecewise on one (per message, as inline: `_messages`).
         self._shared_chunks: list[list[frames.Encoded]] | None = None
+        self._placed: list[list[frames.Encoded]] | None = None
         self._barrier_started: float | None = None
         # Mode auto: every decision of the tuner, oldest first.
         self.history: list[AutoDecision] = []
@@ -138,13 +141,19 @@ class ShardRuntime:
         elif self.state.applied_to(push.clock) != before:
             await self._notify()
 
-    def serve_ranged(self, worker_id: str, clock: int) -> RangedServe:
+    def serve_ranged(self, worker_id: str, clock: int, target: PayloadTarget | None = None) -> RangedServe:
         """The parameters of version `clock + 1` for `worker_id`, message by message as their
-        ranges are applied: a ranged push's stream sends them while the push goes on."""
+        ranges are applied: a ranged push's stream sends them while the push goes on (each
+        message's payload copied into `target` when it travels on a piecewise bulk channel)."""
         self.state.served(worker_id, now=time.monotonic())
+        elements = self.reply_elements(piecewise=target is not None)
+        return RangedServe(self, clock, elements, self._messages(clock + 1, self._wire, target))
+
+    def reply_elements(self, piecewise: bool) -> list[tuple[int, int]]:
+        """The elements of the slice each message of a parameters reply carries (inline, or
+        `piecewise` on a bulk channel), in order."""
         dtype = self._wire or self.state.params.dtype
-        ends = [g[-1].start + g[-1].length for g in self._window_groups(dtype)]
-        return RangedServe(self, clock, ends, self._messages(clock + 1, self._wire))
+        return [serde.elements_of(g) for g in self._window_groups(dtype, piecewise)]
 
     async def wait_for_applied(self, clock: int, elements: int, timeout_s: float) -> None:
         """Returns once `elements` of the slice hold version `clock + 1` (or the job ended)."""
@@ -234,17 +243,17 @@ class ShardRuntime:
         if self.closed_reason:
             raise FailedPreconditionError(f"job_id: job {self.job_id} ended on this shard: {self.closed_reason}")
 
-    def serve(self, worker_id: str, target: PayloadTarget | None = None) -> Iterator[bytes]:
+    def serve(self, worker_id: str, target: PayloadTarget | None = None, piecewise: bool = False) -> Iterator[bytes]:
         """The current parameters for `worker_id`, in the job's parameter wire dtype (bf16 when
         the job compresses with bf16), noting what it will train on (DC-ASGD). Inline, each
         message is encoded when it is asked for (`_messages`); on a stream with shared memory
         or a bulk channel they are copied into `target` (the segment, or the block to send)
-        and the messages say where. A generator: its first message is taken at once; close it
-        if the stream ends early."""
+        and the messages say where (`piecewise`: message by message, as inline). A generator:
+        its first message is taken at once; close it if the stream ends early."""
         self.state.served(worker_id, now=time.monotonic())
         version = self.state.version
-        if target is None:
-            yield from self._messages(version, self._wire)
+        if target is None or piecewise:
+            yield from self._messages(version, self._wire, target)
             return
         flat = self.state.params.detach()
         dtype = self._wire or flat.dtype
@@ -258,8 +267,11 @@ class ShardRuntime:
 
     def served_bytes(self) -> int:
         """Payload bytes of one parameters reply (the slice in the parameter wire dtype)."""
-        params = self.state.params
-        return params.numel() * (self._wire or params.dtype).itemsize
+        return self.state.params.numel() * self.served_itemsize()
+
+    def served_itemsize(self) -> int:
+        """Bytes per element of the parameters served (the parameter wire dtype)."""
+        return (self._wire or self.state.params.dtype).itemsize
 
     def params(self) -> Iterator[bytes]:
         """The current parameters as held (float32), encoded as ExchangeResponse messages
@@ -268,12 +280,15 @@ class ShardRuntime:
             raise FailedPreconditionError(f"job_id: job {self.job_id} has no parameters yet (its workers send them)")
         return self._messages(self.state.version, None)
 
-    def _messages(self, version: int, wire: torch.dtype | None) -> Iterator[bytes]:
+    def _messages(self, version: int, wire: torch.dtype | None, target: PayloadTarget | None = None) -> Iterator[bytes]:
         """The parameters of `version` (the current one when called), one Params message at a
         time, each encoded from the live parameters, or from the copy `_freeze` kept if they
-        changed since."""
+        changed since; with a `target`, each message's payload is copied there instead and
+        the message says where (a piecewise bulk channel sends those bytes after it)."""
         dtype = wire or self.state.params.dtype
-        groups = self._window_groups(dtype)
+        groups = self._window_groups(dtype, piecewise=target is not None)
+        if target is not None and self._placed is None:  # the same headers for every version: built once
+            self._placed = [serde.placed_windows(g, dtype) for g in groups]
         progress = _Progress()
         serves = self._sending.setdefault(version, [])
         serves.append(progress)
@@ -282,11 +297,16 @@ class ShardRuntime:
                 source, base = self.state.params.detach(), 0
                 if (frozen := self._frozen.get(version)) is not None:  # changed since: `_freeze` kept the rest
                     base, source = frozen
-                chunks = serde.encode_windows(source, windows, dtype, base)
+                start, end = serde.elements_of(windows)
+                if target is None:
+                    chunks, payload = serde.encode_windows(source, windows, dtype, base), 0
+                else:
+                    target.tensor(dtype, end)[start:end].copy_(source[start - base : end - base])
+                    chunks, payload = self._placed[i], (end - start) * dtype.itemsize  # type: ignore[index]
                 message = frames.encode_params(version, chunks, i == len(groups) - 1)
                 # Encoded (copied): the next message starts after it (windows are in slice order).
-                progress.start = windows[-1].start + windows[-1].length
-                self.metrics.sent.inc(len(message))
+                progress.start = end
+                self.metrics.sent.inc(len(message) + payload)
                 yield message
         finally:
             serves.remove(progress)
@@ -294,11 +314,13 @@ class ShardRuntime:
                 del self._sending[version]
                 self._frozen.pop(version, None)
 
-    def _window_groups(self, dtype: torch.dtype) -> list[list[serde.Window]]:
-        groups = self._groups.get(dtype.itemsize)
+    def _window_groups(self, dtype: torch.dtype, piecewise: bool = False) -> list[list[serde.Window]]:
+        """The messages' windows: of CHUNK_BYTES inline, of PIECE_BYTES on a piecewise bulk channel."""
+        max_bytes = PIECE_BYTES if piecewise else CHUNK_BYTES
+        groups = self._groups.get((dtype.itemsize, max_bytes))
         if groups is None:
-            groups = self._groups[dtype.itemsize] = serde.window_groups(
-                dtype.itemsize, self.state.segments, self.range_start
+            groups = self._groups[(dtype.itemsize, max_bytes)] = serde.window_groups(
+                dtype.itemsize, self.state.segments, self.range_start, max_bytes
             )
         return groups
 
@@ -320,29 +342,32 @@ class RangedServe:
     """One worker's parameters of the version its ranged push makes, handed out message by
     message as far as that version is applied (`ShardRuntime.serve_ranged`)."""
 
-    def __init__(self, runtime: ShardRuntime, clock: int, ends: list[int], messages: Iterator[bytes]) -> None:
+    def __init__(
+        self, runtime: ShardRuntime, clock: int, elements: list[tuple[int, int]], messages: Iterator[bytes]
+    ) -> None:
         self._runtime = runtime
         self._clock = clock
-        # The slice element each message's windows end at, in order.
-        self._ends = ends
+        # The elements of the slice each message carries, in order.
+        self._elements = elements
         self._messages = messages
         self._sent = 0
 
     @property
     def done(self) -> bool:
-        return self._sent == len(self._ends)
+        return self._sent == len(self._elements)
 
     @property
     def next_end(self) -> int:
         """Elements that must be applied before the next message can go."""
-        return self._ends[self._sent]
+        return self._elements[self._sent][1]
 
-    def ready(self) -> list[bytes]:
-        """The messages whose ranges are applied and were not handed out yet."""
+    def ready(self) -> list[tuple[tuple[int, int], bytes]]:
+        """The messages whose ranges are applied and were not handed out yet, each with the
+        elements it carries."""
         applied = self._runtime.state.applied_to(self._clock)
         out = []
-        while not self.done and self._ends[self._sent] <= applied:
-            out.append(next(self._messages))
+        while not self.done and self.next_end <= applied:
+            out.append((self._elements[self._sent], next(self._messages)))
             self._sent += 1
         return out
 

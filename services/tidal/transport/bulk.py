@@ -10,7 +10,11 @@ a block, and each push or parameters reply sends its payload on the socket as th
 receiver reads the block into a buffer laid out like a shared-memory segment (transport/shm.py)
 straight from the socket (`recv_into`), so the checks and the assembly are those of shared
 memory. The stream still orders everything: a block is read when the first message of its push
-or reply arrives, and the two directions take turns (push, then parameters). A worker's push
+or reply arrives, and the two directions take turns (push, then parameters). A stream that
+agreed to range replies (a plain sync job's, plaintext) is piecewise instead: each message's
+payload follows it as a block of its own, appended to its push's or reply's blocks before, and
+both directions flow at once, so a step's first parameters come down while the rest of its
+gradient still goes up (core/range_barrier.py). A worker's push
 returns once its peer acknowledged the block (`send(..., drained=True)`), not once the block sits
 in the send buffer, so its links' one-at-a-time uploads really take turns on the link.
 
@@ -32,6 +36,7 @@ import ssl
 import struct
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
 
 import torch
 
@@ -90,8 +95,9 @@ class Block:
         """The first `numel` payload elements as a tensor over the buffer (what a sender fills)."""
         return self._buffer[HEADER_BYTES : HEADER_BYTES + numel * dtype.itemsize].view(dtype)
 
-    def payload(self, length: int) -> memoryview:
-        return self._view[HEADER_BYTES : HEADER_BYTES + length]
+    def payload(self, length: int, start: int = 0) -> memoryview:
+        """Payload bytes [start, start + length)."""
+        return self._view[HEADER_BYTES + start : HEADER_BYTES + start + length]
 
     def filled(self, length: int) -> None:
         self.size = HEADER_BYTES + length
@@ -120,6 +126,10 @@ class BulkStream:
         self.inbound = Block(payload_bytes)
         self._outbound: Block | None = None
         self._payload_bytes = payload_bytes
+        # Each message's payload follows it as a block of its own, appended to the ones before
+        # in its push or reply (agreed with range replies: the parameters of the first ranges
+        # come down while the rest of the gradient still goes up); else one block per push or reply.
+        self.piecewise = False
         self.closed = False
 
     @property
@@ -128,10 +138,10 @@ class BulkStream:
             self._outbound = Block(self._payload_bytes)
         return self._outbound
 
-    async def _call(self, fn: object, *args: object) -> None:
+    async def _call(self, fn: object, *args: object) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
+            return await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
         except TimeoutError:
             raise DeadlineExceededError("bulk channel: the peer did not keep up within the step timeout") from None
         except (OSError, ConnectionError) as exc:
@@ -142,35 +152,48 @@ class BulkStream:
         length; `drained`: returns once the peer acknowledged nearly all of it (DRAINED_BYTES)."""
         if isinstance(payload, torch.Tensor):
             payload = memoryview(payload.contiguous().view(torch.uint8).numpy())
-        await self._call(self._sock.sendall, _LENGTH.pack(len(payload)))
-        await self._call(self._sock.sendall, payload)
-        if drained:
-            await self._call(wait_drained, self._sock, DRAINED_BYTES, self._timeout_s)
+        await self._call(self._send_block, payload, drained)  # one thread hop per block
         return _LENGTH.size + len(payload)
+
+    def _send_block(self, payload: memoryview, drained: bool) -> None:
+        self._sock.sendall(_LENGTH.pack(len(payload)))
+        self._sock.sendall(payload)
+        if drained:
+            wait_drained(self._sock, DRAINED_BYTES, self._timeout_s)
 
     async def send_outbound(self, length: int) -> int:
         """Sends the first `length` bytes of `outbound` as one block."""
         return await self.send(self.outbound.payload(length))
 
-    async def receive(self, field: str) -> int:
-        """Reads one block into `inbound`; its length, refused unless it fits."""
-        header = bytearray(_LENGTH.size)
-        await self._call(recv_exactly, self._sock, memoryview(header))
-        (length,) = _LENGTH.unpack(header)
-        if length > self.inbound.capacity:
-            raise InvalidArgumentError(
-                f"{field}: a bulk block of {length} bytes, more than the {self.inbound.capacity} this slice can hold"
-            )
-        await self._call(recv_exactly, self._sock, self.inbound.payload(length))
-        self.inbound.filled(length)
+    async def receive(self, field: str, append: bool = False) -> int:
+        """Reads one block into `inbound` (`append`: after the blocks of the same push or reply
+        read before); its length, refused unless it fits."""
+        start = self.inbound.size - HEADER_BYTES if append else 0
+        length = await self._call(self._receive_block, start, field)  # one thread hop per block
+        self.inbound.filled(start + length)
         return _LENGTH.size + length
 
+    def _receive_block(self, start: int, field: str) -> int:
+        header = bytearray(_LENGTH.size)
+        recv_exactly(self._sock, memoryview(header))
+        (length,) = _LENGTH.unpack(header)
+        if start + length > self.inbound.capacity:
+            after = f" after {start} of the same push or reply" if start else ""
+            raise InvalidArgumentError(
+                f"{field}: a bulk block of {length} bytes{after}, more than the {self.inbound.capacity} "
+                "this slice can hold"
+            )
+        recv_exactly(self._sock, self.inbound.payload(length, start))
+        return length
+
     async def resolve(self, chunks: Sequence[frames.ChunkView], block_read: bool, field: str) -> tuple[int, bool]:
-        """Points the chunks' `shared` regions into this stream's block, reading the block off
-        the socket first if the message is the first of its push or reply to name one (not
-        `block_read`); the payload bytes found (as `shm.resolve`) and whether the block was read."""
-        if not block_read and any(chunk.shared is not None for chunk in chunks):
-            await self.receive(field)
+        """Points the chunks' `shared` regions into this stream's block, reading off the socket
+        first what the message's payload came in: the push's or reply's one block at its first
+        message that names one (not `block_read`), or, `piecewise`, this message's own block.
+        Returns the payload bytes found (as `shm.resolve`) and whether a block of the push or
+        reply has been read."""
+        if (self.piecewise or not block_read) and any(chunk.shared is not None for chunk in chunks):
+            await self.receive(field, append=self.piecewise and block_read)
             block_read = True
         return shm.resolve(chunks, self.inbound, field), block_read  # type: ignore[arg-type]
 
@@ -271,6 +294,9 @@ class BulkListener:
         self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting: asyncio.Task[None] | None = None
+        # One socket carries both directions of a piecewise stream at once, from two threads,
+        # which a TLS connection cannot do safely: its streams keep one block per push.
+        self.tls = context is not None
 
     @classmethod
     def open(

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 # Payload bytes per TensorChunk and per data-plane message.
 CHUNK_BYTES = 1 << 20
+# Payload bytes per message on a piecewise bulk channel (transport/bulk.py), where each message's
+# payload follows it as a block of its own, read and written in one thread hop each. Measured
+# on emulated links (bench/NOTES.md item 16): 1 MiB pieces cost a CPU-bound 10 Gbit/s step
+# about 40% more in hops; 4 MiB ones lengthened a 1 Gbit/s step's tail (1.18x gloo, not 1.14x).
+PIECE_BYTES = 2 << 20
 # Largest message any tidal server or channel accepts; a chunk plus headers fits easily.
 MAX_MESSAGE_BYTES = 16 << 20
 # Most TensorChunks one data-plane message may hold. Decoding runs inside gRPC's deserializer,

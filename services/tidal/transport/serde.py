@@ -189,6 +189,24 @@ def shared_chunks(dtype: torch.dtype, segments: Sequence[Segment], range_start: 
     return [chunks[i : i + MAX_CHUNKS_PER_MESSAGE] for i in range(0, len(chunks), MAX_CHUNKS_PER_MESSAGE)]
 
 
+def placed_windows(windows: Sequence[Window], dtype: torch.dtype) -> list[frames.Encoded]:
+    """The chunks of `windows` as headers whose payloads lie in a block laid out like a
+    shared-memory segment (the slice in `dtype` right after the header): a bulk channel that
+    sends each message's payload right after it (transport/bulk.py, piecewise)."""
+    code, size = dtype_to_proto(dtype), dtype.itemsize
+    return [
+        frames.encode_chunk(
+            w.name, code, w.shape, w.offset, b"", shared=(shm.HEADER_BYTES + w.start * size, w.length * size)
+        )
+        for w in windows
+    ]
+
+
+def elements_of(windows: Sequence[Window]) -> tuple[int, int]:
+    """The elements [start, end) of the slice that a message's windows (in slice order) cover."""
+    return windows[0].start, windows[-1].start + windows[-1].length
+
+
 def group_encoded(
     chunks: Iterable[frames.Encoded], max_bytes: int = CHUNK_BYTES, max_chunks: int = MAX_CHUNKS_PER_MESSAGE
 ) -> Iterator[list[frames.Encoded]]:

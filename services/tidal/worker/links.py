@@ -220,7 +220,8 @@ class ShardLink:
         wire: torch.dtype | None,
         sparse: torch.Tensor | None,
     ) -> None:
-        """Sends this shard's slice of the gradient: the push's messages and, on a bulk channel, its block."""
+        """Sends this shard's slice of the gradient: the push's messages and, on a bulk channel,
+        its payload (after the last message, or piecewise after each)."""
         base = self.version  # the parameters the gradient came from (a range reply may update it meanwhile)
         grad_slice = grads[self.start : self.end]
         if self.payloads.carries(sparse):
@@ -230,7 +231,7 @@ class ShardLink:
             for i, group in enumerate(groups):
                 last = i == len(groups) - 1
                 await self._write(frames.encode_push(push_id, base, self.epoch, clock, num_samples, group, last))
-            self.bytes_sent += await self.payloads.send(grad_slice, dtype)
+                self.bytes_sent += await self.payloads.sent(i, dtype)
         else:
             if wire is not None:
                 grad_slice = grad_slice.to(wire)

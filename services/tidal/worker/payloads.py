@@ -8,16 +8,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from tidal.core.errors import UnavailableError
 from tidal.core.shard_map import Segment
 from tidal.transport import bulk, frames, serde, shm
+from tidal.transport.limits import PIECE_BYTES
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _PushLayout:
+    """How a carried push's messages refer to its payload: each message's chunk headers and,
+    piecewise, the elements of the slice whose bytes follow that message."""
+
+    groups: list[list[frames.Encoded]]
+    elements: list[tuple[int, int]]
+    payload_bytes: int
+
+    @classmethod
+    def of(cls, dtype: torch.dtype, segments: Sequence[Segment], start: int, piecewise: bool) -> _PushLayout:
+        size = sum(seg.length for seg in segments) * dtype.itemsize
+        if not piecewise:  # one chunk per tensor: the fewest headers
+            return cls(serde.shared_chunks(dtype, segments, start), [], size)
+        windows = serde.window_groups(dtype.itemsize, segments, start, PIECE_BYTES)
+        groups = [serde.placed_windows(w, dtype) for w in windows]
+        return cls(groups, [serde.elements_of(w) for w in windows], size)
 
 
 class LinkPayloads:
@@ -44,8 +65,11 @@ class LinkPayloads:
         self.ask_bulk_channel = bulk_channel
         self._shared: shm.SharedStream | None = None
         self._bulk: bulk.BulkStream | None = None
-        # The chunk headers of a shared-memory (or bulk) push depend only on the dtype: built once.
-        self._headers: dict[torch.dtype, list[list[frames.Encoded]]] = {}
+        # The chunk headers of a shared-memory (or bulk) push depend only on the dtype and on
+        # whether the stream is piecewise: built once. With them, each message's payload bytes.
+        self._headers: dict[tuple[torch.dtype, bool], _PushLayout] = {}
+        # A bulk push's payload (in the wire dtype) from `stage` until its last message went.
+        self._outgoing: torch.Tensor | None = None
 
     @property
     def shared_memory(self) -> bool:
@@ -57,7 +81,9 @@ class LinkPayloads:
         """How payloads on the current stream travel, in words."""
         if self._shared is not None:
             return "through shared memory"
-        return "on a bulk channel" if self._bulk is not None else "inline (gRPC)"
+        if self._bulk is None:
+            return "inline (gRPC)"
+        return "on a bulk channel, message by message" if self._bulk.piecewise else "on a bulk channel"
 
     def segment_names(self) -> list[str]:
         """The shared-memory segments' names (none once unlinked from the file system's view)."""
@@ -81,9 +107,9 @@ class LinkPayloads:
 
     async def agree(self, opened: shard_pb.ExchangeOpened, host: str, where: str) -> None:
         """Keeps what the shard accepted: its shared memory, else the bulk channel it offered
-        (connected now). The shard then expects every payload of the stream there: if the
-        connection fails, this raises UnavailableError and stops asking, so the link's
-        reconnection opens the next stream inline."""
+        (connected now; piecewise where range replies were agreed). The shard then expects
+        every payload of the stream there: if the connection fails, this raises
+        UnavailableError and stops asking, so the link's reconnection opens the next stream inline."""
         if not opened.shared_memory:
             self._drop_shared()
         if self._shared is None and opened.HasField("bulk"):
@@ -93,6 +119,7 @@ class LinkPayloads:
                 self.ask_bulk_channel = False
                 log.warning("%s: %s; payloads travel inline from now on", where, exc)
                 raise UnavailableError(f"{where}: {exc}") from None
+            self._bulk.piecewise = opened.range_replies
 
     def carries(self, sparse: torch.Tensor | None) -> bool:
         """Whether a push's payload leaves the messages (shared memory or bulk; dense only)."""
@@ -100,24 +127,40 @@ class LinkPayloads:
 
     def push_headers(self, dtype: torch.dtype) -> list[list[frames.Encoded]]:
         """The messages' chunk groups of a push whose payload is carried (`carries`)."""
-        headers = self._headers.get(dtype)
-        if headers is None:
-            headers = self._headers[dtype] = serde.shared_chunks(dtype, self._segments, self._start)
-        return headers
+        return self._layout(dtype).groups
 
     def stage(self, grad_slice: torch.Tensor, dtype: torch.dtype) -> None:
-        """Before the messages: one copy (narrowing under compression) into the segment the shard reads."""
+        """Before the messages: one copy (narrowing under compression) into the segment the
+        shard reads; on a bulk channel, the payload to send (narrowed if need be)."""
         if self._shared is not None:
             self._shared.push.tensor(dtype, grad_slice.numel()).copy_(grad_slice)
+        elif self._bulk is not None:
+            self._outgoing = grad_slice.to(dtype) if dtype != grad_slice.dtype else grad_slice.contiguous()
 
-    async def send(self, grad_slice: torch.Tensor, dtype: torch.dtype) -> int:
-        """After the messages: on a bulk channel, the payload as one block (the shard reads it
-        once the first message arrived), returning once it has left this host, so that the next
-        shard's upload gets the link to itself. The payload bytes sent either way."""
-        if self._bulk is not None:
-            payload = grad_slice.to(dtype) if dtype != grad_slice.dtype else grad_slice
-            return await self._bulk.send(payload, drained=True)
-        return grad_slice.numel() * dtype.itemsize
+    async def sent(self, message: int, dtype: torch.dtype) -> int:
+        """After message `message` of a carried push: on a piecewise bulk channel that message's
+        payload, else after the last message the whole payload as one block (the shard reads it
+        once the first message arrived). The last block returns once it has left this host, so
+        that the next shard's upload gets the link to itself. The payload bytes sent (through
+        shared memory, those carried) after the last message; 0 before."""
+        layout = self._layout(dtype)
+        last = message == len(layout.groups) - 1
+        if self._bulk is None or self._outgoing is None:
+            return layout.payload_bytes if last else 0
+        if not self._bulk.piecewise and not last:
+            return 0
+        start, end = layout.elements[message] if self._bulk.piecewise else (0, self._outgoing.numel())
+        sent = await self._bulk.send(self._outgoing[start:end], drained=last)
+        if last:
+            self._outgoing = None
+        return sent
+
+    def _layout(self, dtype: torch.dtype) -> _PushLayout:
+        piecewise = self._bulk is not None and self._bulk.piecewise
+        layout = self._headers.get((dtype, piecewise))
+        if layout is None:
+            layout = self._headers[(dtype, piecewise)] = _PushLayout.of(dtype, self._segments, self._start, piecewise)
+        return layout
 
     async def resolve(self, chunks: Sequence[frames.ChunkView], block_read: bool, field: str) -> tuple[int, bool]:
         """Points a reply's chunks that name `shared` regions at their bytes (reading the reply's
