@@ -7,51 +7,27 @@ worker's LinkPayloads; the result is the whole step's, bit for bit."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from tests.unit.test_ranged_sync import EPOCH, TENSORS, TOTAL, WORKERS, grad, make_state, whole_clock
+from tests.unit.test_bulk_channel import PLAINTEXT, listening, pair
+from tests.unit.test_ranged_sync import EPOCH, TENSORS, TOTAL, WORKERS, FakeNode, grad, make_state, whole_clock
 from tidal.core.errors import InvalidArgumentError
 from tidal.core.shard_map import build_shard_map
 from tidal.security.bundle import create_bundle, environment
 from tidal.shard.exchange import ExchangeSession
 from tidal.shard.metrics import ShardMetrics
 from tidal.shard.runtime import ShardRuntime
-from tidal.transport import bulk, frames, serde
+from tidal.transport import frames, serde
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 from tidal.worker.payloads import LinkPayloads
 
-PLAINTEXT = SecurityConfig()
 SEGMENTS = build_shard_map(TENSORS, 1).segments(0)
 FLOAT = torch.float32
-
-
-class _Node:
-    def __init__(self, runtime: ShardRuntime) -> None:
-        self.runtime = self.last_runtime = runtime
-        self.draining = False
-
-    def worker_resumed(self, worker_id: str, last_version: int, completed_pushes: int) -> None:
-        return None
-
-    def pushed(self) -> None:
-        return None
-
-
-@asynccontextmanager
-async def listening(security: SecurityConfig = PLAINTEXT) -> AsyncIterator[bulk.BulkListener]:
-    listener = bulk.BulkListener.open("127.0.0.1", 0, security)
-    listener.start()
-    try:
-        yield listener
-    finally:
-        await listener.close()
 
 
 def _runtime() -> ShardRuntime:
@@ -124,7 +100,7 @@ def test_a_ranged_push_on_a_plaintext_bulk_channel_goes_piece_by_piece() -> None
         runtime = _runtime()
         whole_clock(runtime.state, 0)
         async with listening() as listener:
-            node = _Node(runtime)
+            node = FakeNode(runtime)
             sessions = {w: ExchangeSession(node, False, lambda *_: None, bulk_port=listener) for w in WORKERS}
             links = {}
             for w, session in sessions.items():
@@ -160,7 +136,7 @@ def test_a_tls_bulk_channel_keeps_one_block_per_push(tmp_path: Path) -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
         async with listening(shard_security) as listener:
-            session = ExchangeSession(_Node(runtime), False, lambda *_: None, bulk_port=listener)
+            session = ExchangeSession(FakeNode(runtime), False, lambda *_: None, bulk_port=listener)
             opened, payloads = await _open(session, "w0", worker_security)
             assert opened.HasField("bulk") and not opened.range_replies
             assert len(payloads.push_headers(FLOAT)) == 1  # one message of headers, one block
@@ -173,10 +149,7 @@ def test_a_tls_bulk_channel_keeps_one_block_per_push(tmp_path: Path) -> None:
 def test_a_piece_past_the_slice_is_refused_before_it_is_read() -> None:
     async def main() -> None:
         async with listening() as listener:
-            token, waiter = listener.expect()
-            offer = shard_pb.BulkChannel(port=listener.port, token=token)
-            worker = await bulk.connect("127.0.0.1", offer, PLAINTEXT, 4096, timeout_s=10)
-            shard = bulk.BulkStream(await asyncio.wait_for(waiter, 10), 4096, 10, listener.executor)
+            worker, shard = await pair(listener)  # a slice of 4096 bytes
             await worker.send(torch.zeros(512))  # 2048 bytes: half the slice
             await shard.receive("push.chunks")
             await worker.send(torch.zeros(1024))  # the whole slice again, after the first half

@@ -196,7 +196,9 @@ def _runtime(mode: str = "sync", **consistency: Any) -> ShardRuntime:
     return ShardRuntime("job", state, ShardMetrics(CollectorRegistry()).for_job("job", mode, 0))
 
 
-class _Node:
+class FakeNode:
+    """The shard process as a session sees it (shard/runtimes.Runtimes), around one runtime."""
+
     def __init__(self, runtime: ShardRuntime) -> None:
         self.runtime = self.last_runtime = runtime
         self.draining = False
@@ -233,7 +235,7 @@ def test_a_ranged_push_gets_parameters_back_before_its_last_message() -> None:
     async def main() -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
-        node = _Node(runtime)
+        node = FakeNode(runtime)
         sessions = {w: ExchangeSession(node, False, lambda *_: None) for w in WORKERS}
         for w, session in sessions.items():
             opened = await session.open(_open(w))
@@ -272,7 +274,7 @@ def test_a_non_finite_range_is_refused_naming_its_chunk() -> None:
     async def main() -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
-        session = ExchangeSession(_Node(runtime), False, lambda *_: None)
+        session = ExchangeSession(FakeNode(runtime), False, lambda *_: None)
         await session.open(_open("w0"))
         bad = grad("w0", 1)
         bad[TOTAL - 5] = float("nan")
@@ -292,7 +294,7 @@ def test_a_ranged_push_that_ends_short_of_its_slice_is_refused_and_counted_once(
     async def main() -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
-        session = ExchangeSession(_Node(runtime), False, lambda *_: None)
+        session = ExchangeSession(FakeNode(runtime), False, lambda *_: None)
         await session.open(_open("w0"))
         messages = _push_messages("w0", 1, grad("w0", 1), messages=2)
         [r async for r in session.handle(messages[0])]
@@ -316,7 +318,7 @@ def test_a_shard_agrees_to_range_replies_only_for_plain_sync(
     mode: str, consistency: dict[str, Any], agreed: bool
 ) -> None:
     async def main() -> None:
-        session = ExchangeSession(_Node(_runtime(mode, **consistency)), False, lambda *_: None)
+        session = ExchangeSession(FakeNode(_runtime(mode, **consistency)), False, lambda *_: None)
         opened = await session.open(_open("w0"))
         assert opened.opened.range_replies is agreed
 
@@ -346,7 +348,7 @@ def test_a_ranged_push_whose_chunks_leave_slice_order_is_refused_naming_the_chun
     async def main() -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
-        session = ExchangeSession(_Node(runtime), False, lambda *_: None)
+        session = ExchangeSession(FakeNode(runtime), False, lambda *_: None)
         await session.open(_open("w0"))
         messages = _push_messages("w0", 1, grad("w0", 1))
         [r async for r in session.handle(messages[0])]
@@ -365,7 +367,7 @@ def test_a_push_resent_on_a_new_stream_resumes_and_changes_nothing_twice() -> No
     async def main() -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
-        node = _Node(runtime)
+        node = FakeNode(runtime)
         first = ExchangeSession(node, False, lambda *_: None)
         await first.open(_open("w0"))
         messages = {w: _push_messages(w, 1, grad(w, 1)) for w in WORKERS}
