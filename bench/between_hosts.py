@@ -8,7 +8,10 @@ own; gloo's two ranks in the two worker namespaces (GLOO_SOCKET_IFNAME: their li
 server in the server namespace, its trainers in the worker namespaces, TCP only (--no-shm).
 tidal's shards run with TIDAL_SHARED_MEMORY=off; the drivers run once with --transport grpc
 (payloads inline in the gRPC messages, the interoperable default) and once with --transport bulk
-(payloads on the bulk channel beside the stream, transport/bulk.py).
+(payloads on the bulk channel beside the stream, transport/bulk.py). Then a second cluster with
+mutual TLS (a fresh bundle whose certificates name the server's address) measures the sync step
+on the bulk channel again, float32: what TLS costs there, where a piecewise channel is two
+connections, one per direction.
 
 Time to target (`time_to_target_between_hosts`): real tidal workers, one per worker namespace,
 train a model to a validation loss against DistributedDataParallel whose ranks sit in the same
@@ -29,6 +32,7 @@ from bench.procs import module_cmd, run_all
 from bench.results import Goal, Row, Settings
 from bench.stats import Spread, ratios
 from tidal.launcher import HOST, LocalCluster, Service
+from tidal.security.bundle import create_bundle, environment
 
 WORKERS = 2
 SHARDS = 2
@@ -39,6 +43,8 @@ _TCP_PORT = 5201  # fresh namespaces: nothing else listens there
 SYNC_GOAL = Goal("<=", 1.2)
 # How tidal's payloads travel, each measured: inline gRPC, then the bulk channel.
 TRANSPORTS = {"grpc": "gRPC", "bulk": "bulk channel"}
+# The sync rows measured again on a cluster with mutual TLS: (transport, codec) -> label.
+TLS_SYNC_ROWS = {("bulk", "none"): "bulk channel, mutual TLS"}
 ASYNC_GOALS = {"none": Goal(">=", 1.2), "bf16": Goal(">=", 2.0)}
 
 
@@ -82,11 +88,20 @@ def _tcp_gbit_s(hosts: Hosts, env: dict[str, str], logdir: Path, seconds: float)
     return rates[0], rates[1]
 
 
-def _sync_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, rounds: int, where: str) -> list[Row]:
+def _sync_rows(
+    cluster: BenchCluster,
+    hosts: Hosts,
+    s: Settings,
+    numel: int,
+    rounds: int,
+    where: str,
+    runs: Mapping[tuple[str, str], str],
+) -> list[Row]:
+    """One row per (transport, codec) of `runs` (its value: the transport's label)."""
     drivers = [hosts.run_in(w) for w in hosts.workers]
     gloo_ranks = [hosts.run_in(w, {"GLOO_SOCKET_IFNAME": w.ifname}) for w in hosts.workers]
     rows = []
-    for transport, codec in ((t, c) for t in TRANSPORTS for c in ("none", "bf16")):
+    for (transport, codec), label in runs.items():
         spec, exact = driver_spec(numel, "sync", WORKERS, SHARDS, codec)
 
         def tidal(spec=spec, codec=codec, transport=transport) -> float:
@@ -102,7 +117,7 @@ def _sync_rows(cluster: BenchCluster, hosts: Hosts, s: Settings, numel: int, rou
         rows.append(
             Row(
                 f"{where}: sync step W={WORKERS} {exact / 1e6:.1f}M params, {SHARDS} shards",
-                f"communication ms per step ({wire}, {TRANSPORTS[transport]})", Spread.of([x * 1e3 for x in t]),
+                f"communication ms per step ({wire}, {label})", Spread.of([x * 1e3 for x in t]),
                 f"gloo all_reduce W={WORKERS}, float32", Spread.of([x * 1e3 for x in g]), ratios(t, g),
                 SYNC_GOAL,
             )
@@ -170,10 +185,20 @@ def between_hosts(
         log(f"{rate.label}: TCP {up:.2f} Gbit/s up, {down:.2f} down; starting a coordinator and {SHARDS} shards")
         local = NetCluster(workdir, hosts, env, SHARDS)
         with BenchCluster(workdir, env, SHARDS, local=local) as cluster:
-            rows = _sync_rows(cluster, hosts, s, numel, rounds, where)
+            runs = {(t, c): label for t, label in TRANSPORTS.items() for c in ("none", "bf16")}
+            sync = _sync_rows(cluster, hosts, s, numel, rounds, where, runs)
             window_s *= min(3.0, max(1.0, 10e9 / rate.bits_per_s))
-            rows += _async_rows(cluster, hosts, s, numel, window_s, where)
-    return [check, *rows]
+            asynchronous = _async_rows(cluster, hosts, s, numel, window_s, where)
+        log(f"{rate.label}: a coordinator and {SHARDS} shards with mutual TLS")
+        pki = workdir / "pki"
+        create_bundle(pki, sans=[hosts.server.address], force=True)
+        tls_env = {**env, **environment(pki)}
+        tls_dir = workdir / "tls"
+        (tls_dir / "logs").mkdir(parents=True, exist_ok=True)
+        local = NetCluster(tls_dir, hosts, tls_env, SHARDS)
+        with BenchCluster(tls_dir, tls_env, SHARDS, local=local) as cluster:
+            sync += _sync_rows(cluster, hosts, s, numel, rounds, where, TLS_SYNC_ROWS)
+    return [check, *sync, *asynchronous]
 
 
 def time_to_target_between_hosts(

@@ -141,7 +141,8 @@ class BenchCluster:
                 await client.cancel(job_id)
 
     def _metrics(self, name: str) -> str:
-        with urllib.request.urlopen(self.cluster.metrics_url(name), timeout=10) as page:
+        context = self.cluster.client_security().ssl_context()  # None in plaintext; HTTPS under TLS
+        with urllib.request.urlopen(self.cluster.metrics_url(name), timeout=10, context=context) as page:
             return page.read().decode()
 
     def held_bytes(self, name: str) -> float:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import time
 
 import torch
@@ -36,8 +37,6 @@ from tidal.worker.links import ShardLink
 
 # A gradient small enough that SGD never drives the parameters anywhere odd.
 GRAD_SCALE = 1e-6
-# Bench clusters run on loopback without TLS (tidal.launcher), and so does the driver.
-PLAINTEXT = SecurityConfig()
 # What every driver announces as the digest of its initial parameters (all zeros, see `drive`).
 ZERO_PARAMETERS_DIGEST = hashlib.blake2b(b"tidal bench driver: zeros", digest_size=16).hexdigest()
 
@@ -45,8 +44,8 @@ ZERO_PARAMETERS_DIGEST = hashlib.blake2b(b"tidal bench driver: zeros", digest_si
 class _Member:
     """The coordinator session: waits for an assignment, then for the job's release."""
 
-    def __init__(self, coordinator: str) -> None:
-        self.session = MemberSession(coordinator, common_pb.ROLE_WORKER, PLAINTEXT, name="bench-driver")
+    def __init__(self, coordinator: str, security: SecurityConfig) -> None:
+        self.session = MemberSession(coordinator, common_pb.ROLE_WORKER, security, name="bench-driver")
         self.assigned: asyncio.Future[commands.AssignWorker] = asyncio.get_running_loop().create_future()
         self.released = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -74,8 +73,8 @@ class _Member:
         await self.session.close()
 
 
-async def drive(args: argparse.Namespace) -> None:
-    member = _Member(args.coordinator)
+async def drive(args: argparse.Namespace, security: SecurityConfig) -> None:
+    member = _Member(args.coordinator, security)
     assigned = await member.start(args.timeout)
     a = assignment_from_command(assigned)
     total = a.shard_map.total_elements
@@ -94,7 +93,7 @@ async def drive(args: argparse.Namespace) -> None:
             params,
             a.spec.step_timeout_s,
             params_wire_dtype(a.spec.compression),
-            security=PLAINTEXT,
+            security=security,
             shared_memory=args.transport == "shared_memory",
             bulk_channel=args.transport == "bulk",
             upload_turns=upload_turns,
@@ -170,7 +169,9 @@ def main() -> None:
     if not args.rounds and not args.window:
         parser.error("one of --rounds or --window is required")
     torch.set_num_threads(1)
-    asyncio.run(drive(args))
+    # As `tidal worker` does: the cluster's TLS and token where its environment names them
+    # (the between-hosts case's mutual-TLS rows), else plaintext.
+    asyncio.run(drive(args, SecurityConfig.from_env(os.environ, default_name="worker")))
 
 
 if __name__ == "__main__":

@@ -58,13 +58,15 @@ def test_network_case_measures_over_shaped_links_and_leaves_nothing_behind(tmp_p
     expected += ["(bf16 both ways, gRPC)", "1 Gbit/s link: async 2 trainers", "TensorPipe PS, float32, TCP only"]
     # The bulk channel beside the stream (transport/bulk.py): the same rows again.
     expected += ["(float32, bulk channel)", "(bf16 both ways, bulk channel)"]
+    # The sync step again on a cluster with mutual TLS (a piecewise channel on two connections).
+    expected += ["(float32, bulk channel, mutual TLS)"]
     # Time to target: real workers in the worker namespaces against DDP ranks in the same ones.
     expected += ["1 Gbit/s link: time to target, 2 workers, 0.1M params, 2 shards, sync", "DDP (gloo), 2 processes"]
     expected += ["1 Gbit/s link: time to target, 2 workers, 0.1M params, 2 shards, async"]
     for row in expected:
         assert row in section, row
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| case")]
-    assert len(rows) == 11, section
+    assert len(rows) == 12, section
     assert not [r for r in rows if "n/a" in r or "nan" in r or "FAILED" in r], section
     load_cell = re.compile(r"\| (\*\*busy\*\*: )?\d+\.\d\d, \d+\.\d\d; \d+\.\d% \|$")
     assert not [r for r in rows if not load_cell.search(r)], section

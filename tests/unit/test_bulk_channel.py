@@ -16,6 +16,7 @@ from tidal.core.errors import InvalidArgumentError, UnavailableError
 from tidal.core.shard_map import TensorInfo, build_shard_map
 from tidal.security.bundle import create_bundle, environment
 from tidal.transport import bulk, socket_io
+from tidal.transport.bulk_listener import BulkListener
 from tidal.transport.shm import HEADER_BYTES
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
@@ -28,8 +29,8 @@ PAYLOAD = 4096
 @asynccontextmanager
 async def listening(
     security: SecurityConfig = PLAINTEXT, handshake_timeout_s: float = 10.0
-) -> AsyncIterator[bulk.BulkListener]:
-    listener = bulk.BulkListener.open("127.0.0.1", 0, security, handshake_timeout_s)
+) -> AsyncIterator[BulkListener]:
+    listener = BulkListener.open("127.0.0.1", 0, security, handshake_timeout_s)
     listener.start()
     try:
         yield listener
@@ -37,9 +38,7 @@ async def listening(
         await listener.close()
 
 
-async def pair(
-    listener: bulk.BulkListener, client: SecurityConfig = PLAINTEXT
-) -> tuple[bulk.BulkStream, bulk.BulkStream]:
+async def pair(listener: BulkListener, client: SecurityConfig = PLAINTEXT) -> tuple[bulk.BulkStream, bulk.BulkStream]:
     """A worker's and a shard's end of one stream's channel."""
     token, waiter = listener.expect()
     offer = shard_pb.BulkChannel(port=listener.port, token=token)

@@ -7,7 +7,6 @@ worker's LinkPayloads; the result is the whole step's, bit for bit."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.unit.test_bulk_channel import PLAINTEXT, listening, pair
 from tests.unit.test_ranged_sync import EPOCH, TENSORS, TOTAL, WORKERS, FakeNode, grad, make_state, whole_clock
-from tidal.core.errors import InvalidArgumentError
+from tidal.core.errors import InvalidArgumentError, UnavailableError
 from tidal.core.shard_map import build_shard_map
 from tidal.security.bundle import create_bundle, environment
 from tidal.shard.exchange import ExchangeSession
@@ -35,12 +34,18 @@ def _runtime() -> ShardRuntime:
 
 
 async def _open(
-    session: ExchangeSession, worker: str, security: SecurityConfig = PLAINTEXT
+    session: ExchangeSession, worker: str, security: SecurityConfig = PLAINTEXT, return_connection: bool = True
 ) -> tuple[shard_pb.ExchangeOpened, LinkPayloads]:
-    """Opens `session` as `worker` asking for a bulk channel and range replies; the worker's
-    side of the payloads, connected."""
+    """Opens `session` as `worker` asking for a bulk channel and range replies (and, unless
+    told otherwise, offering a return connection, as a worker of this version does); the
+    worker's side of the payloads, connected."""
     opening = shard_pb.ExchangeOpen(
-        job_id="job", worker_id=worker, membership_epoch=EPOCH, range_replies=True, bulk=True
+        job_id="job",
+        worker_id=worker,
+        membership_epoch=EPOCH,
+        range_replies=True,
+        bulk=True,
+        bulk_return_connection=return_connection,
     )
     frame = frames.decode_request(shard_pb.ExchangeRequest(open=opening).SerializeToString())
     opened = (await session.open(frame)).opened
@@ -95,17 +100,35 @@ async def _push(
     return got, early
 
 
-def test_a_ranged_push_on_a_plaintext_bulk_channel_goes_piece_by_piece() -> None:
+@pytest.fixture(scope="module")
+def mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[SecurityConfig, SecurityConfig]:
+    """The shard's and the worker's mutual TLS, from one fresh bundle."""
+    pki = tmp_path_factory.mktemp("pki")
+    create_bundle(pki)
+    env = environment(pki)
+    return SecurityConfig.from_env(env, default_name="shard"), SecurityConfig.from_env(env, default_name="worker")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "mutual-tls"])
+def test_a_ranged_push_on_a_bulk_channel_goes_piece_by_piece(
+    tls: bool, mutual_tls: tuple[SecurityConfig, SecurityConfig]
+) -> None:
+    """In plaintext on one socket; over TLS on two connections, the shard's blocks on the
+    return connection (one TLS connection must not be read and written from two threads)."""
+    shard_security, worker_security = mutual_tls if tls else (PLAINTEXT, PLAINTEXT)
+
     async def main() -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
-        async with listening() as listener:
+        async with listening(shard_security) as listener:
             node = FakeNode(runtime)
             sessions = {w: ExchangeSession(node, False, lambda *_: None, bulk_port=listener) for w in WORKERS}
             links = {}
             for w, session in sessions.items():
-                opened, links[w] = await _open(session, w)
+                opened, links[w] = await _open(session, w, worker_security)
                 assert opened.range_replies and opened.HasField("bulk")
+                assert bool(opened.bulk.return_token) == tls
+                assert links[w].transport == "on a bulk channel, message by message"
             results = await asyncio.gather(*(_push(sessions[w], links[w], w, 1, grad(w, 1)) for w in WORKERS))
             for session in sessions.values():
                 session.close()
@@ -125,25 +148,42 @@ def test_a_ranged_push_on_a_plaintext_bulk_channel_goes_piece_by_piece() -> None
     asyncio.run(main())
 
 
-def test_a_tls_bulk_channel_keeps_one_block_per_push(tmp_path: Path) -> None:
-    """One TLS connection cannot carry both directions at once from two threads: no range
-    replies there, and each push and reply travels as one block."""
-    create_bundle(tmp_path)
-    shard_security = SecurityConfig.from_env(environment(tmp_path), default_name="shard")
-    worker_security = SecurityConfig.from_env(environment(tmp_path), default_name="worker")
+def test_a_tls_bulk_channel_without_a_return_connection_keeps_one_block_per_push(
+    mutual_tls: tuple[SecurityConfig, SecurityConfig],
+) -> None:
+    """A worker that cannot open a return connection (an older one) gets no range replies on a
+    TLS channel: each push and reply travels as one block, on the one connection."""
+    shard_security, worker_security = mutual_tls
 
     async def main() -> None:
         runtime = _runtime()
         whole_clock(runtime.state, 0)
         async with listening(shard_security) as listener:
             session = ExchangeSession(FakeNode(runtime), False, lambda *_: None, bulk_port=listener)
-            opened, payloads = await _open(session, "w0", worker_security)
-            assert opened.HasField("bulk") and not opened.range_replies
+            opened, payloads = await _open(session, "w0", worker_security, return_connection=False)
+            assert opened.HasField("bulk") and not opened.range_replies and not opened.bulk.return_token
             assert len(payloads.push_headers(FLOAT)) == 1  # one message of headers, one block
+            assert payloads.transport == "on a bulk channel"
             session.close()
             payloads.drop()
 
     asyncio.run(main())
+
+
+def test_a_worker_refuses_range_replies_on_one_tls_connection(
+    mutual_tls: tuple[SecurityConfig, SecurityConfig],
+) -> None:
+    """A shard that agreed to range replies on a TLS channel but offered no return connection
+    (not this version's) would have both directions on one TLS connection: the worker refuses
+    the channel and goes inline."""
+    _, worker_security = mutual_tls
+    payloads = LinkPayloads(
+        torch.empty(TOTAL), SEGMENTS, 0, worker_security, 10.0, shared_memory=False, bulk_channel=True
+    )
+    opened = shard_pb.ExchangeOpened(range_replies=True, bulk=shard_pb.BulkChannel(port=1, token=bytes(16)))
+    with pytest.raises(UnavailableError, match="range replies on one TLS connection"):
+        asyncio.run(payloads.agree(opened, "127.0.0.1", "shard 0"))
+    assert not payloads.ask_bulk_channel
 
 
 def test_a_piece_past_the_slice_is_refused_before_it_is_read() -> None:

@@ -136,10 +136,9 @@ class ExchangeSession:
         if opened.last_version or opened.completed_pushes:
             self._runtimes.worker_resumed(opened.worker_id, opened.last_version, opened.completed_pushes)
         self._payloads = StreamPayloads(runtime, self._accept_shared_memory, self._bulk_port)
-        shared_memory, bulk = self._payloads.agree(opened)
         # Only a plain sync job takes pushes range by range: other workers need no reply reader.
-        self._range_replies = opened.range_replies and state.takes_ranges and self._payloads.can_flow_both_ways
-        self._payloads.piecewise = self._range_replies and bulk is not None
+        ranged = opened.range_replies and state.takes_ranges
+        shared_memory, bulk, self._range_replies = self._payloads.agree(opened, ranged)
         start, end = state.shard_map.ranges[state.shard_index]
         return shard_pb.ExchangeResponse(
             opened=shard_pb.ExchangeOpened(

@@ -31,7 +31,7 @@ from tidal.shard.row_metrics import RowMetrics
 from tidal.shard.rows import JobRows, build_rows, restore_rows
 from tidal.shard.runtime import ShardRuntime
 from tidal.shard.servicer import ShardServicer, add_to_server
-from tidal.transport.bulk import BulkListener
+from tidal.transport.bulk_listener import BulkListener
 from tidal.transport.member import MemberPorts, serve_member
 from tidal.transport.metrics import GrpcMetricsInterceptor, PreferredPort
 from tidal.transport.server import create_server

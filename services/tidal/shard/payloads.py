@@ -17,11 +17,12 @@ from tidal.v1 import shard_pb2 as shard_pb
 
 
 class BulkPort(Protocol):
-    """What a session needs of the shard's bulk listener (transport/bulk.py)."""
+    """What a session needs of the shard's bulk listener (transport/bulk_listener.py)."""
 
     port: int
     executor: Executor | None
-    # Its connections are TLS: they cannot carry both directions at once (not piecewise).
+    # Its connections are TLS: one cannot carry both directions at once (a piecewise stream
+    # needs a return connection).
     tls: bool
 
     def expect(self) -> tuple[bytes, asyncio.Future]: ...
@@ -37,51 +38,70 @@ class StreamPayloads:
         self._accept_shared_memory = accept_shared_memory
         self._bulk_port = bulk_port
         self._shared: shm.SharedStream | None = None
-        self._token: bytes | None = None
-        self._connecting: asyncio.Future | None = None
+        # The bulk channel's connections: the worker's blocks, and on a piecewise TLS channel
+        # the return connection the shard's go on (their tokens, and the sockets once connected).
+        self._tokens: list[bytes] = []
+        self._connecting: list[asyncio.Future] = []
         self._bulk: bulk.BulkStream | None = None
-        # Each message's payload follows it (set by the session where range replies were agreed).
-        self.piecewise = False
+        # Range replies agreed on a bulk channel: each message's payload follows it (`agree`).
+        self._piecewise = False
 
-    def agree(self, opened: shard_pb.ExchangeOpen) -> tuple[bool, shard_pb.BulkChannel | None]:
+    @property
+    def piecewise(self) -> bool:
+        return self._piecewise
+
+    def agree(self, opened: shard_pb.ExchangeOpen, ranged: bool) -> tuple[bool, shard_pb.BulkChannel | None, bool]:
         """Maps the worker's shared memory if it offered some this process can see; else, if it
-        asked for a bulk channel and this shard has a bulk port, offers one. Returns whether
-        shared memory is in use and the bulk offer to answer with."""
+        asked for a bulk channel and this shard has a bulk port, offers one. `ranged`: the
+        worker asked for range replies and the job can take pushes range by range. Returns
+        whether shared memory is in use, the bulk offer to answer with, and whether range
+        replies are agreed (any path that carries both directions at once: inline, or a bulk
+        channel, on TLS only where the worker opens a return connection; never shared memory)."""
         runtime = self._runtime
         params = runtime.state.params
         payload_bytes = params.numel() * params.element_size()
         if opened.HasField("shared_memory") and self._accept_shared_memory:
             self._shared = shm.SharedStream.accept(opened.shared_memory, payload_bytes, "open.shared_memory")
         offer = None
-        if self._shared is None and opened.bulk and self._bulk_port is not None:
-            self._token, self._connecting = self._bulk_port.expect()
-            offer = shard_pb.BulkChannel(port=self._bulk_port.port, token=self._token)
+        range_replies = ranged and self._shared is None
+        if self._shared is None and opened.bulk and (port := self._bulk_port) is not None:
+            offer = shard_pb.BulkChannel(port=port.port, token=self._expect(port))
+            if range_replies and port.tls:
+                range_replies = opened.bulk_return_connection
+                if range_replies:
+                    offer.return_token = self._expect(port)
+        self._piecewise = range_replies and offer is not None
         kind = "shared_memory" if self._shared else "bulk" if offer else "grpc"
         runtime.metrics.streams[kind].inc()
-        return self._shared is not None, offer
+        return self._shared is not None, offer, range_replies
 
-    @property
-    def can_flow_both_ways(self) -> bool:
-        """Whether the agreed path can carry a push and its parameters at once (range
-        replies): inline, or a bulk channel in plaintext; never shared memory."""
-        if self._shared is not None:
-            return False
-        return self._token is None or (self._bulk_port is not None and not self._bulk_port.tls)
+    def _expect(self, port: BulkPort) -> bytes:
+        token, connecting = port.expect()
+        self._tokens.append(token)
+        self._connecting.append(connecting)
+        return token
 
     async def _channel(self) -> bulk.BulkStream | None:
         """The bulk channel once the worker connected (waited for on first use)."""
-        if self._bulk is None and self._connecting is not None:
+        if self._bulk is None and self._connecting:
             timeout_s = self._runtime.state.spec.step_timeout_s
             try:
-                sock = await asyncio.wait_for(asyncio.shield(self._connecting), timeout_s)
+                socks = await asyncio.wait_for(asyncio.shield(asyncio.gather(*self._connecting)), timeout_s)
             except TimeoutError:
                 raise DeadlineExceededError(
                     f"bulk channel: the worker did not connect to port {self._bulk_port.port} within {timeout_s:.0f}s"
                 ) from None
             params = self._runtime.state.params
             executor = self._bulk_port.executor if self._bulk_port else None
-            self._bulk = bulk.BulkStream(sock, params.numel() * params.element_size(), timeout_s, executor)
-            self._bulk.piecewise = self.piecewise
+            receiving, sending = socks[0], socks[-1]  # one socket, or the worker's and the return connection
+            self._bulk = bulk.BulkStream(
+                receiving,
+                params.numel() * params.element_size(),
+                timeout_s,
+                executor,
+                sending=sending,
+                piecewise=self._piecewise,
+            )
         return self._bulk
 
     async def inbound(self, chunks: Sequence[frames.ChunkView], block_read: bool, field: str) -> tuple[int, bool]:
@@ -104,13 +124,13 @@ class StreamPayloads:
     async def served(self) -> None:
         """The messages of one parameters reply were sent: on a bulk channel, now its block
         (piecewise: each message's went after it, `sent_message`)."""
-        if self._bulk is not None and not self.piecewise:
+        if self._bulk is not None and not self._piecewise:
             await self._bulk.send_outbound(self._runtime.served_bytes())
 
     async def sent_message(self, elements: tuple[int, int]) -> None:
         """A parameters message was sent whose payload is those elements of the slice: on a
         piecewise bulk channel, now their bytes."""
-        if self._bulk is not None and self.piecewise:
+        if self._bulk is not None and self._piecewise:
             size = self._runtime.served_itemsize()
             await self._bulk.send(self._bulk.outbound.payload((elements[1] - elements[0]) * size, elements[0] * size))
 
@@ -121,6 +141,7 @@ class StreamPayloads:
         if self._bulk is not None:
             self._bulk.close()
             self._bulk = None
-        if self._token is not None and self._bulk_port is not None:
-            self._bulk_port.forget(self._token)
-            self._token = None
+        if self._bulk_port is not None:
+            for token in self._tokens:
+                self._bulk_port.forget(token)
+        self._tokens, self._connecting = [], []

@@ -71,6 +71,7 @@ class ShardRuntime:
         self._frozen: dict[int, tuple[int, torch.Tensor]] = {}
         # The messages' chunk windows, by element size (serde.window_groups): built once.
         self._groups: dict[tuple[int, int], list[list[serde.Window]]] = {}
+        self._reply_elements: dict[tuple[int, bool], list[tuple[int, int]]] = {}
         state.before_change = self._freeze
         # Where pushes are assembled before they reach the parameters.
         self.scratch = SharedScratch(state.params, SCRATCH_WAIT_S if state.spec.mode == Mode.ASYNC else 0.0)
@@ -153,7 +154,10 @@ class ShardRuntime:
         """The elements of the slice each message of a parameters reply carries (inline, or
         `piecewise` on a bulk channel), in order."""
         dtype = self._wire or self.state.params.dtype
-        return [serde.elements_of(g) for g in self._window_groups(dtype, piecewise)]
+        key = (dtype.itemsize, piecewise)
+        if (elements := self._reply_elements.get(key)) is None:  # the same for every reply: built once
+            elements = self._reply_elements[key] = [serde.elements_of(g) for g in self._window_groups(dtype, piecewise)]
+        return elements
 
     async def wait_for_applied(self, clock: int, elements: int, timeout_s: float) -> None:
         """Returns once `elements` of the slice hold version `clock + 1` (or the job ended)."""

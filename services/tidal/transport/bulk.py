@@ -11,10 +11,13 @@ receiver reads the block into a buffer laid out like a shared-memory segment (tr
 straight from the socket (`recv_into`), so the checks and the assembly are those of shared
 memory. The stream still orders everything: a block is read when the first message of its push
 or reply arrives, and the two directions take turns (push, then parameters). A stream that
-agreed to range replies (a plain sync job's, plaintext) is piecewise instead: each message's
-payload follows it as a block of its own, appended to its push's or reply's blocks before, and
-both directions flow at once, so a step's first parameters come down while the rest of its
-gradient still goes up (core/range_barrier.py). A worker's push
+agreed to range replies (a plain sync job's) is piecewise instead: each message's payload
+follows it as a block of its own, appended to its push's or reply's blocks before, and both
+directions flow at once, so a step's first parameters come down while the rest of its gradient
+still goes up (core/range_barrier.py). A plain socket carries both directions from two threads;
+one TLS connection must not (OpenSSL's rule), so a piecewise TLS channel is two connections,
+the worker's blocks on the first and the shard's on a second that the worker opens with the
+offer's `return_token`. A worker's push
 returns once its peer acknowledged the block (`send(..., drained=True)`), not once the block sits
 in the send buffer, so its links' one-at-a-time uploads really take turns on the link.
 
@@ -29,30 +32,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import secrets
 import socket
 import ssl
 import struct
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 import torch
 
 from tidal.config import ENV
-from tidal.core.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
+from tidal.core.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
 from tidal.transport import frames, shm
 from tidal.transport.shm import HEADER_BYTES
 from tidal.transport.socket_io import recv_exactly, wait_drained
 from tidal.transport.tls import SecurityConfig
 from tidal.v1 import shard_pb2 as shard_pb
 
-log = logging.getLogger(__name__)
-
 TOKEN_BYTES = 16
 _LENGTH = struct.Struct("<Q")
-_ACCEPTED = b"\x01"
+ACCEPTED = b"\x01"
 # A connection must send its token within this long, and at most this many may be doing so at
 # once: a peer that connects and says nothing holds a thread for no longer than that.
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -113,24 +112,39 @@ class Block:
 
 
 class BulkStream:
-    """One Exchange stream's bulk socket: blocks out, blocks into `inbound`. `outbound` is a
-    buffer the side that must snapshot what it sends (the shard's parameters) copies into."""
+    """One Exchange stream's bulk channel: blocks out, blocks into `inbound`. `outbound` is a
+    buffer the side that must snapshot what it sends (the shard's parameters) copies into.
+
+    `piecewise`: each message's payload follows it as a block of its own, appended to the ones
+    before in its push or reply (agreed with range replies: the parameters of the first ranges
+    come down while the rest of the gradient still goes up); else one block per push or reply.
+    Blocks come in on `receiving` and go out on `sending`: the same socket, except on a
+    piecewise TLS channel (two connections, one per direction)."""
 
     def __init__(
-        self, sock: socket.socket, payload_bytes: int, timeout_s: float, executor: Executor | None = None
+        self,
+        receiving: socket.socket,
+        payload_bytes: int,
+        timeout_s: float,
+        executor: Executor | None = None,
+        *,
+        sending: socket.socket | None = None,
+        piecewise: bool = False,
     ) -> None:
-        sock.settimeout(timeout_s)
+        self._receiving = receiving
+        self._sending = sending if sending is not None else receiving
+        for sock in self._sockets():
+            sock.settimeout(timeout_s)
         self._timeout_s = timeout_s
-        self._sock = sock
         self._executor = executor
         self.inbound = Block(payload_bytes)
         self._outbound: Block | None = None
         self._payload_bytes = payload_bytes
-        # Each message's payload follows it as a block of its own, appended to the ones before
-        # in its push or reply (agreed with range replies: the parameters of the first ranges
-        # come down while the rest of the gradient still goes up); else one block per push or reply.
-        self.piecewise = False
+        self.piecewise = piecewise
         self.closed = False
+
+    def _sockets(self) -> list[socket.socket]:
+        return [self._receiving] if self._sending is self._receiving else [self._receiving, self._sending]
 
     @property
     def outbound(self) -> Block:
@@ -156,10 +170,10 @@ class BulkStream:
         return _LENGTH.size + len(payload)
 
     def _send_block(self, payload: memoryview, drained: bool) -> None:
-        self._sock.sendall(_LENGTH.pack(len(payload)))
-        self._sock.sendall(payload)
+        self._sending.sendall(_LENGTH.pack(len(payload)))
+        self._sending.sendall(payload)
         if drained:
-            wait_drained(self._sock, DRAINED_BYTES, self._timeout_s)
+            wait_drained(self._sending, DRAINED_BYTES, self._timeout_s)
 
     async def send_outbound(self, length: int) -> int:
         """Sends the first `length` bytes of `outbound` as one block."""
@@ -175,7 +189,7 @@ class BulkStream:
 
     def _receive_block(self, start: int, field: str) -> int:
         header = bytearray(_LENGTH.size)
-        recv_exactly(self._sock, memoryview(header))
+        recv_exactly(self._receiving, memoryview(header))
         (length,) = _LENGTH.unpack(header)
         if start + length > self.inbound.capacity:
             after = f" after {start} of the same push or reply" if start else ""
@@ -183,7 +197,7 @@ class BulkStream:
                 f"{field}: a bulk block of {length} bytes{after}, more than the {self.inbound.capacity} "
                 "this slice can hold"
             )
-        recv_exactly(self._sock, self.inbound.payload(length, start))
+        recv_exactly(self._receiving, self.inbound.payload(length, start))
         return length
 
     async def resolve(self, chunks: Sequence[frames.ChunkView], block_read: bool, field: str) -> tuple[int, bool]:
@@ -198,33 +212,21 @@ class BulkStream:
         return shm.resolve(chunks, self.inbound, field), block_read  # type: ignore[arg-type]
 
     def close(self) -> None:
-        """Ends the socket; a thread blocked on it returns at once."""
+        """Ends the sockets; a thread blocked on one returns at once."""
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
+        for sock in self._sockets():
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
-def _tune(sock: socket.socket) -> None:
+def tune_socket(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
-
-
-def server_context(security: SecurityConfig) -> ssl.SSLContext | None:
-    """The shard's TLS for the bulk port: its gRPC certificate, and client certificates
-    required where its gRPC server requires them; None in plaintext."""
-    if security.cert_path is None or security.key_path is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(security.cert_path), str(security.key_path))
-    if security.ca_path is not None:
-        context.load_verify_locations(cafile=str(security.ca_path))
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 def client_context(security: SecurityConfig) -> ssl.SSLContext | None:
@@ -241,13 +243,13 @@ def client_context(security: SecurityConfig) -> ssl.SSLContext | None:
 def _dial(host: str, port: int, token: bytes, context: ssl.SSLContext | None, server_name: str, timeout_s: float):
     sock = socket.create_connection((host, port), timeout=timeout_s)
     try:
-        _tune(sock)
+        tune_socket(sock)
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname=server_name or host)
         sock.sendall(token)
         answer = bytearray(1)
         recv_exactly(sock, memoryview(answer))
-        if bytes(answer) != _ACCEPTED:
+        if bytes(answer) != ACCEPTED:
             raise ConnectionError("the shard did not accept the bulk channel's token")
         return sock
     except BaseException:
@@ -261,137 +263,34 @@ async def connect(
     security: SecurityConfig,
     payload_bytes: int,
     timeout_s: float,
+    piecewise: bool = False,
     connect_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> BulkStream:
-    """The worker's side: connects to the shard's bulk port and presents the token; raises
+    """The worker's side: connects to the shard's bulk port and presents the token (and, on a
+    piecewise TLS channel, opens the return connection the shard's blocks come on); raises
     UnavailableError if that fails (a firewall between the hosts, say)."""
     if len(offer.token) != TOKEN_BYTES or not 0 < offer.port < 65536:
         raise UnavailableError(f"bulk channel: the shard's offer is malformed (port {offer.port})")
+    if offer.return_token and len(offer.return_token) != TOKEN_BYTES:
+        raise UnavailableError("bulk channel: the shard's offer has a malformed return_token")
     context = client_context(security)
-    try:
-        sock = await asyncio.to_thread(
-            _dial, host, offer.port, offer.token, context, security.server_name, connect_timeout_s
-        )
-    except (OSError, ConnectionError) as exc:
-        raise UnavailableError(f"bulk channel to {host}:{offer.port}: {exc}") from None
-    return BulkStream(sock, payload_bytes, timeout_s)
-
-
-class BulkListener:
-    """The shard's bulk port: accepts connections, matches each one's token to the stream that
-    offered it (`expect`), and hands the socket over."""
-
-    def __init__(
-        self, sock: socket.socket, context: ssl.SSLContext | None, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
-    ) -> None:
-        self._sock = sock
-        self._context = context
-        self._handshake_timeout_s = handshake_timeout_s
-        # Streams' socket calls and handshakes run here, not on the loop's default executor.
-        self.executor = ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="bulk")
-        self.port: int = sock.getsockname()[1]
-        self._waiting: dict[bytes, asyncio.Future[socket.socket]] = {}
-        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting: asyncio.Task[None] | None = None
-        # One socket carries both directions of a piecewise stream at once, from two threads,
-        # which a TLS connection cannot do safely: its streams keep one block per push.
-        self.tls = context is not None
-
-    @classmethod
-    def open(
-        cls, host: str, port: int, security: SecurityConfig, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
-    ) -> BulkListener:
-        """Binds `host:port` (0: any free port; read `port` back)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(64)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise FailedPreconditionError(
-                f"--bulk-port / {ENV['bulk_port']}: cannot bind port {port} on {host} ({exc.strerror}; another "
-                "tidal shard on this host?); choose another port, or 0 for any free one"
-            ) from None
-        return cls(sock, server_context(security), handshake_timeout_s)
-
-    def start(self) -> None:
-        self._accepting = asyncio.ensure_future(self._accept_forever())
-
-    def expect(self, token: bytes | None = None) -> tuple[bytes, asyncio.Future[socket.socket]]:
-        """A fresh token for one stream and the future its connection will complete."""
-        token = token or secrets.token_bytes(TOKEN_BYTES)
-        waiter: asyncio.Future[socket.socket] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = waiter
-        return token, waiter
-
-    def forget(self, token: bytes) -> None:
-        waiter = self._waiting.pop(token, None)
-        if waiter is not None and waiter.done() and not waiter.cancelled():
-            waiter.result().close()  # connected, but the stream ended before it used it
-        elif waiter is not None:
-            waiter.cancel()
-
-    async def _accept_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(self._sock)
-            except OSError as exc:  # out of file descriptors, say: keep the port, try again shortly
-                log.warning("bulk channel: accepting a connection failed (%s)", exc)
-                await asyncio.sleep(0.5)
-                continue
-            if self._handshakes.locked():
-                conn.close()  # too many silent connections already: this one waits for nothing
-                continue
-            task = asyncio.ensure_future(self._handshake(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _handshake(self, conn: socket.socket) -> None:
-        async with self._handshakes:
-            loop = asyncio.get_running_loop()
-            try:
-                token, sock = await loop.run_in_executor(self.executor, self._read_token, conn)
-            except (OSError, ConnectionError, ValueError) as exc:
-                log.debug("bulk channel: dropped a connection (%s)", exc)
-                conn.close()
-                return
-            waiter = self._waiting.get(token)
-            if waiter is None or waiter.done():
+    if piecewise and context is not None and not offer.return_token:
+        raise UnavailableError("bulk channel: the shard agreed to range replies on one TLS connection")
+    tokens = [offer.token, offer.return_token] if offer.return_token else [offer.token]
+    socks = await asyncio.gather(
+        *(
+            asyncio.to_thread(_dial, host, offer.port, token, context, security.server_name, connect_timeout_s)
+            for token in tokens
+        ),
+        return_exceptions=True,
+    )
+    failed = [s for s in socks if isinstance(s, BaseException)]
+    if failed:
+        for sock in socks:
+            if isinstance(sock, socket.socket):
                 sock.close()
-                return
-            try:
-                await loop.run_in_executor(self.executor, sock.sendall, _ACCEPTED)
-            except OSError:
-                sock.close()
-                return
-            if waiter.done():  # the stream ended meanwhile
-                sock.close()
-                return
-            sock.settimeout(None)
-            waiter.set_result(sock)
-
-    def _read_token(self, conn: socket.socket) -> tuple[bytes, socket.socket]:
-        conn.setblocking(True)
-        conn.settimeout(self._handshake_timeout_s)
-        _tune(conn)
-        sock = self._context.wrap_socket(conn, server_side=True) if self._context is not None else conn
-        token = bytearray(TOKEN_BYTES)
-        recv_exactly(sock, memoryview(token))
-        return bytes(token), sock
-
-    async def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accepting
-        for task in list(self._tasks):
-            task.cancel()
-        for token in list(self._waiting):
-            self.forget(token)
-        self._sock.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if not isinstance(failed[0], (OSError, ConnectionError)):
+            raise failed[0]
+        raise UnavailableError(f"bulk channel to {host}:{offer.port}: {failed[0]}") from None
+    sending, receiving = socks[0], socks[-1]
+    return BulkStream(receiving, payload_bytes, timeout_s, sending=sending, piecewise=piecewise)

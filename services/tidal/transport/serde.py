@@ -181,11 +181,8 @@ def shared_chunks(dtype: torch.dtype, segments: Sequence[Segment], range_start: 
     """One chunk per tensor segment of a shard's slice, its payload in a shared-memory segment
     that holds the slice in `dtype` right after the header (transport/shm.py), grouped into
     messages of at most `MAX_CHUNKS_PER_MESSAGE` chunks."""
-    code, size = dtype_to_proto(dtype), dtype.itemsize
-    chunks = []
-    for seg in segments:
-        region = (shm.HEADER_BYTES + (seg.flat_start - range_start) * size, seg.length * size)
-        chunks.append(frames.encode_chunk(seg.name, code, seg.shape, seg.tensor_offset, b"", shared=region))
+    whole = [Window(s.name, tuple(s.shape), s.flat_start - range_start, s.tensor_offset, s.length) for s in segments]
+    chunks = placed_windows(whole, dtype)
     return [chunks[i : i + MAX_CHUNKS_PER_MESSAGE] for i in range(0, len(chunks), MAX_CHUNKS_PER_MESSAGE)]
 
 

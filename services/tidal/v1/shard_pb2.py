@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from tidal.v1 import common_pb2 as tidal_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tidal/v1/shard.proto\x12\x08tidal.v1\x1a\x15tidal/v1/common.proto\"|\n\x0fPullRowsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\r\n\x05table\x18\x04 \x01(\t\x12\x0b\n\x03ids\x18\x05 \x01(\x0c\x12\x10\n\x08min_step\x18\x06 \x01(\x03\"C\n\x10PullRowsResponse\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\x0c\x12\x14\n\x0c\x61pplied_step\x18\x03 \x01(\x03\"\xb3\x01\n\x0fPushRowsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\r\n\x05table\x18\x04 \x01(\t\x12\x0f\n\x07push_id\x18\x05 \x01(\t\x12\x0b\n\x03ids\x18\x06 \x01(\x0c\x12\r\n\x05grads\x18\x07 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x08 \x01(\r\x12\x0c\n\x04step\x18\t \x01(\x03\x12\x0c\n\x04more\x18\n \x01(\x08\"f\n\x10PushRowsResponse\x12&\n\x07outcome\x18\x01 \x01(\x0e\x32\x15.tidal.v1.PushOutcome\x12\x14\n\x0crows_applied\x18\x02 \x01(\x03\x12\x14\n\x0c\x61pplied_step\x18\x03 \x01(\x03\"=\n\x0fReadRowsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x01(\x0c\";\n\x10ReadRowsResponse\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\x0c\x12\x0c\n\x04held\x18\x03 \x01(\x0c\"\xab\x01\n\x0f\x45xchangeRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tidal.v1.ExchangeOpenH\x00\x12\x1e\n\x04pull\x18\x02 \x01(\x0b\x32\x0e.tidal.v1.PullH\x00\x12#\n\x04push\x18\x03 \x01(\x0b\x32\x13.tidal.v1.PushChunkH\x00\x12#\n\x04init\x18\x04 \x01(\x0b\x32\x13.tidal.v1.PushChunkH\x00\x42\x06\n\x04kind\"\xe9\x01\n\x0c\x45xchangeOpen\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\x14\n\x0clast_version\x18\x04 \x01(\x03\x12\x18\n\x10\x63ompleted_pushes\x18\x05 \x01(\x03\x12\x32\n\rshared_memory\x18\x06 \x01(\x0b\x32\x1b.tidal.v1.SharedMemoryOffer\x12\x13\n\x0binit_digest\x18\x07 \x01(\t\x12\x0c\n\x04\x62ulk\x18\x08 \x01(\x08\x12\x15\n\rrange_replies\x18\t \x01(\x08\"\x8a\x01\n\x11SharedMemoryOffer\x12\x14\n\x0cpush_segment\x18\x01 \x01(\t\x12\x16\n\x0eparams_segment\x18\x02 \x01(\t\x12\x1a\n\x12push_segment_bytes\x18\x03 \x01(\x04\x12\x1c\n\x14params_segment_bytes\x18\x04 \x01(\x04\x12\r\n\x05token\x18\x05 \x01(\x0c\"\x1b\n\x04Pull\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"\xa5\x01\n\tPushChunk\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\r\n\x05\x63lock\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12%\n\x06\x63hunks\x18\x06 \x03(\x0b\x32\x15.tidal.v1.TensorChunk\x12\x0c\n\x04last\x18\x07 \x01(\x08\"\x8c\x01\n\x10\x45xchangeResponse\x12*\n\x06opened\x18\x01 \x01(\x0b\x32\x18.tidal.v1.ExchangeOpenedH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.tidal.v1.PushAckH\x00\x12\"\n\x06params\x18\x03 \x01(\x0b\x32\x10.tidal.v1.ParamsH\x00\x42\x06\n\x04kind\"\xae\x01\n\x0e\x45xchangeOpened\x12\x13\n\x0bshard_index\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x05range\x18\x03 \x01(\x0b\x32\x14.tidal.v1.ShardRange\x12\x15\n\rshared_memory\x18\x04 \x01(\x08\x12#\n\x04\x62ulk\x18\x05 \x01(\x0b\x32\x15.tidal.v1.BulkChannel\x12\x15\n\rrange_replies\x18\x06 \x01(\x08\"*\n\x0b\x42ulkChannel\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\x0c\"f\n\x07PushAck\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.tidal.v1.PushOutcome\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x11\n\tstaleness\x18\x04 \x01(\x03\"N\n\x06Params\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x15.tidal.v1.TensorChunk\x12\x0c\n\x04last\x18\x03 \x01(\x08\"\'\n\x15ReadParametersRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x16ReadParametersResponse\x12 \n\x06params\x18\x01 \x01(\x0b\x32\x10.tidal.v1.Params\"\x15\n\x13GetShardInfoRequest\"\xbe\x01\n\x14GetShardInfoResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bshard_index\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12#\n\x05range\x18\x04 \x01(\x0b\x32\x14.tidal.v1.ShardRange\x12\x17\n\x0fupdates_applied\x18\x05 \x01(\x03\x12\x18\n\x10updates_rejected\x18\x06 \x01(\x03\x12\x18\n\x10membership_epoch\x18\x07 \x01(\x04*\xbc\x01\n\x0bPushOutcome\x12\x1c\n\x18PUSH_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14PUSH_OUTCOME_APPLIED\x10\x01\x12\x19\n\x15PUSH_OUTCOME_BUFFERED\x10\x02\x12\x1a\n\x16PUSH_OUTCOME_DUPLICATE\x10\x03\x12\x1d\n\x19PUSH_OUTCOME_DROPPED_LATE\x10\x04\x12\x1f\n\x1bPUSH_OUTCOME_REJECTED_STALE\x10\x05\x32\xc6\x03\n\x0eParameterShard\x12\x45\n\x08\x45xchange\x12\x19.tidal.v1.ExchangeRequest\x1a\x1a.tidal.v1.ExchangeResponse(\x01\x30\x01\x12U\n\x0eReadParameters\x12\x1f.tidal.v1.ReadParametersRequest\x1a .tidal.v1.ReadParametersResponse0\x01\x12M\n\x0cGetShardInfo\x12\x1d.tidal.v1.GetShardInfoRequest\x1a\x1e.tidal.v1.GetShardInfoResponse\x12\x41\n\x08PullRows\x12\x19.tidal.v1.PullRowsRequest\x1a\x1a.tidal.v1.PullRowsResponse\x12\x41\n\x08PushRows\x12\x19.tidal.v1.PushRowsRequest\x1a\x1a.tidal.v1.PushRowsResponse\x12\x41\n\x08ReadRows\x12\x19.tidal.v1.ReadRowsRequest\x1a\x1a.tidal.v1.ReadRowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tidal/v1/shard.proto\x12\x08tidal.v1\x1a\x15tidal/v1/common.proto\"|\n\x0fPullRowsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\r\n\x05table\x18\x04 \x01(\t\x12\x0b\n\x03ids\x18\x05 \x01(\x0c\x12\x10\n\x08min_step\x18\x06 \x01(\x03\"C\n\x10PullRowsResponse\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\x0c\x12\x14\n\x0c\x61pplied_step\x18\x03 \x01(\x03\"\xb3\x01\n\x0fPushRowsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\r\n\x05table\x18\x04 \x01(\t\x12\x0f\n\x07push_id\x18\x05 \x01(\t\x12\x0b\n\x03ids\x18\x06 \x01(\x0c\x12\r\n\x05grads\x18\x07 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x08 \x01(\r\x12\x0c\n\x04step\x18\t \x01(\x03\x12\x0c\n\x04more\x18\n \x01(\x08\"f\n\x10PushRowsResponse\x12&\n\x07outcome\x18\x01 \x01(\x0e\x32\x15.tidal.v1.PushOutcome\x12\x14\n\x0crows_applied\x18\x02 \x01(\x03\x12\x14\n\x0c\x61pplied_step\x18\x03 \x01(\x03\"=\n\x0fReadRowsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x01(\x0c\";\n\x10ReadRowsResponse\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\x0c\x12\x0c\n\x04held\x18\x03 \x01(\x0c\"\xab\x01\n\x0f\x45xchangeRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tidal.v1.ExchangeOpenH\x00\x12\x1e\n\x04pull\x18\x02 \x01(\x0b\x32\x0e.tidal.v1.PullH\x00\x12#\n\x04push\x18\x03 \x01(\x0b\x32\x13.tidal.v1.PushChunkH\x00\x12#\n\x04init\x18\x04 \x01(\x0b\x32\x13.tidal.v1.PushChunkH\x00\x42\x06\n\x04kind\"\x89\x02\n\x0c\x45xchangeOpen\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\x14\n\x0clast_version\x18\x04 \x01(\x03\x12\x18\n\x10\x63ompleted_pushes\x18\x05 \x01(\x03\x12\x32\n\rshared_memory\x18\x06 \x01(\x0b\x32\x1b.tidal.v1.SharedMemoryOffer\x12\x13\n\x0binit_digest\x18\x07 \x01(\t\x12\x0c\n\x04\x62ulk\x18\x08 \x01(\x08\x12\x15\n\rrange_replies\x18\t \x01(\x08\x12\x1e\n\x16\x62ulk_return_connection\x18\n \x01(\x08\"\x8a\x01\n\x11SharedMemoryOffer\x12\x14\n\x0cpush_segment\x18\x01 \x01(\t\x12\x16\n\x0eparams_segment\x18\x02 \x01(\t\x12\x1a\n\x12push_segment_bytes\x18\x03 \x01(\x04\x12\x1c\n\x14params_segment_bytes\x18\x04 \x01(\x04\x12\r\n\x05token\x18\x05 \x01(\x0c\"\x1b\n\x04Pull\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"\xa5\x01\n\tPushChunk\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x18\n\x10membership_epoch\x18\x03 \x01(\x04\x12\r\n\x05\x63lock\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12%\n\x06\x63hunks\x18\x06 \x03(\x0b\x32\x15.tidal.v1.TensorChunk\x12\x0c\n\x04last\x18\x07 \x01(\x08\"\x8c\x01\n\x10\x45xchangeResponse\x12*\n\x06opened\x18\x01 \x01(\x0b\x32\x18.tidal.v1.ExchangeOpenedH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.tidal.v1.PushAckH\x00\x12\"\n\x06params\x18\x03 \x01(\x0b\x32\x10.tidal.v1.ParamsH\x00\x42\x06\n\x04kind\"\xae\x01\n\x0e\x45xchangeOpened\x12\x13\n\x0bshard_index\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x05range\x18\x03 \x01(\x0b\x32\x14.tidal.v1.ShardRange\x12\x15\n\rshared_memory\x18\x04 \x01(\x08\x12#\n\x04\x62ulk\x18\x05 \x01(\x0b\x32\x15.tidal.v1.BulkChannel\x12\x15\n\rrange_replies\x18\x06 \x01(\x08\"@\n\x0b\x42ulkChannel\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x14\n\x0creturn_token\x18\x03 \x01(\x0c\"f\n\x07PushAck\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.tidal.v1.PushOutcome\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x11\n\tstaleness\x18\x04 \x01(\x03\"N\n\x06Params\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x15.tidal.v1.TensorChunk\x12\x0c\n\x04last\x18\x03 \x01(\x08\"\'\n\x15ReadParametersRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x16ReadParametersResponse\x12 \n\x06params\x18\x01 \x01(\x0b\x32\x10.tidal.v1.Params\"\x15\n\x13GetShardInfoRequest\"\xbe\x01\n\x14GetShardInfoResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bshard_index\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12#\n\x05range\x18\x04 \x01(\x0b\x32\x14.tidal.v1.ShardRange\x12\x17\n\x0fupdates_applied\x18\x05 \x01(\x03\x12\x18\n\x10updates_rejected\x18\x06 \x01(\x03\x12\x18\n\x10membership_epoch\x18\x07 \x01(\x04*\xbc\x01\n\x0bPushOutcome\x12\x1c\n\x18PUSH_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14PUSH_OUTCOME_APPLIED\x10\x01\x12\x19\n\x15PUSH_OUTCOME_BUFFERED\x10\x02\x12\x1a\n\x16PUSH_OUTCOME_DUPLICATE\x10\x03\x12\x1d\n\x19PUSH_OUTCOME_DROPPED_LATE\x10\x04\x12\x1f\n\x1bPUSH_OUTCOME_REJECTED_STALE\x10\x05\x32\xc6\x03\n\x0eParameterShard\x12\x45\n\x08\x45xchange\x12\x19.tidal.v1.ExchangeRequest\x1a\x1a.tidal.v1.ExchangeResponse(\x01\x30\x01\x12U\n\x0eReadParameters\x12\x1f.tidal.v1.ReadParametersRequest\x1a .tidal.v1.ReadParametersResponse0\x01\x12M\n\x0cGetShardInfo\x12\x1d.tidal.v1.GetShardInfoRequest\x1a\x1e.tidal.v1.GetShardInfoResponse\x12\x41\n\x08PullRows\x12\x19.tidal.v1.PullRowsRequest\x1a\x1a.tidal.v1.PullRowsResponse\x12\x41\n\x08PushRows\x12\x19.tidal.v1.PushRowsRequest\x1a\x1a.tidal.v1.PushRowsResponse\x12\x41\n\x08ReadRows\x12\x19.tidal.v1.ReadRowsRequest\x1a\x1a.tidal.v1.ReadRowsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidal.v1.shard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUSHOUTCOME']._serialized_start=2276
-  _globals['_PUSHOUTCOME']._serialized_end=2464
+  _globals['_PUSHOUTCOME']._serialized_start=2330
+  _globals['_PUSHOUTCOME']._serialized_end=2518
   _globals['_PULLROWSREQUEST']._serialized_start=57
   _globals['_PULLROWSREQUEST']._serialized_end=181
   _globals['_PULLROWSRESPONSE']._serialized_start=183
@@ -49,31 +49,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXCHANGEREQUEST']._serialized_start=663
   _globals['_EXCHANGEREQUEST']._serialized_end=834
   _globals['_EXCHANGEOPEN']._serialized_start=837
-  _globals['_EXCHANGEOPEN']._serialized_end=1070
-  _globals['_SHAREDMEMORYOFFER']._serialized_start=1073
-  _globals['_SHAREDMEMORYOFFER']._serialized_end=1211
-  _globals['_PULL']._serialized_start=1213
-  _globals['_PULL']._serialized_end=1240
-  _globals['_PUSHCHUNK']._serialized_start=1243
-  _globals['_PUSHCHUNK']._serialized_end=1408
-  _globals['_EXCHANGERESPONSE']._serialized_start=1411
-  _globals['_EXCHANGERESPONSE']._serialized_end=1551
-  _globals['_EXCHANGEOPENED']._serialized_start=1554
-  _globals['_EXCHANGEOPENED']._serialized_end=1728
-  _globals['_BULKCHANNEL']._serialized_start=1730
-  _globals['_BULKCHANNEL']._serialized_end=1772
-  _globals['_PUSHACK']._serialized_start=1774
-  _globals['_PUSHACK']._serialized_end=1876
-  _globals['_PARAMS']._serialized_start=1878
-  _globals['_PARAMS']._serialized_end=1956
-  _globals['_READPARAMETERSREQUEST']._serialized_start=1958
-  _globals['_READPARAMETERSREQUEST']._serialized_end=1997
-  _globals['_READPARAMETERSRESPONSE']._serialized_start=1999
-  _globals['_READPARAMETERSRESPONSE']._serialized_end=2057
-  _globals['_GETSHARDINFOREQUEST']._serialized_start=2059
-  _globals['_GETSHARDINFOREQUEST']._serialized_end=2080
-  _globals['_GETSHARDINFORESPONSE']._serialized_start=2083
-  _globals['_GETSHARDINFORESPONSE']._serialized_end=2273
-  _globals['_PARAMETERSHARD']._serialized_start=2467
-  _globals['_PARAMETERSHARD']._serialized_end=2921
+  _globals['_EXCHANGEOPEN']._serialized_end=1102
+  _globals['_SHAREDMEMORYOFFER']._serialized_start=1105
+  _globals['_SHAREDMEMORYOFFER']._serialized_end=1243
+  _globals['_PULL']._serialized_start=1245
+  _globals['_PULL']._serialized_end=1272
+  _globals['_PUSHCHUNK']._serialized_start=1275
+  _globals['_PUSHCHUNK']._serialized_end=1440
+  _globals['_EXCHANGERESPONSE']._serialized_start=1443
+  _globals['_EXCHANGERESPONSE']._serialized_end=1583
+  _globals['_EXCHANGEOPENED']._serialized_start=1586
+  _globals['_EXCHANGEOPENED']._serialized_end=1760
+  _globals['_BULKCHANNEL']._serialized_start=1762
+  _globals['_BULKCHANNEL']._serialized_end=1826
+  _globals['_PUSHACK']._serialized_start=1828
+  _globals['_PUSHACK']._serialized_end=1930
+  _globals['_PARAMS']._serialized_start=1932
+  _globals['_PARAMS']._serialized_end=2010
+  _globals['_READPARAMETERSREQUEST']._serialized_start=2012
+  _globals['_READPARAMETERSREQUEST']._serialized_end=2051
+  _globals['_READPARAMETERSRESPONSE']._serialized_start=2053
+  _globals['_READPARAMETERSRESPONSE']._serialized_end=2111
+  _globals['_GETSHARDINFOREQUEST']._serialized_start=2113
+  _globals['_GETSHARDINFOREQUEST']._serialized_end=2134
+  _globals['_GETSHARDINFORESPONSE']._serialized_start=2137
+  _globals['_GETSHARDINFORESPONSE']._serialized_end=2327
+  _globals['_PARAMETERSHARD']._serialized_start=2521
+  _globals['_PARAMETERSHARD']._serialized_end=2975
 # @@protoc_insertion_point(module_scope)

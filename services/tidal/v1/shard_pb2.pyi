@@ -116,7 +116,7 @@ class ExchangeRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ExchangeOpen, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ..., push: _Optional[_Union[PushChunk, _Mapping]] = ..., init: _Optional[_Union[PushChunk, _Mapping]] = ...) -> None: ...
 
 class ExchangeOpen(_message.Message):
-    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory", "init_digest", "bulk", "range_replies")
+    __slots__ = ("job_id", "worker_id", "membership_epoch", "last_version", "completed_pushes", "shared_memory", "init_digest", "bulk", "range_replies", "bulk_return_connection")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class ExchangeOpen(_message.Message):
     INIT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     BULK_FIELD_NUMBER: _ClassVar[int]
     RANGE_REPLIES_FIELD_NUMBER: _ClassVar[int]
+    BULK_RETURN_CONNECTION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     membership_epoch: int
@@ -135,7 +136,8 @@ class ExchangeOpen(_message.Message):
     init_digest: str
     bulk: bool
     range_replies: bool
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ..., init_digest: _Optional[str] = ..., bulk: _Optional[bool] = ..., range_replies: _Optional[bool] = ...) -> None: ...
+    bulk_return_connection: bool
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., last_version: _Optional[int] = ..., completed_pushes: _Optional[int] = ..., shared_memory: _Optional[_Union[SharedMemoryOffer, _Mapping]] = ..., init_digest: _Optional[str] = ..., bulk: _Optional[bool] = ..., range_replies: _Optional[bool] = ..., bulk_return_connection: _Optional[bool] = ...) -> None: ...
 
 class SharedMemoryOffer(_message.Message):
     __slots__ = ("push_segment", "params_segment", "push_segment_bytes", "params_segment_bytes", "token")
@@ -202,12 +204,14 @@ class ExchangeOpened(_message.Message):
     def __init__(self, shard_index: _Optional[int] = ..., version: _Optional[int] = ..., range: _Optional[_Union[_common_pb2.ShardRange, _Mapping]] = ..., shared_memory: _Optional[bool] = ..., bulk: _Optional[_Union[BulkChannel, _Mapping]] = ..., range_replies: _Optional[bool] = ...) -> None: ...
 
 class BulkChannel(_message.Message):
-    __slots__ = ("port", "token")
+    __slots__ = ("port", "token", "return_token")
     PORT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     port: int
     token: bytes
-    def __init__(self, port: _Optional[int] = ..., token: _Optional[bytes] = ...) -> None: ...
+    return_token: bytes
+    def __init__(self, port: _Optional[int] = ..., token: _Optional[bytes] = ..., return_token: _Optional[bytes] = ...) -> None: ...
 
 class PushAck(_message.Message):
     __slots__ = ("push_id", "outcome", "version", "staleness")

@@ -94,6 +94,7 @@ class LinkPayloads:
         allocating a large slice's pages takes a while) and asks of it (a bulk channel)."""
         self.drop()
         opening.bulk = self.ask_bulk_channel
+        opening.bulk_return_connection = self.ask_bulk_channel
         if self.offer_shared_memory:
             self._shared = await shm.create_off_loop(self._payload_bytes)
             if self._shared is not None:
@@ -114,12 +115,13 @@ class LinkPayloads:
             self._drop_shared()
         if self._shared is None and opened.HasField("bulk"):
             try:
-                self._bulk = await bulk.connect(host, opened.bulk, self._security, self._payload_bytes, self._timeout_s)
+                self._bulk = await bulk.connect(
+                    host, opened.bulk, self._security, self._payload_bytes, self._timeout_s, opened.range_replies
+                )
             except UnavailableError as exc:
                 self.ask_bulk_channel = False
                 log.warning("%s: %s; payloads travel inline from now on", where, exc)
                 raise UnavailableError(f"{where}: {exc}") from None
-            self._bulk.piecewise = opened.range_replies
 
     def carries(self, sparse: torch.Tensor | None) -> bool:
         """Whether a push's payload leaves the messages (shared memory or bulk; dense only)."""
