@@ -112,6 +112,24 @@ def test_a_wrong_token_gets_no_channel_and_the_stream_keeps_waiting() -> None:
     asyncio.run(main())
 
 
+def test_a_refused_return_connection_closes_the_first_one_too() -> None:
+    """A piecewise TLS channel is two connections: if the second is refused, the worker closes
+    the first as well (the shard reads its end as closed) and carries on inline."""
+
+    async def main() -> None:
+        async with listening() as listener:
+            token, waiter = listener.expect()
+            offer = shard_pb.BulkChannel(port=listener.port, token=token, return_token=b"\x00" * 16)
+            with pytest.raises(UnavailableError, match=r"bulk channel to 127\.0\.0\.1"):
+                await bulk.connect("127.0.0.1", offer, PLAINTEXT, PAYLOAD, timeout_s=10, piecewise=True)
+            shard_end = await asyncio.wait_for(waiter, 10)
+            shard_end.settimeout(10)
+            assert shard_end.recv(1) == b""  # the worker closed it
+            shard_end.close()
+
+    asyncio.run(main())
+
+
 def test_a_malformed_offer_is_unavailable_not_a_crash() -> None:
     async def main() -> None:
         bad = shard_pb.BulkChannel(port=0, token=b"short")
