@@ -277,6 +277,8 @@ async def connect(
     if piecewise and context is not None and not offer.return_token:
         raise UnavailableError("bulk channel: the shard agreed to range replies on one TLS connection")
     tokens = [offer.token, offer.return_token] if offer.return_token else [offer.token]
+    # Every dial runs to its end (a thread cannot be cancelled): if one fails, the sockets the
+    # others opened are closed here rather than left to the garbage collector.
     socks = await asyncio.gather(
         *(
             asyncio.to_thread(_dial, host, offer.port, token, context, security.server_name, connect_timeout_s)
