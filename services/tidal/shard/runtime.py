@@ -80,7 +80,7 @@ class ShardRuntime:
         # Chunk headers of parameters sent through shared memory or a bulk channel, and of
         # those sent piecewise on one (per message, as inline: `_messages`).
         self._shared_chunks: list[list[frames.Encoded]] | None = None
-        self._placed: list[list[frames.Encoded]] | None = None
+        self._placed: dict[int, list[list[frames.Encoded]]] = {}  # by element size, as `_groups`
         self._barrier_started: float | None = None
         # Mode auto: every decision of the tuner, oldest first.
         self.history: list[AutoDecision] = []
@@ -291,8 +291,9 @@ class ShardRuntime:
         the message says where (a piecewise bulk channel sends those bytes after it)."""
         dtype = wire or self.state.params.dtype
         groups = self._window_groups(dtype, piecewise=target is not None)
-        if target is not None and self._placed is None:  # the same headers for every version: built once
-            self._placed = [serde.placed_windows(g, dtype) for g in groups]
+        placed = self._placed.get(dtype.itemsize)
+        if target is not None and placed is None:  # the same headers for every version: built once
+            placed = self._placed[dtype.itemsize] = [serde.placed_windows(g, dtype) for g in groups]
         progress = _Progress()
         serves = self._sending.setdefault(version, [])
         serves.append(progress)
@@ -306,7 +307,7 @@ class ShardRuntime:
                     chunks, payload = serde.encode_windows(source, windows, dtype, base), 0
                 else:
                     target.tensor(dtype, end)[start:end].copy_(source[start - base : end - base])
-                    chunks, payload = self._placed[i], (end - start) * dtype.itemsize  # type: ignore[index]
+                    chunks, payload = placed[i], (end - start) * dtype.itemsize  # type: ignore[index]
                 message = frames.encode_params(version, chunks, i == len(groups) - 1)
                 # Encoded (copied): the next message starts after it (windows are in slice order).
                 progress.start = end
