@@ -187,9 +187,7 @@ def main() -> int:
     jobs = {
         "sync-reference": ("sync", args.reference, "fp32"),
         "sync-device": ("sync", args.device, "fp32"),
-        "async-reference": ("async", args.reference, "fp32"),
-        "async-reference-2": ("async", args.reference, "fp32"),
-        "async-reference-3": ("async", args.reference, "fp32"),
+        **{name: ("async", args.reference, "fp32") for name in ASYNC_REFERENCES},
         "async-device": ("async", args.device, "fp32"),
         "sync-auto": ("sync", "auto", "fp32"),
         "sync-device-bf16": ("sync", args.device, "bf16"),
