@@ -1,12 +1,13 @@
 """The ceiling tidal's wire is compared with: a bare grpc.aio bidi stream of raw bytes.
 
 No protobuf, no framing, no copies: the server and client send one preallocated `bytes`
-object per chunk. A round is what a tidal push+pull moves: the client streams `--bytes`
-up in chunks and an empty end marker, the server answers with the same number of bytes
-down and an end marker.
+object per chunk (`--chunk-bytes`, default tidal's message size). A round is what a tidal
+push+pull moves: the client streams `--bytes` up in chunks and an empty end marker, the
+server answers with the same number of bytes down, in chunks of the size that came up, and
+an end marker.
 
     python -m bench.bare_grpc server --ready-file F
-    python -m bench.bare_grpc client --address A --bytes B --rounds N
+    python -m bench.bare_grpc client --address A --bytes B --rounds N [--chunk-bytes C]
 """
 
 from __future__ import annotations
@@ -29,15 +30,19 @@ END = b""
 
 
 def _chunks(total: int, chunk: bytes) -> list[bytes]:
+    if total == 0:
+        return []
     full, rest = divmod(total, len(chunk))
     return [chunk] * full + ([chunk[:rest]] if rest else [])
 
 
 async def _exchange(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-    chunk = bytes(CHUNK_BYTES)
+    chunk = b""
     received = 0
     async for msg in requests:
         if msg != END:
+            if len(msg) > len(chunk):  # the client's chunk size: answer in pieces of it
+                chunk = bytes(len(msg))
             received += len(msg)
             continue
         for piece in _chunks(received, chunk):
@@ -60,10 +65,10 @@ async def serve(ready_file: Path) -> None:
     await server.stop(1.0)
 
 
-async def run_client(address: str, total: int, rounds: int, warmup: int) -> dict[str, object]:
+async def run_client(address: str, total: int, rounds: int, warmup: int, chunk_bytes: int) -> dict[str, object]:
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         call = channel.stream_stream(METHOD)()
-        pieces = _chunks(total, bytes(CHUNK_BYTES))
+        pieces = _chunks(total, bytes(chunk_bytes))
         times = []
         for i in range(warmup + rounds):
             t0 = time.perf_counter()
@@ -92,11 +97,13 @@ def main() -> None:
     c.add_argument("--bytes", type=int, required=True)
     c.add_argument("--rounds", type=int, required=True)
     c.add_argument("--warmup", type=int, default=2)
+    c.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES)
     args = parser.parse_args()
     if args.role == "server":
         asyncio.run(serve(args.ready_file))
     else:
-        print(json.dumps(asyncio.run(run_client(args.address, args.bytes, args.rounds, args.warmup))), flush=True)
+        result = asyncio.run(run_client(args.address, args.bytes, args.rounds, args.warmup, args.chunk_bytes))
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
