@@ -85,8 +85,8 @@ def bare_label(quick: bool) -> str:
 
 def _bare_round_s(
     env: dict[str, str], logdir: Path, total_bytes: int, rounds: int, chunk_sizes: Sequence[int]
-) -> float:
-    """The bare stream's median round at its fastest message size of `chunk_sizes`."""
+) -> tuple[float, int]:
+    """The bare stream's median round at its fastest message size of `chunk_sizes`, and that size."""
     ready = logdir / f"bare-{uuid.uuid4().hex[:8]}.json"
     server = Proc(module_cmd("bench.bare_grpc", "server", "--ready-file", ready), env, logdir / "bare-server.log")
     try:
@@ -96,14 +96,14 @@ def _bare_round_s(
                 raise RuntimeError(f"bare gRPC server did not start: {server.tail()}")
             time.sleep(0.05)
         port = json.loads(ready.read_text())["port"]
-        medians = []
+        medians: list[tuple[float, int]] = []
         for chunk in chunk_sizes:
             cmd = module_cmd(
                 "bench.bare_grpc", "client", "--address", f"127.0.0.1:{port}", "--bytes", total_bytes,
                 "--rounds", rounds, "--chunk-bytes", chunk,
             )  # fmt: skip
             (result,) = run_all([cmd], env, logdir, "bare-client", 300)
-            medians.append(statistics.median(result["round_s"]))
+            medians.append((statistics.median(result["round_s"]), chunk))
         return min(medians)
     finally:
         server.stop()
@@ -119,6 +119,7 @@ def wire(cluster: BenchCluster, s: Settings, sizes: list[int], rounds: int) -> l
         nbytes = 4 * exact
         applies: list[float] = []
         shm_round: list[float] = []
+        bare_sizes: list[int] = []  # the bare stream's fastest message size, per repetition
 
         def tidal(spec=spec, applies=applies, shm_round=shm_round) -> float:
             (res,) = cluster.run_drivers(spec, [["--rounds", rounds]], 300)
@@ -128,8 +129,10 @@ def wire(cluster: BenchCluster, s: Settings, sizes: list[int], rounds: int) -> l
             shm_round.append(statistics.median(shared["round_s"]))
             return statistics.median(res["round_s"])
 
-        def bare(nbytes=nbytes) -> float:
-            return _bare_round_s(cluster.env, cluster.logdir, nbytes, rounds, bare_chunk_sizes(s.quick))
+        def bare(nbytes=nbytes, bare_sizes=bare_sizes) -> float:
+            round_s, size = _bare_round_s(cluster.env, cluster.logdir, nbytes, rounds, bare_chunk_sizes(s.quick))
+            bare_sizes.append(size)
+            return round_s
 
         t_round, b_round = _interleaved(s.reps, tidal, bare)
         t_rate = [2 * nbytes / t / MB for t in t_round]
@@ -141,7 +144,8 @@ def wire(cluster: BenchCluster, s: Settings, sizes: list[int], rounds: int) -> l
                 label, "pull+push MB/s (both directions)", Spread.of(t_rate), bare_label(s.quick),
                 Spread.of(b_rate), ratios(t_rate, b_rate), Goal(">=", 0.8),
                 note=f"round {Spread.of(t_round).fmt(1, 1e3)} ms vs {Spread.of(b_round).fmt(1, 1e3)} ms; "
-                f"includes the shard's SGD step ({Spread.of(applies).fmt(1, 1e3)} ms)",
+                f"includes the shard's SGD step ({Spread.of(applies).fmt(1, 1e3)} ms); the bare stream's "
+                f"fastest message size per repetition: {', '.join(f'{b >> 20}' for b in bare_sizes)} MiB",
             )
         )  # fmt: skip
         rows.append(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tidal.transport.limits import CHUNK_BYTES
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
@@ -46,6 +48,8 @@ def test_quick_mode_measures_every_case_and_writes_results(tmp_path: Path) -> No
     # tidal is measured both ways it moves tensors: inline in gRPC and through shared memory.
     for variant in ("(float32, shared memory)", "(float32, gRPC)", "tensors through shared memory", "inline in gRPC"):
         assert variant in text, variant
+    # The wire's ceiling says which message size was its fastest (quick tries tidal's alone).
+    assert f"the bare stream's fastest message size per repetition: {CHUNK_BYTES >> 20} MiB" in text
     # Every measured row has a number, never "n/a" or NaN.
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith(("| case", "| goal"))]
     assert rows
